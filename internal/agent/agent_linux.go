@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
+)
+
+// Config configures the agent.
+type Config struct {
+	Logger   *slog.Logger
+	UID, GID int // the sandbox user
+}
+
+// Agent serves the agent protocol inside a sandbox.
+type Agent struct {
+	cfg     Config
+	reaper  *reaper
+	started time.Time
+
+	mu    sync.Mutex // guards procs and tags
+	procs map[int]*proc
+	tags  map[string]*proc
+
+	agentpbconnect.UnimplementedFilesystemHandler
+}
+
+// Serve runs the agent on ln until ctx ends. It must run as PID 1 of the sandbox.
+func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{cfg: cfg, reaper: newReaper(), started: time.Now(),
+		procs: map[int]*proc{}, tags: map[string]*proc{}}
+	defer a.reaper.stop()
+
+	mux := http.NewServeMux()
+	mux.Handle(agentpbconnect.NewProcessHandler(&processService{a}))
+	mux.Handle(agentpbconnect.NewAgentHandler(&agentService{a}))
+	mux.Handle(agentpbconnect.NewFilesystemHandler(a))
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Handler:   mux,
+		Protocols: &p,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          1000,
+			MaxReceiveBufferPerConnection: 16 << 20,
+			MaxReceiveBufferPerStream:     8 << 20,
+		},
+		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		srv.Close()
+		<-errc
+		return nil
+	}
+}
+
+func (a *Agent) track(p *proc) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.procs[p.pid] = p
+	if p.spec.Tag != "" {
+		a.tags[p.spec.Tag] = p
+	}
+}
+
+func (a *Agent) untrack(p *proc) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.procs, p.pid)
+	if p.spec.Tag != "" && a.tags[p.spec.Tag] == p {
+		delete(a.tags, p.spec.Tag)
+	}
+}
+
+var errNoProcess = errors.New("no such process")
+
+func (a *Agent) lookup(pid uint32, tag string) (*proc, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if tag != "" {
+		if p := a.tags[tag]; p != nil {
+			return p, nil
+		}
+		return nil, errNoProcess
+	}
+	if p := a.procs[int(pid)]; p != nil {
+		return p, nil
+	}
+	return nil, errNoProcess
+}

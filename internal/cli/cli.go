@@ -1,0 +1,89 @@
+// Package cli is the airlock command line: serve, run, bench and the hidden agent entry point.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/airlockhq/airlock/internal/agent"
+	"github.com/airlockhq/airlock/internal/runtime/native"
+)
+
+// Version is set at build time with -ldflags "-X github.com/airlockhq/airlock/internal/cli.Version=…".
+var Version = "dev"
+
+// exitError carries a process exit status through cobra.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return "exit status " + strconv.Itoa(e.code) }
+
+// Main runs the command line and returns the process exit status. A sandbox init (the binary
+// re-executed by the native runtime) is recognised before anything else runs.
+func Main(ctx context.Context, args []string) int {
+	if native.IsInit() {
+		return RunAgent()
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := &cobra.Command{
+		Use:           "airlock",
+		Short:         "Run untrusted code safely and fast",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(runCmd(), serveCmd(), benchCmd(), versionCmd(), agentCmd())
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	var ee *exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.code
+	default:
+		fmt.Fprintln(os.Stderr, "airlock:", err)
+		return 1
+	}
+}
+
+// RunAgent is PID 1 of a sandbox: build and lock down the sandbox, then serve the agent.
+func RunAgent() int {
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	child, err := native.Init()
+	if err != nil {
+		logger.Error("sandbox init", "err", err)
+		return 1
+	}
+	if err := agent.Serve(context.Background(), child.Listener, agent.Config{Logger: logger, UID: child.UID, GID: child.GID}); err != nil {
+		logger.Error("agent", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func agentCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    "agent",
+		Hidden: true,
+		Short:  "In-sandbox agent (started by the runtime as PID 1; not for direct use)",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return errors.New("agent runs only as PID 1 of a sandbox started by the airlock runtime")
+		},
+	}
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Run:   func(cmd *cobra.Command, args []string) { fmt.Println("airlock", Version) },
+	}
+}

@@ -1,0 +1,60 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/native"
+)
+
+// nativeRuntime adapts *native.Runtime to engine.Runtime.
+type nativeRuntime struct{ r *native.Runtime }
+
+var _ engine.Runtime = nativeRuntime{}
+
+func (n nativeRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instance, error) {
+	sb, err := n.r.Create(ctx, native.Spec{
+		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
+		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return nativeSandbox{sb}, nil
+}
+
+type nativeSandbox struct{ *native.Sandbox }
+
+func (s nativeSandbox) Usage() (engine.Usage, error) {
+	st, err := s.Stats()
+	return engine.Usage{CPUTime: st.CPUTime, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
+		MemoryLimitHits: st.MemoryFailcnt}, err
+}
+
+// engineOptions are the flags shared by commands that run an engine.
+type engineOptions struct {
+	stateDir      string
+	maxConcurrent int
+}
+
+func (o *engineOptions) fromEnv() {
+	if v := os.Getenv("AIRLOCK_STATE_DIR"); v != "" {
+		o.stateDir = v
+	}
+}
+
+// newEngine builds the native runtime and an engine on it.
+func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Runtime, error) {
+	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir})
+	if err != nil {
+		return nil, nil, fmt.Errorf("native runtime: %w", err)
+	}
+	e, err := engine.New(engine.Config{Logger: logger, Runtime: nativeRuntime{rt}, MaxConcurrent: o.maxConcurrent})
+	if err != nil {
+		return nil, nil, err
+	}
+	return e, rt, nil
+}

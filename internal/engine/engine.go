@@ -1,0 +1,267 @@
+// Package engine owns the lifecycle of every sandbox: admission, creation through a Runtime,
+// one-shot execution, and teardown. It knows nothing of HTTP or of how isolation is built.
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"log/slog"
+	"net/http"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/airlockhq/airlock/api"
+)
+
+// Runtime is the isolation backend, as far as the engine needs it.
+type Runtime interface {
+	Create(ctx context.Context, spec Spec) (Instance, error)
+}
+
+// Instance is one running sandbox.
+type Instance interface {
+	// HTTPClient reaches the sandbox's agent; any URL host works.
+	HTTPClient() *http.Client
+	Usage() (Usage, error)
+	// Done is closed when the sandbox has died or been destroyed.
+	Done() <-chan struct{}
+	// Destroy kills everything in the sandbox and releases it; idempotent.
+	Destroy(ctx context.Context) error
+}
+
+// Spec is what a Runtime builds.
+type Spec struct {
+	ID           string
+	Image        string
+	MemoryBytes  int64
+	CPU          float64
+	Pids         int64
+	ScratchBytes int64
+	NoFile       uint64
+	Network      bool
+}
+
+// Usage is what a sandbox consumed, read from its cgroup.
+type Usage struct {
+	CPUTime         time.Duration
+	PeakMemory      int64
+	OOMKills        uint64
+	MemoryLimitHits uint64
+}
+
+// Config configures the engine. Zero values mean defaults; see Validate for bounds.
+//
+// Adding a limit: add the field here with its default in setDefaults, its check in Validate,
+// its flag and AIRLOCK_* variable in internal/cli (serve and run), and its row in api.Limits.
+type Config struct {
+	Logger  *slog.Logger
+	Runtime Runtime
+
+	MaxConcurrent int           // sandboxes alive at once; default 4 per core
+	MaxQueue      int           // requests waiting for a slot beyond that; default 8 × MaxConcurrent
+	QueueTimeout  time.Duration // longest wait for a slot; default 30 s
+
+	DefaultTimeout time.Duration // 30 s
+	MinTimeout     time.Duration // 1 s
+	MaxTimeout     time.Duration // 300 s
+	DefaultMemory  int64         // bytes; 512 MiB
+	MinMemory      int64         // 64 MiB
+	MaxMemory      int64         // 8 GiB
+	DefaultCPU     float64       // 1
+	MaxCPU         float64       // the machine's cores
+	Pids           int64         // 256
+	NoFile         uint64        // 1024
+	ScratchBytes   int64         // 1 GiB for /workspace, /tmp and /dev/shm together
+	OutputLimit    int64         // 1 MiB per stream
+	MaxFiles       int           // files per execute request; 100
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if c.MaxConcurrent == 0 {
+		c.MaxConcurrent = 4 * runtime.NumCPU()
+	}
+	if c.MaxQueue == 0 {
+		c.MaxQueue = 8 * c.MaxConcurrent
+	}
+	def(&c.QueueTimeout, 30*time.Second)
+	def(&c.DefaultTimeout, 30*time.Second)
+	def(&c.MinTimeout, time.Second)
+	def(&c.MaxTimeout, 300*time.Second)
+	if c.DefaultMemory == 0 {
+		c.DefaultMemory = 512 << 20
+	}
+	if c.MinMemory == 0 {
+		c.MinMemory = 64 << 20
+	}
+	if c.MaxMemory == 0 {
+		c.MaxMemory = 8 << 30
+	}
+	if c.DefaultCPU == 0 {
+		c.DefaultCPU = 1
+	}
+	if c.MaxCPU == 0 {
+		c.MaxCPU = float64(runtime.NumCPU())
+	}
+	if c.Pids == 0 {
+		c.Pids = 256
+	}
+	if c.NoFile == 0 {
+		c.NoFile = 1024
+	}
+	if c.ScratchBytes == 0 {
+		c.ScratchBytes = 1 << 30
+	}
+	if c.OutputLimit == 0 {
+		c.OutputLimit = 1 << 20
+	}
+	if c.MaxFiles == 0 {
+		c.MaxFiles = 100
+	}
+}
+
+// Validate reports a configuration that cannot work.
+func (c *Config) Validate() error {
+	switch {
+	case c.Runtime == nil:
+		return errors.New("engine: no runtime")
+	case c.MinTimeout > c.DefaultTimeout || c.DefaultTimeout > c.MaxTimeout:
+		return errors.New("engine: timeouts must satisfy min ≤ default ≤ max")
+	case c.MinMemory > c.DefaultMemory || c.DefaultMemory > c.MaxMemory:
+		return errors.New("engine: memory must satisfy min ≤ default ≤ max")
+	case c.MaxConcurrent < 1 || c.MaxQueue < 0:
+		return errors.New("engine: concurrency must be ≥ 1 and the queue ≥ 0")
+	case c.DefaultCPU <= 0 || c.DefaultCPU > c.MaxCPU:
+		return errors.New("engine: cpu must satisfy 0 < default ≤ max")
+	}
+	return nil
+}
+
+// Engine runs sandboxes.
+type Engine struct {
+	cfg     Config
+	slots   chan struct{} // one token per live sandbox
+	waiting atomic.Int64
+
+	mu   sync.Mutex // guards live
+	live map[string]Instance
+}
+
+// New returns an engine over cfg.Runtime.
+func New(cfg Config) (*Engine, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Engine{cfg: cfg, slots: make(chan struct{}, cfg.MaxConcurrent), live: map[string]Instance{}}, nil
+}
+
+// Limits returns the bounds requests are checked against.
+func (e *Engine) Limits() api.Limits {
+	c := &e.cfg
+	return api.Limits{
+		MinTimeout: c.MinTimeout.Seconds(), MaxTimeout: c.MaxTimeout.Seconds(),
+		DefaultTimeout: c.DefaultTimeout.Seconds(),
+		MinMemoryMB:    c.MinMemory >> 20, MaxMemoryMB: c.MaxMemory >> 20, DefaultMemory: c.DefaultMemory >> 20,
+		MaxCPU: c.MaxCPU, OutputBytes: c.OutputLimit,
+	}
+}
+
+// acquire takes a sandbox slot, waiting in a bounded queue. Over the bound it fails at once with
+// api.ErrResourceExhausted, so overload is a 429, never an unbounded pile-up.
+func (e *Engine) acquire(ctx context.Context) (release func(), err error) {
+	select {
+	case e.slots <- struct{}{}:
+		return e.release, nil
+	default:
+	}
+	if e.waiting.Add(1) > int64(e.cfg.MaxQueue) {
+		e.waiting.Add(-1)
+		return nil, api.Errorf(api.ErrResourceExhausted, "all %d sandbox slots are busy and the queue is full", e.cfg.MaxConcurrent)
+	}
+	defer e.waiting.Add(-1)
+	t := time.NewTimer(e.cfg.QueueTimeout)
+	defer t.Stop()
+	select {
+	case e.slots <- struct{}{}:
+		return e.release, nil
+	case <-t.C:
+		return nil, api.Errorf(api.ErrResourceExhausted, "no sandbox slot became free within %s", e.cfg.QueueTimeout)
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+func (e *Engine) release() { <-e.slots }
+
+// create starts a sandbox and registers it as live.
+func (e *Engine) create(ctx context.Context, spec Spec) (Instance, error) {
+	inst, err := e.cfg.Runtime.Create(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.live[spec.ID] = inst
+	e.mu.Unlock()
+	return inst, nil
+}
+
+// destroy tears a sandbox down on a context its caller's cancellation cannot kill.
+func (e *Engine) destroy(ctx context.Context, id string, inst Instance) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+	defer cancel()
+	if err := inst.Destroy(ctx); err != nil {
+		e.cfg.Logger.ErrorContext(ctx, "destroy sandbox", "sandbox", id, "err", err)
+	}
+	e.mu.Lock()
+	delete(e.live, id)
+	e.mu.Unlock()
+}
+
+// Close destroys every live sandbox.
+func (e *Engine) Close(ctx context.Context) error {
+	e.mu.Lock()
+	live := make(map[string]Instance, len(e.live))
+	for id, inst := range e.live {
+		live[id] = inst
+	}
+	e.mu.Unlock()
+	var wg sync.WaitGroup
+	for id, inst := range live {
+		wg.Go(func() { e.destroy(ctx, id, inst) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// Live is the number of sandboxes currently alive.
+func (e *Engine) Live() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.live)
+}
+
+// newID returns a random sandbox id: "sb-" and 20 base32 characters (100 bits).
+func newID(prefix string) string {
+	var b [13]byte
+	rand.Read(b[:])
+	return prefix + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])[:20])
+}
+
+func invalid(format string, args ...any) error {
+	return api.Errorf(api.ErrInvalidArgument, format, args...)
+}
+
+

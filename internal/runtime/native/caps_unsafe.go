@@ -1,0 +1,73 @@
+//go:build linux
+
+package native
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// agentCaps are all the agent keeps, inside its own user namespace only: enough to start
+// processes as the sandbox user, signal them, and manage files on the API's behalf. Every
+// process the agent starts switches to the sandbox uid, which clears them.
+var agentCaps = []uintptr{
+	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_KILL,
+	unix.CAP_SETGID, unix.CAP_SETUID,
+}
+
+// dropCapabilities clears the bounding and ambient sets down to agentCaps and sets the
+// effective and permitted sets to them, on every thread of the process (a Go program is
+// multi-threaded and capabilities are per thread).
+func dropCapabilities() error {
+	last, err := lastCap()
+	if err != nil {
+		return step("read cap_last_cap", err)
+	}
+	keep := map[uintptr]bool{}
+	for _, c := range agentCaps {
+		keep[c] = true
+	}
+	for c := uintptr(0); c <= last; c++ {
+		if keep[c] {
+			continue
+		}
+		if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_CAPBSET_DROP, c, 0); e != 0 {
+			if e == syscall.ENOTSUP {
+				return &SetupError{Step: "drop capabilities", Msg: "binary built with cgo; build with CGO_ENABLED=0"}
+			}
+			return step("drop bounding capability "+strconv.Itoa(int(c)), e)
+		}
+	}
+	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); e != 0 {
+		return step("clear ambient capabilities", e)
+	}
+	var data [2]unix.CapUserData
+	for _, c := range agentCaps {
+		data[c/32].Effective |= 1 << (c % 32)
+		data[c/32].Permitted |= 1 << (c % 32)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_CAPSET,
+		uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&data[0])), 0); e != 0 {
+		return step("capset", e)
+	}
+	return nil
+}
+
+func lastCap() (uintptr, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 0 || n > 63 {
+		return 0, errors.New("bad cap_last_cap")
+	}
+	return uintptr(n), nil
+}

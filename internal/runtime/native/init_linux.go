@@ -1,0 +1,159 @@
+package native
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/seccomp"
+)
+
+// Child is what the sandbox's init hands to the agent once the sandbox is built and locked down.
+type Child struct {
+	ID       string
+	Listener net.Listener // the agent protocol socket inherited from the daemon
+	UID, GID int          // the unprivileged sandbox user for every process the agent starts
+}
+
+// IsInit reports whether this process was started by Runtime.Create as a sandbox init.
+func IsInit() bool { return os.Getpid() == 1 && os.Getenv("AIRLOCK_SANDBOX_INIT") == "1" }
+
+// Init builds the sandbox from inside: it must be the first thing the re-executed binary does.
+// On failure it reports a *SetupError to the daemon and returns it; the caller exits non-zero.
+// On success the status pipe is closed and the returned Child carries the agent's listener.
+func Init() (*Child, error) {
+	if os.Getpid() != 1 {
+		return nil, errors.New("sandbox init must run as PID 1 of a new PID namespace")
+	}
+	os.Unsetenv("AIRLOCK_SANDBOX_INIT")
+	status := os.NewFile(fdStatus, "status")
+	cfg, err := readConfig()
+	if err == nil {
+		err = setup(cfg)
+	}
+	if err != nil {
+		reportSetupError(status, err)
+		return nil, err
+	}
+	lf := os.NewFile(fdListener, "agent.sock")
+	ln, err := net.FileListener(lf)
+	lf.Close()
+	if err != nil {
+		err = &SetupError{Step: "agent listener", Msg: err.Error()}
+		reportSetupError(status, err)
+		return nil, err
+	}
+	if _, err := status.Write([]byte("ok")); err != nil {
+		return nil, fmt.Errorf("report ready: %w", err)
+	}
+	status.Close()
+	return &Child{ID: cfg.ID, Listener: ln, UID: cfg.UID, GID: cfg.GID}, nil
+}
+
+func readConfig() (*initConfig, error) {
+	f := os.NewFile(fdConfig, "config")
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return nil, &SetupError{Step: "read config", Msg: err.Error()}
+	}
+	var cfg initConfig
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return nil, &SetupError{Step: "decode config", Msg: err.Error()}
+	}
+	return &cfg, nil
+}
+
+func reportSetupError(status *os.File, err error) {
+	var se *SetupError
+	if !errors.As(err, &se) {
+		se = &SetupError{Step: "setup", Msg: err.Error()}
+	}
+	b, _ := json.Marshal(se)
+	status.Write(b)
+	status.Close()
+}
+
+// step wraps a failing syscall as a SetupError naming the step.
+func step(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return &SetupError{Step: name, Errno: errno}
+	}
+	return &SetupError{Step: name, Msg: err.Error()}
+}
+
+func setup(cfg *initConfig) error {
+	// The mount namespace was created by clone, before the Go runtime started its threads, so
+	// every thread shares it; mount, pivot_root and chdir below act on the whole process.
+	runtime.LockOSThread()
+	if err := buildRoot(cfg); err != nil {
+		return err
+	}
+	if err := step("sethostname", unix.Sethostname([]byte(cfg.Hostname))); err != nil {
+		return err
+	}
+	if err := step("loopback up", loopbackUp()); err != nil {
+		return err
+	}
+	if err := setRlimits(cfg); err != nil {
+		return err
+	}
+	if err := step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)); err != nil {
+		return err
+	}
+	if err := dropCapabilities(); err != nil {
+		return err
+	}
+	return step("seccomp", seccomp.Install())
+}
+
+func setRlimits(cfg *initConfig) error {
+	limits := []struct {
+		res int
+		val uint64
+	}{
+		{unix.RLIMIT_NOFILE, cfg.NoFile},
+		{unix.RLIMIT_CORE, 0},
+		{unix.RLIMIT_FSIZE, uint64(cfg.ScratchSize)},
+	}
+	for _, l := range limits {
+		if l.val == 0 && l.res != unix.RLIMIT_CORE {
+			continue
+		}
+		// syscall.Setrlimit, not unix.Setrlimit: it also updates the value the Go runtime
+		// restores in children it starts, so user processes inherit these limits.
+		if err := syscall.Setrlimit(l.res, &syscall.Rlimit{Cur: l.val, Max: l.val}); err != nil {
+			return step(fmt.Sprintf("setrlimit %d", l.res), err)
+		}
+	}
+	return nil
+}
+
+// loopbackUp brings lo up in the sandbox's fresh network namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}

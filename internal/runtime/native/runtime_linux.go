@@ -1,0 +1,367 @@
+package native
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/cgroup"
+)
+
+// Config configures the native runtime. Zero values mean defaults.
+type Config struct {
+	Logger     *slog.Logger
+	StateDir   string // sockets, logs and state of live sandboxes; default /var/lib/airlock
+	CgroupRoot string // parent cgroup of all sandboxes; default "airlock"
+	UIDBase    int    // host uid (and gid) that uid 0 inside a sandbox maps to; default 2000000
+	UID, GID   int    // the sandbox user inside; default 1000
+	// Exe and Args start a sandbox's init: default /proc/self/exe with argument "agent", so the
+	// running binary re-executes itself. The program must call Init first thing when IsInit.
+	Exe  string
+	Args []string
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/airlock"
+	}
+	if c.CgroupRoot == "" {
+		c.CgroupRoot = "airlock"
+	}
+	if c.UIDBase == 0 {
+		c.UIDBase = 2000000
+	}
+	if c.UID == 0 {
+		c.UID, c.GID = 1000, 1000
+	}
+	if c.Exe == "" {
+		c.Exe = "/proc/self/exe"
+	}
+	if c.Args == nil {
+		c.Args = []string{"airlock", "agent"}
+	}
+}
+
+// Spec is what one sandbox gets.
+type Spec struct {
+	ID           string
+	MemoryBytes  int64
+	CPU          float64
+	Pids         int64
+	ScratchBytes int64  // /workspace, /tmp and /dev/shm together
+	NoFile       uint64 // RLIMIT_NOFILE
+	Network      bool   // outbound network; not built yet (see Create)
+}
+
+// ErrNetworkUnsupported is returned for Spec.Network: egress is not built yet.
+var ErrNetworkUnsupported = errors.New("outbound network for sandboxes is not implemented yet")
+
+// Runtime starts sandboxes with the native isolation layers.
+type Runtime struct {
+	cfg     Config
+	cg      *cgroup.Manager
+	binds   []bindSpec
+	links   [][2]string
+	etc     map[string]string
+	staging string
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// New prepares the state directory, the cgroup parent and the host image description.
+func New(cfg Config) (*Runtime, error) {
+	cfg.setDefaults()
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the native runtime needs root (it creates namespaces and cgroups)")
+	}
+	cg, err := cgroup.New(cfg.CgroupRoot)
+	if err != nil {
+		return nil, fmt.Errorf("cgroups: %w", err)
+	}
+	r := &Runtime{cfg: cfg, cg: cg, staging: filepath.Join(cfg.StateDir, "root")}
+	for _, d := range []string{r.staging, filepath.Join(cfg.StateDir, "sandboxes")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
+	}
+	r.binds, r.links, r.etc, err = hostImage(cfg.UID, cfg.GID)
+	if err != nil {
+		return nil, fmt.Errorf("host image: %w", err)
+	}
+	return r, nil
+}
+
+// CgroupVersion is 1 or 2.
+func (r *Runtime) CgroupVersion() int { return r.cg.Version() }
+
+// Sandbox is one running sandbox: its init (the agent) as PID 1 of its namespaces, its cgroup and
+// the socket the agent serves on.
+type Sandbox struct {
+	id     string
+	pid    int
+	proc   *os.Process
+	cg     *cgroup.Group
+	dir    string
+	sock   string
+	client *http.Client
+	logger *slog.Logger
+
+	done    chan struct{} // closed when PID 1 has exited
+	destroy sync.Once
+	err     error // result of Destroy
+}
+
+// Create starts a sandbox and returns once its agent is serving. On error nothing is left behind.
+func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error) {
+	if !idPattern.MatchString(spec.ID) {
+		return nil, fmt.Errorf("sandbox id %q: invalid", spec.ID)
+	}
+	if spec.Network {
+		return nil, ErrNetworkUnsupported
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	dir := filepath.Join(r.cfg.StateDir, "sandboxes", spec.ID)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("sandbox directory: %w", err)
+	}
+	undo = append(undo, func() { os.RemoveAll(dir) })
+
+	g, err := r.cg.Create(spec.ID, cgroup.Limits{MemoryBytes: spec.MemoryBytes, CPU: spec.CPU, Pids: spec.Pids})
+	if err != nil {
+		return nil, fmt.Errorf("create cgroup: %w", err)
+	}
+	undo = append(undo, func() {
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		g.Kill(kctx)
+		g.Delete()
+	})
+
+	sock := filepath.Join(dir, "agent.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("agent socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(false)
+	lnFile, err := ln.File()
+	ln.Close()
+	if err != nil {
+		return nil, fmt.Errorf("agent socket: %w", err)
+	}
+	defer lnFile.Close()
+
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("config pipe: %w", err)
+	}
+	defer cfgR.Close()
+	defer cfgW.Close()
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("status pipe: %w", err)
+	}
+	defer statusR.Close()
+	defer statusW.Close()
+	logf, err := os.OpenFile(filepath.Join(dir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("agent log: %w", err)
+	}
+	defer logf.Close()
+
+	size := 65536
+	attr := &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID |
+			syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.UIDBase, Size: size}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.UIDBase, Size: size}},
+		GidMappingsEnableSetgroups: true,
+		Setsid:                     true,
+	}
+	if fd, ok, err := g.DirFD(); err != nil {
+		return nil, fmt.Errorf("cgroup fd: %w", err)
+	} else if ok {
+		// cgroup v2: born inside its cgroup, and its cgroup namespace is rooted there.
+		defer syscall.Close(fd)
+		attr.UseCgroupFD, attr.CgroupFD = true, fd
+		attr.Cloneflags |= syscall.CLONE_NEWCGROUP
+	}
+	cmd := &exec.Cmd{
+		Path:        r.cfg.Exe,
+		Args:        r.cfg.Args,
+		Env:         []string{"AIRLOCK_SANDBOX_INIT=1"},
+		Stdout:      logf,
+		Stderr:      logf,
+		ExtraFiles:  []*os.File{cfgR, statusW, lnFile},
+		SysProcAttr: attr,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start sandbox init: %w", err)
+	}
+	cfgR.Close()
+	statusW.Close()
+	sb := &Sandbox{id: spec.ID, pid: cmd.Process.Pid, proc: cmd.Process, cg: g, dir: dir, sock: sock,
+		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", spec.ID)}
+	go func() {
+		cmd.Wait()
+		close(sb.done)
+	}()
+	undo = append(undo, func() {
+		cmd.Process.Kill()
+		<-sb.done
+	})
+	if r.cg.Version() == 1 {
+		if err := g.Add(sb.pid); err != nil {
+			return nil, fmt.Errorf("join cgroup: %w", err)
+		}
+	}
+	icfg := initConfig{
+		ID: spec.ID, Hostname: "sandbox", Staging: r.staging,
+		Binds: r.binds, Symlinks: r.links, EtcFiles: r.etc,
+		ScratchSize: spec.ScratchBytes, UID: r.cfg.UID, GID: r.cfg.GID, NoFile: spec.NoFile,
+	}
+	if err := json.NewEncoder(cfgW).Encode(&icfg); err != nil {
+		return nil, fmt.Errorf("send sandbox config: %w", err)
+	}
+	cfgW.Close()
+	if err := waitReady(ctx, statusR); err != nil {
+		return nil, err
+	}
+	if err := writeState(dir, state{ID: spec.ID, Pid: sb.pid}); err != nil {
+		return nil, err
+	}
+	sb.client = agentClient(sock)
+	return sb, nil
+}
+
+// waitReady reads the init's status: "ok", or a JSON SetupError, or EOF if it died.
+func waitReady(ctx context.Context, status *os.File) error {
+	if dl, ok := ctx.Deadline(); ok {
+		status.SetReadDeadline(dl)
+	} else {
+		status.SetReadDeadline(time.Now().Add(30 * time.Second))
+	}
+	b, err := io.ReadAll(io.LimitReader(status, 64<<10))
+	if err != nil {
+		return fmt.Errorf("wait for sandbox init: %w", err)
+	}
+	switch {
+	case string(b) == "ok":
+		return nil
+	case len(b) == 0:
+		return errors.New("sandbox init exited during setup")
+	}
+	var se SetupError
+	if err := json.Unmarshal(b, &se); err != nil {
+		return fmt.Errorf("sandbox init: unexpected status %q", b)
+	}
+	return &se
+}
+
+// agentClient speaks HTTP/2 cleartext to the agent over the sandbox's unix socket; all calls
+// multiplex over one connection.
+func agentClient(sock string) *http.Client {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		Protocols:          &p,
+		DisableCompression: true,
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerConnection: 16 << 20,
+			MaxReceiveBufferPerStream:     8 << 20,
+		},
+	}
+	return &http.Client{Transport: tr}
+}
+
+// state is persisted beside the socket so a restarted daemon can find the sandbox again.
+type state struct {
+	ID  string `json:"id"`
+	Pid int    `json:"pid"`
+}
+
+func writeState(dir string, st state) error {
+	b, _ := json.Marshal(st)
+	tmp := filepath.Join(dir, "state.json.tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("write sandbox state: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "state.json")); err != nil {
+		return fmt.Errorf("write sandbox state: %w", err)
+	}
+	return nil
+}
+
+// ID is the sandbox's id.
+func (s *Sandbox) ID() string { return s.id }
+
+// Pid is the host pid of the sandbox's PID 1.
+func (s *Sandbox) Pid() int { return s.pid }
+
+// HTTPClient talks to the agent; any URL host works ("http://agent/...").
+func (s *Sandbox) HTTPClient() *http.Client { return s.client }
+
+// Done is closed when the sandbox's PID 1 has exited.
+func (s *Sandbox) Done() <-chan struct{} { return s.done }
+
+// Stats reads the sandbox cgroup's usage.
+func (s *Sandbox) Stats() (cgroup.Stats, error) { return s.cg.Stats() }
+
+// Destroy kills every process of the sandbox and removes its cgroup, socket and state. It is
+// idempotent and runs to completion even if ctx is already cancelled (bounded by its own timeout).
+func (s *Sandbox) Destroy(ctx context.Context) error {
+	s.destroy.Do(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		s.proc.Signal(syscall.SIGKILL)
+		var errs []error
+		if err := s.cg.Kill(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("kill cgroup: %w", err))
+		}
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("wait for sandbox init: %w", ctx.Err()))
+		}
+		if s.client != nil {
+			s.client.CloseIdleConnections()
+		}
+		if err := s.cg.Delete(); err != nil {
+			errs = append(errs, fmt.Errorf("delete cgroup: %w", err))
+		}
+		if err := os.RemoveAll(s.dir); err != nil {
+			errs = append(errs, fmt.Errorf("remove state: %w", err))
+		}
+		s.err = errors.Join(errs...)
+		if s.err != nil {
+			s.logger.ErrorContext(ctx, "destroy sandbox", "err", s.err)
+		}
+	})
+	return s.err
+}

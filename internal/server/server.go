@@ -1,0 +1,287 @@
+// Package server is Airlock's HTTP API: routes, authentication, request limits, and the single
+// mapping from error codes to HTTP statuses.
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
+)
+
+// Config configures the server. Zero values mean defaults.
+type Config struct {
+	Logger        *slog.Logger
+	Engine        *engine.Engine
+	APIKeys       []string // bearer keys; empty means no authentication (loopback only)
+	MaxBodyBytes  int64    // default 10 MiB
+	Version       string
+	CgroupVersion int
+	Runtimes      []string
+}
+
+// Validate reports a configuration that cannot work.
+func (c *Config) Validate() error {
+	if c.Engine == nil {
+		return errors.New("server: no engine")
+	}
+	for _, k := range c.APIKeys {
+		if len(k) < 16 {
+			return errors.New("server: API keys must be at least 16 characters")
+		}
+	}
+	return nil
+}
+
+// Server serves the API.
+type Server struct {
+	cfg  Config
+	keys [][32]byte // SHA-256 of each key, compared in constant time
+	mux  *http.ServeMux
+}
+
+// New returns a server; Handler gives its http.Handler.
+func New(cfg Config) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 10 << 20
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	for _, k := range cfg.APIKeys {
+		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
+	}
+	s.routes()
+	return s, nil
+}
+
+// Handler is the API's root handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func (s *Server) routes() {
+	s.handle("GET /healthz", false, s.handleHealth)
+	s.handle("GET /v1/info", true, s.handleInfo)
+	s.handle("POST /v1/execute", true, s.handleExecute)
+	s.handle("POST /execute", true, s.handleExecute) // seed-compatible
+	// Everything else: JSON errors rather than the mux's plain-text ones.
+	for _, p := range []string{"/healthz", "/v1/info", "/v1/execute", "/execute"} {
+		s.mux.Handle(p, s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
+			return api.Errorf(errMethod, "method %s is not allowed on %s", r.Method, r.URL.Path)
+		}))
+	}
+	s.mux.Handle("/", s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
+		return api.Errorf(api.ErrNotFound, "no route %s %s", r.Method, r.URL.Path)
+	}))
+}
+
+// errMethod is a 405; it has no public code of its own beyond invalid_argument semantics.
+var errMethod = &api.Error{Code: "method_not_allowed", Message: "method not allowed"}
+
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+func (s *Server) handle(pattern string, auth bool, h handlerFunc) {
+	s.mux.Handle(pattern, s.adapt(auth, h))
+}
+
+// adapt turns an error-returning handler into an http.Handler: authentication first, then
+// the handler; a returned error is logged and written as the one JSON error shape.
+func (s *Server) adapt(auth bool, h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := func() error {
+			if auth && !s.authorized(r) {
+				return api.ErrUnauthenticated
+			}
+			return h(w, r)
+		}()
+		if err != nil {
+			s.writeError(w, r, err)
+		}
+	})
+}
+
+func (s *Server) authorized(r *http.Request) bool {
+	if len(s.keys) == 0 {
+		return true
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	match := 0
+	for _, k := range s.keys {
+		match |= subtle.ConstantTimeCompare(sum[:], k[:])
+	}
+	return match == 1
+}
+
+// statusOf maps each error code to its one HTTP status.
+func statusOf(code string) int {
+	switch code {
+	case api.CodeInvalidArgument:
+		return http.StatusBadRequest
+	case api.CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case api.CodeNotFound:
+		return http.StatusNotFound
+	case errMethod.Code:
+		return http.StatusMethodNotAllowed
+	case api.CodeConflict:
+		return http.StatusConflict
+	case api.CodeGone:
+		return http.StatusGone
+	case api.CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case api.CodeResourceExhausted:
+		return http.StatusTooManyRequests
+	case api.CodeUnimplemented:
+		return http.StatusNotImplemented
+	case api.CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case api.CodeTimeout:
+		return http.StatusGatewayTimeout
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// writeError writes err as {"error":{code,message}}. A 5xx never carries internal detail.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	code := api.CodeOf(err)
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		return // the client went away; nobody to answer
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		code = api.CodeTimeout
+	}
+	status := statusOf(code)
+	msg := err.Error()
+	if status >= 500 {
+		s.cfg.Logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		var pub *api.Error
+		if errors.As(err, &pub) && code != api.CodeInternal {
+			msg = pub.Message
+		} else {
+			msg = "internal error"
+		}
+		if code == api.CodeUnimplemented {
+			msg = err.Error() // our own fixed messages about what is not built
+		}
+	}
+	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	writeJSON(w, status, api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: msg}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+}
+
+// decode reads one JSON object into v: body capped, unknown fields and trailing data refused.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return api.Errorf(api.ErrInvalidArgument, "Content-Type must be application/json, not %q", ct)
+	}
+	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return decodeError(err, s.cfg.MaxBodyBytes)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return decodeError(err, s.cfg.MaxBodyBytes)
+		}
+		return api.Errorf(api.ErrInvalidArgument, "request body has data after the JSON object")
+	}
+	return nil
+}
+
+func decodeError(err error, limit int64) error {
+	var maxErr *http.MaxBytesError
+	var typeErr *json.UnmarshalTypeError
+	var synErr *json.SyntaxError
+	switch {
+	case errors.As(err, &maxErr):
+		return api.Errorf(api.ErrTooLarge, "request body exceeds %d bytes", limit)
+	case errors.As(err, &typeErr):
+		return api.Errorf(api.ErrInvalidArgument, "field %q must be %s, not JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	case errors.As(err, &synErr):
+		return api.Errorf(api.ErrInvalidArgument, "malformed JSON at byte %d: %v", synErr.Offset, err)
+	case errors.Is(err, io.EOF):
+		return api.Errorf(api.ErrInvalidArgument, "request body is empty")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return api.Errorf(api.ErrInvalidArgument, "malformed JSON: unexpected end of body")
+	case strings.HasPrefix(err.Error(), "json: unknown field"):
+		return api.Errorf(api.ErrInvalidArgument, "%s", strings.TrimPrefix(err.Error(), "json: "))
+	default:
+		return api.Errorf(api.ErrInvalidArgument, "malformed JSON: %v", err)
+	}
+}
+
+func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "live_sandboxes": s.cfg.Engine.Live()})
+	return nil
+}
+
+func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) error {
+	lim := s.cfg.Engine.Limits()
+	lim.MaxBodyBytes = s.cfg.MaxBodyBytes
+	writeJSON(w, http.StatusOK, api.Info{
+		Version: s.cfg.Version, Runtimes: s.cfg.Runtimes, Cgroup: s.cfg.CgroupVersion,
+		Languages: []string{api.LanguagePython, api.LanguageBash}, Limits: lim,
+	})
+	return nil
+}
+
+func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) error {
+	var req api.ExecuteRequest
+	if err := s.decode(w, r, &req); err != nil {
+		return err
+	}
+	resp, err := s.cfg.Engine.Execute(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// CheckListen refuses a non-loopback address when no API key is configured.
+func CheckListen(addr string, keys []string) error {
+	if len(keys) > 0 {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("listen address %q: %w", addr, err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("refusing to listen on %q without API keys: set --api-key-file or AIRLOCK_API_KEYS, or listen on 127.0.0.1", addr)
+	}
+	return nil
+}
