@@ -58,3 +58,6 @@ func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Ru
 	}
 	return e, rt, nil
 }
+
+// NativeRuntime exposes the adapter for tests that build their own engine.
+func NativeRuntime(r *native.Runtime) engine.Runtime { return nativeRuntime{r} }

@@ -265,3 +265,6 @@ func invalid(format string, args ...any) error {
 }
 
 
+
+// Waiting is the number of requests queued for a sandbox slot.
+func (e *Engine) Waiting() int { return int(e.waiting.Load()) }

@@ -94,8 +94,17 @@ func New(cfg Config) (*Runtime, error) {
 		return nil, fmt.Errorf("cgroups: %w", err)
 	}
 	r := &Runtime{cfg: cfg, cg: cg, staging: filepath.Join(cfg.StateDir, "root")}
-	for _, d := range []string{r.staging, filepath.Join(cfg.StateDir, "sandboxes")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+	// The sandbox's init (host uid UIDBase) must traverse the state directory to reach the
+	// empty staging directory it mounts its root on: 0711 lets it pass without listing.
+	// The sandboxes directory, with the agent sockets, stays private.
+	for _, d := range []struct {
+		path string
+		mode os.FileMode
+	}{{cfg.StateDir, 0o711}, {r.staging, 0o755}, {filepath.Join(cfg.StateDir, "sandboxes"), 0o700}} {
+		if err := os.MkdirAll(d.path, d.mode); err != nil {
+			return nil, fmt.Errorf("state directory: %w", err)
+		}
+		if err := os.Chmod(d.path, d.mode); err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
 	}
@@ -198,7 +207,10 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.UIDBase, Size: size}},
 		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.UIDBase, Size: size}},
 		GidMappingsEnableSetgroups: true,
-		Setsid:                     true,
+		// The clone keeps host uid 0, which is unmapped inside the new user namespace; switch to
+		// the namespace's own uid 0 (host UIDBase) before exec, or exec drops every capability.
+		Credential: &syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{}},
+		Setsid:     true,
 	}
 	if fd, ok, err := g.DirFD(); err != nil {
 		return nil, fmt.Errorf("cgroup fd: %w", err)
@@ -364,4 +376,10 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		}
 	})
 	return s.err
+}
+
+// Close removes the runtime's parent cgroup if no sandbox is left in it. Live sandboxes are the
+// engine's to destroy first.
+func (r *Runtime) Close() error {
+	return r.cg.RemoveRoot()
 }

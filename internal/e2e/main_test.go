@@ -1,0 +1,106 @@
+// Package e2e attacks real sandboxes end to end: the engine, the native runtime and the agent,
+// with the test binary re-executed as each sandbox's PID 1.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/cli"
+	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/testutil"
+)
+
+// fakeSecret is put in the daemon's (this test process's) environment; no sandbox may see it.
+const fakeSecret = "AIRLOCK_FAKE_SECRET=hunter2-e2e-do-not-leak"
+
+var (
+	eng      *engine.Engine
+	rt       *native.Runtime
+	stateDir string
+	cgRoot   string
+	setupErr error
+)
+
+// sandboxHostUID is the host uid of the sandbox user (UIDBase + 1000).
+const sandboxHostUID = 2000000 + 1000
+
+func TestMain(m *testing.M) {
+	if native.IsInit() {
+		os.Exit(cli.RunAgent())
+	}
+	k, v, _ := strings.Cut(fakeSecret, "=")
+	os.Setenv(k, v)
+	code := func() int {
+		if os.Geteuid() == 0 {
+			var err error
+			stateDir, err = os.MkdirTemp("", "airlock-e2e-")
+			if err != nil {
+				setupErr = err
+				return m.Run()
+			}
+			defer os.RemoveAll(stateDir)
+			cgRoot = fmt.Sprintf("airlock-e2e-%d", os.Getpid())
+			logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			rt, err = native.New(native.Config{Logger: logger, StateDir: stateDir, CgroupRoot: cgRoot})
+			if err != nil {
+				setupErr = err
+				return m.Run()
+			}
+			eng, setupErr = engine.New(engine.Config{Logger: logger, Runtime: cli.NativeRuntime(rt),
+				ScratchBytes: 64 << 20, MaxConcurrent: 8})
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				eng.Close(ctx)
+				rt.Close()
+			}()
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// mustEngine returns the shared engine or skips/fails with the reason it is missing.
+func mustEngine(t *testing.T) *engine.Engine {
+	t.Helper()
+	testutil.MustHaveRoot(t)
+	if setupErr != nil {
+		t.Fatalf("engine setup: %v", setupErr)
+	}
+	return eng
+}
+
+func run(t *testing.T, req api.ExecuteRequest) *api.ExecuteResponse {
+	t.Helper()
+	e := mustEngine(t)
+	if req.Timeout == 0 {
+		req.Timeout = 20
+	}
+	resp, err := e.Execute(t.Context(), req)
+	if err != nil {
+		t.Fatalf("execute: %v", err)
+	}
+	return resp
+}
+
+func py(t *testing.T, code string) *api.ExecuteResponse {
+	t.Helper()
+	return run(t, api.ExecuteRequest{Code: code})
+}
+
+// mustStillServe proves the engine still runs a normal program after an abuse test.
+func mustStillServe(t *testing.T) {
+	t.Helper()
+	resp := py(t, "print(6*7)")
+	if !resp.Success || strings.TrimSpace(resp.Stdout) != "42" {
+		t.Fatalf("engine no longer serves a normal run after the attack: %+v", resp)
+	}
+}

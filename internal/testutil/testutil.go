@@ -1,0 +1,92 @@
+// Package testutil holds test helpers: privilege gates that cannot hide failures in strict mode,
+// and leak checks for processes left on the host.
+package testutil
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Strict reports whether skips are failures (AIRLOCK_TEST_STRICT=1, set in CI).
+func Strict() bool { return os.Getenv("AIRLOCK_TEST_STRICT") == "1" }
+
+// skip skips t with reason, or fails it in strict mode.
+func skip(t testing.TB, reason string) {
+	t.Helper()
+	if Strict() {
+		t.Fatalf("AIRLOCK_TEST_STRICT=1 and %s", reason)
+	}
+	t.Skip(reason)
+}
+
+// MustHaveRoot skips (or fails, in strict mode) unless the test runs as root.
+func MustHaveRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		skip(t, "test needs root (namespaces, cgroups, mounts)")
+	}
+}
+
+// MustHaveCgroupV2 skips (or fails, in strict mode) unless /sys/fs/cgroup is a cgroup2 mount.
+// On a cgroup v1 or hybrid host it skips even in strict mode, with the reason, since the host
+// cannot provide it.
+func MustHaveCgroupV2(t testing.TB) {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/cgroup", &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+		t.Skip("host runs cgroup v1 (or hybrid): /sys/fs/cgroup is not a cgroup2 mount")
+	}
+}
+
+// ProcsOfUID returns host pids whose real uid is uid (e.g. the host uid of the sandbox user).
+func ProcsOfUID(uid int) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
+				f := strings.Fields(rest)
+				if len(f) > 0 && f[0] == strconv.Itoa(uid) {
+					pids = append(pids, pid)
+				}
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// MountsUnder returns host mount points under dir (from /proc/self/mountinfo).
+func MountsUnder(dir string) []string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+// HeapInUse returns the Go heap in use after a garbage collection.
+func HeapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse
+}
