@@ -264,7 +264,5 @@ func invalid(format string, args ...any) error {
 	return api.Errorf(api.ErrInvalidArgument, format, args...)
 }
 
-
-
 // Waiting is the number of requests queued for a sandbox slot.
 func (e *Engine) Waiting() int { return int(e.waiting.Load()) }

@@ -124,6 +124,10 @@ func setRlimits(cfg *initConfig) error {
 		val uint64
 	}{
 		{unix.RLIMIT_NOFILE, cfg.NoFile},
+		// Counted per (user namespace, uid) since Linux 5.14, so this limits the sandbox user
+		// in this sandbox only; the agent runs as another uid and keeps working when user
+		// code exhausts it. The cgroup pids limit above it is the hard backstop.
+		{unix.RLIMIT_NPROC, cfg.NProc},
 		{unix.RLIMIT_CORE, 0},
 		{unix.RLIMIT_FSIZE, uint64(cfg.ScratchSize)},
 	}

@@ -68,6 +68,10 @@ type Spec struct {
 	Network      bool   // outbound network; not built yet (see Create)
 }
 
+// agentPidsReserve is added to the cgroup pids limit for the agent's own threads: user
+// processes are held to Spec.Pids by RLIMIT_NPROC, so a fork bomb cannot starve the agent.
+const agentPidsReserve = 128
+
 // ErrNetworkUnsupported is returned for Spec.Network: egress is not built yet.
 var ErrNetworkUnsupported = errors.New("outbound network for sandboxes is not implemented yet")
 
@@ -158,7 +162,11 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	}
 	undo = append(undo, func() { os.RemoveAll(dir) })
 
-	g, err := r.cg.Create(spec.ID, cgroup.Limits{MemoryBytes: spec.MemoryBytes, CPU: spec.CPU, Pids: spec.Pids})
+	pids := spec.Pids
+	if pids > 0 {
+		pids += agentPidsReserve
+	}
+	g, err := r.cg.Create(spec.ID, cgroup.Limits{MemoryBytes: spec.MemoryBytes, CPU: spec.CPU, Pids: pids})
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup: %w", err)
 	}
@@ -253,6 +261,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		ID: spec.ID, Hostname: "sandbox", Staging: r.staging,
 		Binds: r.binds, Symlinks: r.links, EtcFiles: r.etc,
 		ScratchSize: spec.ScratchBytes, UID: r.cfg.UID, GID: r.cfg.GID, NoFile: spec.NoFile,
+		NProc: uint64(spec.Pids),
 	}
 	if err := json.NewEncoder(cfgW).Encode(&icfg); err != nil {
 		return nil, fmt.Errorf("send sandbox config: %w", err)
