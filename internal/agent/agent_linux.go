@@ -27,8 +27,6 @@ type Agent struct {
 	mu    sync.Mutex // guards procs and tags
 	procs map[int]*proc
 	tags  map[string]*proc
-
-	agentpbconnect.UnimplementedFilesystemHandler
 }
 
 // Serve runs the agent on ln until ctx ends. It must run as PID 1 of the sandbox.
@@ -43,7 +41,7 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	mux := http.NewServeMux()
 	mux.Handle(agentpbconnect.NewProcessHandler(&processService{a}))
 	mux.Handle(agentpbconnect.NewAgentHandler(&agentService{a}))
-	mux.Handle(agentpbconnect.NewFilesystemHandler(a))
+	mux.Handle(agentpbconnect.NewFilesystemHandler(&fsService{a: a}))
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
 	srv := &http.Server{

@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/airlockhq/airlock/api"
 	pb "github.com/airlockhq/airlock/internal/agent/agentpb"
 	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
 )
@@ -134,4 +135,147 @@ func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, mode u
 	}
 	_, err := stream.CloseAndReceive()
 	return err
+}
+
+// Signal sends sig to the process group of pid.
+func (c *Client) Signal(ctx context.Context, pid, sig int) error {
+	_, err := c.Process.SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{
+		Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: uint32(pid)}}, Signal: pb.Signal(sig)}))
+	return err
+}
+
+// WriteStdin streams r to pid's stdin; with eof, stdin is closed afterwards.
+func (c *Client) WriteStdin(ctx context.Context, pid int, r io.Reader, eof bool) error {
+	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: uint32(pid)}}
+	stream := c.Process.StreamInput(ctx)
+	if err := stream.Send(&pb.StreamInputRequest{Event: &pb.StreamInputRequest_Start{
+		Start: &pb.StreamInputRequest_StartEvent{Process: sel}}}); err != nil {
+		_, cerr := stream.CloseAndReceive()
+		return errors.Join(err, cerr)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if serr := stream.Send(&pb.StreamInputRequest{Event: &pb.StreamInputRequest_Data{
+				Data: &pb.StreamInputRequest_DataEvent{Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: buf[:n]}}}}}); serr != nil {
+				_, cerr := stream.CloseAndReceive()
+				if cerr != nil {
+					return cerr
+				}
+				return serr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			stream.CloseAndReceive()
+			return fmt.Errorf("read stdin: %w", err)
+		}
+	}
+	if _, err := stream.CloseAndReceive(); err != nil {
+		return err
+	}
+	if eof {
+		_, err := c.Process.CloseStdin(ctx, connect.NewRequest(&pb.CloseStdinRequest{Process: sel}))
+		return err
+	}
+	return nil
+}
+
+// Processes lists running processes started through the agent.
+func (c *Client) Processes(ctx context.Context) ([]api.ProcessInfo, error) {
+	resp, err := c.Process.List(ctx, connect.NewRequest(&pb.ListRequest{}))
+	if err != nil {
+		return nil, err
+	}
+	out := []api.ProcessInfo{}
+	for _, p := range resp.Msg.GetProcesses() {
+		out = append(out, api.ProcessInfo{Pid: int(p.GetPid()), Tag: p.GetTag(),
+			Cmd: append([]string{p.GetConfig().GetCmd()}, p.GetConfig().GetArgs()...)})
+	}
+	return out, nil
+}
+
+// ReadFile streams the file at path into w. started runs once the agent has opened the file,
+// before the first byte is written, so callers can still report an error cleanly until then.
+func (c *Client) ReadFile(ctx context.Context, path string, w io.Writer, started func()) error {
+	stream, err := c.Agent.ReadFile(ctx, connect.NewRequest(&pb.ReadFileRequest{Path: path}))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	first := true
+	for stream.Receive() {
+		if first && started != nil {
+			started()
+		}
+		first = false
+		if _, err := w.Write(stream.Msg().GetData()); err != nil {
+			return err
+		}
+	}
+	if err := stream.Err(); err != nil {
+		return err
+	}
+	if first && started != nil {
+		started() // empty file
+	}
+	return nil
+}
+
+// Stat describes path.
+func (c *Client) Stat(ctx context.Context, path string) (api.FileInfo, error) {
+	resp, err := c.FS.Stat(ctx, connect.NewRequest(&pb.StatRequest{Path: path}))
+	if err != nil {
+		return api.FileInfo{}, err
+	}
+	return FileInfo(resp.Msg.GetEntry()), nil
+}
+
+// MakeDir creates path and its parents.
+func (c *Client) MakeDir(ctx context.Context, path string) (api.FileInfo, error) {
+	resp, err := c.FS.MakeDir(ctx, connect.NewRequest(&pb.MakeDirRequest{Path: path}))
+	if err != nil {
+		return api.FileInfo{}, err
+	}
+	return FileInfo(resp.Msg.GetEntry()), nil
+}
+
+// List lists a directory to depth.
+func (c *Client) List(ctx context.Context, path string, depth int) ([]api.FileInfo, error) {
+	resp, err := c.FS.ListDir(ctx, connect.NewRequest(&pb.ListDirRequest{Path: path, Depth: uint32(depth)}))
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.FileInfo, 0, len(resp.Msg.GetEntries()))
+	for _, e := range resp.Msg.GetEntries() {
+		out = append(out, FileInfo(e))
+	}
+	return out, nil
+}
+
+// Remove deletes path (recursively unless told otherwise).
+func (c *Client) Remove(ctx context.Context, path string, recursive bool) error {
+	_, err := c.FS.Remove(ctx, connect.NewRequest(&pb.RemoveRequest{Path: path, NoRecursive: !recursive}))
+	return err
+}
+
+// FileInfo converts a protocol entry to the API's.
+func FileInfo(e *pb.EntryInfo) api.FileInfo {
+	fi := api.FileInfo{Name: e.GetName(), Path: e.GetPath(), Size: e.GetSize(), Mode: e.GetMode(),
+		SymlinkTarget: e.GetSymlinkTarget()}
+	if t := e.GetModifiedTime(); t != nil {
+		fi.ModifiedAt = t.AsTime()
+	}
+	switch e.GetType() {
+	case pb.FileType_FILE_TYPE_DIRECTORY:
+		fi.Type = "dir"
+	case pb.FileType_FILE_TYPE_SYMLINK:
+		fi.Type = "symlink"
+	default:
+		fi.Type = "file"
+	}
+	return fi
 }

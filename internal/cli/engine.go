@@ -31,7 +31,7 @@ type nativeSandbox struct{ *native.Sandbox }
 func (s nativeSandbox) Usage() (engine.Usage, error) {
 	st, err := s.Stats()
 	return engine.Usage{CPUTime: st.CPUTime, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
-		MemoryLimitHits: st.MemoryFailcnt}, err
+		MemoryLimitHits: st.MemoryFailcnt, Processes: s.Processes()}, err
 }
 
 // engineOptions are the flags shared by commands that run an engine.

@@ -55,6 +55,10 @@ func serveCmd() *cobra.Command {
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys) > 0)
 			errc := make(chan error, 1)
 			go func() { errc <- hs.Serve(ln) }()
+			rctx, stopReaper := context.WithCancel(ctx)
+			reaped := make(chan struct{})
+			go func() { e.Run(rctx); close(reaped) }()
+			defer func() { stopReaper(); <-reaped }()
 			select {
 			case err = <-errc:
 			case <-ctx.Done():

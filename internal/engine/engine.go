@@ -8,8 +8,10 @@ import (
 	"encoding/base32"
 	"errors"
 	"log/slog"
+	"maps"
 	"net/http"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,7 +51,9 @@ type Spec struct {
 // Usage is what a sandbox consumed, read from its cgroup.
 type Usage struct {
 	CPUTime         time.Duration
+	Memory          int64
 	PeakMemory      int64
+	Processes       int
 	OOMKills        uint64
 	MemoryLimitHits uint64
 }
@@ -79,6 +83,11 @@ type Config struct {
 	ScratchBytes   int64         // 1 GiB for /workspace, /tmp and /dev/shm together
 	OutputLimit    int64         // 1 MiB per stream
 	MaxFiles       int           // files per execute request; 100
+
+	SandboxTimeout    time.Duration // default life of a long-lived sandbox; 5 min
+	MaxSandboxTimeout time.Duration // 24 h
+	GoneRetention     time.Duration // how long an ended sandbox's id answers 410; 1 h
+	ReapInterval      time.Duration // how often expiry and idleness are checked; 1 s
 }
 
 func (c *Config) setDefaults() {
@@ -130,6 +139,10 @@ func (c *Config) setDefaults() {
 	if c.MaxFiles == 0 {
 		c.MaxFiles = 100
 	}
+	def(&c.SandboxTimeout, 5*time.Minute)
+	def(&c.MaxSandboxTimeout, 24*time.Hour)
+	def(&c.GoneRetention, time.Hour)
+	def(&c.ReapInterval, time.Second)
 }
 
 // Validate reports a configuration that cannot work.
@@ -155,8 +168,10 @@ type Engine struct {
 	slots   chan struct{} // one token per live sandbox
 	waiting atomic.Int64
 
-	mu   sync.Mutex // guards live
-	live map[string]Instance
+	mu        sync.Mutex // guards live, sandboxes and gone
+	live      map[string]Instance
+	sandboxes map[string]*Sandbox
+	gone      map[string]goneEntry
 }
 
 // New returns an engine over cfg.Runtime.
@@ -165,7 +180,8 @@ func New(cfg Config) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Engine{cfg: cfg, slots: make(chan struct{}, cfg.MaxConcurrent), live: map[string]Instance{}}, nil
+	return &Engine{cfg: cfg, slots: make(chan struct{}, cfg.MaxConcurrent), live: map[string]Instance{},
+		sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{}}, nil
 }
 
 // Limits returns the bounds requests are checked against.
@@ -232,6 +248,14 @@ func (e *Engine) destroy(ctx context.Context, id string, inst Instance) {
 
 // Close destroys every live sandbox.
 func (e *Engine) Close(ctx context.Context) error {
+	e.mu.Lock()
+	sbs := slices.Collect(maps.Values(e.sandboxes))
+	e.mu.Unlock()
+	var swg sync.WaitGroup
+	for _, sb := range sbs {
+		swg.Go(func() { e.end(ctx, sb, "shutdown") })
+	}
+	swg.Wait()
 	e.mu.Lock()
 	live := make(map[string]Instance, len(e.live))
 	for id, inst := range e.live {

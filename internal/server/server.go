@@ -45,9 +45,10 @@ func (c *Config) Validate() error {
 
 // Server serves the API.
 type Server struct {
-	cfg  Config
-	keys [][32]byte // SHA-256 of each key, compared in constant time
-	mux  *http.ServeMux
+	cfg   Config
+	keys  [][32]byte // SHA-256 of each key, compared in constant time
+	mux   *http.ServeMux
+	paths map[string]bool // route paths, for JSON 405s
 }
 
 // New returns a server; Handler gives its http.Handler.
@@ -61,7 +62,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), paths: map[string]bool{}}
 	for _, k := range cfg.APIKeys {
 		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
 	}
@@ -77,8 +78,9 @@ func (s *Server) routes() {
 	s.handle("GET /v1/info", true, s.handleInfo)
 	s.handle("POST /v1/execute", true, s.handleExecute)
 	s.handle("POST /execute", true, s.handleExecute) // seed-compatible
+	s.sandboxRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
-	for _, p := range []string{"/healthz", "/v1/info", "/v1/execute", "/execute"} {
+	for p := range s.paths {
 		s.mux.Handle(p, s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
 			return api.Errorf(errMethod, "method %s is not allowed on %s", r.Method, r.URL.Path)
 		}))
@@ -95,6 +97,8 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (s *Server) handle(pattern string, auth bool, h handlerFunc) {
 	s.mux.Handle(pattern, s.adapt(auth, h))
+	_, p, _ := strings.Cut(pattern, " ")
+	s.paths[p] = true
 }
 
 // adapt turns an error-returning handler into an http.Handler: authentication first, then
@@ -199,9 +203,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // decode reads one JSON object into v: body capped, unknown fields and trailing data refused.
 func (s *Server) decode(w http.ResponseWriter, r *http.Request, v any) error {
-	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		return api.Errorf(api.ErrInvalidArgument, "Content-Type must be application/json, not %q", ct)
-	}
+	// The Content-Type is not checked: `curl -d` sends form-urlencoded, and the body must
+	// parse as strict JSON anyway.
 	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
 	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()

@@ -347,8 +347,11 @@ func (x *MakeDirResponse) GetEntry() *EntryInfo {
 }
 
 type RemoveRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Airlock extension: refuse to remove a non-empty directory. Unset keeps envd's semantics
+	// (remove recursively).
+	NoRecursive   bool `protobuf:"varint,100,opt,name=no_recursive,json=noRecursive,proto3" json:"no_recursive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -388,6 +391,13 @@ func (x *RemoveRequest) GetPath() string {
 		return x.Path
 	}
 	return ""
+}
+
+func (x *RemoveRequest) GetNoRecursive() bool {
+	if x != nil {
+		return x.NoRecursive
+	}
+	return false
 }
 
 type RemoveResponse struct {
@@ -1337,9 +1347,10 @@ const file_internal_agent_agentpb_filesystem_proto_rawDesc = "" +
 	"\x03uid\x18d \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18e \x01(\rR\x03gid\">\n" +
 	"\x0fMakeDirResponse\x12+\n" +
-	"\x05entry\x18\x01 \x01(\v2\x15.filesystem.EntryInfoR\x05entry\"#\n" +
+	"\x05entry\x18\x01 \x01(\v2\x15.filesystem.EntryInfoR\x05entry\"F\n" +
 	"\rRemoveRequest\x12\x12\n" +
-	"\x04path\x18\x01 \x01(\tR\x04path\"\x10\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12!\n" +
+	"\fno_recursive\x18d \x01(\bR\vnoRecursive\"\x10\n" +
 	"\x0eRemoveResponse\"!\n" +
 	"\vStatRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\";\n" +

@@ -351,6 +351,12 @@ func (s *Sandbox) HTTPClient() *http.Client { return s.client }
 // Done is closed when the sandbox's PID 1 has exited.
 func (s *Sandbox) Done() <-chan struct{} { return s.done }
 
+// Processes counts the sandbox's processes (the agent included).
+func (s *Sandbox) Processes() int {
+	pids, _ := s.cg.Pids()
+	return len(pids)
+}
+
 // Stats reads the sandbox cgroup's usage.
 func (s *Sandbox) Stats() (cgroup.Stats, error) { return s.cg.Stats() }
 

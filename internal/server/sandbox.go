@@ -1,0 +1,406 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/agent"
+	"github.com/airlockhq/airlock/internal/engine"
+)
+
+func (s *Server) sandboxRoutes() {
+	s.handle("POST /v1/sandboxes", true, s.handleCreateSandbox)
+	s.handle("GET /v1/sandboxes", true, s.handleListSandboxes)
+	s.handle("GET /v1/sandboxes/{id}", true, s.handleGetSandbox)
+	s.handle("DELETE /v1/sandboxes/{id}", true, s.handleDeleteSandbox)
+	s.handle("POST /v1/sandboxes/{id}/exec", true, s.handleExec)
+	s.handle("GET /v1/sandboxes/{id}/exec/ws", true, s.handleExecWS)
+	s.handle("GET /v1/sandboxes/{id}/processes", true, s.handleProcesses)
+	s.handle("POST /v1/sandboxes/{id}/processes/{pid}/stdin", true, s.handleStdin)
+	s.handle("POST /v1/sandboxes/{id}/processes/{pid}/signal", true, s.handleSignal)
+	s.handle("GET /v1/sandboxes/{id}/files", true, s.handleReadFile)
+	s.handle("PUT /v1/sandboxes/{id}/files", true, s.handleWriteFile)
+	s.handle("DELETE /v1/sandboxes/{id}/files", true, s.handleRemoveFile)
+	s.handle("GET /v1/sandboxes/{id}/files/list", true, s.handleListFiles)
+	s.handle("GET /v1/sandboxes/{id}/files/stat", true, s.handleStatFile)
+	s.handle("POST /v1/sandboxes/{id}/files/mkdir", true, s.handleMkdir)
+}
+
+func (s *Server) handleCreateSandbox(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateSandboxRequest
+	if err := s.decode(w, r, &req); err != nil {
+		return err
+	}
+	sb, err := s.cfg.Engine.CreateSandbox(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, sb.Info())
+	return nil
+}
+
+func (s *Server) handleListSandboxes(w http.ResponseWriter, r *http.Request) error {
+	tags := map[string]string{}
+	for _, t := range r.URL.Query()["tag"] {
+		k, v, ok := strings.Cut(t, ":")
+		if !ok || k == "" {
+			return api.Errorf(api.ErrInvalidArgument, "tag filter %q must be key:value", t)
+		}
+		tags[k] = v
+	}
+	writeJSON(w, http.StatusOK, api.SandboxList{Sandboxes: s.cfg.Engine.ListSandboxes(tags)})
+	return nil
+}
+
+func (s *Server) handleGetSandbox(w http.ResponseWriter, r *http.Request) error {
+	sb, err := s.cfg.Engine.GetSandbox(r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, sb.Info())
+	return nil
+}
+
+func (s *Server) handleDeleteSandbox(w http.ResponseWriter, r *http.Request) error {
+	info, err := s.cfg.Engine.TerminateSandbox(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, info)
+	return nil
+}
+
+// use looks up the sandbox of the route and marks it active for the request's duration.
+func (s *Server) use(r *http.Request) (*engine.Sandbox, func(), error) {
+	return s.cfg.Engine.Use(r.PathValue("id"))
+}
+
+// wantsNDJSON reports whether the client asked for a stream.
+func wantsNDJSON(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "application/x-ndjson")
+}
+
+func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) error {
+	var req api.ExecRequest
+	if err := s.decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.PTY != nil {
+		return api.Errorf(api.ErrInvalidArgument, "pty is only available over the WebSocket exec")
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if wantsNDJSON(r) {
+		return s.streamExec(w, r, sb, req)
+	}
+	if req.StdinOpen {
+		return api.Errorf(api.ErrInvalidArgument, "stdin_open needs a streamed exec (Accept: application/x-ndjson)")
+	}
+	limit := s.cfg.Engine.Limits().OutputBytes
+	var stdout, stderr bytes.Buffer
+	var pid int
+	end, err := s.cfg.Engine.Exec(r.Context(), sb, req, engine.ExecOptions{OutputLimit: limit}, func(ev agent.Event) {
+		if ev.Pid != 0 {
+			pid = ev.Pid
+		}
+		appendCapped(&stdout, ev.Stdout, int(limit))
+		appendCapped(&stderr, ev.Stderr, int(limit))
+	})
+	if err != nil {
+		return err
+	}
+	res := api.ExecResult{Stdout: toUTF8(stdout.Bytes()), Stderr: toUTF8(stderr.Bytes()), ExitCode: end.ExitCode,
+		ExecutionTime: end.Duration.Seconds(), TimedOut: end.TimedOut, Pid: pid,
+		Truncated: end.StdoutTruncated || end.StderrTruncated}
+	if end.TimedOut {
+		res.ExitCode = 124
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// streamExec answers with NDJSON events: start, stdout/stderr chunks, then exit or error.
+func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, sb *engine.Sandbox, req api.ExecRequest) error {
+	rc := http.NewResponseController(w)
+	var mu sync.Mutex // the event callback and the final write share w
+	started := false
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	send := func(ev api.ExecEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !started {
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		enc.Encode(ev)
+		rc.Flush()
+	}
+	// Output is not capped in a stream; the client reads at its own pace (backpressure).
+	end, err := s.cfg.Engine.Exec(r.Context(), sb, req, engine.ExecOptions{KeepStdin: req.StdinOpen}, func(ev agent.Event) {
+		switch {
+		case ev.Pid != 0:
+			send(api.ExecEvent{Type: api.EventStart, Pid: ev.Pid})
+		case ev.Stdout != nil:
+			send(api.ExecEvent{Type: api.EventStdout, Data: toUTF8(ev.Stdout)})
+		case ev.Stderr != nil:
+			send(api.ExecEvent{Type: api.EventStderr, Data: toUTF8(ev.Stderr)})
+		}
+	})
+	if err != nil {
+		if !started {
+			return err // nothing sent yet: a normal error response
+		}
+		code := api.CodeOf(err)
+		msg := err.Error()
+		if statusOf(code) >= 500 && code != api.CodeUnavailable {
+			msg = "internal error"
+		}
+		send(api.ExecEvent{Type: api.EventError, Error: &api.ErrorDetail{Code: code, Message: msg}})
+		return nil
+	}
+	code := end.ExitCode
+	if end.TimedOut {
+		code = 124
+	}
+	send(api.ExecEvent{Type: api.EventExit, ExitCode: &code, TimedOut: end.TimedOut, ExecutionTime: end.Duration.Seconds()})
+	return nil
+}
+
+func (s *Server) handleProcesses(w http.ResponseWriter, r *http.Request) error {
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	ps, err := s.cfg.Engine.Processes(r.Context(), sb)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.ProcessList{Processes: ps})
+	return nil
+}
+
+func pathPid(r *http.Request) (int, error) {
+	pid, err := strconv.Atoi(r.PathValue("pid"))
+	if err != nil || pid <= 0 {
+		return 0, api.Errorf(api.ErrInvalidArgument, "pid %q is not a process id", r.PathValue("pid"))
+	}
+	return pid, nil
+}
+
+func (s *Server) handleStdin(w http.ResponseWriter, r *http.Request) error {
+	pid, err := pathPid(r)
+	if err != nil {
+		return err
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	// Full duplex: the client may keep the request body open as a live stdin stream.
+	http.NewResponseController(w).EnableFullDuplex()
+	if err := s.cfg.Engine.WriteStdin(r.Context(), sb, pid, r.Body, r.URL.Query().Get("eof") == "true"); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) handleSignal(w http.ResponseWriter, r *http.Request) error {
+	pid, err := pathPid(r)
+	if err != nil {
+		return err
+	}
+	var req api.SignalRequest
+	if err := s.decode(w, r, &req); err != nil {
+		return err
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := s.cfg.Engine.Signal(r.Context(), sb, pid, req.Signal); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// queryPath returns the path query parameter, which is required.
+func queryPath(r *http.Request) (string, error) {
+	p := r.URL.Query().Get("path")
+	if p == "" {
+		return "", api.Errorf(api.ErrInvalidArgument, "query parameter path is required")
+	}
+	if strings.ContainsRune(p, 0) || !utf8.ValidString(p) {
+		return "", api.Errorf(api.ErrInvalidArgument, "path contains a NUL byte or invalid UTF-8")
+	}
+	return p, nil
+}
+
+func (s *Server) handleReadFile(w http.ResponseWriter, r *http.Request) error {
+	p, err := queryPath(r)
+	if err != nil {
+		return err
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	started := false
+	err = s.cfg.Engine.ReadFile(r.Context(), sb, p, w, func() {
+		started = true
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.WriteHeader(http.StatusOK)
+	})
+	if err != nil && started {
+		// Headers are gone; abort the body so the client sees a broken transfer, not a short file.
+		panic(http.ErrAbortHandler)
+	}
+	return err
+}
+
+func (s *Server) handleWriteFile(w http.ResponseWriter, r *http.Request) error {
+	p, err := queryPath(r)
+	if err != nil {
+		return err
+	}
+	mode := uint64(0o644)
+	if m := r.URL.Query().Get("mode"); m != "" {
+		if mode, err = strconv.ParseUint(m, 8, 32); err != nil || mode > 0o777 {
+			return api.Errorf(api.ErrInvalidArgument, "mode %q must be octal permission bits like 0644", m)
+		}
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	// No body cap beyond the sandbox's own writable-layer cap: the upload is streamed through.
+	fi, err := s.cfg.Engine.WriteFile(r.Context(), sb, p, r.Body, uint32(mode))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, fi)
+	return nil
+}
+
+func (s *Server) handleRemoveFile(w http.ResponseWriter, r *http.Request) error {
+	p, err := queryPath(r)
+	if err != nil {
+		return err
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := s.cfg.Engine.Remove(r.Context(), sb, p, r.URL.Query().Get("recursive") == "true"); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (s *Server) handleListFiles(w http.ResponseWriter, r *http.Request) error {
+	p := r.URL.Query().Get("path")
+	if p == "" {
+		p = "."
+	}
+	depth := 1
+	if d := r.URL.Query().Get("depth"); d != "" {
+		var err error
+		if depth, err = strconv.Atoi(d); err != nil {
+			return api.Errorf(api.ErrInvalidArgument, "depth %q is not a number", d)
+		}
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	entries, err := s.cfg.Engine.List(r.Context(), sb, p, depth)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.FileList{Entries: entries})
+	return nil
+}
+
+func (s *Server) handleStatFile(w http.ResponseWriter, r *http.Request) error {
+	p, err := queryPath(r)
+	if err != nil {
+		return err
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	fi, err := s.cfg.Engine.Stat(r.Context(), sb, p)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, fi)
+	return nil
+}
+
+func (s *Server) handleMkdir(w http.ResponseWriter, r *http.Request) error {
+	p, err := queryPath(r)
+	if err != nil {
+		return err
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	fi, err := s.cfg.Engine.Mkdir(r.Context(), sb, p)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, fi)
+	return nil
+}
+
+func appendCapped(b *bytes.Buffer, p []byte, limit int) {
+	if room := limit - b.Len(); room > 0 {
+		b.Write(p[:min(len(p), room)])
+	}
+}
+
+// toUTF8 returns b as a string with each invalid UTF-8 sequence replaced by U+FFFD.
+func toUTF8(b []byte) string {
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	return strings.ToValidUTF8(string(b), "\uFFFD")
+}
+
+var (
+	_ = context.Background
+	_ = errors.New
+	_ = fmt.Sprint
+	_ = io.EOF
+	_ = time.Second
+)

@@ -1,0 +1,126 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/agent"
+	"github.com/airlockhq/airlock/internal/engine"
+)
+
+// handleExecWS runs an interactive exec over a WebSocket (protocol in api/sandbox.go).
+func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err // before the upgrade: a normal JSON error
+	}
+	defer done()
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
+	if err != nil {
+		return nil // Accept has answered the client
+	}
+	defer c.CloseNow()
+	c.SetReadLimit(1 << 20)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+
+	_, first, err := c.Read(ctx)
+	if err != nil {
+		return nil
+	}
+	var req api.ExecRequest
+	if err := json.Unmarshal(first, &req); err != nil {
+		c.Close(websocket.StatusInvalidFramePayloadData, "first message must be an ExecRequest JSON object")
+		return nil
+	}
+	if req.PTY != nil {
+		wsSend(ctx, c, api.ExecEvent{Type: api.EventError, Error: &api.ErrorDetail{Code: api.CodeUnimplemented, Message: "pty is not implemented yet"}})
+		c.Close(websocket.StatusNormalClosure, "")
+		return nil
+	}
+	var writeMu sync.Mutex // websocket writes are not concurrent-safe across goroutines
+	pidc := make(chan int, 1)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { s.wsInput(ctx, c, sb, pidc) })
+
+	end, err := s.cfg.Engine.Exec(ctx, sb, req, engine.ExecOptions{KeepStdin: true}, func(ev agent.Event) {
+		writeMu.Lock()
+		defer writeMu.Unlock()
+		switch {
+		case ev.Pid != 0:
+			pidc <- ev.Pid
+			wsSend(ctx, c, api.ExecEvent{Type: api.EventStart, Pid: ev.Pid})
+		case ev.Stdout != nil:
+			c.Write(ctx, websocket.MessageBinary, append([]byte{api.WSStdout}, ev.Stdout...))
+		case ev.Stderr != nil:
+			c.Write(ctx, websocket.MessageBinary, append([]byte{api.WSStderr}, ev.Stderr...))
+		}
+	})
+	writeMu.Lock()
+	if err != nil {
+		code, msg := api.CodeOf(err), err.Error()
+		if statusOf(code) >= 500 && code != api.CodeUnavailable {
+			msg = "internal error"
+		}
+		wsSend(ctx, c, api.ExecEvent{Type: api.EventError, Error: &api.ErrorDetail{Code: code, Message: msg}})
+	} else {
+		code := end.ExitCode
+		if end.TimedOut {
+			code = 124
+		}
+		wsSend(ctx, c, api.ExecEvent{Type: api.EventExit, ExitCode: &code, TimedOut: end.TimedOut, ExecutionTime: end.Duration.Seconds()})
+	}
+	writeMu.Unlock()
+	c.Close(websocket.StatusNormalClosure, "")
+	cancel()
+	return nil
+}
+
+func wsSend(ctx context.Context, c *websocket.Conn, ev api.ExecEvent) {
+	b, _ := json.Marshal(ev)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c.Write(wctx, websocket.MessageText, b)
+}
+
+// wsInput forwards client frames: binary frames to stdin, text frames as controls.
+func (s *Server) wsInput(ctx context.Context, c *websocket.Conn, sb *engine.Sandbox, pidc <-chan int) {
+	var pid int
+	select {
+	case pid = <-pidc:
+	case <-ctx.Done():
+		return
+	}
+	for {
+		typ, data, err := c.Read(ctx)
+		if err != nil {
+			return
+		}
+		if typ == websocket.MessageBinary {
+			if err := s.cfg.Engine.WriteStdin(ctx, sb, pid, bytes.NewReader(data), false); err != nil {
+				return
+			}
+			continue
+		}
+		var ctl api.WSControl
+		if json.Unmarshal(data, &ctl) != nil {
+			continue
+		}
+		switch ctl.Type {
+		case "eof":
+			s.cfg.Engine.WriteStdin(ctx, sb, pid, bytes.NewReader(nil), true)
+		case "kill":
+			s.cfg.Engine.Signal(ctx, sb, pid, 9)
+		case "signal":
+			s.cfg.Engine.Signal(ctx, sb, pid, ctl.Signal)
+		}
+	}
+}
