@@ -18,12 +18,21 @@ var _ engine.Runtime = nativeRuntime{}
 func (n nativeRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instance, error) {
 	sb, err := n.r.Create(ctx, native.Spec{
 		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
-		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network,
+		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
 	})
 	if err != nil {
 		return nil, err
 	}
 	return nativeSandbox{sb}, nil
+}
+
+func (n nativeRuntime) Recover(ctx context.Context) ([]engine.Recovered, error) {
+	found, err := n.r.Recover(ctx)
+	out := make([]engine.Recovered, 0, len(found))
+	for _, f := range found {
+		out = append(out, engine.Recovered{ID: f.Sandbox.ID(), Inst: nativeSandbox{f.Sandbox}, Meta: f.Meta})
+	}
+	return out, err
 }
 
 type nativeSandbox struct{ *native.Sandbox }
@@ -37,18 +46,23 @@ func (s nativeSandbox) Usage() (engine.Usage, error) {
 // engineOptions are the flags shared by commands that run an engine.
 type engineOptions struct {
 	stateDir      string
+	cgroupRoot    string
 	maxConcurrent int
 }
 
+// fromEnv fills options not set by flags from AIRLOCK_* variables.
 func (o *engineOptions) fromEnv() {
-	if v := os.Getenv("AIRLOCK_STATE_DIR"); v != "" {
+	if v := os.Getenv("AIRLOCK_STATE_DIR"); v != "" && o.stateDir == "" {
 		o.stateDir = v
+	}
+	if v := os.Getenv("AIRLOCK_CGROUP_ROOT"); v != "" && o.cgroupRoot == "" {
+		o.cgroupRoot = v
 	}
 }
 
 // newEngine builds the native runtime and an engine on it.
 func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Runtime, error) {
-	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir})
+	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, CgroupRoot: o.cgroupRoot})
 	if err != nil {
 		return nil, nil, fmt.Errorf("native runtime: %w", err)
 	}

@@ -41,6 +41,13 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			adopted, destroyed, err := e.Recover(ctx)
+			if err != nil {
+				logger.WarnContext(ctx, "recovering sandboxes", "err", err)
+			}
+			if adopted+destroyed > 0 {
+				logger.InfoContext(ctx, "recovered sandboxes of a previous daemon", "adopted", adopted, "destroyed", destroyed)
+			}
 			srv, err := server.New(server.Config{Logger: logger, Engine: e, APIKeys: keys, Version: Version,
 				CgroupVersion: rt.CgroupVersion(), Runtimes: []string{"native"}})
 			if err != nil {

@@ -4,8 +4,10 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -35,6 +37,10 @@ const sandboxHostUID = 2000000 + 1000
 func TestMain(m *testing.M) {
 	if native.IsInit() {
 		os.Exit(cli.RunAgent())
+	}
+	if args := os.Getenv("AIRLOCK_E2E_DAEMON"); args != "" {
+		// This test binary, re-executed as an airlock daemon (see daemon_test.go).
+		os.Exit(cli.Main(context.Background(), strings.Fields(args)))
 	}
 	k, v, _ := strings.Cut(fakeSecret, "=")
 	os.Setenv(k, v)
@@ -102,5 +108,13 @@ func mustStillServe(t *testing.T) {
 	resp := py(t, "print(6*7)")
 	if !resp.Success || strings.TrimSpace(resp.Stdout) != "42" {
 		t.Fatalf("engine no longer serves a normal run after the attack: %+v", resp)
+	}
+}
+
+func decodeJSON(t *testing.T, resp *http.Response, out any) {
+	t.Helper()
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatalf("decode %s: %v", resp.Request.URL, err)
 	}
 }

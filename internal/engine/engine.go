@@ -46,6 +46,7 @@ type Spec struct {
 	ScratchBytes int64
 	NoFile       uint64
 	Network      bool
+	Meta         []byte // kept by the runtime with the sandbox, for Recover
 }
 
 // Usage is what a sandbox consumed, read from its cgroup.

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -167,13 +168,14 @@ func (e *Engine) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest
 		return nil, err
 	}
 	id := newID("sb-")
+	now := time.Now()
+	meta, _ := json.Marshal(sandboxMeta{Req: req, Created: now, Expires: now.Add(life), Idle: idle})
 	inst, err := e.create(ctx, Spec{ID: id, Image: req.Image, MemoryBytes: req.MemoryMB << 20, CPU: req.CPU,
-		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile})
+		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Meta: meta})
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
-	now := time.Now()
 	sb := &Sandbox{id: id, inst: inst, client: agent.NewClient(inst.HTTPClient()), created: now,
 		expires: now.Add(life), idle: idle, req: req, release: release, lastActive: now}
 	if req.Workdir != "/workspace" {

@@ -66,6 +66,7 @@ type Spec struct {
 	ScratchBytes int64  // /workspace, /tmp and /dev/shm together
 	NoFile       uint64 // RLIMIT_NOFILE
 	Network      bool   // outbound network; not built yet (see Create)
+	Meta         []byte // opaque to the runtime; kept with the sandbox's state for Recover
 }
 
 // agentPidsReserve is added to the cgroup pids limit for the agent's own threads: user
@@ -112,11 +113,36 @@ func New(cfg Config) (*Runtime, error) {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
 	}
+	if err := checkTraversable(cfg.StateDir); err != nil {
+		return nil, err
+	}
 	r.binds, r.links, r.etc, err = hostImage(cfg.UID, cfg.GID)
 	if err != nil {
 		return nil, fmt.Errorf("host image: %w", err)
 	}
 	return r, nil
+}
+
+// checkTraversable makes sure every ancestor of dir lets others through (o+x): a sandbox's init
+// runs as an unprivileged host uid and must reach the staging directory inside dir.
+func checkTraversable(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for p := filepath.Dir(abs); ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return fmt.Errorf("state directory: %w", err)
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("state directory %s: its parent %s (mode %v) must be traversable by others (chmod o+x), "+
+				"since sandboxes start as an unprivileged uid", abs, p, fi.Mode().Perm())
+		}
+		if p == "/" {
+			return nil
+		}
+	}
 }
 
 // CgroupVersion is 1 or 2.
@@ -270,7 +296,11 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	if err := waitReady(ctx, statusR); err != nil {
 		return nil, err
 	}
-	if err := writeState(dir, state{ID: spec.ID, Pid: sb.pid}); err != nil {
+	start, err := procStartTime(sb.pid)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox init: %w", err)
+	}
+	if err := writeState(dir, state{ID: spec.ID, Pid: sb.pid, Start: start, Meta: spec.Meta}); err != nil {
 		return nil, err
 	}
 	sb.client = agentClient(sock)
@@ -323,8 +353,10 @@ func agentClient(sock string) *http.Client {
 
 // state is persisted beside the socket so a restarted daemon can find the sandbox again.
 type state struct {
-	ID  string `json:"id"`
-	Pid int    `json:"pid"`
+	ID    string `json:"id"`
+	Pid   int    `json:"pid"`
+	Start uint64 `json:"start"` // PID 1's start time in clock ticks since boot: guards against pid reuse
+	Meta  []byte `json:"meta,omitempty"`
 }
 
 func writeState(dir string, st state) error {

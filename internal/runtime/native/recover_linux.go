@@ -1,0 +1,141 @@
+package native
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Recovered is a sandbox found alive by Recover.
+type Recovered struct {
+	Sandbox *Sandbox
+	Meta    []byte
+}
+
+// Recover finds the sandboxes a previous daemon left running and reattaches to them; it removes
+// the remains of dead ones (state, cgroup) and kills cgroups without state (a crash during
+// Create). Call it once at start-up, before creating sandboxes.
+func (r *Runtime) Recover(ctx context.Context) ([]Recovered, error) {
+	dir := filepath.Join(r.cfg.StateDir, "sandboxes")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	var out []Recovered
+	var errs []error
+	known := map[string]bool{}
+	for _, e := range ents {
+		id := e.Name()
+		if !idPattern.MatchString(id) {
+			continue
+		}
+		known[id] = true
+		sb, meta, err := r.reattach(id)
+		if err == nil {
+			out = append(out, Recovered{Sandbox: sb, Meta: meta})
+			continue
+		}
+		r.cfg.Logger.WarnContext(ctx, "cleaning up sandbox left by a previous daemon", "sandbox", id, "reason", err)
+		if err := r.cleanup(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	groups, err := r.cg.List()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list cgroups: %w", err))
+	}
+	for _, id := range groups {
+		if !known[id] {
+			if err := r.cleanup(ctx, id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// reattach rebuilds the Sandbox of a live init from its state file.
+func (r *Runtime) reattach(id string) (*Sandbox, []byte, error) {
+	dir := filepath.Join(r.cfg.StateDir, "sandboxes", id)
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil {
+		return nil, nil, err
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil || st.ID != id || st.Pid <= 0 {
+		return nil, nil, fmt.Errorf("bad state file")
+	}
+	if start, err := procStartTime(st.Pid); err != nil || start != st.Start {
+		return nil, nil, fmt.Errorf("sandbox init %d is gone", st.Pid)
+	}
+	pidfd, err := unix.PidfdOpen(st.Pid, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pidfd: %w", err)
+	}
+	g, err := r.cg.Load(id)
+	if err != nil {
+		unix.Close(pidfd)
+		return nil, nil, fmt.Errorf("cgroup: %w", err)
+	}
+	proc, _ := os.FindProcess(st.Pid)
+	sock := filepath.Join(dir, "agent.sock")
+	sb := &Sandbox{id: id, pid: st.Pid, proc: proc, cg: g, dir: dir, sock: sock, client: agentClient(sock),
+		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", id)}
+	// Not our child any more: learn of its exit by polling its pidfd.
+	go func() {
+		defer unix.Close(pidfd)
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		close(sb.done)
+	}()
+	return sb, st.Meta, nil
+}
+
+// cleanup kills and removes whatever is left of sandbox id.
+func (r *Runtime) cleanup(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	var errs []error
+	if g, err := r.cg.Load(id); err == nil {
+		if err := g.Kill(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("kill cgroup %s: %w", id, err))
+		}
+		if err := g.Delete(); err != nil {
+			errs = append(errs, fmt.Errorf("delete cgroup %s: %w", id, err))
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(r.cfg.StateDir, "sandboxes", id)); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// procStartTime reads a process's start time (field 22 of /proc/PID/stat, in clock ticks).
+func procStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, errors.New("malformed stat")
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
