@@ -1,0 +1,184 @@
+package cgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/containerd/cgroups/v3"
+)
+
+// Manager creates and finds the groups under one parent group. The zero value is not usable; call
+// New.
+type Manager struct {
+	root string
+	b    backend
+}
+
+// backend is one cgroup version's way to manage the groups under root.
+type backend interface {
+	version() int
+	create(name string, l Limits) (groupOps, error)
+	load(name string) (groupOps, error)
+	list() ([]string, error)
+	removeRoot() error
+}
+
+// groupOps is one cgroup version's handle on a single group.
+type groupOps interface {
+	dirFD() (int, bool, error)
+	add(pid int) error
+	stats() (Stats, error)
+	procs() ([]int, error)
+	kill(ctx context.Context) error
+	delete() error
+}
+
+// New prepares a parent group named root (e.g. "airlock") under the hierarchy/hierarchies; on v2
+// it enables the memory, cpu and pids controllers in subtree_control of the parent path (and of the
+// root group needed to get there), erroring clearly if that is impossible. root is a single path
+// component and may already exist (after a restart, say).
+func New(root string) (*Manager, error) {
+	if err := validateName(root); err != nil {
+		return nil, fmt.Errorf("cgroup root: %w", err)
+	}
+	var (
+		b   backend
+		err error
+	)
+	switch mode := cgroups.Mode(); mode {
+	case cgroups.Unified:
+		b, err = newV2(unifiedMount, root, v2Controllers)
+	case cgroups.Legacy, cgroups.Hybrid:
+		b, err = newV1(root)
+	default:
+		return nil, fmt.Errorf("no cgroup file system at %s: %w", unifiedMount, errors.ErrUnsupported)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &Manager{root: root, b: b}, nil
+}
+
+// Version returns the cgroup version in use: 1 or 2.
+func (m *Manager) Version() int { return m.b.version() }
+
+// Create makes a new group with limits l. It fails with an error wrapping fs.ErrExist if a group
+// named name already exists, and removes whatever it made if a limit cannot be written.
+func (m *Manager) Create(name string, l Limits) (*Group, error) {
+	if err := validateName(name); err != nil {
+		return nil, fmt.Errorf("create cgroup: %w", err)
+	}
+	if err := l.validate(); err != nil {
+		return nil, fmt.Errorf("create cgroup %s: %w", name, err)
+	}
+	ops, err := m.b.create(name, l)
+	if err != nil {
+		return nil, fmt.Errorf("create cgroup %s: %w", name, err)
+	}
+	return &Group{name: name, ops: ops}, nil
+}
+
+// Load returns the existing group name, for instance to kill and delete it after a daemon
+// restart. A group that exists in only some v1 hierarchies (a crash mid-create) still loads. The
+// error wraps fs.ErrNotExist if the group does not exist.
+func (m *Manager) Load(name string) (*Group, error) {
+	if err := validateName(name); err != nil {
+		return nil, fmt.Errorf("load cgroup: %w", err)
+	}
+	ops, err := m.b.load(name)
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup %s: %w", name, err)
+	}
+	return &Group{name: name, ops: ops}, nil
+}
+
+// List returns the sorted names of the groups under root (on v1, present in any of the
+// hierarchies), for cleanup after a crash. Directories with names Create would reject are skipped.
+func (m *Manager) List() ([]string, error) {
+	names, err := m.b.list()
+	if err != nil {
+		return nil, fmt.Errorf("list cgroups under %s: %w", m.root, err)
+	}
+	return names, nil
+}
+
+// RemoveRoot removes the parent group itself, for tests and uninstall. It fails if any group is
+// left under it; controllers enabled by New stay enabled in the mount root. Removing a root that is
+// already gone is not an error.
+func (m *Manager) RemoveRoot() error {
+	if err := m.b.removeRoot(); err != nil {
+		return fmt.Errorf("remove cgroup root %s: %w", m.root, err)
+	}
+	return nil
+}
+
+// Group is one sandbox's cgroup.
+type Group struct {
+	name string
+	ops  groupOps
+}
+
+// Name returns the name the group was created or loaded with.
+func (g *Group) Name() string { return g.name }
+
+// DirFD returns an O_PATH|O_DIRECTORY|O_CLOEXEC fd of the v2 group directory, usable as
+// SysProcAttr.CgroupFD with UseCgroupFD so that a child starts inside the group (clone3
+// CLONE_INTO_CGROUP) and never runs outside it. ok is false on v1, where the caller must Add the
+// child instead. The caller closes fd.
+func (g *Group) DirFD() (fd int, ok bool, err error) {
+	fd, ok, err = g.ops.dirFD()
+	if err != nil {
+		return -1, false, fmt.Errorf("open cgroup %s: %w", g.name, err)
+	}
+	return fd, ok, nil
+}
+
+// Add moves process pid (all its threads) into the group, in every controller.
+func (g *Group) Add(pid int) error {
+	if pid <= 0 {
+		return fmt.Errorf("add to cgroup %s: invalid pid %d", g.name, pid)
+	}
+	if err := g.ops.add(pid); err != nil {
+		return fmt.Errorf("add pid %d to cgroup %s: %w", pid, g.name, err)
+	}
+	return nil
+}
+
+// Stats reads the group's CPU time, peak memory and OOM counters.
+func (g *Group) Stats() (Stats, error) {
+	s, err := g.ops.stats()
+	if err != nil {
+		return Stats{}, fmt.Errorf("stats of cgroup %s: %w", g.name, err)
+	}
+	return s, nil
+}
+
+// Pids returns the sorted ids of the processes in the group (and in any group below it).
+func (g *Group) Pids() ([]int, error) {
+	pids, err := g.ops.procs()
+	if err != nil {
+		return nil, fmt.Errorf("list processes of cgroup %s: %w", g.name, err)
+	}
+	return pids, nil
+}
+
+// Kill SIGKILLs every process in the group, including ones forked concurrently: v2 uses
+// cgroup.kill when present, else freeze→kill→thaw; v1 uses the freezer controller the same way.
+// Returns when the group is empty or ctx ends (then with an error wrapping ctx's cause). Killing
+// a group that is already empty or deleted is not an error.
+func (g *Group) Kill(ctx context.Context) error {
+	if err := g.ops.kill(ctx); err != nil {
+		return fmt.Errorf("kill cgroup %s: %w", g.name, err)
+	}
+	return nil
+}
+
+// Delete removes the group directories (after Kill); idempotent (missing dirs are fine). It fails
+// if processes are still in the group.
+func (g *Group) Delete() error {
+	if err := g.ops.delete(); err != nil {
+		return fmt.Errorf("delete cgroup %s: %w", g.name, err)
+	}
+	return nil
+}

@@ -1,0 +1,53 @@
+//go:build !linux
+
+package cgroup
+
+import (
+	"context"
+	"errors"
+)
+
+// Manager is unavailable off Linux; New returns errors.ErrUnsupported.
+type Manager struct{}
+
+// New returns errors.ErrUnsupported: cgroups exist only on Linux.
+func New(root string) (*Manager, error) { return nil, errors.ErrUnsupported }
+
+// Version returns 0.
+func (m *Manager) Version() int { return 0 }
+
+// Create returns errors.ErrUnsupported.
+func (m *Manager) Create(name string, l Limits) (*Group, error) { return nil, errors.ErrUnsupported }
+
+// Load returns errors.ErrUnsupported.
+func (m *Manager) Load(name string) (*Group, error) { return nil, errors.ErrUnsupported }
+
+// List returns errors.ErrUnsupported.
+func (m *Manager) List() ([]string, error) { return nil, errors.ErrUnsupported }
+
+// RemoveRoot returns errors.ErrUnsupported.
+func (m *Manager) RemoveRoot() error { return errors.ErrUnsupported }
+
+// Group is unavailable off Linux.
+type Group struct{ name string }
+
+// Name returns the group's name.
+func (g *Group) Name() string { return g.name }
+
+// DirFD returns errors.ErrUnsupported.
+func (g *Group) DirFD() (fd int, ok bool, err error) { return -1, false, errors.ErrUnsupported }
+
+// Add returns errors.ErrUnsupported.
+func (g *Group) Add(pid int) error { return errors.ErrUnsupported }
+
+// Stats returns errors.ErrUnsupported.
+func (g *Group) Stats() (Stats, error) { return Stats{}, errors.ErrUnsupported }
+
+// Pids returns errors.ErrUnsupported.
+func (g *Group) Pids() ([]int, error) { return nil, errors.ErrUnsupported }
+
+// Kill returns errors.ErrUnsupported.
+func (g *Group) Kill(ctx context.Context) error { return errors.ErrUnsupported }
+
+// Delete returns errors.ErrUnsupported.
+func (g *Group) Delete() error { return errors.ErrUnsupported }

@@ -1,0 +1,285 @@
+package cgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/containerd/cgroups/v3/cgroup2"
+	"golang.org/x/sys/unix"
+)
+
+// unifiedMount is where cgroups.Mode looks for cgroup2, and so where we use it.
+const unifiedMount = "/sys/fs/cgroup"
+
+// v2Controllers are the controllers enabled for the groups under root.
+var v2Controllers = []string{"memory", "cpu", "pids"}
+
+// v2Backend manages groups in the unified hierarchy. It is immutable after newV2.
+type v2Backend struct {
+	mount   string // the cgroup2 mount point, e.g. /sys/fs/cgroup
+	root    string
+	rootDir string // mount/root
+	// memory is whether the memory controller is enabled (always, outside tests), so that the
+	// memory.* files exist in each group.
+	memory bool
+	// swapMax is whether memory.swap.max exists (swap accounting is on), so swap can be disabled.
+	swapMax bool
+	// noKillFile makes Kill ignore cgroup.kill, so tests can reach the freeze fallback that
+	// kernels before 5.14 take.
+	noKillFile bool
+}
+
+// newV2 prepares mount/root with controllers enabled for its children. Tests pass no controllers
+// to run the controller-independent paths on the bare cgroup2 mount of a hybrid host.
+func newV2(mount, root string, controllers []string) (*v2Backend, error) {
+	b := &v2Backend{
+		mount:   mount,
+		root:    root,
+		rootDir: filepath.Join(mount, root),
+		memory:  slices.Contains(controllers, "memory"),
+	}
+	// A controller can be enabled for root only once the mount root enables it, and the mount
+	// root only offers what its own parent delegated (a container sees just its share).
+	if err := enableControllers(mount, controllers); err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(b.rootDir, dirPerm); err != nil && !errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("prepare cgroup root: %w", err)
+	}
+	if err := enableControllers(b.rootDir, controllers); err != nil {
+		return nil, err
+	}
+	if b.memory {
+		_, err := os.Stat(filepath.Join(b.rootDir, "memory.swap.max"))
+		b.swapMax = err == nil
+	}
+	return b, nil
+}
+
+// enableControllers makes sure dir's children get want, checking cgroup.controllers first so that
+// a missing controller gets a clear error rather than the kernel's bare ENOENT, and writing only
+// the missing ones (a no-op write still takes cgroup_mutex).
+func enableControllers(dir string, want []string) error {
+	if len(want) == 0 {
+		return nil
+	}
+	avail, err := os.ReadFile(filepath.Join(dir, "cgroup.controllers"))
+	if err != nil {
+		return fmt.Errorf("read available cgroup controllers: %w", err)
+	}
+	have := strings.Fields(string(avail))
+	for _, c := range want {
+		if !slices.Contains(have, c) {
+			return fmt.Errorf("cgroup v2 controller %s is not available in %s (it offers %q; it is bound to a v1 hierarchy or was not delegated): %w",
+				c, dir, have, errors.ErrUnsupported)
+		}
+	}
+	st := filepath.Join(dir, "cgroup.subtree_control")
+	cur, err := os.ReadFile(st)
+	if err != nil {
+		return fmt.Errorf("read enabled cgroup controllers: %w", err)
+	}
+	on := strings.Fields(string(cur))
+	var add []string
+	for _, c := range want {
+		if !slices.Contains(on, c) {
+			add = append(add, "+"+c)
+		}
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	if err := writeFile(st, strings.Join(add, " ")); err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			// The "no internal processes" rule: a non-root cgroup that has processes of its own
+			// cannot hand domain controllers to children. Typical inside a container with a
+			// private cgroup namespace, where the container's processes sit in the namespace root.
+			return fmt.Errorf("enable cgroup controllers %s in %s (a non-root cgroup with member processes cannot delegate controllers; move its processes into a leaf child group first): %w",
+				strings.Join(add, " "), dir, err)
+		}
+		return fmt.Errorf("enable cgroup controllers %s in %s: %w", strings.Join(add, " "), dir, err)
+	}
+	return nil
+}
+
+func (b *v2Backend) version() int { return 2 }
+
+// resources converts l for cgroup2.Manager.Update; nil fields keep the kernel's defaults (max).
+func (b *v2Backend) resources(l Limits) *cgroup2.Resources {
+	var r cgroup2.Resources
+	if l.MemoryBytes > 0 || b.swapMax {
+		r.Memory = &cgroup2.Memory{}
+		if l.MemoryBytes > 0 {
+			mem := l.MemoryBytes
+			r.Memory.Max = &mem
+		}
+		if b.swapMax {
+			zero := int64(0)
+			r.Memory.Swap = &zero // memory.swap.max is swap alone (v1 memsw is memory+swap)
+		}
+	}
+	if q := l.cpuQuotaUS(); q > 0 {
+		period := uint64(cpuPeriodUS)
+		r.CPU = &cgroup2.CPU{Max: cgroup2.NewCPUMax(&q, &period)}
+	}
+	if l.Pids > 0 {
+		r.Pids = &cgroup2.Pids{Max: l.Pids}
+	}
+	return &r
+}
+
+// group returns the handle of name without touching the file system.
+func (b *v2Backend) group(name string) (*v2Group, error) {
+	cg, err := cgroup2.Load("/"+b.root+"/"+name, cgroup2.WithMountpoint(b.mount))
+	if err != nil {
+		return nil, err
+	}
+	return &v2Group{b: b, dir: filepath.Join(b.rootDir, name), cg: cg}, nil
+}
+
+// create makes the directory itself and then writes the limits with cgroup2.Manager.Update:
+// cgroup2.NewManager would instead rewrite cgroup.subtree_control of every ancestor on each
+// call (two extra writes under cgroup_mutex per group), which New has already done once.
+func (b *v2Backend) create(name string, l Limits) (groupOps, error) {
+	g, err := b.group(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Mkdir(g.dir, dirPerm); err != nil {
+		return nil, err
+	}
+	if err := g.cg.Update(b.resources(l)); err != nil {
+		return nil, errors.Join(err, g.delete())
+	}
+	return g, nil
+}
+
+func (b *v2Backend) load(name string) (groupOps, error) {
+	g, err := b.group(name)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(g.dir); err != nil {
+		return nil, err // wraps fs.ErrNotExist when missing
+	}
+	return g, nil
+}
+
+func (b *v2Backend) list() ([]string, error) { return listGroups([]string{b.rootDir}) }
+
+func (b *v2Backend) removeRoot() error {
+	if err := ignoringEINTR(func() error { return unix.Rmdir(b.rootDir) }); err != nil && err != unix.ENOENT {
+		return &fs.PathError{Op: "rmdir", Path: b.rootDir, Err: err}
+	}
+	return nil
+}
+
+// v2Group is a group in the unified hierarchy.
+type v2Group struct {
+	b   *v2Backend
+	dir string
+	cg  *cgroup2.Manager
+}
+
+func (g *v2Group) dirFD() (int, bool, error) {
+	fd, err := unix.Open(g.dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, false, &fs.PathError{Op: "open", Path: g.dir, Err: err}
+	}
+	return fd, true, nil
+}
+
+func (g *v2Group) add(pid int) error { return g.cg.AddProc(uint64(pid)) }
+
+// stats reads three small files directly: the library's Stat also parses memory.stat, the PSI
+// files and io.stat, and reads missing files as 0 without telling.
+func (g *v2Group) stats() (Stats, error) {
+	var s Stats
+	// cpu.stat's usage_usec is a core file, present without the cpu controller.
+	us, err := readFlatKeyed(filepath.Join(g.dir, "cpu.stat"), "usage_usec")
+	if err != nil {
+		return s, err
+	}
+	s.CPUTime = time.Duration(us) * time.Microsecond
+	if !g.b.memory {
+		return s, nil
+	}
+	// memory.peak is Linux 5.19+; before it, current usage is the best we can report.
+	peak, err := readUint(filepath.Join(g.dir, "memory.peak"))
+	if errors.Is(err, fs.ErrNotExist) {
+		peak, err = readUint(filepath.Join(g.dir, "memory.current"))
+	}
+	if err != nil {
+		return s, err
+	}
+	s.PeakMemory = int64(peak)
+	ev, err := os.ReadFile(filepath.Join(g.dir, "memory.events"))
+	if err != nil {
+		return s, err
+	}
+	if s.OOMKills, _, err = flatKeyed(ev, "oom_kill"); err != nil {
+		return s, fmt.Errorf("parse memory.events: %w", err)
+	}
+	if s.MemoryFailcnt, _, err = flatKeyed(ev, "max"); err != nil {
+		return s, fmt.Errorf("parse memory.events: %w", err)
+	}
+	return s, nil
+}
+
+func (g *v2Group) procs() ([]int, error) { return procsOf([]string{g.dir}) }
+
+// empty reads "populated" from cgroup.events: one small read, covering child groups too.
+func (g *v2Group) empty() (bool, error) {
+	v, err := readFlatKeyed(filepath.Join(g.dir, "cgroup.events"), "populated")
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
+	return v == 0, err
+}
+
+// kill writes cgroup.kill itself rather than calling cgroup2.Manager.Kill, which returns as soon
+// as the signal is sent (not once the group is empty), logs through containerd/log, and in its
+// fallback waits on the pids as if they were its children and freezes without a deadline.
+func (g *v2Group) kill(ctx context.Context) error {
+	if !g.b.noKillFile {
+		err := writeFile(filepath.Join(g.dir, "cgroup.kill"), "1")
+		if err == nil {
+			return poll(ctx, g.empty)
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		if _, serr := os.Stat(g.dir); errors.Is(serr, fs.ErrNotExist) {
+			return nil // the group is gone, so nothing is in it
+		}
+		// The directory is there but cgroup.kill is not: Linux < 5.14.
+	}
+	return freezeKill(ctx, v2Freezer(g.dir), g.procs, g.empty)
+}
+
+func (g *v2Group) delete() error { return rmdirTree(g.dir) }
+
+// v2Freezer is the directory of a v2 group, frozen through cgroup.freeze (Linux 5.2+).
+type v2Freezer string
+
+func (f v2Freezer) freeze(ctx context.Context) error {
+	if err := writeFile(filepath.Join(string(f), "cgroup.freeze"), "1"); err != nil {
+		return err
+	}
+	events := filepath.Join(string(f), "cgroup.events")
+	return poll(ctx, func() (bool, error) {
+		v, err := readFlatKeyed(events, "frozen")
+		return v == 1, err
+	})
+}
+
+func (f v2Freezer) thaw() error {
+	return writeFile(filepath.Join(string(f), "cgroup.freeze"), "0")
+}
