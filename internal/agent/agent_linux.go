@@ -42,6 +42,7 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	mux.Handle(agentpbconnect.NewProcessHandler(&processService{a}))
 	mux.Handle(agentpbconnect.NewAgentHandler(&agentService{a}))
 	mux.Handle(agentpbconnect.NewFilesystemHandler(&fsService{a: a}))
+	mux.Handle(agentpbconnect.NewReplHandler(&replService{a: a}))
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
 	srv := &http.Server{

@@ -20,6 +20,7 @@ type Client struct {
 	Process agentpbconnect.ProcessClient
 	Agent   agentpbconnect.AgentClient
 	FS      agentpbconnect.FilesystemClient
+	Repl    agentpbconnect.ReplClient
 }
 
 // NewClient returns a client over hc, which must reach the agent (any URL host works).
@@ -29,6 +30,7 @@ func NewClient(hc *http.Client) *Client {
 		Process: agentpbconnect.NewProcessClient(hc, base),
 		Agent:   agentpbconnect.NewAgentClient(hc, base),
 		FS:      agentpbconnect.NewFilesystemClient(hc, base),
+		Repl:    agentpbconnect.NewReplClient(hc, base),
 	}
 }
 

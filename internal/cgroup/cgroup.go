@@ -43,6 +43,7 @@ type Limits struct {
 // Stats is the usage of a group since it was created.
 type Stats struct {
 	CPUTime    time.Duration // user+sys of the whole group
+	Memory     int64         // bytes in use now: v1 memory.usage_in_bytes; v2 memory.current
 	PeakMemory int64         // bytes: v1 memory.max_usage_in_bytes; v2 memory.peak (if absent, current)
 	OOMKills   uint64        // v1: memory.oom_control "oom_kill"; v2: memory.events "oom_kill"
 	// MemoryFailcnt counts the times usage hit the memory limit. v1: memory.failcnt plus

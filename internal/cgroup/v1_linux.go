@@ -265,6 +265,11 @@ func (g *v1Group) stats() (Stats, error) {
 		return s, err
 	}
 	s.PeakMemory = int64(peak)
+	cur, err := readUint(filepath.Join(g.memory, "memory.usage_in_bytes"))
+	if err != nil {
+		return s, err
+	}
+	s.Memory = int64(cur)
 	// With memsw = memory, a charge over the limit fails on the memsw counter first, and since
 	// Linux 6.13 only the memory counter keeps a failcnt; so sum both (older kernels count in
 	// memsw) and accept that recent kernels report 0 here when swap accounting is on.

@@ -211,10 +211,15 @@ func (g *v2Group) stats() (Stats, error) {
 	if !g.b.memory {
 		return s, nil
 	}
+	cur, err := readUint(filepath.Join(g.dir, "memory.current"))
+	if err != nil {
+		return s, err
+	}
+	s.Memory = int64(cur)
 	// memory.peak is Linux 5.19+; before it, current usage is the best we can report.
 	peak, err := readUint(filepath.Join(g.dir, "memory.peak"))
 	if errors.Is(err, fs.ErrNotExist) {
-		peak, err = readUint(filepath.Join(g.dir, "memory.current"))
+		peak, err = cur, nil
 	}
 	if err != nil {
 		return s, err

@@ -40,13 +40,14 @@ type nativeSandbox struct{ *native.Sandbox }
 func (s nativeSandbox) Usage() (engine.Usage, error) {
 	st, err := s.Stats()
 	return engine.Usage{CPUTime: st.CPUTime, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
-		MemoryLimitHits: st.MemoryFailcnt, Processes: s.Processes()}, err
+		MemoryLimitHits: st.MemoryFailcnt, Processes: s.Processes(), Memory: st.Memory}, err
 }
 
 // engineOptions are the flags shared by commands that run an engine.
 type engineOptions struct {
 	stateDir      string
 	cgroupRoot    string
+	wheelDir      string
 	maxConcurrent int
 }
 
@@ -58,15 +59,19 @@ func (o *engineOptions) fromEnv() {
 	if v := os.Getenv("AIRLOCK_CGROUP_ROOT"); v != "" && o.cgroupRoot == "" {
 		o.cgroupRoot = v
 	}
+	if v := os.Getenv("AIRLOCK_WHEEL_DIR"); v != "" && o.wheelDir == "" {
+		o.wheelDir = v
+	}
 }
 
 // newEngine builds the native runtime and an engine on it.
 func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Runtime, error) {
-	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, CgroupRoot: o.cgroupRoot})
+	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, CgroupRoot: o.cgroupRoot, WheelDir: o.wheelDir})
 	if err != nil {
 		return nil, nil, fmt.Errorf("native runtime: %w", err)
 	}
-	e, err := engine.New(engine.Config{Logger: logger, Runtime: nativeRuntime{rt}, MaxConcurrent: o.maxConcurrent})
+	e, err := engine.New(engine.Config{Logger: logger, Runtime: nativeRuntime{rt}, MaxConcurrent: o.maxConcurrent,
+		WheelDirSet: o.wheelDir != ""})
 	if err != nil {
 		return nil, nil, err
 	}

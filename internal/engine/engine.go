@@ -89,6 +89,9 @@ type Config struct {
 	MaxSandboxTimeout time.Duration // 24 h
 	GoneRetention     time.Duration // how long an ended sandbox's id answers 410; 1 h
 	ReapInterval      time.Duration // how often expiry and idleness are checked; 1 s
+	// WheelDirSet says the runtime mounts an operator wheel directory at WheelDir, from which
+	// sessions may pip-install.
+	WheelDirSet bool
 }
 
 func (c *Config) setDefaults() {
@@ -173,6 +176,9 @@ type Engine struct {
 	live      map[string]Instance
 	sandboxes map[string]*Sandbox
 	gone      map[string]goneEntry
+
+	seedMu sync.Mutex        // serializes seed-route session creation
+	seed   map[string]string // seed session_id → session id
 }
 
 // New returns an engine over cfg.Runtime.
@@ -182,7 +188,7 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	return &Engine{cfg: cfg, slots: make(chan struct{}, cfg.MaxConcurrent), live: map[string]Instance{},
-		sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{}}, nil
+		sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{}, seed: map[string]string{}}, nil
 }
 
 // Limits returns the bounds requests are checked against.

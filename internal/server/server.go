@@ -79,6 +79,7 @@ func (s *Server) routes() {
 	s.handle("POST /v1/execute", true, s.handleExecute)
 	s.handle("POST /execute", true, s.handleExecute) // seed-compatible
 	s.sandboxRoutes()
+	s.sessionRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		s.mux.Handle(p, s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {

@@ -738,6 +738,8 @@ type ReplRunResponse struct {
 	Restarted bool `protobuf:"varint,11,opt,name=restarted,proto3" json:"restarted,omitempty"`
 	// Why it was restarted, for humans.
 	RestartReason string `protobuf:"bytes,12,opt,name=restart_reason,json=restartReason,proto3" json:"restart_reason,omitempty"`
+	// The cell hit its timeout (then interrupted, or killed if restarted).
+	TimedOut      bool `protobuf:"varint,13,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -854,6 +856,13 @@ func (x *ReplRunResponse) GetRestartReason() string {
 		return x.RestartReason
 	}
 	return ""
+}
+
+func (x *ReplRunResponse) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
+	}
+	return false
 }
 
 // One rich representation of an output, e.g. "image/png" with the PNG bytes
@@ -1254,7 +1263,7 @@ const file_internal_agent_agentpb_airlock_proto_rawDesc = "" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\x02 \x01(\rR\ttimeoutMs\x12!\n" +
-	"\foutput_limit\x18\x03 \x01(\x04R\voutputLimit\"\xc9\x03\n" +
+	"\foutput_limit\x18\x03 \x01(\x04R\voutputLimit\"\xe6\x03\n" +
 	"\x0fReplRunResponse\x12\x16\n" +
 	"\x06stdout\x18\x01 \x01(\fR\x06stdout\x12\x16\n" +
 	"\x06stderr\x18\x02 \x01(\fR\x06stderr\x12\x16\n" +
@@ -1269,7 +1278,8 @@ const file_internal_agent_agentpb_airlock_proto_rawDesc = "" +
 	"\vinterrupted\x18\n" +
 	" \x01(\bR\vinterrupted\x12\x1c\n" +
 	"\trestarted\x18\v \x01(\bR\trestarted\x12%\n" +
-	"\x0erestart_reason\x18\f \x01(\tR\rrestartReason\"1\n" +
+	"\x0erestart_reason\x18\f \x01(\tR\rrestartReason\x12\x1b\n" +
+	"\ttimed_out\x18\r \x01(\bR\btimedOut\"1\n" +
 	"\aDisplay\x12\x12\n" +
 	"\x04mime\x18\x01 \x01(\tR\x04mime\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\"S\n" +

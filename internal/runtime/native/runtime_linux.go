@@ -27,6 +27,9 @@ type Config struct {
 	CgroupRoot string // parent cgroup of all sandboxes; default "airlock"
 	UIDBase    int    // host uid (and gid) that uid 0 inside a sandbox maps to; default 2000000
 	UID, GID   int    // the sandbox user inside; default 1000
+	// WheelDir, if set, is a host directory of Python wheels bound read-only at
+	// /opt/airlock/wheels in every sandbox, for installs without network.
+	WheelDir string
 	// Exe and Args start a sandbox's init: default /proc/self/exe with argument "agent", so the
 	// running binary re-executes itself. The program must call Init first thing when IsInit.
 	Exe  string
@@ -119,6 +122,19 @@ func New(cfg Config) (*Runtime, error) {
 	r.binds, r.links, r.etc, err = hostImage(cfg.UID, cfg.GID)
 	if err != nil {
 		return nil, fmt.Errorf("host image: %w", err)
+	}
+	if cfg.WheelDir != "" {
+		abs, err := filepath.Abs(cfg.WheelDir)
+		if err != nil {
+			return nil, err
+		}
+		if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("wheel directory %s: not a directory", abs)
+		}
+		if err := checkTraversable(filepath.Join(abs, "x")); err != nil {
+			return nil, fmt.Errorf("wheel directory: %w", err)
+		}
+		r.binds = append(r.binds, bindSpec{Source: abs, Target: "/opt/airlock/wheels"})
 	}
 	return r, nil
 }

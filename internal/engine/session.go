@@ -1,0 +1,177 @@
+package engine
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"math"
+	"regexp"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/airlockhq/airlock/api"
+	pb "github.com/airlockhq/airlock/internal/agent/agentpb"
+)
+
+// Session defaults, as the seeds' REPLSession: 5 minutes idle, 1 hour of life.
+const (
+	sessionTag         = "airlock.session"
+	defaultSessionLife = time.Hour
+	defaultSessionIdle = 5 * time.Minute
+	defaultCellTimeout = 30 * time.Second
+	// WheelDir is where the operator's wheel directory appears inside sandboxes.
+	WheelDir = "/opt/airlock/wheels"
+)
+
+// CreateSession starts a sandbox with a long-lived Python interpreter in it.
+func (e *Engine) CreateSession(ctx context.Context, req api.CreateSessionRequest) (*Sandbox, error) {
+	life, idle := defaultSessionLife, defaultSessionIdle
+	if req.Timeout != 0 {
+		life = time.Duration(req.Timeout * float64(time.Second))
+	}
+	if req.IdleTimeout != 0 {
+		idle = time.Duration(req.IdleTimeout * float64(time.Second))
+	}
+	idle = min(idle, life)
+	tags := map[string]string{sessionTag: "1"}
+	for k, v := range req.Tags {
+		tags[k] = v
+	}
+	sb, err := e.CreateSandbox(ctx, api.CreateSandboxRequest{Timeout: life.Seconds(), IdleTimeout: idle.Seconds(),
+		MemoryMB: req.MemoryMB, CPU: req.CPU, Env: req.Env, Tags: tags})
+	if err != nil {
+		return nil, err
+	}
+	_, err = sb.client.Repl.Start(ctx, connect.NewRequest(&pb.ReplStartRequest{Env: sb.req.Env, Cwd: sb.req.Workdir}))
+	if err != nil {
+		e.end(ctx, sb, "failed")
+		return nil, fmt.Errorf("start interpreter: %w", agentError(err))
+	}
+	return sb, nil
+}
+
+// Session returns a live session and marks it active until done is called.
+func (e *Engine) Session(id string) (*Sandbox, func(), error) {
+	sb, done, err := e.Use(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if sb.req.Tags[sessionTag] != "1" {
+		done()
+		return nil, nil, api.Errorf(api.ErrNotFound, "no session %s (it is a sandbox without an interpreter)", id)
+	}
+	return sb, done, nil
+}
+
+// RunCell runs code as one cell of the session's interpreter.
+func (e *Engine) RunCell(ctx context.Context, sb *Sandbox, req api.RunRequest) (*api.RunResult, error) {
+	timeout := defaultCellTimeout
+	if req.Timeout != 0 {
+		if math.IsNaN(req.Timeout) || req.Timeout < 0.1 || req.Timeout > e.cfg.MaxTimeout.Seconds() {
+			return nil, invalid("timeout %v s is outside 0.1…%v s", req.Timeout, e.cfg.MaxTimeout.Seconds())
+		}
+		timeout = time.Duration(req.Timeout * float64(time.Second))
+	}
+	if strings.ContainsRune(req.Code, 0) {
+		return nil, invalid("code contains a NUL byte")
+	}
+	resp, err := sb.client.Repl.Run(ctx, connect.NewRequest(&pb.ReplRunRequest{Code: req.Code,
+		TimeoutMs: uint32(timeout.Milliseconds()), OutputLimit: uint64(e.cfg.OutputLimit)}))
+	if err != nil {
+		return nil, e.endedError(sb, agentError(err))
+	}
+	m := resp.Msg
+	r := &api.RunResult{
+		Stdout: toUTF8(m.GetStdout()), Stderr: toUTF8(m.GetStderr()), Display: []api.Display{},
+		ExecutionTime: float64(m.GetExecutionTimeUs()) / 1e6,
+		Truncated:     m.GetStdoutTruncated() || m.GetStderrTruncated(),
+		TimedOut:      m.GetTimedOut(), Interrupted: m.GetInterrupted(),
+		Restarted: m.GetRestarted(), RestartReason: m.GetRestartReason(),
+	}
+	if m.GetHasResult() {
+		res := m.GetResult()
+		r.Result = &res
+	}
+	for _, d := range m.GetDisplay() {
+		data := string(d.GetData())
+		if !strings.HasPrefix(d.GetMime(), "text/") && !strings.HasSuffix(d.GetMime(), "json") {
+			data = base64.StdEncoding.EncodeToString(d.GetData())
+		}
+		r.Display = append(r.Display, api.Display{MIME: d.GetMime(), Data: data})
+	}
+	if e := m.GetError(); e != nil {
+		r.Error = &api.CellError{Name: e.GetName(), Value: e.GetValue(), Traceback: e.GetTraceback()}
+	}
+	r.Success = r.Error == nil && !r.Interrupted && !r.TimedOut
+	return r, nil
+}
+
+// Interrupt stops the session's running cell.
+func (e *Engine) Interrupt(ctx context.Context, sb *Sandbox) (*api.InterruptResult, error) {
+	resp, err := sb.client.Repl.Interrupt(ctx, connect.NewRequest(&pb.ReplInterruptRequest{}))
+	if err != nil {
+		return nil, e.endedError(sb, agentError(err))
+	}
+	return &api.InterruptResult{Interrupted: resp.Msg.GetInterrupted(), Restarted: resp.Msg.GetRestarted()}, nil
+}
+
+// requirement is what a package argument may look like: a name with optional extras and
+// version specifiers, or a wheel file name. Nothing starting with '-' (no pip options).
+var requirement = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._\-\[\],]*([<>=!~]=?[A-Za-z0-9.*+!_\-]+(,[<>=!~]=?[A-Za-z0-9.*+!_\-]+)*)?$`)
+
+// Install pip-installs packages into the session's user site. Sandboxes have no outbound network
+// yet, so packages come only from the operator's wheel directory (Config.WheelDir).
+func (e *Engine) Install(ctx context.Context, sb *Sandbox, req api.InstallRequest) (*api.InstallResult, error) {
+	if len(req.Packages) == 0 || len(req.Packages) > 50 {
+		return nil, invalid("give 1…50 packages")
+	}
+	for _, p := range req.Packages {
+		if len(p) > 200 || !requirement.MatchString(p) {
+			return nil, invalid("package %q is not a valid requirement", p)
+		}
+	}
+	timeout := 120 * time.Second
+	if req.Timeout != 0 {
+		if math.IsNaN(req.Timeout) || req.Timeout < 1 || req.Timeout > 600 {
+			return nil, invalid("timeout %v s is outside 1…600 s", req.Timeout)
+		}
+		timeout = time.Duration(req.Timeout * float64(time.Second))
+	}
+	if !e.cfg.WheelDirSet {
+		return nil, api.Errorf(api.ErrUnimplemented, "package installs need outbound network (not available yet) or an operator wheel directory (airlock serve --wheel-dir)")
+	}
+	resp, err := sb.client.Repl.Install(ctx, connect.NewRequest(&pb.ReplInstallRequest{Packages: req.Packages,
+		FindLinks: WheelDir, TimeoutMs: uint32(timeout.Milliseconds())}))
+	if err != nil {
+		return nil, e.endedError(sb, agentError(err))
+	}
+	m := resp.Msg
+	return &api.InstallResult{Success: m.GetExitCode() == 0 && !m.GetTimedOut(), Output: toUTF8(m.GetOutput()),
+		ExitCode: int(m.GetExitCode()), TimedOut: m.GetTimedOut()}, nil
+}
+
+// seedID is what the seed-compatible routes accept as a session_id.
+var seedID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+
+// SeedSession resolves a seed route's session_id, creating the session on first use (and again
+// after the previous one ended, as the seeds' REPLSession would).
+func (e *Engine) SeedSession(ctx context.Context, name string) (*Sandbox, func(), error) {
+	if !seedID.MatchString(name) {
+		return nil, nil, invalid("session_id must be 1…128 characters of [A-Za-z0-9._:-]")
+	}
+	e.seedMu.Lock()
+	defer e.seedMu.Unlock()
+	if id, ok := e.seed[name]; ok {
+		if sb, done, err := e.Session(id); err == nil {
+			return sb, done, nil
+		}
+	}
+	sb, err := e.CreateSession(ctx, api.CreateSessionRequest{Tags: map[string]string{"airlock.seed_session": name}})
+	if err != nil {
+		return nil, nil, err
+	}
+	e.seed[name] = sb.id
+	return sb, sb.touch(), nil
+}
