@@ -35,7 +35,9 @@ type apiServer struct {
 func newAPIServer(t *testing.T, cfg engine.Config) *apiServer {
 	t.Helper()
 	mustEngine(t)
-	cfg.Runtime = cli.NativeRuntime(rt)
+	if cfg.Runtime == nil {
+		cfg.Runtime = cli.NativeRuntime(rt)
+	}
 	e, err := engine.New(cfg)
 	if err != nil {
 		t.Fatal(err)
