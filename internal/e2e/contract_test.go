@@ -1,0 +1,78 @@
+package e2e
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/airlockhq/airlock"
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
+)
+
+func TestExecuteContract(t *testing.T) {
+	mustEngine(t)
+	cases := []struct {
+		name  string
+		req   api.ExecuteRequest
+		check func(*api.ExecuteResponse) bool
+	}{
+		{"success", api.ExecuteRequest{Code: "print(sum(range(100)))"}, func(r *api.ExecuteResponse) bool {
+			return r.Success && r.Stdout == "4950\n" && r.ReturnCode == 0 && r.ExecutionTime > 0 && r.CPUTime > 0 && r.PeakMemoryMB > 0
+		}},
+		{"exit code", api.ExecuteRequest{Code: "import sys; print('x', file=sys.stderr); sys.exit(3)"}, func(r *api.ExecuteResponse) bool {
+			return !r.Success && r.ReturnCode == 3 && r.Stderr == "x\n"
+		}},
+		{"signal is 128+N", api.ExecuteRequest{Code: "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"}, func(r *api.ExecuteResponse) bool {
+			return r.ReturnCode == 143 && !r.Success && !r.TimedOut && !r.OOMKilled
+		}},
+		{"exception", api.ExecuteRequest{Code: "raise ValueError('boom')"}, func(r *api.ExecuteResponse) bool {
+			return r.ReturnCode == 1 && strings.Contains(r.Stderr, "ValueError: boom")
+		}},
+		{"stdin", api.ExecuteRequest{Code: "import sys; print(sys.stdin.read().upper())", Stdin: "hello"}, func(r *api.ExecuteResponse) bool {
+			return r.Stdout == "HELLO\n"
+		}},
+		{"files and env", api.ExecuteRequest{Code: "import os; print(open('data/in.txt').read(), os.environ['GREETING'], os.getcwd())",
+			Files: map[string]string{"data/in.txt": "content"}, Env: map[string]string{"GREETING": "hey"}}, func(r *api.ExecuteResponse) bool {
+			return r.Stdout == "content hey /workspace\n"
+		}},
+		{"bash", api.ExecuteRequest{Language: "bash", Code: "echo $((6*7)); whoami"}, func(r *api.ExecuteResponse) bool {
+			return r.Stdout == "42\nsandbox\n"
+		}},
+		{"invalid UTF-8 replaced", api.ExecuteRequest{Code: "import sys; sys.stdout.buffer.write(b'ok\\xff\\xfeend')"}, func(r *api.ExecuteResponse) bool {
+			return r.Stdout == "ok\uFFFDend" || r.Stdout == "ok\uFFFD\uFFFDend"
+		}},
+		{"large program via file", api.ExecuteRequest{Code: "x = 1\n" + strings.Repeat("# padding\n", 20000) + "print(x)"}, func(r *api.ExecuteResponse) bool {
+			return r.Stdout == "1\n"
+		}},
+		{"allocation past the limit", api.ExecuteRequest{MemoryMB: 64, Code: "import resource\nresource.setrlimit(resource.RLIMIT_AS, (2<<30, 2<<30))\nx = bytearray(200 << 20)"}, func(r *api.ExecuteResponse) bool {
+			return r.OOMKilled && r.ReturnCode == 137 && !r.Success
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := run(t, tc.req)
+			if !tc.check(resp) {
+				t.Fatalf("got %+v", resp)
+			}
+		})
+	}
+}
+
+func TestHTTPExecuteThroughSDK(t *testing.T) {
+	a := newAPIServer(t, engine.Config{})
+	c := airlock.New(a.url, "")
+	resp, err := c.Execute(t.Context(), api.ExecuteRequest{Code: "print(sum(range(100)))"})
+	if err != nil || resp.Stdout != "4950\n" {
+		t.Fatalf("execute: %+v %v", resp, err)
+	}
+	// The seed-compatible route takes the same body.
+	var seed api.ExecuteResponse
+	if st := a.call("POST", "/execute", strings.NewReader(`{"code":"print(1+1)","timeout":30,"allow_network":false}`), &seed); st != 200 || seed.Stdout != "2\n" || !seed.Success {
+		t.Fatalf("seed /execute: %d %+v", st, seed)
+	}
+	_, err = c.Execute(t.Context(), api.ExecuteRequest{Code: "1", Timeout: 1e9})
+	if !errors.Is(err, api.ErrInvalidArgument) {
+		t.Fatalf("out of bounds through the SDK: %v", err)
+	}
+}
