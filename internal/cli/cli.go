@@ -39,7 +39,7 @@ func Main(ctx context.Context, args []string) int {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), serveCmd(), versionCmd(), agentCmd())
+	root.AddCommand(runCmd(), serveCmd(), sandboxCmd(), replCmd(), benchCmd(), versionCmd(), agentCmd())
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	var ee *exitError

@@ -75,7 +75,7 @@ func TestMain(m *testing.M) {
 }
 
 // mustEngine returns the shared engine or skips/fails with the reason it is missing.
-func mustEngine(t *testing.T) *engine.Engine {
+func mustEngine(t testing.TB) *engine.Engine {
 	t.Helper()
 	testutil.MustHaveRoot(t)
 	if setupErr != nil {
@@ -111,7 +111,7 @@ func mustStillServe(t *testing.T) {
 	}
 }
 
-func decodeJSON(t *testing.T, resp *http.Response, out any) {
+func decodeJSON(t testing.TB, resp *http.Response, out any) {
 	t.Helper()
 	defer resp.Body.Close()
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {

@@ -27,12 +27,12 @@ import (
 
 // apiServer is a real server over a real engine, on 127.0.0.1.
 type apiServer struct {
-	t   *testing.T
+	t   testing.TB
 	url string
 	e   *engine.Engine
 }
 
-func newAPIServer(t *testing.T, cfg engine.Config) *apiServer {
+func newAPIServer(t testing.TB, cfg engine.Config) *apiServer {
 	t.Helper()
 	mustEngine(t)
 	if cfg.Runtime == nil {
