@@ -1,0 +1,268 @@
+// Package bench measures Airlock against baselines taken in the same process and the same run:
+// bare python3 on the host, bubblewrap with every namespace, a one-shot through the native
+// runtime alone (Create, exec, Destroy), through the embedded engine, and through the HTTP API
+// with the Go SDK. It also times each phase of a sandbox's
+// life separately (cgroup, namespaces, the agent binary's start, the sandbox's setup, an exec
+// through the agent, teardown), so that the end-to-end numbers can be taken apart.
+//
+// Every number is paired: the sequential latency samples of all end-to-end targets are
+// interleaved round by round (with the order rotated each round), so that drift on a shared
+// machine touches them all alike, and every ratio is against bare python measured in the same
+// run. Every run's output is checked; a failed run fails the benchmark rather than counting as a
+// fast one.
+//
+// Run is what `airlock bench` calls; NewEnv is the in-process world it measures, which the Go
+// benchmarks of this package use too.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"slices"
+	"time"
+)
+
+// Config configures one benchmark run. Zero values mean defaults.
+//
+// Adding a setting: add the field here with its default in setDefaults and its check in
+// Validate, its flag in internal/cli/bench.go, and mention it in BENCHMARKS.md if it changes
+// what the numbers mean.
+type Config struct {
+	Logger   *slog.Logger
+	Progress io.Writer // one line per stage while measuring; nil for none
+
+	N           int   // sequential samples per end-to-end target and per phase; default 50
+	Warmup      int   // unrecorded runs per target before measuring; default 3
+	Concurrency []int // client counts for throughput; default 2 and 8
+	Runs        int   // runs per target and client count for throughput; default 100
+
+	Python string // host interpreter for the baselines; default /usr/bin/python3
+	Bwrap  string // bubblewrap; default /usr/bin/bwrap; if missing, its row is skipped with the reason
+
+	// Env configures the runtime, engine and server being measured. EngineRuntime is required.
+	Env EnvConfig
+
+	// SelfArgs and SelfEnv run this binary (/proc/self/exe) as a no-op, to time how long the
+	// agent binary takes to start and exit: `airlock version` for the CLI, an environment
+	// switch for a test binary. With SelfArgs nil those phases are left out.
+	SelfArgs []string
+	SelfEnv  []string
+}
+
+func (c *Config) setDefaults() {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	if c.N == 0 {
+		c.N = 50
+	}
+	if c.Warmup == 0 {
+		c.Warmup = 3
+	}
+	if c.Concurrency == nil {
+		c.Concurrency = []int{2, 8}
+	}
+	if c.Runs == 0 {
+		c.Runs = 100
+	}
+	if c.Python == "" {
+		c.Python = "/usr/bin/python3"
+	}
+	if c.Bwrap == "" {
+		c.Bwrap = "/usr/bin/bwrap"
+	}
+	if c.Env.Logger == nil {
+		c.Env.Logger = c.Logger
+	}
+}
+
+// Validate reports a configuration that cannot be measured.
+func (c *Config) Validate() error {
+	switch {
+	case c.N < 1:
+		return fmt.Errorf("bench: n must be ≥ 1, got %d", c.N)
+	case c.Warmup < 0:
+		return fmt.Errorf("bench: warmup must be ≥ 0, got %d", c.Warmup)
+	case c.Runs < 1:
+		return fmt.Errorf("bench: runs must be ≥ 1, got %d", c.Runs)
+	case c.Env.EngineRuntime == nil:
+		return errors.New("bench: no EngineRuntime adapter")
+	}
+	for _, k := range c.Concurrency {
+		if k < 1 || k > 256 {
+			return fmt.Errorf("bench: concurrency must be within 1…256, got %d", k)
+		}
+	}
+	return nil
+}
+
+// Report is the result of one run. Times are in milliseconds.
+type Report struct {
+	Machine   Machine         `json:"machine"`
+	Settings  Settings        `json:"settings"`
+	Targets   []Target        `json:"end_to_end"`
+	Phases    []Phase         `json:"phases"`
+	Breakdown []BreakdownLine `json:"breakdown"`
+}
+
+// Machine describes where the report was measured.
+type Machine struct {
+	Cores         int    `json:"cores"`
+	CPU           string `json:"cpu"`
+	Kernel        string `json:"kernel"`
+	CgroupVersion int    `json:"cgroup_version"`
+	Python        string `json:"python"`
+	Bwrap         string `json:"bwrap,omitempty"`
+	Go            string `json:"go"`
+	Time          string `json:"time"`
+	// LoadBefore and LoadAfter are /proc/loadavg at the start and the end: other work on the
+	// machine shows up there, and paired ratios are what survives it.
+	LoadBefore string `json:"load_before"`
+	LoadAfter  string `json:"load_after"`
+}
+
+// Settings are the parameters the report was measured with.
+type Settings struct {
+	N           int   `json:"n"`
+	Warmup      int   `json:"warmup"`
+	Concurrency []int `json:"concurrency"`
+	Runs        int   `json:"runs_per_throughput"`
+}
+
+// Target is one end-to-end way of running print(1).
+type Target struct {
+	Key     string  `json:"key"`
+	Name    string  `json:"name"`
+	Skipped string  `json:"skipped,omitempty"` // why it was not measured
+	Latency Stats   `json:"latency"`
+	Ratio   *Ratios `json:"ratio_to_bare,omitempty"` // p50, p90, p99 over bare python's
+	// Throughput has one entry per client count.
+	Throughput []Throughput `json:"throughput,omitempty"`
+}
+
+// Ratios compare a target's latency percentiles with bare python's.
+type Ratios struct {
+	P50 float64 `json:"p50"`
+	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
+}
+
+// Throughput is Runs runs done by Clients concurrent clients.
+type Throughput struct {
+	Clients    int     `json:"clients"`
+	Runs       int     `json:"runs"`
+	Seconds    float64 `json:"seconds"`
+	RunsPerSec float64 `json:"runs_per_sec"`
+	Ratio      float64 `json:"ratio_to_bare,omitempty"` // over bare python's runs/s at the same client count
+}
+
+// Phase is one step of a sandbox's life, timed on its own.
+type Phase struct {
+	Key     string `json:"key"`
+	Name    string `json:"name"`
+	Latency Stats  `json:"latency"`
+}
+
+// BreakdownLine is one line of "where the time goes" for a one-shot: a measured phase or a
+// difference of medians (Derived).
+type BreakdownLine struct {
+	Depth   int     `json:"depth"` // 0 total, 1 part, 2 part of a part
+	Name    string  `json:"name"`
+	MS      float64 `json:"ms"`
+	Derived string  `json:"derived,omitempty"` // how it was computed, if not measured directly
+}
+
+// Target keys.
+const (
+	KeyBare    = "bare_python"
+	KeyBwrap   = "bwrap"
+	KeyRuntime = "airlock_runtime"
+	KeyEngine  = "airlock_engine"
+	KeyHTTP    = "airlock_http"
+	printCode  = "print(1)"
+	wantOutput = "1\n"
+)
+
+// Run measures everything and returns the report. It creates its own Env and tears it down.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(cfg.Python); err != nil {
+		return nil, fmt.Errorf("baseline interpreter: %w", err)
+	}
+	env, err := NewEnv(ctx, cfg.Env)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if cerr := env.Close(cctx); cerr != nil {
+			cfg.Logger.ErrorContext(cctx, "bench environment teardown", "err", cerr)
+		}
+	}()
+
+	rep := &Report{
+		Machine: describeMachine(ctx, cfg, env),
+		Settings: Settings{N: cfg.N, Warmup: cfg.Warmup, Concurrency: slices.Clone(cfg.Concurrency),
+			Runs: cfg.Runs},
+	}
+	targets := []*target{
+		{Target: Target{Key: KeyBare, Name: "bare python3 -c 'print(1)' (host)"},
+			run: func(ctx context.Context) error { return BarePython(ctx, cfg.Python) }},
+		{Target: Target{Key: KeyBwrap, Name: "bubblewrap --unshare-all, python3"},
+			run: func(ctx context.Context) error { return Bwrap(ctx, cfg.Bwrap, cfg.Python) }},
+		{Target: Target{Key: KeyRuntime, Name: "airlock one-shot, native runtime only"},
+			run: env.RuntimePrint1},
+		{Target: Target{Key: KeyEngine, Name: "airlock one-shot, engine.Execute"},
+			run: env.ExecutePrint1},
+		{Target: Target{Key: KeyHTTP, Name: "airlock one-shot, HTTP API + Go SDK"},
+			run: env.HTTPPrint1},
+	}
+	if _, err := exec.LookPath(cfg.Bwrap); err != nil {
+		targets[1].Skipped = fmt.Sprintf("%s not available: %v", cfg.Bwrap, err)
+	}
+	if err := measureTargets(ctx, cfg, targets); err != nil {
+		return nil, err
+	}
+	for _, t := range targets {
+		rep.Targets = append(rep.Targets, t.Target)
+	}
+	rep.Phases, err = measurePhases(ctx, cfg, env)
+	if err != nil {
+		return nil, err
+	}
+	rep.Breakdown = breakdown(rep)
+	rep.Machine.LoadAfter = loadAvg()
+	return rep, nil
+}
+
+// Target returns the end-to-end target with key, or nil.
+func (r *Report) Target(key string) *Target {
+	for i := range r.Targets {
+		if r.Targets[i].Key == key {
+			return &r.Targets[i]
+		}
+	}
+	return nil
+}
+
+// Phase returns the phase with key, or nil.
+func (r *Report) Phase(key string) *Phase {
+	for i := range r.Phases {
+		if r.Phases[i].Key == key {
+			return &r.Phases[i]
+		}
+	}
+	return nil
+}

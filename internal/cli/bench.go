@@ -1,0 +1,57 @@
+package cli
+
+import (
+	"encoding/json"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/airlockhq/airlock/internal/bench"
+)
+
+func benchCmd() *cobra.Command {
+	var (
+		cfg    bench.Config
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure one-shot latency and throughput against bare python and bubblewrap",
+		Long: "Measure print(1) end to end — bare python3 on the host, bubblewrap with every namespace,\n" +
+			"airlock through the embedded engine and through the HTTP API with the Go SDK — in one\n" +
+			"process, interleaved so that the numbers are paired, then time each phase of a sandbox's\n" +
+			"life on its own and take a one-shot apart. Needs root. See BENCHMARKS.md.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			cfg.Progress = cmd.ErrOrStderr()
+			cfg.Env.EngineRuntime = NativeRuntime
+			if cfg.Env.StateDir == "" {
+				cfg.Env.StateDir = os.Getenv("AIRLOCK_BENCH_STATE_DIR")
+			}
+			// `airlock version` is the cheapest way to start and end this binary.
+			cfg.SelfArgs = []string{"version"}
+			rep, err := bench.Run(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			return rep.WriteText(cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.IntVarP(&cfg.N, "n", "n", 50, "sequential samples per end-to-end target and per phase")
+	f.IntSliceVar(&cfg.Concurrency, "concurrency", []int{2, 8}, "concurrent clients for the throughput columns")
+	f.IntVar(&cfg.Runs, "runs", 100, "runs per target and client count for throughput")
+	f.IntVar(&cfg.Warmup, "warmup", 3, "unrecorded runs per target before measuring")
+	f.StringVar(&cfg.Python, "python", "/usr/bin/python3", "host interpreter for the baselines (also the sandbox's /usr/bin/python3)")
+	f.StringVar(&cfg.Bwrap, "bwrap", "/usr/bin/bwrap", "bubblewrap binary for the bubblewrap baseline (skipped if missing)")
+	f.StringVar(&cfg.Env.StateDir, "state-dir", "", "runtime state directory (env AIRLOCK_BENCH_STATE_DIR; default a fresh temporary directory)")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
