@@ -1,6 +1,16 @@
 // Package airlock is the Go SDK for Airlock: run untrusted code in fresh sandboxes on your own
 // machines. It speaks the HTTP API of an `airlock serve` daemon and imports only the standard
 // library and the api package.
+//
+// There are two ways to run code. [Client.Execute] runs a program once in a fresh sandbox and
+// returns what it printed. [Client.CreateSandbox] starts a long-lived sandbox in which you run
+// many commands ([Sandbox.Run] collects output, [Sandbox.Exec] streams it and keeps stdin
+// open), read and write files ([Sandbox.WriteFile], [Sandbox.OpenFile], [Sandbox.List]) and
+// which you end with [Sandbox.Terminate].
+//
+// Every error the daemon returns is an *api.Error carrying one of the api.Code* codes; test
+// it with [IsNotFound], [IsGone], [IsTimeout], [IsQuota], [IsAuth] or errors.Is against the
+// api.Err* sentinels.
 package airlock
 
 import (
@@ -10,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/airlockhq/airlock/api"
@@ -56,6 +67,11 @@ func (c *Client) Info(ctx context.Context) (*api.Info, error) {
 // do sends a JSON request and decodes a JSON response; an error response becomes an *api.Error,
 // so callers can test it with errors.Is(err, api.ErrNotFound) and friends.
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	return c.doQuery(ctx, method, path, nil, in, out)
+}
+
+// doQuery is do with query parameters.
+func (c *Client) doQuery(ctx context.Context, method, path string, query url.Values, in, out any) error {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
@@ -64,38 +80,102 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	req, err := c.newRequest(ctx, method, path, query, body)
 	if err != nil {
 		return err
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if c.key != "" {
-		req.Header.Set("Authorization", "Bearer "+c.key)
-	}
-	resp, err := c.hc.Do(req)
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.send(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 400 {
-		return decodeError(resp)
-	}
 	if out == nil {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // let the connection be reused
 		return nil
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+	return decodeJSON(resp.Body, out)
+}
+
+func decodeJSON(r io.Reader, v any) error {
+	if err := json.NewDecoder(r).Decode(v); err != nil {
 		return fmt.Errorf("decode response: %w", err)
 	}
 	return nil
 }
 
+// newRequest builds a request for path (which must already be escaped) with the API key set.
+func (c *Client) newRequest(ctx context.Context, method, path string, query url.Values, body io.Reader) (*http.Request, error) {
+	u := c.base + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.key != "" {
+		req.Header.Set("Authorization", "Bearer "+c.key)
+	}
+	return req, nil
+}
+
+// send does req and turns an error status into an *api.Error. On success the caller owns
+// resp.Body; on error it is closed.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 400 {
+		defer resp.Body.Close()
+		return nil, decodeError(resp)
+	}
+	return resp, nil
+}
+
+// decodeError reads an error response. A body that is not the API's error shape (a proxy's
+// page, say) still gets the code its HTTP status stands for, so IsNotFound and friends work.
 func decodeError(resp *http.Response) error {
 	var eb api.ErrorBody
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(b, &eb) != nil || eb.Error.Code == "" {
-		return &api.Error{Code: api.CodeInternal, Message: fmt.Sprintf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(b))}
+		msg := fmt.Sprintf("HTTP %d", resp.StatusCode)
+		if t := bytes.TrimSpace(b); len(t) > 0 {
+			msg += ": " + string(t)
+		}
+		return &api.Error{Code: codeOfStatus(resp.StatusCode), Message: msg}
 	}
 	return &api.Error{Code: eb.Error.Code, Message: eb.Error.Message}
+}
+
+// codeOfStatus is the inverse of the server's one status mapping, for bodies without a code.
+func codeOfStatus(status int) string {
+	switch status {
+	case http.StatusBadRequest:
+		return api.CodeInvalidArgument
+	case http.StatusUnauthorized, http.StatusForbidden:
+		return api.CodeUnauthenticated
+	case http.StatusNotFound:
+		return api.CodeNotFound
+	case http.StatusConflict:
+		return api.CodeConflict
+	case http.StatusGone:
+		return api.CodeGone
+	case http.StatusRequestEntityTooLarge:
+		return api.CodeTooLarge
+	case http.StatusTooManyRequests:
+		return api.CodeResourceExhausted
+	case http.StatusNotImplemented:
+		return api.CodeUnimplemented
+	case http.StatusServiceUnavailable, http.StatusBadGateway:
+		return api.CodeUnavailable
+	case http.StatusGatewayTimeout, http.StatusRequestTimeout:
+		return api.CodeTimeout
+	default:
+		return api.CodeInternal
+	}
 }

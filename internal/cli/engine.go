@@ -19,6 +19,7 @@ func (n nativeRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 	sb, err := n.r.Create(ctx, native.Spec{
 		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
 		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
+		Workdir: s.Workdir,
 	})
 	if err != nil {
 		return nil, err

@@ -47,6 +47,9 @@ type Spec struct {
 	NoFile       uint64
 	Network      bool
 	Meta         []byte // kept by the runtime with the sandbox, for Recover
+	// Workdir is a writable directory the runtime creates outside /workspace and /tmp; empty
+	// when the workdir lies inside them.
+	Workdir string
 }
 
 // Usage is what a sandbox consumed, read from its cgroup.

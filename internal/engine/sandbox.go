@@ -121,8 +121,14 @@ func (e *Engine) validateSandbox(req api.CreateSandboxRequest) (api.CreateSandbo
 	}
 	if req.Workdir == "" {
 		req.Workdir = "/workspace"
-	} else if !path.IsAbs(req.Workdir) || path.Clean(req.Workdir) != req.Workdir || strings.ContainsRune(req.Workdir, 0) {
+	} else if !path.IsAbs(req.Workdir) || path.Clean(req.Workdir) != req.Workdir || req.Workdir == "/" || strings.ContainsRune(req.Workdir, 0) {
 		return req, 0, 0, invalid("workdir %q must be a clean absolute path", req.Workdir)
+	} else if !underWritable(req.Workdir) {
+		for _, r := range []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/dev", "/sys", "/opt/airlock"} {
+			if req.Workdir == r || strings.HasPrefix(req.Workdir, r+"/") {
+				return req, 0, 0, invalid("workdir %q may not be inside the image's system directories", req.Workdir)
+			}
+		}
 	}
 	if req.BlockNetwork == nil {
 		t := true
@@ -140,6 +146,16 @@ func (e *Engine) validateSandbox(req api.CreateSandboxRequest) (api.CreateSandbo
 		}
 	}
 	return req, life, idle, nil
+}
+
+// underWritable reports whether p lies inside /workspace or /tmp.
+func underWritable(p string) bool {
+	for _, d := range []string{"/workspace", "/tmp"} {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 func validateEnv(env map[string]string) error {
@@ -170,15 +186,19 @@ func (e *Engine) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest
 	id := newID("sb-")
 	now := time.Now()
 	meta, _ := json.Marshal(sandboxMeta{Req: req, Created: now, Expires: now.Add(life), Idle: idle})
-	inst, err := e.create(ctx, Spec{ID: id, Image: req.Image, MemoryBytes: req.MemoryMB << 20, CPU: req.CPU,
-		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Meta: meta})
+	spec := Spec{ID: id, Image: req.Image, MemoryBytes: req.MemoryMB << 20, CPU: req.CPU,
+		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Meta: meta}
+	if !underWritable(req.Workdir) {
+		spec.Workdir = req.Workdir
+	}
+	inst, err := e.create(ctx, spec)
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
 	sb := &Sandbox{id: id, inst: inst, client: agent.NewClient(inst.HTTPClient()), created: now,
 		expires: now.Add(life), idle: idle, req: req, release: release, lastActive: now}
-	if req.Workdir != "/workspace" {
+	if req.Workdir != "/workspace" && underWritable(req.Workdir) {
 		if _, err := sb.client.MakeDir(ctx, req.Workdir); err != nil {
 			e.destroy(ctx, id, inst)
 			release()

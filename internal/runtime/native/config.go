@@ -14,6 +14,7 @@ type initConfig struct {
 	NoFile      uint64            `json:"nofile"`
 	NProc       uint64            `json:"nproc"` // processes+threads of the sandbox user (RLIMIT_NPROC)
 	Network     bool              `json:"network"`
+	Workdir     string            `json:"workdir"` // extra writable directory on the scratch layer (e.g. /app)
 }
 
 // bindSpec is one read-only bind mount of a host path into the new root.

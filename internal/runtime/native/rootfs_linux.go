@@ -176,6 +176,23 @@ func mountScratch(root string, cfg *initConfig) error {
 			return err
 		}
 	}
+	if w := cfg.Workdir; w != "" {
+		// A workdir outside the writable areas (Modal's "/app"): a scratch directory bound
+		// there, so it shares the writable layers' cap.
+		p := filepath.Join(s, "workdir")
+		if err := os.Mkdir(p, 0o755); err != nil {
+			return step("mkdir workdir", err)
+		}
+		if err := step("chown workdir", os.Chown(p, cfg.UID, cfg.GID)); err != nil {
+			return err
+		}
+		if err := step("mkdir "+w, os.MkdirAll(filepath.Join(root, w), 0o755)); err != nil {
+			return err
+		}
+		if err := step("bind "+w, unix.Mount(p, filepath.Join(root, w), "", unix.MS_BIND, "")); err != nil {
+			return err
+		}
+	}
 	if err := step("detach scratch", unix.Unmount(s, unix.MNT_DETACH)); err != nil {
 		return err
 	}

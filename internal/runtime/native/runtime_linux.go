@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -70,6 +71,33 @@ type Spec struct {
 	NoFile       uint64 // RLIMIT_NOFILE
 	Network      bool   // outbound network; not built yet (see Create)
 	Meta         []byte // opaque to the runtime; kept with the sandbox's state for Recover
+	// Workdir, if set, is a writable directory created on the scratch layer at this clean
+	// absolute path (outside /workspace and /tmp, which exist anyway). It must not lie in the
+	// image's system directories.
+	Workdir string
+}
+
+// reservedDirs are the image's and the kernel's trees, where no workdir may be mounted.
+var reservedDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
+	"/proc", "/dev", "/sys", "/opt/airlock", "/workspace", "/tmp"}
+
+// ErrReservedWorkdir is returned for a workdir inside a system directory.
+var ErrReservedWorkdir = errors.New("workdir may not be inside /usr, /bin, /sbin, /lib*, /etc, /proc, /dev, /sys or /opt/airlock")
+
+// checkWorkdir validates Spec.Workdir.
+func checkWorkdir(w string) error {
+	if w == "" {
+		return nil
+	}
+	if !filepath.IsAbs(w) || filepath.Clean(w) != w || w == "/" || strings.ContainsRune(w, 0) {
+		return fmt.Errorf("workdir %q must be a clean absolute path", w)
+	}
+	for _, r := range reservedDirs {
+		if w == r || strings.HasPrefix(w, r+"/") {
+			return ErrReservedWorkdir
+		}
+	}
+	return nil
 }
 
 // agentPidsReserve is added to the cgroup pids limit for the agent's own threads: user
@@ -189,6 +217,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	if spec.Network {
 		return nil, ErrNetworkUnsupported
 	}
+	if err := checkWorkdir(spec.Workdir); err != nil {
+		return nil, err
+	}
 	var undo []func()
 	defer func() {
 		if err != nil {
@@ -303,7 +334,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		ID: spec.ID, Hostname: "sandbox", Staging: r.staging,
 		Binds: r.binds, Symlinks: r.links, EtcFiles: r.etc,
 		ScratchSize: spec.ScratchBytes, UID: r.cfg.UID, GID: r.cfg.GID, NoFile: spec.NoFile,
-		NProc: uint64(spec.Pids),
+		NProc: uint64(spec.Pids), Workdir: spec.Workdir,
 	}
 	if err := json.NewEncoder(cfgW).Encode(&icfg); err != nil {
 		return nil, fmt.Errorf("send sandbox config: %w", err)
