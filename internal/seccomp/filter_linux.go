@@ -138,7 +138,7 @@ func intervals(p policy) ([]interval, error) {
 		return nil, errors.New("syscall number 0xffffffff cannot be allowed")
 	}
 
-	deny := []bpf.Instruction{retAllow}
+	deny := []bpf.Instruction{retEPERM}
 	var ivs []interval
 	push := func(start uint32, code []bpf.Instruction) {
 		if n := len(ivs); n > 0 && sameReturn(ivs[n-1].code, code) {

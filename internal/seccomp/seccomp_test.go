@@ -4,6 +4,7 @@ package seccomp
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -37,6 +38,9 @@ const (
 	exitUnknownCase = 2
 	exitInstall     = 3
 )
+
+// childTimeout bounds one child; the slowest case starts Python.
+const childTimeout = 30 * time.Second
 
 func TestMain(m *testing.M) {
 	if name, ok := os.LookupEnv(childEnv); ok {
@@ -307,13 +311,22 @@ func runChildProcess(tb testing.TB, name string, filtered bool, env ...string) s
 	if err != nil {
 		tb.Fatalf("find test binary: %v", err)
 	}
-	cmd := exec.CommandContext(tb.Context(), exe)
+	// A broken filter can make the Go runtime in the child spin (a refused
+	// futex or sched_yield, say), so the child gets a deadline and dies with
+	// the test process.
+	ctx, cancel := context.WithTimeout(tb.Context(), childTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe)
 	cmd.Env = append(os.Environ(), childEnv+"="+name, filterEnv+"="+map[bool]string{true: "1", false: "0"}[filtered])
 	cmd.Env = append(cmd.Env, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (killed after %v)", err, childTimeout)
+		}
 		tb.Fatalf("child %s: %v\nstdout:\n%s\nstderr:\n%s", name, err, stdout.Bytes(), stderr.Bytes())
 	}
 	return strings.TrimSpace(stdout.String())
