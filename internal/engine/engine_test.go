@@ -1,0 +1,163 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/airlockhq/airlock/api"
+)
+
+// fakeRuntime creates fakeInstances; nothing runs.
+type fakeRuntime struct {
+	mu        sync.Mutex
+	created   []Spec
+	destroyed map[string]bool
+	recovered []Recovered
+}
+
+type fakeInstance struct {
+	rt   *fakeRuntime
+	id   string
+	done chan struct{}
+	once sync.Once
+}
+
+func (r *fakeRuntime) Create(ctx context.Context, s Spec) (Instance, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.created = append(r.created, s)
+	return &fakeInstance{rt: r, id: s.ID, done: make(chan struct{})}, nil
+}
+
+func (r *fakeRuntime) Recover(ctx context.Context) ([]Recovered, error) { return r.recovered, nil }
+
+func (f *fakeInstance) HTTPClient() *http.Client { return http.DefaultClient }
+func (f *fakeInstance) Usage() (Usage, error)    { return Usage{}, nil }
+func (f *fakeInstance) Done() <-chan struct{}    { return f.done }
+func (f *fakeInstance) Destroy(ctx context.Context) error {
+	f.once.Do(func() {
+		close(f.done)
+		f.rt.mu.Lock()
+		if f.rt.destroyed == nil {
+			f.rt.destroyed = map[string]bool{}
+		}
+		f.rt.destroyed[f.id] = true
+		f.rt.mu.Unlock()
+	})
+	return nil
+}
+
+func newTestEngine(t *testing.T, cfg Config) (*Engine, *fakeRuntime) {
+	t.Helper()
+	rt := &fakeRuntime{}
+	cfg.Runtime = rt
+	e, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close(context.Background()) })
+	return e, rt
+}
+
+func TestAdmissionIsBounded(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngine(t, Config{MaxConcurrent: 2, MaxQueue: 1, QueueTimeout: 50 * time.Millisecond})
+	for range 2 {
+		if _, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	_, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{})
+	if !errors.Is(err, api.ErrResourceExhausted) {
+		t.Fatalf("third sandbox with 2 slots: %v, want resource_exhausted", err)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("a full engine must refuse, not hang")
+	}
+}
+
+func TestSandboxValidation(t *testing.T) {
+	t.Parallel()
+	e, rt := newTestEngine(t, Config{})
+	for _, req := range []api.CreateSandboxRequest{
+		{Timeout: 0.5}, {Timeout: 1e9}, {IdleTimeout: 400, Timeout: 300}, {MemoryMB: 1}, {CPU: 1e6},
+		{Workdir: "rel"}, {Workdir: "/usr/lib"}, {Workdir: "/"}, {Image: "ubuntu"},
+		{Env: map[string]string{"A=B": "1"}}, {Tags: map[string]string{"a:b": "c"}},
+	} {
+		if _, err := e.CreateSandbox(t.Context(), req); !errors.Is(err, api.ErrInvalidArgument) {
+			t.Errorf("%+v: %v, want invalid_argument", req, err)
+		}
+	}
+	if len(rt.created) != 0 {
+		t.Fatalf("invalid requests created %d sandboxes", len(rt.created))
+	}
+	f := false
+	if _, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{BlockNetwork: &f}); !errors.Is(err, api.ErrUnimplemented) {
+		t.Fatalf("block_network=false: %v", err)
+	}
+}
+
+func TestReaping(t *testing.T) {
+	t.Parallel()
+	e, rt := newTestEngine(t, Config{})
+	idle, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{IdleTimeout: 10})
+	busy, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{IdleTimeout: 10})
+	expiring, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{Timeout: 20})
+	dead, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{})
+	_, done, _ := e.Use(busy.ID())
+	dead.inst.(*fakeInstance).Destroy(t.Context()) // PID 1 died on its own
+	e.reap(t.Context(), time.Now().Add(15*time.Second))
+	for _, tc := range []struct {
+		sb   *Sandbox
+		gone bool
+	}{{idle, true}, {busy, false}, {expiring, false}, {dead, true}} {
+		_, err := e.GetSandbox(tc.sb.ID())
+		if got := errors.Is(err, api.ErrGone); got != tc.gone {
+			t.Errorf("sandbox %s: gone=%v (%v), want %v", tc.sb.ID(), got, err, tc.gone)
+		}
+	}
+	done()
+	e.reap(t.Context(), time.Now().Add(25*time.Second))
+	if _, err := e.GetSandbox(expiring.ID()); !errors.Is(err, api.ErrGone) {
+		t.Fatalf("expired sandbox: %v", err)
+	}
+	if !rt.destroyed[idle.ID()] || !rt.destroyed[expiring.ID()] {
+		t.Fatal("reaped sandboxes were not destroyed")
+	}
+	if _, err := e.GetSandbox("sb-never"); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("unknown id: %v, want not_found", err)
+	}
+}
+
+func TestRecoverAdoptsSandboxesAndDestroysOneShots(t *testing.T) {
+	t.Parallel()
+	rt := &fakeRuntime{}
+	tr := true
+	meta, _ := json.Marshal(sandboxMeta{Req: api.CreateSandboxRequest{BlockNetwork: &tr, Workdir: "/workspace"},
+		Created: time.Now(), Expires: time.Now().Add(time.Hour)})
+	keep := &fakeInstance{rt: rt, id: "sb-keep", done: make(chan struct{})}
+	oneShot := &fakeInstance{rt: rt, id: "ex-old", done: make(chan struct{})}
+	broken := &fakeInstance{rt: rt, id: "sb-broken", done: make(chan struct{})}
+	rt.recovered = []Recovered{{ID: "sb-keep", Inst: keep, Meta: meta}, {ID: "ex-old", Inst: oneShot}, {ID: "sb-broken", Inst: broken, Meta: []byte("{")}}
+	e, err := New(Config{Runtime: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	adopted, destroyed, err := e.Recover(t.Context())
+	if err != nil || adopted != 1 || destroyed != 2 {
+		t.Fatalf("recover: adopted %d destroyed %d err %v", adopted, destroyed, err)
+	}
+	if _, err := e.GetSandbox("sb-keep"); err != nil {
+		t.Fatalf("adopted sandbox: %v", err)
+	}
+	if !rt.destroyed["ex-old"] || !rt.destroyed["sb-broken"] || rt.destroyed["sb-keep"] {
+		t.Fatalf("destroyed: %v", rt.destroyed)
+	}
+}
