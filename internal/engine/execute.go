@@ -171,16 +171,16 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, plan *execPlan) (*a
 	limit := int(e.cfg.OutputLimit)
 	end, err := cl.Exec(ctx, x, func(ev agent.Event) {
 		// The agent caps output; cap again so a misbehaving agent cannot grow the daemon.
-		appendCapped(&stdout, ev.Stdout, limit)
-		appendCapped(&stderr, ev.Stderr, limit)
+		AppendCapped(&stdout, ev.Stdout, limit)
+		AppendCapped(&stderr, ev.Stderr, limit)
 	})
 	usage, uerr := inst.Usage()
 	if uerr != nil {
 		e.cfg.Logger.WarnContext(ctx, "read sandbox usage", "err", uerr)
 	}
 	resp := &api.ExecuteResponse{
-		Stdout:       toUTF8(stdout.Bytes()),
-		Stderr:       toUTF8(stderr.Bytes()),
+		Stdout:       UTF8(stdout.Bytes()),
+		Stderr:       UTF8(stderr.Bytes()),
 		CPUTime:      usage.CPUTime.Seconds(),
 		PeakMemoryMB: math.Round(float64(usage.PeakMemory)/(1<<20)*100) / 100,
 	}
@@ -216,14 +216,15 @@ func (p *execPlan) memoryBound(u Usage) bool {
 	return float64(u.PeakMemory) >= 0.95*float64(p.memory)
 }
 
-func appendCapped(b *bytes.Buffer, p []byte, limit int) {
+// AppendCapped appends p to b without letting b grow past limit bytes.
+func AppendCapped(b *bytes.Buffer, p []byte, limit int) {
 	if room := limit - b.Len(); room > 0 {
 		b.Write(p[:min(len(p), room)])
 	}
 }
 
-// toUTF8 returns b as a string with each invalid UTF-8 sequence replaced by U+FFFD.
-func toUTF8(b []byte) string {
+// UTF8 returns b as a string with each invalid UTF-8 sequence replaced by U+FFFD.
+func UTF8(b []byte) string {
 	if utf8.Valid(b) {
 		return string(b)
 	}

@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -370,5 +369,3 @@ func (e *Engine) endedError(sb *Sandbox, err error) error {
 	}
 	return api.Errorf(api.ErrGone, "sandbox %s ended (%s) during the call", sb.id, reason)
 }
-
-var _ = errors.New

@@ -84,7 +84,7 @@ func (e *Engine) RunCell(ctx context.Context, sb *Sandbox, req api.RunRequest) (
 	}
 	m := resp.Msg
 	r := &api.RunResult{
-		Stdout: toUTF8(m.GetStdout()), Stderr: toUTF8(m.GetStderr()), Display: []api.Display{},
+		Stdout: UTF8(m.GetStdout()), Stderr: UTF8(m.GetStderr()), Display: []api.Display{},
 		ExecutionTime: float64(m.GetExecutionTimeUs()) / 1e6,
 		Truncated:     m.GetStdoutTruncated() || m.GetStderrTruncated(),
 		TimedOut:      m.GetTimedOut(), Interrupted: m.GetInterrupted(),
@@ -148,7 +148,7 @@ func (e *Engine) Install(ctx context.Context, sb *Sandbox, req api.InstallReques
 		return nil, e.endedError(sb, agentError(err))
 	}
 	m := resp.Msg
-	return &api.InstallResult{Success: m.GetExitCode() == 0 && !m.GetTimedOut(), Output: toUTF8(m.GetOutput()),
+	return &api.InstallResult{Success: m.GetExitCode() == 0 && !m.GetTimedOut(), Output: UTF8(m.GetOutput()),
 		ExitCode: int(m.GetExitCode()), TimedOut: m.GetTimedOut()}, nil
 }
 

@@ -2,16 +2,11 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 	"unicode/utf8"
 
 	"github.com/airlockhq/airlock/api"
@@ -117,13 +112,13 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) error {
 		if ev.Pid != 0 {
 			pid = ev.Pid
 		}
-		appendCapped(&stdout, ev.Stdout, int(limit))
-		appendCapped(&stderr, ev.Stderr, int(limit))
+		engine.AppendCapped(&stdout, ev.Stdout, int(limit))
+		engine.AppendCapped(&stderr, ev.Stderr, int(limit))
 	})
 	if err != nil {
 		return err
 	}
-	res := api.ExecResult{Stdout: toUTF8(stdout.Bytes()), Stderr: toUTF8(stderr.Bytes()), ExitCode: end.ExitCode,
+	res := api.ExecResult{Stdout: engine.UTF8(stdout.Bytes()), Stderr: engine.UTF8(stderr.Bytes()), ExitCode: end.ExitCode,
 		ExecutionTime: end.Duration.Seconds(), TimedOut: end.TimedOut, Pid: pid,
 		Truncated: end.StdoutTruncated || end.StderrTruncated}
 	if end.TimedOut {
@@ -158,9 +153,9 @@ func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, sb *engine.S
 		case ev.Pid != 0:
 			send(api.ExecEvent{Type: api.EventStart, Pid: ev.Pid})
 		case ev.Stdout != nil:
-			send(api.ExecEvent{Type: api.EventStdout, Data: toUTF8(ev.Stdout)})
+			send(api.ExecEvent{Type: api.EventStdout, Data: engine.UTF8(ev.Stdout)})
 		case ev.Stderr != nil:
-			send(api.ExecEvent{Type: api.EventStderr, Data: toUTF8(ev.Stderr)})
+			send(api.ExecEvent{Type: api.EventStderr, Data: engine.UTF8(ev.Stderr)})
 		}
 	})
 	if err != nil {
@@ -257,7 +252,9 @@ func queryPath(r *http.Request) (string, error) {
 	return p, nil
 }
 
-func (s *Server) handleReadFile(w http.ResponseWriter, r *http.Request) error {
+// withPath resolves the route's sandbox and required path query, and keeps the sandbox active
+// while fn runs.
+func (s *Server) withPath(r *http.Request, fn func(sb *engine.Sandbox, p string) error) error {
 	p, err := queryPath(r)
 	if err != nil {
 		return err
@@ -267,8 +264,16 @@ func (s *Server) handleReadFile(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer done()
+	return fn(sb, p)
+}
+
+func (s *Server) handleReadFile(w http.ResponseWriter, r *http.Request) error {
+	return s.withPath(r, func(sb *engine.Sandbox, p string) error { return s.readFile(w, r, sb, p) })
+}
+
+func (s *Server) readFile(w http.ResponseWriter, r *http.Request, sb *engine.Sandbox, p string) error {
 	started := false
-	err = s.cfg.Engine.ReadFile(r.Context(), sb, p, w, func() {
+	err := s.cfg.Engine.ReadFile(r.Context(), sb, p, w, func() {
 		started = true
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.WriteHeader(http.StatusOK)
@@ -281,45 +286,32 @@ func (s *Server) handleReadFile(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handleWriteFile(w http.ResponseWriter, r *http.Request) error {
-	p, err := queryPath(r)
-	if err != nil {
-		return err
-	}
 	mode := uint64(0o644)
 	if m := r.URL.Query().Get("mode"); m != "" {
+		var err error
 		if mode, err = strconv.ParseUint(m, 8, 32); err != nil || mode > 0o777 {
 			return api.Errorf(api.ErrInvalidArgument, "mode %q must be octal permission bits like 0644", m)
 		}
 	}
-	sb, done, err := s.use(r)
-	if err != nil {
-		return err
-	}
-	defer done()
-	// No body cap beyond the sandbox's own writable-layer cap: the upload is streamed through.
-	fi, err := s.cfg.Engine.WriteFile(r.Context(), sb, p, r.Body, uint32(mode))
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, fi)
-	return nil
+	return s.withPath(r, func(sb *engine.Sandbox, p string) error {
+		// No body cap beyond the sandbox's own writable-layer cap: the upload is streamed through.
+		fi, err := s.cfg.Engine.WriteFile(r.Context(), sb, p, r.Body, uint32(mode))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, fi)
+		return nil
+	})
 }
 
 func (s *Server) handleRemoveFile(w http.ResponseWriter, r *http.Request) error {
-	p, err := queryPath(r)
-	if err != nil {
-		return err
-	}
-	sb, done, err := s.use(r)
-	if err != nil {
-		return err
-	}
-	defer done()
-	if err := s.cfg.Engine.Remove(r.Context(), sb, p, r.URL.Query().Get("recursive") == "true"); err != nil {
-		return err
-	}
-	w.WriteHeader(http.StatusNoContent)
-	return nil
+	return s.withPath(r, func(sb *engine.Sandbox, p string) error {
+		if err := s.cfg.Engine.Remove(r.Context(), sb, p, r.URL.Query().Get("recursive") == "true"); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
 }
 
 func (s *Server) handleListFiles(w http.ResponseWriter, r *http.Request) error {
@@ -348,59 +340,23 @@ func (s *Server) handleListFiles(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) handleStatFile(w http.ResponseWriter, r *http.Request) error {
-	p, err := queryPath(r)
-	if err != nil {
-		return err
-	}
-	sb, done, err := s.use(r)
-	if err != nil {
-		return err
-	}
-	defer done()
-	fi, err := s.cfg.Engine.Stat(r.Context(), sb, p)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, fi)
-	return nil
+	return s.withPath(r, func(sb *engine.Sandbox, p string) error {
+		return writeResult(w, func() (any, error) { return s.cfg.Engine.Stat(r.Context(), sb, p) })
+	})
 }
 
 func (s *Server) handleMkdir(w http.ResponseWriter, r *http.Request) error {
-	p, err := queryPath(r)
+	return s.withPath(r, func(sb *engine.Sandbox, p string) error {
+		return writeResult(w, func() (any, error) { return s.cfg.Engine.Mkdir(r.Context(), sb, p) })
+	})
+}
+
+// writeResult writes f's value as a 200 JSON answer, or returns its error.
+func writeResult[T any](w http.ResponseWriter, f func() (T, error)) error {
+	v, err := f()
 	if err != nil {
 		return err
 	}
-	sb, done, err := s.use(r)
-	if err != nil {
-		return err
-	}
-	defer done()
-	fi, err := s.cfg.Engine.Mkdir(r.Context(), sb, p)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, fi)
+	writeJSON(w, http.StatusOK, v)
 	return nil
 }
-
-func appendCapped(b *bytes.Buffer, p []byte, limit int) {
-	if room := limit - b.Len(); room > 0 {
-		b.Write(p[:min(len(p), room)])
-	}
-}
-
-// toUTF8 returns b as a string with each invalid UTF-8 sequence replaced by U+FFFD.
-func toUTF8(b []byte) string {
-	if utf8.Valid(b) {
-		return string(b)
-	}
-	return strings.ToValidUTF8(string(b), "\uFFFD")
-}
-
-var (
-	_ = context.Background
-	_ = errors.New
-	_ = fmt.Sprint
-	_ = io.EOF
-	_ = time.Second
-)
