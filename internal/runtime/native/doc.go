@@ -18,6 +18,7 @@
 //	                                               /tmp and /dev/shm, minimal /dev, fresh /proc
 //	                                               with sensitive paths masked; pivot_root
 //	                                             hostname, loopback up, rlimits
+//	                                             Landlock: read-only but for the writable areas
 //	                                             drop capabilities to the agent's few, bounding
 //	                                               set cleared, not dumpable, no_new_privs, seccomp
 //	read fd 4: "ok" or a SetupError ◄─────────── write status, close fd 4

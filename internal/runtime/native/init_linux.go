@@ -112,6 +112,9 @@ func setup(cfg *initConfig) error {
 	if err := step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)); err != nil {
 		return err
 	}
+	if err := restrictFS(cfg); err != nil {
+		return err
+	}
 	if err := dropCapabilities(); err != nil {
 		return err
 	}

@@ -1,0 +1,23 @@
+package native
+
+import (
+	"github.com/landlock-lsm/go-landlock/landlock"
+)
+
+// restrictFS adds Landlock on top of the mount tree, where the kernel has it: everything may be
+// read and executed, but only the writable areas, a few devices and /proc may be written,
+// whatever a mount, a permission bit or a later bug says. It applies to the agent and every
+// process it starts (Landlock domains are inherited and cannot be left).
+func restrictFS(cfg *initConfig) error {
+	rw := []string{"/workspace", "/tmp", "/dev/shm"}
+	if cfg.Workdir != "" {
+		rw = append(rw, cfg.Workdir)
+	}
+	err := landlock.V5.BestEffort().RestrictPaths(
+		landlock.RODirs("/"),
+		landlock.RWDirs(rw...),
+		landlock.RWDirs("/proc", "/dev/pts"),
+		landlock.RWFiles("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx").IgnoreIfMissing(),
+	)
+	return step("landlock", err)
+}
