@@ -46,6 +46,7 @@ type ExecRequest struct {
 	Timeout     time.Duration
 	OutputLimit int64
 	KillTree    bool
+	PTY         *api.PTY // run on a terminal; its output arrives as Stdout
 }
 
 // Event is output from a running process; one of the fields is set.
@@ -71,6 +72,9 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, on func(Event)) (*En
 	if req.Tag != "" {
 		sr.Tag = &req.Tag
 	}
+	if req.PTY != nil {
+		sr.Pty = &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(req.PTY.Cols), Rows: uint32(req.PTY.Rows)}}
+	}
 	stream, err := c.Process.Start(ctx, connect.NewRequest(sr))
 	if err != nil {
 		return nil, err
@@ -94,7 +98,11 @@ func Apply(ev *pb.ProcessEvent, on func(Event)) *End {
 		on(Event{Pid: int(ev.GetStart().GetPid())})
 	case ev.GetData() != nil:
 		d := ev.GetData()
-		on(Event{Stdout: d.GetStdout(), Stderr: d.GetStderr()})
+		out := d.GetStdout()
+		if p := d.GetPty(); p != nil {
+			out = p
+		}
+		on(Event{Stdout: out, Stderr: d.GetStderr()})
 	case ev.GetEnd() != nil:
 		e := ev.GetEnd()
 		return &End{
@@ -280,4 +288,12 @@ func FileInfo(e *pb.EntryInfo) api.FileInfo {
 		fi.Type = "file"
 	}
 	return fi
+}
+
+// Resize changes the terminal size of a PTY process.
+func (c *Client) Resize(ctx context.Context, pid int, cols, rows uint16) error {
+	_, err := c.Process.Update(ctx, connect.NewRequest(&pb.UpdateRequest{
+		Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: uint32(pid)}},
+		Pty:     &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(cols), Rows: uint32(rows)}}}))
+	return err
 }

@@ -28,12 +28,16 @@ type procSpec struct {
 	OutputLimit int64 // bytes per stream; 0 = unlimited
 	KillTree    bool  // one-shot: when the process ends, kill every process in the sandbox
 	UID, GID    int
+	PTY         *winSize // run on a new terminal of this size; output arrives as Pty events
 }
+
+// winSize is a terminal size.
+type winSize struct{ Cols, Rows uint16 }
 
 // event is one thing that happened to a process; exactly one field is set.
 type event struct {
-	Stdout, Stderr []byte
-	End            *endInfo
+	Stdout, Stderr, Pty []byte
+	End                 *endInfo
 }
 
 type endInfo struct {
@@ -53,7 +57,8 @@ type proc struct {
 	pid   int
 	spec  procSpec
 	start time.Time
-	stdin *os.File // nil unless KeepStdin
+	stdin *os.File // nil unless KeepStdin; the terminal's master side with a PTY
+	pty   *os.File // the terminal's master side, or nil
 
 	stdinMu sync.Mutex // serializes stdin writes and close
 
@@ -104,6 +109,9 @@ func (a *Agent) startProc(spec procSpec) (*proc, *sub, error) {
 	dir := spec.Dir
 	if dir == "" {
 		dir = "/workspace"
+	}
+	if spec.PTY != nil {
+		return a.startPTY(spec, path, envv, dir)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
@@ -177,8 +185,10 @@ func (a *Agent) startProc(spec procSpec) (*proc, *sub, error) {
 func (a *Agent) run(p *proc, exitc <-chan exitInfo, outR, errR *os.File) {
 	var wg sync.WaitGroup
 	var outTrunc, errTrunc bool
-	wg.Go(func() { outTrunc = p.pump(outR, p.spec.OutputLimit, true) })
-	wg.Go(func() { errTrunc = p.pump(errR, p.spec.OutputLimit, false) })
+	wg.Go(func() { outTrunc = p.pump(outR, p.spec.OutputLimit, streamStdout) })
+	if errR != nil {
+		wg.Go(func() { errTrunc = p.pump(errR, p.spec.OutputLimit, streamStderr) })
+	}
 
 	var timeout <-chan time.Time
 	if p.spec.Timeout > 0 {
@@ -209,11 +219,15 @@ func (a *Agent) run(p *proc, exitc <-chan exitInfo, outR, errR *os.File) {
 	case <-pumped:
 	case <-time.After(200 * time.Millisecond):
 		outR.SetReadDeadline(time.Now())
-		errR.SetReadDeadline(time.Now())
+		if errR != nil {
+			errR.SetReadDeadline(time.Now())
+		}
 		<-pumped
 	}
 	outR.Close()
-	errR.Close()
+	if errR != nil {
+		errR.Close()
+	}
 	if p.stdin != nil {
 		p.closeStdin()
 	}
@@ -237,7 +251,14 @@ func (a *Agent) run(p *proc, exitc <-chan exitInfo, outR, errR *os.File) {
 
 // pump copies one stream to the subscribers up to limit bytes, then drains and discards the
 // rest so the writer is never blocked by the cap. It reports whether output was cut.
-func (p *proc) pump(r *os.File, limit int64, stdout bool) (truncated bool) {
+// Output streams a pump reads.
+const (
+	streamStdout = iota
+	streamStderr
+	streamPTY
+)
+
+func (p *proc) pump(r *os.File, limit int64, stream int) (truncated bool) {
 	buf := make([]byte, 64<<10)
 	var sent int64
 	for {
@@ -251,10 +272,13 @@ func (p *proc) pump(r *os.File, limit int64, stdout bool) (truncated bool) {
 			if len(chunk) > 0 {
 				sent += int64(len(chunk))
 				b := append([]byte(nil), chunk...)
-				if stdout {
+				switch stream {
+				case streamStdout:
 					p.publish(event{Stdout: b})
-				} else {
+				case streamStderr:
 					p.publish(event{Stderr: b})
+				default:
+					p.publish(event{Pty: b})
 				}
 			}
 		}
@@ -330,6 +354,11 @@ func (p *proc) writeStdin(b []byte) error {
 func (p *proc) closeStdin() {
 	p.stdinMu.Lock()
 	defer p.stdinMu.Unlock()
+	if p.pty != nil {
+		// A terminal has no end of input; send the EOF character (^D), as a user would.
+		p.stdin.Write([]byte{4})
+		return
+	}
 	if p.stdin != nil {
 		p.stdin.Close()
 		p.stdin = nil

@@ -28,15 +28,20 @@ func (s *processService) Start(ctx context.Context, req *connect.Request[pb.Star
 	if strings.ContainsRune(cfg.GetCmd(), 0) {
 		return connect.NewError(connect.CodeInvalidArgument, errors.New("cmd contains a NUL byte"))
 	}
-	if m.GetPty() != nil {
-		return connect.NewError(connect.CodeUnimplemented, errors.New("PTY is not implemented yet"))
-	}
 	spec := procSpec{
 		Cmd: cfg.GetCmd(), Args: cfg.GetArgs(), Env: cfg.GetEnvs(), Dir: cfg.GetCwd(), Tag: m.GetTag(),
 		Stdin: m.GetStdinData(), KeepStdin: m.GetKeepStdinOpen() || m.GetStdin(),
 		Timeout:     time.Duration(m.GetTimeoutMs()) * time.Millisecond,
 		OutputLimit: int64(m.GetOutputLimit()), KillTree: m.GetKillTreeOnExit(),
 		UID: int(m.GetUid()), GID: int(m.GetGid()),
+	}
+	if pty := m.GetPty(); pty != nil {
+		sz := pty.GetSize()
+		if sz.GetCols() == 0 || sz.GetRows() == 0 || sz.GetCols() > 4096 || sz.GetRows() > 4096 {
+			return connect.NewError(connect.CodeInvalidArgument, errors.New("pty size must be 1…4096 columns and rows"))
+		}
+		spec.PTY = &winSize{Cols: uint16(sz.GetCols()), Rows: uint16(sz.GetRows())}
+		spec.KeepStdin = true
 	}
 	if spec.Tag != "" {
 		if _, err := s.a.lookup(0, spec.Tag); err == nil {
@@ -90,6 +95,8 @@ func forward(ctx context.Context, sub *sub, send func(*pb.ProcessEvent) error) e
 				pe = endEvent(ev.End)
 			case ev.Stdout != nil:
 				pe = dataEvent(&pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stdout{Stdout: ev.Stdout}})
+			case ev.Pty != nil:
+				pe = dataEvent(&pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Pty{Pty: ev.Pty}})
 			default:
 				pe = dataEvent(&pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stderr{Stderr: ev.Stderr}})
 			}
@@ -156,7 +163,20 @@ func (s *processService) List(ctx context.Context, req *connect.Request[pb.ListR
 }
 
 func (s *processService) Update(ctx context.Context, req *connect.Request[pb.UpdateRequest]) (*connect.Response[pb.UpdateResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("PTY resize is not implemented yet"))
+	p, err := s.a.selected(req.Msg.GetProcess())
+	if err != nil {
+		return nil, err
+	}
+	if pty := req.Msg.GetPty(); pty != nil {
+		sz := pty.GetSize()
+		if sz.GetCols() == 0 || sz.GetRows() == 0 || sz.GetCols() > 4096 || sz.GetRows() > 4096 {
+			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("pty size must be 1…4096 columns and rows"))
+		}
+		if err := p.resize(winSize{Cols: uint16(sz.GetCols()), Rows: uint16(sz.GetRows())}); err != nil {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, err)
+		}
+	}
+	return connect.NewResponse(&pb.UpdateResponse{}), nil
 }
 
 func (s *processService) StreamInput(ctx context.Context, stream *connect.ClientStream[pb.StreamInputRequest]) (*connect.Response[pb.StreamInputResponse], error) {
@@ -174,7 +194,7 @@ func (s *processService) StreamInput(ctx context.Context, stream *connect.Client
 			if p == nil {
 				return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("stream input must start with a start message"))
 			}
-			if err := p.writeStdin(d.GetInput().GetStdin()); err != nil {
+			if err := p.writeStdin(inputBytes(d.GetInput())); err != nil {
 				return nil, connect.NewError(connect.CodeFailedPrecondition, err)
 			}
 		}
@@ -190,7 +210,7 @@ func (s *processService) SendInput(ctx context.Context, req *connect.Request[pb.
 	if err != nil {
 		return nil, err
 	}
-	if err := p.writeStdin(req.Msg.GetInput().GetStdin()); err != nil {
+	if err := p.writeStdin(inputBytes(req.Msg.GetInput())); err != nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, err)
 	}
 	return connect.NewResponse(&pb.SendInputResponse{}), nil
@@ -223,4 +243,12 @@ func (s *processService) SendSignal(ctx context.Context, req *connect.Request[pb
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("signal %d is not supported", sig))
 	}
 	return connect.NewResponse(&pb.SendSignalResponse{}), nil
+}
+
+// inputBytes is the payload of a ProcessInput, stdin or terminal.
+func inputBytes(in *pb.ProcessInput) []byte {
+	if b := in.GetPty(); b != nil {
+		return b
+	}
+	return in.GetStdin()
 }

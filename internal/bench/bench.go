@@ -172,11 +172,12 @@ type Phase struct {
 }
 
 // BreakdownLine is one line of "where the time goes" for a one-shot: a measured phase or a
-// difference of medians (Derived).
+// difference of two measurements (Derived says which).
 type BreakdownLine struct {
-	Depth   int     `json:"depth"` // 0 total, 1 part, 2 part of a part
+	Depth   int     `json:"depth"` // 0 total, 1 part, 2 part of a part, 3 part of that
 	Name    string  `json:"name"`
-	MS      float64 `json:"ms"`
+	MeanMS  float64 `json:"mean_ms"`
+	P50MS   float64 `json:"p50_ms"`
 	Derived string  `json:"derived,omitempty"` // how it was computed, if not measured directly
 }
 

@@ -26,6 +26,7 @@ const (
 	PhaseAllNSTrue      = "clone_allns_true"
 	PhaseSelfHost       = "self_exec_host"
 	PhaseAllNSSelf      = "clone_allns_self"
+	PhaseCreateIdle     = "sandbox_create_idle"
 	PhaseCreate         = "sandbox_create"
 	PhaseDestroyIdle    = "sandbox_destroy_idle"
 	PhaseFirstExecPy    = "first_exec_python"
@@ -218,7 +219,7 @@ func measureSandbox(ctx context.Context, cfg Config, env *Env, ps *phaseSet) err
 		spec := oneShotSpec
 		spec.ID = fmt.Sprintf("bench-idle-%d", i)
 		var sb *native.Sandbox
-		if err := ps.timed(PhaseCreate, "sandbox create (runtime: cgroup, clone, mounts, pivot, seccomp, agent serving)",
+		if err := ps.timed(PhaseCreateIdle, "sandbox create (cgroup, clone, mounts, pivot, seccomp, agent serving)",
 			func() (err error) {
 				sb, err = rt.Create(ctx, spec)
 				return err
@@ -235,11 +236,14 @@ func measureSandbox(ctx context.Context, cfg Config, env *Env, ps *phaseSet) err
 		spec := oneShotSpec
 		spec.ID = fmt.Sprintf("bench-run-%d", i)
 		t0 := time.Now()
-		sb, err := rt.Create(ctx, spec)
-		if err != nil {
-			return fmt.Errorf("sandbox create: %w", err)
+		var sb *native.Sandbox
+		if err := ps.timed(PhaseCreate, "sandbox create (the same, before a run)", func() (err error) {
+			sb, err = rt.Create(ctx, spec)
+			return err
+		}); err != nil {
+			return err
 		}
-		err = ps.timed(PhaseFirstExecPy, "exec python3 print(1), first in a fresh sandbox (new agent connection)",
+		err := ps.timed(PhaseFirstExecPy, "exec python3 print(1), first in a fresh sandbox (new agent connection)",
 			func() error { return execPython(ctx, agent.NewClient(sb.HTTPClient())) })
 		if err != nil {
 			sb.Destroy(ctx)

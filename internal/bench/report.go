@@ -7,71 +7,80 @@ import (
 	"text/tabwriter"
 )
 
-// breakdown takes a one-shot apart with the phases' medians. Medians do not add up exactly (the
-// median of a sum is not the sum of the medians), so the derived lines are estimates and may
-// even come out slightly negative; each says how it was computed.
+// breakdown takes a one-shot apart. Each line has the mean, which adds up (the mean of a sum is
+// the sum of the means), and the median, which resists outliers but does not add up. Lines that
+// are differences of two measurements say so in Derived; being differences of separate
+// measurements, small ones can come out slightly negative.
 func breakdown(r *Report) []BreakdownLine {
-	p50 := func(key string) (float64, bool) {
+	get := func(key string) (v pair, ok bool) {
 		if p := r.Phase(key); p != nil {
-			return p.Latency.P50, true
+			return pair{p.Latency.Mean, p.Latency.P50}, true
 		}
 		if t := r.Target(key); t != nil && t.Skipped == "" {
-			return t.Latency.P50, true
+			return pair{t.Latency.Mean, t.Latency.P50}, true
 		}
-		return 0, false
+		return pair{}, false
 	}
-	var out []BreakdownLine
-	line := func(depth int, name string, v float64, derived string) {
-		out = append(out, BreakdownLine{Depth: depth, Name: name, MS: v, Derived: derived})
-	}
-	engine, okE := p50(KeyEngine)
-	runtime, okR := p50(KeyRuntime)
+	eng, okE := get(KeyEngine)
+	rtOnly, okR := get(KeyRuntime)
 	if !okE || !okR {
 		return nil
 	}
-	create, _ := p50(PhaseCreate)
-	cg, _ := p50(PhaseCgroupCreate)
-	forkTrue, _ := p50(PhaseForkExecTrue)
-	nsTrue, _ := p50(PhaseAllNSTrue)
-	self, okSelf := p50(PhaseSelfHost)
-	first, _ := p50(PhaseFirstExecPy)
-	firstTrue, _ := p50(PhaseFirstExecTrue)
-	secondPy, _ := p50(PhaseSecondExecPy)
-	execTrue, _ := p50(PhaseExecTrue)
-	execPy, _ := p50(PhaseExecPython)
-	hostPy, _ := p50(PhaseHostPython)
-	destroy, _ := p50(PhaseDestroyRun)
-	oneShot, _ := p50(PhaseRuntimeOneShot)
-
-	ns := nsTrue - forkTrue
-	line(0, "one-shot print(1), engine.Execute", engine, "end-to-end row")
+	var (
+		create, _    = get(PhaseCreate)
+		cg, _        = get(PhaseCgroupCreate)
+		forkTrue, _  = get(PhaseForkExecTrue)
+		nsTrue, _    = get(PhaseAllNSTrue)
+		self, okSelf = get(PhaseSelfHost)
+		first, _     = get(PhaseFirstExecPy)
+		firstTrue, _ = get(PhaseFirstExecTrue)
+		secondPy, _  = get(PhaseSecondExecPy)
+		execTrue, _  = get(PhaseExecTrue)
+		execPy, _    = get(PhaseExecPython)
+		hostPy, _    = get(PhaseHostPython)
+		destroy, _   = get(PhaseDestroyRun)
+		oneShot, _   = get(PhaseRuntimeOneShot)
+	)
+	var out []BreakdownLine
+	line := func(depth int, name string, v pair, derived string) {
+		out = append(out, BreakdownLine{Depth: depth, Name: name, MeanMS: v.mean, P50MS: v.p50, Derived: derived})
+	}
+	ns := nsTrue.sub(forkTrue)
+	overhead := eng.sub(rtOnly)
+	line(0, "one-shot print(1), engine.Execute", eng, "end-to-end row")
 	line(1, "sandbox create", create, "")
 	line(2, "cgroup create", cg, "")
 	line(2, "namespaces: clone + teardown", ns, "clone all ns + /bin/true − fork/exec /bin/true")
-	rest := create - cg - ns
+	rest := create.sub(cg).sub(ns)
 	if okSelf {
 		line(2, "fork/exec + Go start of the agent binary", self, "this binary as a no-op on the host")
-		rest -= self
+		rest = rest.sub(self)
 	}
-	line(2, "rest: config, mounts, pivot, seccomp, caps, agent listening, ready", rest,
-		"create − the lines above")
+	line(2, "rest: config, mounts, pivot, seccomp, caps, agent listening, ready", rest, "create − the lines above")
 	line(1, "exec python3 print(1), first in the sandbox", first, "")
 	line(2, "agent exec round trip (exec true, warm connection)", execTrue, "")
-	line(2, "python3 start inside the sandbox", execPy-execTrue, "warm exec python3 − warm exec true")
-	line(2, "first exec extra", first-execPy, "first exec python3 − warm exec python3")
-	line(3, "new agent connection, first request", firstTrue-execTrue, "first exec true − warm exec true")
-	line(3, "cold python3 in a fresh sandbox", secondPy-execPy, "second exec python3 − warm exec python3")
+	line(2, "python3 start inside the sandbox", execPy.sub(execTrue), "warm exec python3 − warm exec true")
+	line(2, "first exec extra", first.sub(execPy), "first exec python3 − warm exec python3")
+	line(3, "new agent connection, first request", firstTrue.sub(execTrue), "first exec true − warm exec true")
+	line(3, "cold python3 in a fresh sandbox", secondPy.sub(execPy), "second exec python3 − warm exec python3")
 	line(1, "sandbox destroy (after the run)", destroy, "")
-	line(1, "engine overhead (validate, admission, usage read)", engine-runtime,
-		"engine row − runtime-only row (paired)")
-	line(0, "sum of the parts above", create+first+destroy+(engine-runtime), "")
-	line(0, "check: runtime one-shot timed per iteration", oneShot, "create + first exec + destroy, summed per iteration")
+	line(1, "engine overhead (validate, admission, usage read)", overhead, "engine row − runtime-only row (paired)")
+	sum := pair{create.mean + first.mean + destroy.mean + overhead.mean,
+		create.p50 + first.p50 + destroy.p50 + overhead.p50}
+	line(1, "unaccounted: drift between the end-to-end rounds and the phase loops", eng.sub(sum),
+		"total − the four parts above")
+	line(0, "check: runtime one-shot timed per iteration", oneShot, "create + first exec + destroy, same iterations")
 	line(0, "for comparison: python3 print(1) on the host", hostPy, "measured beside the warm execs")
-	if http, ok := p50(KeyHTTP); ok {
-		line(0, "for comparison: HTTP API + SDK over engine.Execute", http-engine, "HTTP p50 − engine p50")
+	if http, ok := get(KeyHTTP); ok {
+		line(0, "for comparison: HTTP API + SDK over engine.Execute", http.sub(eng), "HTTP row − engine row (paired)")
 	}
 	return out
 }
+
+// pair is a mean and a median, in milliseconds.
+type pair struct{ mean, p50 float64 }
+
+func (a pair) sub(b pair) pair { return pair{a.mean - b.mean, a.p50 - b.p50} }
 
 // WriteText writes the report as tables for a terminal or a markdown code block.
 func (r *Report) WriteText(w io.Writer) error {
@@ -125,16 +134,17 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 
 	if len(r.Breakdown) > 0 {
-		total := r.Breakdown[0].MS
-		fmt.Fprintf(&b, "\nbreakdown of a one-shot (p50s; derived lines are differences of medians)\n")
+		total := r.Breakdown[0].MeanMS
+		fmt.Fprintf(&b, "\nbreakdown of a one-shot (means add up, medians do not; share is of the mean)\n")
 		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "part\tms\tshare\thow\t")
+		fmt.Fprintln(tw, "part\tmean ms\tp50 ms\tshare\thow\t")
 		for _, l := range r.Breakdown {
 			share := ""
 			if total > 0 && l.Depth > 0 {
-				share = fmt.Sprintf("%.0f%%", 100*l.MS/total)
+				share = fmt.Sprintf("%.0f%%", 100*l.MeanMS/total)
 			}
-			fmt.Fprintf(tw, "%s%s\t%.2f\t%s\t%s\t\n", strings.Repeat("  ", l.Depth), l.Name, l.MS, share, l.Derived)
+			fmt.Fprintf(tw, "%s%s\t%.2f\t%.2f\t%s\t%s\t\n", strings.Repeat("  ", l.Depth), l.Name, l.MeanMS, l.P50MS,
+				share, l.Derived)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

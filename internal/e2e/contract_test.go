@@ -76,3 +76,14 @@ func TestHTTPExecuteThroughSDK(t *testing.T) {
 		t.Fatalf("out of bounds through the SDK: %v", err)
 	}
 }
+
+func TestWritableAreasBehaveNormally(t *testing.T) {
+	// Renames across directories and terminals' ioctls must survive the Landlock layer.
+	resp := run(t, api.ExecuteRequest{Language: "bash", Code: `set -e
+mkdir -p /workspace/a /workspace/b /tmp/c
+echo x > /workspace/a/f && mv /workspace/a/f /workspace/b/f && mv /workspace/b/f /tmp/c/f && ln /tmp/c/f /tmp/c/g
+cat /tmp/c/g; python3 -c 'import os; print(os.isatty(0))' </dev/null`})
+	if !resp.Success || resp.Stdout != "x\nFalse\n" {
+		t.Fatalf("%+v", resp)
+	}
+}

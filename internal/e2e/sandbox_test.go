@@ -412,3 +412,50 @@ func sandboxMemMB(l api.SandboxList) int64 {
 	}
 	return int64(total)
 }
+
+func TestWebSocketPTY(t *testing.T) {
+	a := newAPIServer(t, engine.Config{})
+	id := a.create(`{}`)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, strings.Replace(a.url, "http", "ws", 1)+"/v1/sandboxes/"+id+"/exec/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	c.Write(ctx, websocket.MessageText, []byte(`{"cmd":["bash","--norc","-i"],"pty":{"cols":100,"rows":30}}`))
+	var out bytes.Buffer
+	sent := 0
+	for {
+		typ, data, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("read: %v; terminal so far %q", err, out.String())
+		}
+		if typ == websocket.MessageBinary {
+			out.Write(data[1:])
+		} else {
+			var ev api.ExecEvent
+			json.Unmarshal(data, &ev)
+			if ev.Type == api.EventExit {
+				break
+			}
+			if ev.Type == api.EventError {
+				t.Fatalf("exec on a terminal: %+v", ev.Error)
+			}
+			if ev.Type == api.EventStart {
+				// A real terminal: tty answers, the size is the one asked for, then resized.
+				c.Write(ctx, websocket.MessageBinary, []byte("tty; stty size\n"))
+				sent = 1
+			}
+		}
+		if sent == 1 && strings.Contains(out.String(), "30 100") {
+			c.Write(ctx, websocket.MessageText, []byte(`{"type":"resize","cols":80,"rows":24}`))
+			c.Write(ctx, websocket.MessageBinary, []byte("stty size; exit 7\n"))
+			sent = 2
+		}
+	}
+	s := out.String()
+	if !strings.Contains(s, "/dev/pts/") || !strings.Contains(s, "30 100") || !strings.Contains(s, "24 80") {
+		t.Fatalf("terminal session: %q", s)
+	}
+}

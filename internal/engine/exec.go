@@ -70,8 +70,11 @@ func (e *Engine) execRequest(sb *Sandbox, req api.ExecRequest) (agent.ExecReques
 	if strings.ContainsRune(dir, 0) || len(req.Tag) > 128 {
 		return agent.ExecRequest{}, invalid("workdir or tag is invalid")
 	}
+	if p := req.PTY; p != nil && (p.Cols == 0 || p.Rows == 0 || p.Cols > 4096 || p.Rows > 4096) {
+		return agent.ExecRequest{}, invalid("pty size must be 1…4096 columns and rows")
+	}
 	return agent.ExecRequest{Cmd: req.Cmd[0], Args: req.Cmd[1:], Env: env, Dir: dir, Tag: req.Tag,
-		Stdin: []byte(req.Stdin), Timeout: timeout}, nil
+		Stdin: []byte(req.Stdin), Timeout: timeout, PTY: req.PTY}, nil
 }
 
 // agentError maps an agent RPC error to the API's taxonomy; the message is the agent's, which
@@ -97,6 +100,11 @@ func agentError(err error) error {
 		return api.Errorf(api.ErrTimeout, "%s", msg)
 	}
 	return err
+}
+
+// Resize changes the terminal size of a PTY process.
+func (e *Engine) Resize(ctx context.Context, sb *Sandbox, pid int, cols, rows uint16) error {
+	return e.endedError(sb, agentError(sb.client.Resize(ctx, pid, cols, rows)))
 }
 
 // Signal sends sig to a process the API started in sb.

@@ -40,11 +40,6 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 		c.Close(websocket.StatusInvalidFramePayloadData, "first message must be an ExecRequest JSON object")
 		return nil
 	}
-	if req.PTY != nil {
-		wsSend(ctx, c, api.ExecEvent{Type: api.EventError, Error: &api.ErrorDetail{Code: api.CodeUnimplemented, Message: "pty is not implemented yet"}})
-		c.Close(websocket.StatusNormalClosure, "")
-		return nil
-	}
 	var writeMu sync.Mutex // websocket writes are not concurrent-safe across goroutines
 	pidc := make(chan int, 1)
 	var wg sync.WaitGroup
@@ -121,6 +116,8 @@ func (s *Server) wsInput(ctx context.Context, c *websocket.Conn, sb *engine.Sand
 			s.cfg.Engine.Signal(ctx, sb, pid, 9)
 		case "signal":
 			s.cfg.Engine.Signal(ctx, sb, pid, ctl.Signal)
+		case "resize":
+			s.cfg.Engine.Resize(ctx, sb, pid, ctl.Cols, ctl.Rows)
 		}
 	}
 }

@@ -15,9 +15,12 @@ func restrictFS(cfg *initConfig) error {
 	}
 	err := landlock.V5.BestEffort().RestrictPaths(
 		landlock.RODirs("/"),
-		landlock.RWDirs(rw...),
-		landlock.RWDirs("/proc", "/dev/pts"),
-		landlock.RWFiles("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/ptmx").IgnoreIfMissing(),
+		// Refer: renames and links between directories of the writable areas (mv a/x b/).
+		landlock.RWDirs(rw...).WithRefer(),
+		landlock.RWDirs("/proc"),
+		// Terminals need their ioctls (termios, window size, unlocking a new pty).
+		landlock.RWDirs("/dev/pts").WithIoctlDev(),
+		landlock.RWFiles("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty").WithIoctlDev().IgnoreIfMissing(),
 	)
 	return step("landlock", err)
 }
