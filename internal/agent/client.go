@@ -24,15 +24,23 @@ type Client struct {
 }
 
 // NewClient returns a client over hc, which must reach the agent (any URL host works).
+//
+// Every message from the agent is bounded (MaxMessage): the agent runs inside the sandbox, next
+// to code that may try to make it answer with more than the daemon should hold.
 func NewClient(hc *http.Client) *Client {
 	const base = "http://agent"
+	opt := connect.WithReadMaxBytes(MaxMessage)
 	return &Client{
-		Process: agentpbconnect.NewProcessClient(hc, base),
-		Agent:   agentpbconnect.NewAgentClient(hc, base),
-		FS:      agentpbconnect.NewFilesystemClient(hc, base),
-		Repl:    agentpbconnect.NewReplClient(hc, base),
+		Process: agentpbconnect.NewProcessClient(hc, base, opt),
+		Agent:   agentpbconnect.NewAgentClient(hc, base, opt),
+		FS:      agentpbconnect.NewFilesystemClient(hc, base, opt),
+		Repl:    agentpbconnect.NewReplClient(hc, base, opt),
 	}
 }
+
+// MaxMessage is the largest single message the daemon accepts from an agent: a REPL cell's
+// rich outputs (16 MiB) and output (2 × 1 MiB) with room to spare.
+const MaxMessage = 24 << 20
 
 // ExecRequest is one process to run.
 type ExecRequest struct {

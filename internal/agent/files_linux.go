@@ -44,6 +44,9 @@ func sandboxPath(p string) (string, error) {
 		p = path.Join("/workspace", p)
 	}
 	p = path.Clean(p)
+	if p == "/dev/shm" || strings.HasPrefix(p, "/dev/shm/") {
+		return p, nil // a writable area, like /tmp
+	}
 	for _, deny := range []string{"/proc", "/dev", "/sys"} {
 		if p == deny || strings.HasPrefix(p, deny+"/") {
 			return "", fmt.Errorf("%s: not accessible through the file API", p)
@@ -66,8 +69,10 @@ func (a *Agent) openFile(p string, flags int, mode uint32, parents bool) (*os.Fi
 				return err
 			}
 		}
+		// O_NONBLOCK until the type is checked: opening a FIFO planted in the sandbox would
+		// otherwise block this thread forever (and a write-open with no reader fails at once).
 		fd, err := unix.Openat2(unix.AT_FDCWD, p, &unix.OpenHow{
-			Flags:   uint64(flags | unix.O_CLOEXEC),
+			Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY),
 			Mode:    uint64(mode),
 			Resolve: unix.RESOLVE_NO_MAGICLINKS,
 		})
@@ -78,13 +83,41 @@ func (a *Agent) openFile(p string, flags int, mode uint32, parents bool) (*os.Fi
 			unix.Close(fd)
 			return &os.PathError{Op: "open", Path: p, Err: err}
 		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, flags&unix.O_APPEND); err != nil {
+			unix.Close(fd)
+			return &os.PathError{Op: "open", Path: p, Err: err}
+		}
 		f = os.NewFile(uintptr(fd), p)
 		return nil
 	})
 	return f, err
 }
 
-var errPseudoFS = errors.New("not an ordinary file (pseudo file system or device)")
+var errPseudoFS = errors.New("not an ordinary file (pseudo file system, device or FIFO)")
+
+// checkOrdinaryPath applies checkOrdinary to the directory or file p resolves to.
+func checkOrdinaryPath(p string) error {
+	fd, err := unix.Open(p, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return err
+	}
+	return pseudoFS(fs.Type)
+}
+
+// pseudoFS refuses the kernel's pseudo file systems.
+func pseudoFS(t int64) error {
+	switch t {
+	case unix.PROC_SUPER_MAGIC, unix.SYSFS_MAGIC, unix.DEVPTS_SUPER_MAGIC, unix.CGROUP_SUPER_MAGIC,
+		unix.CGROUP2_SUPER_MAGIC, unix.SECURITYFS_MAGIC, unix.DEBUGFS_MAGIC, unix.BPF_FS_MAGIC:
+		return errPseudoFS
+	}
+	return nil
+}
 
 // checkOrdinary refuses descriptors on procfs, sysfs and friends, and device nodes, which a
 // symlink planted in the sandbox could otherwise point the file API at.
@@ -93,10 +126,8 @@ func checkOrdinary(fd int) error {
 	if err := unix.Fstatfs(fd, &fs); err != nil {
 		return err
 	}
-	switch fs.Type {
-	case unix.PROC_SUPER_MAGIC, unix.SYSFS_MAGIC, unix.DEVPTS_SUPER_MAGIC, unix.CGROUP_SUPER_MAGIC,
-		unix.CGROUP2_SUPER_MAGIC, unix.SECURITYFS_MAGIC, unix.DEBUGFS_MAGIC, unix.BPF_FS_MAGIC:
-		return errPseudoFS
+	if err := pseudoFS(fs.Type); err != nil {
+		return err
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {

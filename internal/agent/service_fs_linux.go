@@ -82,6 +82,10 @@ func (s *fsService) inUserFS(p string, fn func(p string) error) error {
 func (s *fsService) Stat(ctx context.Context, req *connect.Request[pb.StatRequest]) (*connect.Response[pb.StatResponse], error) {
 	var e *pb.EntryInfo
 	err := s.inUserFS(req.Msg.GetPath(), func(p string) (err error) {
+		// Lstat resolves the parents: they must not lead into /proc (the agent's own entries).
+		if err := checkOrdinaryPath(path.Dir(p)); err != nil {
+			return err
+		}
 		e, err = entryInfo(p)
 		return err
 	})
@@ -127,8 +131,13 @@ func (s *fsService) Move(ctx context.Context, req *connect.Request[pb.MoveReques
 	return connect.NewResponse(&pb.MoveResponse{Entry: e}), nil
 }
 
-// maxListEntries bounds one listing so a directory of millions of files cannot exhaust memory.
-const maxListEntries = 100000
+// A listing is bounded in entries and bytes, so a directory that code in the sandbox filled
+// with millions of files or long symlinks cannot balloon the agent's or the daemon's memory.
+const (
+	maxListEntries = 100000
+	maxListBytes   = 16 << 20
+	maxLinkTarget  = 4096
+)
 
 func (s *fsService) ListDir(ctx context.Context, req *connect.Request[pb.ListDirRequest]) (*connect.Response[pb.ListDirResponse], error) {
 	depth := int(req.Msg.GetDepth())
@@ -150,6 +159,10 @@ func (s *fsService) ListDir(ctx context.Context, req *connect.Request[pb.ListDir
 		if err != nil {
 			return err
 		}
+		if err := checkOrdinaryPath(real); err != nil {
+			return err
+		}
+		size := 0
 		return filepath.WalkDir(real, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {
 				if p == real {
@@ -168,6 +181,13 @@ func (s *fsService) ListDir(ctx context.Context, req *connect.Request[pb.ListDir
 			e, err := entryInfo(p)
 			if err == nil {
 				e.Path = path.Join(root, rel)
+				if t := e.GetSymlinkTarget(); len(t) > maxLinkTarget {
+					t = t[:maxLinkTarget]
+					e.SymlinkTarget = &t
+				}
+				if size += len(e.Path) + len(e.GetSymlinkTarget()) + 128; size > maxListBytes {
+					return errTooMany
+				}
 				out.Entries = append(out.Entries, e)
 			}
 			if d.IsDir() && level >= depth {
@@ -182,7 +202,7 @@ func (s *fsService) ListDir(ctx context.Context, req *connect.Request[pb.ListDir
 	return connect.NewResponse(out), nil
 }
 
-var errTooMany = connect.NewError(connect.CodeResourceExhausted, errors.New("directory listing exceeds 100000 entries; list a subdirectory or lower depth"))
+var errTooMany = connect.NewError(connect.CodeResourceExhausted, errors.New("directory listing exceeds 100000 entries or 16 MiB; list a subdirectory or lower depth"))
 
 func (s *fsService) Remove(ctx context.Context, req *connect.Request[pb.RemoveRequest]) (*connect.Response[pb.RemoveResponse], error) {
 	err := s.inUserFS(req.Msg.GetPath(), func(p string) error {

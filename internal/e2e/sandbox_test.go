@@ -459,3 +459,57 @@ func TestWebSocketPTY(t *testing.T) {
 		t.Fatalf("terminal session: %q", s)
 	}
 }
+
+func TestAgentResourceAbuse(t *testing.T) {
+	a := newAPIServer(t, engine.Config{})
+	id := a.create(`{}`)
+	base := "/v1/sandboxes/" + id + "/files"
+	a.exec(id, "sh", "-c", `mkfifo /workspace/fifo; mkdir /workspace/many; cd /workspace/many &&
+		python3 -c 'import os; t="/"+"a"*4000
+for i in range(6000): os.symlink(t, "l%06d" % i)'; ln -s /proc/self /workspace/p`)
+	var eb api.ErrorBody
+	// A planted FIFO answers at once instead of hanging an agent thread.
+	for _, m := range []string{"GET", "PUT"} {
+		start := time.Now()
+		if code := a.call(m, base+"?path=fifo", strings.NewReader("x"), &eb); code != 400 || time.Since(start) > 5*time.Second {
+			t.Fatalf("%s on a FIFO: %d after %v", m, code, time.Since(start))
+		}
+	}
+	// A listing bloated by long symlinks is bounded.
+	heap := heapMB()
+	if code := a.call("GET", base+"/list?path=many", nil, &eb); code != 413 {
+		t.Fatalf("bloated listing: %d %+v, want 413", code, eb)
+	}
+	if grew := heapMB() - heap; grew > 64 {
+		t.Fatalf("daemon heap grew %d MiB on a bloated listing", grew)
+	}
+	// The agent's own /proc entries stay out of reach of listing and stat.
+	for _, p := range []string{base + "/list?path=p/fd", base + "/list?path=p/map_files", base + "/stat?path=p/exe"} {
+		if code := a.call("GET", p, nil, &eb); code != 400 {
+			t.Fatalf("%s: %d, want 400", p, code)
+		}
+	}
+	// PTYs are capped per sandbox, not drawn from the host's pool.
+	r := a.exec(id, "python3", "-c", `import os
+fds = []
+try:
+    while len(fds) < 1000: fds.append(os.open("/dev/ptmx", os.O_RDWR))
+except OSError: pass
+print(len(fds))`)
+	if n := strings.TrimSpace(r.Stdout); n != "64" {
+		t.Fatalf("opened %s PTYs, want the per-sandbox cap 64", n)
+	}
+}
+
+func TestSessionHugeException(t *testing.T) {
+	a := newAPIServer(t, engine.Config{})
+	id := a.session(`{"memory_mb":1024}`)
+	heap := heapMB()
+	r := a.cell(id, `raise Exception("x" * 60_000_000)`, 30)
+	if r.Error == nil || len(r.Error.Value) > 128<<10 {
+		t.Fatalf("exception value not capped: %d bytes", len(r.Error.Value))
+	}
+	if grew := heapMB() - heap; grew > 64 {
+		t.Fatalf("daemon heap grew %d MiB on a huge exception", grew)
+	}
+}

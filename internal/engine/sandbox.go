@@ -123,7 +123,7 @@ func (e *Engine) validateSandbox(req api.CreateSandboxRequest) (api.CreateSandbo
 	} else if !path.IsAbs(req.Workdir) || path.Clean(req.Workdir) != req.Workdir || req.Workdir == "/" || strings.ContainsRune(req.Workdir, 0) {
 		return req, 0, 0, invalid("workdir %q must be a clean absolute path", req.Workdir)
 	} else if !underWritable(req.Workdir) {
-		for _, r := range []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/dev", "/sys", "/opt/airlock"} {
+		for _, r := range []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/dev", "/sys", "/opt/airlock", "/.scratch"} {
 			if req.Workdir == r || strings.HasPrefix(req.Workdir, r+"/") {
 				return req, 0, 0, invalid("workdir %q may not be inside the image's system directories", req.Workdir)
 			}

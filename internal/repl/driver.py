@@ -442,7 +442,25 @@ def _error(e):
         value = str(e)
     except BaseException:
         value = "<exception str() failed>"
-    return {"name": type(e).__name__, "value": value, "traceback": lines}
+    # Bounded like output: an exception can carry any amount of text (the Go side caps again).
+    value = _clip(value, _ERROR_CAP)
+    kept, size = [], 0
+    for line in lines[-_TRACEBACK_LINES:]:
+        line = _clip(line, 4096)
+        size += len(line)
+        if size > _ERROR_CAP:
+            kept.append("... (traceback truncated)")
+            break
+        kept.append(line)
+    return {"name": _clip(type(e).__name__, 256), "value": value, "traceback": kept}
+
+
+_ERROR_CAP = 64 << 10
+_TRACEBACK_LINES = 200
+
+
+def _clip(s, n):
+    return s if len(s) <= n else s[:n] + "... (truncated)"
 
 
 def _await(coro):

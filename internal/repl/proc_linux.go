@@ -70,10 +70,11 @@ func startProc(cfg Config) (*proc, error) {
 		_ = f.Close()
 	}
 	pr := &proc{
-		cmd:      cmd,
-		pid:      cmd.Process.Pid,
-		group:    group,
-		maxFrame: 8*(cfg.DisplayLimit+cfg.OutputLimit) + 1<<20,
+		cmd:   cmd,
+		pid:   cmd.Process.Pid,
+		group: group,
+		// Base64 display data, the result and an error, with JSON overhead.
+		maxFrame: 2*cfg.DisplayLimit + 2*cfg.OutputLimit + 1<<20,
 		cmdW:     cmdW,
 		out:      newStream(cfg.OutputLimit),
 		errs:     newStream(cfg.OutputLimit),

@@ -401,13 +401,14 @@ func (p *Interp) runCell(ctx context.Context, pr *proc, c *cell, code string, ti
 func (p *Interp) finishCell(pr *proc, f *frame) *Result {
 	res := &Result{
 		HasResult:     f.Result != nil,
-		Error:         f.Error,
+		Error:         capError(f.Error),
 		Interrupted:   f.Interrupted,
 		ExecutionTime: time.Duration(f.ExecutionTime * float64(time.Second)),
 	}
 	if f.Result != nil {
-		res.Result = *f.Result
+		res.Result = clip(*f.Result, int(p.cfg.OutputLimit))
 	}
+	var displayed int64
 	for _, d := range f.Display {
 		data := []byte(d.Data)
 		if d.B64 {
@@ -417,7 +418,12 @@ func (p *Interp) finishCell(pr *proc, f *frame) *Result {
 			}
 			data = b
 		}
-		res.Display = append(res.Display, Display{MIME: d.MIME, Data: data})
+		// The driver bounds these, but it shares its process with user code, which can write
+		// frames of its own: every field is bounded again here.
+		if displayed += int64(len(data)); displayed > p.cfg.DisplayLimit {
+			break
+		}
+		res.Display = append(res.Display, Display{MIME: clip(d.MIME, 256), Data: data})
 	}
 	now := time.Now()
 	wait := func(i int) (string, time.Time) {
@@ -563,4 +569,33 @@ type wireDisplay struct {
 	MIME string `json:"mime"`
 	Data string `json:"data"`
 	B64  bool   `json:"b64"`
+}
+
+// errorCap bounds an error's value and its traceback, in bytes.
+const errorCap = 64 << 10
+
+// capError bounds an Error reported by the driver.
+func capError(e *Error) *Error {
+	if e == nil {
+		return nil
+	}
+	out := &Error{Name: clip(e.Name, 256), Value: clip(e.Value, errorCap)}
+	size := 0
+	for _, l := range e.Traceback {
+		l = clip(l, 4096)
+		if size += len(l); size > errorCap || len(out.Traceback) >= 200 {
+			out.Traceback = append(out.Traceback, "... (traceback truncated)")
+			break
+		}
+		out.Traceback = append(out.Traceback, l)
+	}
+	return out
+}
+
+// clip cuts s to at most n bytes, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "... (truncated)"
 }

@@ -42,6 +42,17 @@ const (
 // childTimeout bounds one child; the slowest case starts Python.
 const childTimeout = 30 * time.Second
 
+func init() {
+	if _, ok := os.LookupEnv(childEnv); ok {
+		// Keep the child's main goroutine, which runs the case, on the main
+		// thread. Should the filter wrongly let PTRACE_TRACEME through, the
+		// traced thread is then the thread-group leader, which the parent's
+		// wait reaps; a traced non-leader thread would stay a zombie that only
+		// a wait for that thread ID releases, and the parent would hang.
+		runtime.LockOSThread()
+	}
+}
+
 func TestMain(m *testing.M) {
 	if name, ok := os.LookupEnv(childEnv); ok {
 		os.Exit(runChild(name, os.Getenv(filterEnv) != "0"))

@@ -16,6 +16,7 @@ var (
 		"/proc/timer_stats", "/proc/sysrq-trigger", "/proc/kallsyms", "/proc/kmsg",
 		"/proc/vmallocinfo", "/proc/pagetypeinfo", "/proc/buddyinfo", "/proc/slabinfo",
 		"/proc/modules", "/proc/mtrr", "/proc/iomem", "/proc/ioports", "/proc/cgroups",
+		"/proc/cmdline", "/proc/config.gz",
 	}
 	readOnlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/driver"}
 	devices       = []string{"null", "zero", "full", "random", "urandom", "tty"}
@@ -125,7 +126,7 @@ func mountDev(root string) error {
 		}
 	}
 	if err := step("mount devpts", unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts",
-		unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")); err != nil {
+		unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,max=64")); err != nil {
 		return err
 	}
 	links := [][2]string{{"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},

@@ -79,7 +79,7 @@ type Spec struct {
 
 // reservedDirs are the image's and the kernel's trees, where no workdir may be mounted.
 var reservedDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
-	"/proc", "/dev", "/sys", "/opt/airlock", "/workspace", "/tmp"}
+	"/proc", "/dev", "/sys", "/opt/airlock", "/workspace", "/tmp", "/.scratch"}
 
 // ErrReservedWorkdir is returned for a workdir inside a system directory.
 var ErrReservedWorkdir = errors.New("workdir may not be inside /usr, /bin, /sbin, /lib*, /etc, /proc, /dev, /sys or /opt/airlock")
