@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"image/png"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +21,7 @@ import (
 	"github.com/airlockhq/airlock/internal/cli"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/server"
 )
 
 func (a *apiServer) session(body string) string {
@@ -248,5 +251,57 @@ func writeWheel(t *testing.T, path string) {
 	z.Close()
 	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestTenantsAreIsolated(t *testing.T) {
+	mustEngine(t)
+	e, err := engine.New(engine.Config{Runtime: cli.NativeRuntime(rt)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(t.Context())
+	const keyA, keyB = "tenant-a-0123456789abcdef", "tenant-b-0123456789abcdef"
+	s, err := server.New(server.Config{Engine: e, APIKeys: []string{keyA, keyB}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	call := func(key, method, path, body string, out any) int {
+		req, _ := http.NewRequest(method, ts.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if out != nil {
+			json.NewDecoder(resp.Body).Decode(out)
+		}
+		return resp.StatusCode
+	}
+	var r api.RunResult
+	call(keyA, "POST", "/repl/execute", `{"session_id":"default","code":"secret = 'A-private'"}`, &r)
+	call(keyB, "POST", "/repl/execute", `{"session_id":"default","code":"secret"}`, &r)
+	if r.Error == nil || r.Error.Name != "NameError" {
+		t.Fatalf("tenant B reached tenant A's session: %+v", r)
+	}
+	var info api.SandboxInfo
+	call(keyA, "POST", "/v1/sandboxes", `{}`, &info)
+	for _, p := range []string{"/v1/sandboxes/" + info.ID, "/v1/sandboxes/" + info.ID + "/files?path=x"} {
+		if code := call(keyB, "GET", p, "", nil); code != 404 {
+			t.Fatalf("tenant B GET %s: %d, want 404", p, code)
+		}
+	}
+	if code := call(keyB, "DELETE", "/v1/sandboxes/"+info.ID, "", nil); code != 404 {
+		t.Fatalf("tenant B deleted tenant A's sandbox: %d", code)
+	}
+	var l api.SandboxList
+	call(keyB, "GET", "/v1/sandboxes", "", &l)
+	for _, sb := range l.Sandboxes {
+		if sb.ID == info.ID {
+			t.Fatal("tenant B lists tenant A's sandbox")
+		}
 	}
 }

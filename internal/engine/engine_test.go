@@ -110,27 +110,27 @@ func TestReaping(t *testing.T) {
 	busy, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{IdleTimeout: 10})
 	expiring, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{Timeout: 20})
 	dead, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{})
-	_, done, _ := e.Use(busy.ID())
+	_, done, _ := e.Use(t.Context(), busy.ID())
 	dead.inst.(*fakeInstance).Destroy(t.Context()) // PID 1 died on its own
 	e.reap(t.Context(), time.Now().Add(15*time.Second))
 	for _, tc := range []struct {
 		sb   *Sandbox
 		gone bool
 	}{{idle, true}, {busy, false}, {expiring, false}, {dead, true}} {
-		_, err := e.GetSandbox(tc.sb.ID())
+		_, err := e.GetSandbox(t.Context(), tc.sb.ID())
 		if got := errors.Is(err, api.ErrGone); got != tc.gone {
 			t.Errorf("sandbox %s: gone=%v (%v), want %v", tc.sb.ID(), got, err, tc.gone)
 		}
 	}
 	done()
 	e.reap(t.Context(), time.Now().Add(25*time.Second))
-	if _, err := e.GetSandbox(expiring.ID()); !errors.Is(err, api.ErrGone) {
+	if _, err := e.GetSandbox(t.Context(), expiring.ID()); !errors.Is(err, api.ErrGone) {
 		t.Fatalf("expired sandbox: %v", err)
 	}
 	if !rt.destroyed[idle.ID()] || !rt.destroyed[expiring.ID()] {
 		t.Fatal("reaped sandboxes were not destroyed")
 	}
-	if _, err := e.GetSandbox("sb-never"); !errors.Is(err, api.ErrNotFound) {
+	if _, err := e.GetSandbox(t.Context(), "sb-never"); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("unknown id: %v, want not_found", err)
 	}
 }
@@ -154,10 +154,36 @@ func TestRecoverAdoptsSandboxesAndDestroysOneShots(t *testing.T) {
 	if err != nil || adopted != 1 || destroyed != 2 {
 		t.Fatalf("recover: adopted %d destroyed %d err %v", adopted, destroyed, err)
 	}
-	if _, err := e.GetSandbox("sb-keep"); err != nil {
+	if _, err := e.GetSandbox(t.Context(), "sb-keep"); err != nil {
 		t.Fatalf("adopted sandbox: %v", err)
 	}
 	if !rt.destroyed["ex-old"] || !rt.destroyed["sb-broken"] || rt.destroyed["sb-keep"] {
 		t.Fatalf("destroyed: %v", rt.destroyed)
+	}
+}
+
+func TestOwnersAreIsolated(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngine(t, Config{})
+	alice, bob := WithOwner(t.Context(), "alice"), WithOwner(t.Context(), "bob")
+	sb, err := e.CreateSandbox(alice, api.CreateSandboxRequest{Tags: map[string]string{"t": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.GetSandbox(bob, sb.ID()); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("another owner sees the sandbox: %v", err)
+	}
+	if _, err := e.TerminateSandbox(bob, sb.ID()); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("another owner terminates the sandbox: %v", err)
+	}
+	if l := e.ListSandboxes(bob, nil); len(l) != 0 {
+		t.Fatalf("another owner lists %d sandboxes", len(l))
+	}
+	if l := e.ListSandboxes(alice, map[string]string{"t": "1"}); len(l) != 1 {
+		t.Fatalf("the owner lists %d sandboxes", len(l))
+	}
+	e.TerminateSandbox(alice, sb.ID())
+	if _, err := e.GetSandbox(bob, sb.ID()); !errors.Is(err, api.ErrNotFound) {
+		t.Fatalf("another owner learns the sandbox ended: %v", err)
 	}
 }

@@ -29,6 +29,7 @@ type sandboxMeta struct {
 	Created time.Time                `json:"created"`
 	Expires time.Time                `json:"expires"`
 	Idle    time.Duration            `json:"idle"`
+	Owner   string                   `json:"owner,omitempty"`
 }
 
 // Recover adopts the long-lived sandboxes a previous daemon left running and destroys the rest
@@ -55,7 +56,7 @@ func (e *Engine) Recover(ctx context.Context) (adopted, destroyed int, err error
 			continue
 		}
 		sb := &Sandbox{id: r.ID, inst: r.Inst, client: agent.NewClient(r.Inst.HTTPClient()), created: m.Created,
-			expires: m.Expires, idle: m.Idle, req: m.Req, release: e.release, lastActive: time.Now()}
+			expires: m.Expires, idle: m.Idle, req: m.Req, release: e.release, lastActive: time.Now(), owner: m.Owner}
 		e.mu.Lock()
 		e.live[r.ID] = r.Inst
 		e.sandboxes[r.ID] = sb

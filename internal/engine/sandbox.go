@@ -25,6 +25,7 @@ type Sandbox struct {
 	expires time.Time
 	idle    time.Duration
 	req     api.CreateSandboxRequest // normalized: every default filled in
+	owner   string                   // the API key (hash) that created it; "" without keys
 	release func()                   // returns the engine slot
 
 	mu         sync.Mutex // guards lastActive, active and ended
@@ -184,7 +185,8 @@ func (e *Engine) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest
 	}
 	id := newID("sb-")
 	now := time.Now()
-	meta, _ := json.Marshal(sandboxMeta{Req: req, Created: now, Expires: now.Add(life), Idle: idle})
+	owner := Owner(ctx)
+	meta, _ := json.Marshal(sandboxMeta{Req: req, Created: now, Expires: now.Add(life), Idle: idle, Owner: owner})
 	spec := Spec{ID: id, Image: req.Image, MemoryBytes: req.MemoryMB << 20, CPU: req.CPU,
 		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Meta: meta}
 	if !underWritable(req.Workdir) {
@@ -196,7 +198,7 @@ func (e *Engine) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
 	sb := &Sandbox{id: id, inst: inst, client: agent.NewClient(inst.HTTPClient()), created: now,
-		expires: now.Add(life), idle: idle, req: req, release: release, lastActive: now}
+		expires: now.Add(life), idle: idle, req: req, release: release, lastActive: now, owner: owner}
 	if req.Workdir != "/workspace" && underWritable(req.Workdir) {
 		if _, err := sb.client.MakeDir(ctx, req.Workdir); err != nil {
 			e.destroy(ctx, id, inst)
@@ -211,37 +213,54 @@ func (e *Engine) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest
 	return sb, nil
 }
 
-// GetSandbox returns a live sandbox: api.ErrNotFound if the id was never seen, api.ErrGone if
-// it has ended.
-func (e *Engine) GetSandbox(id string) (*Sandbox, error) {
+// ownerKey carries the caller's identity in a request's context.
+type ownerKey struct{}
+
+// WithOwner returns ctx carrying the caller's identity (a hash of its API key). Sandboxes are
+// visible only to the identity that created them.
+func WithOwner(ctx context.Context, owner string) context.Context {
+	return context.WithValue(ctx, ownerKey{}, owner)
+}
+
+// Owner is the caller's identity in ctx; "" when the server has no keys.
+func Owner(ctx context.Context) string {
+	o, _ := ctx.Value(ownerKey{}).(string)
+	return o
+}
+
+// GetSandbox returns a live sandbox of ctx's owner: api.ErrNotFound if the id was never seen
+// (or belongs to another owner), api.ErrGone if it has ended.
+func (e *Engine) GetSandbox(ctx context.Context, id string) (*Sandbox, error) {
+	owner := Owner(ctx)
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if sb, ok := e.sandboxes[id]; ok {
+	if sb, ok := e.sandboxes[id]; ok && sb.owner == owner {
 		return sb, nil
 	}
-	if g, ok := e.gone[id]; ok {
+	if g, ok := e.gone[id]; ok && g.owner == owner {
 		return nil, api.Errorf(api.ErrGone, "sandbox %s has ended (%s)", id, g.reason)
 	}
 	return nil, api.Errorf(api.ErrNotFound, "no sandbox %s", id)
 }
 
 // Use returns a live sandbox and marks it active until done is called.
-func (e *Engine) Use(id string) (sb *Sandbox, done func(), err error) {
-	sb, err = e.GetSandbox(id)
+func (e *Engine) Use(ctx context.Context, id string) (sb *Sandbox, done func(), err error) {
+	sb, err = e.GetSandbox(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
 	return sb, sb.touch(), nil
 }
 
-// ListSandboxes returns live sandboxes carrying every tag in tags, oldest first.
-func (e *Engine) ListSandboxes(tags map[string]string) []api.SandboxInfo {
+// ListSandboxes returns ctx's owner's live sandboxes carrying every tag in tags, oldest first.
+func (e *Engine) ListSandboxes(ctx context.Context, tags map[string]string) []api.SandboxInfo {
+	owner := Owner(ctx)
 	e.mu.Lock()
 	list := slices.Collect(maps.Values(e.sandboxes))
 	e.mu.Unlock()
 	out := []api.SandboxInfo{}
 	for _, sb := range list {
-		ok := true
+		ok := sb.owner == owner
 		for k, v := range tags {
 			if sb.req.Tags[k] != v {
 				ok = false
@@ -257,7 +276,7 @@ func (e *Engine) ListSandboxes(tags map[string]string) []api.SandboxInfo {
 
 // TerminateSandbox ends a sandbox now.
 func (e *Engine) TerminateSandbox(ctx context.Context, id string) (api.SandboxInfo, error) {
-	sb, err := e.GetSandbox(id)
+	sb, err := e.GetSandbox(ctx, id)
 	if err != nil {
 		return api.SandboxInfo{}, err
 	}
@@ -273,7 +292,7 @@ func (e *Engine) end(ctx context.Context, sb *Sandbox, reason string) {
 		return
 	}
 	delete(e.sandboxes, sb.id)
-	e.rememberGone(sb.id, reason)
+	e.rememberGone(sb.id, sb.owner, reason)
 	e.mu.Unlock()
 	sb.mu.Lock()
 	sb.ended, sb.endedAt = reason, time.Now()
@@ -286,11 +305,12 @@ func (e *Engine) end(ctx context.Context, sb *Sandbox, reason string) {
 // goneEntry remembers an ended sandbox so its id answers 410, not 404.
 type goneEntry struct {
 	reason string
+	owner  string
 	at     time.Time
 }
 
 // rememberGone records id; the memory is bounded by count and age. e.mu must be held.
-func (e *Engine) rememberGone(id, reason string) {
+func (e *Engine) rememberGone(id, owner, reason string) {
 	const maxGone = 100000
 	if len(e.gone) >= maxGone {
 		oldest, oldestAt := "", time.Now()
@@ -301,7 +321,7 @@ func (e *Engine) rememberGone(id, reason string) {
 		}
 		delete(e.gone, oldest)
 	}
-	e.gone[id] = goneEntry{reason: reason, at: time.Now()}
+	e.gone[id] = goneEntry{reason: reason, owner: owner, at: time.Now()}
 }
 
 // reap ends sandboxes past their lifetime or idle too long, and ones whose PID 1 died.

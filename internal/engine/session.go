@@ -53,8 +53,8 @@ func (e *Engine) CreateSession(ctx context.Context, req api.CreateSessionRequest
 }
 
 // Session returns a live session and marks it active until done is called.
-func (e *Engine) Session(id string) (*Sandbox, func(), error) {
-	sb, done, err := e.Use(id)
+func (e *Engine) Session(ctx context.Context, id string) (*Sandbox, func(), error) {
+	sb, done, err := e.Use(ctx, id)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -161,17 +161,20 @@ func (e *Engine) SeedSession(ctx context.Context, name string) (*Sandbox, func()
 	if !seedID.MatchString(name) {
 		return nil, nil, invalid("session_id must be 1…128 characters of [A-Za-z0-9._:-]")
 	}
+	// Names are per API key: two tenants saying "default" get two sessions.
+	key := Owner(ctx) + "\x00" + name
 	e.seedMu.Lock()
 	defer e.seedMu.Unlock()
-	if id, ok := e.seed[name]; ok {
-		if sb, done, err := e.Session(id); err == nil {
+	if id, ok := e.seed[key]; ok {
+		if sb, done, err := e.Session(ctx, id); err == nil {
 			return sb, done, nil
 		}
+		delete(e.seed, key)
 	}
 	sb, err := e.CreateSession(ctx, api.CreateSessionRequest{Tags: map[string]string{"airlock.seed_session": name}})
 	if err != nil {
 		return nil, nil, err
 	}
-	e.seed[name] = sb.id
+	e.seed[key] = sb.id
 	return sb, sb.touch(), nil
 }

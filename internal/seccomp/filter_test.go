@@ -284,12 +284,12 @@ func TestProgramReturnsCopy(t *testing.T) {
 	}
 }
 
-// TestDispatch checks the binary search against a synthetic policy large
-// enough that some left subtrees exceed a conditional jump's 255-instruction
-// reach and need the unconditional-jump trampoline.
+// TestDispatch checks the binary search against synthetic policies of many
+// sizes, the larger ones big enough that some left subtrees exceed a
+// conditional jump's 255-instruction reach and need the unconditional-jump
+// trampoline.
 func TestDispatch(t *testing.T) {
 	t.Parallel()
-	const n = 1200
 	var b block
 	b.add(bpf.LoadAbsolute{Off: offArgs, Size: 4})
 	b.jumpIf(bpf.JumpEqual, 7, "allow", "")
@@ -301,8 +301,9 @@ func TestDispatch(t *testing.T) {
 		t.Fatalf("assemble rule: %v", err)
 	}
 
-	p := policy{arch: 0xc0ffee, rules: map[uint32][]bpf.Instruction{}}
-	want := func(nr uint32, arg uint64) uint32 {
+	// Syscall nr < n is an argument rule if nr%10 == 5, ENOSYS if nr%10 == 9,
+	// allowed if even, and refused otherwise.
+	want := func(n, nr uint32, arg uint64) uint32 {
 		switch {
 		case nr >= n:
 			return eperm
@@ -318,40 +319,42 @@ func TestDispatch(t *testing.T) {
 		}
 		return eperm
 	}
-	for nr := uint32(0); nr < n; nr++ {
-		switch {
-		case nr%10 == 5:
-			p.rules[nr] = rule
-		case nr%10 == 9:
-			p.rules[nr] = []bpf.Instruction{retErrno(unix.ENOSYS)}
-		case nr%2 == 0:
-			p.allow = append(p.allow, nr)
-		}
-	}
-	prog, err := compile(p)
-	if err != nil {
-		t.Fatalf("compile: %v", err)
-	}
 	var trampolines int
-	for _, f := range prog {
-		if f.Code == unix.BPF_JMP|unix.BPF_JA {
-			trampolines++
+	for n := uint32(10); n <= 1250; n += 20 {
+		p := policy{arch: 0xc0ffee, rules: map[uint32][]bpf.Instruction{}}
+		for nr := range n {
+			switch {
+			case nr%10 == 5:
+				p.rules[nr] = rule
+			case nr%10 == 9:
+				p.rules[nr] = []bpf.Instruction{retErrno(unix.ENOSYS)}
+			case nr%2 == 0:
+				p.allow = append(p.allow, nr)
+			}
+		}
+		prog, err := compile(p)
+		if err != nil {
+			t.Fatalf("n=%d: compile: %v", n, err)
+		}
+		for _, f := range prog {
+			if f.Code == unix.BPF_JMP|unix.BPF_JA {
+				trampolines++
+			}
+		}
+		f := newFilterVM(t, prog)
+		for nr := range n + 20 {
+			for _, arg := range []uint64{0, 7} {
+				if got := f.eval(t, p.arch, nr, arg); got != want(n, nr, arg) {
+					t.Fatalf("n=%d: syscall %d arg %d: got %s, want %s", n, nr, arg, verdictName(got), verdictName(want(n, nr, arg)))
+				}
+			}
+		}
+		if got := f.eval(t, p.arch+1, 0); got != kill {
+			t.Errorf("n=%d: foreign arch: got %s, want KILL_PROCESS", n, verdictName(got))
 		}
 	}
 	if trampolines == 0 {
-		t.Fatal("got no unconditional jumps, want some: the long-jump path is not exercised")
-	}
-
-	f := newFilterVM(t, prog)
-	for nr := uint32(0); nr < n+100; nr++ {
-		for _, arg := range []uint64{0, 7} {
-			if got := f.eval(t, p.arch, nr, arg); got != want(nr, arg) {
-				t.Fatalf("syscall %d arg %d: got %s, want %s", nr, arg, verdictName(got), verdictName(want(nr, arg)))
-			}
-		}
-	}
-	if got := f.eval(t, p.arch+1, 0); got != kill {
-		t.Errorf("foreign arch: got %s, want KILL_PROCESS", verdictName(got))
+		t.Error("got no unconditional jumps, want some: the long-jump path is not exercised")
 	}
 }
 

@@ -54,12 +54,12 @@ func (s *Server) handleListSandboxes(w http.ResponseWriter, r *http.Request) err
 		}
 		tags[k] = v
 	}
-	writeJSON(w, http.StatusOK, api.SandboxList{Sandboxes: s.cfg.Engine.ListSandboxes(tags)})
+	writeJSON(w, http.StatusOK, api.SandboxList{Sandboxes: s.cfg.Engine.ListSandboxes(r.Context(), tags)})
 	return nil
 }
 
 func (s *Server) handleGetSandbox(w http.ResponseWriter, r *http.Request) error {
-	sb, err := s.cfg.Engine.GetSandbox(r.PathValue("id"))
+	sb, err := s.cfg.Engine.GetSandbox(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -78,7 +78,7 @@ func (s *Server) handleDeleteSandbox(w http.ResponseWriter, r *http.Request) err
 
 // use looks up the sandbox of the route and marks it active for the request's duration.
 func (s *Server) use(r *http.Request) (*engine.Sandbox, func(), error) {
-	return s.cfg.Engine.Use(r.PathValue("id"))
+	return s.cfg.Engine.Use(r.Context(), r.PathValue("id"))
 }
 
 // wantsNDJSON reports whether the client asked for a stream.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -107,10 +108,14 @@ func (s *Server) handle(pattern string, auth bool, h handlerFunc) {
 func (s *Server) adapt(auth bool, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		err := func() error {
-			if auth && !s.authorized(r) {
+			if !auth {
+				return h(w, r)
+			}
+			owner, ok := s.authorize(r)
+			if !ok {
 				return api.ErrUnauthenticated
 			}
-			return h(w, r)
+			return h(w, r.WithContext(engine.WithOwner(r.Context(), owner)))
 		}()
 		if err != nil {
 			s.writeError(w, r, err)
@@ -118,20 +123,22 @@ func (s *Server) adapt(auth bool, h handlerFunc) http.Handler {
 	})
 }
 
-func (s *Server) authorized(r *http.Request) bool {
+// authorize checks the bearer key and returns the caller's identity: a hash of its key, under
+// which its sandboxes and sessions live ("" when the server has no keys).
+func (s *Server) authorize(r *http.Request) (owner string, ok bool) {
 	if len(s.keys) == 0 {
-		return true
+		return "", true
 	}
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return false
+	tok, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !found {
+		return "", false
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(tok)))
 	match := 0
 	for _, k := range s.keys {
 		match |= subtle.ConstantTimeCompare(sum[:], k[:])
 	}
-	return match == 1
+	return hex.EncodeToString(sum[:8]), match == 1
 }
 
 // statusOf maps each error code to its one HTTP status.

@@ -32,7 +32,7 @@ func (s *Server) handleCreateSession(w http.ResponseWriter, r *http.Request) err
 }
 
 func (s *Server) handleDeleteSession(w http.ResponseWriter, r *http.Request) error {
-	sb, done, err := s.cfg.Engine.Session(r.PathValue("id"))
+	sb, done, err := s.cfg.Engine.Session(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -50,7 +50,7 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
-	sb, done, err := s.cfg.Engine.Session(r.PathValue("id"))
+	sb, done, err := s.cfg.Engine.Session(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -72,7 +72,7 @@ func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
-	sb, done, err := s.cfg.Engine.Session(r.PathValue("id"))
+	sb, done, err := s.cfg.Engine.Session(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request) error {
 	// Not marked active: an interrupt must not keep an idle session alive by itself.
-	sb, err := s.cfg.Engine.GetSandbox(r.PathValue("id"))
+	sb, err := s.cfg.Engine.GetSandbox(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
