@@ -93,7 +93,9 @@ expect_fail("request_key", (libc.syscall(249, b"user", b"k", None, 0), 0))`},
 expect_fail("bpf", sc(321, 0, 0, 0))
 expect_fail("perf_event_open", sc(298, 0, 0, -1, -1, 0))
 expect_fail("userfaultfd", sc(323, 0))
-expect_fail("io_uring_setup", sc(425, 1, 0))`},
+expect_fail("io_uring_setup", sc(425, 1, 0))
+aio = ctypes.c_ulong(0)
+expect_fail("io_setup (host-wide AIO pool)", (libc.syscall(206, 128, ctypes.byref(aio)), 0))`},
 		{"kernel modules and reboot", `
 expect_fail("init_module", sc(175, 0, 0, 0))
 expect_fail("finit_module", sc(313, 0, 0, 0))

@@ -117,12 +117,6 @@ var commonAllow = []uint32{
 	unix.SYS_INOTIFY_RM_WATCH,
 	unix.SYS_IOPRIO_GET,
 	unix.SYS_IOPRIO_SET,
-	unix.SYS_IO_CANCEL,
-	unix.SYS_IO_DESTROY,
-	unix.SYS_IO_GETEVENTS,
-	unix.SYS_IO_PGETEVENTS,
-	unix.SYS_IO_SETUP,
-	unix.SYS_IO_SUBMIT,
 	unix.SYS_KILL,
 	unix.SYS_LANDLOCK_ADD_RULE,
 	unix.SYS_LANDLOCK_CREATE_RULESET,
@@ -322,6 +316,14 @@ func policyFor(arch, badBits uint32, archAllow []uint32) (policy, error) {
 			// in a struct in memory, which seccomp cannot read, and ENOSYS makes
 			// glibc (2.34+) and others fall back to clone.
 			unix.SYS_CLONE3: {retErrno(unix.ENOSYS)},
+			// Native AIO draws on a host-wide pool (fs.aio-max-nr) that one sandbox could
+			// exhaust for the whole machine; ENOSYS makes libraries use ordinary I/O.
+			unix.SYS_IO_SETUP:      {retErrno(unix.ENOSYS)},
+			unix.SYS_IO_SUBMIT:     {retErrno(unix.ENOSYS)},
+			unix.SYS_IO_GETEVENTS:  {retErrno(unix.ENOSYS)},
+			unix.SYS_IO_PGETEVENTS: {retErrno(unix.ENOSYS)},
+			unix.SYS_IO_CANCEL:     {retErrno(unix.ENOSYS)},
+			unix.SYS_IO_DESTROY:    {retErrno(unix.ENOSYS)},
 		},
 	}
 	for _, r := range []struct {
