@@ -7,6 +7,7 @@ import (
 	"math"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -117,9 +118,11 @@ func (e *Engine) Interrupt(ctx context.Context, sb *Sandbox) (*api.InterruptResu
 	return &api.InterruptResult{Interrupted: resp.Msg.GetInterrupted(), Restarted: resp.Msg.GetRestarted()}, nil
 }
 
-// requirement is what a package argument may look like: a name with optional extras and
+// requirement (compiled on first use: this binary is also every sandbox's PID 1) is what a package argument may look like: a name with optional extras and
 // version specifiers, or a wheel file name. Nothing starting with '-' (no pip options).
-var requirement = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._\-\[\],]*([<>=!~]=?[A-Za-z0-9.*+!_\-]+(,[<>=!~]=?[A-Za-z0-9.*+!_\-]+)*)?$`)
+var requirement = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._\-\[\],]*([<>=!~]=?[A-Za-z0-9.*+!_\-]+(,[<>=!~]=?[A-Za-z0-9.*+!_\-]+)*)?$`)
+})
 
 // Install pip-installs packages into the session's user site. Sandboxes have no outbound network
 // yet, so packages come only from the operator's wheel directory (Config.WheelDir).
@@ -128,7 +131,7 @@ func (e *Engine) Install(ctx context.Context, sb *Sandbox, req api.InstallReques
 		return nil, invalid("give 1…50 packages")
 	}
 	for _, p := range req.Packages {
-		if len(p) > 200 || !requirement.MatchString(p) {
+		if len(p) > 200 || !requirement().MatchString(p) {
 			return nil, invalid("package %q is not a valid requirement", p)
 		}
 	}
@@ -153,12 +156,13 @@ func (e *Engine) Install(ctx context.Context, sb *Sandbox, req api.InstallReques
 }
 
 // seedID is what the seed-compatible routes accept as a session_id.
-var seedID = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`)
+// Compiled on first use (see requirement).
+var seedID = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`) })
 
 // SeedSession resolves a seed route's session_id, creating the session on first use (and again
 // after the previous one ended, as the seeds' REPLSession would).
 func (e *Engine) SeedSession(ctx context.Context, name string) (*Sandbox, func(), error) {
-	if !seedID.MatchString(name) {
+	if !seedID().MatchString(name) {
 		return nil, nil, invalid("session_id must be 1…128 characters of [A-Za-z0-9._:-]")
 	}
 	// Names are per API key: two tenants saying "default" get two sessions.

@@ -1,9 +1,9 @@
 package seccomp
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
-	"maps"
 	"math"
 	"slices"
 	"sync"
@@ -118,23 +118,28 @@ type interval struct {
 // sorted by start, merging neighbours whose action is the same single return.
 // Numbers p does not mention get EPERM.
 func intervals(p policy) ([]interval, error) {
-	actions := make(map[uint32][]bpf.Instruction, len(p.allow)+len(p.rules))
+	type entry struct {
+		nr   uint32
+		code []bpf.Instruction
+	}
+	entries := make([]entry, 0, len(p.allow)+len(p.rules))
+	allowCode := []bpf.Instruction{retAllow}
 	for _, nr := range p.allow {
-		if _, dup := actions[nr]; dup {
-			return nil, fmt.Errorf("syscall %d is allowed twice", nr)
-		}
-		actions[nr] = []bpf.Instruction{retAllow}
+		entries = append(entries, entry{nr, allowCode})
 	}
 	for nr, code := range p.rules {
-		if _, dup := actions[nr]; dup {
-			return nil, fmt.Errorf("syscall %d has both an allow entry and an argument rule", nr)
-		}
 		if len(code) == 0 {
 			return nil, fmt.Errorf("syscall %d has an empty rule", nr)
 		}
-		actions[nr] = code
+		entries = append(entries, entry{nr, code})
 	}
-	if _, ok := actions[math.MaxUint32]; ok {
+	slices.SortFunc(entries, func(a, b entry) int { return cmp.Compare(a.nr, b.nr) })
+	for i := 1; i < len(entries); i++ {
+		if entries[i].nr == entries[i-1].nr {
+			return nil, fmt.Errorf("syscall %d is listed twice (allowed or with a rule)", entries[i].nr)
+		}
+	}
+	if n := len(entries); n > 0 && entries[n-1].nr == math.MaxUint32 {
 		return nil, errors.New("syscall number 0xffffffff cannot be allowed")
 	}
 
@@ -147,12 +152,12 @@ func intervals(p policy) ([]interval, error) {
 		ivs = append(ivs, interval{start: start, code: code})
 	}
 	next := uint32(0)
-	for _, nr := range slices.Sorted(maps.Keys(actions)) {
-		if nr > next {
+	for _, e := range entries {
+		if e.nr > next {
 			push(next, deny)
 		}
-		push(nr, actions[nr])
-		next = nr + 1
+		push(e.nr, e.code)
+		next = e.nr + 1
 	}
 	push(next, deny)
 	return ivs, nil

@@ -369,8 +369,8 @@ func TestCompileErrors(t *testing.T) {
 		p    policy
 		want string
 	}{
-		{"duplicate allow", policy{allow: []uint32{1, 2, 1}}, "allowed twice"},
-		{"allow and rule", policy{allow: []uint32{3}, rules: map[uint32][]bpf.Instruction{3: {retAllow}}}, "both"},
+		{"duplicate allow", policy{allow: []uint32{1, 2, 1}}, "listed twice"},
+		{"allow and rule", policy{allow: []uint32{3}, rules: map[uint32][]bpf.Instruction{3: {retAllow}}}, "listed twice"},
 		{"empty rule", policy{rules: map[uint32][]bpf.Instruction{3: nil}}, "empty rule"},
 		{"max number", policy{allow: []uint32{0xffffffff}}, "0xffffffff"},
 		{"too long", huge, "limit"},

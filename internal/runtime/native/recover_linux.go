@@ -34,7 +34,7 @@ func (r *Runtime) Recover(ctx context.Context) ([]Recovered, error) {
 	known := map[string]bool{}
 	for _, e := range ents {
 		id := e.Name()
-		if !idPattern.MatchString(id) {
+		if !idPattern().MatchString(id) {
 			continue
 		}
 		known[id] = true

@@ -117,7 +117,9 @@ type Runtime struct {
 	staging string
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+// idPattern is compiled on first use: this binary is also every sandbox's PID 1, whose
+// start-up must stay lean.
+var idPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`) })
 
 // New prepares the state directory, the cgroup parent and the host image description.
 func New(cfg Config) (*Runtime, error) {
@@ -211,7 +213,7 @@ type Sandbox struct {
 
 // Create starts a sandbox and returns once its agent is serving. On error nothing is left behind.
 func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error) {
-	if !idPattern.MatchString(spec.ID) {
+	if !idPattern().MatchString(spec.ID) {
 		return nil, fmt.Errorf("sandbox id %q: invalid", spec.ID)
 	}
 	if spec.Network {
