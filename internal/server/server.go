@@ -46,10 +46,11 @@ func (c *Config) Validate() error {
 
 // Server serves the API.
 type Server struct {
-	cfg   Config
-	keys  [][32]byte // SHA-256 of each key, compared in constant time
-	mux   *http.ServeMux
-	paths map[string]bool // route paths, for JSON 405s
+	cfg      Config
+	keys     [][32]byte // SHA-256 of each key, compared in constant time
+	mux      *http.ServeMux
+	paths    map[string]bool // route paths, for JSON 405s
+	patterns []string        // every registered "METHOD /path", for the OpenAPI check
 }
 
 // New returns a server; Handler gives its http.Handler.
@@ -77,6 +78,7 @@ func (s *Server) Handler() http.Handler { return s.mux }
 func (s *Server) routes() {
 	s.handle("GET /healthz", false, s.handleHealth)
 	s.handle("GET /v1/info", true, s.handleInfo)
+	s.handle("GET /v1/openapi.json", false, s.handleOpenAPI)
 	s.handle("POST /v1/execute", true, s.handleExecute)
 	s.handle("POST /execute", true, s.handleExecute) // seed-compatible
 	s.sandboxRoutes()
@@ -101,6 +103,7 @@ func (s *Server) handle(pattern string, auth bool, h handlerFunc) {
 	s.mux.Handle(pattern, s.adapt(auth, h))
 	_, p, _ := strings.Cut(pattern, " ")
 	s.paths[p] = true
+	s.patterns = append(s.patterns, pattern)
 }
 
 // adapt turns an error-returning handler into an http.Handler: authentication first, then
