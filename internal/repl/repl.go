@@ -1,6 +1,7 @@
 package repl
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"encoding/base64"
@@ -446,6 +447,9 @@ func (p *Interp) lose(ctx context.Context, pr *proc, c *cell, start time.Time, t
 	res := &Result{ExecutionTime: time.Since(start), TimedOut: timedOut}
 	res.Stdout, res.StdoutTruncated = pr.out.collect("", dl)
 	res.Stderr, res.StderrTruncated = pr.errs.collect("", dl)
+	// With no reply naming a token, output is taken whole: drop end markers the driver may
+	// have written before it died, so none reaches the caller.
+	res.Stdout, res.Stderr = stripMarkers(res.Stdout), stripMarkers(res.Stderr)
 	status := pr.statusText()
 	if why := pr.killReason(); why != "" {
 		res.Error = &Error{Name: "InterpreterKilled", Value: why}
@@ -598,4 +602,34 @@ func clip(s string, n int) string {
 		return s
 	}
 	return s[:n] + "... (truncated)"
+}
+
+// stripMarkers removes every end-of-cell marker from b.
+func stripMarkers(b []byte) []byte {
+	out := b[:0:0]
+	for {
+		i := bytes.Index(b, []byte(markerPrefix))
+		if i < 0 {
+			return append(out, b...)
+		}
+		end := i + markerLen
+		if end > len(b) || !isMarker(b[i:end]) {
+			out = append(out, b[:i+1]...)
+			b = b[i+1:]
+			continue
+		}
+		out = append(out, b[:i]...)
+		b = b[end:]
+	}
+}
+
+// isMarker reports whether m (markerLen bytes) is a well-formed end marker.
+func isMarker(m []byte) bool {
+	tok := m[len(markerPrefix) : len(markerPrefix)+tokenLen]
+	for _, c := range tok {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return string(m[len(markerPrefix)+tokenLen:]) == markerSuffix
 }

@@ -134,3 +134,20 @@ func abbrev(b []byte) string {
 	}
 	return string(b)
 }
+
+func TestStripMarkers(t *testing.T) {
+	t.Parallel()
+	m := markerPrefix + strings.Repeat("0f", tokenLen/2) + markerSuffix
+	for _, tc := range []struct{ in, want string }{
+		{"", ""},
+		{"plain", "plain"},
+		{"a" + m + "b", "ab"},
+		{m + m, ""},
+		{"x" + markerPrefix + "nothex" + markerSuffix, "x" + markerPrefix + "nothex" + markerSuffix},
+		{"cut" + m[:10], "cut" + m[:10]},
+	} {
+		if got := string(stripMarkers([]byte(tc.in))); got != tc.want {
+			t.Errorf("stripMarkers(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
