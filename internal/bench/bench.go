@@ -123,10 +123,14 @@ type Machine struct {
 	Bwrap         string `json:"bwrap,omitempty"`
 	Go            string `json:"go"`
 	Time          string `json:"time"`
-	// LoadBefore and LoadAfter are /proc/loadavg at the start and the end: other work on the
-	// machine shows up there, and paired ratios are what survives it.
+	// LoadBefore is /proc/loadavg when the run started.
 	LoadBefore string `json:"load_before"`
-	LoadAfter  string `json:"load_after"`
+	// Seconds is the run's wall time; OtherCPU is the CPU time, in cores averaged over it, that
+	// the machine spent outside this process and its reaped children: other work sharing the
+	// machine, but also kernel threads finishing this run's cgroup and namespace teardown. Paired
+	// ratios are what survives such interference; absolute numbers do not.
+	Seconds  float64 `json:"seconds"`
+	OtherCPU float64 `json:"other_cpu_cores"`
 }
 
 // Settings are the parameters the report was measured with.
@@ -213,6 +217,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}()
 
+	cpu0 := sampleCPU()
 	rep := &Report{
 		Machine: describeMachine(ctx, cfg, env),
 		Settings: Settings{N: cfg.N, Warmup: cfg.Warmup, Concurrency: slices.Clone(cfg.Concurrency),
@@ -244,7 +249,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	rep.Breakdown = breakdown(rep)
-	rep.Machine.LoadAfter = loadAvg()
+	rep.Machine.Seconds, rep.Machine.OtherCPU = cpu0.since()
 	return rep, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -243,4 +244,57 @@ func loadAvg() string {
 	}
 	f := strings.Fields(string(b))
 	return strings.Join(f[:min(3, len(f))], " ")
+}
+
+// cpuSample is the machine's busy CPU time and this process tree's own, at one instant.
+type cpuSample struct {
+	at        time.Time
+	busy, own time.Duration
+	busyErr   error
+}
+
+// sampleCPU reads the busy time of all CPUs from /proc/stat (user, nice, system, irq, softirq,
+// steal) and this process's CPU time plus that of its reaped children.
+func sampleCPU() cpuSample {
+	s := cpuSample{at: time.Now()}
+	var self, kids unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &self) == nil && unix.Getrusage(unix.RUSAGE_CHILDREN, &kids) == nil {
+		for _, tv := range []unix.Timeval{self.Utime, self.Stime, kids.Utime, kids.Stime} {
+			s.own += time.Duration(tv.Nano())
+		}
+	}
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		s.busyErr = err
+		return s
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		s.busyErr = fmt.Errorf("/proc/stat: unexpected %q", line)
+		return s
+	}
+	// USER_HZ is 100 on every Linux architecture Go supports.
+	const tick = 10 * time.Millisecond
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system (idle iowait) irq softirq steal
+		v, err := strconv.ParseUint(f[i], 10, 64)
+		if err != nil {
+			s.busyErr = err
+			return s
+		}
+		s.busy += time.Duration(v) * tick
+	}
+	return s
+}
+
+// since returns the wall seconds since s and the CPU spent meanwhile outside this process tree,
+// in cores.
+func (s cpuSample) since() (seconds, otherCores float64) {
+	now := sampleCPU()
+	wall := now.at.Sub(s.at)
+	if s.busyErr != nil || now.busyErr != nil || wall <= 0 {
+		return wall.Seconds(), 0
+	}
+	other := (now.busy - s.busy) - (now.own - s.own)
+	return wall.Seconds(), max(other.Seconds(), 0) / wall.Seconds()
 }

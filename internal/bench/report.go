@@ -88,7 +88,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	m := r.Machine
 	fmt.Fprintf(&b, "machine: %d cores, %s; %s; cgroup v%d; %s; %s; %s\n", m.Cores, m.CPU, m.Kernel,
 		m.CgroupVersion, m.Python, m.Bwrap, m.Go)
-	fmt.Fprintf(&b, "load average: %s at the start, %s at the end; measured %s\n", m.LoadBefore, m.LoadAfter, m.Time)
+	fmt.Fprintf(&b, "run: %s, %.0f s; load average %s at the start; CPU outside this process tree during the run: %.2f cores (kernel threads included)\n",
+		m.Time, m.Seconds, m.LoadBefore, m.OtherCPU)
 	s := r.Settings
 	fmt.Fprintf(&b, "settings: n=%d sequential samples per row (interleaved), %d warm-up runs, throughput %d runs per client count\n\n",
 		s.N, s.Warmup, s.Runs)

@@ -134,7 +134,7 @@ func TestDaemonCrashLeavesNothingBehind(t *testing.T) {
 	})
 	d.kill()
 	resp.Body.Close()
-	if len(testutil.ProcsOfUID(sandboxHostUID)) == 0 {
+	if len(testutil.ProcsInCgroup(cg)) == 0 {
 		t.Fatal("sandboxes should outlive a daemon crash (the restarted daemon adopts them)")
 	}
 
@@ -182,7 +182,7 @@ func TestDaemonCrashLeavesNothingBehind(t *testing.T) {
 	}
 
 	d.stop()
-	waitNoSandboxProcs(t)
+	waitNoProcsIn(t, cg)
 	if m := testutil.MountsUnder(state); len(m) != 0 {
 		t.Fatalf("mounts left: %v", m)
 	}

@@ -265,12 +265,18 @@ print("parent done")
 	mustStillServe(t)
 }
 
-// waitNoSandboxProcs fails if any process of the sandbox user survives on the host.
+// waitNoSandboxProcs fails if any process of this test's sandboxes survives on the host.
 func waitNoSandboxProcs(t *testing.T) {
+	t.Helper()
+	waitNoProcsIn(t, cgRoot)
+}
+
+// waitNoProcsIn fails if a process stays in a cgroup under root.
+func waitNoProcsIn(t *testing.T, root string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		pids := testutil.ProcsOfUID(sandboxHostUID)
+		pids := testutil.ProcsInCgroup(root)
 		if len(pids) == 0 {
 			return
 		}

@@ -31,9 +31,6 @@ var (
 	setupErr error
 )
 
-// sandboxHostUID is the host uid of the sandbox user (UIDBase + 1000).
-const sandboxHostUID = 2000000 + 1000
-
 func TestMain(m *testing.M) {
 	if native.IsInit() {
 		os.Exit(cli.RunAgent())

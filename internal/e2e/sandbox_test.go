@@ -513,3 +513,16 @@ func TestSessionHugeException(t *testing.T) {
 		t.Fatalf("daemon heap grew %d MiB on a huge exception", grew)
 	}
 }
+
+func TestSandboxesHaveDistinctHostUIDs(t *testing.T) {
+	a := newAPIServer(t, engine.Config{})
+	seen := map[string]bool{}
+	for range 4 {
+		id := a.create(`{}`)
+		f := strings.Fields(a.exec(id, "cat", "/proc/self/uid_map").Stdout)
+		if len(f) != 3 || f[0] != "0" || f[2] != "65536" || seen[f[1]] {
+			t.Fatalf("uid map %v (seen %v): each live sandbox needs its own host range", f, seen)
+		}
+		seen[f[1]] = true
+	}
+}

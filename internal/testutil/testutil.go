@@ -44,8 +44,9 @@ func MustHaveCgroupV2(t testing.TB) {
 	}
 }
 
-// ProcsOfUID returns host pids whose real uid is uid (e.g. the host uid of the sandbox user).
-func ProcsOfUID(uid int) []int {
+// ProcsInCgroup returns host pids that sit in a cgroup below root (a top-level cgroup name such
+// as a runtime's CgroupRoot), on cgroup v1 or v2.
+func ProcsInCgroup(root string) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -53,18 +54,9 @@ func ProcsOfUID(uid int) []int {
 		if err != nil {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "status"))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if rest, ok := strings.CutPrefix(line, "Uid:"); ok {
-				f := strings.Fields(rest)
-				if len(f) > 0 && f[0] == strconv.Itoa(uid) {
-					pids = append(pids, pid)
-				}
-				break
-			}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
+		if err == nil && strings.Contains(string(b), "/"+root+"/") {
+			pids = append(pids, pid)
 		}
 	}
 	return pids

@@ -86,9 +86,13 @@ func (r *Runtime) reattach(id string) (*Sandbox, []byte, error) {
 		return nil, nil, fmt.Errorf("cgroup: %w", err)
 	}
 	proc, _ := os.FindProcess(st.Pid)
+	r.slotMu.Lock()
+	r.slots[st.Slot] = true
+	r.slotMu.Unlock()
 	sock := filepath.Join(dir, "agent.sock")
 	sb := &Sandbox{id: id, pid: st.Pid, proc: proc, cg: g, dir: dir, sock: sock, client: agentClient(sock),
-		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", id)}
+		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", id),
+		release: func() { r.freeSlot(st.Slot) }}
 	// Not our child any more: learn of its exit by polling its pidfd.
 	go func() {
 		defer unix.Close(pidfd)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -26,8 +27,12 @@ type Config struct {
 	Logger     *slog.Logger
 	StateDir   string // sockets, logs and state of live sandboxes; default /var/lib/airlock
 	CgroupRoot string // parent cgroup of all sandboxes; default "airlock"
-	UIDBase    int    // host uid (and gid) that uid 0 inside a sandbox maps to; default 2000000
-	UID, GID   int    // the sandbox user inside; default 1000
+	// UIDBase is the first host uid (and gid) of the sandboxes' ranges; default 2000000. Each
+	// sandbox maps its uids 0…65535 onto its own range UIDBase + slot×65536, so no two live
+	// sandboxes share a host uid, nor the kernel's per-user quotas (pipe buffers, epoll
+	// watches, message queues, locked memory).
+	UIDBase  int
+	UID, GID int // the sandbox user inside; default 1000
 	// WheelDir, if set, is a host directory of Python wheels bound read-only at
 	// /opt/airlock/wheels in every sandbox, for installs without network.
 	WheelDir string
@@ -109,7 +114,11 @@ var ErrNetworkUnsupported = errors.New("outbound network for sandboxes is not im
 
 // Runtime starts sandboxes with the native isolation layers.
 type Runtime struct {
-	cfg     Config
+	cfg Config
+
+	slotMu sync.Mutex   // guards slots
+	slots  map[int]bool // uid-range slots of live sandboxes
+
 	cg      *cgroup.Manager
 	binds   []bindSpec
 	links   [][2]string
@@ -131,7 +140,7 @@ func New(cfg Config) (*Runtime, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cgroups: %w", err)
 	}
-	r := &Runtime{cfg: cfg, cg: cg, staging: filepath.Join(cfg.StateDir, "root")}
+	r := &Runtime{cfg: cfg, cg: cg, staging: filepath.Join(cfg.StateDir, "root"), slots: map[int]bool{}}
 	// The sandbox's init (host uid UIDBase) must traverse the state directory to reach the
 	// empty staging directory it mounts its root on: 0711 lets it pass without listing.
 	// The sandboxes directory, with the agent sockets, stays private.
@@ -168,6 +177,32 @@ func New(cfg Config) (*Runtime, error) {
 	}
 	return r, nil
 }
+
+// uidSlots is how many 65536-uid ranges exist above UIDBase (up to ≈ 2^31).
+const uidSlots = 16384
+
+// allocSlot reserves a free uid-range slot, chosen at random.
+func (r *Runtime) allocSlot() (int, error) {
+	r.slotMu.Lock()
+	defer r.slotMu.Unlock()
+	for range 64 {
+		n := rand.IntN(uidSlots)
+		if !r.slots[n] {
+			r.slots[n] = true
+			return n, nil
+		}
+	}
+	return 0, errors.New("no free uid range for a sandbox")
+}
+
+func (r *Runtime) freeSlot(n int) {
+	r.slotMu.Lock()
+	defer r.slotMu.Unlock()
+	delete(r.slots, n)
+}
+
+// hostUID is the host uid that uid inside the sandbox with uid-range slot n maps to.
+func (c *Config) hostUID(slot, uid int) int { return c.UIDBase + slot*65536 + uid }
 
 // checkTraversable makes sure every ancestor of dir lets others through (o+x): a sandbox's init
 // runs as an unprivileged host uid and must reach the staging directory inside dir.
@@ -207,6 +242,7 @@ type Sandbox struct {
 	logger *slog.Logger
 
 	done    chan struct{} // closed when PID 1 has exited
+	release func()        // frees the uid range; called once by Destroy
 	destroy sync.Once
 	err     error // result of Destroy
 }
@@ -222,7 +258,12 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	if err := checkWorkdir(spec.Workdir); err != nil {
 		return nil, err
 	}
+	slot, err := r.allocSlot()
+	if err != nil {
+		return nil, err
+	}
 	var undo []func()
+	undo = append(undo, func() { r.freeSlot(slot) })
 	defer func() {
 		if err != nil {
 			for i := len(undo) - 1; i >= 0; i-- {
@@ -287,8 +328,8 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	attr := &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID |
 			syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
-		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.UIDBase, Size: size}},
-		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.UIDBase, Size: size}},
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.hostUID(slot, 0), Size: size}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.hostUID(slot, 0), Size: size}},
 		GidMappingsEnableSetgroups: true,
 		// The clone keeps host uid 0, which is unmapped inside the new user namespace; switch to
 		// the namespace's own uid 0 (host UIDBase) before exec, or exec drops every capability.
@@ -318,7 +359,8 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	cfgR.Close()
 	statusW.Close()
 	sb := &Sandbox{id: spec.ID, pid: cmd.Process.Pid, proc: cmd.Process, cg: g, dir: dir, sock: sock,
-		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", spec.ID)}
+		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", spec.ID),
+		release: func() { r.freeSlot(slot) }}
 	go func() {
 		cmd.Wait()
 		close(sb.done)
@@ -349,7 +391,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox init: %w", err)
 	}
-	if err := writeState(dir, state{ID: spec.ID, Pid: sb.pid, Start: start, Meta: spec.Meta}); err != nil {
+	if err := writeState(dir, state{ID: spec.ID, Pid: sb.pid, Start: start, Meta: spec.Meta, Slot: slot}); err != nil {
 		return nil, err
 	}
 	sb.client = agentClient(sock)
@@ -406,6 +448,7 @@ type state struct {
 	Pid   int    `json:"pid"`
 	Start uint64 `json:"start"` // PID 1's start time in clock ticks since boot: guards against pid reuse
 	Meta  []byte `json:"meta,omitempty"`
+	Slot  int    `json:"slot"` // uid-range slot
 }
 
 func writeState(dir string, st state) error {
@@ -465,6 +508,9 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		}
 		if err := os.RemoveAll(s.dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove state: %w", err))
+		}
+		if s.release != nil {
+			s.release()
 		}
 		s.err = errors.Join(errs...)
 		if s.err != nil {
