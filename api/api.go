@@ -143,3 +143,21 @@ func CodeOf(err error) string {
 	}
 	return CodeInternal
 }
+
+// BatchRequest is the body of POST /v1/execute/batch.
+type BatchRequest struct {
+	Snippets    []ExecuteRequest `json:"snippets"`
+	Concurrency int              `json:"concurrency,omitempty"` // default and cap: the server's
+}
+
+// BatchResponse has one result per snippet, in input order. A snippet that could not run has
+// Error set and no result.
+type BatchResponse struct {
+	Results []BatchResult `json:"results"`
+}
+
+// BatchResult is one snippet's outcome: the ExecuteResponse fields, or Error.
+type BatchResult struct {
+	*ExecuteResponse
+	Error *ErrorDetail `json:"error,omitempty"`
+}

@@ -87,3 +87,21 @@ cat /tmp/c/g; python3 -c 'import os; print(os.isatty(0))' </dev/null`})
 		t.Fatalf("%+v", resp)
 	}
 }
+
+func TestBatch(t *testing.T) {
+	a := newAPIServer(t, engine.Config{MaxConcurrent: 4})
+	body := `{"snippets":[{"code":"print(1)"},{"code":"import time; time.sleep(0.3); print(2)"},{"code":"raise SystemExit(3)"},{"code":"print(4)","language":"bash"}],"concurrency":2}`
+	var br api.BatchResponse
+	if code := a.call("POST", "/v1/execute/batch", strings.NewReader(body), &br); code != 200 || len(br.Results) != 4 {
+		t.Fatalf("batch: %d %+v", code, br)
+	}
+	if br.Results[0].Stdout != "1\n" || br.Results[1].Stdout != "2\n" || br.Results[2].ReturnCode != 3 || br.Results[3].ReturnCode == 0 {
+		t.Fatalf("results out of order or wrong: %+v %+v %+v %+v", br.Results[0].ExecuteResponse, br.Results[1].ExecuteResponse, br.Results[2].ExecuteResponse, br.Results[3].ExecuteResponse)
+	}
+	var eb api.ErrorBody
+	for _, bad := range []string{`{"snippets":[]}`, `{"snippets":[{"code":"1"},{"code":""}]}`, `{"snippets":[{"code":"1"}],"concurrency":-1}`} {
+		if code := a.call("POST", "/v1/execute/batch", strings.NewReader(bad), &eb); code != 400 {
+			t.Fatalf("batch %s: %d", bad, code)
+		}
+	}
+}

@@ -32,6 +32,7 @@ var routeDocs = []routeDoc{
 	{pattern: "GET /v1/openapi.json", summary: "This document", noAuth: true},
 	{pattern: "POST /v1/execute", summary: "Run code once in a fresh sandbox", req: api.ExecuteRequest{}, resp: api.ExecuteResponse{}},
 	{pattern: "POST /execute", summary: "Seed-compatible alias of /v1/execute", req: api.ExecuteRequest{}, resp: api.ExecuteResponse{}},
+	{pattern: "POST /v1/execute/batch", summary: "Run many snippets, each in a fresh sandbox, with bounded concurrency; results in input order", req: api.BatchRequest{}, resp: api.BatchResponse{}},
 	{pattern: "POST /v1/sandboxes", summary: "Create a long-lived sandbox", req: api.CreateSandboxRequest{}, resp: api.SandboxInfo{}, status: 201},
 	{pattern: "GET /v1/sandboxes", summary: "List sandboxes (filter with tag=key:value, repeatable)", resp: api.SandboxList{}, query: []string{"tag"}},
 	{pattern: "GET /v1/sandboxes/{id}", summary: "Describe a sandbox", resp: api.SandboxInfo{}},
@@ -161,22 +162,39 @@ func schemaRef(t reflect.Type, schemas map[string]any) map[string]any {
 		if _, done := schemas[name]; !done {
 			schemas[name] = nil // placeholder against recursion
 			props := map[string]any{}
-			for i := range t.NumField() {
-				f := t.Field(i)
-				tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
-				if tag == "-" || !f.IsExported() {
-					continue
-				}
-				if tag == "" {
-					tag = f.Name
-				}
-				props[tag] = schemaRef(f.Type, schemas)
-			}
+			structProps(t, schemas, props)
 			schemas[name] = map[string]any{"type": "object", "properties": props, "additionalProperties": false}
 		}
 		return map[string]any{"$ref": "#/components/schemas/" + name}
 	}
 	return map[string]any{}
+}
+
+// structProps adds t's JSON fields to props, flattening untagged embedded structs as
+// encoding/json does.
+func structProps(t reflect.Type, schemas, props map[string]any) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == "-" {
+			continue
+		}
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if f.Anonymous && tag == "" && ft.Kind() == reflect.Struct {
+			structProps(ft, schemas, props)
+			continue
+		}
+		if !f.IsExported() {
+			continue
+		}
+		if tag == "" {
+			tag = f.Name
+		}
+		props[tag] = schemaRef(f.Type, schemas)
+	}
 }
 
 func (s *Server) handleOpenAPI(w http.ResponseWriter, r *http.Request) error {

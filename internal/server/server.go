@@ -81,6 +81,7 @@ func (s *Server) routes() {
 	s.handle("GET /v1/openapi.json", false, s.handleOpenAPI)
 	s.handle("POST /v1/execute", true, s.handleExecute)
 	s.handle("POST /execute", true, s.handleExecute) // seed-compatible
+	s.handle("POST /v1/execute/batch", true, s.handleBatch)
 	s.sandboxRoutes()
 	s.sessionRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
@@ -274,6 +275,19 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	resp, err := s.cfg.Engine.Execute(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) error {
+	var req api.BatchRequest
+	if err := s.decode(w, r, &req); err != nil {
+		return err
+	}
+	resp, err := s.cfg.Engine.ExecuteBatch(r.Context(), req)
 	if err != nil {
 		return err
 	}
