@@ -51,6 +51,7 @@ type Server struct {
 	mux      *http.ServeMux
 	paths    map[string]bool // route paths, for JSON 405s
 	patterns []string        // every registered "METHOD /path", for the OpenAPI check
+	metrics  *metrics
 }
 
 // New returns a server; Handler gives its http.Handler.
@@ -64,7 +65,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux(), paths: map[string]bool{}}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), paths: map[string]bool{}, metrics: newMetrics(cfg.Engine)}
 	for _, k := range cfg.APIKeys {
 		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
 	}
@@ -79,6 +80,7 @@ func (s *Server) routes() {
 	s.handle("GET /healthz", false, s.handleHealth)
 	s.handle("GET /v1/info", true, s.handleInfo)
 	s.handle("GET /v1/openapi.json", false, s.handleOpenAPI)
+	s.handle("GET /metrics", true, s.handleMetrics)
 	s.handle("POST /v1/execute", true, s.handleExecute)
 	s.handle("POST /execute", true, s.handleExecute) // seed-compatible
 	s.handle("POST /v1/execute/batch", true, s.handleBatch)
@@ -101,7 +103,7 @@ var errMethod = &api.Error{Code: "method_not_allowed", Message: "method not allo
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (s *Server) handle(pattern string, auth bool, h handlerFunc) {
-	s.mux.Handle(pattern, s.adapt(auth, h))
+	s.mux.Handle(pattern, s.metrics.instrument(pattern, s.adapt(auth, h)))
 	_, p, _ := strings.Cut(pattern, " ")
 	s.paths[p] = true
 	s.patterns = append(s.patterns, pattern)
@@ -278,6 +280,7 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	s.metrics.execution(resp)
 	writeJSON(w, http.StatusOK, resp)
 	return nil
 }
@@ -290,6 +293,11 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) error {
 	resp, err := s.cfg.Engine.ExecuteBatch(r.Context(), req)
 	if err != nil {
 		return err
+	}
+	for _, res := range resp.Results {
+		if res.ExecuteResponse != nil {
+			s.metrics.execution(res.ExecuteResponse)
+		}
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil

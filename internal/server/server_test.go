@@ -226,3 +226,20 @@ func TestCheckListen(t *testing.T) {
 		}
 	}
 }
+
+func TestMetrics(t *testing.T) {
+	t.Parallel()
+	ts, _ := newTestServer(t)
+	do(t, ts, "POST", "/v1/execute", `{"code":"1","timeout":9999}`, nil)
+	resp, err := ts.Client().Get(ts.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{`airlock_http_requests_total{code="400",route="POST /v1/execute"} 1`, "airlock_sandboxes_live 0", "airlock_admission_waiting 0"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

@@ -63,6 +63,7 @@ func (s *Server) runCell(w http.ResponseWriter, r *http.Request, sb *engine.Sand
 	if err != nil {
 		return err
 	}
+	s.metrics.cell(res)
 	writeJSON(w, http.StatusOK, res)
 	return nil
 }

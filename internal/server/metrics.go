@@ -1,0 +1,125 @@
+package server
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
+)
+
+// metrics are the server's Prometheus metrics, in a registry of its own (no global state).
+type metrics struct {
+	reg        *prometheus.Registry
+	requests   *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	executions *prometheus.CounterVec
+	execTime   prometheus.Histogram
+	cells      *prometheus.CounterVec
+}
+
+func newMetrics(e *engine.Engine) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_http_requests_total", Help: "HTTP requests by route and status code.",
+		}, []string{"route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "airlock_http_request_duration_seconds", Help: "HTTP request latency by route.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+		}, []string{"route"}),
+		executions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_executions_total", Help: "One-shot executions by outcome (success, failure, timeout, oom).",
+		}, []string{"outcome"}),
+		execTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "airlock_execution_seconds", Help: "Wall-clock time of one-shot programs.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 16),
+		}),
+		cells: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_session_cells_total", Help: "Session cells by outcome (success, error, interrupted, restarted).",
+		}, []string{"outcome"}),
+	}
+	m.reg.MustRegister(m.requests, m.latency, m.executions, m.execTime, m.cells,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "airlock_sandboxes_live", Help: "Sandboxes alive now (one-shot and long-lived)."},
+			func() float64 { return float64(e.Live()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "airlock_admission_waiting", Help: "Requests queued for a sandbox slot."},
+			func() float64 { return float64(e.Waiting()) }),
+	)
+	return m
+}
+
+// statusWriter records the status code a handler wrote.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush, full duplex and hijacking (WebSocket).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// instrument counts and times requests by route pattern (never by raw path: ids would explode
+// the label set).
+func (m *metrics) instrument(route string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		h.ServeHTTP(sw, r)
+		if sw.code == 0 {
+			sw.code = http.StatusOK
+		}
+		m.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
+		m.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+func (m *metrics) execution(r *api.ExecuteResponse) {
+	outcome := "failure"
+	switch {
+	case r.TimedOut:
+		outcome = "timeout"
+	case r.OOMKilled:
+		outcome = "oom"
+	case r.Success:
+		outcome = "success"
+	}
+	m.executions.WithLabelValues(outcome).Inc()
+	m.execTime.Observe(r.ExecutionTime)
+}
+
+func (m *metrics) cell(r *api.RunResult) {
+	outcome := "success"
+	switch {
+	case r.Restarted:
+		outcome = "restarted"
+	case r.Interrupted || r.TimedOut:
+		outcome = "interrupted"
+	case r.Error != nil:
+		outcome = "error"
+	}
+	m.cells.WithLabelValues(outcome).Inc()
+}
+
+func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) error {
+	promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}).ServeHTTP(w, r)
+	return nil
+}
