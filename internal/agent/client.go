@@ -126,18 +126,32 @@ func Apply(ev *pb.ProcessEvent, on func(Event)) *End {
 // WriteFile streams r into path in the sandbox, creating parent directories.
 func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, mode uint32) error {
 	stream := c.Agent.WriteFile(ctx)
-	if err := stream.Send(&pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Header{Header: &pb.WriteFileHeader{
-		Path: path, Mode: mode, CreateParents: true}}}); err != nil {
+	first := &pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Header{Header: &pb.WriteFileHeader{
+		Path: path, Mode: mode, CreateParents: true}}}
+	return sendStream(stream, first, r, 256<<10, func(b []byte) *pb.WriteFileRequest {
+		return &pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Data{Data: b}}
+	})
+}
+
+// clientStream is the part of a Connect client stream sendStream uses.
+type clientStream[Req, Res any] interface {
+	Send(*Req) error
+	CloseAndReceive() (*connect.Response[Res], error)
+}
+
+// sendStream sends first, then r in chunks of size wrapped by wrap, then closes the stream.
+// The agent's answer (CloseAndReceive) explains a failed Send, so it is preferred as the error.
+func sendStream[Req, Res any](stream clientStream[Req, Res], first *Req, r io.Reader, size int, wrap func([]byte) *Req) error {
+	if err := stream.Send(first); err != nil {
 		_, cerr := stream.CloseAndReceive()
 		return errors.Join(err, cerr)
 	}
-	buf := make([]byte, 256<<10)
+	buf := make([]byte, size)
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
-			if serr := stream.Send(&pb.WriteFileRequest{Msg: &pb.WriteFileRequest_Data{Data: buf[:n]}}); serr != nil {
-				_, cerr := stream.CloseAndReceive()
-				if cerr != nil {
+			if serr := stream.Send(wrap(buf[:n])); serr != nil {
+				if _, cerr := stream.CloseAndReceive(); cerr != nil {
 					return cerr
 				}
 				return serr
@@ -148,7 +162,7 @@ func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, mode u
 		}
 		if err != nil {
 			stream.CloseAndReceive()
-			return fmt.Errorf("read upload: %w", err)
+			return fmt.Errorf("read input: %w", err)
 		}
 	}
 	_, err := stream.CloseAndReceive()
@@ -165,34 +179,12 @@ func (c *Client) Signal(ctx context.Context, pid, sig int) error {
 // WriteStdin streams r to pid's stdin; with eof, stdin is closed afterwards.
 func (c *Client) WriteStdin(ctx context.Context, pid int, r io.Reader, eof bool) error {
 	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: uint32(pid)}}
-	stream := c.Process.StreamInput(ctx)
-	if err := stream.Send(&pb.StreamInputRequest{Event: &pb.StreamInputRequest_Start{
-		Start: &pb.StreamInputRequest_StartEvent{Process: sel}}}); err != nil {
-		_, cerr := stream.CloseAndReceive()
-		return errors.Join(err, cerr)
-	}
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if serr := stream.Send(&pb.StreamInputRequest{Event: &pb.StreamInputRequest_Data{
-				Data: &pb.StreamInputRequest_DataEvent{Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: buf[:n]}}}}}); serr != nil {
-				_, cerr := stream.CloseAndReceive()
-				if cerr != nil {
-					return cerr
-				}
-				return serr
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			stream.CloseAndReceive()
-			return fmt.Errorf("read stdin: %w", err)
-		}
-	}
-	if _, err := stream.CloseAndReceive(); err != nil {
+	first := &pb.StreamInputRequest{Event: &pb.StreamInputRequest_Start{Start: &pb.StreamInputRequest_StartEvent{Process: sel}}}
+	err := sendStream(c.Process.StreamInput(ctx), first, r, 64<<10, func(b []byte) *pb.StreamInputRequest {
+		return &pb.StreamInputRequest{Event: &pb.StreamInputRequest_Data{
+			Data: &pb.StreamInputRequest_DataEvent{Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: b}}}}}
+	})
+	if err != nil {
 		return err
 	}
 	if eof {

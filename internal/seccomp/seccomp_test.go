@@ -329,6 +329,8 @@ func runChildProcess(tb testing.TB, name string, filtered bool, env ...string) s
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe)
 	cmd.Env = append(os.Environ(), childEnv+"="+name, filterEnv+"="+map[bool]string{true: "1", false: "0"}[filtered])
+	// Under -race a process sleeps a second at exit by default.
+	cmd.Env = append(cmd.Env, "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
 	cmd.Env = append(cmd.Env, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = time.Second

@@ -45,8 +45,9 @@ func (s *Server) handleDeleteSession(w http.ResponseWriter, r *http.Request) err
 	return nil
 }
 
-func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) error {
-	var req api.RunRequest
+// withSession decodes the body into req and runs fn on the route's session, marked active.
+func withSession[T any](s *Server, w http.ResponseWriter, r *http.Request, fn func(sb *engine.Sandbox, req T) error) error {
+	var req T
 	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
@@ -55,7 +56,11 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer done()
-	return s.runCell(w, r, sb, req)
+	return fn(sb, req)
+}
+
+func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) error {
+	return withSession(s, w, r, func(sb *engine.Sandbox, req api.RunRequest) error { return s.runCell(w, r, sb, req) })
 }
 
 func (s *Server) runCell(w http.ResponseWriter, r *http.Request, sb *engine.Sandbox, req api.RunRequest) error {
@@ -69,21 +74,9 @@ func (s *Server) runCell(w http.ResponseWriter, r *http.Request, sb *engine.Sand
 }
 
 func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) error {
-	var req api.InstallRequest
-	if err := s.decode(w, r, &req); err != nil {
-		return err
-	}
-	sb, done, err := s.cfg.Engine.Session(r.Context(), r.PathValue("id"))
-	if err != nil {
-		return err
-	}
-	defer done()
-	res, err := s.cfg.Engine.Install(r.Context(), sb, req)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, res)
-	return nil
+	return withSession(s, w, r, func(sb *engine.Sandbox, req api.InstallRequest) error {
+		return writeResult(w, func() (*api.InstallResult, error) { return s.cfg.Engine.Install(r.Context(), sb, req) })
+	})
 }
 
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request) error {
