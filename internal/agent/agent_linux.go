@@ -16,6 +16,9 @@ import (
 type Config struct {
 	Logger   *slog.Logger
 	UID, GID int // the sandbox user
+	// Spawn runs fn on the thread every user process must be forked from (see native.Child);
+	// nil runs fn directly.
+	Spawn func(fn func())
 }
 
 // Agent serves the agent protocol inside a sandbox.
@@ -34,7 +37,10 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, reaper: newReaper(), started: time.Now(),
+	if cfg.Spawn == nil {
+		cfg.Spawn = func(fn func()) { fn() }
+	}
+	a := &Agent{cfg: cfg, reaper: newReaper(cfg.Spawn), started: time.Now(),
 		procs: map[int]*proc{}, tags: map[string]*proc{}}
 	defer a.reaper.stop()
 

@@ -22,10 +22,11 @@ type reaper struct {
 	waiters map[int]chan exitInfo
 	sig     chan os.Signal
 	done    chan struct{}
+	forkOn  func(func()) // runs a fork on the spawner thread
 }
 
-func newReaper() *reaper {
-	r := &reaper{waiters: map[int]chan exitInfo{}, sig: make(chan os.Signal, 16), done: make(chan struct{})}
+func newReaper(forkOn func(func())) *reaper {
+	r := &reaper{waiters: map[int]chan exitInfo{}, sig: make(chan os.Signal, 16), done: make(chan struct{}), forkOn: forkOn}
 	signal.Notify(r.sig, syscall.SIGCHLD)
 	go r.loop()
 	return r
@@ -65,7 +66,9 @@ func (r *reaper) reap() {
 func (r *reaper) spawn(start func() (int, error)) (int, <-chan exitInfo, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	pid, err := start()
+	var pid int
+	var err error
+	r.forkOn(func() { pid, err = start() })
 	if err != nil {
 		return 0, nil, err
 	}

@@ -444,7 +444,7 @@ func TestWebSocketPTY(t *testing.T) {
 			}
 			if ev.Type == api.EventStart {
 				// A real terminal: tty answers, the size is the one asked for, then resized.
-				c.Write(ctx, websocket.MessageBinary, []byte("tty; stty size\n"))
+				c.Write(ctx, websocket.MessageBinary, []byte("tty; stty size; grep CapBnd /proc/self/status\n"))
 				sent = 1
 			}
 		}
@@ -455,7 +455,8 @@ func TestWebSocketPTY(t *testing.T) {
 		}
 	}
 	s := out.String()
-	if !strings.Contains(s, "/dev/pts/") || !strings.Contains(s, "30 100") || !strings.Contains(s, "24 80") {
+	if !strings.Contains(s, "/dev/pts/") || !strings.Contains(s, "30 100") || !strings.Contains(s, "24 80") ||
+		!strings.Contains(s, "CapBnd:\t0000000000000000") {
 		t.Fatalf("terminal session: %q", s)
 	}
 }

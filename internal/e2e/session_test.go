@@ -87,6 +87,11 @@ func TestSessionCells(t *testing.T) {
 	if r := a.cell(id, "x", 0); r.Result == nil || *r.Result != "41" {
 		t.Fatalf("state lost: %+v", r)
 	}
+	// The interpreter is started like any user process: no capabilities, none to regain.
+	r = a.cell(id, "[l for l in open('/proc/self/status') if l.startswith(('CapBnd', 'CapEff', 'NoNewPrivs'))]", 0)
+	if r.Result == nil || !strings.Contains(*r.Result, `CapBnd:\t0000000000000000`) || !strings.Contains(*r.Result, `CapEff:\t0000000000000000`) || !strings.Contains(*r.Result, `NoNewPrivs:\t1`) {
+		t.Fatalf("interpreter privileges: %+v", r.Result)
+	}
 	var eb api.ErrorBody
 	if st := a.call("POST", "/v1/sessions/sb-nope/run", strings.NewReader(`{"code":"1"}`), &eb); st != 404 {
 		t.Fatalf("unknown session: %d", st)

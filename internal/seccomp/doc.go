@@ -12,6 +12,9 @@
 //     loading, clock setting and the new mount API are all refused.
 //   - clone is allowed only without namespace flags; clone3 fails with ENOSYS
 //     so that libc falls back to clone, whose flags the filter can inspect.
+//   - Native AIO (io_setup and friends) fails with ENOSYS: its contexts come
+//     from a host-wide pool (fs.aio-max-nr), and ENOSYS makes libraries fall
+//     back to ordinary I/O.
 //   - socket is allowed for AF_UNIX, AF_INET and AF_INET6 (but not SOCK_RAW
 //     or SOCK_PACKET) and for AF_NETLINK with NETLINK_ROUTE only.
 //   - ioctl is allowed except TIOCSTI and TIOCLINUX; personality is allowed

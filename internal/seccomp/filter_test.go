@@ -185,6 +185,12 @@ func TestVerdicts(t *testing.T) {
 		{name: "clone newcgroup", nr: unix.SYS_CLONE, args: []uint64{unix.CLONE_NEWCGROUP}, want: eperm},
 		{name: "clone newtime bit", nr: unix.SYS_CLONE, args: []uint64{unix.CLONE_NEWTIME}, want: eperm},
 		{name: "clone3", nr: unix.SYS_CLONE3, want: enosys},
+		{name: "io_setup", nr: unix.SYS_IO_SETUP, args: []uint64{128}, want: enosys},
+		{name: "io_submit", nr: unix.SYS_IO_SUBMIT, want: enosys},
+		{name: "io_getevents", nr: unix.SYS_IO_GETEVENTS, want: enosys},
+		{name: "io_pgetevents", nr: unix.SYS_IO_PGETEVENTS, want: enosys},
+		{name: "io_cancel", nr: unix.SYS_IO_CANCEL, want: enosys},
+		{name: "io_destroy", nr: unix.SYS_IO_DESTROY, want: enosys},
 
 		{name: "socket unix", nr: unix.SYS_SOCKET, args: []uint64{unix.AF_UNIX, unix.SOCK_STREAM}, want: allow},
 		{name: "socket unix raw type", nr: unix.SYS_SOCKET, args: []uint64{unix.AF_UNIX, unix.SOCK_RAW}, want: allow},

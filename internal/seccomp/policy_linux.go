@@ -27,6 +27,8 @@ func argLow(i int) uint32 { return offArgs + 8*uint32(i) }
 //   - name_to_handle_at: only useful together with open_by_handle_at, the
 //     "shocker" container escape;
 //   - epoll_ctl_old, epoll_wait_old: never implemented by the kernel;
+//   - io_setup, io_submit, io_getevents, io_pgetevents, io_cancel, io_destroy:
+//     answered with ENOSYS by rules in policyFor;
 //   - ioctl: allowed through an argument rule instead (see ioctlRule).
 //
 // clone, clone3, socket and personality also have argument rules. The list is

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/testutil"
 )
 
 // The tests below install the real filter, which cannot be removed, so they
@@ -30,7 +32,6 @@ const (
 	childEnv  = "AIRLOCK_SECCOMP_CHILD"  // name of the case to run in this process
 	filterEnv = "AIRLOCK_SECCOMP_FILTER" // "0" runs the case without the filter
 	benchNEnv = "AIRLOCK_SECCOMP_BENCH_N"
-	strictEnv = "AIRLOCK_TEST_STRICT"
 )
 
 // Child exit codes other than 0 (the case ran and its outcome is on stdout).
@@ -140,6 +141,8 @@ func childCases() []childCase {
 		{name: "unshare-newns", run: func() error { return unix.Unshare(unix.CLONE_NEWNS) }, want: unix.EPERM, control: true},
 		{name: "setns", run: func() error { return unix.Setns(-1, 0) }, want: unix.EPERM, control: true},
 		{name: "clone3", run: func() error { return rawSyscall(unix.SYS_CLONE3, 0, 0) }, want: unix.ENOSYS, control: true},
+		// A NULL context pointer: EFAULT without the filter.
+		{name: "io_setup", run: func() error { return rawSyscall(unix.SYS_IO_SETUP, 1, 0) }, want: unix.ENOSYS, control: true},
 		{name: "mount", run: func() error { return unix.Mount("none", noSuchPath, "tmpfs", 0, "") }, want: unix.EPERM, control: true},
 		{name: "umount2", run: func() error { return unix.Unmount(noSuchPath, 0) }, want: unix.EPERM, control: true},
 		{name: "pivot_root", run: func() error { return unix.PivotRoot(noSuchPath, noSuchPath) }, want: unix.EPERM, control: true},
@@ -345,26 +348,13 @@ func runChildProcess(tb testing.TB, name string, filtered bool, env ...string) s
 	return strings.TrimSpace(stdout.String())
 }
 
-// requireRoot skips a test that needs root for reasons unrelated to the
-// filter, or fails it when AIRLOCK_TEST_STRICT=1.
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv(strictEnv) == "1" {
-		t.Fatalf("needs root, and %s=1 forbids skipping", strictEnv)
-	}
-	t.Skip("needs root")
-}
-
 func TestFilter(t *testing.T) {
 	t.Parallel()
 	for _, c := range childCases() {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			if c.root {
-				requireRoot(t)
+				testutil.MustHaveRoot(t)
 			}
 			if got, want := runChildProcess(t, c.name, true), wantOutcome(c.want); got != want {
 				t.Errorf("under the filter: got %s, want %s", got, want)
@@ -378,7 +368,7 @@ func TestFilter(t *testing.T) {
 // cannot pass by accident.
 func TestCasesNeedFilter(t *testing.T) {
 	t.Parallel()
-	requireRoot(t) // unprivileged, many of these get EPERM from the kernel
+	testutil.MustHaveRoot(t) // unprivileged, many of these get EPERM from the kernel
 	if mode := procStatus(t, "/proc/self/status", "Seccomp"); mode != "0" {
 		t.Skipf("the test runner is already under seccomp (mode %s), so unfiltered results are not the kernel's", mode)
 	}

@@ -20,6 +20,9 @@ type Child struct {
 	ID       string
 	Listener net.Listener // the agent protocol socket inherited from the daemon
 	UID, GID int          // the unprivileged sandbox user for every process the agent starts
+	// Spawn runs fn on the thread whose forks inherit an empty capability bounding set; every
+	// user process must be started inside it.
+	Spawn func(fn func())
 }
 
 // IsInit reports whether this process was started by Runtime.Create as a sandbox init.
@@ -35,8 +38,9 @@ func Init() (*Child, error) {
 	os.Unsetenv("AIRLOCK_SANDBOX_INIT")
 	status := os.NewFile(fdStatus, "status")
 	cfg, err := readConfig()
+	var spawn func(func())
 	if err == nil {
-		err = setup(cfg)
+		spawn, err = setup(cfg)
 	}
 	if err != nil {
 		reportSetupError(status, err)
@@ -54,7 +58,7 @@ func Init() (*Child, error) {
 		return nil, fmt.Errorf("report ready: %w", err)
 	}
 	status.Close()
-	return &Child{ID: cfg.ID, Listener: ln, UID: cfg.UID, GID: cfg.GID}, nil
+	return &Child{ID: cfg.ID, Listener: ln, UID: cfg.UID, GID: cfg.GID, Spawn: spawn}, nil
 }
 
 func readConfig() (*initConfig, error) {
@@ -93,32 +97,27 @@ func step(name string, err error) error {
 	return &SetupError{Step: name, Msg: err.Error()}
 }
 
-func setup(cfg *initConfig) error {
+func setup(cfg *initConfig) (spawn func(func()), err error) {
 	// The mount namespace was created by clone, before the Go runtime started its threads, so
 	// every thread shares it; mount, pivot_root and chdir below act on the whole process.
 	runtime.LockOSThread()
-	if err := buildRoot(cfg); err != nil {
-		return err
+	steps := []func() error{
+		func() error { return buildRoot(cfg) },
+		func() error { return step("sethostname", unix.Sethostname([]byte(cfg.Hostname))) },
+		func() error { return step("loopback up", loopbackUp()) },
+		func() error { return setRlimits(cfg) },
+		func() error { return step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)) },
+		func() error { return restrictFS(cfg) },
+		func() (err error) { spawn, err = startSpawner(); return err },
+		dropCapabilities,
+		func() error { return step("seccomp", seccomp.Install()) },
 	}
-	if err := step("sethostname", unix.Sethostname([]byte(cfg.Hostname))); err != nil {
-		return err
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return nil, err
+		}
 	}
-	if err := step("loopback up", loopbackUp()); err != nil {
-		return err
-	}
-	if err := setRlimits(cfg); err != nil {
-		return err
-	}
-	if err := step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)); err != nil {
-		return err
-	}
-	if err := restrictFS(cfg); err != nil {
-		return err
-	}
-	if err := dropCapabilities(); err != nil {
-		return err
-	}
-	return step("seccomp", seccomp.Install())
+	return spawn, nil
 }
 
 func setRlimits(cfg *initConfig) error {
