@@ -50,6 +50,7 @@ type engineOptions struct {
 	cgroupRoot    string
 	wheelDir      string
 	maxConcurrent int
+	maxSandboxes  int
 }
 
 // fromEnv fills options not set by flags from AIRLOCK_* variables.
@@ -71,7 +72,7 @@ func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Ru
 	if err != nil {
 		return nil, nil, fmt.Errorf("native runtime: %w", err)
 	}
-	e, err := engine.New(engine.Config{Logger: logger, Runtime: nativeRuntime{rt}, MaxConcurrent: o.maxConcurrent,
+	e, err := engine.New(engine.Config{Logger: logger, Runtime: nativeRuntime{rt}, MaxConcurrent: o.maxConcurrent, MaxSandboxes: o.maxSandboxes,
 		WheelDirSet: o.wheelDir != ""})
 	if err != nil {
 		return nil, nil, err

@@ -70,9 +70,12 @@ type Config struct {
 	Logger  *slog.Logger
 	Runtime Runtime
 
-	MaxConcurrent int           // sandboxes alive at once; default 4 per core
-	MaxQueue      int           // requests waiting for a slot beyond that; default 8 × MaxConcurrent
-	QueueTimeout  time.Duration // longest wait for a slot; default 30 s
+	MaxConcurrent int // one-shot runs at once; default 4 per core
+	MaxQueue      int // one-shot runs waiting for a slot beyond that; default 8 × MaxConcurrent
+	// MaxSandboxes bounds long-lived sandboxes and sessions alive at once (mostly idle, so
+	// bounded by memory, not cores); default 1000. Over it, creation fails at once (429).
+	MaxSandboxes int
+	QueueTimeout time.Duration // longest wait for a slot; default 30 s
 
 	DefaultTimeout time.Duration // 30 s
 	MinTimeout     time.Duration // 1 s
@@ -111,6 +114,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxQueue == 0 {
 		c.MaxQueue = 8 * c.MaxConcurrent
+	}
+	if c.MaxSandboxes == 0 {
+		c.MaxSandboxes = 1000
 	}
 	def(&c.QueueTimeout, 30*time.Second)
 	def(&c.DefaultTimeout, 30*time.Second)
@@ -161,8 +167,8 @@ func (c *Config) Validate() error {
 		return errors.New("engine: timeouts must satisfy min ≤ default ≤ max")
 	case c.MinMemory > c.DefaultMemory || c.DefaultMemory > c.MaxMemory:
 		return errors.New("engine: memory must satisfy min ≤ default ≤ max")
-	case c.MaxConcurrent < 1 || c.MaxQueue < 0:
-		return errors.New("engine: concurrency must be ≥ 1 and the queue ≥ 0")
+	case c.MaxConcurrent < 1 || c.MaxQueue < 0 || c.MaxSandboxes < 1:
+		return errors.New("engine: concurrency and sandbox limits must be ≥ 1 and the queue ≥ 0")
 	case c.DefaultCPU <= 0 || c.DefaultCPU > c.MaxCPU:
 		return errors.New("engine: cpu must satisfy 0 < default ≤ max")
 	}
@@ -172,8 +178,9 @@ func (c *Config) Validate() error {
 // Engine runs sandboxes.
 type Engine struct {
 	cfg     Config
-	slots   chan struct{} // one token per live sandbox
+	slots   chan struct{} // one token per running one-shot execution
 	waiting atomic.Int64
+	sbSlots chan struct{} // one token per live long-lived sandbox or session
 
 	mu        sync.Mutex // guards live, sandboxes and gone
 	live      map[string]Instance
@@ -190,7 +197,7 @@ func New(cfg Config) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Engine{cfg: cfg, slots: make(chan struct{}, cfg.MaxConcurrent), live: map[string]Instance{},
+	return &Engine{cfg: cfg, slots: make(chan struct{}, cfg.MaxConcurrent), sbSlots: make(chan struct{}, cfg.MaxSandboxes), live: map[string]Instance{},
 		sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{}, seed: map[string]string{}}, nil
 }
 
@@ -231,6 +238,17 @@ func (e *Engine) acquire(ctx context.Context) (release func(), err error) {
 }
 
 func (e *Engine) release() { <-e.slots }
+
+// acquireSandbox takes a long-lived sandbox slot or fails at once: a sandbox lives for minutes,
+// so waiting for one to end is no use to the caller.
+func (e *Engine) acquireSandbox() (release func(), err error) {
+	select {
+	case e.sbSlots <- struct{}{}:
+		return func() { <-e.sbSlots }, nil
+	default:
+		return nil, api.Errorf(api.ErrResourceExhausted, "the limit of %d live sandboxes is reached; terminate some", e.cfg.MaxSandboxes)
+	}
+}
 
 // create starts a sandbox and registers it as live.
 func (e *Engine) create(ctx context.Context, spec Spec) (Instance, error) {

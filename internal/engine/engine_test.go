@@ -66,7 +66,7 @@ func newTestEngine(t *testing.T, cfg Config) (*Engine, *fakeRuntime) {
 
 func TestAdmissionIsBounded(t *testing.T) {
 	t.Parallel()
-	e, _ := newTestEngine(t, Config{MaxConcurrent: 2, MaxQueue: 1, QueueTimeout: 50 * time.Millisecond})
+	e, _ := newTestEngine(t, Config{MaxSandboxes: 2})
 	for range 2 {
 		if _, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{}); err != nil {
 			t.Fatal(err)
@@ -75,7 +75,7 @@ func TestAdmissionIsBounded(t *testing.T) {
 	start := time.Now()
 	_, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{})
 	if !errors.Is(err, api.ErrResourceExhausted) {
-		t.Fatalf("third sandbox with 2 slots: %v, want resource_exhausted", err)
+		t.Fatalf("third sandbox with a limit of 2: %v, want resource_exhausted", err)
 	}
 	if time.Since(start) > 5*time.Second {
 		t.Fatal("a full engine must refuse, not hang")

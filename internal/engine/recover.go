@@ -47,16 +47,15 @@ func (e *Engine) Recover(ctx context.Context) (adopted, destroyed int, err error
 			destroyed++
 			continue
 		}
-		select {
-		case e.slots <- struct{}{}:
-		default:
+		release, err := e.acquireSandbox()
+		if err != nil {
 			e.cfg.Logger.WarnContext(ctx, "no slot for a recovered sandbox; destroying it", "sandbox", r.ID)
 			e.destroy(ctx, r.ID, r.Inst)
 			destroyed++
 			continue
 		}
 		sb := &Sandbox{id: r.ID, inst: r.Inst, client: agent.NewClient(r.Inst.HTTPClient()), created: m.Created,
-			expires: m.Expires, idle: m.Idle, req: m.Req, release: e.release, lastActive: time.Now(), owner: m.Owner}
+			expires: m.Expires, idle: m.Idle, req: m.Req, release: release, lastActive: time.Now(), owner: m.Owner}
 		e.mu.Lock()
 		e.live[r.ID] = r.Inst
 		e.sandboxes[r.ID] = sb

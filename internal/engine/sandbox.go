@@ -179,7 +179,7 @@ func (e *Engine) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest
 	if !*req.BlockNetwork {
 		return nil, api.Errorf(api.ErrUnimplemented, "block_network=false is not available yet: sandboxes have no outbound network")
 	}
-	release, err := e.acquire(ctx)
+	release, err := e.acquireSandbox()
 	if err != nil {
 		return nil, err
 	}
