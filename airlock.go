@@ -21,6 +21,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strings"
 
 	"github.com/airlockhq/airlock/api"
@@ -178,4 +179,14 @@ func codeOfStatus(status int) string {
 	default:
 		return api.CodeInternal
 	}
+}
+
+// NewFromEnv returns a client for the daemon named by AIRLOCK_SERVER (default
+// http://127.0.0.1:8080) with the key in AIRLOCK_API_KEY, as the CLI does.
+func NewFromEnv() *Client {
+	server := os.Getenv("AIRLOCK_SERVER")
+	if server == "" {
+		server = "http://127.0.0.1:8080"
+	}
+	return New(server, os.Getenv("AIRLOCK_API_KEY"))
 }

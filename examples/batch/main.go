@@ -16,11 +16,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	server := os.Getenv("AIRLOCK_SERVER")
-	if server == "" {
-		server = "http://127.0.0.1:8080"
-	}
-	if err := run(ctx, airlock.New(server, os.Getenv("AIRLOCK_API_KEY")), os.Stdout); err != nil {
+	if err := run(ctx, airlock.NewFromEnv(), os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "batch:", err)
 		os.Exit(1)
 	}
