@@ -97,13 +97,8 @@ func filePath(name string) (string, error) {
 		p = path.Join("/workspace", p)
 	}
 	p = path.Clean(p)
-	for _, dir := range []string{"/workspace", "/tmp"} {
-		if p == dir || strings.HasPrefix(p, dir+"/") {
-			if p == dir {
-				break
-			}
-			return p, nil
-		}
+	if p != "/workspace" && p != "/tmp" && underWritable(p) {
+		return p, nil
 	}
 	return "", invalid("file %q must be inside /workspace or /tmp", name)
 }

@@ -334,6 +334,16 @@ func (e *Engine) reap(ctx context.Context, now time.Time) {
 		}
 	}
 	e.mu.Unlock()
+	e.seedMu.Lock()
+	for name, id := range e.seed {
+		e.mu.Lock()
+		_, live := e.sandboxes[id]
+		e.mu.Unlock()
+		if !live {
+			delete(e.seed, name) // the session ended; its name starts afresh on next use
+		}
+	}
+	e.seedMu.Unlock()
 	for _, sb := range list {
 		reason := ""
 		sb.mu.Lock()
