@@ -144,10 +144,13 @@ func CodeOf(err error) string {
 	return CodeInternal
 }
 
-// BatchRequest is the body of POST /v1/execute/batch.
+// BatchRequest is the body of POST /v1/execute/batch: up to 1000 snippets. A batch runs at most
+// half the server's one-shot slots at once (less with Concurrency), takes at most 15 minutes
+// (snippets not run by then get a timeout error), and its snippets share a 16 MiB output budget:
+// each stream of each snippet is cut at min(1 MiB, 16 MiB / (2 × snippets)), 4 KiB at least.
 type BatchRequest struct {
 	Snippets    []ExecuteRequest `json:"snippets"`
-	Concurrency int              `json:"concurrency,omitempty"` // default and cap: the server's
+	Concurrency int              `json:"concurrency,omitempty"`
 }
 
 // BatchResponse has one result per snippet, in input order. A snippet that could not run has

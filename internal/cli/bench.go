@@ -2,6 +2,8 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 
@@ -24,6 +26,18 @@ func benchCmd() *cobra.Command {
 			"life on its own and take a one-shot apart. Needs root. See BENCHMARKS.md.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// In bench.Config zero means "default"; here the defaults are in the flags, so a zero
+			// was typed and is refused rather than silently replaced.
+			switch {
+			case cfg.N < 1:
+				return fmt.Errorf("-n must be at least 1, got %d", cfg.N)
+			case cfg.Runs < 1:
+				return fmt.Errorf("--runs must be at least 1, got %d", cfg.Runs)
+			case cfg.Warmup < 1:
+				return fmt.Errorf("--warmup must be at least 1, got %d", cfg.Warmup)
+			case len(cfg.Concurrency) == 0:
+				return errors.New("--concurrency needs at least one client count")
+			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			cfg.Progress = cmd.ErrOrStderr()
 			cfg.Env.EngineRuntime = NativeRuntime

@@ -105,3 +105,20 @@ func TestBatch(t *testing.T) {
 		}
 	}
 }
+
+func TestBatchOutputBudget(t *testing.T) {
+	a := newAPIServer(t, engine.Config{MaxConcurrent: 8})
+	var sn []string
+	for range 100 {
+		sn = append(sn, `{"code":"import sys; sys.stdout.write('x' * 204800)"}`)
+	}
+	var br api.BatchResponse
+	if code := a.call("POST", "/v1/execute/batch", strings.NewReader(`{"snippets":[`+strings.Join(sn, ",")+`]}`), &br); code != 200 {
+		t.Fatalf("batch: %d", code)
+	}
+	for i, r := range br.Results {
+		if r.ExecuteResponse == nil || !r.Truncated || len(r.Stdout) != 16<<20/200 {
+			t.Fatalf("snippet %d: %+v; each stream's share of the 16 MiB budget is %d bytes", i, r.Error, 16<<20/200)
+		}
+	}
+}

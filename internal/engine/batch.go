@@ -2,14 +2,21 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
 	"github.com/airlockhq/airlock/api"
 )
 
-// MaxBatch is the most snippets one batch may hold.
-const MaxBatch = 1000
+// Batch bounds: snippets per batch, the output all of a batch's results may hold together (the
+// whole answer is one JSON document the daemon builds), and the time a batch may take.
+const (
+	MaxBatch         = 1000
+	batchOutputBytes = 16 << 20
+	batchDeadline    = 15 * time.Minute
+)
 
 // ExecuteBatch runs snippets, each in its own fresh sandbox, at most concurrency at a time, and
 // returns their results in input order. Every snippet is validated before any runs; a snippet
@@ -23,19 +30,24 @@ func (e *Engine) ExecuteBatch(ctx context.Context, req api.BatchRequest) (*api.B
 			return nil, api.Errorf(api.ErrInvalidArgument, "snippet %d: %v", i, err)
 		}
 	}
-	limit := e.cfg.MaxConcurrent
+	// A batch takes at most half the one-shot slots, so single requests keep getting through.
+	limit := max(1, e.cfg.MaxConcurrent/2)
 	if req.Concurrency < 0 {
 		return nil, invalid("concurrency %d is negative", req.Concurrency)
 	}
 	if req.Concurrency > 0 {
 		limit = min(req.Concurrency, limit)
 	}
+	// Each stream of each snippet gets an equal share of the batch's output budget.
+	outLimit := min(e.cfg.OutputLimit, max(4<<10, batchOutputBytes/int64(2*len(req.Snippets))))
+	ctx, cancel := context.WithTimeoutCause(ctx, batchDeadline, api.Errorf(api.ErrTimeout, "the batch ran past %s", batchDeadline))
+	defer cancel()
 	out := &api.BatchResponse{Results: make([]api.BatchResult, len(req.Snippets))}
 	var g errgroup.Group
 	g.SetLimit(limit)
 	for i := range req.Snippets {
 		g.Go(func() error {
-			resp, err := e.Execute(ctx, req.Snippets[i])
+			resp, err := e.execute(ctx, req.Snippets[i], outLimit)
 			if err != nil {
 				code, msg := api.CodeOf(err), err.Error()
 				if code == api.CodeInternal {
@@ -50,8 +62,8 @@ func (e *Engine) ExecuteBatch(ctx context.Context, req api.BatchRequest) (*api.B
 		})
 	}
 	g.Wait()
-	if err := context.Cause(ctx); err != nil {
-		return nil, err
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, api.ErrTimeout) {
+		return nil, err // the caller went away
 	}
 	return out, nil
 }

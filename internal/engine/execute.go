@@ -21,10 +21,11 @@ const maxInlineCode = 96 << 10
 
 // execPlan is a validated execute request with every default filled in.
 type execPlan struct {
-	req     api.ExecuteRequest
-	timeout time.Duration
-	memory  int64
-	cpu     float64
+	req         api.ExecuteRequest
+	timeout     time.Duration
+	memory      int64
+	cpu         float64
+	outputLimit int64 // bytes per stream
 }
 
 // validate checks req against the configured bounds. Out-of-bounds values are errors, never
@@ -105,6 +106,11 @@ func filePath(name string) (string, error) {
 
 // Execute runs one program in a fresh sandbox that is destroyed afterwards.
 func (e *Engine) Execute(ctx context.Context, req api.ExecuteRequest) (*api.ExecuteResponse, error) {
+	return e.execute(ctx, req, e.cfg.OutputLimit)
+}
+
+// execute is Execute with outputLimit bytes per stream.
+func (e *Engine) execute(ctx context.Context, req api.ExecuteRequest, outputLimit int64) (*api.ExecuteResponse, error) {
 	plan, err := e.validate(&req)
 	if err != nil {
 		return nil, err
@@ -127,6 +133,7 @@ func (e *Engine) Execute(ctx context.Context, req api.ExecuteRequest) (*api.Exec
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
 	defer e.destroy(ctx, id, inst)
+	plan.outputLimit = outputLimit
 	return e.runOnce(ctx, inst, plan)
 }
 
@@ -144,7 +151,7 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, plan *execPlan) (*a
 	}
 	x := agent.ExecRequest{
 		Env: plan.req.Env, Dir: "/workspace", Stdin: []byte(plan.req.Stdin),
-		Timeout: plan.timeout, OutputLimit: e.cfg.OutputLimit, KillTree: true,
+		Timeout: plan.timeout, OutputLimit: plan.outputLimit, KillTree: true,
 	}
 	code := plan.req.Code
 	switch plan.req.Language {
@@ -163,7 +170,7 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, plan *execPlan) (*a
 		x.Args = []string{main}
 	}
 	var stdout, stderr bytes.Buffer
-	limit := int(e.cfg.OutputLimit)
+	limit := int(plan.outputLimit)
 	end, err := cl.Exec(ctx, x, func(ev agent.Event) {
 		// The agent caps output; cap again so a misbehaving agent cannot grow the daemon.
 		AppendCapped(&stdout, ev.Stdout, limit)
