@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/server"
 )
 
@@ -40,6 +41,9 @@ func serveCmd() *cobra.Command {
 			e, rt, err := newEngine(logger, eo)
 			if err != nil {
 				return err
+			}
+			if err := native.CheckPTYPool(e.MaxSandboxes()); err != nil {
+				logger.WarnContext(ctx, "PTY pool smaller than the sandbox limit needs", "err", err)
 			}
 			adopted, destroyed, err := e.Recover(ctx)
 			if err != nil {

@@ -140,6 +140,13 @@ for p in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", 
         if open(p,"rb").read(16): print("ESCAPED: read", p); sys.exit(0)
     except OSError: pass
 if os.path.exists("/sys/fs/cgroup") or os.path.exists("/sys/kernel"): print("ESCAPED: /sys visible"); sys.exit(0)`},
+		{"terminal line discipline", `
+import fcntl, struct, termios
+fd = os.open("/dev/ptmx", os.O_RDWR)
+try:
+    fcntl.ioctl(fd, termios.TIOCSETD, struct.pack("i", 21)); print("ESCAPED: TIOCSETD allowed"); sys.exit(0)
+except OSError as e:
+    if e.errno != errno.EPERM: print("ESCAPED: TIOCSETD reached the kernel:", e); sys.exit(0)`},
 		{"devices", `
 for d in os.listdir("/dev"):
     if d not in {"null","zero","full","random","urandom","tty","pts","shm","fd","stdin","stdout","stderr","ptmx"}:

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/cli"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/server"
 )
 
@@ -497,8 +499,8 @@ try:
     while len(fds) < 1000: fds.append(os.open("/dev/ptmx", os.O_RDWR))
 except OSError: pass
 print(len(fds))`)
-	if n := strings.TrimSpace(r.Stdout); n != "64" {
-		t.Fatalf("opened %s PTYs, want the per-sandbox cap 64", n)
+	if n := strings.TrimSpace(r.Stdout); n != strconv.Itoa(native.PTYsPerSandbox) {
+		t.Fatalf("opened %s PTYs, want the per-sandbox cap %d", n, native.PTYsPerSandbox)
 	}
 }
 

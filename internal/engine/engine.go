@@ -318,3 +318,6 @@ func invalid(format string, args ...any) error {
 
 // Waiting is the number of requests queued for a sandbox slot.
 func (e *Engine) Waiting() int { return int(e.waiting.Load()) }
+
+// MaxSandboxes is the bound on live long-lived sandboxes.
+func (e *Engine) MaxSandboxes() int { return e.cfg.MaxSandboxes }

@@ -89,6 +89,7 @@ func TestSandboxValidation(t *testing.T) {
 		{Timeout: 0.5}, {Timeout: 1e9}, {IdleTimeout: 400, Timeout: 300}, {MemoryMB: 1}, {CPU: 1e6},
 		{Workdir: "rel"}, {Workdir: "/usr/lib"}, {Workdir: "/"}, {Image: "ubuntu"},
 		{Env: map[string]string{"A=B": "1"}}, {Tags: map[string]string{"a:b": "c"}},
+		{Tags: map[string]string{"airlock.session": "1"}},
 	} {
 		if _, err := e.CreateSandbox(t.Context(), req); !errors.Is(err, api.ErrInvalidArgument) {
 			t.Errorf("%+v: %v, want invalid_argument", req, err)

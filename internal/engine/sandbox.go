@@ -172,6 +172,19 @@ func validateEnv(env map[string]string) error {
 
 // CreateSandbox starts a long-lived sandbox. It holds an engine slot until it ends.
 func (e *Engine) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest) (*Sandbox, error) {
+	for k := range req.Tags {
+		if strings.HasPrefix(k, reservedTagPrefix) {
+			return nil, invalid("tag %q: keys starting with %q are reserved", k, reservedTagPrefix)
+		}
+	}
+	return e.createSandbox(ctx, req)
+}
+
+// reservedTagPrefix marks tags the engine sets itself (e.g. that a sandbox is a session).
+const reservedTagPrefix = "airlock."
+
+// createSandbox is CreateSandbox without the check on reserved tags.
+func (e *Engine) createSandbox(ctx context.Context, req api.CreateSandboxRequest) (*Sandbox, error) {
 	req, life, idle, err := e.validateSandbox(req)
 	if err != nil {
 		return nil, err

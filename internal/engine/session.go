@@ -28,6 +28,11 @@ const (
 
 // CreateSession starts a sandbox with a long-lived Python interpreter in it.
 func (e *Engine) CreateSession(ctx context.Context, req api.CreateSessionRequest) (*Sandbox, error) {
+	return e.createSessionTagged(ctx, req, nil)
+}
+
+// createSessionTagged is CreateSession with extra engine tags (reserved prefix allowed).
+func (e *Engine) createSessionTagged(ctx context.Context, req api.CreateSessionRequest, internal map[string]string) (*Sandbox, error) {
 	life, idle := defaultSessionLife, defaultSessionIdle
 	if req.Timeout != 0 {
 		life = time.Duration(req.Timeout * float64(time.Second))
@@ -36,11 +41,18 @@ func (e *Engine) CreateSession(ctx context.Context, req api.CreateSessionRequest
 		idle = time.Duration(req.IdleTimeout * float64(time.Second))
 	}
 	idle = min(idle, life)
-	tags := map[string]string{sessionTag: "1"}
+	tags := map[string]string{}
 	for k, v := range req.Tags {
+		if strings.HasPrefix(k, reservedTagPrefix) {
+			return nil, invalid("tag %q: keys starting with %q are reserved", k, reservedTagPrefix)
+		}
 		tags[k] = v
 	}
-	sb, err := e.CreateSandbox(ctx, api.CreateSandboxRequest{Timeout: life.Seconds(), IdleTimeout: idle.Seconds(),
+	for k, v := range internal {
+		tags[k] = v
+	}
+	tags[sessionTag] = "1"
+	sb, err := e.createSandbox(ctx, api.CreateSandboxRequest{Timeout: life.Seconds(), IdleTimeout: idle.Seconds(),
 		MemoryMB: req.MemoryMB, CPU: req.CPU, Env: req.Env, Tags: tags})
 	if err != nil {
 		return nil, err
@@ -175,7 +187,7 @@ func (e *Engine) SeedSession(ctx context.Context, name string) (*Sandbox, func()
 		}
 		delete(e.seed, key)
 	}
-	sb, err := e.CreateSession(ctx, api.CreateSessionRequest{Tags: map[string]string{"airlock.seed_session": name}})
+	sb, err := e.createSessionTagged(ctx, api.CreateSessionRequest{}, map[string]string{"airlock.seed_session": name})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -290,7 +290,9 @@ var commonAllow = []uint32{
 // into a terminal's queue, so a process that shares a terminal with a shell
 // outside the sandbox could type commands into it; TIOCLINUX can do the same
 // through the console selection.
-var denyTIOC = []uint32{unix.TIOCSTI, unix.TIOCLINUX}
+// TIOCSETD switches a terminal's line discipline, which can autoload rarely used kernel code
+// (n_gsm, n_hdlc: a history of CVEs) through the sandbox's own pty.
+var denyTIOC = []uint32{unix.TIOCSTI, unix.TIOCLINUX, unix.TIOCSETD}
 
 // nsCloneFlags are the clone flags that create namespaces. CLONE_NEWTIME is
 // included for completeness: in clone(2) that bit is part of the exit-signal

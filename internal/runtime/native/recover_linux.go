@@ -70,6 +70,7 @@ func (r *Runtime) reattach(id string) (*Sandbox, []byte, error) {
 		return nil, nil, err
 	}
 	var st state
+	st.Slot = -1 // state written before uid ranges existed: its range is the shared slot 0; keep it apart
 	if err := json.Unmarshal(b, &st); err != nil || st.ID != id || st.Pid <= 0 {
 		return nil, nil, fmt.Errorf("bad state file")
 	}
@@ -86,13 +87,19 @@ func (r *Runtime) reattach(id string) (*Sandbox, []byte, error) {
 		return nil, nil, fmt.Errorf("cgroup: %w", err)
 	}
 	proc, _ := os.FindProcess(st.Pid)
-	r.slotMu.Lock()
-	r.slots[st.Slot] = true
-	r.slotMu.Unlock()
+	if st.Slot >= 0 {
+		r.slotMu.Lock()
+		r.slots[st.Slot] = true
+		r.slotMu.Unlock()
+	}
 	sock := filepath.Join(dir, "agent.sock")
 	sb := &Sandbox{id: id, pid: st.Pid, proc: proc, cg: g, dir: dir, sock: sock, client: agentClient(sock),
 		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", id),
-		release: func() { r.freeSlot(st.Slot) }}
+		release: func() {
+			if st.Slot >= 0 {
+				r.freeSlot(st.Slot)
+			}
+		}}
 	// Not our child any more: learn of its exit by polling its pidfd.
 	go func() {
 		defer unix.Close(pidfd)

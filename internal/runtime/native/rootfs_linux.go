@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,6 +22,11 @@ var (
 	readOnlyPaths = []string{"/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/driver"}
 	devices       = []string{"null", "zero", "full", "random", "urandom", "tty"}
 )
+
+// PTYsPerSandbox caps each sandbox's private devpts instance. All instances but the host's share
+// one kernel pool (kernel.pty.max − kernel.pty.reserve), so the cap keeps one sandbox from
+// starving the others; see CheckPTYPool.
+const PTYsPerSandbox = 8
 
 // buildRoot assembles the sandbox's root on a tmpfs at cfg.Staging and pivots into it.
 func buildRoot(cfg *initConfig) error {
@@ -126,7 +132,7 @@ func mountDev(root string) error {
 		}
 	}
 	if err := step("mount devpts", unix.Mount("devpts", filepath.Join(dev, "pts"), "devpts",
-		unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,max=64")); err != nil {
+		unix.MS_NOSUID|unix.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,max="+strconv.Itoa(PTYsPerSandbox))); err != nil {
 		return err
 	}
 	links := [][2]string{{"fd", "/proc/self/fd"}, {"stdin", "/proc/self/fd/0"},

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -203,6 +204,29 @@ func (r *Runtime) freeSlot(n int) {
 
 // hostUID is the host uid that uid inside the sandbox with uid-range slot n maps to.
 func (c *Config) hostUID(slot, uid int) int { return c.UIDBase + slot*65536 + uid }
+
+// CheckPTYPool reports whether the host's pool of PTYs for non-host devpts instances can serve
+// sandboxes × PTYsPerSandbox; if not, an operator should raise kernel.pty.max or lower the
+// sandbox limit, or sandboxes could be refused PTYs once many are busy.
+func CheckPTYPool(sandboxes int) error {
+	read := func(name string) (int, error) {
+		b, err := os.ReadFile("/proc/sys/kernel/pty/" + name)
+		if err != nil {
+			return 0, err
+		}
+		return strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	maxPTY, err := read("max")
+	if err != nil {
+		return nil // no such knob: nothing to check
+	}
+	reserve, _ := read("reserve")
+	if pool, need := maxPTY-reserve, sandboxes*PTYsPerSandbox; pool < need {
+		return fmt.Errorf("kernel.pty.max − kernel.pty.reserve = %d PTYs, fewer than %d sandboxes × %d; "+
+			"raise kernel.pty.max to at least %d (sysctl -w kernel.pty.max=%d)", pool, sandboxes, PTYsPerSandbox, need+reserve, need+reserve)
+	}
+	return nil
+}
 
 // checkTraversable makes sure every ancestor of dir lets others through (o+x): a sandbox's init
 // runs as an unprivileged host uid and must reach the staging directory inside dir.
@@ -509,7 +533,8 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		if err := os.RemoveAll(s.dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove state: %w", err))
 		}
-		if s.release != nil {
+		// The uid range is reused only once nothing of this sandbox can still run under it.
+		if s.release != nil && len(errs) == 0 {
 			s.release()
 		}
 		s.err = errors.Join(errs...)
