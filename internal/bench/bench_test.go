@@ -5,7 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
-	"log/slog"
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime"
@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := shared.Close(ctx); err != nil {
-			slog.Error("bench environment teardown", "err", err)
+			fmt.Fprintln(os.Stderr, "bench environment teardown:", err)
 			code = 1
 		}
 	}

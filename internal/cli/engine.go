@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
@@ -51,6 +52,7 @@ type engineOptions struct {
 	wheelDir      string
 	maxConcurrent int
 	maxSandboxes  int
+	uidBase       int
 }
 
 // fromEnv fills options not set by flags from AIRLOCK_* variables.
@@ -64,11 +66,15 @@ func (o *engineOptions) fromEnv() {
 	if v := os.Getenv("AIRLOCK_WHEEL_DIR"); v != "" && o.wheelDir == "" {
 		o.wheelDir = v
 	}
+	if v, err := strconv.Atoi(os.Getenv("AIRLOCK_UID_BASE")); err == nil && o.uidBase == 0 {
+		o.uidBase = v
+	}
 }
 
 // newEngine builds the native runtime and an engine on it.
 func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Runtime, error) {
-	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, CgroupRoot: o.cgroupRoot, WheelDir: o.wheelDir})
+	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, CgroupRoot: o.cgroupRoot, WheelDir: o.wheelDir,
+		UIDBase: o.uidBase})
 	if err != nil {
 		return nil, nil, fmt.Errorf("native runtime: %w", err)
 	}

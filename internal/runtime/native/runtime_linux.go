@@ -159,6 +159,9 @@ func New(cfg Config) (*Runtime, error) {
 	if err := checkTraversable(cfg.StateDir); err != nil {
 		return nil, err
 	}
+	if err := checkUIDRange(cfg.UIDBase); err != nil {
+		return nil, err
+	}
 	r.binds, r.links, r.etc, err = hostImage(cfg.UID, cfg.GID)
 	if err != nil {
 		return nil, fmt.Errorf("host image: %w", err)
@@ -179,8 +182,46 @@ func New(cfg Config) (*Runtime, error) {
 	return r, nil
 }
 
-// uidSlots is how many 65536-uid ranges exist above UIDBase (up to ≈ 2^31).
-const uidSlots = 16384
+// uidSlots is how many 65536-uid ranges exist above UIDBase: 4096, well above the sandbox
+// limit, spanning UIDBase … UIDBase + 2^28.
+const uidSlots = 4096
+
+// checkUIDRange refuses a sandbox uid range that overlaps host users or the subordinate ranges
+// handed to rootless containers (/etc/subuid, /etc/subgid): a host process running as one of
+// those uids could signal or trace sandbox processes.
+func checkUIDRange(base int) error {
+	lo, hi := base, base+uidSlots*65536
+	overlaps := func(start, n int) bool { return start < hi && start+n > lo }
+	for _, f := range []string{"/etc/subuid", "/etc/subgid"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			parts := strings.Split(strings.TrimSpace(line), ":")
+			if len(parts) != 3 {
+				continue
+			}
+			start, err1 := strconv.Atoi(parts[1])
+			n, err2 := strconv.Atoi(parts[2])
+			if err1 == nil && err2 == nil && overlaps(start, n) {
+				return fmt.Errorf("sandbox uids %d…%d overlap %s (%s): choose another --uid-base", lo, hi-1, f, line)
+			}
+		}
+	}
+	if b, err := os.ReadFile("/etc/passwd"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			parts := strings.Split(line, ":")
+			if len(parts) < 3 {
+				continue
+			}
+			if uid, err := strconv.Atoi(parts[2]); err == nil && overlaps(uid, 1) {
+				return fmt.Errorf("sandbox uids %d…%d include host user %s (uid %d): choose another --uid-base", lo, hi-1, parts[0], uid)
+			}
+		}
+	}
+	return nil
+}
 
 // allocSlot reserves a free uid-range slot, chosen at random.
 func (r *Runtime) allocSlot() (int, error) {
