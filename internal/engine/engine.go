@@ -187,6 +187,8 @@ type Engine struct {
 	sandboxes map[string]*Sandbox
 	gone      map[string]goneEntry
 
+	teardown sync.WaitGroup // one-shot sandboxes being destroyed after their answer
+
 	seedMu sync.Mutex        // serializes seed-route session creation
 	seed   map[string]string // seed session_id → session id
 }
@@ -295,6 +297,7 @@ func (e *Engine) Close(ctx context.Context) error {
 		wg.Go(func() { e.destroy(ctx, id, inst) })
 	}
 	wg.Wait()
+	e.teardown.Wait()
 	return nil
 }
 

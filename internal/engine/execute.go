@@ -122,19 +122,24 @@ func (e *Engine) execute(ctx context.Context, req api.ExecuteRequest, outputLimi
 	if err != nil {
 		return nil, err
 	}
-	defer release()
-
 	id := newID("ex-")
 	inst, err := e.create(ctx, Spec{
 		ID: id, Image: req.Image, MemoryBytes: plan.memory, CPU: plan.cpu, Pids: e.cfg.Pids,
 		ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile,
 	})
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
-	defer e.destroy(ctx, id, inst)
 	plan.outputLimit = outputLimit
-	return e.runOnce(ctx, inst, plan)
+	resp, err := e.runOnce(ctx, inst, plan)
+	// The answer does not wait for the teardown (≈ 5 ms); the slot stays taken until it is
+	// done, so capacity remains bounded, and Close waits for it.
+	e.teardown.Go(func() {
+		e.destroy(ctx, id, inst)
+		release()
+	})
+	return resp, err
 }
 
 func (e *Engine) runOnce(ctx context.Context, inst Instance, plan *execPlan) (*api.ExecuteResponse, error) {
