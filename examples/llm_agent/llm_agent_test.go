@@ -14,7 +14,11 @@ import (
 func TestRun(t *testing.T) {
 	url := os.Getenv("AIRLOCK_EXAMPLES_SERVER")
 	if url == "" {
-		t.Skip("examples need a daemon: set AIRLOCK_EXAMPLES_SERVER=http://HOST:PORT (and AIRLOCK_API_KEY if it uses keys)")
+		const why = "examples need a daemon: set AIRLOCK_EXAMPLES_SERVER=http://HOST:PORT (and AIRLOCK_API_KEY if it uses keys); scripts/test starts one"
+		if os.Getenv("AIRLOCK_TEST_STRICT") == "1" {
+			t.Fatal(why)
+		}
+		t.Skip(why)
 	}
 	if os.Getenv("OPENAI_API_KEY") == "" {
 		// No LLM here: an OpenAI-compatible endpoint on 127.0.0.1 that first writes broken code,

@@ -14,7 +14,11 @@ func client(t *testing.T) *airlock.Client {
 	t.Helper()
 	url := os.Getenv("AIRLOCK_EXAMPLES_SERVER")
 	if url == "" {
-		t.Skip("examples need a daemon: set AIRLOCK_EXAMPLES_SERVER=http://HOST:PORT (and AIRLOCK_API_KEY if it uses keys)")
+		const why = "examples need a daemon: set AIRLOCK_EXAMPLES_SERVER=http://HOST:PORT (and AIRLOCK_API_KEY if it uses keys); scripts/test starts one"
+		if os.Getenv("AIRLOCK_TEST_STRICT") == "1" {
+			t.Fatal(why)
+		}
+		t.Skip(why)
 	}
 	return airlock.New(url, os.Getenv("AIRLOCK_API_KEY"))
 }
