@@ -52,6 +52,7 @@ type engineOptions struct {
 	wheelDir      string
 	maxConcurrent int
 	maxSandboxes  int
+	maxPerKey     int
 	uidBase       int
 }
 
@@ -79,7 +80,8 @@ func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Ru
 		return nil, nil, fmt.Errorf("native runtime: %w", err)
 	}
 	e, err := engine.New(engine.Config{Logger: logger, Runtime: nativeRuntime{rt}, MaxConcurrent: o.maxConcurrent, MaxSandboxes: o.maxSandboxes,
-		WheelDirSet: o.wheelDir != ""})
+		MaxSandboxesPerOwner: o.maxPerKey,
+		WheelDirSet:          o.wheelDir != ""})
 	if err != nil {
 		return nil, nil, err
 	}

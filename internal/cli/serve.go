@@ -89,6 +89,7 @@ func serveCmd() *cobra.Command {
 	f.StringVar(&keyFile, "api-key-file", "", "file with one API key per line (also AIRLOCK_API_KEYS, comma-separated)")
 	f.IntVar(&eo.maxConcurrent, "max-concurrent", 0, "one-shot runs at once; more wait in a bounded queue (default 4 per core)")
 	f.IntVar(&eo.maxSandboxes, "max-sandboxes", 0, "long-lived sandboxes and sessions alive at once (default 1000)")
+	f.IntVar(&eo.maxPerKey, "max-sandboxes-per-key", 0, "live sandboxes and sessions of one API key (default: no per-key bound)")
 	f.IntVar(&eo.uidBase, "uid-base", 0, "first host uid of the sandboxes' uid ranges (env AIRLOCK_UID_BASE; default 2000000; must not overlap host users or /etc/subuid)")
 	f.StringVar(&eo.wheelDir, "wheel-dir", "", "directory of Python wheels sessions may pip-install from (env AIRLOCK_WHEEL_DIR)")
 	f.StringVar(&eo.stateDir, "state-dir", "", "state directory (env AIRLOCK_STATE_DIR; default /var/lib/airlock)")

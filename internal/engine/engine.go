@@ -75,7 +75,10 @@ type Config struct {
 	// MaxSandboxes bounds long-lived sandboxes and sessions alive at once (mostly idle, so
 	// bounded by memory, not cores); default 1000. Over it, creation fails at once (429).
 	MaxSandboxes int
-	QueueTimeout time.Duration // longest wait for a slot; default 30 s
+	// MaxSandboxesPerOwner bounds the live sandboxes and sessions of one API key, so one
+	// tenant cannot fill MaxSandboxes for all; 0 means no per-key bound.
+	MaxSandboxesPerOwner int
+	QueueTimeout         time.Duration // longest wait for a slot; default 30 s
 
 	DefaultTimeout time.Duration // 30 s
 	MinTimeout     time.Duration // 1 s
@@ -167,7 +170,7 @@ func (c *Config) Validate() error {
 		return errors.New("engine: timeouts must satisfy min ≤ default ≤ max")
 	case c.MinMemory > c.DefaultMemory || c.DefaultMemory > c.MaxMemory:
 		return errors.New("engine: memory must satisfy min ≤ default ≤ max")
-	case c.MaxConcurrent < 1 || c.MaxQueue < 0 || c.MaxSandboxes < 1:
+	case c.MaxConcurrent < 1 || c.MaxQueue < 0 || c.MaxSandboxes < 1 || c.MaxSandboxesPerOwner < 0:
 		return errors.New("engine: concurrency and sandbox limits must be ≥ 1 and the queue ≥ 0")
 	case c.DefaultCPU <= 0 || c.DefaultCPU > c.MaxCPU:
 		return errors.New("engine: cpu must satisfy 0 < default ≤ max")

@@ -188,3 +188,20 @@ func TestOwnersAreIsolated(t *testing.T) {
 		t.Fatalf("another owner learns the sandbox ended: %v", err)
 	}
 }
+
+func TestPerOwnerLimit(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngine(t, Config{MaxSandboxesPerOwner: 2})
+	alice, bob := WithOwner(t.Context(), "alice"), WithOwner(t.Context(), "bob")
+	for range 2 {
+		if _, err := e.CreateSandbox(alice, api.CreateSandboxRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.CreateSandbox(alice, api.CreateSandboxRequest{}); !errors.Is(err, api.ErrResourceExhausted) {
+		t.Fatalf("third sandbox of one key: %v, want resource_exhausted", err)
+	}
+	if _, err := e.CreateSandbox(bob, api.CreateSandboxRequest{}); err != nil {
+		t.Fatalf("another key is held back by the first one's limit: %v", err)
+	}
+}
