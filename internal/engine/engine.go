@@ -189,6 +189,7 @@ type Engine struct {
 	live      map[string]Instance
 	sandboxes map[string]*Sandbox
 	gone      map[string]goneEntry
+	owned     map[string]int // live sandboxes per owner, when MaxSandboxesPerOwner is set
 
 	teardown sync.WaitGroup // one-shot sandboxes being destroyed after their answer
 
@@ -203,7 +204,8 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	return &Engine{cfg: cfg, slots: make(chan struct{}, cfg.MaxConcurrent), sbSlots: make(chan struct{}, cfg.MaxSandboxes), live: map[string]Instance{},
-		sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{}, seed: map[string]string{}}, nil
+		sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{}, seed: map[string]string{},
+		owned: map[string]int{}}, nil
 }
 
 // Limits returns the bounds requests are checked against.
@@ -244,13 +246,32 @@ func (e *Engine) acquire(ctx context.Context) (release func(), err error) {
 
 func (e *Engine) release() { <-e.slots }
 
-// acquireSandbox takes a long-lived sandbox slot or fails at once: a sandbox lives for minutes,
-// so waiting for one to end is no use to the caller.
-func (e *Engine) acquireSandbox() (release func(), err error) {
+// acquireSandbox takes a long-lived sandbox slot for owner, within the owner's own limit, or
+// fails at once: a sandbox lives for minutes, so waiting for one to end is no use to the caller.
+// Both reservations are atomic and undone together by release.
+func (e *Engine) acquireSandbox(owner string) (release func(), err error) {
+	unown := func() {}
+	if n := e.cfg.MaxSandboxesPerOwner; n > 0 {
+		e.mu.Lock()
+		if e.owned[owner] >= n {
+			e.mu.Unlock()
+			return nil, api.Errorf(api.ErrResourceExhausted, "this API key has %d live sandboxes, its limit; terminate some", n)
+		}
+		e.owned[owner]++
+		e.mu.Unlock()
+		unown = func() {
+			e.mu.Lock()
+			if e.owned[owner]--; e.owned[owner] <= 0 {
+				delete(e.owned, owner)
+			}
+			e.mu.Unlock()
+		}
+	}
 	select {
 	case e.sbSlots <- struct{}{}:
-		return func() { <-e.sbSlots }, nil
+		return func() { <-e.sbSlots; unown() }, nil
 	default:
+		unown()
 		return nil, api.Errorf(api.ErrResourceExhausted, "the limit of %d live sandboxes is reached; terminate some", e.cfg.MaxSandboxes)
 	}
 }

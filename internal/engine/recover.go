@@ -47,7 +47,7 @@ func (e *Engine) Recover(ctx context.Context) (adopted, destroyed int, err error
 			destroyed++
 			continue
 		}
-		release, err := e.acquireSandbox()
+		release, err := e.acquireSandbox(m.Owner)
 		if err != nil {
 			e.cfg.Logger.WarnContext(ctx, "no slot for a recovered sandbox; destroying it", "sandbox", r.ID)
 			e.destroy(ctx, r.ID, r.Inst)

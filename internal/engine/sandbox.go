@@ -192,10 +192,7 @@ func (e *Engine) createSandbox(ctx context.Context, req api.CreateSandboxRequest
 	if !*req.BlockNetwork {
 		return nil, api.Errorf(api.ErrUnimplemented, "block_network=false is not available yet: sandboxes have no outbound network")
 	}
-	if n := e.cfg.MaxSandboxesPerOwner; n > 0 && e.ownedBy(Owner(ctx)) >= n {
-		return nil, api.Errorf(api.ErrResourceExhausted, "this API key has %d live sandboxes, its limit; terminate some", n)
-	}
-	release, err := e.acquireSandbox()
+	release, err := e.acquireSandbox(Owner(ctx))
 	if err != nil {
 		return nil, err
 	}
@@ -266,19 +263,6 @@ func (e *Engine) Use(ctx context.Context, id string) (sb *Sandbox, done func(), 
 		return nil, nil, err
 	}
 	return sb, sb.touch(), nil
-}
-
-// ownedBy counts owner's live sandboxes.
-func (e *Engine) ownedBy(owner string) int {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	n := 0
-	for _, sb := range e.sandboxes {
-		if sb.owner == owner {
-			n++
-		}
-	}
-	return n
 }
 
 // ListSandboxes returns ctx's owner's live sandboxes carrying every tag in tags, oldest first.
