@@ -205,3 +205,25 @@ func TestPerOwnerLimit(t *testing.T) {
 		t.Fatalf("another key is held back by the first one's limit: %v", err)
 	}
 }
+
+func TestPerOwnerLimitUnderRace(t *testing.T) {
+	t.Parallel()
+	e, _ := newTestEngine(t, Config{MaxSandboxesPerOwner: 3})
+	ctx := WithOwner(t.Context(), "alice")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := 0
+	for range 10 {
+		wg.Go(func() {
+			if _, err := e.CreateSandbox(ctx, api.CreateSandboxRequest{}); err == nil {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if ok != 3 {
+		t.Fatalf("%d sandboxes created by racing creates with a per-key limit of 3", ok)
+	}
+}
