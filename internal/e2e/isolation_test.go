@@ -301,8 +301,9 @@ func TestTimeoutKillsTree(t *testing.T) {
 	if !resp.TimedOut || resp.ReturnCode != 124 || resp.Success {
 		t.Fatalf("timeout: got timed_out=%v returncode=%d, want true/124: %+v", resp.TimedOut, resp.ReturnCode, resp)
 	}
-	if el := time.Since(start); el > 10*time.Second {
-		t.Fatalf("timed-out run took %v to return", el)
+	// The contract: the answer arrives within about a second of the limit (slack for a busy CI).
+	if el := time.Since(start); el > 3500*time.Millisecond {
+		t.Fatalf("a run with a 1 s limit answered after %v", el)
 	}
 	waitNoSandboxProcs(t)
 	mustStillServe(t)
