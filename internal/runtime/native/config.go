@@ -2,19 +2,18 @@ package native
 
 // initConfig is what the daemon sends the sandbox's init over fd 3, as JSON.
 type initConfig struct {
-	ID          string            `json:"id"`
-	Hostname    string            `json:"hostname"`
-	Staging     string            `json:"staging"`      // empty directory in the daemon's mount tree to build the root on
-	Binds       []bindSpec        `json:"binds"`        // read-only binds of the image into the new root
-	Symlinks    [][2]string       `json:"symlinks"`     // [path, target] recreated in the new root (merged-/usr links)
-	EtcFiles    map[string]string `json:"etc_files"`    // synthesized files under /etc: name → content
-	ScratchSize int64             `json:"scratch_size"` // bytes shared by /workspace, /tmp and /dev/shm
-	UID         int               `json:"uid"`          // the sandbox user inside the user namespace
-	GID         int               `json:"gid"`
-	NoFile      uint64            `json:"nofile"`
-	NProc       uint64            `json:"nproc"` // processes+threads of the sandbox user (RLIMIT_NPROC)
-	Network     bool              `json:"network"`
-	Workdir     string            `json:"workdir"` // extra writable directory on the scratch layer (e.g. /app)
+	ID          string      `json:"id"`
+	Hostname    string      `json:"hostname"`
+	Staging     string      `json:"staging"`      // empty directory in the daemon's mount tree to build the root on
+	Binds       []bindSpec  `json:"binds"`        // read-only binds of the image into the new root
+	Symlinks    [][2]string `json:"symlinks"`     // [path, target] recreated in the new root (merged-/usr links)
+	ScratchSize int64       `json:"scratch_size"` // bytes shared by /workspace, /tmp and /dev/shm
+	UID         int         `json:"uid"`          // the sandbox user inside the user namespace
+	GID         int         `json:"gid"`
+	NoFile      uint64      `json:"nofile"`
+	NProc       uint64      `json:"nproc"` // processes+threads of the sandbox user (RLIMIT_NPROC)
+	Network     bool        `json:"network"`
+	Workdir     string      `json:"workdir"` // extra writable directory on the scratch layer (e.g. /app)
 }
 
 // bindSpec is one read-only bind mount of a host path into the new root.

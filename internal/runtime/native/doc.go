@@ -13,7 +13,9 @@
 //	  5=listening socket; uid/gid maps written ─► blocks reading fd 3
 //	v1: move pid into the cgroup
 //	write config JSON, close fd 3 ─────────────► make mounts private, build the root on a tmpfs:
-//	                                               read-only binds of the image, synthesized /etc,
+//	                                               read-only binds of the image and of the /etc
+//	                                               the daemon assembled once (safe host entries
+//	                                               copied, passwd/hosts/… synthesized),
 //	                                               one size-capped scratch tmpfs for /workspace,
 //	                                               /tmp and /dev/shm, minimal /dev, fresh /proc
 //	                                               with sensitive paths masked; pivot_root

@@ -2,9 +2,10 @@ package native
 
 import (
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 )
 
 // hostEtc lists the parts of the host's /etc that a program may need and that hold no secret:
@@ -21,38 +22,49 @@ var hostEtc = []string{
 // hostTop lists the top-level directories of the `host` image, bound read-only.
 var hostTop = []string{"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"}
 
-// hostImage describes the `host` image: the host's own /usr and friends, read-only, with a
-// synthesized minimal /etc. Top-level entries that are symlinks on the host (merged /usr) are
-// recreated as symlinks.
-func hostImage(uid, gid int) (binds []bindSpec, links [][2]string, etc map[string]string, err error) {
-	add := func(rel string) error {
-		src := "/" + rel
+// hostImage describes the `host` image: the host's own /usr and friends, bound read-only
+// (top-level entries that are symlinks on the host, as with merged /usr, are recreated as
+// symlinks), and an /etc directory the daemon assembles once, in etcDir: copies of the hostEtc
+// entries plus synthesized passwd, group, hosts, hostname, nsswitch.conf and resolv.conf. Each
+// sandbox binds etcDir read-only: one mount instead of one per entry.
+func hostImage(etcDir string, uid, gid int) (binds []bindSpec, links [][2]string, err error) {
+	for _, d := range hostTop {
+		src := "/" + d
 		fi, err := os.Lstat(src)
 		if err != nil {
-			return nil
+			continue
 		}
 		if fi.Mode()&os.ModeSymlink != 0 {
 			target, err := os.Readlink(src)
 			if err != nil {
-				return fmt.Errorf("read link %s: %w", src, err)
+				return nil, nil, fmt.Errorf("read link %s: %w", src, err)
 			}
 			links = append(links, [2]string{src, target})
-			return nil
+			continue
 		}
-		binds = append(binds, bindSpec{Source: src, Target: src, File: !fi.IsDir()})
-		return nil
+		binds = append(binds, bindSpec{Source: src, Target: src})
 	}
-	for _, d := range hostTop {
-		if err := add(d); err != nil {
-			return nil, nil, nil, err
-		}
+	if err := buildEtc(etcDir, uid, gid); err != nil {
+		return nil, nil, fmt.Errorf("assemble /etc: %w", err)
+	}
+	binds = append(binds, bindSpec{Source: etcDir, Target: "/etc"})
+	return binds, links, nil
+}
+
+// buildEtc writes the sandboxes' /etc into dir, replacing what was there.
+func buildEtc(dir string, uid, gid int) error {
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return err
 	}
 	for _, e := range hostEtc {
-		if err := add(filepath.Join("etc", e)); err != nil {
-			return nil, nil, nil, err
+		if err := copyTree(filepath.Join("/etc", e), filepath.Join(dir, e)); err != nil {
+			return err
 		}
 	}
-	etc = map[string]string{
+	files := map[string]string{
 		"passwd": fmt.Sprintf("root:x:0:0:root:/root:/usr/sbin/nologin\n"+
 			"sandbox:x:%d:%d:sandbox:/workspace:/bin/bash\n"+
 			"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", uid, gid),
@@ -62,21 +74,58 @@ func hostImage(uid, gid int) (binds []bindSpec, links [][2]string, etc map[strin
 		"nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n",
 		"resolv.conf":   "",
 	}
-	// Drop links whose parent is synthesized (e.g. /etc entries under a bound directory).
-	filtered := links[:0]
-	for _, l := range links {
-		if !strings.HasPrefix(l[0], "/etc/") || !isBound(binds, filepath.Dir(l[0])) {
-			filtered = append(filtered, l)
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			return err
 		}
 	}
-	return binds, filtered, etc, nil
+	return nil
 }
 
-func isBound(binds []bindSpec, dir string) bool {
-	for _, b := range binds {
-		if b.Target == dir {
-			return true
-		}
+// copyTree copies src (a file, a symlink or a directory tree) to dst, keeping symlinks as
+// symlinks and making everything world-readable; a missing src is skipped.
+func copyTree(src, dst string) error {
+	if _, err := os.Lstat(src); err != nil {
+		return nil
 	}
-	return false
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil // unreadable parts of the host's /etc stay out
+		}
+		rel, _ := filepath.Rel(src, p)
+		out := filepath.Join(dst, rel)
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			t, err := os.Readlink(p)
+			if err != nil {
+				return nil
+			}
+			return os.Symlink(t, out)
+		case d.IsDir():
+			return os.MkdirAll(out, 0o755)
+		case d.Type().IsRegular():
+			return copyFile(p, out)
+		}
+		return nil // devices, sockets, FIFOs: never
+	})
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return nil
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

@@ -53,15 +53,6 @@ func buildRoot(cfg *initConfig) error {
 			return err
 		}
 	}
-	for name, content := range cfg.EtcFiles {
-		p := filepath.Join(root, "etc", name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return step("mkdir etc", err)
-		}
-		if err := step("write /etc/"+name, os.WriteFile(p, []byte(content), 0o644)); err != nil {
-			return err
-		}
-	}
 	if err := mountDev(root); err != nil {
 		return err
 	}

@@ -123,7 +123,6 @@ type Runtime struct {
 	cg      *cgroup.Manager
 	binds   []bindSpec
 	links   [][2]string
-	etc     map[string]string
 	staging string
 }
 
@@ -162,7 +161,7 @@ func New(cfg Config) (*Runtime, error) {
 	if err := checkUIDRange(cfg.UIDBase); err != nil {
 		return nil, err
 	}
-	r.binds, r.links, r.etc, err = hostImage(cfg.UID, cfg.GID)
+	r.binds, r.links, err = hostImage(filepath.Join(cfg.StateDir, "etc"), cfg.UID, cfg.GID)
 	if err != nil {
 		return nil, fmt.Errorf("host image: %w", err)
 	}
@@ -441,7 +440,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	}
 	icfg := initConfig{
 		ID: spec.ID, Hostname: "sandbox", Staging: r.staging,
-		Binds: r.binds, Symlinks: r.links, EtcFiles: r.etc,
+		Binds: r.binds, Symlinks: r.links,
 		ScratchSize: spec.ScratchBytes, UID: r.cfg.UID, GID: r.cfg.GID, NoFile: spec.NoFile,
 		NProc: uint64(spec.Pids), Workdir: spec.Workdir,
 	}
