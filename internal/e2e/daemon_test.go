@@ -107,6 +107,7 @@ func TestDaemonCrashLeavesNothingBehind(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(state) })
 	cg := fmt.Sprintf("airlock-crash-%d", os.Getpid())
+	t.Cleanup(func() { removeCgroupRoot(cg) })
 	addr := freeAddr(t)
 	d := startDaemon(t, state, cg, addr)
 
@@ -211,3 +212,20 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 var _ = context.Background
+
+// removeCgroupRoot removes a (by then empty) top-level cgroup a test's daemon used, in every
+// hierarchy.
+func removeCgroupRoot(name string) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
+	if d := filepath.Join("/sys/fs/cgroup", name); dirExists(d) {
+		dirs = append(dirs, d)
+	}
+	for _, d := range dirs {
+		os.Remove(d)
+	}
+}
+
+func dirExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
