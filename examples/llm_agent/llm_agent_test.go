@@ -8,18 +8,11 @@ import (
 	"os"
 	"testing"
 
-	"github.com/airlockhq/airlock"
+	"github.com/airlockhq/airlock/examples/internal/exampletest"
 )
 
 func TestRun(t *testing.T) {
-	url := os.Getenv("AIRLOCK_EXAMPLES_SERVER")
-	if url == "" {
-		const why = "examples need a daemon: set AIRLOCK_EXAMPLES_SERVER=http://HOST:PORT (and AIRLOCK_API_KEY if it uses keys); scripts/test starts one"
-		if os.Getenv("AIRLOCK_TEST_STRICT") == "1" {
-			t.Fatal(why)
-		}
-		t.Skip(why)
-	}
+	c := exampletest.Client(t)
 	if os.Getenv("OPENAI_API_KEY") == "" {
 		// No LLM here: an OpenAI-compatible endpoint on 127.0.0.1 that first writes broken code,
 		// then, shown the error, a fix — so the write/run/read-error/retry loop runs for real.
@@ -40,7 +33,7 @@ func TestRun(t *testing.T) {
 		t.Setenv("OPENAI_MODEL", "fake")
 	}
 	var out bytes.Buffer
-	if err := run(t.Context(), airlock.New(url, os.Getenv("AIRLOCK_API_KEY")), &out); err != nil {
+	if err := run(t.Context(), c, &out); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Contains(out.Bytes(), []byte("exit 0")) || (os.Getenv("OPENAI_MODEL") == "fake" && !bytes.Contains(out.Bytes(), []byte("6765"))) {

@@ -2,29 +2,14 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"strings"
 	"testing"
 
-	"github.com/airlockhq/airlock"
+	"github.com/airlockhq/airlock/examples/internal/exampletest"
 )
 
-// client returns a client for the daemon named by AIRLOCK_EXAMPLES_SERVER, or skips.
-func client(t *testing.T) *airlock.Client {
-	t.Helper()
-	url := os.Getenv("AIRLOCK_EXAMPLES_SERVER")
-	if url == "" {
-		const why = "examples need a daemon: set AIRLOCK_EXAMPLES_SERVER=http://HOST:PORT (and AIRLOCK_API_KEY if it uses keys); scripts/test starts one"
-		if os.Getenv("AIRLOCK_TEST_STRICT") == "1" {
-			t.Fatal(why)
-		}
-		t.Skip(why)
-	}
-	return airlock.New(url, os.Getenv("AIRLOCK_API_KEY"))
-}
-
 func TestRun(t *testing.T) {
-	c := client(t)
+	c := exampletest.Client(t)
 	var out bytes.Buffer
 	if err := run(t.Context(), c, &out); err != nil {
 		t.Fatal(err)
@@ -35,7 +20,7 @@ func TestRun(t *testing.T) {
 }
 
 func TestExecuteCode(t *testing.T) {
-	c := client(t)
+	c := exampletest.Client(t)
 	tests := []struct {
 		name string
 		code string
