@@ -6,7 +6,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
@@ -19,6 +21,12 @@ type Config struct {
 	// Spawn runs fn on the thread every user process must be forked from (see native.Child);
 	// nil runs fn directly.
 	Spawn func(fn func())
+	// CgroupFD, if > 0, is the cgroup v2 directory every user process is started in (clone3
+	// CLONE_INTO_CGROUP), apart from the agent's own group; see native.Child.
+	CgroupFD int
+	// MaxProcesses bounds the processes the agent runs at once (each holds up to three of the
+	// agent's descriptors, which user code's limits share); default 256.
+	MaxProcesses int
 }
 
 // Agent serves the agent protocol inside a sandbox.
@@ -27,9 +35,38 @@ type Agent struct {
 	reaper  *reaper
 	started time.Time
 
-	mu    sync.Mutex // guards procs and tags
-	procs map[int]*proc
-	tags  map[string]*proc
+	mu      sync.Mutex // guards procs, tags and running
+	procs   map[int]*proc
+	tags    map[string]*proc
+	running int // processes started through startProc and not yet ended
+}
+
+// errTooManyProcesses is returned when MaxProcesses processes are running already.
+var errTooManyProcesses = errors.New("too many processes running in this sandbox")
+
+// reserve claims one of MaxProcesses slots for a process about to start; release gives it back
+// when the process has ended (or failed to start).
+func (a *Agent) reserve() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.running >= a.cfg.MaxProcesses {
+		return errTooManyProcesses
+	}
+	a.running++
+	return nil
+}
+
+func (a *Agent) release() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.running--
+}
+
+// intoUserCgroup makes a process started with sys begin life in the user processes' cgroup.
+func (a *Agent) intoUserCgroup(sys *syscall.SysProcAttr) {
+	if a.cfg.CgroupFD > 0 {
+		sys.UseCgroupFD, sys.CgroupFD = true, a.cfg.CgroupFD
+	}
 }
 
 // Serve runs the agent on ln until ctx ends. It must run as PID 1 of the sandbox.
@@ -40,6 +77,12 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	if cfg.Spawn == nil {
 		cfg.Spawn = func(fn func()) { fn() }
 	}
+	if cfg.MaxProcesses <= 0 {
+		cfg.MaxProcesses = 256
+	}
+	// The agent's memory counts against the sandbox's reserve for it (see native's cgroup
+	// layout): make the collector work harder well before that is reached.
+	debug.SetMemoryLimit(64 << 20)
 	a := &Agent{cfg: cfg, reaper: newReaper(cfg.Spawn), started: time.Now(),
 		procs: map[int]*proc{}, tags: map[string]*proc{}}
 	defer a.reaper.stop()

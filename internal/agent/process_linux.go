@@ -110,8 +110,19 @@ func (a *Agent) startProc(spec procSpec) (*proc, *sub, error) {
 	if dir == "" {
 		dir = "/workspace"
 	}
+	if err := a.reserve(); err != nil {
+		return nil, nil, err
+	}
+	reserved := true
+	defer func() {
+		if reserved {
+			a.release()
+		}
+	}()
 	if spec.PTY != nil {
-		return a.startPTY(spec, path, envv, dir)
+		p, s, err := a.startPTY(spec, path, envv, dir)
+		reserved = err != nil
+		return p, s, err
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
@@ -148,6 +159,7 @@ func (a *Agent) startProc(spec procSpec) (*proc, *sub, error) {
 			Setsid:     true,
 		},
 	}
+	a.intoUserCgroup(attr.Sys)
 	argv := append([]string{spec.Cmd}, spec.Args...)
 	p := &proc{spec: spec}
 	first := newSub()
@@ -177,6 +189,7 @@ func (a *Agent) startProc(spec procSpec) (*proc, *sub, error) {
 		}()
 	}
 	a.track(p)
+	reserved = false // released by run when the process has ended
 	go a.run(p, exitc, outR, errR)
 	return p, first, nil
 }
@@ -246,6 +259,7 @@ func (a *Agent) run(p *proc, exitc <-chan exitInfo, outR, errR *os.File) {
 		end.Status = "signal: " + ws.Signal().String()
 	}
 	a.untrack(p)
+	a.release()
 	p.finish(end)
 }
 

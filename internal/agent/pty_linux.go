@@ -60,6 +60,7 @@ func (a *Agent) startPTY(spec procSpec, path string, env []string, dir string) (
 			Setsid:     true, Setctty: true, Ctty: 0,
 		},
 	}
+	a.intoUserCgroup(attr.Sys)
 	p := &proc{spec: spec, stdin: master, pty: master}
 	first := newSub()
 	p.subs = []*sub{first}

@@ -29,6 +29,10 @@ var _ agentpbconnect.ReplHandler = (*replService)(nil)
 // spawnReaped starts cmd under the reaper, so PID 1's wait4(-1) hands the interpreter's exit
 // status to the REPL instead of losing it.
 func (a *Agent) spawnReaped(cmd *exec.Cmd) (func() (syscall.WaitStatus, error), error) {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	a.intoUserCgroup(cmd.SysProcAttr)
 	_, exitc, err := a.reaper.spawn(func() (int, error) {
 		if err := cmd.Start(); err != nil {
 			return 0, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/containerd/cgroups/v3"
 )
@@ -32,6 +33,10 @@ type groupOps interface {
 	procs() ([]int, error)
 	kill(ctx context.Context) error
 	delete() error
+	update(l Limits) error
+	enableChildren() error
+	chownProcs(uid, gid int) error
+	openTasks() ([]*os.File, error)
 }
 
 // New prepares a parent group named root (e.g. "airlock") under the hierarchy/hierarchies; on v2
@@ -76,7 +81,7 @@ func (m *Manager) Create(name string, l Limits) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup %s: %w", name, err)
 	}
-	return &Group{name: name, ops: ops}, nil
+	return &Group{name: name, ops: ops, b: m.b}, nil
 }
 
 // Load returns the existing group name, for instance to kill and delete it after a daemon
@@ -90,7 +95,7 @@ func (m *Manager) Load(name string) (*Group, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load cgroup %s: %w", name, err)
 	}
-	return &Group{name: name, ops: ops}, nil
+	return &Group{name: name, ops: ops, b: m.b}, nil
 }
 
 // List returns the sorted names of the groups under root (on v1, present in any of the
@@ -115,8 +120,9 @@ func (m *Manager) RemoveRoot() error {
 
 // Group is one sandbox's cgroup.
 type Group struct {
-	name string
+	name string // path below the manager's root, "sb-x" or "sb-x/user"
 	ops  groupOps
+	b    backend
 }
 
 // Name returns the name the group was created or loaded with.
@@ -179,6 +185,81 @@ func (g *Group) Kill(ctx context.Context) error {
 func (g *Group) Delete() error {
 	if err := g.ops.delete(); err != nil {
 		return fmt.Errorf("delete cgroup %s: %w", g.name, err)
+	}
+	return nil
+}
+
+// CreateChild makes group name below g with limits l, for instance to hold a sandbox's user
+// processes apart from its supervisor. On v2, g must delegate controllers first (EnableChildren),
+// or the child has none of its own. The child is removed with g (Delete, Kill and Pids cover
+// children).
+func (g *Group) CreateChild(name string, l Limits) (*Group, error) {
+	if err := validateName(name); err != nil {
+		return nil, fmt.Errorf("create cgroup: %w", err)
+	}
+	if err := l.validate(); err != nil {
+		return nil, fmt.Errorf("create cgroup %s/%s: %w", g.name, name, err)
+	}
+	ops, err := g.b.create(g.name+"/"+name, l)
+	if err != nil {
+		return nil, fmt.Errorf("create cgroup %s/%s: %w", g.name, name, err)
+	}
+	return &Group{name: g.name + "/" + name, ops: ops, b: g.b}, nil
+}
+
+// LoadChild returns the existing child group name of g (see Load).
+func (g *Group) LoadChild(name string) (*Group, error) {
+	if err := validateName(name); err != nil {
+		return nil, fmt.Errorf("load cgroup: %w", err)
+	}
+	ops, err := g.b.load(g.name + "/" + name)
+	if err != nil {
+		return nil, fmt.Errorf("load cgroup %s/%s: %w", g.name, name, err)
+	}
+	return &Group{name: g.name + "/" + name, ops: ops, b: g.b}, nil
+}
+
+// EnableChildren delegates the memory, cpu and pids controllers to g's children (v2: writes
+// cgroup.subtree_control; g must then hold no process of its own). A no-op on v1, where every
+// group has every controller.
+func (g *Group) EnableChildren() error {
+	if err := g.ops.enableChildren(); err != nil {
+		return fmt.Errorf("delegate controllers of cgroup %s: %w", g.name, err)
+	}
+	return nil
+}
+
+// ChownProcs makes uid:gid the owner of g's cgroup.procs (v2), so that a process running as uid —
+// a sandbox's supervisor in its own user namespace — may start children in g's subtree through
+// clone3(CLONE_INTO_CGROUP): the kernel requires write access to cgroup.procs of the common
+// ancestor. A no-op on v1.
+func (g *Group) ChownProcs(uid, gid int) error {
+	if err := g.ops.chownProcs(uid, gid); err != nil {
+		return fmt.Errorf("delegate cgroup %s: %w", g.name, err)
+	}
+	return nil
+}
+
+// OpenTasks opens g's "tasks" file in every v1 hierarchy for writing. A thread that writes "0"
+// to each moves itself alone into g, so that every process it forks afterwards is born in g. The
+// files are opened here, by the privileged caller, so the writer needs no access of its own.
+// On v2 it returns nil: use DirFD with clone3 instead. The caller closes the files.
+func (g *Group) OpenTasks() ([]*os.File, error) {
+	fs, err := g.ops.openTasks()
+	if err != nil {
+		return nil, fmt.Errorf("open tasks of cgroup %s: %w", g.name, err)
+	}
+	return fs, nil
+}
+
+// SetLimits replaces g's limits with l (zero fields: unlimited is not restored, they are left as
+// they are). It is for a group whose controllers were delegated after it was created (v2).
+func (g *Group) SetLimits(l Limits) error {
+	if err := l.validate(); err != nil {
+		return fmt.Errorf("limit cgroup %s: %w", g.name, err)
+	}
+	if err := g.ops.update(l); err != nil {
+		return fmt.Errorf("limit cgroup %s: %w", g.name, err)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ package cgroup
 import (
 	"context"
 	"errors"
+	"os"
 )
 
 // Manager is unavailable off Linux; New returns errors.ErrUnsupported.
@@ -51,3 +52,21 @@ func (g *Group) Kill(ctx context.Context) error { return errors.ErrUnsupported }
 
 // Delete returns errors.ErrUnsupported.
 func (g *Group) Delete() error { return errors.ErrUnsupported }
+
+// CreateChild returns errors.ErrUnsupported.
+func (g *Group) CreateChild(name string, l Limits) (*Group, error) { return nil, errors.ErrUnsupported }
+
+// LoadChild returns errors.ErrUnsupported.
+func (g *Group) LoadChild(name string) (*Group, error) { return nil, errors.ErrUnsupported }
+
+// EnableChildren returns errors.ErrUnsupported.
+func (g *Group) EnableChildren() error { return errors.ErrUnsupported }
+
+// ChownProcs returns errors.ErrUnsupported.
+func (g *Group) ChownProcs(uid, gid int) error { return errors.ErrUnsupported }
+
+// OpenTasks returns errors.ErrUnsupported.
+func (g *Group) OpenTasks() ([]*os.File, error) { return nil, errors.ErrUnsupported }
+
+// SetLimits returns errors.ErrUnsupported.
+func (g *Group) SetLimits(l Limits) error { return errors.ErrUnsupported }

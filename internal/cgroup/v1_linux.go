@@ -161,6 +161,7 @@ func (b *v1Backend) group(name string) *v1Group {
 		cpuacct: filepath.Join(b.mounts[cgroup1.Cpuacct], b.root, name),
 		freezer: filepath.Join(b.mounts[cgroup1.Freezer], b.root, name),
 		memsw:   b.memsw,
+		b:       b,
 	}
 	for _, mp := range b.uniq {
 		g.dirs = append(g.dirs, filepath.Join(mp, b.root, name))
@@ -241,6 +242,7 @@ type v1Group struct {
 	cpuacct string
 	freezer string
 	memsw   bool           // memory.memsw.* exists
+	b       *v1Backend
 	cg      cgroup1.Cgroup // only subsystems present at Load; all of them after Create
 }
 
@@ -309,6 +311,27 @@ func (g *v1Group) delete() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (g *v1Group) update(l Limits) error { return g.cg.Update(g.b.resources(l)) }
+
+func (g *v1Group) enableChildren() error { return nil }
+
+func (g *v1Group) chownProcs(uid, gid int) error { return nil }
+
+func (g *v1Group) openTasks() ([]*os.File, error) {
+	var fs []*os.File
+	for _, d := range g.dirs {
+		f, err := os.OpenFile(filepath.Join(d, "tasks"), os.O_WRONLY, 0)
+		if err != nil {
+			for _, f := range fs {
+				f.Close()
+			}
+			return nil, err
+		}
+		fs = append(fs, f)
+	}
+	return fs, nil
 }
 
 // v1Freezer is the directory of a group in the v1 freezer hierarchy.

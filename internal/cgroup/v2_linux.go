@@ -29,6 +29,8 @@ type v2Backend struct {
 	// memory is whether the memory controller is enabled (always, outside tests), so that the
 	// memory.* files exist in each group.
 	memory bool
+	// controllers are those enabled for root's children, and so delegable below them.
+	controllers []string
 	// swapMax is whether memory.swap.max exists (swap accounting is on), so swap can be disabled.
 	swapMax bool
 	// noKillFile makes Kill ignore cgroup.kill, so tests can reach the freeze fallback that
@@ -44,6 +46,8 @@ func newV2(mount, root string, controllers []string) (*v2Backend, error) {
 		root:    root,
 		rootDir: filepath.Join(mount, root),
 		memory:  slices.Contains(controllers, "memory"),
+
+		controllers: controllers,
 	}
 	// A controller can be enabled for root only once the mount root enables it, and the mount
 	// root only offers what its own parent delegated (a container sees just its share).
@@ -154,6 +158,9 @@ func (b *v2Backend) create(name string, l Limits) (groupOps, error) {
 	}
 	if err := os.Mkdir(g.dir, dirPerm); err != nil {
 		return nil, err
+	}
+	if l == (Limits{}) {
+		return g, nil // nothing to write (and, below a group yet to delegate, nothing to write to)
 	}
 	if err := g.cg.Update(b.resources(l)); err != nil {
 		return nil, errors.Join(err, g.delete())
@@ -270,6 +277,16 @@ func (g *v2Group) kill(ctx context.Context) error {
 }
 
 func (g *v2Group) delete() error { return rmdirTree(g.dir) }
+
+func (g *v2Group) update(l Limits) error { return g.cg.Update(g.b.resources(l)) }
+
+func (g *v2Group) enableChildren() error { return enableControllers(g.dir, g.b.controllers) }
+
+func (g *v2Group) chownProcs(uid, gid int) error {
+	return os.Chown(filepath.Join(g.dir, "cgroup.procs"), uid, gid)
+}
+
+func (g *v2Group) openTasks() ([]*os.File, error) { return nil, nil }
 
 // v2Freezer is the directory of a v2 group, frozen through cgroup.freeze (Linux 5.2+).
 type v2Freezer string

@@ -62,7 +62,7 @@ func RunAgent() int {
 		logger.Error("sandbox init", "err", err)
 		return 1
 	}
-	if err := agent.Serve(context.Background(), child.Listener, agent.Config{Logger: logger, UID: child.UID, GID: child.GID, Spawn: child.Spawn}); err != nil {
+	if err := agent.Serve(context.Background(), child.Listener, agent.Config{Logger: logger, UID: child.UID, GID: child.GID, Spawn: child.Spawn, CgroupFD: child.CgroupFD}); err != nil {
 		logger.Error("agent", "err", err)
 		return 1
 	}

@@ -49,15 +49,25 @@ type policy struct {
 	rules map[uint32][]bpf.Instruction
 }
 
-// compiled is the cached filter for the running architecture. Install and
-// Program share it, so the program is assembled once per process.
-var compiled = sync.OnceValues(func() ([]unix.SockFilter, error) {
+// compiled and compiledClone3 are the cached filters for the running architecture, without and
+// with clone3 allowed. Install and Program share them, so each program is assembled once per
+// process.
+var (
+	compiled       = sync.OnceValues(func() ([]unix.SockFilter, error) { return build(Options{}) })
+	compiledClone3 = sync.OnceValues(func() ([]unix.SockFilter, error) { return build(Options{AllowClone3: true}) })
+)
+
+func build(o Options) ([]unix.SockFilter, error) {
 	p, err := nativePolicy()
 	if err != nil {
 		return nil, err
 	}
+	if o.AllowClone3 {
+		delete(p.rules, unix.SYS_CLONE3)
+		p.allow = append(p.allow, unix.SYS_CLONE3)
+	}
 	return compile(p)
-})
+}
 
 // Program returns the compiled classic-BPF filter for the running
 // architecture (amd64 or arm64). On other architectures it returns an error

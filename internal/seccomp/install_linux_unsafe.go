@@ -15,8 +15,11 @@ import (
 // (multi-threaded Go) process gets it; children inherit it across fork and
 // exec. Neither can be undone. It needs no privilege. The error names the
 // step that failed. Calling Install again stacks a second, identical filter.
-func Install() error {
+func Install(o Options) error {
 	prog, err := compiled()
+	if o.AllowClone3 {
+		prog, err = compiledClone3()
+	}
 	if err != nil {
 		return fmt.Errorf("build filter: %w", err)
 	}

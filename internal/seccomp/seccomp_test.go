@@ -287,7 +287,7 @@ func runChild(name string, filtered bool) int {
 	}
 	startWitnesses(4)
 	if filtered {
-		if err := Install(); err != nil {
+		if err := Install(Options{}); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return exitInstall
 		}
@@ -565,7 +565,7 @@ func procStatus(t *testing.T, path, field string) string {
 var benchChildren = map[string]func() (string, error){
 	"bench-install": func() (string, error) {
 		start := time.Now()
-		if err := Install(); err != nil {
+		if err := Install(Options{}); err != nil {
 			return "", err
 		}
 		return strconv.FormatInt(time.Since(start).Nanoseconds(), 10), nil
@@ -583,7 +583,7 @@ var benchChildren = map[string]func() (string, error){
 			return time.Since(start).Nanoseconds()
 		}
 		before := loop()
-		if err := Install(); err != nil {
+		if err := Install(Options{}); err != nil {
 			return "", err
 		}
 		return fmt.Sprintf("%d %d", before, loop()), nil

@@ -62,7 +62,11 @@ func lastCap() (uintptr, error) {
 // can never regain a capability. Emptying the set on this thread alone (the set is per thread
 // and inherited by fork) costs ~41 prctl calls instead of that many stop-the-world rounds over
 // every thread. It must run while the process still has CAP_SETPCAP, before dropCapabilities.
-func startSpawner() (spawn func(func()), err error) {
+//
+// On cgroup v1, tasks are the user cgroup's "tasks" files: the thread moves itself (alone) into
+// the user group, so every process it forks is born there and never runs in the agent's group;
+// the files are closed.
+func startSpawner(tasks []*os.File) (spawn func(func()), err error) {
 	last, err := lastCap()
 	if err != nil {
 		return nil, step("read cap_last_cap", err)
@@ -74,6 +78,14 @@ func startSpawner() (spawn func(func()), err error) {
 		for c := uintptr(0); c <= last; c++ {
 			if err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0); err != nil {
 				ready <- step("drop bounding capability "+strconv.Itoa(int(c)), err)
+				return
+			}
+		}
+		for _, f := range tasks {
+			_, err := f.Write([]byte("0")) // 0: the writing thread
+			f.Close()
+			if err != nil {
+				ready <- step("join user cgroup", err)
 				return
 			}
 		}

@@ -14,6 +14,11 @@ type initConfig struct {
 	NProc       uint64      `json:"nproc"` // processes+threads of the sandbox user (RLIMIT_NPROC)
 	Network     bool        `json:"network"`
 	Workdir     string      `json:"workdir"` // extra writable directory on the scratch layer (e.g. /app)
+	// UserCgroup is how many descriptors from fdUserCgroup on lead to the user processes'
+	// cgroup: on v2 one O_PATH descriptor of its directory (for clone3 CLONE_INTO_CGROUP), on
+	// v1 its "tasks" file in each hierarchy (the spawner thread moves itself there).
+	UserCgroup int  `json:"user_cgroup"`
+	CgroupV2   bool `json:"cgroup_v2"`
 }
 
 // bindSpec is one read-only bind mount of a host path into the new root.
@@ -28,4 +33,6 @@ const (
 	fdConfig   = 3
 	fdStatus   = 4
 	fdListener = 5
+	// fdUserCgroup is the first of initConfig.UserCgroup descriptors of the user cgroup.
+	fdUserCgroup = 6
 )

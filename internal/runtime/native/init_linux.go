@@ -23,6 +23,10 @@ type Child struct {
 	// Spawn runs fn on the thread whose forks inherit an empty capability bounding set; every
 	// user process must be started inside it.
 	Spawn func(fn func())
+	// CgroupFD, if not -1, is a cgroup v2 directory every user process must be started in, with
+	// SysProcAttr.UseCgroupFD (clone3 CLONE_INTO_CGROUP). On v1 Spawn's thread already sits in
+	// that group, and so does every process it forks.
+	CgroupFD int
 }
 
 // IsInit reports whether this process was started by Runtime.Create as a sandbox init.
@@ -42,6 +46,11 @@ func Init() (*Child, error) {
 	if err == nil {
 		spawn, err = setup(cfg)
 	}
+	cgroupFD := -1
+	if err == nil && cfg.CgroupV2 && cfg.UserCgroup == 1 {
+		cgroupFD = fdUserCgroup
+		unix.CloseOnExec(cgroupFD)
+	}
 	if err != nil {
 		reportSetupError(status, err)
 		return nil, err
@@ -58,7 +67,7 @@ func Init() (*Child, error) {
 		return nil, fmt.Errorf("report ready: %w", err)
 	}
 	status.Close()
-	return &Child{ID: cfg.ID, Listener: ln, UID: cfg.UID, GID: cfg.GID, Spawn: spawn}, nil
+	return &Child{ID: cfg.ID, Listener: ln, UID: cfg.UID, GID: cfg.GID, Spawn: spawn, CgroupFD: cgroupFD}, nil
 }
 
 func readConfig() (*initConfig, error) {
@@ -108,9 +117,13 @@ func setup(cfg *initConfig) (spawn func(func()), err error) {
 		func() error { return setRlimits(cfg) },
 		func() error { return step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)) },
 		func() error { return restrictFS(cfg) },
-		func() (err error) { spawn, err = startSpawner(); return err },
+		func() (err error) { spawn, err = startSpawner(v1TaskFiles(cfg)); return err },
 		dropCapabilities,
-		func() error { return step("seccomp", seccomp.Install()) },
+		// On v2 the agent starts user processes with clone3 (CLONE_INTO_CGROUP), whose flags
+		// seccomp cannot read; buildRoot set user.max_user_namespaces to 0 in this sandbox's
+		// user namespace, so neither the agent nor user code can make a namespace with it
+		// (the others need capabilities user code does not have).
+		func() error { return step("seccomp", seccomp.Install(seccomp.Options{AllowClone3: cfg.CgroupV2})) },
 	}
 	for _, s := range steps {
 		if err := s(); err != nil {
@@ -118,6 +131,18 @@ func setup(cfg *initConfig) (spawn func(func()), err error) {
 		}
 	}
 	return spawn, nil
+}
+
+// v1TaskFiles returns the user cgroup's tasks files the daemon passed on cgroup v1.
+func v1TaskFiles(cfg *initConfig) []*os.File {
+	if cfg.CgroupV2 {
+		return nil
+	}
+	fs := make([]*os.File, cfg.UserCgroup)
+	for i := range fs {
+		fs[i] = os.NewFile(uintptr(fdUserCgroup+i), "tasks")
+	}
+	return fs
 }
 
 func setRlimits(cfg *initConfig) error {
@@ -131,7 +156,9 @@ func setRlimits(cfg *initConfig) error {
 		// code exhausts it. The cgroup pids limit above it is the hard backstop.
 		{unix.RLIMIT_NPROC, cfg.NProc},
 		{unix.RLIMIT_CORE, 0},
-		{unix.RLIMIT_FSIZE, uint64(cfg.ScratchSize)},
+		// A little above the writable layers' size, so that a program filling them meets ENOSPC
+		// (a clear error) rather than SIGXFSZ at the same moment.
+		{unix.RLIMIT_FSIZE, uint64(cfg.ScratchSize) + 1<<20},
 	}
 	for _, l := range limits {
 		if l.val == 0 && l.res != unix.RLIMIT_CORE {

@@ -53,6 +53,14 @@ func buildRoot(cfg *initConfig) error {
 			return err
 		}
 	}
+	// The host's /usr/local holds what its administrator installed by hand (other services'
+	// binaries and their configuration), not the image: an empty read-only directory instead.
+	if fi, err := os.Stat(filepath.Join(root, "usr/local")); err == nil && fi.IsDir() {
+		if err := step("hide /usr/local", unix.Mount("airlock-empty", filepath.Join(root, "usr/local"), "tmpfs",
+			unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=0,nr_inodes=1,mode=0755")); err != nil {
+			return err
+		}
+	}
 	if err := mountDev(root); err != nil {
 		return err
 	}
@@ -218,6 +226,12 @@ func mountProc(root string) error {
 		if err != nil {
 			return step("mask "+p, err)
 		}
+	}
+	// No user namespace may be made inside the sandbox (this namespace's own per-user limit, which
+	// its root may set): user namespaces are the usual way from an unprivileged process to kernel
+	// attack surface, and on cgroup v2 clone3 is allowed, whose flags seccomp cannot check.
+	if err := os.WriteFile(filepath.Join(proc, "sys/user/max_user_namespaces"), []byte("0"), 0); err != nil {
+		return step("limit user namespaces", err)
 	}
 	for _, p := range readOnlyPaths {
 		dst := filepath.Join(root, p)

@@ -16,9 +16,12 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/airlockhq/airlock/internal/cgroup"
 )
@@ -106,9 +109,39 @@ func checkWorkdir(w string) error {
 	return nil
 }
 
-// agentPidsReserve is added to the cgroup pids limit for the agent's own threads: user
-// processes are held to Spec.Pids by RLIMIT_NPROC, so a fork bomb cannot starve the agent.
-const agentPidsReserve = 128
+// The sandbox's cgroup holds two groups below it: the agent (PID 1) and its user processes.
+//
+//	<root>/<id>         memory: user + scratch + agentMemoryReserve; pids: user + agentPidsReserve; cpu
+//	<root>/<id>/agent   v2 only (a v2 group with children may hold no process): the agent
+//	<root>/<id>/user    memory: Spec.MemoryBytes; pids: Spec.Pids — every process the agent starts
+//
+// User code exhausting its memory or pids meets the user group's limits, so the kernel's OOM killer
+// and fork failures stay among user processes: the agent is never the victim. The outer limit
+// leaves room for what the agent itself holds — its heap, and scratch pages written through the
+// file API, which are charged to the writer (the agent) rather than to the user group — and is
+// reached only if the agent itself misbehaves.
+const (
+	agentPidsReserve   = 128
+	agentMemoryReserve = 128 << 20
+)
+
+// userGroup is the name of the child cgroup of a sandbox that holds its user processes.
+const userGroup = "user"
+
+// ScratchFor is the size of the writable layers a sandbox with memory limit memory (0: none)
+// actually gets when scratch is requested: the layers are a tmpfs whose pages count against the
+// memory limit of whoever writes them, so a cap above the memory limit could only ever be met by
+// the OOM killer. Three quarters of the memory limit is the most the layers take, leaving a
+// quarter for processes — a full disk answers ENOSPC (HTTP 413), not a killed sandbox.
+func ScratchFor(scratch, memory int64) int64 {
+	if memory <= 0 {
+		return scratch
+	}
+	if c := memory / 4 * 3; scratch <= 0 || scratch > c {
+		return c
+	}
+	return scratch
+}
 
 // ErrNetworkUnsupported is returned for Spec.Network: egress is not built yet.
 var ErrNetworkUnsupported = errors.New("outbound network for sandboxes is not implemented yet")
@@ -300,6 +333,10 @@ type Sandbox struct {
 	pid    int
 	proc   *os.Process
 	cg     *cgroup.Group
+	// user is the user processes' group; for a sandbox recovered after a restart it is loaded
+	// on first use, under userOnce.
+	user     *cgroup.Group
+	userOnce sync.Once
 	dir    string
 	sock   string
 	client *http.Client
@@ -312,6 +349,11 @@ type Sandbox struct {
 }
 
 // Create starts a sandbox and returns once its agent is serving. On error nothing is left behind.
+//
+// The steps, each undone in reverse order if a later one fails: a uid range, the state directory,
+// the cgroups (outer group, user group and on v2 the agent's leaf), the agent socket and pipes,
+// the init (cloned into new namespaces, in a user namespace owned by the range's own host uid),
+// the agent's placement in its cgroup, the config, and the init's report that the agent serves.
 func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error) {
 	if !idPattern().MatchString(spec.ID) {
 		return nil, fmt.Errorf("sandbox id %q: invalid", spec.ID)
@@ -335,6 +377,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 			}
 		}
 	}()
+	owner := r.cfg.hostUID(slot, 0) // the sandbox's root inside: its agent
 
 	dir := filepath.Join(r.cfg.StateDir, "sandboxes", spec.ID)
 	if err := os.Mkdir(dir, 0o700); err != nil {
@@ -342,11 +385,20 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	}
 	undo = append(undo, func() { os.RemoveAll(dir) })
 
-	pids := spec.Pids
-	if pids > 0 {
-		pids += agentPidsReserve
+	scratch := ScratchFor(spec.ScratchBytes, spec.MemoryBytes)
+	outer := cgroup.Limits{CPU: spec.CPU}
+	if spec.MemoryBytes > 0 {
+		outer.MemoryBytes = spec.MemoryBytes + scratch + agentMemoryReserve
 	}
-	g, err := r.cg.Create(spec.ID, cgroup.Limits{MemoryBytes: spec.MemoryBytes, CPU: spec.CPU, Pids: pids})
+	if spec.Pids > 0 {
+		outer.Pids = spec.Pids + agentPidsReserve
+	}
+	user := cgroup.Limits{MemoryBytes: spec.MemoryBytes, Pids: spec.Pids}
+	v2 := r.cg.Version() == 2
+	if !v2 && user.Pids > 0 {
+		user.Pids++ // v1: the agent's spawner thread lives in the user group (see startSpawner)
+	}
+	g, err := r.cg.Create(spec.ID, outer)
 	if err != nil {
 		return nil, fmt.Errorf("create cgroup: %w", err)
 	}
@@ -356,6 +408,35 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		g.Kill(kctx)
 		g.Delete()
 	})
+	// On v2 the user group gets its limits only once the init has left the outer group (a group
+	// that delegates controllers may hold no process); it must exist before the init starts,
+	// though, because the init inherits a descriptor of it.
+	var agentG, userG *cgroup.Group
+	if v2 {
+		if agentG, err = g.CreateChild("agent", cgroup.Limits{}); err != nil {
+			return nil, err
+		}
+		if userG, err = g.CreateChild(userGroup, cgroup.Limits{}); err != nil {
+			return nil, err
+		}
+	} else if userG, err = g.CreateChild(userGroup, user); err != nil {
+		return nil, err
+	}
+	var userFiles []*os.File
+	if v2 {
+		fd, _, err := userG.DirFD()
+		if err != nil {
+			return nil, err
+		}
+		userFiles = []*os.File{os.NewFile(uintptr(fd), "user cgroup")}
+	} else if userFiles, err = userG.OpenTasks(); err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, f := range userFiles {
+			f.Close()
+		}
+	}()
 
 	sock := filepath.Join(dir, "agent.sock")
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
@@ -392,18 +473,20 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	attr := &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID |
 			syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
-		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.hostUID(slot, 0), Size: size}},
-		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: r.cfg.hostUID(slot, 0), Size: size}},
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: owner, Size: size}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: owner, Size: size}},
 		GidMappingsEnableSetgroups: true,
-		// The clone keeps host uid 0, which is unmapped inside the new user namespace; switch to
-		// the namespace's own uid 0 (host UIDBase) before exec, or exec drops every capability.
+		// The clone keeps the daemon's uid 0, which is unmapped inside the new user namespace;
+		// switch to the namespace's own uid 0 (host owner) before exec, or exec drops every
+		// capability.
 		Credential: &syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{}},
 		Setsid:     true,
 	}
 	if fd, ok, err := g.DirFD(); err != nil {
 		return nil, fmt.Errorf("cgroup fd: %w", err)
 	} else if ok {
-		// cgroup v2: born inside its cgroup, and its cgroup namespace is rooted there.
+		// cgroup v2: born inside its cgroup, and its cgroup namespace is rooted there, so the
+		// agent sees (and may start children in) the user group below it.
 		defer syscall.Close(fd)
 		attr.UseCgroupFD, attr.CgroupFD = true, fd
 		attr.Cloneflags |= syscall.CLONE_NEWCGROUP
@@ -414,15 +497,15 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		Env:         []string{"AIRLOCK_SANDBOX_INIT=1"},
 		Stdout:      logf,
 		Stderr:      logf,
-		ExtraFiles:  []*os.File{cfgR, statusW, lnFile},
+		ExtraFiles:  append([]*os.File{cfgR, statusW, lnFile}, userFiles...),
 		SysProcAttr: attr,
 	}
-	if err := cmd.Start(); err != nil {
+	if err := startOwnedBy(cmd, owner); err != nil {
 		return nil, fmt.Errorf("start sandbox init: %w", err)
 	}
 	cfgR.Close()
 	statusW.Close()
-	sb := &Sandbox{id: spec.ID, pid: cmd.Process.Pid, proc: cmd.Process, cg: g, dir: dir, sock: sock,
+	sb := &Sandbox{id: spec.ID, pid: cmd.Process.Pid, proc: cmd.Process, cg: g, user: userG, dir: dir, sock: sock,
 		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", spec.ID),
 		release: func() { r.freeSlot(slot) }}
 	go func() {
@@ -433,16 +516,19 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		cmd.Process.Kill()
 		<-sb.done
 	})
-	if r.cg.Version() == 1 {
-		if err := g.Add(sb.pid); err != nil {
-			return nil, fmt.Errorf("join cgroup: %w", err)
+	if v2 {
+		if err := placeV2(g, agentG, userG, sb.pid, user, owner); err != nil {
+			return nil, err
 		}
+	} else if err := g.Add(sb.pid); err != nil {
+		return nil, fmt.Errorf("join cgroup: %w", err)
 	}
 	icfg := initConfig{
 		ID: spec.ID, Hostname: "sandbox", Staging: r.staging,
 		Binds: r.binds, Symlinks: r.links,
-		ScratchSize: spec.ScratchBytes, UID: r.cfg.UID, GID: r.cfg.GID, NoFile: spec.NoFile,
+		ScratchSize: scratch, UID: r.cfg.UID, GID: r.cfg.GID, NoFile: spec.NoFile,
 		NProc: uint64(spec.Pids), Workdir: spec.Workdir,
+		UserCgroup: len(userFiles), CgroupV2: v2,
 	}
 	if err := json.NewEncoder(cfgW).Encode(&icfg); err != nil {
 		return nil, fmt.Errorf("send sandbox config: %w", err)
@@ -460,6 +546,58 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	}
 	sb.client = agentClient(sock)
 	return sb, nil
+}
+
+// placeV2 moves the init from the outer group into the agent's leaf, delegates the controllers
+// to the children, sets the user group's limits, and lets the agent (host uid owner) start
+// processes in the user group.
+func placeV2(g, agentG, userG *cgroup.Group, pid int, user cgroup.Limits, owner int) error {
+	if err := agentG.Add(pid); err != nil {
+		return fmt.Errorf("join agent cgroup: %w", err)
+	}
+	if err := g.EnableChildren(); err != nil {
+		return err
+	}
+	if err := userG.SetLimits(user); err != nil {
+		return err
+	}
+	// clone3(CLONE_INTO_CGROUP) needs write access to cgroup.procs of the common ancestor of
+	// the agent's group and the user group.
+	for _, x := range []*cgroup.Group{g, userG} {
+		if err := x.ChownProcs(owner, owner); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startOwnedBy starts cmd — which clones a new user namespace — from a thread whose effective
+// uid is uid, keeping the daemon's capabilities (SECBIT_NO_SETUID_FIXUP), so that the namespace
+// is owned by uid rather than by root. The kernel charges per-user counts that a sandbox's
+// processes consume (inotify instances and watches, user namespaces, …) at every level of the
+// user-namespace tree; with root as the owner every sandbox and every host root process would
+// share root's limits (fs.inotify.max_user_instances is 128), so one sandbox could make inotify
+// fail for other tenants and for the host. Owned by its own range's uid, each sandbox gets the
+// host's per-user limits for itself.
+//
+// Credentials are per thread in Linux, so raw syscalls change only this locked thread, which is
+// never unlocked: the Go runtime discards it when the goroutine ends.
+func startOwnedBy(cmd *exec.Cmd, uid int) error {
+	const secbitNoSetuidFixup = 1 << 2 // <linux/securebits.h> SECURE_NO_SETUID_FIXUP
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if _, _, e := unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, secbitNoSetuidFixup, 0); e != 0 {
+			errc <- fmt.Errorf("keep capabilities: %w", e)
+			return
+		}
+		if _, _, e := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), uintptr(uid), ^uintptr(0)); e != 0 {
+			errc <- fmt.Errorf("switch to uid %d: %w", uid, e)
+			return
+		}
+		errc <- cmd.Start()
+	}()
+	return <-errc
 }
 
 // waitReady reads the init's status: "ok", or a JSON SetupError, or EOF if it died.
@@ -546,7 +684,28 @@ func (s *Sandbox) Processes() int {
 }
 
 // Stats reads the sandbox cgroup's usage.
-func (s *Sandbox) Stats() (cgroup.Stats, error) { return s.cg.Stats() }
+// CPU time is the whole sandbox's; memory, peak memory and the OOM and limit counters are the
+// user processes' (their group is where the memory limit and so the OOM killer act).
+func (s *Sandbox) Stats() (cgroup.Stats, error) {
+	st, err := s.cg.Stats()
+	if err != nil {
+		return st, err
+	}
+	s.userOnce.Do(func() {
+		if s.user == nil {
+			s.user, _ = s.cg.LoadChild(userGroup) // recovered: absent for sandboxes made before the split
+		}
+	})
+	if s.user == nil {
+		return st, nil
+	}
+	us, err := s.user.Stats()
+	if err != nil {
+		return st, err
+	}
+	st.Memory, st.PeakMemory, st.OOMKills, st.MemoryFailcnt = us.Memory, us.PeakMemory, us.OOMKills, us.MemoryFailcnt
+	return st, nil
+}
 
 // Destroy kills every process of the sandbox and removes its cgroup, socket and state. It is
 // idempotent and runs to completion even if ctx is already cancelled (bounded by its own timeout).
