@@ -241,7 +241,7 @@ type v1Group struct {
 	memory  string
 	cpuacct string
 	freezer string
-	memsw   bool           // memory.memsw.* exists
+	memsw   bool // memory.memsw.* exists
 	b       *v1Backend
 	cg      cgroup1.Cgroup // only subsystems present at Load; all of them after Create
 }

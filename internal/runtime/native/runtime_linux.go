@@ -14,9 +14,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
-	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -329,18 +329,18 @@ func (r *Runtime) CgroupVersion() int { return r.cg.Version() }
 // Sandbox is one running sandbox: its init (the agent) as PID 1 of its namespaces, its cgroup and
 // the socket the agent serves on.
 type Sandbox struct {
-	id     string
-	pid    int
-	proc   *os.Process
-	cg     *cgroup.Group
+	id   string
+	pid  int
+	proc *os.Process
+	cg   *cgroup.Group
 	// user is the user processes' group; for a sandbox recovered after a restart it is loaded
 	// on first use, under userOnce.
 	user     *cgroup.Group
 	userOnce sync.Once
-	dir    string
-	sock   string
-	client *http.Client
-	logger *slog.Logger
+	dir      string
+	sock     string
+	client   *http.Client
+	logger   *slog.Logger
 
 	done    chan struct{} // closed when PID 1 has exited
 	release func()        // frees the uid range; called once by Destroy
