@@ -48,6 +48,7 @@ func (s nativeSandbox) Usage() (engine.Usage, error) {
 // engineOptions are the flags shared by commands that run an engine.
 type engineOptions struct {
 	stateDir      string
+	private       bool // a state directory of its own, removed by closeEngine (embedded one-shot engines)
 	cgroupRoot    string
 	wheelDir      string
 	maxConcurrent int
@@ -74,8 +75,8 @@ func (o *engineOptions) fromEnv() {
 
 // newEngine builds the native runtime and an engine on it.
 func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Runtime, error) {
-	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, CgroupRoot: o.cgroupRoot, WheelDir: o.wheelDir,
-		UIDBase: o.uidBase})
+	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, Private: o.private, CgroupRoot: o.cgroupRoot,
+		WheelDir: o.wheelDir, UIDBase: o.uidBase})
 	if err != nil {
 		return nil, nil, fmt.Errorf("native runtime: %w", err)
 	}
@@ -83,9 +84,19 @@ func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Ru
 		MaxSandboxesPerOwner: o.maxPerKey,
 		WheelDirSet:          o.wheelDir != ""})
 	if err != nil {
+		rt.Close()
 		return nil, nil, err
 	}
 	return e, rt, nil
+}
+
+// closeEngine destroys the engine's sandboxes, then releases the runtime: its cgroup root, its
+// state directory lock and host-wide claims, and a private state directory.
+func closeEngine(ctx context.Context, logger *slog.Logger, e *engine.Engine, rt *native.Runtime) {
+	e.Close(ctx)
+	if err := rt.Close(); err != nil {
+		logger.WarnContext(ctx, "closing the native runtime", "err", err)
+	}
 }
 
 // NativeRuntime exposes the adapter for tests that build their own engine.
