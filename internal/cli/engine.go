@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strconv"
 
+	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
@@ -22,6 +24,10 @@ func (n nativeRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
 		Workdir: s.Workdir,
 	})
+	if errors.Is(err, native.ErrNoUIDRange) {
+		// Every uid range of the host is in use by live sandboxes: capacity, not a fault.
+		return nil, api.Errorf(api.ErrResourceExhausted, "all sandbox uid ranges are in use; retry later")
+	}
 	if err != nil {
 		return nil, err
 	}

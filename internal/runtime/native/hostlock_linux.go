@@ -124,10 +124,11 @@ func releaseLock(f *os.File, unlink bool) {
 // defaultStateDir is the state directory of a daemon started without --state-dir.
 const defaultStateDir = "/var/lib/airlock"
 
-// defaultCgroupRoot names the cgroup root of a runtime whose Config leaves it empty: "airlock" for
-// the default state directory (as before), else one derived from the state directory's path, so
-// that daemons with different state directories never share a root by default.
-func defaultCgroupRoot(stateDir string) string {
+// DefaultCgroupRoot names the cgroup root of a runtime whose Config leaves it empty (stateDir
+// absolute and clean): "airlock" for the default state directory (as before), else one derived
+// from the state directory's path, so that daemons with different state directories never share
+// a root by default.
+func DefaultCgroupRoot(stateDir string) string {
 	if stateDir == defaultStateDir {
 		return "airlock"
 	}

@@ -195,7 +195,7 @@ func New(cfg Config) (_ *Runtime, err error) {
 		r.cfg.StateDir = filepath.Clean(abs)
 	}
 	if r.cfg.CgroupRoot == "" {
-		r.cfg.CgroupRoot = defaultCgroupRoot(r.cfg.StateDir)
+		r.cfg.CgroupRoot = DefaultCgroupRoot(r.cfg.StateDir)
 	}
 	cfg = r.cfg
 	r.staging = filepath.Join(cfg.StateDir, "root")
