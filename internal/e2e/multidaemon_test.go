@@ -147,7 +147,9 @@ func readUIDMap(t *testing.T, a *apiServer, id string) uidMap {
 	return m
 }
 
-func (m uidMap) overlaps(o uidMap) bool { return m.first < o.first+o.count && o.first < m.first+m.count }
+func (m uidMap) overlaps(o uidMap) bool {
+	return m.first < o.first+o.count && o.first < m.first+m.count
+}
 
 func TestUIDRangesNeverOverlapAcrossRuntimes(t *testing.T) {
 	mustEngine(t)
