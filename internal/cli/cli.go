@@ -29,7 +29,14 @@ func (e *exitError) Error() string { return "exit status " + strconv.Itoa(e.code
 // re-executed by the native runtime) is recognised before anything else runs.
 func Main(ctx context.Context, args []string) int {
 	if native.IsInit() {
-		return RunAgent()
+		return RunAgent() // native.Init does its own descriptor sweep
+	}
+	// Descriptors inherited from whoever started us (a shell's `exec 3>`, a CI runner's pipes) would
+	// pass into every sandbox init, agent and user process: exec keeps all that are not
+	// close-on-exec (review finding C1). Only 0–2 and what the runtime passes on purpose may.
+	if err := native.CloseOnExecFrom(3); err != nil {
+		fmt.Fprintln(os.Stderr, "airlock: mark inherited descriptors close-on-exec:", err)
+		return 1
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()

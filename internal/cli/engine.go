@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strconv"
 
+	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
@@ -22,6 +24,10 @@ func (n nativeRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
 		Workdir: s.Workdir,
 	})
+	if errors.Is(err, native.ErrNoUIDRange) {
+		// Every uid range of the host is in use by live sandboxes: capacity, not a fault.
+		return nil, api.Errorf(api.ErrResourceExhausted, "all sandbox uid ranges are in use; retry later")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -48,6 +54,7 @@ func (s nativeSandbox) Usage() (engine.Usage, error) {
 // engineOptions are the flags shared by commands that run an engine.
 type engineOptions struct {
 	stateDir      string
+	private       bool // a state directory of its own, removed by closeEngine (embedded one-shot engines)
 	cgroupRoot    string
 	wheelDir      string
 	maxConcurrent int
@@ -74,8 +81,8 @@ func (o *engineOptions) fromEnv() {
 
 // newEngine builds the native runtime and an engine on it.
 func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Runtime, error) {
-	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, CgroupRoot: o.cgroupRoot, WheelDir: o.wheelDir,
-		UIDBase: o.uidBase})
+	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, Private: o.private, CgroupRoot: o.cgroupRoot,
+		WheelDir: o.wheelDir, UIDBase: o.uidBase})
 	if err != nil {
 		return nil, nil, fmt.Errorf("native runtime: %w", err)
 	}
@@ -83,9 +90,19 @@ func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Ru
 		MaxSandboxesPerOwner: o.maxPerKey,
 		WheelDirSet:          o.wheelDir != ""})
 	if err != nil {
+		rt.Close()
 		return nil, nil, err
 	}
 	return e, rt, nil
+}
+
+// closeEngine destroys the engine's sandboxes, then releases the runtime: its cgroup root, its
+// state directory lock and host-wide claims, and a private state directory.
+func closeEngine(ctx context.Context, logger *slog.Logger, e *engine.Engine, rt *native.Runtime) {
+	e.Close(ctx)
+	if err := rt.Close(); err != nil {
+		logger.WarnContext(ctx, "closing the native runtime", "err", err)
+	}
 }
 
 // NativeRuntime exposes the adapter for tests that build their own engine.

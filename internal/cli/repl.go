@@ -19,6 +19,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
 // cellRunner runs cells of one session, on an embedded engine or a daemon.
@@ -68,7 +69,7 @@ func replCmd() *cobra.Command {
 	f.StringVar(&apiKey, "api-key", "", "API key for --server (env AIRLOCK_API_KEY)")
 	f.StringVar(&plotDir, "plot-dir", ".", "directory for plot PNG files")
 	f.Float64Var(&timeout, "timeout", 300, "seconds a cell may run")
-	f.StringVar(&eo.stateDir, "state-dir", "", "state directory of the embedded engine")
+	f.StringVar(&eo.stateDir, "state-dir", "", "state directory of the embedded engine (default: a private one under /run/airlock, removed at exit)")
 	return cmd
 }
 
@@ -189,22 +190,25 @@ func signalInterrupt(ctx context.Context, r cellRunner) (stop func()) {
 
 // localRunner runs a session on an embedded engine.
 type localRunner struct {
-	e  *engine.Engine
-	sb *engine.Sandbox
+	e      *engine.Engine
+	rt     *native.Runtime
+	logger *slog.Logger
+	sb     *engine.Sandbox
 }
 
 func newLocalRunner(ctx context.Context, eo engineOptions) (*localRunner, error) {
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	e, _, err := newEngine(logger, eo)
+	eo.private = eo.stateDir == "" // like airlock run: never a daemon's state directory
+	e, rt, err := newEngine(logger, eo)
 	if err != nil {
 		return nil, err
 	}
 	sb, err := e.CreateSession(ctx, api.CreateSessionRequest{IdleTimeout: 3600})
 	if err != nil {
-		e.Close(ctx)
+		closeEngine(ctx, logger, e, rt)
 		return nil, err
 	}
-	return &localRunner{e: e, sb: sb}, nil
+	return &localRunner{e: e, rt: rt, logger: logger, sb: sb}, nil
 }
 
 func (l *localRunner) run(ctx context.Context, code string, timeout float64) (*api.RunResult, error) {
@@ -219,7 +223,7 @@ func (l *localRunner) interrupt(ctx context.Context) error {
 func (l *localRunner) close(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	l.e.Close(ctx)
+	closeEngine(ctx, l.logger, l.e, l.rt)
 }
 
 // remoteRunner runs a session on a daemon through the HTTP API.

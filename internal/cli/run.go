@@ -41,6 +41,9 @@ func runCmd() *cobra.Command {
 			}
 			req.Code, req.Language = code, language
 			eo.fromEnv()
+			// Without --state-dir the embedded engine never shares a state directory, cgroup
+			// root or uid range with a daemon or another run.
+			eo.private = eo.stateDir == ""
 			if server == "" {
 				server = os.Getenv("AIRLOCK_SERVER")
 			}
@@ -84,7 +87,7 @@ func runCmd() *cobra.Command {
 	f.BoolVar(&asJSON, "json", false, "print the full result as JSON")
 	f.StringVar(&server, "server", "", "send the run to this airlock daemon instead of an embedded engine (env AIRLOCK_SERVER)")
 	f.StringVar(&apiKey, "api-key", "", "API key for --server (env AIRLOCK_API_KEY)")
-	f.StringVar(&eo.stateDir, "state-dir", "", "state directory of the embedded engine (env AIRLOCK_STATE_DIR; default /var/lib/airlock)")
+	f.StringVar(&eo.stateDir, "state-dir", "", "state directory of the embedded engine (env AIRLOCK_STATE_DIR; default: a private one under /run/airlock, removed after the run)")
 	return cmd
 }
 
@@ -111,14 +114,14 @@ func execute(ctx context.Context, server, key string, eo engineOptions, req api.
 		return airlock.New(server, key).Execute(ctx, req)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	e, _, err := newEngine(logger, eo)
+	e, rt, err := newEngine(logger, eo)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
-		e.Close(cctx)
+		closeEngine(cctx, logger, e, rt)
 	}()
 	return e.Execute(ctx, req)
 }

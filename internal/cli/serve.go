@@ -42,6 +42,7 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			defer rt.Close() // after e.Close below: releases the cgroup root and the state directory
 			if err := native.CheckPTYPool(e.MaxSandboxes()); err != nil {
 				logger.WarnContext(ctx, "PTY pool smaller than the sandbox limit needs", "err", err)
 			}

@@ -35,12 +35,17 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func startDaemon(t *testing.T, state, cgroupRoot, addr string) *daemon {
+// startDaemon starts the daemon and waits until it serves; opts adjust the command first (extra
+// inherited files, environment).
+func startDaemon(t *testing.T, state, cgroupRoot, addr string, opts ...func(*exec.Cmd)) *daemon {
 	t.Helper()
 	exe, _ := os.Executable()
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_DAEMON=serve --addr "+addr+" --state-dir "+state,
 		"AIRLOCK_CGROUP_ROOT="+cgroupRoot)
+	for _, o := range opts {
+		o(cmd)
+	}
 	logf, _ := os.Create(filepath.Join(t.TempDir(), "daemon.log"))
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -199,10 +199,13 @@ func TestSessionInstallFromWheel(t *testing.T) {
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755)
 	writeWheel(t, filepath.Join(dir, "airlock_testpkg-1.0-py3-none-any.whl"))
-	wrt, err := native.New(native.Config{Logger: slog.New(slog.DiscardHandler), StateDir: stateDir, CgroupRoot: cgRoot, WheelDir: dir})
+	// A runtime of its own: a state directory is one runtime's (it is locked).
+	wrt, err := native.New(native.Config{Logger: slog.New(slog.DiscardHandler), StateDir: mkdirTraversable(t, "airlock-e2e-wheels-"),
+		CgroupRoot: cgRoot + "-wheels", WheelDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { wrt.Close() }) // after the engine's cleanup (registered later, run first)
 	a := newAPIServer(t, engine.Config{Runtime: cli.NativeRuntime(wrt), WheelDirSet: true})
 	id := a.session(`{}`)
 	if r := a.cell(id, "import airlock_testpkg", 0); r.Error == nil || r.Error.Name != "ModuleNotFoundError" {

@@ -36,6 +36,14 @@ func IsInit() bool { return os.Getpid() == 1 && os.Getenv("AIRLOCK_SANDBOX_INIT"
 // On failure it reports a *SetupError to the daemon and returns it; the caller exits non-zero.
 // On success the status pipe is closed and the returned Child carries the agent's listener.
 func Init() (*Child, error) {
+	// Nothing but the descriptors the daemon passes on purpose (config, status, listener) may
+	// reach the agent's children: whatever else the init inherited is marked close-on-exec
+	// before anything else runs (review finding C1; the daemon does the same at start-up).
+	if err := CloseOnExecFrom(fdListener + 1); err != nil {
+		err = &SetupError{Step: "close-on-exec inherited fds", Msg: err.Error()}
+		reportSetupError(os.NewFile(fdStatus, "status"), err)
+		return nil, err
+	}
 	if os.Getpid() != 1 {
 		return nil, errors.New("sandbox init must run as PID 1 of a new PID namespace")
 	}

@@ -20,9 +20,12 @@ type Recovered struct {
 	Meta    []byte
 }
 
-// Recover finds the sandboxes a previous daemon left running and reattaches to them; it removes
-// the remains of dead ones (state, cgroup) and kills cgroups without state (a crash during
-// Create). Call it once at start-up, before creating sandboxes.
+// Recover finds the sandboxes a previous daemon of this state directory left running and
+// reattaches to them; it removes the remains of dead ones (state, cgroup). It touches only the
+// sandboxes its state directory records: a group under the cgroup root without state is killed
+// only when the root was this state directory's before too (see claimCgroupRoot), and is
+// otherwise left alone and logged, since it may be another runtime's. Call it once at start-up,
+// before creating sandboxes.
 func (r *Runtime) Recover(ctx context.Context) ([]Recovered, error) {
 	dir := filepath.Join(r.cfg.StateDir, "sandboxes")
 	ents, err := os.ReadDir(dir)
@@ -53,7 +56,12 @@ func (r *Runtime) Recover(ctx context.Context) ([]Recovered, error) {
 		errs = append(errs, fmt.Errorf("list cgroups: %w", err))
 	}
 	for _, id := range groups {
-		if !known[id] {
+		switch {
+		case known[id]:
+		case !r.exclusiveRoot:
+			r.cfg.Logger.WarnContext(ctx, "leaving alone a cgroup this state directory has no record of",
+				"cgroup_root", r.cfg.CgroupRoot, "group", id, "state_dir", r.cfg.StateDir)
+		default:
 			if err := r.cleanup(ctx, id); err != nil {
 				errs = append(errs, err)
 			}
@@ -88,9 +96,7 @@ func (r *Runtime) reattach(id string) (*Sandbox, []byte, error) {
 	}
 	proc, _ := os.FindProcess(st.Pid)
 	if st.Slot >= 0 {
-		r.slotMu.Lock()
-		r.slots[st.Slot] = true
-		r.slotMu.Unlock()
+		r.keepSlot(st.Slot, id)
 	}
 	sock := filepath.Join(dir, "agent.sock")
 	sb := &Sandbox{id: id, pid: st.Pid, proc: proc, cg: g, dir: dir, sock: sock, client: agentClient(sock),
@@ -127,10 +133,27 @@ func (r *Runtime) cleanup(ctx context.Context, id string) error {
 			errs = append(errs, fmt.Errorf("delete cgroup %s: %w", id, err))
 		}
 	}
+	r.dropUIDClaim(id)
 	if err := os.RemoveAll(filepath.Join(r.cfg.StateDir, "sandboxes", id)); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// dropUIDClaim removes the uid claim of a dead sandbox of this state directory, if its state
+// names one. (Were it left, the next runtime probing the range would find it stale anyway.)
+func (r *Runtime) dropUIDClaim(id string) {
+	b, err := os.ReadFile(filepath.Join(r.cfg.StateDir, "sandboxes", id, "state.json"))
+	var st state
+	if err != nil || json.Unmarshal(b, &st) != nil || st.Slot < 0 || st.Slot >= r.cfg.UIDSlots {
+		return
+	}
+	path := r.uidClaimPath(r.cfg.hostUID(st.Slot, 0))
+	if b, err := os.ReadFile(path); err == nil {
+		if o, ok := readOwner(b); ok && o.StateDir == r.cfg.StateDir && o.Sandbox == id {
+			os.Remove(path)
+		}
+	}
 }
 
 // procStartTime reads a process's start time (field 22 of /proc/PID/stat, in clock ticks).

@@ -28,14 +28,28 @@ import (
 
 // Config configures the native runtime. Zero values mean defaults.
 type Config struct {
-	Logger     *slog.Logger
-	StateDir   string // sockets, logs and state of live sandboxes; default /var/lib/airlock
-	CgroupRoot string // parent cgroup of all sandboxes; default "airlock"
+	Logger *slog.Logger
+	// StateDir holds sockets, logs and state of live sandboxes; default /var/lib/airlock. One
+	// runtime at a time may use it (New locks it).
+	StateDir string
+	// Private, for embedded one-shot engines (`airlock run`): the runtime makes a fresh state
+	// directory of its own under HostDir (StateDir must be empty) and Close removes it.
+	Private bool
+	// CgroupRoot is the parent cgroup of all sandboxes, claimed host-wide by this state
+	// directory; default "airlock" for the default state directory, else "airlock-" and a hash
+	// of StateDir, so that runtimes with different state directories never share one.
+	CgroupRoot string
+	// HostDir holds the host-wide claims every airlock process on the host honours (cgroup
+	// roots, uid ranges); default /run/airlock. Only tests of the claims themselves change it.
+	HostDir string
 	// UIDBase is the first host uid (and gid) of the sandboxes' ranges; default 2000000. Each
-	// sandbox maps its uids 0…65535 onto its own range UIDBase + slot×65536, so no two live
-	// sandboxes share a host uid, nor the kernel's per-user quotas (pipe buffers, epoll
-	// watches, message queues, locked memory).
-	UIDBase  int
+	// sandbox maps its uids 0…65535 onto its own range UIDBase + slot×65536, claimed host-wide,
+	// so no two live sandboxes (of any runtimes on the host) share a host uid, nor the kernel's
+	// per-user quotas (pipe buffers, epoll watches, message queues, locked memory).
+	UIDBase int
+	// UIDSlots is how many ranges lie above UIDBase; default 4096, well above the sandbox
+	// limit, spanning UIDBase … UIDBase + 2^28.
+	UIDSlots int
 	UID, GID int // the sandbox user inside; default 1000
 	// WheelDir, if set, is a host directory of Python wheels bound read-only at
 	// /opt/airlock/wheels in every sandbox, for installs without network.
@@ -50,14 +64,17 @@ func (c *Config) setDefaults() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.StateDir == "" {
-		c.StateDir = "/var/lib/airlock"
+	if c.HostDir == "" {
+		c.HostDir = "/run/airlock"
 	}
-	if c.CgroupRoot == "" {
-		c.CgroupRoot = "airlock"
+	if c.StateDir == "" && !c.Private {
+		c.StateDir = defaultStateDir
 	}
 	if c.UIDBase == 0 {
 		c.UIDBase = 2000000
+	}
+	if c.UIDSlots == 0 {
+		c.UIDSlots = 4096
 	}
 	if c.UID == 0 {
 		c.UID, c.GID = 1000, 1000
@@ -150,8 +167,16 @@ var ErrNetworkUnsupported = errors.New("outbound network for sandboxes is not im
 type Runtime struct {
 	cfg Config
 
-	slotMu sync.Mutex   // guards slots
-	slots  map[int]bool // uid-range slots of live sandboxes
+	selfStart uint64 // this process's start time, written into lock and claim files
+
+	// Host-wide locks (hostlock_linux.go), released by Close.
+	stateLock     *os.File // flock on <StateDir>/lock
+	rootClaim     *os.File // flock on <HostDir>/cgroup-<root>.lock
+	exclusiveRoot bool     // this state directory owned the cgroup root before, too
+	uidLock       *os.File // flock'd around the choice of a uid range
+
+	slotMu sync.Mutex     // guards slots and the use of uidLock
+	slots  map[int]string // uid-range slots this runtime holds a host-wide claim on → sandbox id
 
 	cg      *cgroup.Manager
 	binds   []bindSpec
@@ -163,17 +188,50 @@ type Runtime struct {
 // start-up must stay lean.
 var idPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`) })
 
-// New prepares the state directory, the cgroup parent and the host image description.
-func New(cfg Config) (*Runtime, error) {
+// New locks the state directory, claims the cgroup root, prepares both and the host image
+// description. It fails with an error wrapping ErrInUse when another live runtime holds the state
+// directory or the cgroup root.
+func New(cfg Config) (_ *Runtime, err error) {
 	cfg.setDefaults()
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the native runtime needs root (it creates namespaces and cgroups)")
 	}
-	cg, err := cgroup.New(cfg.CgroupRoot)
-	if err != nil {
-		return nil, fmt.Errorf("cgroups: %w", err)
+	if cfg.UIDSlots < 1 || cfg.UIDSlots > 1<<14 {
+		return nil, fmt.Errorf("uid slots %d: want 1…%d", cfg.UIDSlots, 1<<14)
 	}
-	r := &Runtime{cfg: cfg, cg: cg, staging: filepath.Join(cfg.StateDir, "root"), slots: map[int]bool{}}
+	selfStart, err := procStartTime(os.Getpid())
+	if err != nil {
+		return nil, fmt.Errorf("own start time: %w", err)
+	}
+	r := &Runtime{cfg: cfg, selfStart: selfStart, slots: map[int]string{}}
+	defer func() {
+		if err != nil {
+			r.releaseHost(false)
+			if cfg.Private && r.cfg.StateDir != "" {
+				os.RemoveAll(r.cfg.StateDir)
+			}
+		}
+	}()
+	if err := r.prepareHostDir(); err != nil {
+		return nil, err
+	}
+	if cfg.Private {
+		if cfg.StateDir != "" {
+			return nil, errors.New("a private runtime makes its own state directory: leave StateDir empty")
+		}
+		if r.cfg.StateDir, err = os.MkdirTemp(cfg.HostDir, "run-"); err != nil {
+			return nil, fmt.Errorf("private state directory: %w", err)
+		}
+	}
+	// One spelling per directory: the lock and claims compare and hash it.
+	if abs, err := filepath.Abs(r.cfg.StateDir); err == nil {
+		r.cfg.StateDir = filepath.Clean(abs)
+	}
+	if r.cfg.CgroupRoot == "" {
+		r.cfg.CgroupRoot = DefaultCgroupRoot(r.cfg.StateDir)
+	}
+	cfg = r.cfg
+	r.staging = filepath.Join(cfg.StateDir, "root")
 	// The sandbox's init (host uid UIDBase) must traverse the state directory to reach the
 	// empty staging directory it mounts its root on: 0711 lets it pass without listing.
 	// The sandboxes directory, with the agent sockets, stays private.
@@ -187,11 +245,24 @@ func New(cfg Config) (*Runtime, error) {
 		if err := os.Chmod(d.path, d.mode); err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
+		// Nothing in the state directory is touched before it is ours (the host image below
+		// rewrites <state>/etc, which a live runtime's sandboxes have bound).
+		if d.path == cfg.StateDir {
+			if err := r.lockStateDir(); err != nil {
+				return nil, err
+			}
+		}
 	}
 	if err := checkTraversable(cfg.StateDir); err != nil {
 		return nil, err
 	}
-	if err := checkUIDRange(cfg.UIDBase); err != nil {
+	if err := checkUIDRange(cfg.UIDBase, cfg.UIDSlots); err != nil {
+		return nil, err
+	}
+	if r.cg, err = cgroup.New(cfg.CgroupRoot); err != nil {
+		return nil, fmt.Errorf("cgroups: %w", err)
+	}
+	if err := r.claimCgroupRoot(); err != nil {
 		return nil, err
 	}
 	r.binds, r.links, err = hostImage(filepath.Join(cfg.StateDir, "etc"), cfg.UID, cfg.GID)
@@ -214,15 +285,11 @@ func New(cfg Config) (*Runtime, error) {
 	return r, nil
 }
 
-// uidSlots is how many 65536-uid ranges exist above UIDBase: 4096, well above the sandbox
-// limit, spanning UIDBase … UIDBase + 2^28.
-const uidSlots = 4096
-
 // checkUIDRange refuses a sandbox uid range that overlaps host users or the subordinate ranges
 // handed to rootless containers (/etc/subuid, /etc/subgid): a host process running as one of
 // those uids could signal or trace sandbox processes.
-func checkUIDRange(base int) error {
-	lo, hi := base, base+uidSlots*65536
+func checkUIDRange(base, slots int) error {
+	lo, hi := base, base+slots*65536
 	overlaps := func(start, n int) bool { return start < hi && start+n > lo }
 	for _, f := range []string{"/etc/subuid", "/etc/subgid"} {
 		b, err := os.ReadFile(f)
@@ -255,24 +322,78 @@ func checkUIDRange(base int) error {
 	return nil
 }
 
-// allocSlot reserves a free uid-range slot, chosen at random.
-func (r *Runtime) allocSlot() (int, error) {
+// ErrNoUIDRange is returned by Create when every uid range is claimed by a live sandbox.
+var ErrNoUIDRange = errors.New("no free uid range for a sandbox")
+
+// allocSlot claims a free uid-range slot for sandbox id, host-wide: the first free one from a
+// random start, so that runtimes do not all probe the same slots first.
+func (r *Runtime) allocSlot(id string) (int, error) {
 	r.slotMu.Lock()
 	defer r.slotMu.Unlock()
-	for range 64 {
-		n := rand.IntN(uidSlots)
-		if !r.slots[n] {
-			r.slots[n] = true
-			return n, nil
-		}
+	unlock, err := r.lockUIDs()
+	if err != nil {
+		return 0, err
 	}
-	return 0, errors.New("no free uid range for a sandbox")
+	defer unlock()
+	start := rand.IntN(r.cfg.UIDSlots)
+	for i := range r.cfg.UIDSlots {
+		n := (start + i) % r.cfg.UIDSlots
+		if _, mine := r.slots[n]; mine {
+			continue
+		}
+		free, err := r.uidClaimFree(r.cfg.hostUID(n, 0))
+		if err != nil {
+			return 0, err
+		}
+		if !free {
+			continue
+		}
+		if err := r.writeUIDClaim(n, id); err != nil {
+			return 0, err
+		}
+		r.slots[n] = id
+		return n, nil
+	}
+	return 0, fmt.Errorf("%w (%d ranges from uid %d, all claimed)", ErrNoUIDRange, r.cfg.UIDSlots, r.cfg.UIDBase)
 }
 
+// keepSlot holds on to the claim of a sandbox found alive by Recover, claiming its range anew if
+// the claim is missing (state written before host-wide claims, say).
+func (r *Runtime) keepSlot(n int, id string) {
+	r.slotMu.Lock()
+	defer r.slotMu.Unlock()
+	r.slots[n] = id
+	first := r.cfg.hostUID(n, 0)
+	if b, err := os.ReadFile(r.uidClaimPath(first)); err == nil {
+		if o, ok := readOwner(b); ok && o.StateDir == r.cfg.StateDir && o.Sandbox == id && o.FirstUID == first {
+			return
+		}
+	}
+	unlock, err := r.lockUIDs()
+	if err == nil {
+		defer unlock()
+		if free, ferr := r.uidClaimFree(first); ferr != nil || !free {
+			err = errors.Join(ferr, errors.New("claimed by another sandbox"))
+		} else {
+			err = r.writeUIDClaim(n, id)
+		}
+	}
+	if err != nil {
+		r.cfg.Logger.Warn("recovered sandbox: uid range claim", "sandbox", id, "first_uid", first, "err", err)
+	}
+}
+
+// freeSlot releases the host-wide claim on slot n.
 func (r *Runtime) freeSlot(n int) {
 	r.slotMu.Lock()
 	defer r.slotMu.Unlock()
+	if _, mine := r.slots[n]; !mine {
+		return
+	}
 	delete(r.slots, n)
+	if err := os.Remove(r.uidClaimPath(r.cfg.hostUID(n, 0))); err != nil && !errors.Is(err, os.ErrNotExist) {
+		r.cfg.Logger.Warn("release uid range claim", "slot", n, "err", err)
+	}
 }
 
 // hostUID is the host uid that uid inside the sandbox with uid-range slot n maps to.
@@ -364,7 +485,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	if err := checkWorkdir(spec.Workdir); err != nil {
 		return nil, err
 	}
-	slot, err := r.allocSlot()
+	slot, err := r.allocSlot(spec.ID)
 	if err != nil {
 		return nil, err
 	}
@@ -744,8 +865,16 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	return s.err
 }
 
-// Close removes the runtime's parent cgroup if no sandbox is left in it. Live sandboxes are the
+// Close removes the runtime's parent cgroup if no sandbox is left in it and releases the state
+// directory and the cgroup root (a private state directory is removed). Live sandboxes are the
 // engine's to destroy first.
 func (r *Runtime) Close() error {
-	return r.cg.RemoveRoot()
+	err := r.cg.RemoveRoot()
+	r.releaseHost(err == nil)
+	if r.cfg.Private && err == nil {
+		if rerr := os.RemoveAll(r.cfg.StateDir); rerr != nil {
+			err = fmt.Errorf("remove private state directory: %w", rerr)
+		}
+	}
+	return err
 }
