@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -170,9 +171,9 @@ for i in range(%d): open("/workspace/big/%%0200d" %% i, "w").close()`, files)))
 	for _, c := range calls {
 		switch {
 		case c.status == 200:
-			var fl api.FileList
-			if err := json.Unmarshal(c.body, &fl); err != nil || len(fl.Entries) != files {
-				t.Fatalf("listing: got %d entries (%v), want all %d", len(fl.Entries), err, files)
+			// Counted, not decoded: 150 answers of 6 MB are slow to unmarshal on a small machine.
+			if n := bytes.Count(c.body, []byte(`{"name":"`)); n != files {
+				t.Fatalf("listing: got %d entries, want all %d", n, files)
 			}
 			full++
 		case c.status >= 400 && c.status < 500:
