@@ -33,6 +33,7 @@ type Config struct {
 type Agent struct {
 	cfg     Config
 	reaper  *reaper
+	files   *fsPool // threads for file-system calls, as the sandbox user
 	started time.Time
 
 	mu      sync.Mutex // guards procs, tags and running
@@ -86,6 +87,8 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	a := &Agent{cfg: cfg, reaper: newReaper(cfg.Spawn), started: time.Now(),
 		procs: map[int]*proc{}, tags: map[string]*proc{}}
 	defer a.reaper.stop()
+	a.files = newFSPool(cfg.UID, cfg.GID)
+	defer a.files.close()
 
 	mux := http.NewServeMux()
 	mux.Handle(agentpbconnect.NewProcessHandler(&processService{a}))

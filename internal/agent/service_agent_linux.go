@@ -39,7 +39,7 @@ func fileError(err error) error {
 		return connect.NewError(connect.CodeNotFound, err)
 	case errors.Is(err, os.ErrPermission), errors.Is(err, unix.EROFS), errors.Is(err, errPseudoFS):
 		return connect.NewError(connect.CodePermissionDenied, err)
-	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT), errors.Is(err, unix.EFBIG):
+	case full(err):
 		return connect.NewError(connect.CodeResourceExhausted, err)
 	case errors.Is(err, unix.EISDIR), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP),
 		errors.Is(err, unix.EXDEV), errors.Is(err, unix.EINVAL):
@@ -53,7 +53,7 @@ func fileError(err error) error {
 }
 
 func (s *agentService) ReadFile(ctx context.Context, req *connect.Request[pb.ReadFileRequest], stream *connect.ServerStream[pb.FileChunk]) error {
-	f, err := s.a.openFile(req.Msg.GetPath(), unix.O_RDONLY, 0, false)
+	f, err := s.a.openFile(ctx, req.Msg.GetPath(), unix.O_RDONLY, 0, false)
 	if err != nil {
 		return fileError(err)
 	}
@@ -108,24 +108,42 @@ func (s *agentService) WriteFile(ctx context.Context, stream *connect.ClientStre
 	if mode == 0 {
 		mode = 0o644
 	}
-	f, err := s.a.openFile(h.GetPath(), flags, mode, h.GetCreateParents())
+	f, err := s.a.openFile(ctx, h.GetPath(), flags, mode, h.GetCreateParents())
 	if err != nil {
 		return nil, fileError(err)
 	}
 	defer f.Close()
+	size, err := receiveInto(f, stream)
+	if err != nil {
+		if full(err) {
+			// Take back what this write added, so a 413 does not leave the scratch full. The
+			// caller's ctx may be ending with the stream: the undo must still run.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if derr := s.a.discard(ctx, f); derr != nil {
+				s.a.cfg.Logger.WarnContext(ctx, "undo a write that filled the scratch", "path", f.Name(), "err", derr)
+			}
+		}
+		return nil, err
+	}
+	return connect.NewResponse(&pb.WriteFileResponse{Path: f.Name(), Size: size}), nil
+}
+
+// receiveInto writes the data of stream to f. Errors of f are mapped by fileError; those of the
+// stream are returned as they are. (tmpfs reports a full scratch at write, not at close.)
+func receiveInto(f *openedFile, stream *connect.ClientStream[pb.WriteFileRequest]) (int64, error) {
 	var size int64
 	for stream.Receive() {
 		n, err := f.Write(stream.Msg().GetData())
 		size += int64(n)
 		if err != nil {
-			return nil, fileError(err)
+			return size, fileError(err)
 		}
 	}
-	if err := stream.Err(); err != nil {
-		return nil, err
-	}
-	if err := f.Close(); err != nil {
-		return nil, fileError(err)
-	}
-	return connect.NewResponse(&pb.WriteFileResponse{Path: f.Name(), Size: size}), nil
+	return size, stream.Err()
+}
+
+// full reports whether err is the scratch (or a file-size limit) running out: the 413 path.
+func full(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) || errors.Is(err, unix.EFBIG)
 }
