@@ -128,10 +128,10 @@ func TestFreedSlotGoesToTheKeyWithFewestRunning(t *testing.T) {
 	none := func() int { return 0 }
 	running := map[string]int{}
 	entered := 0
-	for _, owner := range []string{"A", "B"} {
+	for i, owner := range []string{"A", "B"} {
 		flood(ctx, &wg, e, owner, 4)
 		before := entered
-		settle(t, e, &entered, g, none, entered+4)
+		settle(t, e, &entered, g, none, 4*(i+1))
 		running[owner] = entered - before
 	}
 	flood(ctx, &wg, e, "C", 1)
