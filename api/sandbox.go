@@ -42,7 +42,7 @@ type CreateSandboxRequest struct {
 	MemoryMB     int64             `json:"memory_mb,omitempty"`
 	Workdir      string            `json:"workdir,omitempty"`       // default /workspace; created if missing
 	BlockNetwork *bool             `json:"block_network,omitempty"` // default true
-	Env          map[string]string `json:"env,omitempty"`           // for every exec
+	Env          map[string]string `json:"env,omitempty"`           // for every exec; at most 128 KiB of NAME=value
 	Tags         map[string]string `json:"tags,omitempty"`
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -79,6 +80,26 @@ func defaultMaxConns() int {
 	return int(min(max(rl.Cur/2, 16), 16384))
 }
 
+// shedIdle is an http.Server.ConnState hook: once more than half of maxConns connections are
+// open, a connection that turns idle after its answer is closed at once instead of kept alive,
+// so clients that merely hold keep-alive connections cannot keep the cap filled until their
+// idle timeout while others wait.
+func shedIdle(maxConns int) func(net.Conn, http.ConnState) {
+	var open atomic.Int64
+	return func(c net.Conn, st http.ConnState) {
+		switch st {
+		case http.StateNew:
+			open.Add(1)
+		case http.StateClosed, http.StateHijacked:
+			open.Add(-1)
+		case http.StateIdle:
+			if open.Load() > int64(maxConns/2) {
+				c.Close()
+			}
+		}
+	}
+}
+
 // perKeySandboxes is the default bound on one API key's live sandboxes: a quarter of the
 // sandbox limit, and small enough that one key's sandboxes (PTYsPerSandbox each) take at most
 // half of the host's shared PTY pool, so other tenants and the host keep terminals.
@@ -130,6 +151,14 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Last, after e.Close below has ended every sandbox: the cgroup parent goes too, in
+			// every hierarchy. (On a failed start, sandboxes adopted from a previous daemon are
+			// left running for the next one, and the parent stays with them: EBUSY.)
+			defer func() {
+				if err := rt.Close(); err != nil {
+					logger.WarnContext(ctx, "removing the cgroup root", "err", err)
+				}
+			}()
 			if err := native.CheckPTYPool(e.MaxSandboxes()); err != nil {
 				logger.WarnContext(ctx, "PTY pool smaller than the sandbox limit needs", "err", err)
 			}
@@ -159,7 +188,7 @@ func serveCmd() *cobra.Command {
 			// the API sets per-request deadlines instead (server.Config).
 			ln = netutil.LimitListener(ln, co.maxConns)
 			hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
-				ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys) > 0,
 				"max_connections", co.maxConns, "idle_timeout", co.idleTimeout,
@@ -179,10 +208,6 @@ func serveCmd() *cobra.Command {
 			defer cancel()
 			hs.Shutdown(sctx)
 			e.Close(sctx)
-			// Every sandbox is gone: the cgroup parent goes too, in every hierarchy.
-			if cerr := rt.Close(); cerr != nil {
-				logger.WarnContext(ctx, "removing the cgroup root", "err", cerr)
-			}
 			if errors.Is(err, http.ErrServerClosed) {
 				err = nil
 			}

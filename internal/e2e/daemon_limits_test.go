@@ -186,6 +186,7 @@ func TestDaemonOneKeyCannotTakeAllSlots(t *testing.T) {
 	if other.Load() != 0 {
 		t.Fatalf("%d of key 1's sleeps ended early", other.Load())
 	}
+	t.Logf("key 1's flood of %d: %d refused at once, the rest running or queued", n, refused.Load())
 	code, body := keyed(t, t.Context(), hc, "POST", d.url+"/v1/execute", limitsKey2, `{"language":"bash","code":"echo key2","timeout":20}`)
 	var res api.ExecuteResponse
 	json.Unmarshal(body, &res)
