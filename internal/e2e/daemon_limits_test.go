@@ -70,8 +70,8 @@ func keyed(t *testing.T, ctx context.Context, hc *http.Client, method, url, key,
 }
 
 // TestDaemonClosesIdleConnections is H5 of the December review: keep-alive connections left
-// idle after one GET /healthz are closed by the daemon after its idle timeout, the connection
-// cap makes later clients wait for a free slot instead of exhausting the daemon's fds, and an
+// idle after one GET /healthz are closed by the daemon (at once under connection pressure, else
+// after its idle timeout), more of them than the connection cap are all served, and an
 // authenticated execute and a streamed exec that outlast the read and write timeouts still work.
 func TestDaemonClosesIdleConnections(t *testing.T) {
 	d, _ := startLimitsDaemon(t, "idle", "AIRLOCK_API_KEYS", limitsKey1+","+limitsKey2,
@@ -87,7 +87,8 @@ func TestDaemonClosesIdleConnections(t *testing.T) {
 			ic.c.Close()
 		}
 	})
-	// Twice the connection cap: the later ones are served only once idle ones are closed.
+	// Twice the connection cap: past half of it, the daemon closes a connection as soon as it
+	// turns idle, so all are served and none can hold its slot.
 	for i := range 32 {
 		c, err := net.Dial("tcp", d.addr)
 		if err != nil {
