@@ -62,6 +62,14 @@ type Limits struct {
 	MaxCPU         float64 `json:"max_cpu"`
 	MaxBodyBytes   int64   `json:"max_body_bytes"`
 	OutputBytes    int64   `json:"output_limit_bytes"`
+	// Admission: one-shot runs at once and queued (in all and per API key), and live long-lived
+	// sandboxes and sessions (in all and per API key). Over them a request gets 429.
+	MaxConcurrent       int `json:"max_concurrent"`
+	MaxConcurrentPerKey int `json:"max_concurrent_per_key"`
+	MaxQueue            int `json:"max_queue"`
+	MaxQueuePerKey      int `json:"max_queue_per_key"`
+	MaxSandboxes        int `json:"max_sandboxes"`
+	MaxSandboxesPerKey  int `json:"max_sandboxes_per_key"`
 }
 
 // ErrorBody is every error response: {"error":{"code":"…","message":"…"}}.

@@ -42,7 +42,7 @@ type CreateSandboxRequest struct {
 	MemoryMB     int64             `json:"memory_mb,omitempty"`
 	Workdir      string            `json:"workdir,omitempty"`       // default /workspace; created if missing
 	BlockNetwork *bool             `json:"block_network,omitempty"` // default true
-	Env          map[string]string `json:"env,omitempty"`           // for every exec
+	Env          map[string]string `json:"env,omitempty"`           // for every exec; at most 128 KiB of NAME=value
 	Tags         map[string]string `json:"tags,omitempty"`
 }
 
@@ -138,6 +138,9 @@ const (
 //	server → client  text frames with ExecEvent JSON (start, exit, error); binary frames of
 //	                 output, whose first byte says the stream (WSStdout, WSStderr; PTY output is
 //	                 WSStdout) and the rest is the raw bytes.
+//
+// The process belongs to its WebSocket: when the connection closes or fails before the process
+// has ended, the process is killed with its process group (SIGKILL).
 const (
 	WSStdout byte = 1
 	WSStderr byte = 2

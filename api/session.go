@@ -17,7 +17,7 @@ package api
 // CreateSessionRequest is the body of POST /v1/sessions. Zero values mean defaults.
 type CreateSessionRequest struct {
 	Timeout     float64           `json:"timeout,omitempty"`      // lifetime in seconds; default 3600
-	IdleTimeout float64           `json:"idle_timeout,omitempty"` // default 300
+	IdleTimeout float64           `json:"idle_timeout,omitempty"` // default 300 (or the timeout, if shorter); at most the timeout
 	MemoryMB    int64             `json:"memory_mb,omitempty"`
 	CPU         float64           `json:"cpu,omitempty"`
 	Env         map[string]string `json:"env,omitempty"`

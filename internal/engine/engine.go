@@ -14,7 +14,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
@@ -72,11 +71,19 @@ type Config struct {
 
 	MaxConcurrent int // one-shot runs at once; default 4 per core
 	MaxQueue      int // one-shot runs waiting for a slot beyond that; default 8 × MaxConcurrent
+	// MaxConcurrentPerOwner and MaxQueuePerOwner bound one API key's share of the one-shot
+	// slots and of the queue (defaults: half of each, at least 1), so one tenant alone can
+	// never take every slot or fill the queue; see admission. The per-key bounds (these and
+	// MaxSandboxesPerOwner) apply to callers with an API key; without keys there is one tenant.
+	MaxConcurrentPerOwner int
+	MaxQueuePerOwner      int
 	// MaxSandboxes bounds long-lived sandboxes and sessions alive at once (mostly idle, so
-	// bounded by memory, not cores); default 1000. Over it, creation fails at once (429).
+	// bounded by memory, not cores); default DefaultMaxSandboxes. Over it, creation fails at
+	// once (429).
 	MaxSandboxes int
 	// MaxSandboxesPerOwner bounds the live sandboxes and sessions of one API key, so one
-	// tenant cannot fill MaxSandboxes for all; 0 means no per-key bound.
+	// tenant cannot fill MaxSandboxes (or the host's PTY pool, 8 per sandbox) for all;
+	// default SandboxesPerOwner(MaxSandboxes).
 	MaxSandboxesPerOwner int
 	QueueTimeout         time.Duration // longest wait for a slot; default 30 s
 
@@ -118,8 +125,17 @@ func (c *Config) setDefaults() {
 	if c.MaxQueue == 0 {
 		c.MaxQueue = 8 * c.MaxConcurrent
 	}
+	if c.MaxConcurrentPerOwner == 0 {
+		c.MaxConcurrentPerOwner = max(1, c.MaxConcurrent/2)
+	}
+	if c.MaxQueuePerOwner == 0 {
+		c.MaxQueuePerOwner = max(1, c.MaxQueue/2)
+	}
 	if c.MaxSandboxes == 0 {
-		c.MaxSandboxes = 1000
+		c.MaxSandboxes = DefaultMaxSandboxes
+	}
+	if c.MaxSandboxesPerOwner == 0 {
+		c.MaxSandboxesPerOwner = SandboxesPerOwner(c.MaxSandboxes)
 	}
 	def(&c.QueueTimeout, 30*time.Second)
 	def(&c.DefaultTimeout, 30*time.Second)
@@ -170,7 +186,8 @@ func (c *Config) Validate() error {
 		return errors.New("engine: timeouts must satisfy min ≤ default ≤ max")
 	case c.MinMemory > c.DefaultMemory || c.DefaultMemory > c.MaxMemory:
 		return errors.New("engine: memory must satisfy min ≤ default ≤ max")
-	case c.MaxConcurrent < 1 || c.MaxQueue < 0 || c.MaxSandboxes < 1 || c.MaxSandboxesPerOwner < 0:
+	case c.MaxConcurrent < 1 || c.MaxQueue < 0 || c.MaxSandboxes < 1 || c.MaxSandboxesPerOwner < 1 ||
+		c.MaxConcurrentPerOwner < 1 || c.MaxQueuePerOwner < 1:
 		return errors.New("engine: concurrency and sandbox limits must be ≥ 1 and the queue ≥ 0")
 	case c.DefaultCPU <= 0 || c.DefaultCPU > c.MaxCPU:
 		return errors.New("engine: cpu must satisfy 0 < default ≤ max")
@@ -178,23 +195,35 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// DefaultMaxSandboxes is Config.MaxSandboxes when unset.
+const DefaultMaxSandboxes = 1000
+
+// SandboxesPerOwner is the default per-key bound for maxSandboxes live sandboxes (0 means
+// DefaultMaxSandboxes): a quarter, at least 1, so at least four tenants fit at the limit.
+func SandboxesPerOwner(maxSandboxes int) int {
+	if maxSandboxes == 0 {
+		maxSandboxes = DefaultMaxSandboxes
+	}
+	return max(1, maxSandboxes/4)
+}
+
 // Engine runs sandboxes.
 type Engine struct {
 	cfg     Config
-	slots   chan struct{} // one token per running one-shot execution
-	waiting atomic.Int64
+	adm     admission     // the one-shot slots and their queue
 	sbSlots chan struct{} // one token per live long-lived sandbox or session
 
 	mu        sync.Mutex // guards live, sandboxes and gone
 	live      map[string]Instance
 	sandboxes map[string]*Sandbox
 	gone      map[string]goneEntry
-	owned     map[string]int // live sandboxes per owner, when MaxSandboxesPerOwner is set
+	owned     map[string]int // live sandboxes per owner
 
 	teardown sync.WaitGroup // one-shot sandboxes being destroyed after their answer
 
-	seedMu sync.Mutex        // serializes seed-route session creation
-	seed   map[string]string // seed session_id → session id
+	// seedMu guards seed only; it is never held while a session is created (see SeedSession).
+	seedMu sync.Mutex
+	seed   map[string]*seedEntry // owner + "\x00" + seed session_id → its session
 }
 
 // New returns an engine over cfg.Runtime.
@@ -203,9 +232,9 @@ func New(cfg Config) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Engine{cfg: cfg, slots: make(chan struct{}, cfg.MaxConcurrent), sbSlots: make(chan struct{}, cfg.MaxSandboxes), live: map[string]Instance{},
-		sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{}, seed: map[string]string{},
-		owned: map[string]int{}}, nil
+	return &Engine{cfg: cfg, adm: admission{owners: map[string]*ownerQueue{}}, sbSlots: make(chan struct{}, cfg.MaxSandboxes),
+		live: map[string]Instance{}, sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{},
+		seed: map[string]*seedEntry{}, owned: map[string]int{}}, nil
 }
 
 // Limits returns the bounds requests are checked against.
@@ -216,56 +245,164 @@ func (e *Engine) Limits() api.Limits {
 		DefaultTimeout: c.DefaultTimeout.Seconds(),
 		MinMemoryMB:    c.MinMemory >> 20, MaxMemoryMB: c.MaxMemory >> 20, DefaultMemory: c.DefaultMemory >> 20,
 		MaxCPU: c.MaxCPU, OutputBytes: c.OutputLimit,
+		MaxConcurrent: c.MaxConcurrent, MaxConcurrentPerKey: c.MaxConcurrentPerOwner,
+		MaxQueue: c.MaxQueue, MaxQueuePerKey: c.MaxQueuePerOwner,
+		MaxSandboxes: c.MaxSandboxes, MaxSandboxesPerKey: c.MaxSandboxesPerOwner,
 	}
 }
 
-// acquire takes a sandbox slot, waiting in a bounded queue. Over the bound it fails at once with
-// api.ErrResourceExhausted, so overload is a 429, never an unbounded pile-up.
+// admission holds the one-shot slots and their bounded queue, shared fairly between owners
+// (API keys): an owner runs at most MaxConcurrentPerOwner and queues at most MaxQueuePerOwner,
+// and a freed slot goes to the waiting owner that runs fewest at that moment (the one queued
+// earliest among equals), so a key that floods the queue cannot starve one that asks once.
+type admission struct {
+	mu      sync.Mutex             // guards every field
+	running int                    // one-shots holding a slot
+	waiting int                    // waiters in all queues
+	seq     uint64                 // arrival order of waiters
+	owners  map[string]*ownerQueue // owners with a slot or a waiter; removed when idle
+}
+
+// ownerQueue is one owner's share of the admission.
+type ownerQueue struct {
+	running int
+	waiters []*waiter // FIFO
+}
+
+// waiter is one queued request; ready is closed once granted is set (under admission.mu).
+type waiter struct {
+	seq     uint64
+	ready   chan struct{}
+	granted bool
+}
+
+// acquire takes a one-shot slot for ctx's owner, waiting in the bounded queue. Over the queue's
+// bound (or the owner's share of it) it fails at once with api.ErrResourceExhausted, so overload
+// is a 429, never an unbounded pile-up.
 func (e *Engine) acquire(ctx context.Context) (release func(), err error) {
-	select {
-	case e.slots <- struct{}{}:
-		return e.release, nil
-	default:
+	owner, a, c := Owner(ctx), &e.adm, &e.cfg
+	release = func() { e.release(owner) }
+	a.mu.Lock()
+	q := a.owners[owner]
+	if q == nil {
+		q = &ownerQueue{}
+		a.owners[owner] = q
 	}
-	if e.waiting.Add(1) > int64(e.cfg.MaxQueue) {
-		e.waiting.Add(-1)
-		return nil, api.Errorf(api.ErrResourceExhausted, "all %d sandbox slots are busy and the queue is full", e.cfg.MaxConcurrent)
+	// Waiters exist only while no slot is free for them, so a free slot within the owner's
+	// share is this request's without jumping anyone's turn.
+	if a.running < c.MaxConcurrent && q.running < e.runShare(owner) && len(q.waiters) == 0 {
+		a.running++
+		q.running++
+		a.mu.Unlock()
+		return release, nil
 	}
-	defer e.waiting.Add(-1)
-	t := time.NewTimer(e.cfg.QueueTimeout)
+	switch {
+	case a.waiting >= c.MaxQueue:
+		a.forget(owner)
+		a.mu.Unlock()
+		return nil, api.Errorf(api.ErrResourceExhausted, "all %d sandbox slots are busy and the queue is full", c.MaxConcurrent)
+	case owner != "" && len(q.waiters) >= c.MaxQueuePerOwner:
+		a.forget(owner)
+		a.mu.Unlock()
+		return nil, api.Errorf(api.ErrResourceExhausted, "this API key has %d one-shot runs running and %d queued, its limit", q.running, len(q.waiters))
+	}
+	w := &waiter{seq: a.seq, ready: make(chan struct{})}
+	a.seq++
+	q.waiters = append(q.waiters, w)
+	a.waiting++
+	a.mu.Unlock()
+
+	t := time.NewTimer(c.QueueTimeout)
 	defer t.Stop()
 	select {
-	case e.slots <- struct{}{}:
-		return e.release, nil
+	case <-w.ready:
+		return release, nil
 	case <-t.C:
-		return nil, api.Errorf(api.ErrResourceExhausted, "no sandbox slot became free within %s", e.cfg.QueueTimeout)
+		err = api.Errorf(api.ErrResourceExhausted, "no sandbox slot became free within %s", c.QueueTimeout)
 	case <-ctx.Done():
-		return nil, context.Cause(ctx)
+		err = context.Cause(ctx)
 	}
+	a.mu.Lock()
+	if w.granted { // granted while giving up: hand the slot on
+		a.mu.Unlock()
+		release()
+		return nil, err
+	}
+	q.waiters = slices.DeleteFunc(q.waiters, func(x *waiter) bool { return x == w })
+	a.waiting--
+	a.forget(owner)
+	a.mu.Unlock()
+	return nil, err
 }
 
-func (e *Engine) release() { <-e.slots }
+// release returns owner's slot and grants free slots to waiters, fewest-running owner first.
+func (e *Engine) release(owner string) {
+	a := &e.adm
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.running--
+	a.owners[owner].running--
+	for a.running < e.cfg.MaxConcurrent {
+		var best *ownerQueue
+		for o, q := range a.owners {
+			if len(q.waiters) == 0 || q.running >= e.runShare(o) {
+				continue
+			}
+			if best == nil || q.running < best.running || (q.running == best.running && q.waiters[0].seq < best.waiters[0].seq) {
+				best = q
+			}
+		}
+		if best == nil {
+			break
+		}
+		w := best.waiters[0]
+		best.waiters = best.waiters[1:]
+		a.waiting--
+		best.running++
+		a.running++
+		w.granted = true
+		close(w.ready)
+	}
+	a.forget(owner)
+}
+
+// runShare is how many one-shots owner may run at once. Without API keys (owner "") there is
+// one tenant, with nobody to be fair to: it may use every slot.
+func (e *Engine) runShare(owner string) int {
+	if owner == "" {
+		return e.cfg.MaxConcurrent
+	}
+	return e.cfg.MaxConcurrentPerOwner
+}
+
+// forget drops owner's entry once it holds no slot and no waiter. a.mu must be held.
+func (a *admission) forget(owner string) {
+	if q := a.owners[owner]; q != nil && q.running == 0 && len(q.waiters) == 0 {
+		delete(a.owners, owner)
+	}
+}
 
 // acquireSandbox takes a long-lived sandbox slot for owner, within the owner's own limit, or
 // fails at once: a sandbox lives for minutes, so waiting for one to end is no use to the caller.
 // Both reservations are atomic and undone together by release.
 func (e *Engine) acquireSandbox(owner string) (release func(), err error) {
-	unown := func() {}
-	if n := e.cfg.MaxSandboxesPerOwner; n > 0 {
-		e.mu.Lock()
-		if e.owned[owner] >= n {
-			e.mu.Unlock()
-			return nil, api.Errorf(api.ErrResourceExhausted, "this API key has %d live sandboxes, its limit; terminate some", n)
-		}
-		e.owned[owner]++
+	n := e.cfg.MaxSandboxesPerOwner
+	if owner == "" {
+		n = e.cfg.MaxSandboxes // no API keys: one tenant (see runShare)
+	}
+	e.mu.Lock()
+	if e.owned[owner] >= n {
 		e.mu.Unlock()
-		unown = func() {
-			e.mu.Lock()
-			if e.owned[owner]--; e.owned[owner] <= 0 {
-				delete(e.owned, owner)
-			}
-			e.mu.Unlock()
+		return nil, api.Errorf(api.ErrResourceExhausted, "this API key has %d live sandboxes, its limit; terminate some", n)
+	}
+	e.owned[owner]++
+	e.mu.Unlock()
+	unown := func() {
+		e.mu.Lock()
+		if e.owned[owner]--; e.owned[owner] <= 0 {
+			delete(e.owned, owner)
 		}
+		e.mu.Unlock()
 	}
 	select {
 	case e.sbSlots <- struct{}{}:
@@ -344,7 +481,14 @@ func invalid(format string, args ...any) error {
 }
 
 // Waiting is the number of requests queued for a sandbox slot.
-func (e *Engine) Waiting() int { return int(e.waiting.Load()) }
+func (e *Engine) Waiting() int {
+	e.adm.mu.Lock()
+	defer e.adm.mu.Unlock()
+	return e.adm.waiting
+}
 
 // MaxSandboxes is the bound on live long-lived sandboxes.
 func (e *Engine) MaxSandboxes() int { return e.cfg.MaxSandboxes }
+
+// MaxSandboxesPerOwner is the bound on one API key's live long-lived sandboxes.
+func (e *Engine) MaxSandboxesPerOwner() int { return e.cfg.MaxSandboxesPerOwner }

@@ -121,6 +121,8 @@ func (e *Engine) validateSandbox(req api.CreateSandboxRequest) (api.CreateSandbo
 	}
 	if req.Workdir == "" {
 		req.Workdir = "/workspace"
+	} else if err := checkPathLength("workdir", req.Workdir); err != nil {
+		return req, 0, 0, err
 	} else if !path.IsAbs(req.Workdir) || path.Clean(req.Workdir) != req.Workdir || req.Workdir == "/" || strings.ContainsRune(req.Workdir, 0) {
 		return req, 0, 0, invalid("workdir %q must be a clean absolute path", req.Workdir)
 	} else if !underWritable(req.Workdir) {
@@ -158,7 +160,36 @@ func underWritable(p string) bool {
 	return false
 }
 
+// Path bounds, checked up front so a path the sandbox could never create is a 400, not a
+// setup failure: NAME_MAX per component, and PATH_MAX (4096 with its NUL) less room for one
+// more component, both because a directory whose children cannot be named is of no use and
+// because the agent and runtime reach paths through a short prefix (/proc/self/fd/N, a mount
+// point) that the kernel counts too.
+const (
+	maxNameBytes = 255
+	maxPathBytes = 4096 - 1 - (maxNameBytes + 1)
+)
+
+// checkPathLength refuses a path longer than PATH_MAX or with a component longer than NAME_MAX.
+func checkPathLength(what, p string) error {
+	if len(p) > maxPathBytes {
+		return invalid("%s is %d bytes long; the limit is %d", what, len(p), maxPathBytes)
+	}
+	for c := range strings.SplitSeq(p, "/") {
+		if len(c) > maxNameBytes {
+			return invalid("%s has a %d-byte component; the limit is %d", what, len(c), maxNameBytes)
+		}
+	}
+	return nil
+}
+
+// MaxEnvBytes bounds an environment: the "NAME=value" strings with their NULs, in all. It
+// keeps every entry under execve's MAX_ARG_STRLEN (128 KiB) and leaves most of ARG_MAX to the
+// command line, so an environment accepted here never makes an exec fail with E2BIG.
+const MaxEnvBytes = 128 << 10
+
 func validateEnv(env map[string]string) error {
+	total := 0
 	for k, v := range env {
 		if k == "" || strings.ContainsAny(k, "=\x00") {
 			return invalid("env name %q is invalid", k)
@@ -166,6 +197,10 @@ func validateEnv(env map[string]string) error {
 		if strings.ContainsRune(v, 0) {
 			return invalid("env %s contains a NUL byte", k)
 		}
+		total += len(k) + 1 + len(v) + 1
+	}
+	if total > MaxEnvBytes {
+		return invalid("env is %d bytes (NAME=value with a NUL each); the limit is %d", total, MaxEnvBytes)
 	}
 	return nil
 }
@@ -348,9 +383,14 @@ func (e *Engine) reap(ctx context.Context, now time.Time) {
 	}
 	e.mu.Unlock()
 	e.seedMu.Lock()
-	for name, id := range e.seed {
+	for name, ent := range e.seed {
+		select {
+		case <-ent.ready:
+		default:
+			continue // being created; seedMu is not held across that
+		}
 		e.mu.Lock()
-		_, live := e.sandboxes[id]
+		_, live := e.sandboxes[ent.id]
 		e.mu.Unlock()
 		if !live {
 			delete(e.seed, name) // the session ended; its name starts afresh on next use

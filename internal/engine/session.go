@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
@@ -38,9 +39,11 @@ func (e *Engine) createSessionTagged(ctx context.Context, req api.CreateSessionR
 		life = time.Duration(req.Timeout * float64(time.Second))
 	}
 	if req.IdleTimeout != 0 {
+		// Past the life it is refused (400) by validateSandbox, never clamped.
 		idle = time.Duration(req.IdleTimeout * float64(time.Second))
+	} else {
+		idle = min(idle, life) // only the default follows a shorter life
 	}
-	idle = min(idle, life)
 	tags := map[string]string{}
 	for k, v := range req.Tags {
 		if strings.HasPrefix(k, reservedTagPrefix) {
@@ -171,26 +174,72 @@ func (e *Engine) Install(ctx context.Context, sb *Sandbox, req api.InstallReques
 // Compiled on first use (see requirement).
 var seedID = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9._:-]{1,128}$`) })
 
+// seedEntry is one seed name's session. The creator publishes id (or leaves it empty on
+// failure) and then closes ready; everyone else waits on ready without holding seedMu, so a
+// slow creation delays only callers of the same key and name.
+type seedEntry struct {
+	ready chan struct{}
+	id    string
+	err   error
+}
+
 // SeedSession resolves a seed route's session_id, creating the session on first use (and again
-// after the previous one ended, as the seeds' REPLSession would).
+// after the previous one ended, as the seeds' REPLSession would). Concurrent first uses of one
+// name share a single creation.
 func (e *Engine) SeedSession(ctx context.Context, name string) (*Sandbox, func(), error) {
 	if !seedID().MatchString(name) {
 		return nil, nil, invalid("session_id must be 1…128 characters of [A-Za-z0-9._:-]")
 	}
 	// Names are per API key: two tenants saying "default" get two sessions.
 	key := Owner(ctx) + "\x00" + name
-	e.seedMu.Lock()
-	defer e.seedMu.Unlock()
-	if id, ok := e.seed[key]; ok {
-		if sb, done, err := e.Session(ctx, id); err == nil {
+	for {
+		e.seedMu.Lock()
+		ent, ok := e.seed[key]
+		if !ok {
+			ent = &seedEntry{ready: make(chan struct{})}
+			e.seed[key] = ent
+		}
+		e.seedMu.Unlock()
+		if !ok {
+			return e.createSeed(ctx, key, name, ent)
+		}
+		select {
+		case <-ent.ready:
+		case <-ctx.Done():
+			return nil, nil, context.Cause(ctx)
+		}
+		if ent.id == "" {
+			if ent.err != nil && !errors.Is(ent.err, context.Canceled) && !errors.Is(ent.err, context.DeadlineExceeded) {
+				return nil, nil, ent.err
+			}
+			continue // its creator gave up; try again ourselves
+		}
+		if sb, done, err := e.Session(ctx, ent.id); err == nil {
 			return sb, done, nil
 		}
-		delete(e.seed, key)
+		// The session ended: its name starts afresh.
+		e.seedMu.Lock()
+		if e.seed[key] == ent {
+			delete(e.seed, key)
+		}
+		e.seedMu.Unlock()
 	}
+}
+
+// createSeed creates the session of a seed entry this caller has just registered, then
+// publishes the outcome to the entry's waiters.
+func (e *Engine) createSeed(ctx context.Context, key, name string, ent *seedEntry) (*Sandbox, func(), error) {
 	sb, err := e.createSessionTagged(ctx, api.CreateSessionRequest{}, map[string]string{"airlock.seed_session": name})
 	if err != nil {
+		e.seedMu.Lock()
+		delete(e.seed, key)
+		e.seedMu.Unlock()
+		ent.err = err
+		close(ent.ready)
 		return nil, nil, err
 	}
-	e.seed[key] = sb.id
-	return sb, sb.touch(), nil
+	done := sb.touch() // before waiters see it, so the reaper never finds it idle in between
+	ent.id = sb.id
+	close(ent.ready)
+	return sb, done, nil
 }

@@ -27,10 +27,10 @@ type routeDoc struct {
 }
 
 var routeDocs = []routeDoc{
-	{pattern: "GET /healthz", summary: "Liveness", noAuth: true},
+	{pattern: "GET /healthz", summary: "Liveness: {\"status\":\"ok\"} and nothing about the tenants", noAuth: true},
 	{pattern: "GET /v1/info", summary: "Version, runtimes, languages and limits", resp: api.Info{}},
 	{pattern: "GET /v1/openapi.json", summary: "This document", noAuth: true},
-	{pattern: "GET /metrics", summary: "Prometheus metrics (text exposition format)"},
+	{pattern: "GET /metrics", summary: "Prometheus metrics (text exposition format): counters of the whole daemon, to any API key"},
 	{pattern: "POST /v1/execute", summary: "Run code once in a fresh sandbox", req: api.ExecuteRequest{}, resp: api.ExecuteResponse{}},
 	{pattern: "POST /execute", summary: "Seed-compatible alias of /v1/execute", req: api.ExecuteRequest{}, resp: api.ExecuteResponse{}},
 	{pattern: "POST /v1/execute/batch", summary: "Run many snippets, each in a fresh sandbox, with bounded concurrency; results in input order", req: api.BatchRequest{}, resp: api.BatchResponse{}},

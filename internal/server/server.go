@@ -14,7 +14,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
@@ -29,6 +31,14 @@ type Config struct {
 	Version       string
 	CgroupVersion int
 	Runtimes      []string
+
+	// ReadTimeout bounds how long a request body may take to arrive, and WriteTimeout how long
+	// a response may take to be written once the handler starts answering (so a long exec is
+	// not cut, only a client that stops reading). Both default to 60 s. Streamed bodies and
+	// answers (uploads, downloads, stdin, NDJSON, WebSocket; see routeDocs) have neither:
+	// their clients read and write at their own pace, bounded by the sandbox's life.
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
 }
 
 // Validate reports a configuration that cannot work.
@@ -62,6 +72,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxBodyBytes == 0 {
 		cfg.MaxBodyBytes = 10 << 20
 	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = time.Minute
+	}
+	if cfg.WriteTimeout == 0 {
+		cfg.WriteTimeout = time.Minute
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -88,13 +104,13 @@ func (s *Server) routes() {
 	s.sessionRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
-		s.mux.Handle(p, s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
+		s.mux.Handle(p, s.deadlines("", s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
 			return api.Errorf(errMethod, "method %s is not allowed on %s", r.Method, r.URL.Path)
-		}))
+		})))
 	}
-	s.mux.Handle("/", s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
+	s.mux.Handle("/", s.deadlines("", s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.ErrNotFound, "no route %s %s", r.Method, r.URL.Path)
-	}))
+	})))
 }
 
 // errMethod is a 405; it has no public code of its own beyond invalid_argument semantics.
@@ -103,7 +119,7 @@ var errMethod = &api.Error{Code: "method_not_allowed", Message: "method not allo
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (s *Server) handle(pattern string, auth bool, h handlerFunc) {
-	s.mux.Handle(pattern, s.metrics.instrument(pattern, s.adapt(auth, h)))
+	s.mux.Handle(pattern, s.metrics.instrument(pattern, s.deadlines(pattern, s.adapt(auth, h))))
 	_, p, _ := strings.Cut(pattern, " ")
 	s.paths[p] = true
 	s.patterns = append(s.patterns, pattern)
@@ -119,6 +135,8 @@ func (s *Server) adapt(auth bool, h handlerFunc) http.Handler {
 			}
 			owner, ok := s.authorize(r)
 			if !ok {
+				// No keep-alive for a client without a key: it gets nothing to hold open.
+				w.Header().Set("Connection", "close")
 				return api.ErrUnauthenticated
 			}
 			return h(w, r.WithContext(engine.WithOwner(r.Context(), owner)))
@@ -245,6 +263,8 @@ func decodeError(err error, limit int64) error {
 		return api.Errorf(api.ErrInvalidArgument, "field %q must be %s, not JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
 	case errors.As(err, &synErr):
 		return api.Errorf(api.ErrInvalidArgument, "malformed JSON at byte %d: %v", synErr.Offset, err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return api.Errorf(api.ErrInvalidArgument, "request body did not arrive within the read timeout")
 	case errors.Is(err, io.EOF):
 		return api.Errorf(api.ErrInvalidArgument, "request body is empty")
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -256,8 +276,10 @@ func decodeError(err error, limit int64) error {
 	}
 }
 
+// handleHealth answers without authentication, so it says nothing of the tenants' sandboxes
+// (their count is in /metrics, behind a key).
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "live_sandboxes": s.cfg.Engine.Live()})
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	return nil
 }
 

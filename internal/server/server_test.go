@@ -1,10 +1,13 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -241,5 +244,94 @@ func TestMetrics(t *testing.T) {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("metrics lack %q", want)
 		}
+	}
+}
+
+// TestValidationIsUpFront is L3 of the December review: values the sandbox could never use are
+// refused with 400 at creation, never a 500 from setup and never accepted only to fail every
+// later exec or silently clamped.
+func TestValidationIsUpFront(t *testing.T) {
+	t.Parallel()
+	ts, rt := newTestServer(t)
+	close(rt.release) // a request that gets past validation fails in the fake runtime (500)
+	longPath := ("/workspace" + strings.Repeat("/"+strings.Repeat("d", 200), 21))[:4081]
+	cases := []struct{ name, path, body string }{
+		{"workdir component over 255 bytes", "/v1/sandboxes", `{"workdir":"/` + strings.Repeat("b", 300) + `"}`},
+		{"workdir of 4081 bytes", "/v1/sandboxes", `{"workdir":"` + longPath + `"}`},
+		{"session idle_timeout past its default life", "/v1/sessions", `{"idle_timeout":1e9}`},
+		{"session idle_timeout past its timeout", "/v1/sessions", `{"timeout":60,"idle_timeout":61}`},
+		{"env value too large for execve", "/v1/sandboxes", `{"env":{"A":"` + strings.Repeat("x", 200<<10) + `"}}`},
+		{"env too large in total", "/v1/sandboxes", `{"env":{` + manyVars(40, 8<<10) + `}}`},
+		{"session env too large", "/v1/sessions", `{"env":{"A":"` + strings.Repeat("x", 200<<10) + `"}}`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, eb := do(t, ts, "POST", tc.path, tc.body, nil)
+			if resp.StatusCode != 400 || eb.Error.Code != api.CodeInvalidArgument {
+				t.Fatalf("got %d %q (%s), want 400 invalid_argument", resp.StatusCode, eb.Error.Code, eb.Error.Message)
+			}
+		})
+	}
+	// Through the SDK too: the 400 arrives as api.ErrInvalidArgument.
+	_, err := airlock.New(ts.URL, "").CreateSandbox(t.Context(), api.CreateSandboxRequest{Workdir: "/" + strings.Repeat("b", 300)})
+	if !errors.Is(err, api.ErrInvalidArgument) {
+		t.Fatalf("SDK create with a 300-byte workdir component: got %v, want invalid_argument", err)
+	}
+}
+
+// manyVars is n JSON env entries of size bytes each.
+func manyVars(n, size int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"V%d":"%s"`, i, strings.Repeat("v", size))
+	}
+	return b.String()
+}
+
+// TestHealthzSaysNothingOfTenants is L7: the unauthenticated health answer carries no counts.
+func TestHealthzSaysNothingOfTenants(t *testing.T) {
+	t.Parallel()
+	ts, _ := newTestServer(t, testKey)
+	resp, err := ts.Client().Get(ts.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	if len(body) != 1 || body["status"] != "ok" {
+		t.Fatalf("GET /healthz without a key: got %v, want only {\"status\":\"ok\"}", body)
+	}
+}
+
+// TestUnauthenticatedConnectionIsClosed is part of H5: a 401 does not leave the client a
+// keep-alive connection to hold.
+func TestUnauthenticatedConnectionIsClosed(t *testing.T) {
+	t.Parallel()
+	ts, _ := newTestServer(t, testKey)
+	c, err := net.Dial("tcp", ts.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 401 || !resp.Close {
+		t.Fatalf("got %d with Connection %q, want 401 with Connection: close", resp.StatusCode, resp.Header.Get("Connection"))
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("after the 401, reading the connection: got %v, want EOF (closed by the server)", err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"sync"
 	"time"
@@ -42,9 +43,10 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 	}
 	var writeMu sync.Mutex // websocket writes are not concurrent-safe across goroutines
 	pidc := make(chan int, 1)
+	ended := make(chan struct{}) // closed when the process has ended
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() { s.wsInput(ctx, c, sb, pidc) })
+	wg.Go(func() { s.wsInput(ctx, c, sb, pidc, ended) })
 
 	end, err := s.cfg.Engine.Exec(ctx, sb, req, engine.ExecOptions{KeepStdin: true}, func(ev agent.Event) {
 		writeMu.Lock()
@@ -59,6 +61,7 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 			c.Write(ctx, websocket.MessageBinary, append([]byte{api.WSStderr}, ev.Stderr...))
 		}
 	})
+	close(ended)
 	writeMu.Lock()
 	if err != nil {
 		code, msg := api.CodeOf(err), err.Error()
@@ -86,8 +89,11 @@ func wsSend(ctx context.Context, c *websocket.Conn, ev api.ExecEvent) {
 	c.Write(wctx, websocket.MessageText, b)
 }
 
-// wsInput forwards client frames: binary frames to stdin, text frames as controls.
-func (s *Server) wsInput(ctx context.Context, c *websocket.Conn, sb *engine.Sandbox, pidc <-chan int) {
+// wsInput forwards client frames: binary frames to stdin, text frames as controls. When the
+// WebSocket fails or closes before the process has ended, the client is gone and nobody can
+// reach the process any more (there is no detach): it is killed with its process group, so a
+// PTY process does not hold its terminal until the sandbox ends.
+func (s *Server) wsInput(ctx context.Context, c *websocket.Conn, sb *engine.Sandbox, pidc <-chan int, ended <-chan struct{}) {
 	var pid int
 	select {
 	case pid = <-pidc:
@@ -97,6 +103,16 @@ func (s *Server) wsInput(ctx context.Context, c *websocket.Conn, sb *engine.Sand
 	for {
 		typ, data, err := c.Read(ctx)
 		if err != nil {
+			select {
+			case <-ended:
+			default:
+				kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				defer cancel()
+				err := s.cfg.Engine.Signal(kctx, sb, pid, 9)
+				if err != nil && !errors.Is(err, api.ErrNotFound) && !errors.Is(err, api.ErrGone) { // not: it ended meanwhile
+					s.cfg.Logger.WarnContext(kctx, "kill the process of a closed WebSocket", "sandbox", sb.ID(), "pid", pid, "err", err)
+				}
+			}
 			return
 		}
 		if typ == websocket.MessageBinary {
