@@ -93,6 +93,7 @@ type Config struct {
 	ScratchBytes   int64         // 1 GiB for /workspace, /tmp and /dev/shm together
 	OutputLimit    int64         // 1 MiB per stream
 	MaxFiles       int           // files per execute request; 100
+	AnswerBudget   int64         // bytes of daemon memory for agent answers in flight together (REPL cells); 512 MiB
 
 	SandboxTimeout    time.Duration // default life of a long-lived sandbox; 5 min
 	MaxSandboxTimeout time.Duration // 24 h
@@ -155,6 +156,9 @@ func (c *Config) setDefaults() {
 	if c.MaxFiles == 0 {
 		c.MaxFiles = 100
 	}
+	if c.AnswerBudget <= 0 {
+		c.AnswerBudget = 512 << 20
+	}
 	def(&c.SandboxTimeout, 5*time.Minute)
 	def(&c.MaxSandboxTimeout, 24*time.Hour)
 	def(&c.GoneRetention, time.Hour)
@@ -193,6 +197,8 @@ type Engine struct {
 
 	teardown sync.WaitGroup // one-shot sandboxes being destroyed after their answer
 
+	budget *budget // daemon memory for agent answers in flight (budget.go)
+
 	seedMu sync.Mutex        // serializes seed-route session creation
 	seed   map[string]string // seed session_id → session id
 }
@@ -205,7 +211,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	return &Engine{cfg: cfg, slots: make(chan struct{}, cfg.MaxConcurrent), sbSlots: make(chan struct{}, cfg.MaxSandboxes), live: map[string]Instance{},
 		sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{}, seed: map[string]string{},
-		owned: map[string]int{}}, nil
+		owned: map[string]int{}, budget: newBudget(cfg.AnswerBudget, cfg.QueueTimeout)}, nil
 }
 
 // Limits returns the bounds requests are checked against.
