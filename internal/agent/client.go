@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"time"
 
@@ -30,6 +31,9 @@ type Client struct {
 func NewClient(hc *http.Client) *Client {
 	const base = "http://agent"
 	opt := connect.WithReadMaxBytes(MaxMessage)
+	c := *hc
+	c.Transport = budgetTransport{base: hc.Transport}
+	hc = &c
 	return &Client{
 		Process: agentpbconnect.NewProcessClient(hc, base, opt),
 		Agent:   agentpbconnect.NewAgentClient(hc, base, opt),
@@ -70,7 +74,7 @@ type End = endInfo
 func (c *Client) Exec(ctx context.Context, req ExecRequest, on func(Event)) (*End, error) {
 	sr := &pb.StartRequest{
 		Process:     &pb.ProcessConfig{Cmd: req.Cmd, Args: req.Args, Envs: req.Env},
-		TimeoutMs:   uint32(req.Timeout.Milliseconds()),
+		TimeoutMs:   Millis(req.Timeout),
 		OutputLimit: uint64(req.OutputLimit), KillTreeOnExit: req.KillTree,
 		StdinData: req.Stdin, KeepStdinOpen: req.KeepStdin,
 	}
@@ -84,6 +88,9 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, on func(Event)) (*En
 		sr.Pty = &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(req.PTY.Cols), Rows: uint32(req.PTY.Rows)}}
 	}
 	stream, err := c.Process.Start(ctx, connect.NewRequest(sr))
+	// The request has been sent: stdin (up to the body limit) must not stay referenced for the
+	// life of the process.
+	sr.StdinData, req.Stdin = nil, nil
 	if err != nil {
 		return nil, err
 	}
@@ -97,6 +104,16 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, on func(Event)) (*En
 		return nil, err
 	}
 	return nil, errors.New("agent closed the process stream without an end event")
+}
+
+// Millis converts d to the protocol's milliseconds, where 0 means no limit: a positive duration
+// rounds up, so that below a millisecond it becomes 1 ms, never "unlimited"; past the field's
+// range it saturates.
+func Millis(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	return uint32(min((d+time.Millisecond-1)/time.Millisecond, math.MaxUint32))
 }
 
 // Apply delivers one protocol event to on and returns the end, if this was it.
@@ -296,4 +313,77 @@ func (c *Client) Resize(ctx context.Context, pid int, cols, rows uint16) error {
 		Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: uint32(pid)}},
 		Pty:     &pb.PTY{Size: &pb.PTY_Size{Cols: uint32(cols), Rows: uint32(rows)}}}))
 	return err
+}
+
+// AnswerBudget bounds the daemon memory that agent answers take while the daemon reads and uses
+// them (see WithAnswerBudget).
+type AnswerBudget interface {
+	// Reserve is called before the first byte of an answer is read, with the most the answer may
+	// take on the wire (MaxMessage). It blocks until that much is available or fails, and then the
+	// read fails with its error.
+	Reserve(ctx context.Context, n int64) error
+	// Settle is called once the whole answer has been read, with its size on the wire, so that
+	// the part of the reservation it did not use can be given back.
+	Settle(n int64)
+}
+
+type budgetKey struct{}
+
+// WithAnswerBudget charges the answers of the agent calls made with ctx to b. Use it for unary
+// calls only: the reservation is made when the answer starts, which for a unary call is when the
+// work is done, but for a stream would be for the stream's whole life.
+func WithAnswerBudget(ctx context.Context, b AnswerBudget) context.Context {
+	return context.WithValue(ctx, budgetKey{}, b)
+}
+
+// budgetTransport charges answer bodies to the request context's AnswerBudget, if any.
+type budgetTransport struct{ base http.RoundTripper }
+
+func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	base := t.base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	resp, err := base.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if b, ok := req.Context().Value(budgetKey{}).(AnswerBudget); ok {
+		resp.Body = &chargedBody{ReadCloser: resp.Body, ctx: req.Context(), b: b}
+	}
+	return resp, nil
+}
+
+// chargedBody reserves budget before its first byte is read, so that the reader's buffers
+// (which grow as bytes arrive) never outrun it.
+type chargedBody struct {
+	io.ReadCloser
+	ctx               context.Context
+	b                 AnswerBudget
+	reserved, settled bool
+	n                 int64
+}
+
+func (c *chargedBody) Read(p []byte) (int, error) {
+	if !c.reserved {
+		if err := c.b.Reserve(c.ctx, MaxMessage); err != nil {
+			return 0, err
+		}
+		c.reserved = true
+	}
+	n, err := c.ReadCloser.Read(p)
+	c.n += int64(n)
+	if errors.Is(err, io.EOF) && !c.settled {
+		c.settled = true
+		c.b.Settle(c.n)
+	}
+	return n, err
+}
+
+// CloseIdleConnections forwards to the wrapped transport, so http.Client.CloseIdleConnections
+// still works through the wrapper.
+func (t budgetTransport) CloseIdleConnections() {
+	if ci, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
 }

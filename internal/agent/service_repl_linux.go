@@ -113,6 +113,11 @@ func (s *replService) Run(ctx context.Context, req *connect.Request[pb.ReplRunRe
 	for _, d := range res.Display {
 		out.Display = append(out.Display, &pb.Display{Mime: d.MIME, Data: d.Data})
 	}
+	if res.DisplayDropped > 0 {
+		// The protocol has no field for it: one item without a MIME type says outputs were
+		// dropped (the note is on stderr); the daemon counts it as dropped and flags the answer.
+		out.Display = append(out.Display, &pb.Display{})
+	}
 	if e := res.Error; e != nil {
 		out.Error = &pb.ReplError{Name: e.Name, Value: e.Value, Traceback: e.Traceback}
 	}

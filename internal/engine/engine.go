@@ -100,6 +100,7 @@ type Config struct {
 	ScratchBytes   int64         // 1 GiB for /workspace, /tmp and /dev/shm together
 	OutputLimit    int64         // 1 MiB per stream
 	MaxFiles       int           // files per execute request; 100
+	AnswerBudget   int64         // bytes of daemon memory for agent answers in flight together (REPL cells); 512 MiB
 
 	SandboxTimeout    time.Duration // default life of a long-lived sandbox; 5 min
 	MaxSandboxTimeout time.Duration // 24 h
@@ -171,6 +172,9 @@ func (c *Config) setDefaults() {
 	if c.MaxFiles == 0 {
 		c.MaxFiles = 100
 	}
+	if c.AnswerBudget <= 0 {
+		c.AnswerBudget = 512 << 20
+	}
 	def(&c.SandboxTimeout, 5*time.Minute)
 	def(&c.MaxSandboxTimeout, 24*time.Hour)
 	def(&c.GoneRetention, time.Hour)
@@ -221,6 +225,8 @@ type Engine struct {
 
 	teardown sync.WaitGroup // one-shot sandboxes being destroyed after their answer
 
+	budget *budget // daemon memory for agent answers in flight (budget.go)
+
 	// seedMu guards seed only; it is never held while a session is created (see SeedSession).
 	seedMu sync.Mutex
 	seed   map[string]*seedEntry // owner + "\x00" + seed session_id → its session
@@ -234,7 +240,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	return &Engine{cfg: cfg, adm: admission{owners: map[string]*ownerQueue{}}, sbSlots: make(chan struct{}, cfg.MaxSandboxes),
 		live: map[string]Instance{}, sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{},
-		seed: map[string]*seedEntry{}, owned: map[string]int{}}, nil
+		seed: map[string]*seedEntry{}, owned: map[string]int{}, budget: newBudget(cfg.AnswerBudget, cfg.QueueTimeout)}, nil
 }
 
 // Limits returns the bounds requests are checked against.

@@ -49,7 +49,9 @@ func (e *Engine) execRequest(sb *Sandbox, req api.ExecRequest) (agent.ExecReques
 		if math.IsNaN(req.Timeout) || req.Timeout < 0 || req.Timeout > e.cfg.MaxSandboxTimeout.Seconds() {
 			return agent.ExecRequest{}, invalid("timeout %v s is outside 0…%v s", req.Timeout, e.cfg.MaxSandboxTimeout.Seconds())
 		}
-		timeout = time.Duration(req.Timeout * float64(time.Second))
+		// The agent counts in milliseconds, with 0 meaning no limit: a positive timeout below
+		// that resolution rounds up to 1 ms rather than vanish.
+		timeout = max(time.Duration(req.Timeout*float64(time.Second)), time.Millisecond)
 	}
 	if err := validateEnv(req.Env); err != nil {
 		return agent.ExecRequest{}, err

@@ -14,7 +14,9 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/agent"
 	pb "github.com/airlockhq/airlock/internal/agent/agentpb"
+	"github.com/airlockhq/airlock/internal/repl"
 )
 
 // Session defaults, as the seeds' REPLSession: 5 minutes idle, 1 hour of life.
@@ -83,22 +85,45 @@ func (e *Engine) Session(ctx context.Context, id string) (*Sandbox, func(), erro
 
 // RunCell runs code as one cell of the session's interpreter.
 func (e *Engine) RunCell(ctx context.Context, sb *Sandbox, req api.RunRequest) (*api.RunResult, error) {
+	r, release, err := e.RunCellHeld(ctx, sb, req)
+	if err != nil {
+		return nil, err
+	}
+	release()
+	return r, nil
+}
+
+// RunCellHeld is RunCell for a caller that still has to send the result: the result's memory
+// stays charged to the engine's answer budget until release is called (once, after the send).
+func (e *Engine) RunCellHeld(ctx context.Context, sb *Sandbox, req api.RunRequest) (_ *api.RunResult, release func(), _ error) {
 	timeout := defaultCellTimeout
 	if req.Timeout != 0 {
 		if math.IsNaN(req.Timeout) || req.Timeout < 0.1 || req.Timeout > e.cfg.MaxTimeout.Seconds() {
-			return nil, invalid("timeout %v s is outside 0.1…%v s", req.Timeout, e.cfg.MaxTimeout.Seconds())
+			return nil, nil, invalid("timeout %v s is outside 0.1…%v s", req.Timeout, e.cfg.MaxTimeout.Seconds())
 		}
 		timeout = time.Duration(req.Timeout * float64(time.Second))
 	}
 	if strings.ContainsRune(req.Code, 0) {
-		return nil, invalid("code contains a NUL byte")
+		return nil, nil, invalid("code contains a NUL byte")
 	}
-	resp, err := sb.client.Repl.Run(ctx, connect.NewRequest(&pb.ReplRunRequest{Code: req.Code,
-		TimeoutMs: uint32(timeout.Milliseconds()), OutputLimit: uint64(e.cfg.OutputLimit)}))
+	t := e.budget.ticket()
+	resp, err := sb.client.Repl.Run(agent.WithAnswerBudget(ctx, t), connect.NewRequest(&pb.ReplRunRequest{Code: req.Code,
+		TimeoutMs: agent.Millis(timeout), OutputLimit: uint64(e.cfg.OutputLimit)}))
 	if err != nil {
-		return nil, e.endedError(sb, agentError(err))
+		t.release()
+		if berr := t.failed(); berr != nil {
+			return nil, nil, berr
+		}
+		return nil, nil, e.endedError(sb, agentError(err))
 	}
-	m := resp.Msg
+	return cellResult(resp.Msg), t.release, nil
+}
+
+// cellResult converts an agent's answer, re-checking the rich outputs against the same rules as
+// the agent (repl.IsText, repl.MaxDisplayItems, repl.DefaultDisplayLimit): the agent shares its
+// sandbox with the code that produced them. Each display item of m is released once converted,
+// so that the answer is not held twice. Dropped outputs set Truncated.
+func cellResult(m *pb.ReplRunResponse) *api.RunResult {
 	r := &api.RunResult{
 		Stdout: UTF8(m.GetStdout()), Stderr: UTF8(m.GetStderr()), Display: []api.Display{},
 		ExecutionTime: float64(m.GetExecutionTimeUs()) / 1e6,
@@ -110,18 +135,31 @@ func (e *Engine) RunCell(ctx context.Context, sb *Sandbox, req api.RunRequest) (
 		res := m.GetResult()
 		r.Result = &res
 	}
-	for _, d := range m.GetDisplay() {
-		data := string(d.GetData())
-		if !strings.HasPrefix(d.GetMime(), "text/") && !strings.HasSuffix(d.GetMime(), "json") {
-			data = base64.StdEncoding.EncodeToString(d.GetData())
+	var total int64
+	for i, d := range m.Display {
+		m.Display[i] = nil
+		mime, data := d.GetMime(), d.GetData()
+		switch {
+		case mime == "" || len(mime) > 255 || len(r.Display) >= repl.MaxDisplayItems ||
+			total+int64(len(data)) > repl.DefaultDisplayLimit:
+			r.Truncated = true // an empty MIME is the agent's mark for outputs it dropped
+		case repl.IsText(mime):
+			if !repl.ValidText(data) {
+				r.Truncated = true
+				continue
+			}
+			total += int64(len(data))
+			r.Display = append(r.Display, api.Display{MIME: mime, Data: string(data)})
+		default:
+			total += int64(len(data))
+			r.Display = append(r.Display, api.Display{MIME: mime, Data: base64.StdEncoding.EncodeToString(data)})
 		}
-		r.Display = append(r.Display, api.Display{MIME: d.GetMime(), Data: data})
 	}
 	if e := m.GetError(); e != nil {
 		r.Error = &api.CellError{Name: e.GetName(), Value: e.GetValue(), Traceback: e.GetTraceback()}
 	}
 	r.Success = r.Error == nil && !r.Interrupted && !r.TimedOut
-	return r, nil
+	return r
 }
 
 // Interrupt stops the session's running cell.
@@ -161,7 +199,7 @@ func (e *Engine) Install(ctx context.Context, sb *Sandbox, req api.InstallReques
 		return nil, api.Errorf(api.ErrUnimplemented, "package installs need outbound network (not available yet) or an operator wheel directory (airlock serve --wheel-dir)")
 	}
 	resp, err := sb.client.Repl.Install(ctx, connect.NewRequest(&pb.ReplInstallRequest{Packages: req.Packages,
-		FindLinks: WheelDir, TimeoutMs: uint32(timeout.Milliseconds())}))
+		FindLinks: WheelDir, TimeoutMs: agent.Millis(timeout)}))
 	if err != nil {
 		return nil, e.endedError(sb, agentError(err))
 	}

@@ -24,14 +24,26 @@
 //	{"op":"ping"}                      ──────►
 //	                                   ◄────── {"op":"pong","pid":…,"version":"3.11.2"}
 //	{"op":"run","code":…,"limit":…,
-//	 "display_limit":…}                ──────►
-//	                                   ◄────── {"op":"started"}              user phase begins
+//	 "display_limit":…,"display_items":…,
+//	 "nonce":…}                        ──────►
+//	                                   ◄────── {"op":"started","nonce":…}    user phase begins
 //	          … user output on fds 1 and 2 …
 //	          marker on fd 1, marker on fd 2                                 user phase over
-//	                                   ◄────── {"op":"done","token":…,"marked":[true,true],
+//	                                   ◄────── {"op":"done","nonce":…,"token":…,"marked":[true,true],
 //	                                            "result"?:…,"display":[{"mime","data","b64"?}],
+//	                                            "display_dropped":…,
 //	                                            "error"?:{"name","value","traceback"},
 //	                                            "interrupted":…,"execution_time":seconds}
+//
+// The nonce is fresh random per cell. Cell code can write frames to the reply pipe itself (it
+// shares the driver's process), so Go takes only frames carrying the cell's nonce; the previous
+// cell's late "done" (its forged one having been taken) is recognised by that cell's nonce and
+// the output up to its markers dropped, so a forgery affects at most the cell that made it.
+//
+// Display items: at most display_items (256) and display_limit bytes per cell. Text types
+// (text/*, *json: IsText) carry UTF-8 without control characters and never base64; every other
+// type is binary, base64 when "b64" is set. The driver drops what breaks the rules (counting it
+// in display_dropped, with a note on stderr) and Go checks every item again.
 //
 // A marker is "\x1e\x1fairlock-end:" + token + "\x1f\x1e", where token is 32 hex digits from
 // os.urandom drawn after the cell has finished, so no output of the cell can contain it. Each

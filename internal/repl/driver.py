@@ -61,7 +61,21 @@ _MARK_PREFIX = b"\x1e\x1fairlock-end:"
 _MARK_SUFFIX = b"\x1f\x1e"
 _CO_COROUTINE = 0x80
 _FLAGS = getattr(ast, "PyCF_ALLOW_TOP_LEVEL_AWAIT", 0)
-_BINARY = ("image/png", "image/jpeg", "image/gif", "application/pdf")
+_BINARY = ("image/png", "image/jpeg", "image/gif", "application/pdf")  # str values are base64
+
+
+def _is_text(mime):
+    # The Go side's rule (repl.IsText): text types carry UTF-8 text without control characters,
+    # every other type carries bytes (base64 on the wire).
+    return mime.startswith("text/") or mime.endswith("json")
+
+
+def _valid_text(s):
+    for c in s:
+        o = ord(c)
+        if (o < 0x20 and c not in "\t\n\r") or o == 0x7F:
+            return False
+    return True
 _REPR_METHODS = (
     ("_repr_png_", "image/png"),
     ("_repr_jpeg_", "image/jpeg"),
@@ -79,6 +93,9 @@ class _State(object):
     display = []  # rich outputs of the current cell
     display_bytes = 0
     display_limit = 16 << 20
+    display_items = 256  # cap on the number of rich outputs per cell
+    display_dropped = 0  # rich outputs of the current cell left out
+    nonce = ""  # the current cell's, echoed in its frames
     limit = 1 << 20  # cap on the result repr, in characters
     shown = []  # figures already displayed in this cell
     loop = None  # asyncio loop for top-level await, created on first use
@@ -237,6 +254,16 @@ def _warn(msg):
 
 
 def _add_display(mime, data):
+    if len(_S.display) >= _S.display_items:
+        _warn("display output (%s) dropped: over the per-cell limit of %d outputs" % (mime, _S.display_items))
+        _S.display_dropped += 1
+        return
+    if isinstance(data, (bytes, bytearray)) and _is_text(mime):
+        data = bytes(data).decode("utf-8", "replace")
+    if isinstance(data, str) and _is_text(mime) and not _valid_text(data):
+        _warn("display output (%s) dropped: control characters in text" % (mime,))
+        _S.display_dropped += 1
+        return
     if isinstance(data, (bytes, bytearray)):
         import base64
 
@@ -247,6 +274,7 @@ def _add_display(mime, data):
         size = len(data)
     if _S.display_bytes + size > _S.display_limit:
         _warn("display output of %d bytes (%s) dropped: over the per-cell display limit" % (size, mime))
+        _S.display_dropped += 1
         return
     _S.display_bytes += size
     _S.display.append(item)
@@ -286,7 +314,9 @@ def _normalize(mime, value):
         except Exception:
             return None
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
+        if _is_text(mime):
+            return bytes(value).decode("utf-8", "replace")
+        return bytes(value)
     if isinstance(value, str):
         return value
     return None
@@ -522,14 +552,17 @@ def _run(msg, ns):
     reply = {"op": "done", "interrupted": False}
     _S.limit = int(msg.get("limit") or (1 << 20))
     _S.display_limit = int(msg.get("display_limit") or (16 << 20))
+    _S.display_items = int(msg.get("display_items") or 256)
+    _S.nonce = str(msg.get("nonce") or "")
     _S.display_bytes = sum(len(d["data"]) for d in _S.display)
+    _S.display_dropped = 0
     _reset_stdio()
     _install_sigint()
     t0 = time.perf_counter()
     try:
         try:
             _S.active = True
-            _send({"op": "started"})
+            _send({"op": "started", "nonce": _S.nonce})
             _user_phase(msg, ns, reply)
         finally:
             _S.active = False
@@ -543,16 +576,49 @@ def _run(msg, ns):
 def _finish(reply):
     """Driver phase: restore stdio, mark the end of both streams, send the reply."""
     _install_sigint()
-    reply["display"] = _S.display
-    _S.display = []
+    items, _S.display = _S.display, []
     _S.display_bytes = 0
     _reset_stdio()
+    reply["display"] = _checked_display(items)
+    reply["display_dropped"] = _S.display_dropped
+    _S.display_dropped = 0
+    reply["nonce"] = _S.nonce
     _flush((sys.stdout, sys.stderr))  # the driver's own objects: no user code runs here
     token = _urandom(16).hex()
     t = token.encode("ascii")
     reply["token"] = token
     reply["marked"] = [_mark(_OUT, t), _mark(_ERR, t)]
     _send(reply)
+
+
+def _checked_display(items):
+    """The items cell code left in _S.display (it may append anything), within the limits."""
+    out, dropped, size = [], 0, 0
+    try:
+        for d in items:
+            ok = (
+                type(d) is dict
+                and type(d.get("mime")) is str
+                and type(d.get("data")) is str
+                and len(out) < _S.display_items
+                and not (d.get("b64") and _is_text(d["mime"]))
+            )
+            if ok:
+                size += len(d["data"])
+                ok = size <= 2 * _S.display_limit  # base64 of the byte limit, with room
+            if ok:
+                out.append({"mime": d["mime"], "data": d["data"], "b64": bool(d.get("b64"))})
+            else:
+                dropped += 1
+    except Exception:
+        dropped += 1
+    _S.display_dropped += dropped
+    if dropped:
+        _warn(
+            "%d display outputs dropped: over the per-cell limit of %d outputs, base64 data for a text type,"
+            " or malformed" % (dropped, _S.display_items)
+        )
+    return out
 
 
 def _main():
@@ -589,6 +655,7 @@ def _main():
                 _send(
                     {
                         "op": "done",
+                        "nonce": _S.nonce,
                         "interrupted": False,
                         "token": "",
                         "marked": [False, False],

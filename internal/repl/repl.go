@@ -3,16 +3,20 @@ package repl
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	_ "embed"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/airlockhq/airlock/api"
 )
@@ -26,7 +30,7 @@ var Driver []byte
 const (
 	defaultPython         = "/usr/bin/python3"
 	defaultOutputLimit    = 1 << 20
-	defaultDisplayLimit   = 16 << 20
+	defaultDisplayLimit   = DefaultDisplayLimit
 	defaultInterruptGrace = 2 * time.Second
 
 	startTimeout = 30 * time.Second       // Python start-up plus the ping round trip
@@ -35,6 +39,16 @@ const (
 	drainWait    = 500 * time.Millisecond // after a death, for the pipes to reach EOF
 	replyWait    = time.Second            // after the reply pipe ends, for the process to exit
 )
+
+// DefaultDisplayLimit is the default cap on a cell's rich-output bytes, and MaxDisplayItems the cap
+// on their number. The daemon checks an agent's answer against the same bounds.
+const (
+	DefaultDisplayLimit = 16 << 20
+	MaxDisplayItems     = 256
+)
+
+// maxDisplayItems is MaxDisplayItems for this package's own code.
+const maxDisplayItems = MaxDisplayItems
 
 // ErrClosed is returned by an Interp after Close.
 var ErrClosed = fmt.Errorf("interpreter closed: %w", api.ErrGone)
@@ -128,7 +142,10 @@ type Result struct {
 	Result    string
 	HasResult bool
 	Display   []Display
-	Error     *Error
+	// DisplayDropped counts rich outputs left out: over MaxDisplayItems or DisplayLimit, or not
+	// following the rules of their MIME type (see IsText). A note on Stderr says why.
+	DisplayDropped int
+	Error          *Error
 	// ExecutionTime is measured by the driver around the cell, or by Go if the interpreter died.
 	ExecutionTime time.Duration
 	// Interrupted: the cell was stopped by Interrupt or its timeout and the state was kept.
@@ -148,6 +165,9 @@ type Interp struct {
 
 	mu   sync.Mutex // held by Run for a whole cell and by Close's teardown
 	lost string     // why there is no live interpreter (set when a restart was skipped)
+	// prevNonce is the nonce of the last cell of the current interpreter, guarded by mu. Its real
+	// "done" frame can still arrive during the next cell if the cell forged one of its own.
+	prevNonce string
 
 	stateMu sync.Mutex // guards the fields below; never held while blocking
 	cur     *proc      // the interpreter; replaced only with mu held
@@ -288,8 +308,14 @@ func (p *Interp) Run(ctx context.Context, code string, timeout time.Duration) (*
 
 // runCell sends one cell to pr and waits for its end, stopping it on timeout, Interrupt or ctx.
 func (p *Interp) runCell(ctx context.Context, pr *proc, c *cell, code string, timeout time.Duration) (*Result, error) {
+	// A fresh nonce per cell, echoed by the driver in "started" and "done": a frame with another
+	// nonce (forged by cell code, or the late reply of a cell whose own forgery was taken) is
+	// never taken as this cell's, so a desync cannot outlive the cell that caused it.
+	nonce := newNonce()
+	defer func() { p.prevNonce = nonce }()
 	cmd, err := json.Marshal(runCommand{
 		Op: "run", Code: code, Limit: p.cfg.OutputLimit, DisplayLimit: p.cfg.DisplayLimit,
+		DisplayItems: maxDisplayItems, Nonce: nonce,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("encode cell: %w", err)
@@ -353,6 +379,10 @@ func (p *Interp) runCell(ctx context.Context, pr *proc, c *cell, code string, ti
 				replyC = replyTimer.C
 				continue
 			}
+			if f.Nonce != nonce {
+				p.skipStale(pr, f)
+				continue
+			}
 			switch f.Op {
 			case "started":
 				started = true
@@ -398,6 +428,36 @@ func (p *Interp) runCell(ctx context.Context, pr *proc, c *cell, code string, ti
 	}
 }
 
+// skipStale handles a frame that is not the current cell's. The first "done" carrying the previous
+// cell's nonce is that cell's real reply, late because cell code forged one that was taken: its
+// output, up to its markers, belongs to no cell and is dropped, so the current cell's output starts
+// where it should. Every other stale frame is ignored.
+func (p *Interp) skipStale(pr *proc, f *frame) {
+	if f.Op != "done" || p.prevNonce == "" || f.Nonce != p.prevNonce {
+		return
+	}
+	p.prevNonce = ""
+	tok, dl := markerOf(f, 0)
+	pr.out.collect(tok, dl)
+	tok, dl = markerOf(f, 1)
+	pr.errs.collect(tok, dl)
+}
+
+// markerOf returns the token to cut stream i at for the reply f, and how long to wait for it.
+func markerOf(f *frame, i int) (string, time.Time) {
+	if f.Marked[i] && len(f.Token) == tokenLen {
+		return f.Token, time.Now().Add(markerWait)
+	}
+	return "", time.Now().Add(unmarkedWait)
+}
+
+// newNonce returns 32 random hex digits.
+func newNonce() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
 // finishCell turns the driver's reply into a Result, cutting both streams at the reply's token.
 func (p *Interp) finishCell(pr *proc, f *frame) *Result {
 	res := &Result{
@@ -409,35 +469,93 @@ func (p *Interp) finishCell(pr *proc, f *frame) *Result {
 	if f.Result != nil {
 		res.Result = clip(*f.Result, int(p.cfg.OutputLimit))
 	}
-	var displayed int64
-	for _, d := range f.Display {
-		data := []byte(d.Data)
-		if d.B64 {
+	// The driver bounds the outputs, but it shares its process with user code, which can write
+	// frames of its own: every field is bounded again here.
+	display, dropped, notes := checkDisplays(f.Display.items, f.Display.dropped, p.cfg.DisplayLimit)
+	// The driver counts, and notes on stderr, what it dropped itself.
+	res.Display, res.DisplayDropped = display, dropped+min(max(f.DisplayDropped, 0), 1<<30)
+	tok, dl := markerOf(f, 0)
+	res.Stdout, res.StdoutTruncated = pr.out.collect(tok, dl)
+	tok, dl = markerOf(f, 1)
+	res.Stderr, res.StderrTruncated = pr.errs.collect(tok, dl)
+	if dropped > 0 {
+		note := fmt.Sprintf("airlock: %d display outputs dropped (%s)\n", dropped, strings.Join(notes, "; "))
+		res.Stderr = append(res.Stderr, note...)
+	}
+	return res
+}
+
+// IsText reports whether rich outputs of type mime are text: text/* and JSON types. Their data
+// must be UTF-8 without control characters (tab, newline and carriage return aside), so that it
+// is carried as a JSON string at most twice its size; every other type is binary and carried as
+// base64. The API's Display says the same.
+func IsText(mime string) bool {
+	return strings.HasPrefix(mime, "text/") || strings.HasSuffix(mime, "json")
+}
+
+// ValidText reports whether s is acceptable data for a text type (see IsText).
+func ValidText(s []byte) bool {
+	for _, c := range s {
+		if c < 0x20 && c != '\t' && c != '\n' && c != '\r' || c == 0x7f {
+			return false
+		}
+	}
+	return utf8.Valid(s)
+}
+
+// checkDisplays applies the display rules to a reply's items: at most MaxDisplayItems and limit
+// bytes, base64 only for binary types, text types valid text. dropped counts items already left
+// out; the result counts every item left out, and notes says why.
+func checkDisplays(items []wireDisplay, dropped int, limit int64) (out []Display, ndropped int, notes []string) {
+	why := map[string]bool{}
+	drop := func(reason string) {
+		dropped++
+		if !why[reason] {
+			why[reason] = true
+			notes = append(notes, reason)
+		}
+	}
+	if dropped > 0 { // left out while decoding the frame
+		notes = append(notes, fmt.Sprintf("over the per-cell limit of %d outputs, or malformed", maxDisplayItems))
+	}
+	var total int64
+	for _, d := range items {
+		var data []byte
+		switch {
+		case d.MIME == "" || len(d.MIME) > 255:
+			drop("no valid MIME type")
+			continue
+		case IsText(d.MIME) && d.B64:
+			drop("base64 data for a text type")
+			continue
+		case IsText(d.MIME):
+			data = []byte(d.Data)
+			if !ValidText(data) {
+				drop("control characters in text")
+				continue
+			}
+		case d.B64:
 			b, err := base64.StdEncoding.DecodeString(d.Data)
 			if err != nil {
+				drop("invalid base64")
 				continue
 			}
 			data = b
+		default:
+			data = []byte(d.Data)
 		}
-		// The driver bounds these, but it shares its process with user code, which can write
-		// frames of its own: every field is bounded again here.
-		if displayed += int64(len(data)); displayed > p.cfg.DisplayLimit {
-			break
+		if len(out) >= maxDisplayItems {
+			drop(fmt.Sprintf("over the per-cell limit of %d outputs", maxDisplayItems))
+			continue
 		}
-		res.Display = append(res.Display, Display{MIME: clip(d.MIME, 256), Data: data})
+		if total+int64(len(data)) > limit {
+			drop(fmt.Sprintf("over the per-cell display limit of %d bytes", limit))
+			continue
+		}
+		total += int64(len(data))
+		out = append(out, Display{MIME: d.MIME, Data: data})
 	}
-	now := time.Now()
-	wait := func(i int) (string, time.Time) {
-		if f.Marked[i] && len(f.Token) == tokenLen {
-			return f.Token, now.Add(markerWait)
-		}
-		return "", now.Add(unmarkedWait)
-	}
-	tok, dl := wait(0)
-	res.Stdout, res.StdoutTruncated = pr.out.collect(tok, dl)
-	tok, dl = wait(1)
-	res.Stderr, res.StderrTruncated = pr.errs.collect(tok, dl)
-	return res
+	return out, dropped, notes
 }
 
 // lose reports a cell whose interpreter died or was killed, and restarts the interpreter.
@@ -495,6 +613,7 @@ func (p *Interp) replace(ctx context.Context, old *proc, reason string) (*proc, 
 		p.cur = nil
 	}
 	p.stateMu.Unlock()
+	p.prevNonce = "" // a new interpreter has no late replies
 	pr, err := p.spawn(ctx)
 	if err != nil {
 		p.lost = reason
@@ -553,20 +672,56 @@ type runCommand struct {
 	Code         string `json:"code,omitempty"`
 	Limit        int64  `json:"limit,omitempty"`
 	DisplayLimit int64  `json:"display_limit,omitempty"`
+	DisplayItems int    `json:"display_items,omitempty"`
+	Nonce        string `json:"nonce,omitempty"`
 }
 
 // frame is a driver → Go frame.
 type frame struct {
-	Op            string        `json:"op"`
-	Token         string        `json:"token"`
-	Marked        [2]bool       `json:"marked"`
-	Result        *string       `json:"result"`
-	Display       []wireDisplay `json:"display"`
-	Error         *Error        `json:"error"`
-	Interrupted   bool          `json:"interrupted"`
-	ExecutionTime float64       `json:"execution_time"`
-	Pid           int           `json:"pid"`
-	Version       string        `json:"version"`
+	Op      string      `json:"op"`
+	Nonce   string      `json:"nonce"`
+	Token   string      `json:"token"`
+	Marked  [2]bool     `json:"marked"`
+	Result  *string     `json:"result"`
+	Display displayList `json:"display"`
+	// DisplayDropped counts the outputs the driver left out.
+	DisplayDropped int     `json:"display_dropped"`
+	Error          *Error  `json:"error"`
+	Interrupted    bool    `json:"interrupted"`
+	ExecutionTime  float64 `json:"execution_time"`
+	Pid            int     `json:"pid"`
+	Version        string  `json:"version"`
+}
+
+// displayList is a frame's display array, decoded up to MaxDisplayItems items: the rest are
+// counted and skipped, so that millions of tiny items cost the agent nothing per item.
+type displayList struct {
+	items   []wireDisplay
+	dropped int
+}
+
+func (l *displayList) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if _, err := dec.Token(); err != nil { // '['
+		return err
+	}
+	for dec.More() {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return err
+		}
+		var d wireDisplay
+		if len(l.items) >= maxDisplayItems || json.Unmarshal(raw, &d) != nil {
+			l.dropped++
+			continue
+		}
+		l.items = append(l.items, d)
+	}
+	_, err := dec.Token() // ']'
+	return err
 }
 
 type wireDisplay struct {

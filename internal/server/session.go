@@ -1,7 +1,11 @@
 package server
 
 import (
+	"bufio"
+	"bytes"
+	"encoding/json"
 	"net/http"
+	"unicode/utf8"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
@@ -64,13 +68,76 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) runCell(w http.ResponseWriter, r *http.Request, sb *engine.Sandbox, req api.RunRequest) error {
-	res, err := s.cfg.Engine.RunCell(r.Context(), sb, req)
+	res, release, err := s.cfg.Engine.RunCellHeld(r.Context(), sb, req)
 	if err != nil {
 		return err
 	}
+	defer release() // the answer stays charged to the engine's budget until it is written
 	s.metrics.cell(res)
-	writeJSON(w, http.StatusOK, res)
+	writeRunResult(w, res)
 	return nil
+}
+
+// writeRunResult writes res as a 200 JSON answer, streaming the display data (up to 16 MiB, or
+// more as base64) instead of building the whole document in memory, so that a cell costs the
+// daemon its result once, not again as JSON. The rest of the answer (output is capped at 1 MiB
+// per stream) is encoded in one piece.
+func writeRunResult(w http.ResponseWriter, res *api.RunResult) {
+	var head bytes.Buffer
+	enc := json.NewEncoder(&head)
+	enc.SetEscapeHTML(false)
+	// The outer Display (nil, omitted) hides the embedded one, which is streamed after the rest.
+	if err := enc.Encode(struct {
+		*api.RunResult
+		Display *struct{} `json:"display,omitempty"`
+	}{RunResult: res}); err != nil {
+		writeJSON(w, http.StatusOK, res) // cannot happen for these types; answer anyway
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	b := bytes.TrimRight(head.Bytes(), "\n")
+	bw.Write(b[:len(b)-1]) // without the closing brace
+	bw.WriteString(`,"display":[`)
+	var chunk bytes.Buffer
+	for i, d := range res.Display {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		bw.WriteString(`{"mime":`)
+		writeJSONString(bw, &chunk, d.MIME)
+		bw.WriteString(`,"data":`)
+		writeJSONString(bw, &chunk, d.Data)
+		bw.WriteByte('}')
+	}
+	bw.WriteString("]}\n")
+	bw.Flush()
+}
+
+// writeJSONString writes s as a JSON string (HTML characters unescaped, like writeJSON) in
+// pieces of at most 32 KiB cut at rune boundaries, through the scratch buffer chunk.
+func writeJSONString(w *bufio.Writer, chunk *bytes.Buffer, s string) {
+	const piece = 32 << 10
+	enc := json.NewEncoder(chunk)
+	enc.SetEscapeHTML(false)
+	w.WriteByte('"')
+	for len(s) > 0 {
+		n := min(len(s), piece)
+		for n < len(s) && n > 0 && !utf8.RuneStart(s[n]) {
+			n-- // never split a rune: each piece must be valid UTF-8 on its own
+		}
+		if n == 0 { // not UTF-8 at all: any cut will do
+			n = min(len(s), piece)
+		}
+		chunk.Reset()
+		enc.Encode(s[:n]) // "…"\n
+		b := chunk.Bytes()
+		w.Write(b[1 : len(b)-2])
+		s = s[n:]
+	}
+	w.WriteByte('"')
 }
 
 func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) error {
