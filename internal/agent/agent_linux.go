@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
 )
 
@@ -40,6 +42,33 @@ type Agent struct {
 	procs   map[int]*proc
 	tags    map[string]*proc
 	running int // processes started through startProc and not yet ended
+
+	// startMu serializes starting processes (the forks are serialized by the reaper anyway), so
+	// that a burst of starts holds one start's descriptors at a time, not one per waiter.
+	startMu sync.Mutex
+	// transfers bounds the files the API holds open at once (openFile takes a token, Close of
+	// the openedFile gives it back).
+	transfers chan struct{}
+}
+
+// The agent's descriptors: RLIMIT_NOFILE is the user's, and the agent lives within it. Each running
+// process holds at most three (stdin, stdout, stderr pipes; one with a terminal), each open file
+// transfer two (the file and its directory), one start in progress five; fdReserve covers the
+// transfers, a start, the listener and connections, and listings.
+const (
+	fdReserve     = 256
+	fdsPerProcess = 3
+	maxTransfers  = 64
+)
+
+// maxProcessesFor is MaxProcesses's default: as many processes as the agent's descriptors allow
+// beside fdReserve, between 8 and 256.
+func maxProcessesFor() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return 256
+	}
+	return int(min(max((int64(rl.Cur)-fdReserve)/fdsPerProcess, 8), 256))
 }
 
 // errTooManyProcesses is returned when MaxProcesses processes are running already.
@@ -79,12 +108,12 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 		cfg.Spawn = func(fn func()) { fn() }
 	}
 	if cfg.MaxProcesses <= 0 {
-		cfg.MaxProcesses = 256
+		cfg.MaxProcesses = maxProcessesFor()
 	}
 	// The agent's memory counts against the sandbox's reserve for it (see native's cgroup
 	// layout): make the collector work harder well before that is reached.
 	debug.SetMemoryLimit(64 << 20)
-	a := &Agent{cfg: cfg, reaper: newReaper(cfg.Spawn), started: time.Now(),
+	a := &Agent{cfg: cfg, transfers: make(chan struct{}, maxTransfers), reaper: newReaper(cfg.Spawn), started: time.Now(),
 		procs: map[int]*proc{}, tags: map[string]*proc{}}
 	defer a.reaper.stop()
 	a.files = newFSPool(cfg.UID, cfg.GID)

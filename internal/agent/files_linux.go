@@ -134,10 +134,15 @@ type openedFile struct {
 	name    string // the file's name in dirfd
 	created bool   // the open created the file
 	size    int64  // its size right after the open (0 when created or truncated)
+	release func() // gives back the agent's transfer token; nil once done
 }
 
 // Close closes the file and its directory.
 func (f *openedFile) Close() error {
+	if f.release != nil {
+		defer f.release()
+		f.release = nil
+	}
 	if f.dirfd >= 0 {
 		unix.Close(f.dirfd)
 		f.dirfd = -1
@@ -155,7 +160,19 @@ func (a *Agent) openFile(ctx context.Context, p string, flags int, mode uint32, 
 	if err != nil {
 		return nil, err
 	}
+	select {
+	case a.transfers <- struct{}{}:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
 	var f *openedFile
+	defer func() {
+		if f == nil {
+			<-a.transfers
+		} else {
+			f.release = func() { <-a.transfers }
+		}
+	}()
 	err = a.asUser(ctx, func() error {
 		dirfd, name, err := openParent(p, parents)
 		if err != nil {

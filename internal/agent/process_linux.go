@@ -113,6 +113,8 @@ func (a *Agent) startProc(spec procSpec) (*proc, *sub, error) {
 	if err := a.reserve(); err != nil {
 		return nil, nil, err
 	}
+	a.startMu.Lock()
+	defer a.startMu.Unlock()
 	reserved := true
 	defer func() {
 		if reserved {

@@ -50,7 +50,7 @@ func (s *processService) Start(ctx context.Context, req *connect.Request[pb.Star
 	}
 	p, sub, err := s.a.startProc(spec)
 	if errors.Is(err, errTooManyProcesses) {
-		return connect.NewError(connect.CodeResourceExhausted, err)
+		return connect.NewError(connect.CodeUnavailable, err)
 	}
 	if err != nil {
 		return connect.NewError(connect.CodeInvalidArgument, err)

@@ -96,6 +96,8 @@ func agentError(err error) error {
 		return api.Errorf(api.ErrConflict, "%s", msg)
 	case connect.CodeResourceExhausted:
 		return api.Errorf(api.ErrTooLarge, "%s", msg)
+	case connect.CodeUnavailable: // the agent is at one of its own bounds (processes): retry later
+		return api.Errorf(api.ErrResourceExhausted, "%s", msg)
 	case connect.CodeUnimplemented:
 		return api.Errorf(api.ErrUnimplemented, "%s", msg)
 	case connect.CodeDeadlineExceeded:

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -434,6 +435,21 @@ func (e *Engine) Run(ctx context.Context) {
 
 // errEnded is returned by calls into a sandbox that ended while they ran.
 func (e *Engine) endedError(sb *Sandbox, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ae *api.Error
+	if !errors.As(err, &ae) && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		// The agent's connection broke: if the init died, the daemon learns of it a moment
+		// later than the call does. Wait for that briefly, so the caller gets 410 and the
+		// reason rather than a 500.
+		t := time.NewTimer(agentDeathGrace)
+		select {
+		case <-sb.inst.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	select {
 	case <-sb.inst.Done():
 	default:
@@ -449,6 +465,12 @@ func (e *Engine) endedError(sb *Sandbox, err error) error {
 	sb.mu.Unlock()
 	if reason == "" {
 		reason = "died"
+		if u, uerr := sb.inst.Usage(); uerr == nil && u.OOMKills > 0 {
+			reason = "died: its memory limit was reached"
+		}
 	}
 	return api.Errorf(api.ErrGone, "sandbox %s ended (%s) during the call", sb.id, reason)
 }
+
+// agentDeathGrace bounds how long a failed agent call waits to learn whether the sandbox died.
+const agentDeathGrace = 500 * time.Millisecond
