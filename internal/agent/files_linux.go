@@ -184,7 +184,8 @@ func (a *Agent) openFile(ctx context.Context, p string, flags int, mode uint32, 
 			fd, err = openUser(dirfd, name, flags|unix.O_EXCL, mode)
 			created = err == nil
 			if errors.Is(err, unix.EEXIST) {
-				fd, err = openUser(dirfd, name, flags&^unix.O_CREAT, mode)
+				// openat2 refuses a mode without O_CREAT (EINVAL).
+				fd, err = openUser(dirfd, name, flags&^unix.O_CREAT, 0)
 			}
 		} else {
 			fd, err = openUser(dirfd, name, flags, mode)

@@ -257,3 +257,21 @@ print("usr_local", os.listdir("/usr/local"))
 		t.Errorf("clone3(CLONE_NEWUSER) made a user namespace: %q", out[i:])
 	}
 }
+
+// Writing a file that exists replaces it (the seed's pooling example writes one program file
+// after another), in /tmp (sticky) as in /workspace.
+func TestFileOverwrite(t *testing.T) {
+	t.Parallel()
+	a := newAPIServer(t, engine.Config{ScratchBytes: 64 << 20})
+	id := a.create(`{}`)
+	for _, p := range []string{"/tmp/code.py", "/workspace/code.py"} {
+		for _, body := range []string{"print('first')", "print(2)"} {
+			if code := a.call("PUT", "/v1/sandboxes/"+id+"/files?path="+q(p), strings.NewReader(body), nil); code != 200 {
+				t.Fatalf("write %s (%q): %d", p, body, code)
+			}
+		}
+		if res := a.exec(id, "cat", p); res.Stdout != "print(2)" {
+			t.Fatalf("%s after two writes: %q", p, res.Stdout)
+		}
+	}
+}
