@@ -1,17 +1,12 @@
 package server
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"go/ast"
-	"go/parser"
-	"go/token"
 	"maps"
 	"net/http"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -157,7 +152,7 @@ func fieldRules(lim api.Limits) map[string]fieldRule {
 		"RunRequest.timeout":                 {exclusiveMinimum: f(0), maximum: f(lim.MaxTimeout)},
 		"InstallRequest.packages":            {minItems: n(1)},
 		"InstallRequest.timeout":             positive,
-		"ErrorDetail.code":                   {enum: api.Codes},
+		"ErrorDetail.code":                   {enum: errorCodes()},
 	}
 	// Every request that sizes a sandbox is checked against the same memory and CPU bounds.
 	for _, schema := range []string{"ExecuteRequest", "CreateSandboxRequest", "CreateSessionRequest"} {
@@ -204,60 +199,6 @@ func defaultLimits() (api.Limits, error) {
 	return e.Limits(), nil
 }
 
-// apiDocs reads the doc comments of the api package's types and struct fields from its source in
-// dir: keys "Type" and "Type.Field" (Go names). They are the descriptions of the document, so the
-// Go documentation and the OpenAPI one cannot drift apart.
-func apiDocs(dir string) (map[string]string, error) {
-	fset := token.NewFileSet()
-	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
-	if err != nil {
-		return nil, err
-	}
-	docs := map[string]string{}
-	text := func(groups ...*ast.CommentGroup) string {
-		for _, g := range groups {
-			if t := strings.Join(strings.Fields(g.Text()), " "); t != "" {
-				return t
-			}
-		}
-		return ""
-	}
-	for _, name := range files {
-		if strings.HasSuffix(name, "_test.go") {
-			continue
-		}
-		f, err := parser.ParseFile(fset, name, nil, parser.ParseComments)
-		if err != nil {
-			return nil, fmt.Errorf("parsing api source: %w", err)
-		}
-		for _, decl := range f.Decls {
-			gd, ok := decl.(*ast.GenDecl)
-			if !ok || gd.Tok != token.TYPE {
-				continue
-			}
-			for _, spec := range gd.Specs {
-				ts := spec.(*ast.TypeSpec)
-				if ts.Assign.IsValid() {
-					continue // an alias describes the type it names
-				}
-				// The first paragraph: the rest of a type's comment is for Go callers.
-				doc, _, _ := strings.Cut((cmp.Or(ts.Doc, gd.Doc)).Text(), "\n\n")
-				docs[ts.Name.Name] = strings.Join(strings.Fields(doc), " ")
-				st, ok := ts.Type.(*ast.StructType)
-				if !ok {
-					continue
-				}
-				for _, fld := range st.Fields.List {
-					for _, n := range fld.Names {
-						docs[ts.Name.Name+"."+n.Name] = text(fld.Doc, fld.Comment)
-					}
-				}
-			}
-		}
-	}
-	return docs, nil
-}
-
 // generator holds what building the document needs.
 type generator struct {
 	docs    map[string]string
@@ -266,14 +207,11 @@ type generator struct {
 	schemas map[string]any
 }
 
-// openAPI builds the OpenAPI 3.1 document of the API from routeDocs, the api types, the doc
-// comments of their source in apiDir, and fieldRules over the engine's default limits. It fails
-// on an undocumented type, field or parameter and on a rule that matches no field.
-func openAPI(apiDir string) ([]byte, error) {
-	docs, err := apiDocs(apiDir)
-	if err != nil {
-		return nil, err
-	}
+// openAPI builds the OpenAPI 3.1 document of the API from routeDocs, the api types, docs (the
+// doc comments of the api package's source, keyed "Type" and "Type.Field"; the test reads them
+// with go/parser, which so stays out of the daemon), and fieldRules over the engine's default
+// limits. It fails on an undocumented type or parameter and on a rule that matches no field.
+func openAPI(docs map[string]string) ([]byte, error) {
 	lim, err := defaultLimits()
 	if err != nil {
 		return nil, err
@@ -334,8 +272,10 @@ func openAPI(apiDir string) ([]byte, error) {
 		if d.upgrades {
 			responses = map[string]any{"101": map[string]any{"description": "Switching Protocols (WebSocket)"}}
 		}
-		responses["default"] = map[string]any{"description": "Error: 4xx for a bad request, 5xx for the server's own failure",
-			"content": map[string]any{"application/json": map[string]any{"schema": g.schemaRef(reflect.TypeOf(api.ErrorBody{}))}}}
+		for class, desc := range errorResponses() {
+			responses[class] = map[string]any{"description": desc,
+				"content": map[string]any{"application/json": map[string]any{"schema": g.schemaRef(reflect.TypeOf(api.ErrorBody{}))}}}
+		}
 		op["responses"] = responses
 		if d.noAuth {
 			op["security"] = []any{}
@@ -364,6 +304,8 @@ func openAPI(apiDir string) ([]byte, error) {
 		"info": map[string]any{"title": "Airlock", "version": "1", "description": "Run untrusted code safely and fast. Errors are {\"error\":{\"code\",\"message\"}}. " +
 			"Bounds and defaults are the engine's defaults; a daemon's own are in GET /v1/info. Request bodies with unknown fields are refused (400)."},
 		"paths": paths,
+		// Relative: the daemon that serves this document at /v1/openapi.json.
+		"servers": []any{map[string]any{"url": "/", "description": "The Airlock daemon serving this document (airlock serve; 127.0.0.1:8080 by default)."}},
 		"components": map[string]any{
 			"schemas":         g.schemas,
 			"securitySchemes": map[string]any{"bearer": map[string]any{"type": "http", "scheme": "bearer", "description": "An API key: Authorization: Bearer KEY."}},
@@ -372,6 +314,25 @@ func openAPI(apiDir string) ([]byte, error) {
 	}
 	b, err := json.MarshalIndent(doc, "", "  ")
 	return append(b, '\n'), err
+}
+
+// errorCodes are the codes an error body may carry: the public ones and the router's 405.
+func errorCodes() []string {
+	return append(slices.Clone(api.Codes), errMethod.Code)
+}
+
+// errorResponses describes the 4XX and 5XX answers by the codes statusOf maps into each.
+func errorResponses() map[string]string {
+	classes := map[string][]string{}
+	for _, code := range errorCodes() {
+		status := statusOf(code)
+		class := strconv.Itoa(status/100) + "XX"
+		classes[class] = append(classes[class], fmt.Sprintf("%s (%d)", code, status))
+	}
+	return map[string]string{
+		"4XX": "The request was refused; nothing was run or changed unless the code says so. Codes: " + strings.Join(classes["4XX"], ", ") + ". A 429 carries Retry-After.",
+		"5XX": "The server could not do it; the message never carries internal detail. Codes: " + strings.Join(classes["5XX"], ", ") + ".",
+	}
 }
 
 func opID(method, path string) string {

@@ -2,9 +2,16 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"flag"
+	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"net/http"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -38,7 +45,11 @@ func TestOpenAPI(t *testing.T) {
 			t.Errorf("documented route %q is not served", p)
 		}
 	}
-	b, err := openAPI("../../api")
+	docs, err := apiDocs("../../api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := openAPI(docs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,6 +65,60 @@ func TestOpenAPI(t *testing.T) {
 	if !bytes.Equal(b, api.OpenAPI) {
 		t.Fatal("api/openapi.json is stale: run go test ./internal/server -run TestOpenAPI -update")
 	}
+}
+
+// apiDocs reads the doc comments of the api package's types and struct fields from its source in
+// dir: keys "Type" and "Type.Field" (Go names). They are the descriptions of the document, so the
+// Go documentation and the OpenAPI one cannot drift apart.
+func apiDocs(dir string) (map[string]string, error) {
+	fset := token.NewFileSet()
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil {
+		return nil, err
+	}
+	docs := map[string]string{}
+	text := func(groups ...*ast.CommentGroup) string {
+		for _, g := range groups {
+			if t := strings.Join(strings.Fields(g.Text()), " "); t != "" {
+				return t
+			}
+		}
+		return ""
+	}
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, parser.ParseComments)
+		if err != nil {
+			return nil, fmt.Errorf("parsing api source: %w", err)
+		}
+		for _, decl := range f.Decls {
+			gd, ok := decl.(*ast.GenDecl)
+			if !ok || gd.Tok != token.TYPE {
+				continue
+			}
+			for _, spec := range gd.Specs {
+				ts := spec.(*ast.TypeSpec)
+				if ts.Assign.IsValid() {
+					continue // an alias describes the type it names
+				}
+				// The first paragraph: the rest of a type's comment is for Go callers.
+				doc, _, _ := strings.Cut((cmp.Or(ts.Doc, gd.Doc)).Text(), "\n\n")
+				docs[ts.Name.Name] = strings.Join(strings.Fields(doc), " ")
+				st, ok := ts.Type.(*ast.StructType)
+				if !ok {
+					continue
+				}
+				for _, fld := range st.Fields.List {
+					for _, n := range fld.Names {
+						docs[ts.Name.Name+"."+n.Name] = text(fld.Doc, fld.Comment)
+					}
+				}
+			}
+		}
+	}
+	return docs, nil
 }
 
 // loadOpenAPI decodes the committed document.
@@ -186,7 +251,7 @@ func TestOpenAPIComplete(t *testing.T) {
 		{"PTY", "cols", "maximum", 65535.0},
 		{"ExecuteRequest", "language", "enum", toAny(api.Languages)},
 		{"ExecEvent", "type", "enum", toAny(api.EventTypes)},
-		{"ErrorDetail", "code", "enum", toAny(api.Codes)},
+		{"ErrorDetail", "code", "enum", toAny(errorCodes())},
 		{"SandboxInfo", "status", "enum", toAny(api.Statuses)},
 		{"FileInfo", "type", "enum", toAny(api.FileTypes)},
 		{"ExecuteResponse", "exit_code", "type", "integer"},
@@ -221,6 +286,21 @@ func TestOpenAPIComplete(t *testing.T) {
 	}
 	if slices.Contains(toStrings(schemas["ExecuteResponse"].(map[string]any)["required"]), "returncode") {
 		t.Error("the deprecated returncode is required; generated clients would depend on it")
+	}
+}
+
+// TestErrorCodes checks the code enum against the one code→status map: every code but internal
+// has a status of its own, and none is listed twice.
+func TestErrorCodes(t *testing.T) {
+	seen := map[string]bool{}
+	for _, code := range errorCodes() {
+		if seen[code] {
+			t.Errorf("code %q listed twice", code)
+		}
+		seen[code] = true
+		if got := statusOf(code); got == http.StatusInternalServerError && code != api.CodeInternal {
+			t.Errorf("statusOf(%q): got %d, want its own status", code, got)
+		}
 	}
 }
 
