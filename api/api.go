@@ -159,7 +159,7 @@ const (
 	CodeInternal          = "internal"           // 500
 )
 
-// Codes lists every error code.
+// Codes lists every public error code (the router adds its own method_not_allowed for a 405).
 var Codes = []string{CodeInvalidArgument, CodeUnauthenticated, CodeNotFound, CodeGone, CodeConflict,
 	CodeTooLarge, CodeResourceExhausted, CodeTimeout, CodeUnimplemented, CodeUnavailable, CodeInternal}
 
