@@ -3,6 +3,7 @@
 package api
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 )
@@ -13,74 +14,134 @@ const (
 	LanguageBash   = "bash"
 )
 
+// Languages lists every language, in the order the OpenAPI document gives them.
+var Languages = []string{LanguagePython, LanguageBash}
+
 // ExecuteRequest is the body of POST /v1/execute (and the seed-compatible POST /execute).
 // Zero values mean the server's defaults.
 type ExecuteRequest struct {
-	Code         string            `json:"code"`
-	Language     string            `json:"language,omitempty"`
-	Stdin        string            `json:"stdin,omitempty"`
-	Timeout      float64           `json:"timeout,omitempty"`   // seconds
-	MemoryMB     int64             `json:"memory_mb,omitempty"` // MiB
-	CPU          float64           `json:"cpu,omitempty"`       // cores
-	AllowNetwork bool              `json:"allow_network,omitempty"`
-	Env          map[string]string `json:"env,omitempty"`
-	Files        map[string]string `json:"files,omitempty"` // path → content, written before the run
-	Image        string            `json:"image,omitempty"`
+	Code         string            `json:"code"`                    // the program's source; no NUL bytes
+	Language     string            `json:"language,omitempty"`      // interpreter; default python
+	Stdin        string            `json:"stdin,omitempty"`         // the program's whole standard input
+	Timeout      float64           `json:"timeout,omitempty"`       // wall-clock limit of the whole process tree, in seconds
+	MemoryMB     int64             `json:"memory_mb,omitempty"`     // memory limit of the sandbox, in MiB
+	CPU          float64           `json:"cpu,omitempty"`           // CPU cores; at most the host's cores (GET /v1/info, limits.max_cpu)
+	AllowNetwork bool              `json:"allow_network,omitempty"` // outbound access to the public internet only; default false
+	Env          map[string]string `json:"env,omitempty"`           // extra environment variables (NAME → value)
+	Files        map[string]string `json:"files,omitempty"`         // path → content, written before the run; paths inside /workspace or /tmp
+	Image        string            `json:"image,omitempty"`         // root file system; only "host" so far
 }
 
 // ExecuteResponse is what one execution did.
+//
+// The v1 API spells the exit status exit_code, as exec, its NDJSON and WebSocket events and
+// install do, and like every other multi-word field (timed_out, oom_killed): that is the
+// canonical name. The seed API and DESIGN's first contract said returncode, so the answer
+// also carries returncode with the same value, a deprecated alias (the OpenAPI document marks
+// it so) kept for those clients. MarshalJSON writes both; UnmarshalJSON reads exit_code, or
+// returncode from a daemon older than the alias. The Go field keeps the name ReturnCode so Go
+// callers do not break.
+//
+// A struct embedding *ExecuteResponse inherits these methods and with them its whole JSON
+// form: give it its own MarshalJSON, as BatchResult does.
 type ExecuteResponse struct {
-	Success       bool    `json:"success"`
-	Stdout        string  `json:"stdout"`
-	Stderr        string  `json:"stderr"`
-	ReturnCode    int     `json:"returncode"`
+	Success bool   `json:"success"` // exit status 0, no timeout, no OOM kill
+	Stdout  string `json:"stdout"`  // UTF-8, invalid bytes replaced; cut at the output limit
+	Stderr  string `json:"stderr"`  // UTF-8, invalid bytes replaced; cut at the output limit
+	// ReturnCode is the program's exit status, as the CLI's: its own code; 128+N when signal N
+	// ended it; 124 on timeout; 137 when the memory limit killed it.
+	ReturnCode    int     `json:"exit_code" alias:"returncode"`
 	ExecutionTime float64 `json:"execution_time"` // seconds, wall clock of the program
-	TimedOut      bool    `json:"timed_out"`
-	OOMKilled     bool    `json:"oom_killed"`
-	Truncated     bool    `json:"truncated"`
+	TimedOut      bool    `json:"timed_out"`      // the timeout killed the process tree (exit_code 124)
+	OOMKilled     bool    `json:"oom_killed"`     // the memory limit was hit (exit_code 137)
+	Truncated     bool    `json:"truncated"`      // stdout or stderr was cut at the output limit
 	CPUTime       float64 `json:"cpu_time"`       // seconds, user+system of the whole sandbox
-	PeakMemoryMB  float64 `json:"peak_memory_mb"` // MiB
+	PeakMemoryMB  float64 `json:"peak_memory_mb"` // MiB, the sandbox's highest memory use
+}
+
+// executeFields is ExecuteResponse without its JSON methods.
+type executeFields ExecuteResponse
+
+// executeJSON is ExecuteResponse on the wire: its fields and the deprecated returncode alias.
+// Both pointers are nil for a BatchResult without a result.
+type executeJSON struct {
+	*executeFields
+	ReturnCodeAlias *int `json:"returncode,omitempty"`
+}
+
+func newExecuteJSON(r *ExecuteResponse) executeJSON {
+	if r == nil {
+		return executeJSON{}
+	}
+	return executeJSON{(*executeFields)(r), &r.ReturnCode}
+}
+
+// MarshalJSON writes the fields and the deprecated returncode alias of exit_code.
+func (r ExecuteResponse) MarshalJSON() ([]byte, error) {
+	return json.Marshal(newExecuteJSON(&r))
+}
+
+// UnmarshalJSON reads exit_code, or the returncode alias when exit_code is absent (an older
+// daemon).
+func (r *ExecuteResponse) UnmarshalJSON(b []byte) error {
+	var w struct {
+		*executeFields
+		ExitCode *int `json:"exit_code"` // shadows the embedded field, to see whether it was sent
+		Alias    *int `json:"returncode"`
+	}
+	w.executeFields = (*executeFields)(r)
+	if err := json.Unmarshal(b, &w); err != nil {
+		return err
+	}
+	switch {
+	case w.ExitCode != nil:
+		r.ReturnCode = *w.ExitCode
+	case w.Alias != nil:
+		r.ReturnCode = *w.Alias
+	}
+	return nil
 }
 
 // Info is the body of GET /v1/info.
 type Info struct {
-	Version   string   `json:"version"`
-	Runtimes  []string `json:"runtimes"`
-	Languages []string `json:"languages"`
-	Cgroup    int      `json:"cgroup_version"`
-	Limits    Limits   `json:"limits"`
+	Version   string   `json:"version"`        // the daemon's version
+	Runtimes  []string `json:"runtimes"`       // sandbox runtimes this daemon offers
+	Languages []string `json:"languages"`      // languages of POST /v1/execute
+	Cgroup    int      `json:"cgroup_version"` // the host's cgroup version (1 or 2)
+	Limits    Limits   `json:"limits"`         // the bounds this daemon checks requests against
 }
 
-// Limits are the bounds a request must stay within.
+// Limits are the bounds a request must stay within, as this daemon's operator set them (the
+// OpenAPI document gives the defaults).
 type Limits struct {
-	MinTimeout     float64 `json:"min_timeout"`
-	MaxTimeout     float64 `json:"max_timeout"`
-	DefaultTimeout float64 `json:"default_timeout"`
-	MinMemoryMB    int64   `json:"min_memory_mb"`
-	MaxMemoryMB    int64   `json:"max_memory_mb"`
-	DefaultMemory  int64   `json:"default_memory_mb"`
-	MaxCPU         float64 `json:"max_cpu"`
-	MaxBodyBytes   int64   `json:"max_body_bytes"`
-	OutputBytes    int64   `json:"output_limit_bytes"`
+	MinTimeout     float64 `json:"min_timeout"`        // seconds, shortest one-shot timeout
+	MaxTimeout     float64 `json:"max_timeout"`        // seconds, longest one-shot (and cell) timeout
+	DefaultTimeout float64 `json:"default_timeout"`    // seconds, one-shot timeout when none is given
+	MinMemoryMB    int64   `json:"min_memory_mb"`      // MiB, smallest memory limit
+	MaxMemoryMB    int64   `json:"max_memory_mb"`      // MiB, largest memory limit
+	DefaultMemory  int64   `json:"default_memory_mb"`  // MiB, memory limit when none is given
+	MaxCPU         float64 `json:"max_cpu"`            // cores, largest CPU limit
+	MaxBodyBytes   int64   `json:"max_body_bytes"`     // largest request body; over it, 413
+	OutputBytes    int64   `json:"output_limit_bytes"` // bytes kept of each of stdout and stderr
 	// Admission: one-shot runs at once and queued (in all and per API key), and live long-lived
 	// sandboxes and sessions (in all and per API key). Over them a request gets 429.
-	MaxConcurrent       int `json:"max_concurrent"`
-	MaxConcurrentPerKey int `json:"max_concurrent_per_key"`
-	MaxQueue            int `json:"max_queue"`
-	MaxQueuePerKey      int `json:"max_queue_per_key"`
-	MaxSandboxes        int `json:"max_sandboxes"`
-	MaxSandboxesPerKey  int `json:"max_sandboxes_per_key"`
+	MaxConcurrent       int `json:"max_concurrent"`         // one-shot runs at once
+	MaxConcurrentPerKey int `json:"max_concurrent_per_key"` // one-shot runs at once of one API key
+	MaxQueue            int `json:"max_queue"`              // one-shot runs waiting for a slot
+	MaxQueuePerKey      int `json:"max_queue_per_key"`      // one-shot runs of one API key waiting for a slot
+	MaxSandboxes        int `json:"max_sandboxes"`          // live long-lived sandboxes and sessions
+	MaxSandboxesPerKey  int `json:"max_sandboxes_per_key"`  // live long-lived sandboxes and sessions of one API key
 }
 
 // ErrorBody is every error response: {"error":{"code":"…","message":"…"}}.
 type ErrorBody struct {
-	Error ErrorDetail `json:"error"`
+	Error ErrorDetail `json:"error"` // what went wrong
 }
 
 // ErrorDetail is the inside of ErrorBody.
 type ErrorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
+	Code    string `json:"code"`    // machine-readable; each code has one HTTP status
+	Message string `json:"message"` // for people; never internal details
 }
 
 // Error codes. Each maps to exactly one HTTP status in internal/server.
@@ -97,6 +158,10 @@ const (
 	CodeUnavailable       = "unavailable"        // 503
 	CodeInternal          = "internal"           // 500
 )
+
+// Codes lists every public error code (the router adds its own method_not_allowed for a 405).
+var Codes = []string{CodeInvalidArgument, CodeUnauthenticated, CodeNotFound, CodeGone, CodeConflict,
+	CodeTooLarge, CodeResourceExhausted, CodeTimeout, CodeUnimplemented, CodeUnavailable, CodeInternal}
 
 // Sentinel errors for each code. Internal packages wrap these
 // (fmt.Errorf("sandbox %q: %w", id, api.ErrNotFound)) and the edges map them once.
@@ -157,18 +222,47 @@ func CodeOf(err error) string {
 // (snippets not run by then get a timeout error), and its snippets share a 16 MiB output budget:
 // each stream of each snippet is cut at min(1 MiB, 16 MiB / (2 × snippets)), 4 KiB at least.
 type BatchRequest struct {
-	Snippets    []ExecuteRequest `json:"snippets"`
-	Concurrency int              `json:"concurrency,omitempty"`
+	Snippets    []ExecuteRequest `json:"snippets"`              // each run in its own fresh sandbox
+	Concurrency int              `json:"concurrency,omitempty"` // snippets at once; 0 = the server's share
 }
 
 // BatchResponse has one result per snippet, in input order. A snippet that could not run has
 // Error set and no result.
 type BatchResponse struct {
-	Results []BatchResult `json:"results"`
+	Results []BatchResult `json:"results"` // one per snippet, in input order
 }
 
 // BatchResult is one snippet's outcome: the ExecuteResponse fields, or Error.
 type BatchResult struct {
 	*ExecuteResponse
-	Error *ErrorDetail `json:"error,omitempty"`
+	Error *ErrorDetail `json:"error,omitempty"` // set when the snippet could not run; then no other field is
+}
+
+// MarshalJSON writes the result's fields (with the returncode alias) or only the error; without
+// it, the embedded ExecuteResponse's MarshalJSON would drop Error.
+func (r BatchResult) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		executeJSON
+		Error *ErrorDetail `json:"error,omitempty"`
+	}{newExecuteJSON(r.ExecuteResponse), r.Error})
+}
+
+// UnmarshalJSON reads a result, leaving ExecuteResponse nil when only an error was sent.
+func (r *BatchResult) UnmarshalJSON(b []byte) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(b, &fields); err != nil {
+		return err
+	}
+	*r = BatchResult{}
+	if e, ok := fields["error"]; ok {
+		if err := json.Unmarshal(e, &r.Error); err != nil {
+			return err
+		}
+		delete(fields, "error")
+	}
+	if len(fields) == 0 {
+		return nil
+	}
+	r.ExecuteResponse = new(ExecuteResponse)
+	return json.Unmarshal(b, r.ExecuteResponse)
 }

@@ -33,90 +33,93 @@ const (
 	StatusTerminated = "terminated"
 )
 
+// Statuses lists every sandbox status.
+var Statuses = []string{StatusRunning, StatusTerminated}
+
 // CreateSandboxRequest is the body of POST /v1/sandboxes. Zero values mean defaults.
 type CreateSandboxRequest struct {
-	Image        string            `json:"image,omitempty"`
-	Timeout      float64           `json:"timeout,omitempty"`      // seconds of life; default 300
-	IdleTimeout  float64           `json:"idle_timeout,omitempty"` // seconds without API activity; 0 = none
-	CPU          float64           `json:"cpu,omitempty"`
-	MemoryMB     int64             `json:"memory_mb,omitempty"`
-	Workdir      string            `json:"workdir,omitempty"`       // default /workspace; created if missing
-	BlockNetwork *bool             `json:"block_network,omitempty"` // default true
+	Image        string            `json:"image,omitempty"`         // root file system; only "host" so far
+	Timeout      float64           `json:"timeout,omitempty"`       // seconds of life; default 300
+	IdleTimeout  float64           `json:"idle_timeout,omitempty"`  // seconds without API activity before it ends; 0 = none; at most the timeout
+	CPU          float64           `json:"cpu,omitempty"`           // CPU cores; at most the host's cores (GET /v1/info, limits.max_cpu)
+	MemoryMB     int64             `json:"memory_mb,omitempty"`     // memory limit of the sandbox, in MiB
+	Workdir      string            `json:"workdir,omitempty"`       // clean absolute path; default /workspace; created if missing
+	BlockNetwork *bool             `json:"block_network,omitempty"` // no network at all; default true
 	Env          map[string]string `json:"env,omitempty"`           // for every exec; at most 128 KiB of NAME=value
-	Tags         map[string]string `json:"tags,omitempty"`
+	Tags         map[string]string `json:"tags,omitempty"`          // at most 32; keys without ':' and not starting with "airlock."
 }
 
 // SandboxInfo describes a sandbox.
 type SandboxInfo struct {
-	ID           string            `json:"id"`
-	Status       string            `json:"status"`
-	Image        string            `json:"image"`
-	CreatedAt    time.Time         `json:"created_at"`
-	ExpiresAt    time.Time         `json:"expires_at"`
-	LastActiveAt time.Time         `json:"last_active_at"`
-	IdleTimeout  float64           `json:"idle_timeout,omitempty"`
-	CPU          float64           `json:"cpu"`
-	MemoryMB     int64             `json:"memory_mb"`
-	Workdir      string            `json:"workdir"`
-	BlockNetwork bool              `json:"block_network"`
-	Tags         map[string]string `json:"tags,omitempty"`
-	Usage        *Usage            `json:"usage,omitempty"`
-	EndReason    string            `json:"end_reason,omitempty"` // terminated, expired, idle, died
+	ID           string            `json:"id"`                     // the sandbox's id in every /v1/sandboxes/{id} route
+	Status       string            `json:"status"`                 // running until it ends, then terminated
+	Image        string            `json:"image"`                  // root file system
+	CreatedAt    time.Time         `json:"created_at"`             // when it started
+	ExpiresAt    time.Time         `json:"expires_at"`             // when its timeout ends it
+	LastActiveAt time.Time         `json:"last_active_at"`         // the last API call that used it (idle_timeout counts from here)
+	IdleTimeout  float64           `json:"idle_timeout,omitempty"` // seconds without API activity before it ends; absent = none
+	CPU          float64           `json:"cpu"`                    // CPU cores
+	MemoryMB     int64             `json:"memory_mb"`              // memory limit, in MiB
+	Workdir      string            `json:"workdir"`                // default working directory of exec and of relative file paths
+	BlockNetwork bool              `json:"block_network"`          // true when it has no network at all
+	Tags         map[string]string `json:"tags,omitempty"`         // the caller's tags, and the airlock.* tags the server sets
+	Usage        *Usage            `json:"usage,omitempty"`        // resource use so far, while it runs
+	EndReason    string            `json:"end_reason,omitempty"`   // why it ended: terminated, expired, idle, died, failed, shutdown
 }
 
 // Usage is a sandbox's resource consumption so far.
 type Usage struct {
-	CPUTime      float64 `json:"cpu_time"`       // seconds
-	MemoryMB     float64 `json:"memory_mb"`      // current
-	PeakMemoryMB float64 `json:"peak_memory_mb"` // highest so far
-	Processes    int     `json:"processes"`
+	CPUTime      float64 `json:"cpu_time"`       // seconds, user+system of every process
+	MemoryMB     float64 `json:"memory_mb"`      // MiB in use now
+	PeakMemoryMB float64 `json:"peak_memory_mb"` // MiB, highest so far
+	Processes    int     `json:"processes"`      // processes and threads now
 }
 
 // SandboxList is the body of GET /v1/sandboxes.
 type SandboxList struct {
-	Sandboxes []SandboxInfo `json:"sandboxes"`
+	Sandboxes []SandboxInfo `json:"sandboxes"` // the caller's live sandboxes (and sessions) having every requested tag
 }
 
 // ExecRequest is the body of POST /v1/sandboxes/{id}/exec and the first WebSocket message.
 type ExecRequest struct {
-	Cmd     []string          `json:"cmd"`
-	Stdin   string            `json:"stdin,omitempty"`   // written, then stdin is closed (unless StdinOpen)
-	Timeout float64           `json:"timeout,omitempty"` // seconds; 0 = until the sandbox ends
-	Workdir string            `json:"workdir,omitempty"`
-	Env     map[string]string `json:"env,omitempty"`
-	// StdinOpen keeps stdin open after Stdin for .../processes/{pid}/stdin (NDJSON mode).
+	Cmd     []string          `json:"cmd"`               // program and arguments, run without a shell; no NUL bytes
+	Stdin   string            `json:"stdin,omitempty"`   // written, then stdin is closed (unless stdin_open)
+	Timeout float64           `json:"timeout,omitempty"` // seconds; 0 = until the sandbox ends; the process tree is killed at it (exit_code 124)
+	Workdir string            `json:"workdir,omitempty"` // working directory; default the sandbox's workdir
+	Env     map[string]string `json:"env,omitempty"`     // environment variables added to the sandbox's
+	// StdinOpen keeps stdin open after stdin, for .../processes/{pid}/stdin (NDJSON mode).
 	StdinOpen bool   `json:"stdin_open,omitempty"`
-	Tag       string `json:"tag,omitempty"`
+	Tag       string `json:"tag,omitempty"` // a label shown in the process list
 	PTY       *PTY   `json:"pty,omitempty"` // WebSocket only: run on a terminal of this size
 }
 
 // PTY is a terminal size.
 type PTY struct {
-	Cols uint16 `json:"cols"`
-	Rows uint16 `json:"rows"`
+	Cols uint16 `json:"cols"` // columns, 1…4096
+	Rows uint16 `json:"rows"` // rows, 1…4096
 }
 
 // ExecResult is the JSON answer of an exec. Output past the cap (1 MiB per stream) is cut and
 // Truncated set.
 type ExecResult struct {
-	Stdout        string  `json:"stdout"`
-	Stderr        string  `json:"stderr"`
-	ExitCode      int     `json:"exit_code"` // 128+N for signal N; 124 on timeout
-	ExecutionTime float64 `json:"execution_time"`
-	TimedOut      bool    `json:"timed_out"`
-	Truncated     bool    `json:"truncated"`
-	Pid           int     `json:"pid"`
+	Stdout        string  `json:"stdout"`         // UTF-8, invalid bytes replaced; cut at the output limit
+	Stderr        string  `json:"stderr"`         // UTF-8, invalid bytes replaced; cut at the output limit
+	ExitCode      int     `json:"exit_code"`      // the exit status: 128+N for signal N; 124 on timeout
+	ExecutionTime float64 `json:"execution_time"` // seconds, wall clock
+	TimedOut      bool    `json:"timed_out"`      // the timeout killed the process tree
+	Truncated     bool    `json:"truncated"`      // stdout or stderr was cut at the output limit
+	Pid           int     `json:"pid"`            // the process's id inside the sandbox
 }
 
 // ExecEvent is one NDJSON line of a streamed exec (also the text frames of the WebSocket).
 type ExecEvent struct {
-	Type string `json:"type"` // start, stdout, stderr, exit, error
-	Pid  int    `json:"pid,omitempty"`
+	Type string `json:"type"`          // start, stdout, stderr, exit, error
+	Pid  int    `json:"pid,omitempty"` // on start: the process's id, for .../processes/{pid}/…
 	// Data is the output chunk for stdout/stderr, as UTF-8 (invalid bytes replaced).
 	Data          string  `json:"data,omitempty"`
-	ExitCode      *int    `json:"exit_code,omitempty"`
-	TimedOut      bool    `json:"timed_out,omitempty"`
-	ExecutionTime float64 `json:"execution_time,omitempty"`
+	ExitCode      *int    `json:"exit_code,omitempty"`      // on exit: the exit status, as in ExecResult
+	TimedOut      bool    `json:"timed_out,omitempty"`      // on exit: the timeout killed the process tree
+	ExecutionTime float64 `json:"execution_time,omitempty"` // on exit: seconds, wall clock
 	// Error is set on type "error": the exec ended without an exit, e.g. the sandbox was
 	// terminated (code "gone").
 	Error *ErrorDetail `json:"error,omitempty"`
@@ -130,6 +133,9 @@ const (
 	EventExit   = "exit"
 	EventError  = "error"
 )
+
+// EventTypes lists every exec event type.
+var EventTypes = []string{EventStart, EventStdout, EventStderr, EventExit, EventError}
 
 // WebSocket protocol of /v1/sandboxes/{id}/exec/ws:
 //
@@ -156,33 +162,43 @@ type WSControl struct {
 
 // SignalRequest is the body of POST .../processes/{pid}/signal.
 type SignalRequest struct {
-	Signal int `json:"signal"` // e.g. 2 (SIGINT), 9 (SIGKILL), 15 (SIGTERM)
+	Signal int `json:"signal"` // the Linux signal number, e.g. 2 (SIGINT), 9 (SIGKILL), 15 (SIGTERM)
 }
 
 // ProcessInfo is a running process started through the API.
 type ProcessInfo struct {
-	Pid int      `json:"pid"`
-	Cmd []string `json:"cmd"`
-	Tag string   `json:"tag,omitempty"`
+	Pid int      `json:"pid"`           // its id inside the sandbox
+	Cmd []string `json:"cmd"`           // its program and arguments
+	Tag string   `json:"tag,omitempty"` // the tag of its exec request
 }
 
 // ProcessList is the body of GET .../processes.
 type ProcessList struct {
-	Processes []ProcessInfo `json:"processes"`
+	Processes []ProcessInfo `json:"processes"` // running processes started through the API
 }
+
+// File types.
+const (
+	FileTypeFile    = "file"
+	FileTypeDir     = "dir"
+	FileTypeSymlink = "symlink"
+)
+
+// FileTypes lists every file type.
+var FileTypes = []string{FileTypeFile, FileTypeDir, FileTypeSymlink}
 
 // FileInfo describes a file in a sandbox.
 type FileInfo struct {
-	Name          string    `json:"name"`
-	Path          string    `json:"path"`
-	Type          string    `json:"type"` // file, dir, symlink
-	Size          int64     `json:"size"`
-	Mode          uint32    `json:"mode"`
-	ModifiedAt    time.Time `json:"modified_at"`
-	SymlinkTarget string    `json:"symlink_target,omitempty"`
+	Name          string    `json:"name"`                     // base name
+	Path          string    `json:"path"`                     // absolute path inside the sandbox
+	Type          string    `json:"type"`                     // file, dir, symlink
+	Size          int64     `json:"size"`                     // bytes
+	Mode          uint32    `json:"mode"`                     // permission bits, e.g. 420 (0644)
+	ModifiedAt    time.Time `json:"modified_at"`              // last modification
+	SymlinkTarget string    `json:"symlink_target,omitempty"` // for a symlink: where it points (not followed)
 }
 
 // FileList is the body of GET .../files/list.
 type FileList struct {
-	Entries []FileInfo `json:"entries"`
+	Entries []FileInfo `json:"entries"` // the directory's entries, down to the requested depth
 }
