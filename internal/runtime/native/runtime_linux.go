@@ -471,59 +471,129 @@ type Sandbox struct {
 
 // Create starts a sandbox and returns once its agent is serving. On error nothing is left behind.
 //
-// The steps, each undone in reverse order if a later one fails: a uid range, the state directory,
-// the cgroups (outer group, user group and on v2 the agent's leaf), the agent socket and pipes,
-// the init (cloned into new namespaces, in a user namespace owned by the range's own host uid),
-// the agent's placement in its cgroup, the config, and the init's report that the agent serves.
+// It runs the steps below in order over a cleanup stack: each step pushes the undo of what it
+// acquired, and if a later one fails the undos run in reverse order. An error names its step.
 func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error) {
-	if !idPattern().MatchString(spec.ID) {
-		return nil, fmt.Errorf("sandbox id %q: invalid", spec.ID)
-	}
-	if spec.Network {
-		return nil, ErrNetworkUnsupported
-	}
-	if err := checkWorkdir(spec.Workdir); err != nil {
+	if err := validateSpec(spec); err != nil {
 		return nil, err
 	}
-	slot, err := r.allocSlot(spec.ID)
-	if err != nil {
-		return nil, err
-	}
-	var undo []func()
-	undo = append(undo, func() { r.freeSlot(slot) })
+	c := &creation{r: r, spec: spec}
 	defer func() {
 		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
+			c.undo.run()
 		}
 	}()
-	owner := r.cfg.hostUID(slot, 0) // the sandbox's root inside: its agent
-
-	dir := filepath.Join(r.cfg.StateDir, "sandboxes", spec.ID)
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("sandbox directory: %w", err)
+	// Descriptors the init inherits or Create only needs meanwhile are closed in any case,
+	// before any undo runs.
+	defer func() {
+		for i := len(c.files) - 1; i >= 0; i-- {
+			c.files[i].Close()
+		}
+	}()
+	steps := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"uid slot", c.uidSlot},
+		{"state directory", c.stateDir},
+		{"cgroups", c.cgroups},
+		{"socket and pipes", c.channels},
+		{"spawn init", c.spawnInit},
+		{"place in cgroups", c.place},
+		{"configure", c.configure},
+		{"await ready", c.awaitReady},
+		{"persist state", c.persist},
 	}
-	undo = append(undo, func() { os.RemoveAll(dir) })
+	for _, st := range steps {
+		if err := st.run(ctx); err != nil {
+			return nil, fmt.Errorf("%s: %w", st.name, err)
+		}
+	}
+	c.undo.release()
+	c.sb.client = agentClient(c.sock)
+	return c.sb, nil
+}
 
-	scratch := ScratchFor(spec.ScratchBytes, spec.MemoryBytes)
+// validateSpec refuses a spec Create cannot honour before anything is acquired.
+func validateSpec(spec Spec) error {
+	if !idPattern().MatchString(spec.ID) {
+		return fmt.Errorf("sandbox id %q: invalid", spec.ID)
+	}
+	if spec.Network {
+		return ErrNetworkUnsupported
+	}
+	return checkWorkdir(spec.Workdir)
+}
+
+// creation is one Create in progress: what its steps have acquired so far.
+type creation struct {
+	r     *Runtime
+	spec  Spec
+	undo  cleanup
+	files []*os.File // closed when Create returns, whatever the outcome
+
+	slot, owner int // uid-range slot; the host uid of the sandbox's root inside (its agent)
+	dir, sock   string
+
+	scratch          int64
+	user             cgroup.Limits // the user group's limits
+	v2               bool
+	g, agentG, userG *cgroup.Group
+	userFiles        []*os.File // the user group's descriptor (v2) or tasks files (v1), for the init
+
+	lnFile, cfgR, cfgW, statusR, statusW, logf *os.File
+
+	sb *Sandbox
+}
+
+// keep registers f to be closed when Create returns.
+func (c *creation) keep(f *os.File) *os.File {
+	c.files = append(c.files, f)
+	return f
+}
+
+func (c *creation) uidSlot(context.Context) error {
+	slot, err := c.r.allocSlot(c.spec.ID)
+	if err != nil {
+		return err
+	}
+	c.slot, c.owner = slot, c.r.cfg.hostUID(slot, 0)
+	c.undo.add(func() { c.r.freeSlot(slot) })
+	return nil
+}
+
+func (c *creation) stateDir(context.Context) error {
+	c.dir = filepath.Join(c.r.cfg.StateDir, "sandboxes", c.spec.ID)
+	if err := os.Mkdir(c.dir, 0o700); err != nil {
+		return fmt.Errorf("sandbox directory: %w", err)
+	}
+	c.undo.add(func() { os.RemoveAll(c.dir) })
+	return nil
+}
+
+// cgroups creates the outer group, then (v2) the agent's leaf and the user group, or (v1) the
+// user group with its limits, and opens what the init inherits of the user group.
+func (c *creation) cgroups(ctx context.Context) error {
+	spec := c.spec
+	c.scratch = ScratchFor(spec.ScratchBytes, spec.MemoryBytes)
 	outer := cgroup.Limits{CPU: spec.CPU}
 	if spec.MemoryBytes > 0 {
-		outer.MemoryBytes = spec.MemoryBytes + scratch + agentMemoryReserve
+		outer.MemoryBytes = spec.MemoryBytes + c.scratch + agentMemoryReserve
 	}
 	if spec.Pids > 0 {
 		outer.Pids = spec.Pids + agentPidsReserve
 	}
-	user := cgroup.Limits{MemoryBytes: spec.MemoryBytes, Pids: spec.Pids}
-	v2 := r.cg.Version() == 2
-	if !v2 && user.Pids > 0 {
-		user.Pids++ // v1: the agent's spawner thread lives in the user group (see startSpawner)
+	c.user = cgroup.Limits{MemoryBytes: spec.MemoryBytes, Pids: spec.Pids}
+	c.v2 = c.r.cg.Version() == 2
+	if !c.v2 && c.user.Pids > 0 {
+		c.user.Pids++ // v1: the agent's spawner thread lives in the user group (see startSpawner)
 	}
-	g, err := r.cg.Create(spec.ID, outer)
+	g, err := c.r.cg.Create(spec.ID, outer)
 	if err != nil {
-		return nil, fmt.Errorf("create cgroup: %w", err)
+		return fmt.Errorf("create cgroup: %w", err)
 	}
-	undo = append(undo, func() {
+	c.g = g
+	c.undo.add(func() {
 		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		g.Kill(kctx)
@@ -532,70 +602,77 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	// On v2 the user group gets its limits only once the init has left the outer group (a group
 	// that delegates controllers may hold no process); it must exist before the init starts,
 	// though, because the init inherits a descriptor of it.
-	var agentG, userG *cgroup.Group
-	if v2 {
-		if agentG, err = g.CreateChild("agent", cgroup.Limits{}); err != nil {
-			return nil, err
+	if c.v2 {
+		if c.agentG, err = g.CreateChild("agent", cgroup.Limits{}); err != nil {
+			return err
 		}
-		if userG, err = g.CreateChild(userGroup, cgroup.Limits{}); err != nil {
-			return nil, err
+		if c.userG, err = g.CreateChild(userGroup, cgroup.Limits{}); err != nil {
+			return err
 		}
-	} else if userG, err = g.CreateChild(userGroup, user); err != nil {
-		return nil, err
-	}
-	var userFiles []*os.File
-	if v2 {
-		fd, _, err := userG.DirFD()
+		fd, _, err := c.userG.DirFD()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		userFiles = []*os.File{os.NewFile(uintptr(fd), "user cgroup")}
-	} else if userFiles, err = userG.OpenTasks(); err != nil {
-		return nil, err
+		c.userFiles = []*os.File{c.keep(os.NewFile(uintptr(fd), "user cgroup"))}
+		return nil
 	}
-	defer func() {
-		for _, f := range userFiles {
-			f.Close()
-		}
-	}()
-
-	sock := filepath.Join(dir, "agent.sock")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if c.userG, err = g.CreateChild(userGroup, c.user); err != nil {
+		return err
+	}
+	files, err := c.userG.OpenTasks()
+	for _, f := range files {
+		c.keep(f)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("agent socket: %w", err)
+		return err
+	}
+	c.userFiles = files
+	return nil
+}
+
+// channels opens the agent's socket, the config and status pipes and the agent's log.
+func (c *creation) channels(context.Context) error {
+	c.sock = filepath.Join(c.dir, "agent.sock")
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: c.sock, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("agent socket: %w", err)
 	}
 	ln.SetUnlinkOnClose(false)
 	lnFile, err := ln.File()
 	ln.Close()
 	if err != nil {
-		return nil, fmt.Errorf("agent socket: %w", err)
+		return fmt.Errorf("agent socket: %w", err)
 	}
-	defer lnFile.Close()
+	c.lnFile = c.keep(lnFile)
 
 	cfgR, cfgW, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("config pipe: %w", err)
+		return fmt.Errorf("config pipe: %w", err)
 	}
-	defer cfgR.Close()
-	defer cfgW.Close()
+	c.cfgR, c.cfgW = c.keep(cfgR), c.keep(cfgW)
 	statusR, statusW, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("status pipe: %w", err)
+		return fmt.Errorf("status pipe: %w", err)
 	}
-	defer statusR.Close()
-	defer statusW.Close()
-	logf, err := os.OpenFile(filepath.Join(dir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	c.statusR, c.statusW = c.keep(statusR), c.keep(statusW)
+	logf, err := os.OpenFile(filepath.Join(c.dir, "agent.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("agent log: %w", err)
+		return fmt.Errorf("agent log: %w", err)
 	}
-	defer logf.Close()
+	c.logf = c.keep(logf)
+	return nil
+}
 
+// spawnInit starts the init, cloned into new namespaces, in a user namespace owned by the
+// range's own host uid, and (v2) born in the outer group. Its descriptors 3, 4, 5 are the config
+// pipe, the status pipe and the socket, then the user group's files.
+func (c *creation) spawnInit(context.Context) error {
 	size := 65536
 	attr := &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWUSER | syscall.CLONE_NEWNS | syscall.CLONE_NEWPID |
 			syscall.CLONE_NEWNET | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS,
-		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: owner, Size: size}},
-		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: owner, Size: size}},
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: c.owner, Size: size}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: c.owner, Size: size}},
 		GidMappingsEnableSetgroups: true,
 		// The clone keeps the daemon's uid 0, which is unmapped inside the new user namespace;
 		// switch to the namespace's own uid 0 (host owner) before exec, or exec drops every
@@ -603,8 +680,8 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		Credential: &syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{}},
 		Setsid:     true,
 	}
-	if fd, ok, err := g.DirFD(); err != nil {
-		return nil, fmt.Errorf("cgroup fd: %w", err)
+	if fd, ok, err := c.g.DirFD(); err != nil {
+		return fmt.Errorf("cgroup fd: %w", err)
 	} else if ok {
 		// cgroup v2: born inside its cgroup, and its cgroup namespace is rooted there, so the
 		// agent sees (and may start children in) the user group below it.
@@ -613,60 +690,73 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		attr.Cloneflags |= syscall.CLONE_NEWCGROUP
 	}
 	cmd := &exec.Cmd{
-		Path:        r.cfg.Exe,
-		Args:        r.cfg.Args,
+		Path:        c.r.cfg.Exe,
+		Args:        c.r.cfg.Args,
 		Env:         []string{"AIRLOCK_SANDBOX_INIT=1"},
-		Stdout:      logf,
-		Stderr:      logf,
-		ExtraFiles:  append([]*os.File{cfgR, statusW, lnFile}, userFiles...),
+		Stdout:      c.logf,
+		Stderr:      c.logf,
+		ExtraFiles:  append([]*os.File{c.cfgR, c.statusW, c.lnFile}, c.userFiles...),
 		SysProcAttr: attr,
 	}
-	if err := startOwnedBy(cmd, owner); err != nil {
-		return nil, fmt.Errorf("start sandbox init: %w", err)
+	if err := startOwnedBy(cmd, c.owner); err != nil {
+		return fmt.Errorf("start sandbox init: %w", err)
 	}
-	cfgR.Close()
-	statusW.Close()
-	sb := &Sandbox{id: spec.ID, pid: cmd.Process.Pid, proc: cmd.Process, cg: g, user: userG, dir: dir, sock: sock,
-		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", spec.ID),
-		release: func() { r.freeSlot(slot) }}
+	c.cfgR.Close()
+	c.statusW.Close()
+	slot := c.slot
+	sb := &Sandbox{id: c.spec.ID, pid: cmd.Process.Pid, proc: cmd.Process, cg: c.g, user: c.userG, dir: c.dir, sock: c.sock,
+		done: make(chan struct{}), logger: c.r.cfg.Logger.With("sandbox", c.spec.ID),
+		release: func() { c.r.freeSlot(slot) }}
 	go func() {
 		cmd.Wait()
 		close(sb.done)
 	}()
-	undo = append(undo, func() {
+	c.undo.add(func() {
 		cmd.Process.Kill()
 		<-sb.done
 	})
-	if v2 {
-		if err := placeV2(g, agentG, userG, sb.pid, user, owner); err != nil {
-			return nil, err
-		}
-	} else if err := g.Add(sb.pid); err != nil {
-		return nil, fmt.Errorf("join cgroup: %w", err)
+	c.sb = sb
+	return nil
+}
+
+// place moves the init into its cgroups: on v1 it joins the outer group; on v2 it moves from
+// the outer group into the agent's leaf (placeV2).
+func (c *creation) place(context.Context) error {
+	if c.v2 {
+		return placeV2(c.g, c.agentG, c.userG, c.sb.pid, c.user, c.owner)
 	}
+	if err := c.g.Add(c.sb.pid); err != nil {
+		return fmt.Errorf("join cgroup: %w", err)
+	}
+	return nil
+}
+
+// configure sends the init its config on fd 3.
+func (c *creation) configure(context.Context) error {
 	icfg := initConfig{
-		ID: spec.ID, Hostname: "sandbox", Staging: r.staging,
-		Binds: r.binds, Symlinks: r.links,
-		ScratchSize: scratch, UID: r.cfg.UID, GID: r.cfg.GID, NoFile: spec.NoFile,
-		NProc: uint64(spec.Pids), Workdir: spec.Workdir,
-		UserCgroup: len(userFiles), CgroupV2: v2,
+		ID: c.spec.ID, Hostname: "sandbox", Staging: c.r.staging,
+		Binds: c.r.binds, Symlinks: c.r.links,
+		ScratchSize: c.scratch, UID: c.r.cfg.UID, GID: c.r.cfg.GID, NoFile: c.spec.NoFile,
+		NProc: uint64(c.spec.Pids), Workdir: c.spec.Workdir,
+		UserCgroup: len(c.userFiles), CgroupV2: c.v2,
 	}
-	if err := json.NewEncoder(cfgW).Encode(&icfg); err != nil {
-		return nil, fmt.Errorf("send sandbox config: %w", err)
+	if err := json.NewEncoder(c.cfgW).Encode(&icfg); err != nil {
+		return fmt.Errorf("send sandbox config: %w", err)
 	}
-	cfgW.Close()
-	if err := waitReady(ctx, statusR); err != nil {
-		return nil, err
-	}
-	start, err := procStartTime(sb.pid)
+	c.cfgW.Close()
+	return nil
+}
+
+// awaitReady waits for the init's report on fd 4 that the agent serves.
+func (c *creation) awaitReady(ctx context.Context) error { return waitReady(ctx, c.statusR) }
+
+// persist writes the state a restarted daemon recovers the sandbox from.
+func (c *creation) persist(context.Context) error {
+	start, err := procStartTime(c.sb.pid)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox init: %w", err)
+		return fmt.Errorf("sandbox init: %w", err)
 	}
-	if err := writeState(dir, state{ID: spec.ID, Pid: sb.pid, Start: start, Meta: spec.Meta, Slot: slot}); err != nil {
-		return nil, err
-	}
-	sb.client = agentClient(sock)
-	return sb, nil
+	return writeState(c.dir, state{ID: c.spec.ID, Pid: c.sb.pid, Start: start, Meta: c.spec.Meta, Slot: c.slot})
 }
 
 // placeV2 moves the init from the outer group into the agent's leaf, delegates the controllers
