@@ -174,7 +174,10 @@ func serveCmd() *cobra.Command {
 			}
 			srv, err := server.New(server.Config{Logger: logger, Engine: e, APIKeys: keys, Version: Version,
 				CgroupVersion: rt.CgroupVersion(), Runtimes: []string{"native"},
-				ReadTimeout: co.readTimeout, WriteTimeout: co.writeTimeout})
+				ReadTimeout: co.readTimeout, WriteTimeout: co.writeTimeout,
+				// A quarter of the connection cap per key: one tenant's requests — streams and
+				// WebSockets included — can never hold every connection.
+				MaxRequestsPerKey: max(co.maxConns/4, 16)})
 			if err != nil {
 				return err
 			}

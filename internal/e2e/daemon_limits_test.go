@@ -265,3 +265,51 @@ func TestWebSocketCloseKillsPTYProcess(t *testing.T) {
 		})
 	}
 }
+
+// TestDaemonStalledStreamsCannotLockOutOthers is N1 of the second review: key 1 opens more
+// connections than the daemon accepts, each a streamed upload whose body stops arriving or a
+// download it never reads (routes without the ordinary deadlines); key 2 must still be served.
+// Streams must keep making progress (each read or write re-arms its deadline), and one key holds
+// at most a quarter of the connection cap in requests.
+func TestDaemonStalledStreamsCannotLockOutOthers(t *testing.T) {
+	d, _ := startLimitsDaemon(t, "stall", "AIRLOCK_API_KEYS", limitsKey1+","+limitsKey2,
+		"AIRLOCK_READ_TIMEOUT", "2s", "AIRLOCK_WRITE_TIMEOUT", "2s", "AIRLOCK_MAX_CONNECTIONS", "64")
+	hc := &http.Client{Transport: &http.Transport{}}
+	code, body := keyed(t, t.Context(), hc, "POST", d.url+"/v1/sandboxes", limitsKey1, `{"timeout":120}`)
+	var sb api.SandboxInfo
+	if json.Unmarshal(body, &sb); code != 201 {
+		t.Fatalf("create sandbox: %d %s", code, body)
+	}
+	files := d.url + "/v1/sandboxes/" + sb.ID + "/files?path="
+	if code, body := keyed(t, t.Context(), hc, "PUT", files+"big", limitsKey1, strings.Repeat("x", 32<<20)); code != 200 {
+		t.Fatalf("upload: %d %s", code, body)
+	}
+	var conns []net.Conn
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for i := range 70 {
+		c, err := net.Dial("tcp", d.addr)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		path := "/v1/sandboxes/" + sb.ID + "/files?path="
+		if i%2 == 0 {
+			fmt.Fprintf(c, "PUT %su%d HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 100000000\r\n\r\nabc", path, i, limitsKey1)
+		} else {
+			fmt.Fprintf(c, "GET %sbig HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", path, limitsKey1)
+		}
+	}
+	// Key 2 is served (the context is a hang guard: without the fix it waits for as long as key
+	// 1 keeps its sockets open).
+	hc.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	hc2 := &http.Client{Transport: &http.Transport{}} // a connection of its own, made after key 1's
+	if code, body := keyed(t, ctx, hc2, "GET", d.url+"/v1/sandboxes", limitsKey2, ""); code != 200 {
+		t.Fatalf("key 2 while key 1 holds stalled streams: %d %s", code, body)
+	}
+}

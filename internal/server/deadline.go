@@ -1,6 +1,7 @@
 package server
 
 import (
+	"io"
 	"net/http"
 	"time"
 )
@@ -29,8 +30,20 @@ func (s *Server) deadlines(pattern string, next http.Handler) http.Handler {
 			// finished keeps it, and the server closes the connection instead of waiting.
 			rc.SetReadDeadline(time.Now().Add(s.cfg.ReadTimeout))
 		}
-		if doc.raw == "response" || doc.upgrades || (doc.ndjson && wantsNDJSON(r)) {
+		if streamsBody && !doc.upgrades && r.Body != nil && r.Body != http.NoBody {
+			// A streamed body may take as long as it needs, but it must keep coming: each
+			// read re-arms the deadline, so a client that stops sending mid-body (and would
+			// hold its connection and a slot of the connection cap forever) is cut.
+			r.Body = &progressReader{ReadCloser: r.Body, rc: rc, timeout: s.cfg.ReadTimeout}
+		}
+		if doc.upgrades {
 			next.ServeHTTP(w, r)
+			return
+		}
+		if doc.raw == "response" || (doc.ndjson && wantsNDJSON(r)) {
+			// A streamed answer likewise: each write must complete within WriteTimeout of
+			// starting, so a client that stops reading is cut, however long the stream lives.
+			next.ServeHTTP(&progressWriter{ResponseWriter: w, rc: rc, timeout: s.cfg.WriteTimeout}, r)
 			return
 		}
 		next.ServeHTTP(&deadlineWriter{ResponseWriter: w, rc: rc, timeout: s.cfg.WriteTimeout}, r)
@@ -63,3 +76,34 @@ func (w *deadlineWriter) Write(b []byte) (int, error) {
 }
 
 func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// progressReader re-arms the connection's read deadline before every read of a streamed body.
+type progressReader struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (r *progressReader) Read(b []byte) (int, error) {
+	r.rc.SetReadDeadline(time.Now().Add(r.timeout))
+	return r.ReadCloser.Read(b)
+}
+
+// progressWriter re-arms the connection's write deadline before every write of a streamed answer.
+type progressWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (w *progressWriter) Write(b []byte) (int, error) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *progressWriter) Flush() {
+	w.rc.SetWriteDeadline(time.Now().Add(w.timeout))
+	w.rc.Flush()
+}
+
+func (w *progressWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
@@ -39,6 +40,10 @@ type Config struct {
 	// their clients read and write at their own pace, bounded by the sandbox's life.
 	ReadTimeout  time.Duration
 	WriteTimeout time.Duration
+	// MaxRequestsPerKey bounds the requests one API key has in flight at once (streams and
+	// WebSockets included), so that one tenant cannot hold every connection the daemon accepts
+	// (see --max-connections); past it, 429. Default 256; it applies only with API keys.
+	MaxRequestsPerKey int
 }
 
 // Validate reports a configuration that cannot work.
@@ -62,6 +67,31 @@ type Server struct {
 	paths    map[string]bool // route paths, for JSON 405s
 	patterns []string        // every registered "METHOD /path", for the OpenAPI check
 	metrics  *metrics
+
+	inflightMu sync.Mutex     // guards inflight
+	inflight   map[string]int // requests in flight per owner
+}
+
+// errTooManyRequests is the answer past Config.MaxRequestsPerKey.
+var errTooManyRequests = api.Errorf(api.ErrResourceExhausted, "too many requests in flight for this API key")
+
+// enter counts one more request in flight for owner; false if that would pass the bound.
+func (s *Server) enter(owner string) bool {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	if s.inflight[owner] >= s.cfg.MaxRequestsPerKey {
+		return false
+	}
+	s.inflight[owner]++
+	return true
+}
+
+func (s *Server) leave(owner string) {
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	if s.inflight[owner]--; s.inflight[owner] <= 0 {
+		delete(s.inflight, owner)
+	}
 }
 
 // New returns a server; Handler gives its http.Handler.
@@ -78,10 +108,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.WriteTimeout == 0 {
 		cfg.WriteTimeout = time.Minute
 	}
+	if cfg.MaxRequestsPerKey == 0 {
+		cfg.MaxRequestsPerKey = 256
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, mux: http.NewServeMux(), paths: map[string]bool{}, metrics: newMetrics(cfg.Engine)}
+	s := &Server{cfg: cfg, mux: http.NewServeMux(), paths: map[string]bool{}, metrics: newMetrics(cfg.Engine),
+		inflight: map[string]int{}}
 	for _, k := range cfg.APIKeys {
 		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
 	}
@@ -138,6 +172,12 @@ func (s *Server) adapt(auth bool, h handlerFunc) http.Handler {
 				// No keep-alive for a client without a key: it gets nothing to hold open.
 				w.Header().Set("Connection", "close")
 				return api.ErrUnauthenticated
+			}
+			if len(s.keys) > 0 {
+				if !s.enter(owner) {
+					return errTooManyRequests
+				}
+				defer s.leave(owner)
 			}
 			return h(w, r.WithContext(engine.WithOwner(r.Context(), owner)))
 		}()
