@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine/fakeagent"
 )
 
 // fakeRuntime creates fakeInstances; nothing runs.
@@ -21,10 +21,11 @@ type fakeRuntime struct {
 }
 
 type fakeInstance struct {
-	rt   *fakeRuntime
-	id   string
-	done chan struct{}
-	once sync.Once
+	rt    *fakeRuntime
+	id    string
+	done  chan struct{}
+	once  sync.Once
+	agent fakeagent.Agent
 }
 
 func (r *fakeRuntime) Create(ctx context.Context, s Spec) (Instance, error) {
@@ -36,9 +37,9 @@ func (r *fakeRuntime) Create(ctx context.Context, s Spec) (Instance, error) {
 
 func (r *fakeRuntime) Recover(ctx context.Context) ([]Recovered, error) { return r.recovered, nil }
 
-func (f *fakeInstance) HTTPClient() *http.Client { return http.DefaultClient }
-func (f *fakeInstance) Usage() (Usage, error)    { return Usage{}, nil }
-func (f *fakeInstance) Done() <-chan struct{}    { return f.done }
+func (f *fakeInstance) Agent() Agent          { return &f.agent }
+func (f *fakeInstance) Usage() (Usage, error) { return Usage{}, nil }
+func (f *fakeInstance) Done() <-chan struct{} { return f.done }
 func (f *fakeInstance) Destroy(ctx context.Context) error {
 	f.once.Do(func() {
 		close(f.done)
