@@ -18,6 +18,7 @@ type fakeRuntime struct {
 	created   []Spec
 	destroyed map[string]bool
 	recovered []Recovered
+	insts     []*fakeInstance // every instance created, in order
 }
 
 type fakeInstance struct {
@@ -32,7 +33,9 @@ func (r *fakeRuntime) Create(ctx context.Context, s Spec) (Instance, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.created = append(r.created, s)
-	return &fakeInstance{rt: r, id: s.ID, done: make(chan struct{})}, nil
+	inst := &fakeInstance{rt: r, id: s.ID, done: make(chan struct{})}
+	r.insts = append(r.insts, inst)
+	return inst, nil
 }
 
 func (r *fakeRuntime) Recover(ctx context.Context) ([]Recovered, error) { return r.recovered, nil }
