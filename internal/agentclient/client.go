@@ -81,7 +81,11 @@ func Millis(d time.Duration) uint32 {
 	if d <= 0 {
 		return 0
 	}
-	return uint32(min((d+time.Millisecond-1)/time.Millisecond, math.MaxUint32))
+	ms := d / time.Millisecond
+	if d%time.Millisecond != 0 {
+		ms++ // rounding up by adding first would overflow near the largest duration
+	}
+	return uint32(min(ms, math.MaxUint32))
 }
 
 // apiError maps an agent RPC error to the API's taxonomy; the message is the agent's, which
