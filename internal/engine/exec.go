@@ -26,7 +26,7 @@ func (e *Engine) Exec(ctx context.Context, sb *Sandbox, req api.ExecRequest, o E
 	x.OutputLimit, x.KeepStdin = o.OutputLimit, o.KeepStdin || req.StdinOpen
 	end, err := sb.client.Exec(ctx, x, on)
 	if err != nil {
-		return nil, e.endedError(sb, (err))
+		return nil, e.endedError(sb, err)
 	}
 	return end, nil
 }
@@ -77,35 +77,35 @@ func (e *Engine) execRequest(sb *Sandbox, req api.ExecRequest) (Process, error) 
 
 // Resize changes the terminal size of a PTY process.
 func (e *Engine) Resize(ctx context.Context, sb *Sandbox, pid int, cols, rows uint16) error {
-	return e.endedError(sb, (sb.client.Resize(ctx, pid, cols, rows)))
+	return e.endedError(sb, sb.client.Resize(ctx, pid, cols, rows))
 }
 
 // Signal sends sig to a process the API started in sb.
 func (e *Engine) Signal(ctx context.Context, sb *Sandbox, pid, sig int) error {
-	return e.endedError(sb, (sb.client.Signal(ctx, pid, sig)))
+	return e.endedError(sb, sb.client.Signal(ctx, pid, sig))
 }
 
 // WriteStdin streams r to a process's stdin, closing stdin afterwards if eof.
 func (e *Engine) WriteStdin(ctx context.Context, sb *Sandbox, pid int, r io.Reader, eof bool) error {
-	return e.endedError(sb, (sb.client.WriteStdin(ctx, pid, r, eof)))
+	return e.endedError(sb, sb.client.WriteStdin(ctx, pid, r, eof))
 }
 
 // Processes lists processes started through the API that are still running.
 func (e *Engine) Processes(ctx context.Context, sb *Sandbox) ([]api.ProcessInfo, error) {
 	ps, err := sb.client.Processes(ctx)
-	return ps, e.endedError(sb, (err))
+	return ps, e.endedError(sb, err)
 }
 
 // ReadFile streams the file p of sb into w; started runs before the first byte is written.
 func (e *Engine) ReadFile(ctx context.Context, sb *Sandbox, p string, w io.Writer, started func()) error {
-	return e.endedError(sb, (sb.client.ReadFile(ctx, sb.resolve(p), w, started)))
+	return e.endedError(sb, sb.client.ReadFile(ctx, sb.resolve(p), w, started))
 }
 
 // WriteFile streams r into p.
 func (e *Engine) WriteFile(ctx context.Context, sb *Sandbox, p string, r io.Reader, mode uint32) (api.FileInfo, error) {
 	p = sb.resolve(p)
 	if err := sb.client.WriteFile(ctx, p, r, mode); err != nil {
-		return api.FileInfo{}, e.endedError(sb, (err))
+		return api.FileInfo{}, e.endedError(sb, err)
 	}
 	return e.Stat(ctx, sb, p)
 }
@@ -113,7 +113,7 @@ func (e *Engine) WriteFile(ctx context.Context, sb *Sandbox, p string, r io.Read
 // Stat describes p.
 func (e *Engine) Stat(ctx context.Context, sb *Sandbox, p string) (api.FileInfo, error) {
 	fi, err := sb.client.Stat(ctx, sb.resolve(p))
-	return fi, e.endedError(sb, (err))
+	return fi, e.endedError(sb, err)
 }
 
 // List lists the directory p to depth (1 = its entries only).
@@ -122,18 +122,18 @@ func (e *Engine) List(ctx context.Context, sb *Sandbox, p string, depth int) ([]
 		return nil, invalid("depth %d is outside 1…16", depth)
 	}
 	l, err := sb.client.List(ctx, sb.resolve(p), depth)
-	return l, e.endedError(sb, (err))
+	return l, e.endedError(sb, err)
 }
 
 // Mkdir creates p and its parents.
 func (e *Engine) Mkdir(ctx context.Context, sb *Sandbox, p string) (api.FileInfo, error) {
 	fi, err := sb.client.MakeDir(ctx, sb.resolve(p))
-	return fi, e.endedError(sb, (err))
+	return fi, e.endedError(sb, err)
 }
 
 // Remove deletes p; a non-empty directory only when recursive.
 func (e *Engine) Remove(ctx context.Context, sb *Sandbox, p string, recursive bool) error {
-	return e.endedError(sb, (sb.client.Remove(ctx, sb.resolve(p), recursive)))
+	return e.endedError(sb, sb.client.Remove(ctx, sb.resolve(p), recursive))
 }
 
 // resolve makes a relative path relative to the workdir; the agent confines the result.
