@@ -26,7 +26,9 @@ type fakeAgent struct {
 }
 
 // fakeRepl is fakeAgent's REPL service (its Start would clash with the process service's).
-type fakeRepl struct{ agentpbconnect.UnimplementedReplHandler }
+type fakeRepl struct {
+	agentpbconnect.UnimplementedReplHandler
+}
 
 func (fakeAgent) Stat(ctx context.Context, req *connect.Request[pb.StatRequest]) (*connect.Response[pb.StatResponse], error) {
 	var c connect.Code
