@@ -15,7 +15,6 @@ import (
 
 	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/server"
@@ -178,7 +177,7 @@ func (e *Env) RuntimePrint1(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sandbox create: %w", err)
 	}
-	err = execPython(ctx, agent.NewClient(sb.HTTPClient()))
+	err = execPython(ctx, sb.Agent())
 	if derr := sb.Destroy(ctx); derr != nil {
 		err = errors.Join(err, fmt.Errorf("sandbox destroy: %w", derr))
 	}

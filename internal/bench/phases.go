@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/airlockhq/airlock/internal/agent"
+	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/cgroup"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
@@ -245,7 +245,7 @@ func measureSandbox(ctx context.Context, cfg Config, env *Env, ps *phaseSet) err
 			return err
 		}
 		err := ps.timed(PhaseFirstExecPy, "exec python3 print(1), first in a fresh sandbox (new agent connection)",
-			func() error { return execPython(ctx, agent.NewClient(sb.HTTPClient())) })
+			func() error { return execPython(ctx, sb.Agent()) })
 		if err != nil {
 			sb.Destroy(ctx)
 			return err
@@ -267,7 +267,7 @@ func measureSandbox(ctx context.Context, cfg Config, env *Env, ps *phaseSet) err
 		if err != nil {
 			return fmt.Errorf("sandbox create: %w", err)
 		}
-		cl := agent.NewClient(sb.HTTPClient())
+		cl := sb.Agent()
 		err = ps.timed(PhaseFirstExecTrue, "exec true, first in a fresh sandbox (new agent connection)",
 			func() error { return execTrue(ctx, cl) })
 		if err == nil {
@@ -298,7 +298,7 @@ func measureExec(ctx context.Context, cfg Config, env *Env, ps *phaseSet) (err e
 			err = errors.Join(err, fmt.Errorf("sandbox destroy: %w", derr))
 		}
 	}()
-	cl := agent.NewClient(sb.HTTPClient())
+	cl := sb.Agent()
 	if err := execTrue(ctx, cl); err != nil { // open the connection
 		return err
 	}
@@ -320,13 +320,13 @@ func measureExec(ctx context.Context, cfg Config, env *Env, ps *phaseSet) (err e
 }
 
 // execRequest is what the engine sends for a one-shot, minus the program.
-func execRequest(cmd string, args ...string) agent.ExecRequest {
-	return agent.ExecRequest{Cmd: cmd, Args: args, Dir: "/workspace", Timeout: 30 * time.Second,
+func execRequest(cmd string, args ...string) agentclient.Process {
+	return agentclient.Process{Cmd: cmd, Args: args, Dir: "/workspace", Timeout: 30 * time.Second,
 		OutputLimit: 1 << 20, KillTree: true}
 }
 
-func execTrue(ctx context.Context, cl *agent.Client) error {
-	end, err := cl.Exec(ctx, execRequest("true"), func(agent.Event) {})
+func execTrue(ctx context.Context, cl *agentclient.Client) error {
+	end, err := cl.Exec(ctx, execRequest("true"), func(agentclient.Event) {})
 	if err != nil {
 		return fmt.Errorf("exec true: %w", err)
 	}
@@ -336,9 +336,9 @@ func execTrue(ctx context.Context, cl *agent.Client) error {
 	return nil
 }
 
-func execPython(ctx context.Context, cl *agent.Client) error {
+func execPython(ctx context.Context, cl *agentclient.Client) error {
 	var out bytes.Buffer
-	end, err := cl.Exec(ctx, execRequest("python3", "-c", printCode), func(ev agent.Event) { out.Write(ev.Stdout) })
+	end, err := cl.Exec(ctx, execRequest("python3", "-c", printCode), func(ev agentclient.Event) { out.Write(ev.Stdout) })
 	if err != nil {
 		return fmt.Errorf("exec python3: %w", err)
 	}

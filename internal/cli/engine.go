@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
@@ -44,6 +45,11 @@ func (n nativeRuntime) Recover(ctx context.Context) ([]engine.Recovered, error) 
 }
 
 type nativeSandbox struct{ *native.Sandbox }
+
+// The agent client implements the engine's Agent as it is; this is where both are in scope.
+var _ engine.Agent = (*agentclient.Client)(nil)
+
+func (s nativeSandbox) Agent() engine.Agent { return s.Sandbox.Agent() }
 
 func (s nativeSandbox) Usage() (engine.Usage, error) {
 	st, err := s.Stats()

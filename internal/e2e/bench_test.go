@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
 	"github.com/airlockhq/airlock/internal/engine"
 )
 
@@ -70,7 +69,7 @@ func BenchmarkExecTrue(b *testing.B) {
 		b.Fatal(err)
 	}
 	samples(b, hostTrue(b), func() {
-		if _, err := e.Exec(b.Context(), sb, api.ExecRequest{Cmd: []string{"true"}}, engine.ExecOptions{}, func(agent.Event) {}); err != nil {
+		if _, err := e.Exec(b.Context(), sb, api.ExecRequest{Cmd: []string{"true"}}, engine.ExecOptions{}, func(engine.Event) {}); err != nil {
 			b.Fatal(err)
 		}
 	})
@@ -151,7 +150,7 @@ func BenchmarkStdoutStream(b *testing.B) {
 	for b.Loop() {
 		var n int
 		_, err := e.Exec(b.Context(), sb, api.ExecRequest{Cmd: []string{"head", "-c", fmt.Sprint(size), "/dev/zero"}},
-			engine.ExecOptions{}, func(ev agent.Event) { n += len(ev.Stdout) })
+			engine.ExecOptions{}, func(ev engine.Event) { n += len(ev.Stdout) })
 		if err != nil || n != size {
 			b.Fatal(n, err)
 		}

@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
+	"github.com/airlockhq/airlock/internal/agentclient"
 )
 
 // answerCost is how many bytes of daemon memory one byte of an agent answer takes at worst while
@@ -42,7 +42,7 @@ type ticket struct {
 	err  error // why a reservation failed, for the caller to report instead of the read error
 }
 
-var _ agent.AnswerBudget = (*ticket)(nil)
+var _ agentclient.AnswerBudget = (*ticket)(nil)
 
 func (b *budget) ticket() *ticket { return &ticket{b: b} }
 

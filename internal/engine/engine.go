@@ -1,5 +1,6 @@
 // Package engine owns the lifecycle of every sandbox: admission, creation through a Runtime,
-// one-shot execution, and teardown. It knows nothing of HTTP or of how isolation is built.
+// one-shot execution, and teardown. It knows nothing of HTTP, of the agent's protocol (it drives
+// each sandbox through the Agent interface it declares) or of how isolation is built.
 package engine
 
 import (
@@ -9,7 +10,6 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
-	"net/http"
 	"runtime"
 	"slices"
 	"strings"
@@ -26,8 +26,8 @@ type Runtime interface {
 
 // Instance is one running sandbox.
 type Instance interface {
-	// HTTPClient reaches the sandbox's agent; any URL host works.
-	HTTPClient() *http.Client
+	// Agent reaches the sandbox's agent.
+	Agent() Agent
 	Usage() (Usage, error)
 	// Done is closed when the sandbox has died or been destroyed.
 	Done() <-chan struct{}

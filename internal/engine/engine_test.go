@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net/http"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine/fakeagent"
 )
 
 // fakeRuntime creates fakeInstances; nothing runs.
@@ -18,27 +18,31 @@ type fakeRuntime struct {
 	created   []Spec
 	destroyed map[string]bool
 	recovered []Recovered
+	insts     []*fakeInstance // every instance created, in order
 }
 
 type fakeInstance struct {
-	rt   *fakeRuntime
-	id   string
-	done chan struct{}
-	once sync.Once
+	rt    *fakeRuntime
+	id    string
+	done  chan struct{}
+	once  sync.Once
+	agent fakeagent.Agent
 }
 
 func (r *fakeRuntime) Create(ctx context.Context, s Spec) (Instance, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.created = append(r.created, s)
-	return &fakeInstance{rt: r, id: s.ID, done: make(chan struct{})}, nil
+	inst := &fakeInstance{rt: r, id: s.ID, done: make(chan struct{})}
+	r.insts = append(r.insts, inst)
+	return inst, nil
 }
 
 func (r *fakeRuntime) Recover(ctx context.Context) ([]Recovered, error) { return r.recovered, nil }
 
-func (f *fakeInstance) HTTPClient() *http.Client { return http.DefaultClient }
-func (f *fakeInstance) Usage() (Usage, error)    { return Usage{}, nil }
-func (f *fakeInstance) Done() <-chan struct{}    { return f.done }
+func (f *fakeInstance) Agent() Agent          { return &f.agent }
+func (f *fakeInstance) Usage() (Usage, error) { return Usage{}, nil }
+func (f *fakeInstance) Done() <-chan struct{} { return f.done }
 func (f *fakeInstance) Destroy(ctx context.Context) error {
 	f.once.Do(func() {
 		close(f.done)

@@ -12,7 +12,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
 )
 
 // maxInlineCode is the largest program passed as an argument (`python3 -c`); larger ones are
@@ -143,7 +142,7 @@ func (e *Engine) execute(ctx context.Context, req api.ExecuteRequest, outputLimi
 }
 
 func (e *Engine) runOnce(ctx context.Context, inst Instance, plan *execPlan) (*api.ExecuteResponse, error) {
-	cl := agent.NewClient(inst.HTTPClient())
+	cl := inst.Agent()
 	// The agent enforces the timeout; this backstop only fires if the agent itself is stuck.
 	ctx, cancel := context.WithTimeoutCause(ctx, plan.timeout+5*time.Second, api.ErrTimeout)
 	defer cancel()
@@ -154,7 +153,7 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, plan *execPlan) (*a
 			return nil, fmt.Errorf("write %s: %w", name, err)
 		}
 	}
-	x := agent.ExecRequest{
+	x := Process{
 		Env: plan.req.Env, Dir: "/workspace", Stdin: []byte(plan.req.Stdin),
 		Timeout: plan.timeout, OutputLimit: plan.outputLimit, KillTree: true,
 	}
@@ -176,7 +175,7 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, plan *execPlan) (*a
 	}
 	var stdout, stderr bytes.Buffer
 	limit := int(plan.outputLimit)
-	end, err := cl.Exec(ctx, x, func(ev agent.Event) {
+	end, err := cl.Exec(ctx, x, func(ev Event) {
 		// The agent caps output; cap again so a misbehaving agent cannot grow the daemon.
 		AppendCapped(&stdout, ev.Stdout, limit)
 		AppendCapped(&stderr, ev.Stderr, limit)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
 )
 
 // Recoverer is implemented by runtimes whose sandboxes outlive the daemon.
@@ -54,7 +53,7 @@ func (e *Engine) Recover(ctx context.Context) (adopted, destroyed int, err error
 			destroyed++
 			continue
 		}
-		sb := &Sandbox{id: r.ID, inst: r.Inst, client: agent.NewClient(r.Inst.HTTPClient()), created: m.Created,
+		sb := &Sandbox{id: r.ID, inst: r.Inst, client: r.Inst.Agent(), created: m.Created,
 			expires: m.Expires, idle: m.Idle, req: m.Req, release: release, lastActive: time.Now(), owner: m.Owner}
 		e.mu.Lock()
 		e.live[r.ID] = r.Inst

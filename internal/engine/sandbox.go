@@ -14,14 +14,13 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
 )
 
 // Sandbox is a long-lived sandbox driven step by step.
 type Sandbox struct {
 	id      string
 	inst    Instance
-	client  *agent.Client
+	client  Agent
 	created time.Time
 	expires time.Time
 	idle    time.Duration
@@ -52,9 +51,6 @@ func (s *Sandbox) touch() (done func()) {
 
 // ID is the sandbox's id.
 func (s *Sandbox) ID() string { return s.id }
-
-// Client is the sandbox's agent client.
-func (s *Sandbox) Client() *agent.Client { return s.client }
 
 // Workdir is the sandbox's default working directory.
 func (s *Sandbox) Workdir() string { return s.req.Workdir }
@@ -246,7 +242,7 @@ func (e *Engine) createSandbox(ctx context.Context, req api.CreateSandboxRequest
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
-	sb := &Sandbox{id: id, inst: inst, client: agent.NewClient(inst.HTTPClient()), created: now,
+	sb := &Sandbox{id: id, inst: inst, client: inst.Agent(), created: now,
 		expires: now.Add(life), idle: idle, req: req, release: release, lastActive: now, owner: owner}
 	if req.Workdir != "/workspace" && underWritable(req.Workdir) {
 		if _, err := sb.client.MakeDir(ctx, req.Workdir); err != nil {

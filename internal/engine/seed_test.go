@@ -2,26 +2,10 @@ package engine
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 )
-
-// okAgent answers every Connect unary call with an empty message: enough for a session's
-// interpreter start to succeed without a sandbox.
-type okAgent struct{}
-
-func (okAgent) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.Body != nil {
-		io.Copy(io.Discard, r.Body)
-		r.Body.Close()
-	}
-	return &http.Response{StatusCode: 200, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: http.Header{"Content-Type": {"application/proto"}}, Body: io.NopCloser(strings.NewReader("")), Request: r}, nil
-}
 
 // slowRuntime creates sessions that answer; while blocked is set, Create waits for release.
 type slowRuntime struct {
@@ -31,10 +15,6 @@ type slowRuntime struct {
 	entered chan string
 	release chan struct{}
 }
-
-type agentInstance struct{ fakeInstance }
-
-func (a *agentInstance) HTTPClient() *http.Client { return &http.Client{Transport: okAgent{}} }
 
 func (r *slowRuntime) Create(ctx context.Context, s Spec) (Instance, error) {
 	r.mu.Lock()
@@ -49,7 +29,7 @@ func (r *slowRuntime) Create(ctx context.Context, s Spec) (Instance, error) {
 			return nil, ctx.Err()
 		}
 	}
-	return &agentInstance{fakeInstance{rt: &fakeRuntime{}, id: s.ID, done: make(chan struct{})}}, nil
+	return &fakeInstance{rt: &fakeRuntime{}, id: s.ID, done: make(chan struct{})}, nil
 }
 
 // TestSeedCreationDoesNotBlockOtherKeys is M3 of the December review: while key 1's seed

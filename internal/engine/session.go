@@ -11,11 +11,8 @@ import (
 	"sync"
 	"time"
 
-	"connectrpc.com/connect"
-
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
-	pb "github.com/airlockhq/airlock/internal/agent/agentpb"
+	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/repl"
 )
 
@@ -62,10 +59,9 @@ func (e *Engine) createSessionTagged(ctx context.Context, req api.CreateSessionR
 	if err != nil {
 		return nil, err
 	}
-	_, err = sb.client.Repl.Start(ctx, connect.NewRequest(&pb.ReplStartRequest{Env: sb.req.Env, Cwd: sb.req.Workdir}))
-	if err != nil {
+	if err := sb.client.ReplStart(ctx, sb.req.Env, sb.req.Workdir); err != nil {
 		e.end(ctx, sb, "failed")
-		return nil, fmt.Errorf("start interpreter: %w", agentError(err))
+		return nil, fmt.Errorf("start interpreter: %w", err)
 	}
 	return sb, nil
 }
@@ -107,38 +103,33 @@ func (e *Engine) RunCellHeld(ctx context.Context, sb *Sandbox, req api.RunReques
 		return nil, nil, invalid("code contains a NUL byte")
 	}
 	t := e.budget.ticket()
-	resp, err := sb.client.Repl.Run(agent.WithAnswerBudget(ctx, t), connect.NewRequest(&pb.ReplRunRequest{Code: req.Code,
-		TimeoutMs: agent.Millis(timeout), OutputLimit: uint64(e.cfg.OutputLimit)}))
+	c, err := sb.client.ReplRun(agentclient.WithAnswerBudget(ctx, t), req.Code, timeout, e.cfg.OutputLimit)
 	if err != nil {
 		t.release()
 		if berr := t.failed(); berr != nil {
 			return nil, nil, berr
 		}
-		return nil, nil, e.endedError(sb, agentError(err))
+		return nil, nil, e.endedError(sb, err)
 	}
-	return cellResult(resp.Msg), t.release, nil
+	return cellResult(c), t.release, nil
 }
 
 // cellResult converts an agent's answer, re-checking the rich outputs against the same rules as
 // the agent (repl.IsText, repl.MaxDisplayItems, repl.DefaultDisplayLimit): the agent shares its
-// sandbox with the code that produced them. Each display item of m is released once converted,
+// sandbox with the code that produced them. Each display item of c is released once converted,
 // so that the answer is not held twice. Dropped outputs set Truncated.
-func cellResult(m *pb.ReplRunResponse) *api.RunResult {
+func cellResult(c *Cell) *api.RunResult {
 	r := &api.RunResult{
-		Stdout: UTF8(m.GetStdout()), Stderr: UTF8(m.GetStderr()), Display: []api.Display{},
-		ExecutionTime: float64(m.GetExecutionTimeUs()) / 1e6,
-		Truncated:     m.GetStdoutTruncated() || m.GetStderrTruncated(),
-		TimedOut:      m.GetTimedOut(), Interrupted: m.GetInterrupted(),
-		Restarted: m.GetRestarted(), RestartReason: m.GetRestartReason(),
-	}
-	if m.GetHasResult() {
-		res := m.GetResult()
-		r.Result = &res
+		Stdout: UTF8(c.Stdout), Stderr: UTF8(c.Stderr), Display: []api.Display{},
+		ExecutionTime: c.ExecutionTime.Seconds(),
+		Truncated:     c.StdoutTruncated || c.StderrTruncated,
+		TimedOut:      c.TimedOut, Interrupted: c.Interrupted,
+		Restarted: c.Restarted, RestartReason: c.RestartReason, Result: c.Result,
 	}
 	var total int64
-	for i, d := range m.Display {
-		m.Display[i] = nil
-		mime, data := d.GetMime(), d.GetData()
+	for i, d := range c.Display {
+		c.Display[i] = agentclient.Display{}
+		mime, data := d.MIME, d.Data
 		switch {
 		case mime == "" || len(mime) > 255 || len(r.Display) >= repl.MaxDisplayItems ||
 			total+int64(len(data)) > repl.DefaultDisplayLimit:
@@ -155,8 +146,8 @@ func cellResult(m *pb.ReplRunResponse) *api.RunResult {
 			r.Display = append(r.Display, api.Display{MIME: mime, Data: base64.StdEncoding.EncodeToString(data)})
 		}
 	}
-	if e := m.GetError(); e != nil {
-		r.Error = &api.CellError{Name: e.GetName(), Value: e.GetValue(), Traceback: e.GetTraceback()}
+	if e := c.Error; e != nil {
+		r.Error = &api.CellError{Name: e.Name, Value: e.Value, Traceback: e.Traceback}
 	}
 	r.Success = r.Error == nil && !r.Interrupted && !r.TimedOut
 	return r
@@ -164,11 +155,11 @@ func cellResult(m *pb.ReplRunResponse) *api.RunResult {
 
 // Interrupt stops the session's running cell.
 func (e *Engine) Interrupt(ctx context.Context, sb *Sandbox) (*api.InterruptResult, error) {
-	resp, err := sb.client.Repl.Interrupt(ctx, connect.NewRequest(&pb.ReplInterruptRequest{}))
+	interrupted, restarted, err := sb.client.ReplInterrupt(ctx)
 	if err != nil {
-		return nil, e.endedError(sb, agentError(err))
+		return nil, e.endedError(sb, err)
 	}
-	return &api.InterruptResult{Interrupted: resp.Msg.GetInterrupted(), Restarted: resp.Msg.GetRestarted()}, nil
+	return &api.InterruptResult{Interrupted: interrupted, Restarted: restarted}, nil
 }
 
 // requirement (compiled on first use: this binary is also every sandbox's PID 1) is what a package argument may look like: a name with optional extras and
@@ -198,14 +189,12 @@ func (e *Engine) Install(ctx context.Context, sb *Sandbox, req api.InstallReques
 	if !e.cfg.WheelDirSet {
 		return nil, api.Errorf(api.ErrUnimplemented, "package installs need outbound network (not available yet) or an operator wheel directory (airlock serve --wheel-dir)")
 	}
-	resp, err := sb.client.Repl.Install(ctx, connect.NewRequest(&pb.ReplInstallRequest{Packages: req.Packages,
-		FindLinks: WheelDir, TimeoutMs: agent.Millis(timeout)}))
+	m, err := sb.client.ReplInstall(ctx, req.Packages, WheelDir, timeout)
 	if err != nil {
-		return nil, e.endedError(sb, agentError(err))
+		return nil, e.endedError(sb, err)
 	}
-	m := resp.Msg
-	return &api.InstallResult{Success: m.GetExitCode() == 0 && !m.GetTimedOut(), Output: UTF8(m.GetOutput()),
-		ExitCode: int(m.GetExitCode()), TimedOut: m.GetTimedOut()}, nil
+	return &api.InstallResult{Success: m.ExitCode == 0 && !m.TimedOut, Output: UTF8(m.Output),
+		ExitCode: m.ExitCode, TimedOut: m.TimedOut}, nil
 }
 
 // seedID is what the seed-compatible routes accept as a session_id.

@@ -10,7 +10,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
 	"github.com/airlockhq/airlock/internal/engine"
 )
 
@@ -108,7 +107,7 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) error {
 	limit := s.cfg.Engine.Limits().OutputBytes
 	var stdout, stderr bytes.Buffer
 	var pid int
-	end, err := s.cfg.Engine.Exec(r.Context(), sb, req, engine.ExecOptions{OutputLimit: limit}, func(ev agent.Event) {
+	end, err := s.cfg.Engine.Exec(r.Context(), sb, req, engine.ExecOptions{OutputLimit: limit}, func(ev engine.Event) {
 		if ev.Pid != 0 {
 			pid = ev.Pid
 		}
@@ -148,7 +147,7 @@ func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, sb *engine.S
 		rc.Flush()
 	}
 	// Output is not capped in a stream; the client reads at its own pace (backpressure).
-	end, err := s.cfg.Engine.Exec(r.Context(), sb, req, engine.ExecOptions{KeepStdin: req.StdinOpen}, func(ev agent.Event) {
+	end, err := s.cfg.Engine.Exec(r.Context(), sb, req, engine.ExecOptions{KeepStdin: req.StdinOpen}, func(ev engine.Event) {
 		switch {
 		case ev.Pid != 0:
 			send(api.ExecEvent{Type: api.EventStart, Pid: ev.Pid})

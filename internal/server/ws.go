@@ -12,7 +12,6 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
 	"github.com/airlockhq/airlock/internal/engine"
 )
 
@@ -48,7 +47,7 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 	defer wg.Wait()
 	wg.Go(func() { s.wsInput(ctx, c, sb, pidc, ended) })
 
-	end, err := s.cfg.Engine.Exec(ctx, sb, req, engine.ExecOptions{KeepStdin: true}, func(ev agent.Event) {
+	end, err := s.cfg.Engine.Exec(ctx, sb, req, engine.ExecOptions{KeepStdin: true}, func(ev engine.Event) {
 		writeMu.Lock()
 		defer writeMu.Unlock()
 		switch {

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/cgroup"
 )
 
@@ -460,7 +460,7 @@ type Sandbox struct {
 	userOnce sync.Once
 	dir      string
 	sock     string
-	client   *http.Client
+	client   *agentclient.Client
 	logger   *slog.Logger
 
 	done    chan struct{} // closed when PID 1 has exited
@@ -837,23 +837,7 @@ func waitReady(ctx context.Context, status *os.File) error {
 
 // agentClient speaks HTTP/2 cleartext to the agent over the sandbox's unix socket; all calls
 // multiplex over one connection.
-func agentClient(sock string) *http.Client {
-	var p http.Protocols
-	p.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-		Protocols:          &p,
-		DisableCompression: true,
-		HTTP2: &http.HTTP2Config{
-			MaxReceiveBufferPerConnection: 16 << 20,
-			MaxReceiveBufferPerStream:     8 << 20,
-		},
-	}
-	return &http.Client{Transport: tr}
-}
+func agentClient(sock string) *agentclient.Client { return agentclient.Dial(sock) }
 
 // state is persisted beside the socket so a restarted daemon can find the sandbox again.
 type state struct {
@@ -882,8 +866,8 @@ func (s *Sandbox) ID() string { return s.id }
 // Pid is the host pid of the sandbox's PID 1.
 func (s *Sandbox) Pid() int { return s.pid }
 
-// HTTPClient talks to the agent; any URL host works ("http://agent/...").
-func (s *Sandbox) HTTPClient() *http.Client { return s.client }
+// Agent is the client of the sandbox's agent.
+func (s *Sandbox) Agent() *agentclient.Client { return s.client }
 
 // Done is closed when the sandbox's PID 1 has exited.
 func (s *Sandbox) Done() <-chan struct{} { return s.done }

@@ -1,0 +1,118 @@
+// Package agentclient is the daemon's side of the agent protocol: it reaches a sandbox's agent
+// over HTTP/2 cleartext on the sandbox's unix socket, speaks its Connect RPCs, and gives the
+// engine plain Go types and errors that are already api sentinels. No connect code or protobuf
+// message leaves this package. It is portable (no Linux-only code), so the engine and the
+// server that use its types build on every GOOS.
+package agentclient
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
+)
+
+// Client is the daemon's side of the agent protocol for one sandbox. It is safe for concurrent
+// use; all calls multiplex over one HTTP/2 connection.
+type Client struct {
+	hc      *http.Client
+	process agentpbconnect.ProcessClient
+	agent   agentpbconnect.AgentClient
+	fs      agentpbconnect.FilesystemClient
+	repl    agentpbconnect.ReplClient
+}
+
+// Dial returns a client that speaks HTTP/2 cleartext to the agent listening on the unix socket
+// sock. Nothing is dialled until the first call.
+func Dial(sock string) *Client {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		Protocols:          &p,
+		DisableCompression: true,
+		HTTP2: &http.HTTP2Config{
+			MaxReceiveBufferPerConnection: 16 << 20,
+			MaxReceiveBufferPerStream:     8 << 20,
+		},
+	}
+	return New(&http.Client{Transport: tr})
+}
+
+// New returns a client over hc, which must reach the agent (any URL host works).
+//
+// Every message from the agent is bounded (MaxMessage): the agent runs inside the sandbox, next
+// to code that may try to make it answer with more than the daemon should hold.
+func New(hc *http.Client) *Client {
+	const base = "http://agent"
+	opt := connect.WithReadMaxBytes(MaxMessage)
+	c := *hc
+	c.Transport = budgetTransport{base: hc.Transport}
+	return &Client{
+		hc:      &c,
+		process: agentpbconnect.NewProcessClient(&c, base, opt),
+		agent:   agentpbconnect.NewAgentClient(&c, base, opt),
+		fs:      agentpbconnect.NewFilesystemClient(&c, base, opt),
+		repl:    agentpbconnect.NewReplClient(&c, base, opt),
+	}
+}
+
+// CloseIdleConnections closes the client's idle connections to the agent (on Destroy).
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+
+// MaxMessage is the largest single message the daemon accepts from an agent: a REPL cell's
+// rich outputs (16 MiB) and output (2 × 1 MiB) with room to spare.
+const MaxMessage = 24 << 20
+
+// Millis converts d to the protocol's milliseconds, where 0 means no limit: a positive duration
+// rounds up, so that below a millisecond it becomes 1 ms, never "unlimited"; past the field's
+// range it saturates.
+func Millis(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	ms := d / time.Millisecond
+	if d%time.Millisecond != 0 {
+		ms++ // rounding up by adding first would overflow near the largest duration
+	}
+	return uint32(min(ms, math.MaxUint32))
+}
+
+// apiError maps an agent RPC error to the API's taxonomy; the message is the agent's, which
+// describes the sandbox's own state (paths, processes) and nothing of the host. Errors that are
+// not the agent's answer (a broken connection, the caller's own) pass through unchanged, so the
+// engine can tell them apart.
+func apiError(err error) error {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return err
+	}
+	msg := ce.Message()
+	switch ce.Code() {
+	case connect.CodeNotFound:
+		return api.Errorf(api.ErrNotFound, "%s", msg)
+	case connect.CodeInvalidArgument, connect.CodeFailedPrecondition, connect.CodePermissionDenied:
+		return api.Errorf(api.ErrInvalidArgument, "%s", msg)
+	case connect.CodeAlreadyExists:
+		return api.Errorf(api.ErrConflict, "%s", msg)
+	case connect.CodeResourceExhausted:
+		return api.Errorf(api.ErrTooLarge, "%s", msg)
+	case connect.CodeUnavailable: // the agent is at one of its own bounds (processes): retry later
+		return api.Errorf(api.ErrResourceExhausted, "%s", msg)
+	case connect.CodeUnimplemented:
+		return api.Errorf(api.ErrUnimplemented, "%s", msg)
+	case connect.CodeDeadlineExceeded:
+		return api.Errorf(api.ErrTimeout, "%s", msg)
+	}
+	return err
+}
