@@ -3,6 +3,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -265,4 +266,35 @@ func (r *BatchResult) UnmarshalJSON(b []byte) error {
 	}
 	r.ExecuteResponse = new(ExecuteResponse)
 	return json.Unmarshal(b, r.ExecuteResponse)
+}
+
+// serverFault lists the codes whose HTTP status is a 5xx: the fault is the server's, and an
+// error's wrapped internals (paths, stderr of a failed start, a library's text) must not reach
+// the client.
+var serverFault = map[string]bool{CodeInternal: true, CodeUnimplemented: true, CodeUnavailable: true, CodeTimeout: true}
+
+// PublicDetail is the one place that turns an error into what a client may see — for JSON
+// answers, NDJSON and WebSocket error events and batch results alike. A client error (4xx)
+// keeps its whole message, which describes the request. A server fault keeps only what was
+// written for clients: the message given to Errorf, or else the code's own generic message; an
+// internal error says "internal error". A context deadline is a timeout.
+func PublicDetail(err error) ErrorDetail {
+	code := CodeOf(err)
+	if code == CodeInternal && errors.Is(err, context.DeadlineExceeded) {
+		code = CodeTimeout
+	}
+	if !serverFault[code] {
+		return ErrorDetail{Code: code, Message: err.Error()}
+	}
+	var pe *publicError
+	var e *Error
+	switch {
+	case code == CodeInternal:
+		return ErrorDetail{Code: code, Message: ErrInternal.Message}
+	case errors.As(err, &pe):
+		return ErrorDetail{Code: code, Message: pe.msg}
+	case errors.As(err, &e):
+		return ErrorDetail{Code: code, Message: e.Message}
+	}
+	return ErrorDetail{Code: code, Message: ErrTimeout.Message}
 }

@@ -1,7 +1,10 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 )
@@ -113,5 +116,30 @@ func TestAliasTags(t *testing.T) {
 				t.Errorf("%s.%s: alias %q is %s, want %s", rt.Name(), f.Name, alias, got[alias], want)
 			}
 		}
+	}
+}
+
+// PublicDetail is the one masking rule for every answer: client errors keep their text, server
+// faults only what was written for clients.
+func TestPublicDetail(t *testing.T) {
+	secret := errors.New("open /var/lib/airlock/sandboxes/x/agent.sock: connection refused")
+	for _, tc := range []struct {
+		name      string
+		err       error
+		code, msg string
+	}{
+		{"bad request keeps its text", fmt.Errorf("sandbox sb-1: %w", Errorf(ErrInvalidArgument, "cmd is empty")), CodeInvalidArgument, "sandbox sb-1: cmd is empty"},
+		{"internal is masked", fmt.Errorf("exec: %w", secret), CodeInternal, "internal error"},
+		{"unavailable keeps only its public message", fmt.Errorf("start python (%v): %w", secret, Errorf(ErrUnavailable, "the interpreter did not start")), CodeUnavailable, "the interpreter did not start"},
+		{"bare sentinel under internals", fmt.Errorf("%v: %w", secret, ErrUnavailable), CodeUnavailable, ErrUnavailable.Message},
+		{"deadline is a timeout", fmt.Errorf("wait: %w", context.DeadlineExceeded), CodeTimeout, ErrTimeout.Message},
+		{"unimplemented keeps its fixed text", Errorf(ErrUnimplemented, "allow_network is not available yet"), CodeUnimplemented, "allow_network is not available yet"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := PublicDetail(tc.err)
+			if d.Code != tc.code || d.Message != tc.msg {
+				t.Errorf("got %s %q, want %s %q", d.Code, d.Message, tc.code, tc.msg)
+			}
+		})
 	}
 }

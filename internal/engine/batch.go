@@ -49,12 +49,11 @@ func (e *Engine) ExecuteBatch(ctx context.Context, req api.BatchRequest) (*api.B
 		g.Go(func() error {
 			resp, err := e.execute(ctx, req.Snippets[i], outLimit)
 			if err != nil {
-				code, msg := api.CodeOf(err), err.Error()
-				if code == api.CodeInternal {
+				d := api.PublicDetail(err)
+				if d.Code == api.CodeInternal {
 					e.cfg.Logger.ErrorContext(ctx, "batch snippet", "index", i, "err", err)
-					msg = "internal error"
 				}
-				out.Results[i].Error = &api.ErrorDetail{Code: code, Message: msg}
+				out.Results[i].Error = &d
 				return nil
 			}
 			out.Results[i].ExecuteResponse = resp

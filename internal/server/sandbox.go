@@ -161,12 +161,8 @@ func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, sb *engine.S
 		if !started {
 			return err // nothing sent yet: a normal error response
 		}
-		code := api.CodeOf(err)
-		msg := err.Error()
-		if statusOf(code) >= 500 && code != api.CodeUnavailable {
-			msg = "internal error"
-		}
-		send(api.ExecEvent{Type: api.EventError, Error: &api.ErrorDetail{Code: code, Message: msg}})
+		d := api.PublicDetail(err)
+		send(api.ExecEvent{Type: api.EventError, Error: &d})
 		return nil
 	}
 	code := end.ExitCode

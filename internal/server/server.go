@@ -237,31 +237,18 @@ func statusOf(code string) int {
 
 // writeError writes err as {"error":{code,message}}. A 5xx never carries internal detail.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	code := api.CodeOf(err)
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return // the client went away; nobody to answer
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		code = api.CodeTimeout
-	}
-	status := statusOf(code)
-	msg := err.Error()
+	d := api.PublicDetail(err)
+	status := statusOf(d.Code)
 	if status >= 500 {
 		s.cfg.Logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		var pub *api.Error
-		if errors.As(err, &pub) && code != api.CodeInternal {
-			msg = pub.Message
-		} else {
-			msg = "internal error"
-		}
-		if code == api.CodeUnimplemented {
-			msg = err.Error() // our own fixed messages about what is not built
-		}
 	}
 	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
-	writeJSON(w, status, api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: msg}})
+	writeJSON(w, status, api.ErrorBody{Error: d})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

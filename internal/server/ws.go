@@ -63,11 +63,8 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 	close(ended)
 	writeMu.Lock()
 	if err != nil {
-		code, msg := api.CodeOf(err), err.Error()
-		if statusOf(code) >= 500 && code != api.CodeUnavailable {
-			msg = "internal error"
-		}
-		wsSend(ctx, c, api.ExecEvent{Type: api.EventError, Error: &api.ErrorDetail{Code: code, Message: msg}})
+		d := api.PublicDetail(err)
+		wsSend(ctx, c, api.ExecEvent{Type: api.EventError, Error: &d})
 	} else {
 		code := end.ExitCode
 		if end.TimedOut {
