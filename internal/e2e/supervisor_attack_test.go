@@ -105,10 +105,18 @@ func TestAgentSurvivesMemoryAttacks(t *testing.T) {
 // H1: a one-shot that hits its memory limit keeps what it printed and its real duration.
 func TestOneShotOOMKeepsOutput(t *testing.T) {
 	t.Parallel()
+	// Scratch pages count as memory but as nobody's RSS: with the layers filled, the agent was the
+	// largest task in the group and the OOM killer's choice, and the answer was lost.
 	resp := run(t, api.ExecuteRequest{MemoryMB: 64, Code: `
-import sys, time
+import time
 print("before", flush=True)
 time.sleep(0.05)
+try:
+    with open("/tmp/fill", "wb") as f:
+        for i in range(64):
+            f.write(b"x" * (1 << 20))
+except OSError:
+    pass
 x = bytearray(200 << 20)
 print("after")`})
 	if !resp.OOMKilled || !strings.Contains(resp.Stdout, "before") || resp.ExecutionTime <= 0.04 {
