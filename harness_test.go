@@ -19,13 +19,13 @@ import (
 
 // daemon is a running test daemon.
 type daemon struct {
-	URL     string
-	rt      *agentRuntime
-	ts      *httptest.Server
-	e       *engine.Engine
-	mu      sync.Mutex
-	reqs    []rec
-	closeMu sync.Once
+	URL       string
+	rt        *agentRuntime
+	ts        *httptest.Server
+	e         *engine.Engine
+	mu        sync.Mutex
+	reqs      []rec
+	closeOnce sync.Once
 }
 
 // rec is one request as the server received it.
@@ -107,7 +107,7 @@ func newDaemon(key string) (*daemon, error) {
 
 // Close stops the server and the engine.
 func (d *daemon) Close() {
-	d.closeMu.Do(func() {
+	d.closeOnce.Do(func() {
 		d.ts.Close()
 		d.e.Close(context.Background())
 	})
