@@ -13,11 +13,15 @@ import (
 	"github.com/airlockhq/airlock/api"
 )
 
-// exampleServer stands in for `airlock serve` so the examples run anywhere; in real code use
+// exampleServer stands in for `airlock serve` so the examples run anywhere (the real handler
+// and engine, over sandboxes whose agent is a fake that knows a few commands); in real code use
 // airlock.New(os.Getenv("AIRLOCK_SERVER"), os.Getenv("AIRLOCK_API_KEY")).
 func exampleServer() (url string, closeFn func()) {
-	_, ts := newFake("")
-	return ts.URL, ts.Close
+	d, err := newDaemon("")
+	if err != nil {
+		log.Fatal(err)
+	}
+	return d.URL, d.Close
 }
 
 func ExampleClient_Execute() {
@@ -30,11 +34,10 @@ func ExampleClient_Execute() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// resp.Stdout and resp.Stderr hold what the program printed.
 	fmt.Printf("success=%v returncode=%d\n", resp.Success, resp.ReturnCode)
-	fmt.Print(resp.Stdout)
 	// Output:
 	// success=true returncode=0
-	// Hello from sandbox!
 }
 
 func ExampleClient_CreateSandbox() {
@@ -106,7 +109,7 @@ func ExampleProcess_Wait() {
 	}
 	defer sb.Terminate(ctx)
 
-	p, err := sb.Exec(ctx, "fail")
+	p, err := sb.Exec(ctx, "sh", "-c", "echo boom >&2; exit 3")
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -53,11 +54,14 @@ func sdkGoroutines() string {
 	}
 }
 
-func setup(t *testing.T) (*fake, *airlock.Client) {
+func setup(t *testing.T) (*daemon, *airlock.Client) {
 	t.Helper()
-	f, ts := newFake(testKey)
-	t.Cleanup(ts.Close)
-	return f, airlock.New(ts.URL+"/", testKey)
+	d, err := newDaemon(testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return d, airlock.New(d.URL+"/", testKey)
 }
 
 func create(t *testing.T, c *airlock.Client) *airlock.Sandbox {
@@ -73,14 +77,11 @@ func TestCreateSandbox(t *testing.T) {
 	t.Parallel()
 	f, c := setup(t)
 	block := true
-	sb, err := c.CreateSandbox(t.Context(), api.CreateSandboxRequest{Image: "python:3.12", Timeout: 60,
-		IdleTimeout: 10, CPU: 2, MemoryMB: 1024, Workdir: "/app", BlockNetwork: &block,
+	sb, err := c.CreateSandbox(t.Context(), api.CreateSandboxRequest{Image: "host", Timeout: 60,
+		IdleTimeout: 10, CPU: 1, MemoryMB: 512, Workdir: "/workspace/app", BlockNetwork: &block,
 		Env: map[string]string{"A": "1"}, Tags: map[string]string{"team": "x"}})
 	if err != nil {
 		t.Fatal(err)
-	}
-	if got := sb.ID(); got != "sb-0001" {
-		t.Errorf("ID() = %q, want sb-0001", got)
 	}
 	reqs := f.requests("POST", "/v1/sandboxes")
 	if len(reqs) != 1 {
@@ -97,8 +98,8 @@ func TestCreateSandbox(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.Body), &body); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]any{"image": "python:3.12", "timeout": 60.0, "idle_timeout": 10.0, "cpu": 2.0,
-		"memory_mb": 1024.0, "workdir": "/app", "block_network": true,
+	want := map[string]any{"image": "host", "timeout": 60.0, "idle_timeout": 10.0, "cpu": 1.0,
+		"memory_mb": 512.0, "workdir": "/workspace/app", "block_network": true,
 		"env": map[string]any{"A": "1"}, "tags": map[string]any{"team": "x"}}
 	if !reflect.DeepEqual(body, want) {
 		t.Errorf("create body = %v, want %v", body, want)
@@ -108,7 +109,7 @@ func TestCreateSandbox(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.ID != sb.ID() || info.Status != api.StatusRunning || info.Workdir != "/app" || info.MemoryMB != 1024 {
+	if info.ID == "" || info.ID != sb.ID() || info.Status != api.StatusRunning || info.Workdir != "/workspace/app" || info.MemoryMB != 512 {
 		t.Errorf("Info() = %+v", info)
 	}
 }
@@ -141,10 +142,13 @@ func TestSandboxLifecycle(t *testing.T) {
 func TestListSandboxes(t *testing.T) {
 	t.Parallel()
 	f, c := setup(t)
+	var id []string
 	for _, tags := range []map[string]string{{"env": "prod", "team": "a"}, {"env": "prod"}, nil} {
-		if _, err := c.CreateSandbox(t.Context(), api.CreateSandboxRequest{Tags: tags}); err != nil {
+		sb, err := c.CreateSandbox(t.Context(), api.CreateSandboxRequest{Tags: tags})
+		if err != nil {
 			t.Fatal(err)
 		}
+		id = append(id, sb.ID())
 	}
 	tests := []struct {
 		name string
@@ -152,9 +156,9 @@ func TestListSandboxes(t *testing.T) {
 		want []string
 		q    []string
 	}{
-		{"all", nil, []string{"sb-0001", "sb-0002", "sb-0003"}, nil},
-		{"one tag", map[string]string{"env": "prod"}, []string{"sb-0001", "sb-0002"}, []string{"env:prod"}},
-		{"two tags sorted", map[string]string{"team": "a", "env": "prod"}, []string{"sb-0001"}, []string{"env:prod", "team:a"}},
+		{"all", nil, id, nil},
+		{"one tag", map[string]string{"env": "prod"}, id[:2], []string{"env:prod"}},
+		{"two tags sorted", map[string]string{"team": "a", "env": "prod"}, id[:1], []string{"env:prod", "team:a"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -177,11 +181,14 @@ func TestListSandboxes(t *testing.T) {
 	}
 }
 
+// failCmd prints "boom" to stderr and exits 3.
+var failCmd = []string{"sh", "-c", "echo boom >&2; exit 3"}
+
 func TestRun(t *testing.T) {
 	t.Parallel()
 	f, c := setup(t)
 	sb := create(t, c)
-	res, err := sb.Run(t.Context(), api.ExecRequest{Cmd: []string{"fail"}, Timeout: 5, StdinOpen: true})
+	res, err := sb.Run(t.Context(), api.ExecRequest{Cmd: failCmd, Timeout: 5, StdinOpen: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +201,7 @@ func TestRun(t *testing.T) {
 	}
 	var body map[string]any
 	json.Unmarshal([]byte(r.Body), &body)
-	if want := map[string]any{"cmd": []any{"fail"}, "timeout": 5.0}; !reflect.DeepEqual(body, want) {
+	if want := map[string]any{"cmd": []any{"sh", "-c", failCmd[2]}, "timeout": 5.0}; !reflect.DeepEqual(body, want) {
 		t.Errorf("exec body = %v, want %v (no stdin_open for a collected run)", body, want)
 	}
 }
@@ -210,8 +217,8 @@ func TestExecStreams(t *testing.T) {
 		code           int
 	}{
 		{"echo", []string{"echo", "hello", "world"}, "hello world\n", "", 0},
-		{"stderr and exit code", []string{"fail"}, "", "boom\n", 3},
-		{"not found", []string{"nope"}, "", "nope: command not found\n", 127},
+		{"stderr and exit code", failCmd, "", "boom\n", 3},
+		{"not found by the shell", []string{"sh", "-c", "nope"}, "", "sh: nope: not found\n", 127},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -234,6 +241,10 @@ func TestExecStreams(t *testing.T) {
 				t.Errorf("Poll() = %d, %v after Wait", code, done)
 			}
 		})
+	}
+	// A command the agent cannot find never starts: Exec fails with the daemon's 400.
+	if p, err := sb.Exec(t.Context(), "nope"); p != nil || !errors.Is(err, api.ErrInvalidArgument) {
+		t.Errorf("Exec(nope) = %v, %v; want invalid_argument", p, err)
 	}
 	for _, r := range f.requests("POST", "/exec") {
 		if got := r.Header.Get("Accept"); got != "application/x-ndjson" {
@@ -268,7 +279,8 @@ func TestExecWaitBeforeRead(t *testing.T) {
 	t.Parallel()
 	_, c := setup(t)
 	sb := create(t, c)
-	p, err := sb.Exec(t.Context(), "spew", "3000000")
+	const n = 450000 // seq prints 3 038 895 bytes
+	p, err := sb.Exec(t.Context(), "seq", strconv.Itoa(n))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,19 +297,29 @@ func TestExecWaitBeforeRead(t *testing.T) {
 		t.Fatal("Wait blocked while nobody read stdout")
 	}
 	b, err := io.ReadAll(p.Stdout)
-	if err != nil || len(b) != 3000000 {
-		t.Errorf("read %d bytes, %v; want 3000000", len(b), err)
+	if want := seqOutput(n); err != nil || string(b) != want {
+		t.Errorf("read %d bytes, %v; want %d bytes of seq", len(b), err, len(want))
 	}
+}
+
+// seqOutput is what seq n prints.
+func seqOutput(n int) string {
+	var b []byte
+	for i := 1; i <= n; i++ {
+		b = strconv.AppendInt(b, int64(i), 10)
+		b = append(b, '\n')
+	}
+	return string(b)
 }
 
 func TestExecOutputOverflow(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
-		t.Skip("streams 65 MiB")
+		t.Skip("streams 68 MiB")
 	}
 	_, c := setup(t)
 	sb := create(t, c)
-	p, err := sb.Exec(t.Context(), "spew", "68157440") // 65 MiB
+	p, err := sb.Exec(t.Context(), "seq", "9000000") // 70 888 897 bytes, more than 64 MiB
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +454,7 @@ func TestExecSignal(t *testing.T) {
 	t.Parallel()
 	f, c := setup(t)
 	sb := create(t, c)
-	p, err := sb.Exec(t.Context(), "sleep")
+	p, err := sb.Exec(t.Context(), "sleep", "3600")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,7 +476,7 @@ func TestExecSignal(t *testing.T) {
 		t.Errorf("signal request %s %s, want %s {\"signal\":15}", r.Path, r.Body, want)
 	}
 
-	p, err = sb.Exec(t.Context(), "sleep")
+	p, err = sb.Exec(t.Context(), "sleep", "3600")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,7 +493,7 @@ func TestExecSandboxGone(t *testing.T) {
 	t.Parallel()
 	_, c := setup(t)
 	sb := create(t, c)
-	p, err := sb.Exec(t.Context(), "sleep")
+	p, err := sb.Exec(t.Context(), "sleep", "3600")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -483,7 +505,7 @@ func TestExecSandboxGone(t *testing.T) {
 		t.Errorf("Wait = %+v, %v; want gone", res, err)
 	}
 	var ae *api.Error
-	if !errors.As(err, &ae) || ae.Message != "sandbox was terminated" {
+	if !errors.As(err, &ae) || !strings.Contains(ae.Message, "terminated") {
 		t.Errorf("error = %#v, want *api.Error with the event's message", err)
 	}
 	if _, err := io.ReadAll(p.Stdout); !airlock.IsGone(err) {
@@ -503,7 +525,7 @@ func TestExecCancel(t *testing.T) {
 	f, c := setup(t)
 	sb := create(t, c)
 	ctx, cancel := context.WithCancel(t.Context())
-	p, err := sb.Exec(ctx, "sleep")
+	p, err := sb.Exec(ctx, "sleep", "3600")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -565,7 +587,9 @@ func TestExecErrors(t *testing.T) {
 			t.Parallel()
 			ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.Method == "POST" && r.URL.Path == "/v1/sandboxes" {
-					writeJSON(w, 201, api.SandboxInfo{ID: "sb-1"})
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(http.StatusCreated)
+					io.WriteString(w, `{"id":"sb-1"}`)
 					return
 				}
 				w.Header().Set("Content-Type", "application/x-ndjson")
@@ -586,17 +610,17 @@ func TestFiles(t *testing.T) {
 	f, c := setup(t)
 	sb := create(t, c)
 	ctx := t.Context()
-	if err := sb.WriteFile(ctx, "/app/data.json", strings.NewReader(`{"a":1}`)); err != nil {
+	if err := sb.WriteFile(ctx, "/workspace/app/data.json", strings.NewReader(`{"a":1}`)); err != nil {
 		t.Fatal(err)
 	}
 	if err := sb.WriteFile(ctx, "rel.txt", bytes.NewBufferString("relative")); err != nil {
 		t.Fatal(err)
 	}
-	fi, err := sb.WriteFileMode(ctx, "/app/run.sh", io.MultiReader(strings.NewReader("#!/bin/sh\n")), 0o755)
+	fi, err := sb.WriteFileMode(ctx, "/workspace/app/run.sh", io.MultiReader(strings.NewReader("#!/bin/sh\n")), 0o755)
 	if err != nil || fi.Mode != 0o755 || fi.Size != 10 {
 		t.Fatalf("WriteFileMode = %+v, %v", fi, err)
 	}
-	b, err := sb.ReadFile(ctx, "/app/data.json")
+	b, err := sb.ReadFile(ctx, "/workspace/app/data.json")
 	if err != nil || string(b) != `{"a":1}` {
 		t.Errorf("ReadFile = %q, %v", b, err)
 	}
@@ -609,10 +633,10 @@ func TestFiles(t *testing.T) {
 	if string(b) != "relative" {
 		t.Errorf("OpenFile read %q", b)
 	}
-	if err := sb.Mkdir(ctx, "/app/sub/deep"); err != nil {
+	if err := sb.Mkdir(ctx, "/workspace/app/sub/deep"); err != nil {
 		t.Fatal(err)
 	}
-	list, err := sb.List(ctx, "/app")
+	list, err := sb.List(ctx, "/workspace/app")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -623,17 +647,17 @@ func TestFiles(t *testing.T) {
 	if want := []string{"data.json:file", "run.sh:file", "sub:dir"}; !reflect.DeepEqual(names, want) {
 		t.Errorf("List = %v, want %v", names, want)
 	}
-	st, err := sb.Stat(ctx, "/app/data.json")
+	st, err := sb.Stat(ctx, "/workspace/app/data.json")
 	if err != nil || st.Size != 7 || st.Type != "file" {
 		t.Errorf("Stat = %+v, %v", st, err)
 	}
-	if err := sb.Remove(ctx, "/app", false); err == nil {
+	if err := sb.Remove(ctx, "/workspace/app", false); err == nil {
 		t.Error("non-recursive Remove of a full directory succeeded")
 	}
-	if err := sb.Remove(ctx, "/app", true); err != nil {
+	if err := sb.Remove(ctx, "/workspace/app", true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := sb.ReadFile(ctx, "/app/data.json"); !airlock.IsNotFound(err) {
+	if _, err := sb.ReadFile(ctx, "/workspace/app/data.json"); !airlock.IsNotFound(err) {
 		t.Errorf("ReadFile after Remove = %v, want not found", err)
 	}
 	if _, err := sb.Stat(ctx, "/nope"); !airlock.IsNotFound(err) {
@@ -650,31 +674,31 @@ func TestFiles(t *testing.T) {
 		return rs[0]
 	}
 	put := shape("PUT", "/files")
-	if put.Query["path"][0] != "/app/data.json" || put.Header.Get("Content-Type") != "application/octet-stream" || put.Length != 7 {
+	if put.Query["path"][0] != "/workspace/app/data.json" || put.Header.Get("Content-Type") != "application/octet-stream" || put.Length != 7 {
 		t.Errorf("PUT = %+v", put)
 	}
 	if m := f.requests("PUT", "/files")[2].Query["mode"]; len(m) != 1 || m[0] != "0755" {
 		t.Errorf("mode query = %v, want 0755", m)
 	}
-	if r := shape("DELETE", "/files"); r.Query["path"][0] != "/app" || r.Query["recursive"] != nil {
+	if r := shape("DELETE", "/files"); r.Query["path"][0] != "/workspace/app" || r.Query["recursive"] != nil {
 		t.Errorf("first DELETE query = %v", r.Query)
 	}
 	if r := f.requests("DELETE", "/files")[1]; r.Query["recursive"][0] != "true" {
 		t.Errorf("recursive DELETE query = %v", r.Query)
 	}
-	if r := shape("POST", "/files/mkdir"); r.Query["path"][0] != "/app/sub/deep" {
+	if r := shape("POST", "/files/mkdir"); r.Query["path"][0] != "/workspace/app/sub/deep" {
 		t.Errorf("mkdir query = %v", r.Query)
 	}
-	if r := shape("GET", "/files/list"); r.Query["path"][0] != "/app" {
+	if r := shape("GET", "/files/list"); r.Query["path"][0] != "/workspace/app" {
 		t.Errorf("list query = %v", r.Query)
 	}
 }
 
-// zeros is a 200 MiB reader that makes no garbage; at 1 MiB it waits until the server has
+// zeros is a 200 MiB reader that makes no garbage; at 1 MiB it waits until the sandbox has
 // received bytes, which proves the body is streamed rather than gathered first.
 type zeros struct {
 	left, sent int64
-	firstByte  <-chan struct{}
+	received   func() int64
 	stalled    bool
 }
 
@@ -684,10 +708,10 @@ func (z *zeros) Read(p []byte) (int, error) {
 	}
 	if z.sent >= 1<<20 && !z.stalled {
 		z.stalled = true
-		select {
-		case <-z.firstByte:
-		case <-time.After(10 * time.Second):
-			return 0, errors.New("server got nothing after 1 MiB was read: body is not streamed")
+		for deadline := time.Now().Add(10 * time.Second); z.received() == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				return 0, errors.New("the sandbox got nothing after 1 MiB was read: the body is not streamed")
+			}
 		}
 	}
 	n := int(min(int64(len(p)), z.left))
@@ -705,16 +729,17 @@ func TestWriteFileLarge(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	err := sb.WriteFile(t.Context(), "/discard", &zeros{left: size, firstByte: f.firstByte})
+	agent := f.agent(sb.ID())
+	err := sb.WriteFile(t.Context(), "/dev/null", &zeros{left: size, received: agent.NullBytes})
 	runtime.ReadMemStats(&after)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := f.discarded.Load(); got != size {
-		t.Errorf("server received %d bytes, want %d", got, size)
+	if got := agent.NullBytes(); got != size {
+		t.Errorf("the sandbox received %d bytes, want %d", got, size)
 	}
 	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 32<<20 {
-		t.Errorf("client and fake allocated %d MiB for a %d MiB upload; want it streamed", alloc>>20, size>>20)
+		t.Errorf("client, server and engine allocated %d MiB for a %d MiB upload; want it streamed", alloc>>20, size>>20)
 	}
 	if r := f.requests("PUT", "/files")[0]; r.Length != -1 {
 		t.Errorf("Content-Length %d, want chunked (-1)", r.Length)
@@ -766,15 +791,18 @@ func TestErrorMapping(t *testing.T) {
 
 func TestAuth(t *testing.T) {
 	t.Parallel()
-	_, ts := newFake(testKey)
-	defer ts.Close()
+	d, err := newDaemon(testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
 	for _, key := range []string{"", "wrong-key-0123456789"} {
-		_, err := airlock.New(ts.URL, key).ListSandboxes(t.Context(), nil)
+		_, err := airlock.New(d.URL, key).ListSandboxes(t.Context(), nil)
 		if !airlock.IsAuth(err) {
 			t.Errorf("key %q: error = %v, want IsAuth", key, err)
 		}
 	}
-	if _, err := airlock.New(ts.URL, testKey).ListSandboxes(t.Context(), nil); err != nil {
+	if _, err := airlock.New(d.URL, testKey).ListSandboxes(t.Context(), nil); err != nil {
 		t.Errorf("right key: %v", err)
 	}
 }

@@ -7,37 +7,57 @@ package fakeagent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agentclient"
 )
 
-// Agent is a fake sandbox agent. Its commands:
+// Agent is a fake sandbox agent. Its commands, found as the agent finds an executable (any
+// other is refused before it starts, as the agent refuses a command not in PATH):
 //
 //   - python3 and bash print their program (the -c argument, or the file it names) and exit 0;
+//   - sh runs its program (the same way) as a tiny shell: commands separated by newlines or
+//     ";", words split at spaces (no quoting), a last word ">&2" sends that command's stdout to
+//     stderr, an unknown command prints "sh: NAME: not found" and has status 127, exit ends
+//     the program, and the status is the last command's;
 //   - echo prints its arguments and a newline;
-//   - cat prints its stdin; with KeepStdin it prints each chunk WriteStdin sends, until EOF;
-//   - exit N exits with status N;
+//   - cat prints the files it names, or else its stdin: the Stdin bytes and, with KeepStdin,
+//     each chunk WriteStdin sends, as it arrives, until EOF;
+//   - seq N prints 1…N, a number a line, in chunks of at most 64 KiB;
+//   - sleep N waits N seconds; exit [N] exits with status N; true and false.
 //
-// and it refuses any other, as the agent refuses a command it cannot find. Every call counts in
-// Calls, so a test can see that a call reached the agent. The zero value is ready to use.
+// A signal ends a running command as it ends a real one: not exited, exit code 128+N. Writes to
+// /dev/null are counted (NullBytes) and kept nowhere. Stop makes the agent die with its sandbox.
+// Every call counts in Calls, so a test can see that a call reached the agent. The zero value is
+// ready to use.
 type Agent struct {
 	mu      sync.Mutex // guards everything below
 	files   map[string][]byte
+	modes   map[string]uint32 // of files
 	dirs    map[string]bool
 	procs   map[int]*proc
 	nextPid int
 	repl    bool // the interpreter was started
 	cells   int
 	calls   int
+	stop    chan struct{} // closed by Stop
+	stopped bool
+
+	null atomic.Int64 // bytes written to /dev/null
 }
+
+// errGone is what a call to a dead agent gets: a broken connection, not an answer of the agent.
+var errGone = errors.New("fakeagent: the agent is gone (connection closed)")
 
 // Calls is how many calls reached the agent.
 func (a *Agent) Calls() int {
@@ -46,51 +66,66 @@ func (a *Agent) Calls() int {
 	return a.calls
 }
 
-type proc struct {
-	p     agentclient.Process
-	stdin chan []byte // closed at EOF; nil unless KeepStdin
-	sig   chan int    // a signal to end on
+// NullBytes is how many bytes were written to /dev/null.
+func (a *Agent) NullBytes() int64 { return a.null.Load() }
+
+// Stop kills the agent, as destroying its sandbox does: running calls and every later call fail
+// as a broken connection would.
+func (a *Agent) Stop() {
+	a.begin()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.stopped {
+		a.stopped = true
+		close(a.stop)
+	}
 }
 
-func (a *Agent) begin() {
+type proc struct {
+	p     agentclient.Process
+	stdin chan []byte   // closed at EOF; nil unless KeepStdin
+	sig   chan int      // a signal to end on
+	done  chan struct{} // closed when the process has ended
+
+	wmu    sync.Mutex // serialises WriteStdin calls, so none sends after another closed stdin
+	closed bool       // stdin was closed; guarded by wmu
+}
+
+// begin counts a call and reports errGone once the agent was stopped.
+func (a *Agent) begin() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.calls++
 	if a.files == nil {
 		a.files, a.dirs, a.procs = map[string][]byte{}, map[string]bool{"/": true, "/workspace": true, "/tmp": true}, map[int]*proc{}
+		a.modes, a.stop = map[string]uint32{}, make(chan struct{})
 	}
+	if a.stopped {
+		return errGone
+	}
+	return nil
 }
+
+// signalled is how a command reports that a signal ended it.
+type signalled int
+
+func (s signalled) Error() string { return fmt.Sprintf("signal %d", int(s)) }
+
+// commands are the programs the fake finds in its PATH.
+var commands = []string{"python3", "bash", "sh", "echo", "cat", "seq", "sleep", "exit", "true", "false"}
 
 // Exec runs p as described on Agent.
 func (a *Agent) Exec(ctx context.Context, p agentclient.Process, on func(agentclient.Event)) (*agentclient.End, error) {
-	a.begin()
-	var out []byte
-	code := 0
-	switch p.Cmd {
-	case "python3", "bash":
-		if len(p.Args) == 2 && p.Args[0] == "-c" {
-			out = []byte(p.Args[1])
-		} else if len(p.Args) == 1 {
-			a.mu.Lock()
-			out = a.files[p.Args[0]]
-			a.mu.Unlock()
-		}
-	case "echo":
-		out = []byte(strings.Join(p.Args, " ") + "\n")
-	case "cat":
-		out = p.Stdin
-	case "exit":
-		if len(p.Args) != 1 {
-			return nil, api.Errorf(api.ErrInvalidArgument, "exit takes a status")
-		}
-		fmt.Sscan(p.Args[0], &code)
-	default:
-		return nil, api.Errorf(api.ErrInvalidArgument, "%s: command not found", p.Cmd)
+	if err := a.begin(); err != nil {
+		return nil, err
+	}
+	if !slices.Contains(commands, p.Cmd) {
+		return nil, api.Errorf(api.ErrInvalidArgument, "%s: executable file not found in PATH", p.Cmd)
 	}
 	a.mu.Lock()
 	a.nextPid++
 	pid := a.nextPid + 100
-	pr := &proc{p: p, sig: make(chan int, 1)}
+	pr := &proc{p: p, sig: make(chan int, 1), done: make(chan struct{})}
 	if p.KeepStdin {
 		pr.stdin = make(chan []byte, 16)
 	}
@@ -100,36 +135,195 @@ func (a *Agent) Exec(ctx context.Context, p agentclient.Process, on func(agentcl
 		a.mu.Lock()
 		delete(a.procs, pid)
 		a.mu.Unlock()
+		close(pr.done)
 	}()
 	start := time.Now()
 	on(agentclient.Event{Pid: pid})
+	r := &run{a: a, ctx: ctx, pr: pr, on: on}
+	code, err := r.command(p.Cmd, p.Args)
 	end := &agentclient.End{Exited: true}
-	if len(out) > 0 {
-		on(agentclient.Event{Stdout: out})
-	}
-	if pr.stdin != nil && p.Cmd == "cat" {
-	loop:
-		for {
-			select {
-			case b, ok := <-pr.stdin:
-				if !ok {
-					break loop
-				}
-				on(agentclient.Event{Stdout: b})
-			case sig := <-pr.sig:
-				end.Exited, end.Signal, code = false, sig, -1
-				break loop
-			case <-ctx.Done():
-				return nil, context.Cause(ctx)
-			}
-		}
+	var sig signalled
+	switch {
+	case errors.As(err, &sig):
+		end.Exited, end.Signal, code = false, int(sig), 128+int(sig)
+	case err != nil:
+		return nil, err
 	}
 	end.ExitCode, end.Duration = code, max(time.Since(start), time.Microsecond)
 	return end, nil
 }
 
+// run is one process of the fake running.
+type run struct {
+	a        *Agent
+	ctx      context.Context
+	pr       *proc
+	on       func(agentclient.Event)
+	toStderr bool // the current command's stdout is redirected to stderr
+}
+
+func (r *run) print(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	b = bytes.Clone(b)
+	if r.toStderr {
+		r.on(agentclient.Event{Stderr: b})
+	} else {
+		r.on(agentclient.Event{Stdout: b})
+	}
+}
+
+// wait blocks until ch is ready, a signal or the process's context ends it, or the agent dies.
+func (r *run) wait(ch <-chan []byte, timer <-chan time.Time) ([]byte, bool, error) {
+	select {
+	case b, ok := <-ch:
+		return b, ok, nil
+	case <-timer:
+		return nil, false, nil
+	case sig := <-r.pr.sig:
+		return nil, false, signalled(sig)
+	case <-r.ctx.Done():
+		return nil, false, context.Cause(r.ctx)
+	case <-r.a.stop:
+		return nil, false, errGone
+	}
+}
+
+// program is what python3 or bash runs: the -c argument or the file named.
+func (r *run) program(args []string) []byte {
+	if len(args) == 2 && args[0] == "-c" {
+		return []byte(args[1])
+	}
+	if len(args) == 1 {
+		r.a.mu.Lock()
+		defer r.a.mu.Unlock()
+		return r.a.files[args[0]]
+	}
+	return nil
+}
+
+func (r *run) command(name string, args []string) (int, error) {
+	switch name {
+	case "python3", "bash":
+		r.print(r.program(args))
+	case "sh":
+		return r.shell(string(r.program(args)))
+	case "echo":
+		r.print([]byte(strings.Join(args, " ") + "\n"))
+	case "cat":
+		return r.cat(args)
+	case "seq":
+		return r.seq(args)
+	case "sleep":
+		var s float64
+		if len(args) != 1 {
+			r.on(agentclient.Event{Stderr: []byte("sleep: missing operand\n")})
+			return 1, nil
+		}
+		fmt.Sscan(args[0], &s)
+		t := time.NewTimer(time.Duration(s * float64(time.Second)))
+		defer t.Stop()
+		_, _, err := r.wait(nil, t.C)
+		return 0, err
+	case "exit":
+		code := 0
+		if len(args) > 0 {
+			fmt.Sscan(args[0], &code)
+		}
+		return code, nil
+	case "false":
+		return 1, nil
+	}
+	return 0, nil // true
+}
+
+// shell runs prog as described on Agent.
+func (r *run) shell(prog string) (int, error) {
+	code := 0
+	for _, line := range strings.Split(prog, "\n") {
+		for _, stmt := range strings.Split(line, ";") {
+			words := strings.Fields(stmt)
+			if len(words) == 0 {
+				continue
+			}
+			r.toStderr = words[len(words)-1] == ">&2"
+			if r.toStderr {
+				words = words[:len(words)-1]
+			}
+			var err error
+			switch {
+			case !slices.Contains(commands, words[0]):
+				r.on(agentclient.Event{Stderr: []byte("sh: " + words[0] + ": not found\n")})
+				code = 127
+			case words[0] == "exit":
+				code, err = r.command(words[0], words[1:])
+				r.toStderr = false
+				return code, err
+			default:
+				code, err = r.command(words[0], words[1:])
+			}
+			r.toStderr = false
+			if err != nil {
+				return code, err
+			}
+		}
+	}
+	return code, nil
+}
+
+func (r *run) cat(files []string) (int, error) {
+	code := 0
+	for _, f := range files {
+		r.a.mu.Lock()
+		b, ok := r.a.files[f]
+		r.a.mu.Unlock()
+		if !ok {
+			r.on(agentclient.Event{Stderr: []byte("cat: " + f + ": No such file or directory\n")})
+			code = 1
+		}
+		r.print(b)
+	}
+	if len(files) > 0 {
+		return code, nil
+	}
+	r.print(r.pr.p.Stdin)
+	for r.pr.stdin != nil {
+		b, ok, err := r.wait(r.pr.stdin, nil)
+		if err != nil || !ok {
+			return 0, err
+		}
+		r.print(b)
+	}
+	return 0, nil
+}
+
+func (r *run) seq(args []string) (int, error) {
+	n := 0
+	if len(args) != 1 {
+		r.on(agentclient.Event{Stderr: []byte("seq: missing operand\n")})
+		return 1, nil
+	}
+	fmt.Sscan(args[0], &n)
+	var buf []byte
+	for i := 1; i <= n; i++ {
+		buf = strconv.AppendInt(buf, int64(i), 10)
+		buf = append(buf, '\n')
+		if len(buf) > 64<<10-24 || i == n {
+			r.print(buf)
+			buf = buf[:0]
+			if err := r.ctx.Err(); err != nil {
+				return 0, context.Cause(r.ctx)
+			}
+		}
+	}
+	return 0, nil
+}
+
 func (a *Agent) proc(pid int) (*proc, error) {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if pr, ok := a.procs[pid]; ok {
@@ -138,29 +332,44 @@ func (a *Agent) proc(pid int) (*proc, error) {
 	return nil, api.Errorf(api.ErrNotFound, "process %d not found", pid)
 }
 
-// WriteStdin sends r to a running cat.
+// WriteStdin passes r to a running process's stdin chunk by chunk, as it arrives.
 func (a *Agent) WriteStdin(ctx context.Context, pid int, r io.Reader, eof bool) error {
 	pr, err := a.proc(pid)
 	if err != nil {
 		return err
 	}
-	if pr.stdin == nil {
+	pr.wmu.Lock()
+	defer pr.wmu.Unlock()
+	if pr.stdin == nil || pr.closed {
 		return api.Errorf(api.ErrInvalidArgument, "stdin of process %d is closed", pid)
 	}
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return fmt.Errorf("read input: %w", err)
-	}
-	if len(b) > 0 {
-		pr.stdin <- b
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			select {
+			case pr.stdin <- bytes.Clone(buf[:n]):
+			case <-pr.done:
+				return api.Errorf(api.ErrNotFound, "process %d has exited", pid)
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read input: %w", err)
+		}
 	}
 	if eof {
+		pr.closed = true
 		close(pr.stdin)
 	}
 	return nil
 }
 
-// Signal ends a running cat.
+// Signal ends a running process.
 func (a *Agent) Signal(ctx context.Context, pid, sig int) error {
 	pr, err := a.proc(pid)
 	if err != nil {
@@ -181,7 +390,9 @@ func (a *Agent) Resize(ctx context.Context, pid int, cols, rows uint16) error {
 
 // Processes lists the running processes.
 func (a *Agent) Processes(ctx context.Context) ([]api.ProcessInfo, error) {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	out := []api.ProcessInfo{}
@@ -194,7 +405,9 @@ func (a *Agent) Processes(ctx context.Context) ([]api.ProcessInfo, error) {
 
 // ReadFile copies a file to w.
 func (a *Agent) ReadFile(ctx context.Context, p string, w io.Writer, started func()) error {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return err
+	}
 	a.mu.Lock()
 	b, ok := a.files[p]
 	a.mu.Unlock()
@@ -210,7 +423,15 @@ func (a *Agent) ReadFile(ctx context.Context, p string, w io.Writer, started fun
 
 // WriteFile stores r at p, creating its parents; a parent that is a file is refused.
 func (a *Agent) WriteFile(ctx context.Context, p string, r io.Reader, mode uint32) error {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return err
+	}
+	if p == "/dev/null" {
+		if _, err := io.Copy(writerFunc(func(b []byte) (int, error) { a.null.Add(int64(len(b))); return len(b), nil }), r); err != nil {
+			return fmt.Errorf("read input: %w", err)
+		}
+		return nil
+	}
 	var buf bytes.Buffer
 	if _, err := io.Copy(&buf, r); err != nil {
 		return fmt.Errorf("read input: %w", err)
@@ -224,8 +445,13 @@ func (a *Agent) WriteFile(ctx context.Context, p string, r io.Reader, mode uint3
 		return err
 	}
 	a.files[p] = buf.Bytes()
+	a.modes[p] = mode & 0o7777
 	return nil
 }
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 func (a *Agent) mkdirLocked(p string) error {
 	for d := p; d != "/"; d = path.Dir(d) {
@@ -241,7 +467,10 @@ func (a *Agent) mkdirLocked(p string) error {
 
 func (a *Agent) infoLocked(p string) (api.FileInfo, bool) {
 	if b, ok := a.files[p]; ok {
-		return api.FileInfo{Name: path.Base(p), Path: p, Type: "file", Size: int64(len(b)), Mode: 0o644}, true
+		return api.FileInfo{Name: path.Base(p), Path: p, Type: "file", Size: int64(len(b)), Mode: a.modes[p]}, true
+	}
+	if p == "/dev/null" {
+		return api.FileInfo{Name: "null", Path: p, Type: "file", Mode: 0o666}, true
 	}
 	if a.dirs[p] {
 		return api.FileInfo{Name: path.Base(p), Path: p, Type: "dir", Mode: 0o755}, true
@@ -251,7 +480,9 @@ func (a *Agent) infoLocked(p string) (api.FileInfo, bool) {
 
 // Stat describes p.
 func (a *Agent) Stat(ctx context.Context, p string) (api.FileInfo, error) {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return api.FileInfo{}, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if fi, ok := a.infoLocked(p); ok {
@@ -262,7 +493,9 @@ func (a *Agent) Stat(ctx context.Context, p string) (api.FileInfo, error) {
 
 // List lists the entries directly in p (any depth lists one level).
 func (a *Agent) List(ctx context.Context, p string, depth int) ([]api.FileInfo, error) {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !a.dirs[p] {
@@ -295,7 +528,9 @@ func (a *Agent) namesLocked() func(func(string) bool) {
 
 // MakeDir creates p and its parents.
 func (a *Agent) MakeDir(ctx context.Context, p string) (api.FileInfo, error) {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return api.FileInfo{}, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err := a.mkdirLocked(p); err != nil {
@@ -307,7 +542,9 @@ func (a *Agent) MakeDir(ctx context.Context, p string) (api.FileInfo, error) {
 
 // Remove deletes p; a directory with entries only when recursive.
 func (a *Agent) Remove(ctx context.Context, p string, recursive bool) error {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if _, ok := a.infoLocked(p); !ok {
@@ -319,17 +556,21 @@ func (a *Agent) Remove(ctx context.Context, p string, recursive bool) error {
 				return api.Errorf(api.ErrInvalidArgument, "%s: directory not empty", p)
 			}
 			delete(a.files, name)
+			delete(a.modes, name)
 			delete(a.dirs, name)
 		}
 	}
 	delete(a.files, p)
+	delete(a.modes, p)
 	delete(a.dirs, p)
 	return nil
 }
 
 // ReplStart starts the interpreter.
 func (a *Agent) ReplStart(ctx context.Context, env map[string]string, cwd string) error {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.repl = true
@@ -339,7 +580,9 @@ func (a *Agent) ReplStart(ctx context.Context, env map[string]string, cwd string
 // ReplRun answers a cell with its code as stdout and, as its result, how many cells the
 // interpreter has run, so a test can see that cells share one interpreter.
 func (a *Agent) ReplRun(ctx context.Context, code string, timeout time.Duration, outputLimit int64) (*agentclient.Cell, error) {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return nil, err
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !a.repl {
@@ -353,12 +596,16 @@ func (a *Agent) ReplRun(ctx context.Context, code string, timeout time.Duration,
 
 // ReplInterrupt reports that nothing was running.
 func (a *Agent) ReplInterrupt(ctx context.Context) (interrupted, restarted bool, err error) {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return false, false, err
+	}
 	return false, false, nil
 }
 
 // ReplInstall reports every package installed.
 func (a *Agent) ReplInstall(ctx context.Context, packages []string, findLinks string, timeout time.Duration) (*agentclient.Installed, error) {
-	a.begin()
+	if err := a.begin(); err != nil {
+		return nil, err
+	}
 	return &agentclient.Installed{Output: []byte("installed " + strings.Join(packages, " "))}, nil
 }
