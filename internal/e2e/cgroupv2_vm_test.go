@@ -9,7 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -43,19 +45,32 @@ func TestCgroupV2InVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The VM takes a few minutes under software emulation; the script's own limit (AIRLOCK_VM_TIMEOUT,
-	// 900 s) ends it first, this one only bounds a wedged build or install.
-	ctx, cancel := context.WithTimeout(t.Context(), 25*time.Minute)
+	// The VM's own limit (AIRLOCK_VM_TIMEOUT) ends a hung guest and leaves time to report it:
+	// 15 minutes, or less if the test binary's -timeout comes sooner. The context only bounds a
+	// wedged build or install.
+	vmTimeout := 15 * time.Minute
+	ctx, cancel := context.WithTimeout(t.Context(), vmTimeout+10*time.Minute)
 	defer cancel()
 	if dl, ok := t.Deadline(); ok {
-		ctx, cancel = context.WithDeadline(ctx, dl.Add(-30*time.Second))
+		const build, report = 3 * time.Minute, 30 * time.Second
+		left := time.Until(dl) - build - report
+		if left < 5*time.Minute {
+			t.Fatalf("the VM needs about 5 minutes more than this test binary's -timeout leaves (%v): run with -timeout 30m or more",
+				time.Until(dl).Round(time.Second))
+		}
+		vmTimeout = min(vmTimeout, left)
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-report))
 		defer cancel()
 	}
 	log := filepath.Join(t.TempDir(), "console.log")
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, "bash", script)
-	cmd.Env = append(os.Environ(), "AIRLOCK_VM_LOG="+log)
+	cmd.Env = append(os.Environ(), "AIRLOCK_VM_LOG="+log,
+		"AIRLOCK_VM_TIMEOUT="+strconv.Itoa(int(vmTimeout.Seconds())))
 	cmd.Stdout, cmd.Stderr = &out, &out
+	// The script, its build and qemu share a process group, so that cancelling ends them all.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	err = cmd.Run()
 	console, _ := os.ReadFile(log)
@@ -93,19 +108,26 @@ func vmSummary(console []byte) []string {
 	return lines
 }
 
-// vmFailures returns the failed tests' lines and the messages right above each, as go test -v
-// prints them.
+// vmFailures returns each failed test's line (go test -v's "--- FAIL: name") with the lines that
+// test logged, found by the "=== RUN/CONT/NAME name" line that precedes them. Kernel messages are
+// left out; they are in the console's tail.
 func vmFailures(console []byte) []string {
-	var out, pending []string
+	logged := map[string][]string{}
+	var out []string
+	cur := ""
 	for l := range vmLines(console) {
-		switch t := strings.TrimSpace(l); {
-		case strings.HasPrefix(t, "--- FAIL:"), strings.HasPrefix(t, "panic:"):
-			out = append(append(out, pending...), l)
-			pending = nil
-		case strings.HasPrefix(t, "=== "), strings.HasPrefix(t, "--- "):
-			pending = nil
-		case len(pending) < 20:
-			pending = append(pending, l)
+		t := strings.TrimSpace(l)
+		switch f := strings.Fields(t); {
+		case len(f) >= 3 && (f[0] == "===" || f[0] == "---"):
+			if f[0] == "===" {
+				cur = f[2]
+			} else if f[1] == "FAIL:" {
+				out = append(append(out, l), logged[f[2]]...)
+			}
+		case strings.HasPrefix(t, "panic:"):
+			out = append(out, l)
+		case cur != "" && t != "" && !strings.HasPrefix(t, "[") && len(logged[cur]) < 30:
+			logged[cur] = append(logged[cur], l)
 		}
 	}
 	return out
@@ -131,4 +153,38 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// TestVMFailures checks that a guest's failures are reported with their own messages, also for
+// a subtest whose message is followed by other subtests' output.
+func TestVMFailures(t *testing.T) {
+	console := strings.Join([]string{
+		"=== RUN   TestA",
+		"=== RUN   TestA/bad",
+		"    a_test.go:1: attack worked\r",
+		"=== RUN   TestA/good",
+		"[   11.3] Memory cgroup out of memory: Killed process 449",
+		"--- FAIL: TestA (1.00s)",
+		"    --- FAIL: TestA/bad (0.50s)",
+		"    --- PASS: TestA/good (0.50s)",
+		"=== RUN   TestB",
+		"    b_test.go:2: fine",
+		"--- PASS: TestB (0.01s)",
+		"=== CONT  TestC",
+		"    c_test.go:3: too slow",
+		"--- FAIL: TestC (60.00s)",
+		"panic: test timed out after 9m0s",
+	}, "\n")
+	got := strings.Join(vmFailures([]byte(console)), "\n")
+	want := strings.Join([]string{
+		"--- FAIL: TestA (1.00s)",
+		"    --- FAIL: TestA/bad (0.50s)",
+		"    a_test.go:1: attack worked",
+		"--- FAIL: TestC (60.00s)",
+		"    c_test.go:3: too slow",
+		"panic: test timed out after 9m0s",
+	}, "\n")
+	if got != want {
+		t.Errorf("vmFailures:\n%s\nwant:\n%s", got, want)
+	}
 }
