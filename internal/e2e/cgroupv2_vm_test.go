@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"iter"
 	"os"
 	"os/exec"
@@ -55,7 +56,7 @@ func TestCgroupV2InVM(t *testing.T) {
 		const build, report = 3 * time.Minute, 30 * time.Second
 		left := time.Until(dl) - build - report
 		if left < 5*time.Minute {
-			t.Fatalf("the VM needs about 5 minutes more than this test binary's -timeout leaves (%v): run with -timeout 30m or more",
+			t.Fatalf("only %v left before this test binary's -timeout, and the VM's build and run need about 9 minutes: use -timeout 20m or more",
 				time.Until(dl).Round(time.Second))
 		}
 		vmTimeout = min(vmTimeout, left)
@@ -88,11 +89,11 @@ func TestCgroupV2InVM(t *testing.T) {
 		}
 		t.Skip(msg)
 	case ctx.Err() != nil:
-		t.Fatalf("scripts/vm-cgroup2 did not finish in time (%v): %v\nconsole tail:\n%s\nscript output tail:\n%s",
-			context.Cause(ctx), err, tail(string(console), 80), tail(out.String(), 20))
+		err = fmt.Errorf("did not finish in time (%w): %w", context.Cause(ctx), err)
 	}
-	t.Fatalf("scripts/vm-cgroup2: %v\nfailures in the guest:\n%s\nconsole tail:\n%s\nscript output tail:\n%s",
-		err, strings.Join(vmFailures(console), "\n"), tail(string(console), 80), tail(out.String(), 20))
+	// The script's output holds the console (it tees it) and its own messages after it.
+	t.Fatalf("scripts/vm-cgroup2: %v\nfailures in the guest:\n%s\noutput tail:\n%s",
+		err, strings.Join(vmFailures(console), "\n"), tail(out.String(), 80))
 }
 
 // vmSummary returns the harness's own lines from the guest's console (boot time, mounts, each
