@@ -129,7 +129,12 @@ if m[1] == "0": print("ESCAPED: mapped to host root", m); sys.exit(0)`},
 		{"write outside tmp", `
 for p in ("/usr/pwned", "/etc/pwned", "/pwned", "/bin/pwned", "/lib/pwned", "/proc/sys/kernel/hostname", "/proc/sysrq-trigger"):
     try:
-        with open(p, "w") as f: f.write("x")
+        with open(p, "w") as f:
+            st = os.fstat(f.fileno())
+            f.write("x")
+        # /proc/sysrq-trigger is masked by binding /dev/null over it (where the kernel has it):
+        # a write there reaches the null device, not the kernel.
+        if p == "/proc/sysrq-trigger" and os.major(st.st_rdev) == 1 and os.minor(st.st_rdev) == 3: continue
         print("ESCAPED: wrote", p); sys.exit(0)
     except OSError: pass
 for p in ("/tmp/ok", "/workspace/ok", "/dev/shm/ok"):

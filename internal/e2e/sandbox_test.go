@@ -225,13 +225,15 @@ func TestSandboxLifecycleAndReaping(t *testing.T) {
 		}
 	}
 	idle := a.create(`{"idle_timeout":1,"tags":{"kind":"idle"}}`)
-	expiring := a.create(`{"timeout":1,"tags":{"kind":"expiring"}}`)
-	busy := a.create(`{"idle_timeout":1,"workdir":"/workspace/proj","env":{"A":"1"}}`)
+	// Listed at once: with a 1 s idle timeout it may be reaped while the next ones are created
+	// (a slow machine, an emulated VM).
 	var l api.SandboxList
 	a.call("GET", "/v1/sandboxes?tag=kind:idle", nil, &l)
 	if len(l.Sandboxes) != 1 || l.Sandboxes[0].ID != idle {
 		t.Fatalf("tag filter: %+v", l)
 	}
+	expiring := a.create(`{"timeout":1,"tags":{"kind":"expiring"}}`)
+	busy := a.create(`{"idle_timeout":1,"workdir":"/workspace/proj","env":{"A":"1"}}`)
 	// A running exec keeps a sandbox with an idle timeout alive.
 	r := a.exec(busy, "sh", "-c", "sleep 2; echo $A; pwd")
 	if r.Stdout != "1\n/workspace/proj\n" {
