@@ -25,8 +25,8 @@ import (
 const nopEnv = "AIRLOCK_BENCH_NOP=1"
 
 func TestMain(m *testing.M) {
-	if native.IsInit() {
-		os.Exit(cli.RunAgent())
+	if code, ok := cli.RunInit(); ok {
+		os.Exit(code)
 	}
 	if os.Getenv("AIRLOCK_BENCH_NOP") == "1" {
 		os.Exit(0)
@@ -57,7 +57,7 @@ func mustEnv(b *testing.B) *bench.Env {
 	testutil.MustHaveRoot(b)
 	sharedOnce.Do(func() {
 		// Not b.Context(): the Env outlives this benchmark and is closed in TestMain.
-		shared, sharedErr = bench.NewEnv(context.Background(), bench.EnvConfig{EngineRuntime: cli.NativeRuntime})
+		shared, sharedErr = bench.NewEnv(context.Background(), bench.EnvConfig{EngineRuntime: native.EngineRuntime})
 	})
 	if sharedErr != nil {
 		b.Fatalf("bench environment: %v", sharedErr)
@@ -85,7 +85,7 @@ func TestRunQuick(t *testing.T) {
 	var progress bytes.Buffer
 	rep, err := bench.Run(t.Context(), bench.Config{
 		Progress: &progress, N: 3, Warmup: 1, Concurrency: []int{2}, Runs: 4, Python: python,
-		Env:      bench.EnvConfig{EngineRuntime: cli.NativeRuntime, StateDir: stateDir, CgroupRoot: cgRoot},
+		Env:      bench.EnvConfig{EngineRuntime: native.EngineRuntime, StateDir: stateDir, CgroupRoot: cgRoot},
 		SelfArgs: []string{}, SelfEnv: []string{nopEnv},
 	})
 	if err != nil {

@@ -23,7 +23,7 @@ import (
 // EnvConfig configures an Env. Zero values mean defaults, except EngineRuntime.
 type EnvConfig struct {
 	Logger *slog.Logger
-	// EngineRuntime adapts the native runtime to the engine (internal/cli.NativeRuntime). It is
+	// EngineRuntime adapts the native runtime to the engine (internal/native.EngineRuntime). It is
 	// passed in rather than imported because internal/cli imports this package.
 	EngineRuntime func(*native.Runtime) engine.Runtime
 	// StateDir is the runtime's state directory; default a fresh temporary directory, removed

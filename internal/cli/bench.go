@@ -4,12 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/airlockhq/airlock/internal/bench"
+	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
 func benchCmd() *cobra.Command {
@@ -38,12 +37,9 @@ func benchCmd() *cobra.Command {
 			case len(cfg.Concurrency) == 0:
 				return errors.New("--concurrency needs at least one client count")
 			}
-			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			cfg.Logger = warnLogger()
 			cfg.Progress = cmd.ErrOrStderr()
-			cfg.Env.EngineRuntime = NativeRuntime
-			if cfg.Env.StateDir == "" {
-				cfg.Env.StateDir = os.Getenv("AIRLOCK_BENCH_STATE_DIR")
-			}
+			cfg.Env.EngineRuntime = native.EngineRuntime
 			// `airlock version` is the cheapest way to start and end this binary.
 			cfg.SelfArgs = []string{"version"}
 			rep, err := bench.Run(cmd.Context(), cfg)
@@ -65,7 +61,7 @@ func benchCmd() *cobra.Command {
 	f.IntVar(&cfg.Warmup, "warmup", 3, "unrecorded runs per target before measuring")
 	f.StringVar(&cfg.Python, "python", "/usr/bin/python3", "host interpreter for the baselines (also the sandbox's /usr/bin/python3)")
 	f.StringVar(&cfg.Bwrap, "bwrap", "/usr/bin/bwrap", "bubblewrap binary for the bubblewrap baseline (skipped if missing)")
-	f.StringVar(&cfg.Env.StateDir, "state-dir", "", "runtime state directory (env AIRLOCK_BENCH_STATE_DIR; default a fresh temporary directory)")
+	flagEnv(f, &cfg.Env.StateDir, "state-dir", "AIRLOCK_BENCH_STATE_DIR", "runtime state directory (default a fresh temporary directory)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strconv"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/airlockhq/airlock/internal/agent"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
@@ -26,10 +24,10 @@ type exitError struct{ code int }
 func (e *exitError) Error() string { return "exit status " + strconv.Itoa(e.code) }
 
 // Main runs the command line and returns the process exit status. A sandbox init (the binary
-// re-executed by the native runtime) is recognised before anything else runs.
+// re-executed by one of the runtimes) is recognised before anything else runs.
 func Main(ctx context.Context, args []string) int {
-	if native.IsInit() {
-		return RunAgent() // native.Init does its own descriptor sweep
+	if code, ok := runInit(runtimeDefs); ok {
+		return code // the runtime's init does its own descriptor sweep
 	}
 	// Descriptors inherited from whoever started us (a shell's `exec 3>`, a CI runner's pipes) would
 	// pass into every sandbox init, agent and user process: exec keeps all that are not
@@ -40,13 +38,7 @@ func Main(ctx context.Context, args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root := &cobra.Command{
-		Use:           "airlock",
-		Short:         "Run untrusted code safely and fast",
-		SilenceUsage:  true,
-		SilenceErrors: true,
-	}
-	root.AddCommand(runCmd(), serveCmd(), sandboxCmd(), replCmd(), benchCmd(), versionCmd(), agentCmd())
+	root := newRoot()
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	var ee *exitError
@@ -61,19 +53,18 @@ func Main(ctx context.Context, args []string) int {
 	}
 }
 
-// RunAgent is PID 1 of a sandbox: build and lock down the sandbox, then serve the agent.
-func RunAgent() int {
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	child, err := native.Init()
-	if err != nil {
-		logger.Error("sandbox init", "err", err)
-		return 1
+// newRoot is the airlock command with every subcommand.
+func newRoot() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "airlock",
+		Short:         "Run untrusted code safely and fast",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		// Flags bound by flagEnv not given on the command line take their AIRLOCK_* variable.
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error { return applyEnv(cmd.Flags()) },
 	}
-	if err := agent.Serve(context.Background(), child.Listener, agent.Config{Logger: logger, UID: child.UID, GID: child.GID, Spawn: child.Spawn, CgroupFD: child.CgroupFD}); err != nil {
-		logger.Error("agent", "err", err)
-		return 1
-	}
-	return 0
+	root.AddCommand(runCmd(), serveCmd(), sandboxCmd(), replCmd(), benchCmd(), versionCmd(), agentCmd())
+	return root
 }
 
 func agentCmd() *cobra.Command {

@@ -2,114 +2,53 @@ package cli
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"os"
-	"strconv"
 
-	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agentclient"
+	"github.com/spf13/pflag"
+
 	"github.com/airlockhq/airlock/internal/engine"
-	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
-// nativeRuntime adapts *native.Runtime to engine.Runtime.
-type nativeRuntime struct{ r *native.Runtime }
+// bindEngineFlags binds the engine's limits an operator tunes, each with its AIRLOCK_*
+// variable; zero leaves the engine's default (see engine.Config), which its usage names.
+func bindEngineFlags(fs *pflag.FlagSet, c *engine.Config) {
+	flagEnv(fs, &c.MaxConcurrent, "max-concurrent", "AIRLOCK_MAX_CONCURRENT", "one-shot runs at once; more wait in a bounded queue (default 4 per core)")
+	flagEnv(fs, &c.MaxQueue, "max-queue", "AIRLOCK_MAX_QUEUE", "one-shot runs waiting for a slot; more get 429 (default 8 × --max-concurrent)")
+	flagEnv(fs, &c.MaxConcurrentPerOwner, "max-concurrent-per-key", "AIRLOCK_MAX_CONCURRENT_PER_KEY", "one-shot runs of one API key at once (default half of --max-concurrent)")
+	flagEnv(fs, &c.MaxQueuePerOwner, "max-queue-per-key", "AIRLOCK_MAX_QUEUE_PER_KEY", "one-shot runs of one API key waiting (default half of --max-queue)")
+	flagEnv(fs, &c.QueueTimeout, "queue-timeout", "AIRLOCK_QUEUE_TIMEOUT", "longest wait for a one-shot slot before 429 (default 30s)")
+	flagEnv(fs, &c.MaxSandboxes, "max-sandboxes", "AIRLOCK_MAX_SANDBOXES", "long-lived sandboxes and sessions alive at once (default 1000)")
+	flagEnv(fs, &c.MaxSandboxesPerOwner, "max-sandboxes-per-key", "AIRLOCK_MAX_SANDBOXES_PER_KEY", "live sandboxes and sessions of one API key (default a quarter of --max-sandboxes, lowered so one key takes at most half of the host's PTY pool)")
+	flagEnv(fs, &c.DefaultTimeout, "default-timeout", "AIRLOCK_DEFAULT_TIMEOUT", "time limit of a run that names none (default 30s)")
+	flagEnv(fs, &c.MaxTimeout, "max-timeout", "AIRLOCK_MAX_TIMEOUT", "largest time limit a run may ask for (default 5m0s)")
+	flagEnv(fs, (*byteSize)(&c.DefaultMemory), "default-memory", "AIRLOCK_DEFAULT_MEMORY", "memory limit of a sandbox that names none (default 512MiB)")
+	flagEnv(fs, (*byteSize)(&c.MaxMemory), "max-memory", "AIRLOCK_MAX_MEMORY", "largest memory limit a sandbox may ask for (default 8GiB)")
+	flagEnv(fs, &c.SandboxTimeout, "sandbox-timeout", "AIRLOCK_SANDBOX_TIMEOUT", "life of a long-lived sandbox that names none (default 5m0s)")
+	flagEnv(fs, &c.MaxSandboxTimeout, "max-sandbox-timeout", "AIRLOCK_MAX_SANDBOX_TIMEOUT", "longest life a sandbox may ask for (default 24h0m0s)")
+	flagEnv(fs, (*byteSize)(&c.AnswerBudget), "answer-budget", "AIRLOCK_ANSWER_BUDGET", "daemon memory for agent answers in flight together, such as REPL cells (default 512MiB)")
+}
 
-var _ engine.Runtime = nativeRuntime{}
-
-func (n nativeRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instance, error) {
-	sb, err := n.r.Create(ctx, native.Spec{
-		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
-		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
-		Workdir: s.Workdir,
-	})
-	if errors.Is(err, native.ErrNoUIDRange) {
-		// Every uid range of the host is in use by live sandboxes: capacity, not a fault.
-		return nil, api.Errorf(api.ErrResourceExhausted, "all sandbox uid ranges are in use; retry later")
-	}
+// newEngine builds every runtime and an engine on them; closeEngine releases both.
+func newEngine(logger *slog.Logger, ec engine.Config, rc runtimeConfig) (*engine.Engine, *runtimes, error) {
+	rts, err := openRuntimes(logger, &rc, runtimeDefs)
 	if err != nil {
-		return nil, err
-	}
-	return nativeSandbox{sb}, nil
-}
-
-func (n nativeRuntime) Recover(ctx context.Context) ([]engine.Recovered, error) {
-	found, err := n.r.Recover(ctx)
-	out := make([]engine.Recovered, 0, len(found))
-	for _, f := range found {
-		out = append(out, engine.Recovered{ID: f.Sandbox.ID(), Inst: nativeSandbox{f.Sandbox}, Meta: f.Meta})
-	}
-	return out, err
-}
-
-type nativeSandbox struct{ *native.Sandbox }
-
-// The agent client implements the engine's Agent as it is; this is where both are in scope.
-var _ engine.Agent = (*agentclient.Client)(nil)
-
-func (s nativeSandbox) Agent() engine.Agent { return s.Sandbox.Agent() }
-
-func (s nativeSandbox) Usage() (engine.Usage, error) {
-	st, err := s.Stats()
-	return engine.Usage{CPUTime: st.CPUTime, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
-		MemoryLimitHits: st.MemoryFailcnt, Processes: s.Processes(), Memory: st.Memory}, err
-}
-
-// engineOptions are the flags shared by commands that run an engine.
-type engineOptions struct {
-	stateDir      string
-	private       bool // a state directory of its own, removed by closeEngine (embedded one-shot engines)
-	cgroupRoot    string
-	wheelDir      string
-	maxConcurrent int
-	maxSandboxes  int
-	maxPerKey     int
-	uidBase       int
-}
-
-// fromEnv fills options not set by flags from AIRLOCK_* variables.
-func (o *engineOptions) fromEnv() {
-	if v := os.Getenv("AIRLOCK_STATE_DIR"); v != "" && o.stateDir == "" {
-		o.stateDir = v
-	}
-	if v := os.Getenv("AIRLOCK_CGROUP_ROOT"); v != "" && o.cgroupRoot == "" {
-		o.cgroupRoot = v
-	}
-	if v := os.Getenv("AIRLOCK_WHEEL_DIR"); v != "" && o.wheelDir == "" {
-		o.wheelDir = v
-	}
-	if v, err := strconv.Atoi(os.Getenv("AIRLOCK_UID_BASE")); err == nil && o.uidBase == 0 {
-		o.uidBase = v
-	}
-}
-
-// newEngine builds the native runtime and an engine on it.
-func newEngine(logger *slog.Logger, o engineOptions) (*engine.Engine, *native.Runtime, error) {
-	rt, err := native.New(native.Config{Logger: logger, StateDir: o.stateDir, Private: o.private, CgroupRoot: o.cgroupRoot,
-		WheelDir: o.wheelDir, UIDBase: o.uidBase})
-	if err != nil {
-		return nil, nil, fmt.Errorf("native runtime: %w", err)
-	}
-	e, err := engine.New(engine.Config{Logger: logger, Runtime: nativeRuntime{rt}, MaxConcurrent: o.maxConcurrent, MaxSandboxes: o.maxSandboxes,
-		MaxSandboxesPerOwner: o.maxPerKey,
-		WheelDirSet:          o.wheelDir != ""})
-	if err != nil {
-		rt.Close()
 		return nil, nil, err
 	}
-	return e, rt, nil
+	ec.Logger, ec.Runtime = logger, rts
+	ec.WheelDirSet = rc.Native.WheelDir != ""
+	e, err := engine.New(ec)
+	if err != nil {
+		rts.Close()
+		return nil, nil, err
+	}
+	return e, rts, nil
 }
 
-// closeEngine destroys the engine's sandboxes, then releases the runtime: its cgroup root, its
-// state directory lock and host-wide claims, and a private state directory.
-func closeEngine(ctx context.Context, logger *slog.Logger, e *engine.Engine, rt *native.Runtime) {
+// closeEngine destroys the engine's sandboxes, then releases the runtimes: their cgroup roots,
+// state directory locks and host-wide claims, and private state directories.
+func closeEngine(ctx context.Context, logger *slog.Logger, e *engine.Engine, rts *runtimes) {
 	e.Close(ctx)
-	if err := rt.Close(); err != nil {
-		logger.WarnContext(ctx, "closing the native runtime", "err", err)
+	if err := rts.Close(); err != nil {
+		logger.WarnContext(ctx, "closing the runtimes", "err", err)
 	}
 }
-
-// NativeRuntime exposes the adapter for tests that build their own engine.
-func NativeRuntime(r *native.Runtime) engine.Runtime { return nativeRuntime{r} }

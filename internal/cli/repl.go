@@ -19,7 +19,6 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
-	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
 // cellRunner runs cells of one session, on an embedded engine or a daemon.
@@ -31,9 +30,10 @@ type cellRunner interface {
 
 func replCmd() *cobra.Command {
 	var (
-		server, apiKey, plotDir string
-		eo                      engineOptions
-		timeout                 float64
+		co      clientOptions
+		rc      runtimeConfig
+		plotDir string
+		timeout float64
 	)
 	cmd := &cobra.Command{
 		Use:   "repl",
@@ -43,19 +43,12 @@ func replCmd() *cobra.Command {
 			"their names printed. Ctrl-C interrupts a running cell; Ctrl-D ends the session.",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			eo.fromEnv()
-			if server == "" {
-				server = os.Getenv("AIRLOCK_SERVER")
-			}
-			if apiKey == "" {
-				apiKey = os.Getenv("AIRLOCK_API_KEY")
-			}
 			var r cellRunner
 			var err error
-			if server != "" {
-				r, err = newRemoteRunner(ctx, server, apiKey)
+			if co.server != "" {
+				r, err = newRemoteRunner(ctx, co.server, co.apiKey)
 			} else {
-				r, err = newLocalRunner(ctx, eo)
+				r, err = newLocalRunner(ctx, rc)
 			}
 			if err != nil {
 				return err
@@ -65,11 +58,10 @@ func replCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&server, "server", "", "use this airlock daemon instead of an embedded engine (env AIRLOCK_SERVER)")
-	f.StringVar(&apiKey, "api-key", "", "API key for --server (env AIRLOCK_API_KEY)")
+	bindClientFlags(f, &co, "use this airlock daemon instead of an embedded engine")
 	f.StringVar(&plotDir, "plot-dir", ".", "directory for plot PNG files")
 	f.Float64Var(&timeout, "timeout", 300, "seconds a cell may run")
-	f.StringVar(&eo.stateDir, "state-dir", "", "state directory of the embedded engine (default: a private one under /run/airlock, removed at exit)")
+	bindRuntimeFlags(f, &rc, "state directory of the embedded engine (default: a private one under /run/airlock, removed at exit)")
 	return cmd
 }
 
@@ -191,15 +183,15 @@ func signalInterrupt(ctx context.Context, r cellRunner) (stop func()) {
 // localRunner runs a session on an embedded engine.
 type localRunner struct {
 	e      *engine.Engine
-	rt     *native.Runtime
+	rt     *runtimes
 	logger *slog.Logger
 	sb     *engine.Sandbox
 }
 
-func newLocalRunner(ctx context.Context, eo engineOptions) (*localRunner, error) {
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	eo.private = eo.stateDir == "" // like airlock run: never a daemon's state directory
-	e, rt, err := newEngine(logger, eo)
+func newLocalRunner(ctx context.Context, rc runtimeConfig) (*localRunner, error) {
+	logger := warnLogger()
+	rc.Native.Private = rc.Native.StateDir == "" // like airlock run: never a daemon's state directory
+	e, rt, err := newEngine(logger, engine.Config{}, rc)
 	if err != nil {
 		return nil, err
 	}

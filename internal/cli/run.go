@@ -6,15 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
 )
 
 func runCmd() *cobra.Command {
@@ -22,9 +21,8 @@ func runCmd() *cobra.Command {
 		req      api.ExecuteRequest
 		file     string
 		asJSON   bool
-		server   string
-		apiKey   string
-		eo       engineOptions
+		co       clientOptions
+		rc       runtimeConfig
 		language string
 	)
 	cmd := &cobra.Command{
@@ -40,17 +38,10 @@ func runCmd() *cobra.Command {
 				return err
 			}
 			req.Code, req.Language = code, language
-			eo.fromEnv()
 			// Without --state-dir the embedded engine never shares a state directory, cgroup
 			// root or uid range with a daemon or another run.
-			eo.private = eo.stateDir == ""
-			if server == "" {
-				server = os.Getenv("AIRLOCK_SERVER")
-			}
-			if apiKey == "" {
-				apiKey = os.Getenv("AIRLOCK_API_KEY")
-			}
-			resp, err := execute(cmd.Context(), server, apiKey, eo, req)
+			rc.Native.Private = rc.Native.StateDir == ""
+			resp, err := execute(cmd.Context(), co, rc, req)
 			if err != nil {
 				return err
 			}
@@ -85,9 +76,8 @@ func runCmd() *cobra.Command {
 	f.StringVar(&language, "language", "python", "python or bash")
 	f.StringVarP(&file, "file", "f", "", "read the program from this file")
 	f.BoolVar(&asJSON, "json", false, "print the full result as JSON")
-	f.StringVar(&server, "server", "", "send the run to this airlock daemon instead of an embedded engine (env AIRLOCK_SERVER)")
-	f.StringVar(&apiKey, "api-key", "", "API key for --server (env AIRLOCK_API_KEY)")
-	f.StringVar(&eo.stateDir, "state-dir", "", "state directory of the embedded engine (env AIRLOCK_STATE_DIR; default: a private one under /run/airlock, removed after the run)")
+	bindClientFlags(f, &co, "send the run to this airlock daemon instead of an embedded engine")
+	bindRuntimeFlags(f, &rc, "state directory of the embedded engine (default: a private one under /run/airlock, removed after the run)")
 	return cmd
 }
 
@@ -108,13 +98,13 @@ func readCode(file string, args []string, stdin io.Reader) (string, error) {
 	}
 }
 
-// execute runs req on a daemon when server is set, else on an embedded engine.
-func execute(ctx context.Context, server, key string, eo engineOptions, req api.ExecuteRequest) (*api.ExecuteResponse, error) {
-	if server != "" {
-		return airlock.New(server, key).Execute(ctx, req)
+// execute runs req on a daemon when one is named, else on an embedded engine.
+func execute(ctx context.Context, co clientOptions, rc runtimeConfig, req api.ExecuteRequest) (*api.ExecuteResponse, error) {
+	if co.server != "" {
+		return co.client().Execute(ctx, req)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	e, rt, err := newEngine(logger, eo)
+	logger := warnLogger()
+	e, rt, err := newEngine(logger, engine.Config{}, rc)
 	if err != nil {
 		return nil, err
 	}

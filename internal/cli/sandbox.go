@@ -22,29 +22,8 @@ import (
 	"github.com/airlockhq/airlock/api"
 )
 
-// clientOptions are the flags of every command that talks to a daemon.
-type clientOptions struct {
-	server string
-	apiKey string
-}
-
-// client binds the flags, then AIRLOCK_SERVER / AIRLOCK_API_KEY, then the default.
-func (o *clientOptions) client() *airlock.Client {
-	server, key := o.server, o.apiKey
-	if server == "" {
-		server = os.Getenv("AIRLOCK_SERVER")
-	}
-	if server == "" {
-		server = "http://127.0.0.1:8080"
-	}
-	if key == "" {
-		key = os.Getenv("AIRLOCK_API_KEY")
-	}
-	return airlock.New(server, key)
-}
-
 func sandboxCmd() *cobra.Command {
-	o := &clientOptions{}
+	o := &clientOptions{server: "http://127.0.0.1:8080"}
 	cmd := &cobra.Command{
 		Use:     "sandbox",
 		Aliases: []string{"sb"},
@@ -53,8 +32,7 @@ func sandboxCmd() *cobra.Command {
 			"AIRLOCK_SERVER, default http://127.0.0.1:8080).",
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&o.server, "server", "", "airlock daemon URL (env AIRLOCK_SERVER; default http://127.0.0.1:8080)")
-	pf.StringVar(&o.apiKey, "api-key", "", "API key (env AIRLOCK_API_KEY)")
+	bindClientFlags(pf, o, "airlock daemon URL")
 	cmd.AddCommand(sandboxCreateCmd(o), sandboxListCmd(o), sandboxExecCmd(o), sandboxCpCmd(o),
 		sandboxRmCmd(o), sandboxInfoCmd(o))
 	return cmd

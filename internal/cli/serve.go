@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -23,47 +22,22 @@ import (
 	"github.com/airlockhq/airlock/internal/server"
 )
 
-// connOptions bound the daemon's client connections (flags of serve, each also an AIRLOCK_*
-// variable; a flag given on the command line wins).
+// connOptions bound the daemon's client connections beyond what server.Config has.
 type connOptions struct {
-	idleTimeout  time.Duration // keep-alive connection idle this long is closed; 60 s
-	readTimeout  time.Duration // a request body must arrive within this; 60 s
-	writeTimeout time.Duration // an answer must be written within this once begun; 60 s
-	maxConns     int           // connections at once; more wait in the kernel's backlog
+	idleTimeout time.Duration // keep-alive connection idle this long is closed; 60 s
+	maxConns    int           // connections at once; more wait in the kernel's backlog
 }
 
-// fromEnv fills options whose flag was not given from AIRLOCK_* variables.
-func (o *connOptions) fromEnv(changed func(flag string) bool) error {
-	for _, d := range []struct {
-		flag, env string
-		v         *time.Duration
-	}{
-		{"idle-timeout", "AIRLOCK_IDLE_TIMEOUT", &o.idleTimeout},
-		{"read-timeout", "AIRLOCK_READ_TIMEOUT", &o.readTimeout},
-		{"write-timeout", "AIRLOCK_WRITE_TIMEOUT", &o.writeTimeout},
-	} {
-		if v := os.Getenv(d.env); v != "" && !changed(d.flag) {
-			t, err := time.ParseDuration(v)
-			if err != nil || t <= 0 {
-				return fmt.Errorf("%s=%q: want a positive duration such as 60s", d.env, v)
-			}
-			*d.v = t
-		}
-	}
-	if v := os.Getenv("AIRLOCK_MAX_CONNECTIONS"); v != "" && !changed("max-connections") {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return fmt.Errorf("AIRLOCK_MAX_CONNECTIONS=%q: want a positive number", v)
-		}
-		o.maxConns = n
-	}
-	if o.idleTimeout <= 0 || o.readTimeout <= 0 || o.writeTimeout <= 0 {
+// checkConns refuses timeouts that would cut every request, and fills the connection cap's
+// default.
+func checkConns(co *connOptions, sc server.Config) error {
+	if co.idleTimeout <= 0 || sc.ReadTimeout <= 0 || sc.WriteTimeout <= 0 {
 		return errors.New("--idle-timeout, --read-timeout and --write-timeout must be positive")
 	}
-	if o.maxConns == 0 {
-		o.maxConns = defaultMaxConns()
+	if co.maxConns == 0 {
+		co.maxConns = defaultMaxConns()
 	}
-	if o.maxConns < 1 {
+	if co.maxConns < 1 {
 		return errors.New("--max-connections must be positive")
 	}
 	return nil
@@ -122,10 +96,12 @@ func perKeySandboxes(maxSandboxes int) int {
 
 func serveCmd() *cobra.Command {
 	var (
-		addr    string
+		addr    = "127.0.0.1:8080"
 		keyFile string
-		eo      engineOptions
-		co      connOptions
+		ec      engine.Config
+		rc      runtimeConfig
+		sc      = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
+		co      = connOptions{idleTimeout: time.Minute}
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -133,12 +109,11 @@ func serveCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-			eo.fromEnv()
-			if err := co.fromEnv(cmd.Flags().Changed); err != nil {
+			if err := checkConns(&co, sc); err != nil {
 				return err
 			}
-			if eo.maxPerKey == 0 {
-				eo.maxPerKey = perKeySandboxes(eo.maxSandboxes)
+			if ec.MaxSandboxesPerOwner == 0 {
+				ec.MaxSandboxesPerOwner = perKeySandboxes(ec.MaxSandboxes)
 			}
 			keys, err := loadKeys(keyFile)
 			if err != nil {
@@ -147,16 +122,17 @@ func serveCmd() *cobra.Command {
 			if err := server.CheckListen(addr, keys); err != nil {
 				return err
 			}
-			e, rt, err := newEngine(logger, eo)
+			e, rts, err := newEngine(logger, ec, rc)
 			if err != nil {
 				return err
 			}
 			// Last, after e.Close below has ended every sandbox: the cgroup parent goes too, in
-			// every hierarchy, and the state directory and cgroup-root claims are released. (On a failed start, sandboxes adopted from a previous daemon are
-			// left running for the next one, and the parent stays with them: EBUSY.)
+			// every hierarchy, and the state directory and cgroup-root claims are released. (On a
+			// failed start, sandboxes adopted from a previous daemon are left running for the
+			// next one, and the parent stays with them: EBUSY.)
 			defer func() {
-				if err := rt.Close(); err != nil {
-					logger.WarnContext(ctx, "removing the cgroup root", "err", err)
+				if err := rts.Close(); err != nil {
+					logger.WarnContext(ctx, "closing the runtimes", "err", err)
 				}
 			}()
 			if err := native.CheckPTYPool(e.MaxSandboxes()); err != nil {
@@ -172,12 +148,12 @@ func serveCmd() *cobra.Command {
 			if adopted+destroyed > 0 {
 				logger.InfoContext(ctx, "recovered sandboxes of a previous daemon", "adopted", adopted, "destroyed", destroyed)
 			}
-			srv, err := server.New(server.Config{Logger: logger, Engine: e, APIKeys: keys, Version: Version,
-				CgroupVersion: rt.CgroupVersion(), Runtimes: []string{"native"},
-				ReadTimeout: co.readTimeout, WriteTimeout: co.writeTimeout,
-				// A quarter of the connection cap per key: one tenant's requests — streams and
-				// WebSockets included — can never hold every connection.
-				MaxRequestsPerKey: max(co.maxConns/4, 16)})
+			sc.Logger, sc.Engine, sc.APIKeys, sc.Version = logger, e, keys, Version
+			sc.CgroupVersion, sc.Runtimes = rts.cgroupVersion(), rts.Names()
+			// A quarter of the connection cap per key: one tenant's requests — streams and
+			// WebSockets included — can never hold every connection.
+			sc.MaxRequestsPerKey = max(co.maxConns/4, 16)
+			srv, err := server.New(sc)
 			if err != nil {
 				return err
 			}
@@ -194,7 +170,7 @@ func serveCmd() *cobra.Command {
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys) > 0,
-				"max_connections", co.maxConns, "idle_timeout", co.idleTimeout,
+				"runtimes", sc.Runtimes, "max_connections", co.maxConns, "idle_timeout", co.idleTimeout,
 				"max_concurrent", lim.MaxConcurrent, "max_concurrent_per_key", lim.MaxConcurrentPerKey,
 				"max_sandboxes", lim.MaxSandboxes, "max_sandboxes_per_key", lim.MaxSandboxesPerKey)
 			errc := make(chan error, 1)
@@ -218,18 +194,14 @@ func serveCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&addr, "addr", "127.0.0.1:8080", "listen address")
-	f.StringVar(&keyFile, "api-key-file", "", "file with one API key per line (also AIRLOCK_API_KEYS, comma-separated)")
-	f.IntVar(&eo.maxConcurrent, "max-concurrent", 0, "one-shot runs at once; more wait in a bounded queue (default 4 per core)")
-	f.IntVar(&eo.maxSandboxes, "max-sandboxes", 0, "long-lived sandboxes and sessions alive at once (default 1000)")
-	f.IntVar(&eo.maxPerKey, "max-sandboxes-per-key", 0, "live sandboxes and sessions of one API key (default a quarter of --max-sandboxes, lowered so one key takes at most half of the host's PTY pool)")
-	f.DurationVar(&co.idleTimeout, "idle-timeout", time.Minute, "close a keep-alive connection idle this long (env AIRLOCK_IDLE_TIMEOUT)")
-	f.DurationVar(&co.readTimeout, "read-timeout", time.Minute, "a request body must arrive within this; streamed uploads and stdin excepted (env AIRLOCK_READ_TIMEOUT)")
-	f.DurationVar(&co.writeTimeout, "write-timeout", time.Minute, "an answer must be written within this once begun; streams excepted (env AIRLOCK_WRITE_TIMEOUT)")
-	f.IntVar(&co.maxConns, "max-connections", 0, "client connections at once; more wait (env AIRLOCK_MAX_CONNECTIONS; default half of RLIMIT_NOFILE, at most 16384)")
-	f.IntVar(&eo.uidBase, "uid-base", 0, "first host uid of the sandboxes' uid ranges (env AIRLOCK_UID_BASE; default 2000000; must not overlap host users or /etc/subuid)")
-	f.StringVar(&eo.wheelDir, "wheel-dir", "", "directory of Python wheels sessions may pip-install from (env AIRLOCK_WHEEL_DIR)")
-	f.StringVar(&eo.stateDir, "state-dir", "", "state directory (env AIRLOCK_STATE_DIR; default /var/lib/airlock)")
+	flagEnv(f, &addr, "addr", "AIRLOCK_ADDR", "listen address")
+	flagEnv(f, &keyFile, "api-key-file", "AIRLOCK_API_KEY_FILE", "file with one API key per line; AIRLOCK_API_KEYS (comma-separated) adds more")
+	bindEngineFlags(f, &ec)
+	bindRuntimeFlags(f, &rc, "state directory (default /var/lib/airlock)")
+	flagEnv(f, &co.idleTimeout, "idle-timeout", "AIRLOCK_IDLE_TIMEOUT", "close a keep-alive connection idle this long")
+	flagEnv(f, &sc.ReadTimeout, "read-timeout", "AIRLOCK_READ_TIMEOUT", "a request body must arrive within this; streamed uploads and stdin excepted")
+	flagEnv(f, &sc.WriteTimeout, "write-timeout", "AIRLOCK_WRITE_TIMEOUT", "an answer must be written within this once begun; streams excepted")
+	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	return cmd
 }
 

@@ -32,8 +32,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	if native.IsInit() {
-		os.Exit(cli.RunAgent())
+	if code, ok := cli.RunInit(); ok {
+		// This test binary, re-executed by a runtime as a sandbox's init.
+		os.Exit(code)
 	}
 	if args := os.Getenv("AIRLOCK_E2E_DAEMON"); args != "" {
 		// This test binary, re-executed as an airlock daemon (see daemon_test.go).
@@ -57,7 +58,7 @@ func TestMain(m *testing.M) {
 				setupErr = err
 				return m.Run()
 			}
-			eng, setupErr = engine.New(engine.Config{Logger: logger, Runtime: cli.NativeRuntime(rt),
+			eng, setupErr = engine.New(engine.Config{Logger: logger, Runtime: native.EngineRuntime(rt),
 				ScratchBytes: 64 << 20, MaxConcurrent: 8})
 			defer func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/cli"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/testutil"
@@ -165,7 +164,7 @@ func TestUIDRangesNeverOverlapAcrossRuntimes(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { r.Close() })
-		return newAPIServer(t, engine.Config{Runtime: cli.NativeRuntime(r)})
+		return newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r)})
 	}
 	a, b := newRT("a"), newRT("b")
 	a1, a2 := a.create(`{}`), a.create(`{}`)

@@ -21,7 +21,6 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/cli"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/server"
@@ -38,7 +37,7 @@ func newAPIServer(t testing.TB, cfg engine.Config) *apiServer {
 	t.Helper()
 	mustEngine(t)
 	if cfg.Runtime == nil {
-		cfg.Runtime = cli.NativeRuntime(rt)
+		cfg.Runtime = native.EngineRuntime(rt)
 	}
 	e, err := engine.New(cfg)
 	if err != nil {

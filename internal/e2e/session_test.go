@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/cli"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/server"
@@ -206,7 +205,7 @@ func TestSessionInstallFromWheel(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { wrt.Close() }) // after the engine's cleanup (registered later, run first)
-	a := newAPIServer(t, engine.Config{Runtime: cli.NativeRuntime(wrt), WheelDirSet: true})
+	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(wrt), WheelDirSet: true})
 	id := a.session(`{}`)
 	if r := a.cell(id, "import airlock_testpkg", 0); r.Error == nil || r.Error.Name != "ModuleNotFoundError" {
 		t.Fatalf("package present before install: %+v", r)
@@ -264,7 +263,7 @@ func writeWheel(t *testing.T, path string) {
 
 func TestTenantsAreIsolated(t *testing.T) {
 	mustEngine(t)
-	e, err := engine.New(engine.Config{Runtime: cli.NativeRuntime(rt)})
+	e, err := engine.New(engine.Config{Runtime: native.EngineRuntime(rt)})
 	if err != nil {
 		t.Fatal(err)
 	}

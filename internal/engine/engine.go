@@ -38,6 +38,7 @@ type Instance interface {
 // Spec is what a Runtime builds.
 type Spec struct {
 	ID           string
+	Runtime      string // the runtime to build it, by name; empty for the daemon's default
 	Image        string
 	MemoryBytes  int64
 	CPU          float64

@@ -1,0 +1,204 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/agent"
+	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/native"
+)
+
+// runtimeDef is one runtime the daemon can offer: how to build it from its configuration, and
+// how this binary, re-executed by it, becomes the init of one of its sandboxes. This is the
+// composition root of the runtimes: adding one (gVisor) is one entry in runtimeDefs, its part
+// of runtimeConfig, and its flags in bindRuntimeFlags.
+type runtimeDef struct {
+	name string
+	// open builds the runtime. Its close releases what the runtime holds on the host.
+	open func(logger *slog.Logger, c *runtimeConfig) (openedRuntime, error)
+	// isInit reports whether this process was started as PID 1 of one of the runtime's sandboxes.
+	isInit func() bool
+	// init builds and locks down the sandbox from inside, and returns the listener and the
+	// agent configuration the runtime-neutral agent.Serve runs with.
+	init func() (net.Listener, agent.Config, error)
+}
+
+// openedRuntime is a runtime built by runtimeDef.open.
+type openedRuntime struct {
+	rt            engine.Runtime
+	close         func() error
+	cgroupVersion int
+}
+
+// runtimeConfig is the configuration of every runtime, bound to flags by bindRuntimeFlags.
+type runtimeConfig struct {
+	Default string // the runtime of specs that name none
+	Native  native.Config
+}
+
+var runtimeDefs = []runtimeDef{{
+	name: native.Name,
+	open: func(logger *slog.Logger, c *runtimeConfig) (openedRuntime, error) {
+		cfg := c.Native
+		cfg.Logger = logger
+		rt, err := native.New(cfg)
+		if err != nil {
+			return openedRuntime{}, fmt.Errorf("native runtime: %w", err)
+		}
+		return openedRuntime{rt: native.EngineRuntime(rt), close: rt.Close, cgroupVersion: rt.CgroupVersion()}, nil
+	},
+	isInit: native.IsInit,
+	init: func() (net.Listener, agent.Config, error) {
+		child, err := native.Init() // does its own descriptor sweep
+		if err != nil {
+			return nil, agent.Config{}, err
+		}
+		return child.Listener, agent.Config{UID: child.UID, GID: child.GID, Spawn: child.Spawn, CgroupFD: child.CgroupFD}, nil
+	},
+}}
+
+// bindRuntimeFlags binds the runtimes' knobs, each with its AIRLOCK_* variable. stateUsage
+// says what the state directory defaults to for the command.
+func bindRuntimeFlags(fs *pflag.FlagSet, c *runtimeConfig, stateUsage string) {
+	if c.Default == "" {
+		c.Default = runtimeDefs[0].name
+	}
+	flagEnv(fs, &c.Default, "runtime", "AIRLOCK_RUNTIME", "runtime of sandboxes ("+strings.Join(runtimeNames(runtimeDefs), ", ")+")")
+	flagEnv(fs, &c.Native.StateDir, "state-dir", "AIRLOCK_STATE_DIR", stateUsage)
+	flagEnv(fs, &c.Native.CgroupRoot, "cgroup-root", "AIRLOCK_CGROUP_ROOT", "parent cgroup of the sandboxes (default one derived from --state-dir)")
+	flagEnv(fs, &c.Native.WheelDir, "wheel-dir", "AIRLOCK_WHEEL_DIR", "directory of Python wheels sessions may pip-install from")
+	flagEnv(fs, &c.Native.UIDBase, "uid-base", "AIRLOCK_UID_BASE", "first host uid of the sandboxes' uid ranges (default 2000000; must not overlap host users or /etc/subuid)")
+}
+
+func runtimeNames(defs []runtimeDef) []string {
+	names := make([]string, len(defs))
+	for i, d := range defs {
+		names[i] = d.name
+	}
+	return names
+}
+
+// runInit runs this process as a sandbox's init if one of the runtimes started it as such:
+// the runtime builds the sandbox, then the agent serves. ok is false for any other process.
+func runInit(defs []runtimeDef) (code int, ok bool) {
+	for _, d := range defs {
+		if !d.isInit() {
+			continue
+		}
+		logger := warnLogger()
+		ln, cfg, err := d.init()
+		if err != nil {
+			logger.Error("sandbox init", "runtime", d.name, "err", err)
+			return 1, true
+		}
+		cfg.Logger = logger
+		if err := agent.Serve(context.Background(), ln, cfg); err != nil {
+			logger.Error("agent", "err", err)
+			return 1, true
+		}
+		return 0, true
+	}
+	return 0, false
+}
+
+// RunInit is runInit over every runtime, for test binaries re-executed as a sandbox's init.
+func RunInit() (code int, ok bool) { return runInit(runtimeDefs) }
+
+// runtimes is the engine's Runtime: it builds each spec with the runtime the spec names, or
+// the default one.
+type runtimes struct {
+	def    string
+	names  []string // available, in runtimeDefs order
+	byName map[string]openedRuntime
+}
+
+var (
+	_ engine.Runtime   = (*runtimes)(nil)
+	_ engine.Recoverer = (*runtimes)(nil)
+)
+
+// openRuntimes builds every runtime of defs. The default one must work; another that cannot be
+// built (its binary missing, say) is left out with a warning, so /v1/info lists only what is
+// really available.
+func openRuntimes(logger *slog.Logger, c *runtimeConfig, defs []runtimeDef) (*runtimes, error) {
+	if c.Default == "" {
+		c.Default = defs[0].name
+	}
+	if !slices.Contains(runtimeNames(defs), c.Default) {
+		return nil, fmt.Errorf("runtime %q is unknown (known: %s)", c.Default, strings.Join(runtimeNames(defs), ", "))
+	}
+	r := &runtimes{def: c.Default, byName: map[string]openedRuntime{}}
+	for _, d := range defs {
+		o, err := d.open(logger, c)
+		if err != nil && d.name == c.Default {
+			r.Close()
+			return nil, err
+		}
+		if err != nil {
+			logger.Warn("runtime not available", "runtime", d.name, "err", err)
+			continue
+		}
+		r.names = append(r.names, d.name)
+		r.byName[d.name] = o
+	}
+	return r, nil
+}
+
+// Names lists the available runtimes, for /v1/info.
+func (r *runtimes) Names() []string { return slices.Clone(r.names) }
+
+// cgroupVersion is the default runtime's cgroup version, for /v1/info.
+func (r *runtimes) cgroupVersion() int { return r.byName[r.def].cgroupVersion }
+
+func (r *runtimes) Create(ctx context.Context, s engine.Spec) (engine.Instance, error) {
+	name := s.Runtime
+	if name == "" {
+		name = r.def
+	}
+	o, ok := r.byName[name]
+	if !ok {
+		return nil, api.Errorf(api.ErrInvalidArgument, "runtime %q is not available (this daemon offers %s)", name, strings.Join(r.names, ", "))
+	}
+	s.Runtime = name
+	return o.rt.Create(ctx, s)
+}
+
+// Recover gathers the sandboxes every runtime's previous daemon left running.
+func (r *runtimes) Recover(ctx context.Context) ([]engine.Recovered, error) {
+	var (
+		all  []engine.Recovered
+		errs []error
+	)
+	for _, name := range r.names {
+		rec, ok := r.byName[name].rt.(engine.Recoverer)
+		if !ok {
+			continue
+		}
+		found, err := rec.Recover(ctx)
+		all = append(all, found...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s runtime: %w", name, err))
+		}
+	}
+	return all, errors.Join(errs...)
+}
+
+// Close releases every runtime.
+func (r *runtimes) Close() error {
+	var errs []error
+	for _, name := range r.names {
+		if err := r.byName[name].close(); err != nil {
+			errs = append(errs, fmt.Errorf("closing the %s runtime: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,80 @@
+//go:build linux
+
+package native
+
+import (
+	"context"
+	"errors"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/agentclient"
+	"github.com/airlockhq/airlock/internal/engine"
+)
+
+// Name is the runtime's name in engine.Spec.Runtime and in /v1/info.
+const Name = "native"
+
+// EngineRuntime adapts r to engine.Runtime (and engine.Recoverer). It lives beside the runtime,
+// not in the CLI, so that the runtime alone decides which fields of a spec it can honour.
+func EngineRuntime(r *Runtime) engine.Runtime { return engineRuntime{r} }
+
+type engineRuntime struct{ r *Runtime }
+
+var (
+	_ engine.Runtime   = engineRuntime{}
+	_ engine.Recoverer = engineRuntime{}
+	// The agent client implements the engine's Agent as it is; this is where both are in scope.
+	_ engine.Agent = (*agentclient.Client)(nil)
+)
+
+// honours refuses what the native runtime cannot build, rather than dropping it: a sandbox
+// that silently lacks the image or the network policy it was asked for is worse than none.
+func honours(s engine.Spec) error {
+	switch {
+	case s.Runtime != "" && s.Runtime != Name:
+		return api.Errorf(api.ErrInvalidArgument, "runtime %q asked of the %s runtime", s.Runtime, Name)
+	case s.Image != "" && s.Image != "host":
+		return api.Errorf(api.ErrUnimplemented, "the %s runtime runs only the host image, not %q", Name, s.Image)
+	case s.Network:
+		return api.Errorf(api.ErrUnimplemented, "the %s runtime has no outbound network for sandboxes yet", Name)
+	}
+	return nil
+}
+
+func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instance, error) {
+	if err := honours(s); err != nil {
+		return nil, err
+	}
+	sb, err := n.r.Create(ctx, Spec{
+		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
+		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
+		Workdir: s.Workdir,
+	})
+	if errors.Is(err, ErrNoUIDRange) {
+		// Every uid range of the host is in use by live sandboxes: capacity, not a fault.
+		return nil, api.Errorf(api.ErrResourceExhausted, "all sandbox uid ranges are in use; retry later")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return engineSandbox{sb}, nil
+}
+
+func (n engineRuntime) Recover(ctx context.Context) ([]engine.Recovered, error) {
+	found, err := n.r.Recover(ctx)
+	out := make([]engine.Recovered, 0, len(found))
+	for _, f := range found {
+		out = append(out, engine.Recovered{ID: f.Sandbox.ID(), Inst: engineSandbox{f.Sandbox}, Meta: f.Meta})
+	}
+	return out, err
+}
+
+type engineSandbox struct{ *Sandbox }
+
+func (s engineSandbox) Agent() engine.Agent { return s.Sandbox.Agent() }
+
+func (s engineSandbox) Usage() (engine.Usage, error) {
+	st, err := s.Stats()
+	return engine.Usage{CPUTime: st.CPUTime, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
+		MemoryLimitHits: st.MemoryFailcnt, Processes: s.Processes(), Memory: st.Memory}, err
+}
