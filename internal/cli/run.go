@@ -15,6 +15,7 @@ import (
 
 	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
+	apiserver "github.com/airlockhq/airlock/internal/server"
 )
 
 func runCmd() *cobra.Command {
@@ -123,5 +124,9 @@ func execute(ctx context.Context, server, key string, eo engineOptions, req api.
 		defer cancel()
 		closeEngine(cctx, logger, e, rt)
 	}()
-	return e.Execute(ctx, req)
+	res, err := e.Execute(ctx, apiserver.OneShot(req))
+	if err != nil {
+		return nil, err
+	}
+	return apiserver.ExecuteResponse(res), nil
 }
