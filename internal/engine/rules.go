@@ -19,8 +19,8 @@ func invalid(format string, args ...any) error {
 
 // bound refuses v outside lo…hi, naming it as the caller sees it, in unit. NaN is outside
 // every range. Out-of-bounds values are errors, never silently clamped.
-func bound(name string, v, lo, hi float64, unit string) error {
-	if math.IsNaN(v) || v < lo || v > hi {
+func bound[T int64 | float64](name string, v, lo, hi T, unit string) error {
+	if math.IsNaN(float64(v)) || v < lo || v > hi {
 		return invalid("%s %v%s is outside %v…%v%s", name, v, unit, lo, hi, unit)
 	}
 	return nil
@@ -31,9 +31,10 @@ func boundDuration(name string, d, lo, hi time.Duration) error {
 	return bound(name, d.Seconds(), lo.Seconds(), hi.Seconds(), " s")
 }
 
-// boundMemory is bound for a memory size in bytes, shown in MiB (the API's unit).
+// boundMemory is bound for a memory size in bytes, checked and shown in whole MiB (the API's
+// unit).
 func boundMemory(name string, b, lo, hi int64) error {
-	return bound(name, float64(b>>20), float64(lo>>20), float64(hi>>20), "")
+	return bound(name, b>>20, lo>>20, hi>>20, "")
 }
 
 // minCPU is the smallest CPU share a sandbox may ask for.

@@ -352,7 +352,7 @@ func (sb *Sandbox) Stat(ctx context.Context, p string) (api.FileInfo, error) {
 
 // List lists the directory p to depth (1 = its entries only).
 func (sb *Sandbox) List(ctx context.Context, p string, depth int) ([]api.FileInfo, error) {
-	if err := bound("depth", float64(depth), 1, 16, ""); err != nil {
+	if err := bound("depth", int64(depth), 1, 16, ""); err != nil {
 		return nil, err
 	}
 	l, err := sb.client.List(ctx, sb.resolve(p), depth)
