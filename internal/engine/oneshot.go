@@ -135,11 +135,13 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error
 	}
 	res, err := e.runOnce(ctx, inst, p)
 	// The answer does not wait for the teardown (≈ 5 ms); the slot stays taken until it is
-	// done, so capacity remains bounded, and Close waits for it.
-	e.teardown.Go(func() {
+	// done, so capacity remains bounded, and Close waits for it (create counted it in
+	// e.teardown).
+	go func() {
+		defer e.teardown.Done()
 		e.destroy(ctx, id, inst)
 		release()
-	})
+	}()
 	return res, err
 }
 

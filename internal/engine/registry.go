@@ -19,15 +19,6 @@ var errClosed = api.Errorf(api.ErrUnavailable, "the daemon is shutting down")
 // sandbox for Recover, and registers the instance as live. A warm pool slots in here,
 // handing out a pre-made instance of the same class instead of calling the runtime.
 func (e *Engine) create(ctx context.Context, kind Kind, spec Spec, rec record) (string, Instance, error) {
-	e.mu.Lock()
-	if e.closed {
-		e.mu.Unlock()
-		return "", nil, errClosed
-	}
-	e.creating.Add(1) // Close waits for it before it destroys what is live
-	e.mu.Unlock()
-	defer e.creating.Done()
-
 	spec.ID = newID(kind.idPrefix())
 	rec.V, rec.Kind = recordVersion, kind
 	if rec.Created.IsZero() {
@@ -38,8 +29,26 @@ func (e *Engine) create(ctx context.Context, kind Kind, spec Spec, rec record) (
 		return "", nil, fmt.Errorf("encode sandbox record: %w", err)
 	}
 	spec.Meta = meta
+
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return "", nil, errClosed
+	}
+	e.creating.Add(1) // Close waits for it before it destroys what is live
+	if kind == KindOneShot {
+		// Counted before the sandbox exists, under the same lock as closed, so that Close's
+		// teardown.Wait never races a late Add; runOneShot's teardown calls Done.
+		e.teardown.Add(1)
+	}
+	e.mu.Unlock()
+	defer e.creating.Done()
+
 	inst, err := e.cfg.Runtime.Create(ctx, spec)
 	if err != nil {
+		if kind == KindOneShot {
+			e.teardown.Done()
+		}
 		return "", nil, err
 	}
 	e.mu.Lock()
