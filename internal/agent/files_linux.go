@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/airlockhq/airlock/internal/agent/agentpb"
+	"github.com/airlockhq/airlock/internal/layout"
 )
 
 // File operations resolve a path once and then act relative to the descriptor they got, never
@@ -29,8 +30,9 @@ func (a *Agent) asUser(ctx context.Context, fn func() error) error {
 	return a.files.run(ctx, fn)
 }
 
-// sandboxPath resolves p (absolute, or relative to /workspace) to a clean absolute path and
-// refuses NUL bytes and the kernel's pseudo file systems.
+// sandboxPath resolves p (absolute, or relative to the workspace) to a clean absolute path and
+// refuses NUL bytes and the kernel's pseudo file systems. The engine has already resolved and
+// checked request paths; this is defence in depth, since the agent serves whatever reaches it.
 func sandboxPath(p string) (string, error) {
 	if p == "" {
 		return "", errors.New("path is empty")
@@ -39,16 +41,11 @@ func sandboxPath(p string) (string, error) {
 		return "", errors.New("path contains a NUL byte")
 	}
 	if !path.IsAbs(p) {
-		p = path.Join("/workspace", p)
+		p = path.Join(layout.Workspace, p)
 	}
 	p = path.Clean(p)
-	if p == "/dev/shm" || strings.HasPrefix(p, "/dev/shm/") {
-		return p, nil // a writable area, like /tmp
-	}
-	for _, deny := range []string{"/proc", "/dev", "/sys"} {
-		if p == deny || strings.HasPrefix(p, deny+"/") {
-			return "", fmt.Errorf("%s: not accessible through the file API", p)
-		}
+	if layout.Kernel(p) { // /dev/shm excepted: a writable area, like /tmp
+		return "", fmt.Errorf("%s: not accessible through the file API", p)
 	}
 	return p, nil
 }

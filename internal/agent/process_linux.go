@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/layout"
 )
 
 // procSpec is one process to start in the sandbox.
@@ -86,7 +88,7 @@ func (a *Agent) baseEnv() map[string]string {
 	return map[string]string{
 		"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"LANG": "C.UTF-8",
-		"HOME": "/workspace",
+		"HOME": layout.Workspace,
 	}
 }
 

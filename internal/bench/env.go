@@ -152,11 +152,11 @@ func (e *Env) StateDir() string { return e.stateDir }
 
 // ExecutePrint1 runs print(1) once through the embedded engine and checks the result.
 func (e *Env) ExecutePrint1(ctx context.Context) error {
-	resp, err := e.Engine.Execute(ctx, api.ExecuteRequest{Code: printCode})
+	res, err := e.Engine.Execute(ctx, engine.OneShot{Code: printCode})
 	if err != nil {
 		return fmt.Errorf("engine execute: %w", err)
 	}
-	return checkResponse(resp)
+	return checkOutput(res.Success(), res.ExitCode, res.Stdout, res.Stderr)
 }
 
 // HTTPPrint1 runs print(1) once through the HTTP API with the SDK and checks the result.
@@ -165,7 +165,7 @@ func (e *Env) HTTPPrint1(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("http execute: %w", err)
 	}
-	return checkResponse(resp)
+	return checkOutput(resp.Success, resp.ReturnCode, resp.Stdout, resp.Stderr)
 }
 
 // RuntimePrint1 is a one-shot print(1) at the runtime level, without the engine: Create a
@@ -184,10 +184,10 @@ func (e *Env) RuntimePrint1(ctx context.Context) error {
 	return err
 }
 
-func checkResponse(resp *api.ExecuteResponse) error {
-	if !resp.Success || resp.Stdout != wantOutput {
+func checkOutput(success bool, code int, stdout, stderr string) error {
+	if !success || stdout != wantOutput {
 		return fmt.Errorf("print(1) in a sandbox: success=%v returncode=%d stdout=%q stderr=%q",
-			resp.Success, resp.ReturnCode, resp.Stdout, resp.Stderr)
+			success, code, stdout, stderr)
 	}
 	return nil
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/server"
 )
 
 // cellRunner runs cells of one session, on an embedded engine or a daemon.
@@ -195,7 +196,7 @@ func newLocalRunner(ctx context.Context, rc runtimeConfig) (*localRunner, error)
 	if err != nil {
 		return nil, err
 	}
-	sb, err := e.CreateSession(ctx, api.CreateSessionRequest{IdleTimeout: 3600})
+	sb, err := e.CreateSession(ctx, server.SessionSpec(api.CreateSessionRequest{IdleTimeout: 3600}))
 	if err != nil {
 		closeEngine(ctx, logger, e, rt)
 		return nil, err
@@ -204,11 +205,15 @@ func newLocalRunner(ctx context.Context, rc runtimeConfig) (*localRunner, error)
 }
 
 func (l *localRunner) run(ctx context.Context, code string, timeout float64) (*api.RunResult, error) {
-	return l.e.RunCell(ctx, l.sb, api.RunRequest{Code: code, Timeout: timeout})
+	r, err := l.sb.RunCell(ctx, code, server.Seconds(timeout))
+	if err != nil {
+		return nil, err
+	}
+	return server.RunResult(r), nil
 }
 
 func (l *localRunner) interrupt(ctx context.Context) error {
-	_, err := l.e.Interrupt(ctx, l.sb)
+	_, _, err := l.sb.Interrupt(ctx)
 	return err
 }
 

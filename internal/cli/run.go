@@ -14,6 +14,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	apiserver "github.com/airlockhq/airlock/internal/server"
 )
 
 func runCmd() *cobra.Command {
@@ -113,5 +114,9 @@ func execute(ctx context.Context, co clientOptions, rc runtimeConfig, req api.Ex
 		defer cancel()
 		closeEngine(cctx, logger, e, rt)
 	}()
-	return e.Execute(ctx, req)
+	res, err := e.Execute(ctx, apiserver.OneShot(req))
+	if err != nil {
+		return nil, err
+	}
+	return apiserver.ExecuteResponse(res), nil
 }

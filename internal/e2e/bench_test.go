@@ -64,12 +64,12 @@ func hostTrue(b *testing.B) func() {
 // /bin/true on the host.
 func BenchmarkExecTrue(b *testing.B) {
 	e := benchEngine(b)
-	sb, err := e.CreateSandbox(b.Context(), api.CreateSandboxRequest{})
+	sb, err := e.CreateSandbox(b.Context(), engine.SandboxSpec{})
 	if err != nil {
 		b.Fatal(err)
 	}
 	samples(b, hostTrue(b), func() {
-		if _, err := e.Exec(b.Context(), sb, api.ExecRequest{Cmd: []string{"true"}}, engine.ExecOptions{}, func(engine.Event) {}); err != nil {
+		if _, err := sb.Exec(b.Context(), engine.ExecSpec{Cmd: []string{"true"}}, func(engine.Event) {}); err != nil {
 			b.Fatal(err)
 		}
 	})
@@ -85,16 +85,16 @@ func BenchmarkExecTrueHTTP(b *testing.B) {
 // BenchmarkCellXPlus1: a REPL cell `x + 1`, through the engine and through HTTP.
 func BenchmarkCellXPlus1(b *testing.B) {
 	e := benchEngine(b)
-	sb, err := e.CreateSession(b.Context(), api.CreateSessionRequest{})
+	sb, err := e.CreateSession(b.Context(), engine.SessionSpec{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, err := e.RunCell(b.Context(), sb, api.RunRequest{Code: "x = 1"}); err != nil {
+	if _, err := sb.RunCell(b.Context(), "x = 1", 0); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("engine", func(b *testing.B) {
 		samples(b, nil, func() {
-			r, err := e.RunCell(b.Context(), sb, api.RunRequest{Code: "x + 1"})
+			r, err := sb.RunCell(b.Context(), "x + 1", 0)
 			if err != nil || r.Result == nil || *r.Result != "2" {
 				b.Fatal(r, err)
 			}
@@ -111,11 +111,11 @@ func BenchmarkCellXPlus1(b *testing.B) {
 func BenchmarkSessionFirstCell(b *testing.B) {
 	e := benchEngine(b)
 	samples(b, func() { exec.Command("/usr/bin/python3", "-c", "1").Run() }, func() {
-		sb, err := e.CreateSession(b.Context(), api.CreateSessionRequest{})
+		sb, err := e.CreateSession(b.Context(), engine.SessionSpec{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		if _, err := e.RunCell(b.Context(), sb, api.RunRequest{Code: "1"}); err != nil {
+		if _, err := sb.RunCell(b.Context(), "1", 0); err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()
@@ -128,7 +128,7 @@ func BenchmarkSessionFirstCell(b *testing.B) {
 func BenchmarkCreateTerminate(b *testing.B) {
 	e := benchEngine(b)
 	samples(b, hostTrue(b), func() {
-		sb, err := e.CreateSandbox(b.Context(), api.CreateSandboxRequest{})
+		sb, err := e.CreateSandbox(b.Context(), engine.SandboxSpec{})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -141,7 +141,7 @@ func BenchmarkCreateTerminate(b *testing.B) {
 // BenchmarkStdoutStream: MB/s of a process's stdout streamed through the agent to the daemon.
 func BenchmarkStdoutStream(b *testing.B) {
 	e := benchEngine(b)
-	sb, err := e.CreateSandbox(b.Context(), api.CreateSandboxRequest{})
+	sb, err := e.CreateSandbox(b.Context(), engine.SandboxSpec{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -149,8 +149,8 @@ func BenchmarkStdoutStream(b *testing.B) {
 	b.SetBytes(size)
 	for b.Loop() {
 		var n int
-		_, err := e.Exec(b.Context(), sb, api.ExecRequest{Cmd: []string{"head", "-c", fmt.Sprint(size), "/dev/zero"}},
-			engine.ExecOptions{}, func(ev engine.Event) { n += len(ev.Stdout) })
+		_, err := sb.Exec(b.Context(), engine.ExecSpec{Cmd: []string{"head", "-c", fmt.Sprint(size), "/dev/zero"}},
+			func(ev engine.Event) { n += len(ev.Stdout) })
 		if err != nil || n != size {
 			b.Fatal(n, err)
 		}

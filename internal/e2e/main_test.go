@@ -17,6 +17,7 @@ import (
 	"github.com/airlockhq/airlock/internal/cli"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/server"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
 
@@ -88,11 +89,11 @@ func run(t *testing.T, req api.ExecuteRequest) *api.ExecuteResponse {
 	if req.Timeout == 0 {
 		req.Timeout = 20
 	}
-	resp, err := e.Execute(t.Context(), req)
+	res, err := e.Execute(t.Context(), server.OneShot(req))
 	if err != nil {
 		t.Fatalf("execute: %v", err)
 	}
-	return resp
+	return server.ExecuteResponse(res)
 }
 
 func py(t *testing.T, code string) *api.ExecuteResponse {

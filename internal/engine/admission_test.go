@@ -31,7 +31,7 @@ func flood(ctx context.Context, wg *sync.WaitGroup, e *Engine, owner string, n i
 	errs := make(chan error, n)
 	for range n {
 		wg.Go(func() {
-			_, err := e.Execute(WithOwner(ctx, owner), api.ExecuteRequest{Code: "1"})
+			_, err := e.Execute(WithOwner(ctx, owner), OneShot{Code: "1"})
 			errs <- err
 		})
 	}

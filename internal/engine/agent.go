@@ -49,6 +49,8 @@ type (
 	End = agentclient.End
 	// Cell is an agent's answer to one REPL cell, before the engine re-checks it.
 	Cell = agentclient.Cell
+	// CellError is the exception a cell raised.
+	CellError = agentclient.CellError
 	// Installed is the outcome of a package install.
 	Installed = agentclient.Installed
 )

@@ -63,13 +63,13 @@ func TestExecuteThroughAgent(t *testing.T) {
 	big := "#" + strings.Repeat("x", maxInlineCode) // passed as a file, not as an argument
 	cases := []struct {
 		name string
-		req  api.ExecuteRequest
+		req  OneShot
 		want string // stdout: the fake agent prints the program it was given
 	}{
-		{"python", api.ExecuteRequest{Code: "print(1)"}, "print(1)"},
-		{"bash alias", api.ExecuteRequest{Language: "sh", Code: "echo hi"}, "echo hi"},
-		{"large program", api.ExecuteRequest{Code: big}, big},
-		{"files", api.ExecuteRequest{Code: "open('data/in.txt')", Files: map[string]string{"data/in.txt": "content", "/tmp/t": "tmp"}}, "open('data/in.txt')"},
+		{"python", OneShot{Code: "print(1)"}, "print(1)"},
+		{"bash alias", OneShot{Language: "sh", Code: "echo hi"}, "echo hi"},
+		{"large program", OneShot{Code: big}, big},
+		{"files", OneShot{Code: "open('data/in.txt')", Files: map[string]string{"data/in.txt": "content", "/tmp/t": "tmp"}}, "open('data/in.txt')"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -79,9 +79,9 @@ func TestExecuteThroughAgent(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !resp.Success || resp.ReturnCode != 0 || resp.Stdout != c.want || resp.ExecutionTime <= 0 {
+			if !resp.Success() || resp.ExitCode != 0 || resp.Stdout != c.want || resp.Duration <= 0 {
 				t.Fatalf("got success %v, code %d, stdout %.40q, time %v; want success, 0, %.40q, > 0",
-					resp.Success, resp.ReturnCode, resp.Stdout, resp.ExecutionTime, c.want)
+					resp.Success(), resp.ExitCode, resp.Stdout, resp.Duration, c.want)
 			}
 			a := &rt.lastInstance(t).agent
 			for name, content := range c.req.Files {
@@ -100,7 +100,7 @@ func TestExecuteThroughAgent(t *testing.T) {
 func TestExecuteAgentRefusalIs4xx(t *testing.T) {
 	t.Parallel()
 	e, _ := newTestEngine(t, Config{})
-	_, err := e.Execute(t.Context(), api.ExecuteRequest{Code: "1", Files: map[string]string{"data": "f", "data/in": "g"}})
+	_, err := e.Execute(t.Context(), OneShot{Code: "1", Files: map[string]string{"data": "f", "data/in": "g"}})
 	if got, want := api.CodeOf(err), api.CodeInvalidArgument; got != want {
 		t.Fatalf("a file beneath a file: got %q (%v), want %q", got, err, want)
 	}
@@ -109,13 +109,13 @@ func TestExecuteAgentRefusalIs4xx(t *testing.T) {
 func TestExecThroughAgent(t *testing.T) {
 	t.Parallel()
 	e, _ := newTestEngine(t, Config{})
-	sb, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{})
+	sb, err := e.CreateSandbox(t.Context(), SandboxSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Run("buffered", func(t *testing.T) {
 		var out bytes.Buffer
-		end, err := e.Exec(t.Context(), sb, api.ExecRequest{Cmd: []string{"echo", "a", "b"}}, ExecOptions{OutputLimit: 100},
+		end, err := sb.Exec(t.Context(), ExecSpec{Cmd: []string{"echo", "a", "b"}, OutputLimit: 100},
 			func(ev Event) { out.Write(ev.Stdout) })
 		if err != nil {
 			t.Fatal(err)
@@ -128,17 +128,17 @@ func TestExecThroughAgent(t *testing.T) {
 		var mu sync.Mutex
 		var events []string
 		var wg sync.WaitGroup
-		end, err := e.Exec(t.Context(), sb, api.ExecRequest{Cmd: []string{"cat"}}, ExecOptions{KeepStdin: true}, func(ev Event) {
+		end, err := sb.Exec(t.Context(), ExecSpec{Cmd: []string{"cat"}, KeepStdin: true}, func(ev Event) {
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
 			case ev.Pid != 0:
 				events = append(events, "start")
 				wg.Go(func() {
-					if ps, err := e.Processes(t.Context(), sb); err != nil || len(ps) != 1 || ps[0].Pid != ev.Pid {
+					if ps, err := sb.Processes(t.Context()); err != nil || len(ps) != 1 || ps[0].Pid != ev.Pid {
 						t.Errorf("processes while cat runs: %+v %v", ps, err)
 					}
-					if err := e.WriteStdin(t.Context(), sb, ev.Pid, strings.NewReader("hello"), true); err != nil {
+					if err := sb.WriteStdin(t.Context(), ev.Pid, strings.NewReader("hello"), true); err != nil {
 						t.Errorf("write stdin: %v", err)
 					}
 				})
@@ -156,10 +156,10 @@ func TestExecThroughAgent(t *testing.T) {
 	})
 	t.Run("signal", func(t *testing.T) {
 		var wg sync.WaitGroup
-		end, err := e.Exec(t.Context(), sb, api.ExecRequest{Cmd: []string{"cat"}, StdinOpen: true}, ExecOptions{}, func(ev Event) {
+		end, err := sb.Exec(t.Context(), ExecSpec{Cmd: []string{"cat"}, KeepStdin: true}, func(ev Event) {
 			if ev.Pid != 0 {
 				wg.Go(func() {
-					if err := e.Signal(t.Context(), sb, ev.Pid, 15); err != nil {
+					if err := sb.Signal(t.Context(), ev.Pid, 15); err != nil {
 						t.Errorf("signal: %v", err)
 					}
 				})
@@ -171,11 +171,11 @@ func TestExecThroughAgent(t *testing.T) {
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
-		_, err := e.Exec(t.Context(), sb, api.ExecRequest{Cmd: []string{"no-such-command"}}, ExecOptions{}, func(Event) {})
+		_, err := sb.Exec(t.Context(), ExecSpec{Cmd: []string{"no-such-command"}}, func(Event) {})
 		if !errors.Is(err, api.ErrInvalidArgument) {
 			t.Fatalf("unknown command: got %v, want invalid_argument", err)
 		}
-		if err := e.Signal(t.Context(), sb, 99999, 9); !errors.Is(err, api.ErrNotFound) {
+		if err := sb.Signal(t.Context(), 99999, 9); !errors.Is(err, api.ErrNotFound) {
 			t.Fatalf("signal to no process: got %v, want not_found", err)
 		}
 	})
@@ -184,12 +184,12 @@ func TestExecThroughAgent(t *testing.T) {
 func TestFileRoundTripThroughAgent(t *testing.T) {
 	t.Parallel()
 	e, _ := newTestEngine(t, Config{})
-	sb, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{})
+	sb, err := e.CreateSandbox(t.Context(), SandboxSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := t.Context()
-	fi, err := e.WriteFile(ctx, sb, "notes/a.txt", strings.NewReader("hello"), 0o644)
+	fi, err := sb.WriteFile(ctx, "notes/a.txt", strings.NewReader("hello"), 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,13 +198,13 @@ func TestFileRoundTripThroughAgent(t *testing.T) {
 	}
 	var b bytes.Buffer
 	started := false
-	if err := e.ReadFile(ctx, sb, "/workspace/notes/a.txt", &b, func() { started = true }); err != nil || b.String() != "hello" || !started {
+	if err := sb.ReadFile(ctx, "/workspace/notes/a.txt", &b, func() { started = true }); err != nil || b.String() != "hello" || !started {
 		t.Fatalf("read back: got %q, started %v, %v; want \"hello\", started", b.String(), started, err)
 	}
-	if _, err := e.Mkdir(ctx, sb, "notes/sub"); err != nil {
+	if _, err := sb.Mkdir(ctx, "notes/sub"); err != nil {
 		t.Fatal(err)
 	}
-	l, err := e.List(ctx, sb, "notes", 1)
+	l, err := sb.List(ctx, "notes", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -215,13 +215,13 @@ func TestFileRoundTripThroughAgent(t *testing.T) {
 	if want := []string{"a.txt:file", "sub:dir"}; !slices.Equal(names, want) {
 		t.Fatalf("list: got %q, want %q", names, want)
 	}
-	if err := e.Remove(ctx, sb, "notes", false); !errors.Is(err, api.ErrInvalidArgument) {
+	if err := sb.Remove(ctx, "notes", false); !errors.Is(err, api.ErrInvalidArgument) {
 		t.Fatalf("non-recursive remove of a full directory: got %v, want invalid_argument", err)
 	}
-	if err := e.Remove(ctx, sb, "notes", true); err != nil {
+	if err := sb.Remove(ctx, "notes", true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.Stat(ctx, sb, "notes/a.txt"); !errors.Is(err, api.ErrNotFound) {
+	if _, err := sb.Stat(ctx, "notes/a.txt"); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("stat after remove: got %v, want not_found", err)
 	}
 }
@@ -229,26 +229,26 @@ func TestFileRoundTripThroughAgent(t *testing.T) {
 func TestSessionCellThroughAgent(t *testing.T) {
 	t.Parallel()
 	e, _ := newTestEngine(t, Config{WheelDirSet: true})
-	sb, err := e.CreateSession(t.Context(), api.CreateSessionRequest{})
+	sb, err := e.CreateSession(t.Context(), SessionSpec{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i, code := range []string{"x = 1", "x + 1"} {
-		r, err := e.RunCell(t.Context(), sb, api.RunRequest{Code: code})
+		r, err := sb.RunCell(t.Context(), code, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		// The fake interpreter counts its cells: the second cell ran in the same interpreter.
 		want := fmt.Sprint(i + 1)
-		if !r.Success || r.Stdout != code || r.Result == nil || *r.Result != want ||
-			len(r.Display) != 1 || r.Display[0].Data != want || r.ExecutionTime <= 0 {
+		if !r.Success() || r.Stdout != code || r.Result == nil || *r.Result != want ||
+			len(r.Display) != 1 || string(r.Display[0].Data) != want || r.Duration <= 0 {
 			t.Fatalf("cell %d: got %+v; want success, stdout %q, result and display %q", i, r, code, want)
 		}
 	}
-	if r, err := e.Interrupt(t.Context(), sb); err != nil || r.Interrupted {
-		t.Fatalf("interrupt with nothing running: got %+v, %v; want not interrupted", r, err)
+	if interrupted, _, err := sb.Interrupt(t.Context()); err != nil || interrupted {
+		t.Fatalf("interrupt with nothing running: got %v, %v; want not interrupted", interrupted, err)
 	}
-	if r, err := e.Install(t.Context(), sb, api.InstallRequest{Packages: []string{"six"}}); err != nil || !r.Success || r.Output != "installed six" {
+	if r, err := sb.Install(t.Context(), InstallSpec{Packages: []string{"six"}}); err != nil || !r.Success() || r.Output != "installed six" {
 		t.Fatalf("install: got %+v, %v; want success", r, err)
 	}
 }

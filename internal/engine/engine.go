@@ -1,18 +1,18 @@
 // Package engine owns the lifecycle of every sandbox: admission, creation through a Runtime,
-// one-shot execution, and teardown. It knows nothing of HTTP, of the agent's protocol (it drives
-// each sandbox through the Agent interface it declares) or of how isolation is built.
+// one-shot execution, sessions, and teardown. Its requests and results are its own types
+// (OneShot, SandboxSpec, ExecSpec, SessionSpec, Result, Info, …): it knows nothing of HTTP or
+// of the API's JSON (the server converts at its edge; the engine shares only the api error
+// taxonomy), of the agent's protocol (it drives each sandbox through the Agent interface it
+// declares) or of how isolation is built.
 package engine
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base32"
 	"errors"
 	"log/slog"
 	"maps"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -212,18 +212,24 @@ func SandboxesPerOwner(maxSandboxes int) int {
 	return max(1, maxSandboxes/4)
 }
 
-// Engine runs sandboxes.
+// Engine runs sandboxes. Its concerns live in one file each: admission.go (one-shot slots and
+// sandbox limits), registry.go (the creation funnel and the live sandboxes), reaper.go,
+// oneshot.go (execute and batch), sandbox.go (the Sandbox and its operations), session.go
+// (interpreters and the seed routes), recover.go (adoption after a restart) and rules.go (the
+// validation rules every request type shares).
 type Engine struct {
 	cfg     Config
 	adm     admission     // the one-shot slots and their queue
 	sbSlots chan struct{} // one token per live long-lived sandbox or session
 
-	mu        sync.Mutex // guards live, sandboxes and gone
+	mu        sync.Mutex // guards live, sandboxes, gone, owned and closed
 	live      map[string]Instance
 	sandboxes map[string]*Sandbox
 	gone      map[string]goneEntry
 	owned     map[string]int // live sandboxes per owner
+	closed    bool           // Close has begun: create refuses
 
+	creating sync.WaitGroup // creations in flight, which Close waits for
 	teardown sync.WaitGroup // one-shot sandboxes being destroyed after their answer
 
 	budget *budget // daemon memory for agent answers in flight (budget.go)
@@ -258,194 +264,13 @@ func (e *Engine) Limits() api.Limits {
 	}
 }
 
-// admission holds the one-shot slots and their bounded queue, shared fairly between owners
-// (API keys): an owner runs at most MaxConcurrentPerOwner and queues at most MaxQueuePerOwner,
-// and a freed slot goes to the waiting owner that runs fewest at that moment (the one queued
-// earliest among equals), so a key that floods the queue cannot starve one that asks once.
-type admission struct {
-	mu      sync.Mutex             // guards every field
-	running int                    // one-shots holding a slot
-	waiting int                    // waiters in all queues
-	seq     uint64                 // arrival order of waiters
-	owners  map[string]*ownerQueue // owners with a slot or a waiter; removed when idle
-}
-
-// ownerQueue is one owner's share of the admission.
-type ownerQueue struct {
-	running int
-	waiters []*waiter // FIFO
-}
-
-// waiter is one queued request; ready is closed once granted is set (under admission.mu).
-type waiter struct {
-	seq     uint64
-	ready   chan struct{}
-	granted bool
-}
-
-// acquire takes a one-shot slot for ctx's owner, waiting in the bounded queue. Over the queue's
-// bound (or the owner's share of it) it fails at once with api.ErrResourceExhausted, so overload
-// is a 429, never an unbounded pile-up.
-func (e *Engine) acquire(ctx context.Context) (release func(), err error) {
-	owner, a, c := Owner(ctx), &e.adm, &e.cfg
-	release = func() { e.release(owner) }
-	a.mu.Lock()
-	q := a.owners[owner]
-	if q == nil {
-		q = &ownerQueue{}
-		a.owners[owner] = q
-	}
-	// Waiters exist only while no slot is free for them, so a free slot within the owner's
-	// share is this request's without jumping anyone's turn.
-	if a.running < c.MaxConcurrent && q.running < e.runShare(owner) && len(q.waiters) == 0 {
-		a.running++
-		q.running++
-		a.mu.Unlock()
-		return release, nil
-	}
-	switch {
-	case a.waiting >= c.MaxQueue:
-		a.forget(owner)
-		a.mu.Unlock()
-		return nil, api.Errorf(api.ErrResourceExhausted, "all %d sandbox slots are busy and the queue is full", c.MaxConcurrent)
-	case owner != "" && len(q.waiters) >= c.MaxQueuePerOwner:
-		a.forget(owner)
-		a.mu.Unlock()
-		return nil, api.Errorf(api.ErrResourceExhausted, "this API key has %d one-shot runs running and %d queued, its limit", q.running, len(q.waiters))
-	}
-	w := &waiter{seq: a.seq, ready: make(chan struct{})}
-	a.seq++
-	q.waiters = append(q.waiters, w)
-	a.waiting++
-	a.mu.Unlock()
-
-	t := time.NewTimer(c.QueueTimeout)
-	defer t.Stop()
-	select {
-	case <-w.ready:
-		return release, nil
-	case <-t.C:
-		err = api.Errorf(api.ErrResourceExhausted, "no sandbox slot became free within %s", c.QueueTimeout)
-	case <-ctx.Done():
-		err = context.Cause(ctx)
-	}
-	a.mu.Lock()
-	if w.granted { // granted while giving up: hand the slot on
-		a.mu.Unlock()
-		release()
-		return nil, err
-	}
-	q.waiters = slices.DeleteFunc(q.waiters, func(x *waiter) bool { return x == w })
-	a.waiting--
-	a.forget(owner)
-	a.mu.Unlock()
-	return nil, err
-}
-
-// release returns owner's slot and grants free slots to waiters, fewest-running owner first.
-func (e *Engine) release(owner string) {
-	a := &e.adm
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.running--
-	a.owners[owner].running--
-	for a.running < e.cfg.MaxConcurrent {
-		var best *ownerQueue
-		for o, q := range a.owners {
-			if len(q.waiters) == 0 || q.running >= e.runShare(o) {
-				continue
-			}
-			if best == nil || q.running < best.running || (q.running == best.running && q.waiters[0].seq < best.waiters[0].seq) {
-				best = q
-			}
-		}
-		if best == nil {
-			break
-		}
-		w := best.waiters[0]
-		best.waiters = best.waiters[1:]
-		a.waiting--
-		best.running++
-		a.running++
-		w.granted = true
-		close(w.ready)
-	}
-	a.forget(owner)
-}
-
-// runShare is how many one-shots owner may run at once. Without API keys (owner "") there is
-// one tenant, with nobody to be fair to: it may use every slot.
-func (e *Engine) runShare(owner string) int {
-	if owner == "" {
-		return e.cfg.MaxConcurrent
-	}
-	return e.cfg.MaxConcurrentPerOwner
-}
-
-// forget drops owner's entry once it holds no slot and no waiter. a.mu must be held.
-func (a *admission) forget(owner string) {
-	if q := a.owners[owner]; q != nil && q.running == 0 && len(q.waiters) == 0 {
-		delete(a.owners, owner)
-	}
-}
-
-// acquireSandbox takes a long-lived sandbox slot for owner, within the owner's own limit, or
-// fails at once: a sandbox lives for minutes, so waiting for one to end is no use to the caller.
-// Both reservations are atomic and undone together by release.
-func (e *Engine) acquireSandbox(owner string) (release func(), err error) {
-	n := e.cfg.MaxSandboxesPerOwner
-	if owner == "" {
-		n = e.cfg.MaxSandboxes // no API keys: one tenant (see runShare)
-	}
-	e.mu.Lock()
-	if e.owned[owner] >= n {
-		e.mu.Unlock()
-		return nil, api.Errorf(api.ErrResourceExhausted, "this API key has %d live sandboxes, its limit; terminate some", n)
-	}
-	e.owned[owner]++
-	e.mu.Unlock()
-	unown := func() {
-		e.mu.Lock()
-		if e.owned[owner]--; e.owned[owner] <= 0 {
-			delete(e.owned, owner)
-		}
-		e.mu.Unlock()
-	}
-	select {
-	case e.sbSlots <- struct{}{}:
-		return func() { <-e.sbSlots; unown() }, nil
-	default:
-		unown()
-		return nil, api.Errorf(api.ErrResourceExhausted, "the limit of %d live sandboxes is reached; terminate some", e.cfg.MaxSandboxes)
-	}
-}
-
-// create starts a sandbox and registers it as live.
-func (e *Engine) create(ctx context.Context, spec Spec) (Instance, error) {
-	inst, err := e.cfg.Runtime.Create(ctx, spec)
-	if err != nil {
-		return nil, err
-	}
-	e.mu.Lock()
-	e.live[spec.ID] = inst
-	e.mu.Unlock()
-	return inst, nil
-}
-
-// destroy tears a sandbox down on a context its caller's cancellation cannot kill.
-func (e *Engine) destroy(ctx context.Context, id string, inst Instance) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-	defer cancel()
-	if err := inst.Destroy(ctx); err != nil {
-		e.cfg.Logger.ErrorContext(ctx, "destroy sandbox", "sandbox", id, "err", err)
-	}
-	e.mu.Lock()
-	delete(e.live, id)
-	e.mu.Unlock()
-}
-
-// Close destroys every live sandbox.
+// Close refuses new sandboxes, waits for the creations in flight, and destroys every live
+// sandbox; it returns once the one-shot teardowns are done too.
 func (e *Engine) Close(ctx context.Context) error {
+	e.mu.Lock()
+	e.closed = true
+	e.mu.Unlock()
+	e.creating.Wait()
 	e.mu.Lock()
 	sbs := slices.Collect(maps.Values(e.sandboxes))
 	e.mu.Unlock()
@@ -455,10 +280,7 @@ func (e *Engine) Close(ctx context.Context) error {
 	}
 	swg.Wait()
 	e.mu.Lock()
-	live := make(map[string]Instance, len(e.live))
-	for id, inst := range e.live {
-		live[id] = inst
-	}
+	live := maps.Clone(e.live)
 	e.mu.Unlock()
 	var wg sync.WaitGroup
 	for id, inst := range live {
@@ -474,24 +296,6 @@ func (e *Engine) Live() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return len(e.live)
-}
-
-// newID returns a random sandbox id: "sb-" and 20 base32 characters (100 bits).
-func newID(prefix string) string {
-	var b [13]byte
-	rand.Read(b[:])
-	return prefix + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])[:20])
-}
-
-func invalid(format string, args ...any) error {
-	return api.Errorf(api.ErrInvalidArgument, format, args...)
-}
-
-// Waiting is the number of requests queued for a sandbox slot.
-func (e *Engine) Waiting() int {
-	e.adm.mu.Lock()
-	defer e.adm.mu.Unlock()
-	return e.adm.waiting
 }
 
 // MaxSandboxes is the bound on live long-lived sandboxes.

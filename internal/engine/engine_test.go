@@ -72,12 +72,12 @@ func TestAdmissionIsBounded(t *testing.T) {
 	t.Parallel()
 	e, _ := newTestEngine(t, Config{MaxSandboxes: 2})
 	for range 2 {
-		if _, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{}); err != nil {
+		if _, err := e.CreateSandbox(t.Context(), SandboxSpec{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	start := time.Now()
-	_, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{})
+	_, err := e.CreateSandbox(t.Context(), SandboxSpec{})
 	if !errors.Is(err, api.ErrResourceExhausted) {
 		t.Fatalf("third sandbox with a limit of 2: %v, want resource_exhausted", err)
 	}
@@ -89,8 +89,9 @@ func TestAdmissionIsBounded(t *testing.T) {
 func TestSandboxValidation(t *testing.T) {
 	t.Parallel()
 	e, rt := newTestEngine(t, Config{})
-	for _, req := range []api.CreateSandboxRequest{
-		{Timeout: 0.5}, {Timeout: 1e9}, {IdleTimeout: 400, Timeout: 300}, {MemoryMB: 1}, {CPU: 1e6},
+	for _, req := range []SandboxSpec{
+		{Timeout: time.Second / 2}, {Timeout: 1e9 * time.Second}, {IdleTimeout: 400 * time.Second, Timeout: 300 * time.Second},
+		{MemoryBytes: 1 << 20}, {CPU: 1e6},
 		{Workdir: "rel"}, {Workdir: "/usr/lib"}, {Workdir: "/"}, {Image: "ubuntu"},
 		{Env: map[string]string{"A=B": "1"}}, {Tags: map[string]string{"a:b": "c"}},
 		{Tags: map[string]string{"airlock.session": "1"}},
@@ -102,8 +103,7 @@ func TestSandboxValidation(t *testing.T) {
 	if len(rt.created) != 0 {
 		t.Fatalf("invalid requests created %d sandboxes", len(rt.created))
 	}
-	f := false
-	if _, err := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{BlockNetwork: &f}); !errors.Is(err, api.ErrUnimplemented) {
+	if _, err := e.CreateSandbox(t.Context(), SandboxSpec{Network: true}); !errors.Is(err, api.ErrUnimplemented) {
 		t.Fatalf("block_network=false: %v", err)
 	}
 }
@@ -111,10 +111,10 @@ func TestSandboxValidation(t *testing.T) {
 func TestReaping(t *testing.T) {
 	t.Parallel()
 	e, rt := newTestEngine(t, Config{})
-	idle, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{IdleTimeout: 10})
-	busy, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{IdleTimeout: 10})
-	expiring, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{Timeout: 20})
-	dead, _ := e.CreateSandbox(t.Context(), api.CreateSandboxRequest{})
+	idle, _ := e.CreateSandbox(t.Context(), SandboxSpec{IdleTimeout: 10 * time.Second})
+	busy, _ := e.CreateSandbox(t.Context(), SandboxSpec{IdleTimeout: 10 * time.Second})
+	expiring, _ := e.CreateSandbox(t.Context(), SandboxSpec{Timeout: 20 * time.Second})
+	dead, _ := e.CreateSandbox(t.Context(), SandboxSpec{})
 	_, done, _ := e.Use(t.Context(), busy.ID())
 	dead.inst.(*fakeInstance).Destroy(t.Context()) // PID 1 died on its own
 	e.reap(t.Context(), time.Now().Add(15*time.Second))
@@ -143,9 +143,9 @@ func TestReaping(t *testing.T) {
 func TestRecoverAdoptsSandboxesAndDestroysOneShots(t *testing.T) {
 	t.Parallel()
 	rt := &fakeRuntime{}
-	tr := true
-	meta, _ := json.Marshal(sandboxMeta{Req: api.CreateSandboxRequest{BlockNetwork: &tr, Workdir: "/workspace"},
-		Created: time.Now(), Expires: time.Now().Add(time.Hour)})
+	// The pre-version format: the API request, normalized.
+	meta, _ := json.Marshal(map[string]any{"req": map[string]any{"block_network": true, "workdir": "/workspace"},
+		"created": time.Now(), "expires": time.Now().Add(time.Hour)})
 	keep := &fakeInstance{rt: rt, id: "sb-keep", done: make(chan struct{})}
 	oneShot := &fakeInstance{rt: rt, id: "ex-old", done: make(chan struct{})}
 	broken := &fakeInstance{rt: rt, id: "sb-broken", done: make(chan struct{})}
@@ -171,7 +171,7 @@ func TestOwnersAreIsolated(t *testing.T) {
 	t.Parallel()
 	e, _ := newTestEngine(t, Config{})
 	alice, bob := WithOwner(t.Context(), "alice"), WithOwner(t.Context(), "bob")
-	sb, err := e.CreateSandbox(alice, api.CreateSandboxRequest{Tags: map[string]string{"t": "1"}})
+	sb, err := e.CreateSandbox(alice, SandboxSpec{Tags: map[string]string{"t": "1"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,10 +181,10 @@ func TestOwnersAreIsolated(t *testing.T) {
 	if _, err := e.TerminateSandbox(bob, sb.ID()); !errors.Is(err, api.ErrNotFound) {
 		t.Fatalf("another owner terminates the sandbox: %v", err)
 	}
-	if l := e.ListSandboxes(bob, nil); len(l) != 0 {
+	if l := e.ListSandboxes(bob); len(l) != 0 {
 		t.Fatalf("another owner lists %d sandboxes", len(l))
 	}
-	if l := e.ListSandboxes(alice, map[string]string{"t": "1"}); len(l) != 1 {
+	if l := e.ListSandboxes(alice); len(l) != 1 {
 		t.Fatalf("the owner lists %d sandboxes", len(l))
 	}
 	e.TerminateSandbox(alice, sb.ID())
@@ -198,14 +198,14 @@ func TestPerOwnerLimit(t *testing.T) {
 	e, _ := newTestEngine(t, Config{MaxSandboxesPerOwner: 2})
 	alice, bob := WithOwner(t.Context(), "alice"), WithOwner(t.Context(), "bob")
 	for range 2 {
-		if _, err := e.CreateSandbox(alice, api.CreateSandboxRequest{}); err != nil {
+		if _, err := e.CreateSandbox(alice, SandboxSpec{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := e.CreateSandbox(alice, api.CreateSandboxRequest{}); !errors.Is(err, api.ErrResourceExhausted) {
+	if _, err := e.CreateSandbox(alice, SandboxSpec{}); !errors.Is(err, api.ErrResourceExhausted) {
 		t.Fatalf("third sandbox of one key: %v, want resource_exhausted", err)
 	}
-	if _, err := e.CreateSandbox(bob, api.CreateSandboxRequest{}); err != nil {
+	if _, err := e.CreateSandbox(bob, SandboxSpec{}); err != nil {
 		t.Fatalf("another key is held back by the first one's limit: %v", err)
 	}
 }
@@ -219,7 +219,7 @@ func TestPerOwnerLimitUnderRace(t *testing.T) {
 	ok := 0
 	for range 10 {
 		wg.Go(func() {
-			if _, err := e.CreateSandbox(ctx, api.CreateSandboxRequest{}); err == nil {
+			if _, err := e.CreateSandbox(ctx, SandboxSpec{}); err == nil {
 				mu.Lock()
 				ok++
 				mu.Unlock()

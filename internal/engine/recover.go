@@ -22,47 +22,145 @@ type Recovered struct {
 	Meta []byte
 }
 
-// sandboxMeta is what the engine keeps with a sandbox so a restarted daemon can adopt it.
-type sandboxMeta struct {
-	Req     api.CreateSandboxRequest `json:"req"`
-	Created time.Time                `json:"created"`
-	Expires time.Time                `json:"expires"`
-	Idle    time.Duration            `json:"idle"`
-	Owner   string                   `json:"owner,omitempty"`
+// recordVersion is the version of record this engine writes.
+const recordVersion = 1
+
+// record is what the engine keeps with every sandbox (Spec.Meta) so that a restarted daemon
+// knows what it is: its kind, its owner and its normalized spec, in the engine's own terms.
+// It is versioned (V); decodeRecord also reads the format before versions (legacyRecord).
+type record struct {
+	V       int          `json:"v"`
+	Kind    Kind         `json:"kind"`
+	Owner   string       `json:"owner,omitempty"`
+	Seed    string       `json:"seed,omitempty"` // the seed name of a KindSeedSession
+	Created time.Time    `json:"created"`
+	Expires time.Time    `json:"expires,omitzero"` // long-lived kinds only
+	Spec    *SandboxSpec `json:"spec,omitempty"`   // long-lived kinds only
+}
+
+// legacyRecord is the pre-version format: a long-lived sandbox's API request, its session
+// marked by a tag. One-shot sandboxes had no meta at all.
+type legacyRecord struct {
+	Req struct {
+		Timeout      float64           `json:"timeout"`
+		IdleTimeout  float64           `json:"idle_timeout"`
+		MemoryMB     int64             `json:"memory_mb"`
+		CPU          float64           `json:"cpu"`
+		Image        string            `json:"image"`
+		Workdir      string            `json:"workdir"`
+		BlockNetwork *bool             `json:"block_network"`
+		Env          map[string]string `json:"env"`
+		Tags         map[string]string `json:"tags"`
+	} `json:"req"`
+	Created time.Time     `json:"created"`
+	Expires time.Time     `json:"expires"`
+	Idle    time.Duration `json:"idle"`
+	Owner   string        `json:"owner,omitempty"`
+}
+
+// The tags by which the pre-version format marked sessions; read only to migrate it.
+const (
+	legacySessionTag = "airlock.session"
+	legacySeedTag    = "airlock.seed_session"
+)
+
+// decodeRecord reads meta in the current or the pre-version format. The error says which rule
+// refused it, for the log.
+func decodeRecord(meta []byte) (record, error) {
+	var head struct {
+		V *int `json:"v"`
+	}
+	if len(meta) == 0 {
+		return record{}, errors.New("no record (a one-shot sandbox of a daemon before versioned records)")
+	}
+	if err := json.Unmarshal(meta, &head); err != nil {
+		return record{}, errors.New("record is not JSON")
+	}
+	if head.V != nil {
+		if *head.V != recordVersion {
+			return record{}, errors.New("record version is unknown to this daemon")
+		}
+		var r record
+		if err := json.Unmarshal(meta, &r); err != nil {
+			return record{}, errors.New("record does not decode")
+		}
+		return r, nil
+	}
+	var l legacyRecord
+	if err := json.Unmarshal(meta, &l); err != nil || l.Req.BlockNetwork == nil {
+		return record{}, errors.New("pre-version record without a normalized request")
+	}
+	kind, seed := KindSandbox, ""
+	tags := map[string]string{}
+	for k, v := range l.Req.Tags {
+		if !strings.HasPrefix(k, ReservedTagPrefix) {
+			tags[k] = v
+		}
+	}
+	if l.Req.Tags[legacySessionTag] == "1" {
+		kind = KindSession
+		if name, ok := l.Req.Tags[legacySeedTag]; ok {
+			kind, seed = KindSeedSession, name
+		}
+	}
+	if len(tags) == 0 && len(l.Req.Tags) == 0 {
+		tags = l.Req.Tags // keep nil as nil
+	}
+	return record{V: recordVersion, Kind: kind, Owner: l.Owner, Seed: seed, Created: l.Created, Expires: l.Expires,
+		Spec: &SandboxSpec{Timeout: l.Expires.Sub(l.Created), IdleTimeout: l.Idle, MemoryBytes: l.Req.MemoryMB << 20,
+			CPU: l.Req.CPU, Image: l.Req.Image, Workdir: l.Req.Workdir, Network: !*l.Req.BlockNetwork,
+			Env: l.Req.Env, Tags: tags}}, nil
 }
 
 // Recover adopts the long-lived sandboxes a previous daemon left running and destroys the rest
-// (one-shot sandboxes, whose caller is gone). Call it once, before serving.
+// (one-shot sandboxes, whose caller is gone, and any it cannot read), logging why. Call it
+// once, before serving.
 func (e *Engine) Recover(ctx context.Context) (adopted, destroyed int, err error) {
-	rec, ok := e.cfg.Runtime.(Recoverer)
+	rt, ok := e.cfg.Runtime.(Recoverer)
 	if !ok {
 		return 0, 0, nil
 	}
-	found, err := rec.Recover(ctx)
+	found, err := rt.Recover(ctx)
 	for _, r := range found {
-		var m sandboxMeta
-		if !strings.HasPrefix(r.ID, "sb-") || json.Unmarshal(r.Meta, &m) != nil || m.Req.BlockNetwork == nil {
-			e.destroy(ctx, r.ID, r.Inst)
+		if e.adopt(ctx, r) {
+			adopted++
+		} else {
 			destroyed++
-			continue
 		}
-		release, err := e.acquireSandbox(m.Owner)
-		if err != nil {
-			e.cfg.Logger.WarnContext(ctx, "no slot for a recovered sandbox; destroying it", "sandbox", r.ID)
-			e.destroy(ctx, r.ID, r.Inst)
-			destroyed++
-			continue
-		}
-		sb := &Sandbox{id: r.ID, inst: r.Inst, client: r.Inst.Agent(), created: m.Created,
-			expires: m.Expires, idle: m.Idle, req: m.Req, release: release, lastActive: time.Now(), owner: m.Owner}
-		e.mu.Lock()
-		e.live[r.ID] = r.Inst
-		e.sandboxes[r.ID] = sb
-		e.mu.Unlock()
-		adopted++
 	}
 	if err != nil {
 		err = errors.Join(errors.New("recover sandboxes"), err)
 	}
 	return adopted, destroyed, err
+}
+
+// adopt registers a recovered sandbox, or destroys it and says why; true if adopted.
+func (e *Engine) adopt(ctx context.Context, r Recovered) bool {
+	log := e.cfg.Logger.With("sandbox", r.ID)
+	rec, err := decodeRecord(r.Meta)
+	switch {
+	case err != nil:
+		log.WarnContext(ctx, "destroying a recovered sandbox", "rule", err.Error())
+	case rec.Kind == KindOneShot:
+		log.InfoContext(ctx, "destroying a recovered sandbox", "rule", "one-shot: its caller is gone")
+		err = errors.New("one-shot")
+	case rec.Spec == nil || !(rec.Kind == KindSandbox || rec.Kind.IsSession()):
+		log.WarnContext(ctx, "destroying a recovered sandbox", "rule", "record of kind "+string(rec.Kind)+" without a spec")
+		err = errors.New("unknown kind")
+	}
+	if err != nil {
+		e.destroy(ctx, r.ID, r.Inst)
+		return false
+	}
+	release, err := e.acquireSandbox(rec.Owner)
+	if err != nil {
+		log.WarnContext(ctx, "destroying a recovered sandbox", "rule", "no slot: "+api.PublicDetail(err).Message)
+		e.destroy(ctx, r.ID, r.Inst)
+		return false
+	}
+	e.register(&Sandbox{e: e, id: r.ID, kind: rec.Kind, seed: rec.Seed, inst: r.Inst, client: r.Inst.Agent(),
+		created: rec.Created, expires: rec.Expires, spec: *rec.Spec, release: release, lastActive: time.Now(),
+		owner: rec.Owner})
+	log.InfoContext(ctx, "adopted a recovered sandbox", "kind", rec.Kind, "expires", rec.Expires)
+	return true
 }

@@ -2,435 +2,385 @@ package engine
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/rand"
+	"encoding/base32"
 	"errors"
 	"fmt"
-	"maps"
-	"math"
+	"io"
 	"path"
-	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/layout"
 )
 
-// Sandbox is a long-lived sandbox driven step by step.
+// Kind is what a sandbox is for. It is fixed at creation, persisted with the sandbox (see
+// record) and never inferred from its id or its tags.
+type Kind string
+
+// The kinds of sandbox. (A warm pool will add a kind for sandboxes made ahead of a request.)
+const (
+	KindOneShot     Kind = "one-shot"     // runs one program, then is destroyed; never registered
+	KindSandbox     Kind = "sandbox"      // long-lived, driven step by step
+	KindSession     Kind = "session"      // a sandbox with a long-lived Python interpreter
+	KindSeedSession Kind = "seed-session" // a session the seed routes name (Sandbox.SeedName)
+)
+
+// IsSession reports whether sandboxes of kind k run an interpreter.
+func (k Kind) IsSession() bool { return k == KindSession || k == KindSeedSession }
+
+// idPrefix starts the ids of sandboxes of kind k, for people reading logs and answers; the
+// engine never reads it back.
+func (k Kind) idPrefix() string {
+	if k == KindOneShot {
+		return "ex-"
+	}
+	return "sb-"
+}
+
+// newID returns a random sandbox id: prefix and 20 base32 characters (100 bits).
+func newID(prefix string) string {
+	var b [13]byte
+	rand.Read(b[:])
+	return prefix + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b[:])[:20])
+}
+
+// SandboxSpec is what a long-lived sandbox is made of. Zero values mean the engine's defaults;
+// once normalized every field is filled in (Timeout is the sandbox's life), and that is what
+// is persisted for Recover, so its JSON names are part of the record's format.
+type SandboxSpec struct {
+	Timeout     time.Duration     `json:"timeout"`                // life; default Config.SandboxTimeout
+	IdleTimeout time.Duration     `json:"idle_timeout,omitempty"` // 0 = never idle
+	MemoryBytes int64             `json:"memory_bytes"`
+	CPU         float64           `json:"cpu"`
+	Image       string            `json:"image"`
+	Workdir     string            `json:"workdir"` // default layout.Workspace
+	Network     bool              `json:"network,omitempty"`
+	Env         map[string]string `json:"env,omitempty"`
+	Tags        map[string]string `json:"tags,omitempty"` // the caller's own
+}
+
+// ReservedTagPrefix starts the tag keys callers may not set: the server shows the kind of a
+// sandbox under it.
+const ReservedTagPrefix = "airlock."
+
+// normalizeSandbox fills in defaults and checks s against the configured bounds, once.
+func (e *Engine) normalizeSandbox(s SandboxSpec) (SandboxSpec, error) {
+	c := &e.cfg
+	var err error
+	for k := range s.Tags {
+		if strings.HasPrefix(k, ReservedTagPrefix) {
+			return s, invalid("tag %q: keys starting with %q are reserved", k, ReservedTagPrefix)
+		}
+	}
+	if s.Timeout == 0 {
+		s.Timeout = c.SandboxTimeout
+	} else if err := boundDuration("timeout", s.Timeout, time.Second, c.MaxSandboxTimeout); err != nil {
+		return s, err
+	}
+	if s.IdleTimeout != 0 && boundDuration("idle_timeout", s.IdleTimeout, time.Second, s.Timeout) != nil {
+		return s, invalid("idle_timeout %v s is outside 1…%v s (the sandbox's timeout)", s.IdleTimeout.Seconds(), s.Timeout.Seconds())
+	}
+	if s.MemoryBytes, err = c.normalizeMemory(s.MemoryBytes); err != nil {
+		return s, err
+	}
+	if s.CPU, err = normalizeCPU(s.CPU, c.DefaultCPU, c.MaxCPU); err != nil {
+		return s, err
+	}
+	if s.Image, err = checkImage(s.Image); err != nil {
+		return s, err
+	}
+	if s.Workdir == "" {
+		s.Workdir = layout.Workspace
+	} else if err := checkWorkdir(s.Workdir); err != nil {
+		return s, err
+	}
+	if err := checkEnv(s.Env); err != nil {
+		return s, err
+	}
+	if len(s.Tags) > 32 {
+		return s, invalid("at most 32 tags")
+	}
+	for k, v := range s.Tags {
+		if k == "" || len(k) > 128 || len(v) > 256 || strings.ContainsAny(k, ":\x00") {
+			return s, invalid("tag %q is invalid (non-empty key without ':', key ≤ 128 and value ≤ 256 bytes)", k)
+		}
+	}
+	if err := checkNetwork(s.Network, "block_network=false"); err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+// Sandbox is a long-lived sandbox (or session) driven step by step; its methods are the
+// per-sandbox operations.
 type Sandbox struct {
+	e       *Engine
 	id      string
+	kind    Kind
+	seed    string // the seed route's session_id, for KindSeedSession
 	inst    Instance
 	client  Agent
+	spec    SandboxSpec // normalized
 	created time.Time
 	expires time.Time
-	idle    time.Duration
-	req     api.CreateSandboxRequest // normalized: every default filled in
-	owner   string                   // the API key (hash) that created it; "" without keys
-	release func()                   // returns the engine slot
+	owner   string // the API key (hash) that created it; "" without keys
+	release func() // returns the engine slot
 
-	mu         sync.Mutex // guards lastActive, active and ended
+	mu         sync.Mutex // guards lastActive, active, ended and endedAt
 	lastActive time.Time
 	active     int       // calls in flight; a sandbox with a running call is never idle
 	ended      string    // end reason once terminated
 	endedAt    time.Time //
 }
 
-// touch records API activity and returns a func to call when the activity ends.
-func (s *Sandbox) touch() (done func()) {
-	s.mu.Lock()
-	s.lastActive = time.Now()
-	s.active++
-	s.mu.Unlock()
-	return func() {
-		s.mu.Lock()
-		s.lastActive = time.Now()
-		s.active--
-		s.mu.Unlock()
-	}
-}
-
-// ID is the sandbox's id.
-func (s *Sandbox) ID() string { return s.id }
-
-// Workdir is the sandbox's default working directory.
-func (s *Sandbox) Workdir() string { return s.req.Workdir }
-
-// Env is the environment every exec starts with.
-func (s *Sandbox) Env() map[string]string { return s.req.Env }
-
-// Done is closed when the sandbox has ended.
-func (s *Sandbox) Done() <-chan struct{} { return s.inst.Done() }
-
-// Info describes the sandbox now.
-func (s *Sandbox) Info() api.SandboxInfo {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	info := api.SandboxInfo{
-		ID: s.id, Status: api.StatusRunning, Image: s.req.Image, CreatedAt: s.created,
-		ExpiresAt: s.expires, LastActiveAt: s.lastActive, IdleTimeout: s.idle.Seconds(),
-		CPU: s.req.CPU, MemoryMB: s.req.MemoryMB, Workdir: s.req.Workdir,
-		BlockNetwork: *s.req.BlockNetwork, Tags: s.req.Tags, EndReason: s.ended,
-	}
-	if s.ended != "" {
-		info.Status = api.StatusTerminated
-		return info
-	}
-	if u, err := s.inst.Usage(); err == nil {
-		info.Usage = &api.Usage{CPUTime: u.CPUTime.Seconds(), MemoryMB: mib(u.Memory),
-			PeakMemoryMB: mib(u.PeakMemory), Processes: u.Processes}
-	}
-	return info
-}
-
-func mib(b int64) float64 { return math.Round(float64(b)/(1<<20)*100) / 100 }
-
-// validateSandbox fills in defaults and checks bounds.
-func (e *Engine) validateSandbox(req api.CreateSandboxRequest) (api.CreateSandboxRequest, time.Duration, time.Duration, error) {
-	c := &e.cfg
-	life := c.SandboxTimeout
-	if req.Timeout != 0 {
-		if math.IsNaN(req.Timeout) || req.Timeout < 1 || req.Timeout > c.MaxSandboxTimeout.Seconds() {
-			return req, 0, 0, invalid("timeout %v s is outside 1…%v s", req.Timeout, c.MaxSandboxTimeout.Seconds())
-		}
-		life = time.Duration(req.Timeout * float64(time.Second))
-	}
-	var idle time.Duration
-	if req.IdleTimeout != 0 {
-		if math.IsNaN(req.IdleTimeout) || req.IdleTimeout < 1 || req.IdleTimeout > life.Seconds() {
-			return req, 0, 0, invalid("idle_timeout %v s is outside 1…%v s (the sandbox's timeout)", req.IdleTimeout, life.Seconds())
-		}
-		idle = time.Duration(req.IdleTimeout * float64(time.Second))
-	}
-	if req.MemoryMB == 0 {
-		req.MemoryMB = c.DefaultMemory >> 20
-	} else if req.MemoryMB < c.MinMemory>>20 || req.MemoryMB > c.MaxMemory>>20 {
-		return req, 0, 0, invalid("memory_mb %d is outside %d…%d", req.MemoryMB, c.MinMemory>>20, c.MaxMemory>>20)
-	}
-	if req.CPU == 0 {
-		req.CPU = c.DefaultCPU
-	} else if math.IsNaN(req.CPU) || req.CPU < 0.05 || req.CPU > c.MaxCPU {
-		return req, 0, 0, invalid("cpu %v is outside 0.05…%v", req.CPU, c.MaxCPU)
-	}
-	if req.Image == "" {
-		req.Image = "host"
-	} else if req.Image != "host" {
-		return req, 0, 0, invalid("image %q is not available (only \"host\" so far)", req.Image)
-	}
-	if req.Workdir == "" {
-		req.Workdir = "/workspace"
-	} else if err := checkPathLength("workdir", req.Workdir); err != nil {
-		return req, 0, 0, err
-	} else if !path.IsAbs(req.Workdir) || path.Clean(req.Workdir) != req.Workdir || req.Workdir == "/" || strings.ContainsRune(req.Workdir, 0) {
-		return req, 0, 0, invalid("workdir %q must be a clean absolute path", req.Workdir)
-	} else if !underWritable(req.Workdir) {
-		for _, r := range []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/dev", "/sys", "/opt/airlock", "/.scratch"} {
-			if req.Workdir == r || strings.HasPrefix(req.Workdir, r+"/") {
-				return req, 0, 0, invalid("workdir %q may not be inside the image's system directories", req.Workdir)
-			}
-		}
-	}
-	if req.BlockNetwork == nil {
-		t := true
-		req.BlockNetwork = &t
-	}
-	if err := validateEnv(req.Env); err != nil {
-		return req, 0, 0, err
-	}
-	if len(req.Tags) > 32 {
-		return req, 0, 0, invalid("at most 32 tags")
-	}
-	for k, v := range req.Tags {
-		if k == "" || len(k) > 128 || len(v) > 256 || strings.ContainsAny(k, ":\x00") {
-			return req, 0, 0, invalid("tag %q is invalid (non-empty key without ':', key ≤ 128 and value ≤ 256 bytes)", k)
-		}
-	}
-	return req, life, idle, nil
-}
-
-// underWritable reports whether p lies inside /workspace or /tmp.
-func underWritable(p string) bool {
-	for _, d := range []string{"/workspace", "/tmp"} {
-		if p == d || strings.HasPrefix(p, d+"/") {
-			return true
-		}
-	}
-	return false
-}
-
-// Path bounds, checked up front so a path the sandbox could never create is a 400, not a
-// setup failure: NAME_MAX per component, and PATH_MAX (4096 with its NUL) less room for one
-// more component, both because a directory whose children cannot be named is of no use and
-// because the agent and runtime reach paths through a short prefix (/proc/self/fd/N, a mount
-// point) that the kernel counts too.
-const (
-	maxNameBytes = 255
-	maxPathBytes = 4096 - 1 - (maxNameBytes + 1)
-)
-
-// checkPathLength refuses a path longer than PATH_MAX or with a component longer than NAME_MAX.
-func checkPathLength(what, p string) error {
-	if len(p) > maxPathBytes {
-		return invalid("%s is %d bytes long; the limit is %d", what, len(p), maxPathBytes)
-	}
-	for c := range strings.SplitSeq(p, "/") {
-		if len(c) > maxNameBytes {
-			return invalid("%s has a %d-byte component; the limit is %d", what, len(c), maxNameBytes)
-		}
-	}
-	return nil
-}
-
-// MaxEnvBytes bounds an environment: the "NAME=value" strings with their NULs, in all. It
-// keeps every entry under execve's MAX_ARG_STRLEN (128 KiB) and leaves most of ARG_MAX to the
-// command line, so an environment accepted here never makes an exec fail with E2BIG.
-const MaxEnvBytes = 128 << 10
-
-func validateEnv(env map[string]string) error {
-	total := 0
-	for k, v := range env {
-		if k == "" || strings.ContainsAny(k, "=\x00") {
-			return invalid("env name %q is invalid", k)
-		}
-		if strings.ContainsRune(v, 0) {
-			return invalid("env %s contains a NUL byte", k)
-		}
-		total += len(k) + 1 + len(v) + 1
-	}
-	if total > MaxEnvBytes {
-		return invalid("env is %d bytes (NAME=value with a NUL each); the limit is %d", total, MaxEnvBytes)
-	}
-	return nil
-}
-
 // CreateSandbox starts a long-lived sandbox. It holds an engine slot until it ends.
-func (e *Engine) CreateSandbox(ctx context.Context, req api.CreateSandboxRequest) (*Sandbox, error) {
-	for k := range req.Tags {
-		if strings.HasPrefix(k, reservedTagPrefix) {
-			return nil, invalid("tag %q: keys starting with %q are reserved", k, reservedTagPrefix)
-		}
+func (e *Engine) CreateSandbox(ctx context.Context, s SandboxSpec) (*Sandbox, error) {
+	s, err := e.normalizeSandbox(s)
+	if err != nil {
+		return nil, err
 	}
-	return e.createSandbox(ctx, req)
+	return e.startSandbox(ctx, KindSandbox, "", s)
 }
 
-// reservedTagPrefix marks tags the engine sets itself (e.g. that a sandbox is a session).
-const reservedTagPrefix = "airlock."
-
-// createSandbox is CreateSandbox without the check on reserved tags.
-func (e *Engine) createSandbox(ctx context.Context, req api.CreateSandboxRequest) (*Sandbox, error) {
-	req, life, idle, err := e.validateSandbox(req)
-	if err != nil {
-		return nil, err
-	}
-	if !*req.BlockNetwork {
-		return nil, api.Errorf(api.ErrUnimplemented, "block_network=false is not available yet: sandboxes have no outbound network")
-	}
-	release, err := e.acquireSandbox(Owner(ctx))
-	if err != nil {
-		return nil, err
-	}
-	id := newID("sb-")
-	now := time.Now()
+// startSandbox creates a sandbox of kind from the normalized s and registers it.
+func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s SandboxSpec) (*Sandbox, error) {
 	owner := Owner(ctx)
-	meta, _ := json.Marshal(sandboxMeta{Req: req, Created: now, Expires: now.Add(life), Idle: idle, Owner: owner})
-	spec := Spec{ID: id, Image: req.Image, MemoryBytes: req.MemoryMB << 20, CPU: req.CPU,
-		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Meta: meta}
-	if !underWritable(req.Workdir) {
-		spec.Workdir = req.Workdir
+	release, err := e.acquireSandbox(owner)
+	if err != nil {
+		return nil, err
 	}
-	inst, err := e.create(ctx, spec)
+	now := time.Now()
+	rs := Spec{Image: s.Image, MemoryBytes: s.MemoryBytes, CPU: s.CPU,
+		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile}
+	if !layout.Writable(s.Workdir) {
+		rs.Workdir = s.Workdir // the runtime makes it; a writable one is made below
+	}
+	id, inst, err := e.create(ctx, kind, rs, record{Owner: owner, Seed: seed, Created: now,
+		Expires: now.Add(s.Timeout), Spec: &s})
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
-	sb := &Sandbox{id: id, inst: inst, client: inst.Agent(), created: now,
-		expires: now.Add(life), idle: idle, req: req, release: release, lastActive: now, owner: owner}
-	if req.Workdir != "/workspace" && underWritable(req.Workdir) {
-		if _, err := sb.client.MakeDir(ctx, req.Workdir); err != nil {
+	sb := &Sandbox{e: e, id: id, kind: kind, seed: seed, inst: inst, client: inst.Agent(), created: now,
+		expires: now.Add(s.Timeout), spec: s, release: release, lastActive: now, owner: owner}
+	if s.Workdir != layout.Workspace && layout.Writable(s.Workdir) {
+		if _, err := sb.client.MakeDir(ctx, s.Workdir); err != nil {
 			e.destroy(ctx, id, inst)
 			release()
 			return nil, fmt.Errorf("create workdir: %w", err)
 		}
 	}
-	e.mu.Lock()
-	e.sandboxes[id] = sb
-	e.mu.Unlock()
-	e.cfg.Logger.InfoContext(ctx, "sandbox created", "sandbox", id, "expires", sb.expires)
+	e.register(sb)
+	e.cfg.Logger.InfoContext(ctx, "sandbox created", "sandbox", id, "kind", kind, "expires", sb.expires)
 	return sb, nil
 }
 
-// ownerKey carries the caller's identity in a request's context.
-type ownerKey struct{}
-
-// WithOwner returns ctx carrying the caller's identity (a hash of its API key). Sandboxes are
-// visible only to the identity that created them.
-func WithOwner(ctx context.Context, owner string) context.Context {
-	return context.WithValue(ctx, ownerKey{}, owner)
-}
-
-// Owner is the caller's identity in ctx; "" when the server has no keys.
-func Owner(ctx context.Context) string {
-	o, _ := ctx.Value(ownerKey{}).(string)
-	return o
-}
-
-// GetSandbox returns a live sandbox of ctx's owner: api.ErrNotFound if the id was never seen
-// (or belongs to another owner), api.ErrGone if it has ended.
-func (e *Engine) GetSandbox(ctx context.Context, id string) (*Sandbox, error) {
-	owner := Owner(ctx)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if sb, ok := e.sandboxes[id]; ok && sb.owner == owner {
-		return sb, nil
-	}
-	if g, ok := e.gone[id]; ok && g.owner == owner {
-		return nil, api.Errorf(api.ErrGone, "sandbox %s has ended (%s)", id, g.reason)
-	}
-	return nil, api.Errorf(api.ErrNotFound, "no sandbox %s", id)
-}
-
-// Use returns a live sandbox and marks it active until done is called.
-func (e *Engine) Use(ctx context.Context, id string) (sb *Sandbox, done func(), err error) {
-	sb, err = e.GetSandbox(ctx, id)
-	if err != nil {
-		return nil, nil, err
-	}
-	return sb, sb.touch(), nil
-}
-
-// ListSandboxes returns ctx's owner's live sandboxes carrying every tag in tags, oldest first.
-func (e *Engine) ListSandboxes(ctx context.Context, tags map[string]string) []api.SandboxInfo {
-	owner := Owner(ctx)
-	e.mu.Lock()
-	list := slices.Collect(maps.Values(e.sandboxes))
-	e.mu.Unlock()
-	out := []api.SandboxInfo{}
-	for _, sb := range list {
-		ok := sb.owner == owner
-		for k, v := range tags {
-			if sb.req.Tags[k] != v {
-				ok = false
-			}
-		}
-		if ok {
-			out = append(out, sb.Info())
-		}
-	}
-	slices.SortFunc(out, func(a, b api.SandboxInfo) int { return a.CreatedAt.Compare(b.CreatedAt) })
-	return out
-}
-
-// TerminateSandbox ends a sandbox now.
-func (e *Engine) TerminateSandbox(ctx context.Context, id string) (api.SandboxInfo, error) {
-	sb, err := e.GetSandbox(ctx, id)
-	if err != nil {
-		return api.SandboxInfo{}, err
-	}
-	e.end(ctx, sb, "terminated")
-	return sb.Info(), nil
-}
-
-// end destroys sb once, remembering its id as gone.
-func (e *Engine) end(ctx context.Context, sb *Sandbox, reason string) {
-	e.mu.Lock()
-	if _, live := e.sandboxes[sb.id]; !live {
-		e.mu.Unlock()
-		return
-	}
-	delete(e.sandboxes, sb.id)
-	e.rememberGone(sb.id, sb.owner, reason)
-	e.mu.Unlock()
+// touch records API activity and returns a func to call when the activity ends.
+func (sb *Sandbox) touch() (done func()) {
 	sb.mu.Lock()
-	sb.ended, sb.endedAt = reason, time.Now()
+	sb.lastActive = time.Now()
+	sb.active++
 	sb.mu.Unlock()
-	e.destroy(ctx, sb.id, sb.inst)
-	sb.release()
-	e.cfg.Logger.InfoContext(ctx, "sandbox ended", "sandbox", sb.id, "reason", reason)
-}
-
-// goneEntry remembers an ended sandbox so its id answers 410, not 404.
-type goneEntry struct {
-	reason string
-	owner  string
-	at     time.Time
-}
-
-// rememberGone records id; the memory is bounded by count and age. e.mu must be held.
-func (e *Engine) rememberGone(id, owner, reason string) {
-	const maxGone = 100000
-	if len(e.gone) >= maxGone {
-		oldest, oldestAt := "", time.Now()
-		for k, g := range e.gone {
-			if g.at.Before(oldestAt) {
-				oldest, oldestAt = k, g.at
-			}
-		}
-		delete(e.gone, oldest)
-	}
-	e.gone[id] = goneEntry{reason: reason, owner: owner, at: time.Now()}
-}
-
-// reap ends sandboxes past their lifetime or idle too long, and ones whose PID 1 died.
-func (e *Engine) reap(ctx context.Context, now time.Time) {
-	e.mu.Lock()
-	list := slices.Collect(maps.Values(e.sandboxes))
-	for id, g := range e.gone {
-		if now.Sub(g.at) > e.cfg.GoneRetention {
-			delete(e.gone, id)
-		}
-	}
-	e.mu.Unlock()
-	e.seedMu.Lock()
-	for name, ent := range e.seed {
-		select {
-		case <-ent.ready:
-		default:
-			continue // being created; seedMu is not held across that
-		}
-		e.mu.Lock()
-		_, live := e.sandboxes[ent.id]
-		e.mu.Unlock()
-		if !live {
-			delete(e.seed, name) // the session ended; its name starts afresh on next use
-		}
-	}
-	e.seedMu.Unlock()
-	for _, sb := range list {
-		reason := ""
+	return func() {
 		sb.mu.Lock()
-		switch {
-		case !now.Before(sb.expires):
-			reason = "expired"
-		case sb.idle > 0 && sb.active == 0 && now.Sub(sb.lastActive) >= sb.idle:
-			reason = "idle"
-		}
+		sb.lastActive = time.Now()
+		sb.active--
 		sb.mu.Unlock()
-		select {
-		case <-sb.inst.Done():
-			reason = "died"
-		default:
-		}
-		if reason != "" {
-			e.end(ctx, sb, reason)
-		}
 	}
 }
 
-// Run starts the engine's background reaper; it returns when ctx ends.
-func (e *Engine) Run(ctx context.Context) {
-	t := time.NewTicker(e.cfg.ReapInterval)
-	defer t.Stop()
-	for {
-		select {
-		case now := <-t.C:
-			e.reap(ctx, now)
-		case <-ctx.Done():
-			return
-		}
-	}
+// ID is the sandbox's id.
+func (sb *Sandbox) ID() string { return sb.id }
+
+// Kind is what the sandbox is for.
+func (sb *Sandbox) Kind() Kind { return sb.kind }
+
+// Spec is what the sandbox was made of, every default filled in.
+func (sb *Sandbox) Spec() SandboxSpec { return sb.spec }
+
+// SeedName is the seed route's session_id of a KindSeedSession; "" for other kinds.
+func (sb *Sandbox) SeedName() string { return sb.seed }
+
+// Done is closed when the sandbox has ended.
+func (sb *Sandbox) Done() <-chan struct{} { return sb.inst.Done() }
+
+// Info describes a sandbox at one moment.
+type Info struct {
+	ID         string
+	Kind       Kind
+	SeedName   string
+	Spec       SandboxSpec
+	Created    time.Time
+	Expires    time.Time
+	LastActive time.Time
+	Ended      string // why it ended; "" while it runs
+	Usage      *Usage // while it runs, if its cgroup could be read
 }
 
-// errEnded is returned by calls into a sandbox that ended while they ran.
-func (e *Engine) endedError(sb *Sandbox, err error) error {
+// Info describes the sandbox now. The usage is read from the cgroup after sb.mu is released,
+// so that listing many sandboxes never holds a sandbox's lock across file reads.
+func (sb *Sandbox) Info() Info {
+	sb.mu.Lock()
+	info := Info{ID: sb.id, Kind: sb.kind, SeedName: sb.seed, Spec: sb.spec, Created: sb.created,
+		Expires: sb.expires, LastActive: sb.lastActive, Ended: sb.ended}
+	sb.mu.Unlock()
+	if info.Ended == "" {
+		if u, err := sb.inst.Usage(); err == nil {
+			info.Usage = &u
+		}
+	}
+	return info
+}
+
+// ExecSpec is one process to start in a sandbox. Zero values mean the sandbox's defaults.
+type ExecSpec struct {
+	Cmd         []string          // program and arguments
+	Env         map[string]string // added to the sandbox's
+	Workdir     string            // absolute, or relative to the sandbox's workdir
+	Stdin       []byte
+	KeepStdin   bool // leave stdin open after Stdin, for WriteStdin
+	Tag         string
+	Timeout     time.Duration // 0 = until the sandbox ends
+	PTY         *api.PTY      // run on a terminal of this size
+	OutputLimit int64         // bytes per stream; 0 = unlimited (streaming)
+}
+
+// normalizeExec checks x and merges it with the sandbox's defaults, once.
+func (sb *Sandbox) normalizeExec(x ExecSpec) (Process, error) {
+	if len(x.Cmd) == 0 || x.Cmd[0] == "" {
+		return Process{}, invalid("cmd is required")
+	}
+	for _, a := range x.Cmd {
+		if strings.ContainsRune(a, 0) {
+			return Process{}, invalid("cmd contains a NUL byte")
+		}
+	}
+	timeout := x.Timeout
+	if timeout != 0 {
+		if err := boundDuration("timeout", timeout, 0, sb.e.cfg.MaxSandboxTimeout); err != nil {
+			return Process{}, err
+		}
+		// The agent counts in milliseconds, with 0 meaning no limit: a positive timeout below
+		// that resolution rounds up to 1 ms rather than vanish.
+		timeout = max(timeout, time.Millisecond)
+	}
+	if err := checkEnv(x.Env); err != nil {
+		return Process{}, err
+	}
+	env := make(map[string]string, len(sb.spec.Env)+len(x.Env))
+	for k, v := range sb.spec.Env {
+		env[k] = v
+	}
+	for k, v := range x.Env {
+		env[k] = v
+	}
+	dir := x.Workdir
+	if dir == "" {
+		dir = sb.spec.Workdir
+	} else if !path.IsAbs(dir) {
+		dir = path.Join(sb.spec.Workdir, dir)
+	}
+	if strings.ContainsRune(dir, 0) || len(x.Tag) > 128 {
+		return Process{}, invalid("workdir or tag is invalid")
+	}
+	if p := x.PTY; p != nil && (p.Cols == 0 || p.Rows == 0 || p.Cols > 4096 || p.Rows > 4096) {
+		return Process{}, invalid("pty size must be 1…4096 columns and rows")
+	}
+	return Process{Cmd: x.Cmd[0], Args: x.Cmd[1:], Env: env, Dir: dir, Tag: x.Tag, Stdin: x.Stdin,
+		KeepStdin: x.KeepStdin, Timeout: timeout, PTY: x.PTY, OutputLimit: x.OutputLimit}, nil
+}
+
+// Exec runs x in the sandbox, calling on for each event (start, output) until the process
+// ends. The End's exit code is the engine's (exitStatus: 124 after a timeout).
+func (sb *Sandbox) Exec(ctx context.Context, x ExecSpec, on func(Event)) (*End, error) {
+	p, err := sb.normalizeExec(x)
+	if err != nil {
+		return nil, err
+	}
+	end, err := sb.client.Exec(ctx, p, on)
+	if err != nil {
+		return nil, sb.endedError(err)
+	}
+	out := *end
+	out.ExitCode = exitStatus(end.ExitCode, end.TimedOut, false)
+	return &out, nil
+}
+
+// Resize changes the terminal size of a PTY process.
+func (sb *Sandbox) Resize(ctx context.Context, pid int, cols, rows uint16) error {
+	return sb.endedError(sb.client.Resize(ctx, pid, cols, rows))
+}
+
+// Signal sends sig to a process the API started in the sandbox.
+func (sb *Sandbox) Signal(ctx context.Context, pid, sig int) error {
+	return sb.endedError(sb.client.Signal(ctx, pid, sig))
+}
+
+// WriteStdin streams r to a process's stdin, closing stdin afterwards if eof.
+func (sb *Sandbox) WriteStdin(ctx context.Context, pid int, r io.Reader, eof bool) error {
+	return sb.endedError(sb.client.WriteStdin(ctx, pid, r, eof))
+}
+
+// Processes lists processes started through the API that are still running.
+func (sb *Sandbox) Processes(ctx context.Context) ([]api.ProcessInfo, error) {
+	ps, err := sb.client.Processes(ctx)
+	return ps, sb.endedError(err)
+}
+
+// ReadFile streams the file p into w; started runs before the first byte is written.
+func (sb *Sandbox) ReadFile(ctx context.Context, p string, w io.Writer, started func()) error {
+	return sb.endedError(sb.client.ReadFile(ctx, sb.resolve(p), w, started))
+}
+
+// WriteFile streams r into p.
+func (sb *Sandbox) WriteFile(ctx context.Context, p string, r io.Reader, mode uint32) (api.FileInfo, error) {
+	p = sb.resolve(p)
+	if err := sb.client.WriteFile(ctx, p, r, mode); err != nil {
+		return api.FileInfo{}, sb.endedError(err)
+	}
+	return sb.Stat(ctx, p)
+}
+
+// Stat describes p.
+func (sb *Sandbox) Stat(ctx context.Context, p string) (api.FileInfo, error) {
+	fi, err := sb.client.Stat(ctx, sb.resolve(p))
+	return fi, sb.endedError(err)
+}
+
+// List lists the directory p to depth (1 = its entries only).
+func (sb *Sandbox) List(ctx context.Context, p string, depth int) ([]api.FileInfo, error) {
+	if err := bound("depth", int64(depth), 1, 16, ""); err != nil {
+		return nil, err
+	}
+	l, err := sb.client.List(ctx, sb.resolve(p), depth)
+	return l, sb.endedError(err)
+}
+
+// Mkdir creates p and its parents.
+func (sb *Sandbox) Mkdir(ctx context.Context, p string) (api.FileInfo, error) {
+	fi, err := sb.client.MakeDir(ctx, sb.resolve(p))
+	return fi, sb.endedError(err)
+}
+
+// Remove deletes p; a non-empty directory only when recursive.
+func (sb *Sandbox) Remove(ctx context.Context, p string, recursive bool) error {
+	return sb.endedError(sb.client.Remove(ctx, sb.resolve(p), recursive))
+}
+
+// resolve makes a relative path relative to the workdir; the agent confines the result.
+func (sb *Sandbox) resolve(p string) string {
+	if p != "" && !path.IsAbs(p) {
+		return path.Join(sb.spec.Workdir, p)
+	}
+	return p
+}
+
+// endedError turns the error of a call into the sandbox into api.ErrGone when the sandbox
+// ended while the call ran.
+func (sb *Sandbox) endedError(err error) error {
 	if err == nil {
 		return nil
 	}
@@ -449,16 +399,12 @@ func (e *Engine) endedError(sb *Sandbox, err error) error {
 	select {
 	case <-sb.inst.Done():
 	default:
-		sb.mu.Lock()
-		ended := sb.ended
-		sb.mu.Unlock()
-		if ended == "" {
+		if sb.endReason() == "" {
 			return err
 		}
 	}
-	sb.mu.Lock()
-	reason := sb.ended
-	sb.mu.Unlock()
+	// Read after Done: end records the reason before it destroys the instance.
+	reason := sb.endReason()
 	if reason == "" {
 		reason = "died"
 		if u, uerr := sb.inst.Usage(); uerr == nil && u.OOMKills > 0 {
@@ -466,6 +412,13 @@ func (e *Engine) endedError(sb *Sandbox, err error) error {
 		}
 	}
 	return api.Errorf(api.ErrGone, "sandbox %s ended (%s) during the call", sb.id, reason)
+}
+
+// endReason is why the sandbox was ended; "" while it is live (or when it died by itself).
+func (sb *Sandbox) endReason() string {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.ended
 }
 
 // agentDeathGrace bounds how long a failed agent call waits to learn whether the sandbox died.

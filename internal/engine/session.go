@@ -2,10 +2,8 @@ package engine
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"math"
 	"regexp"
 	"strings"
 	"sync"
@@ -13,53 +11,59 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agentclient"
+	"github.com/airlockhq/airlock/internal/layout"
 	"github.com/airlockhq/airlock/internal/repl"
 )
 
 // Session defaults, as the seeds' REPLSession: 5 minutes idle, 1 hour of life.
 const (
-	sessionTag         = "airlock.session"
 	defaultSessionLife = time.Hour
 	defaultSessionIdle = 5 * time.Minute
 	defaultCellTimeout = 30 * time.Second
-	// WheelDir is where the operator's wheel directory appears inside sandboxes.
-	WheelDir = "/opt/airlock/wheels"
 )
 
-// CreateSession starts a sandbox with a long-lived Python interpreter in it.
-func (e *Engine) CreateSession(ctx context.Context, req api.CreateSessionRequest) (*Sandbox, error) {
-	return e.createSessionTagged(ctx, req, nil)
+// SessionSpec is a sandbox with a long-lived Python interpreter. Zero values mean the session
+// defaults (1 hour of life, 5 minutes idle) or the engine's.
+type SessionSpec struct {
+	Timeout     time.Duration
+	IdleTimeout time.Duration // at most Timeout
+	MemoryBytes int64
+	CPU         float64
+	Env         map[string]string
+	Tags        map[string]string
 }
 
-// createSessionTagged is CreateSession with extra engine tags (reserved prefix allowed).
-func (e *Engine) createSessionTagged(ctx context.Context, req api.CreateSessionRequest, internal map[string]string) (*Sandbox, error) {
+// normalizeSession turns s into the normalized spec of its sandbox.
+func (e *Engine) normalizeSession(s SessionSpec) (SandboxSpec, error) {
 	life, idle := defaultSessionLife, defaultSessionIdle
-	if req.Timeout != 0 {
-		life = time.Duration(req.Timeout * float64(time.Second))
+	if s.Timeout != 0 {
+		life = s.Timeout
 	}
-	if req.IdleTimeout != 0 {
-		// Past the life it is refused (400) by validateSandbox, never clamped.
-		idle = time.Duration(req.IdleTimeout * float64(time.Second))
+	if s.IdleTimeout != 0 {
+		idle = s.IdleTimeout // past the life it is refused (400) by normalizeSandbox, never clamped
 	} else {
 		idle = min(idle, life) // only the default follows a shorter life
 	}
-	tags := map[string]string{}
-	for k, v := range req.Tags {
-		if strings.HasPrefix(k, reservedTagPrefix) {
-			return nil, invalid("tag %q: keys starting with %q are reserved", k, reservedTagPrefix)
-		}
-		tags[k] = v
-	}
-	for k, v := range internal {
-		tags[k] = v
-	}
-	tags[sessionTag] = "1"
-	sb, err := e.createSandbox(ctx, api.CreateSandboxRequest{Timeout: life.Seconds(), IdleTimeout: idle.Seconds(),
-		MemoryMB: req.MemoryMB, CPU: req.CPU, Env: req.Env, Tags: tags})
+	return e.normalizeSandbox(SandboxSpec{Timeout: life, IdleTimeout: idle, MemoryBytes: s.MemoryBytes,
+		CPU: s.CPU, Env: s.Env, Tags: s.Tags})
+}
+
+// CreateSession starts a sandbox with a long-lived Python interpreter in it.
+func (e *Engine) CreateSession(ctx context.Context, s SessionSpec) (*Sandbox, error) {
+	spec, err := e.normalizeSession(s)
 	if err != nil {
 		return nil, err
 	}
-	if err := sb.client.ReplStart(ctx, sb.req.Env, sb.req.Workdir); err != nil {
+	return e.startSession(ctx, KindSession, "", spec)
+}
+
+// startSession starts a session's sandbox and its interpreter.
+func (e *Engine) startSession(ctx context.Context, kind Kind, seed string, spec SandboxSpec) (*Sandbox, error) {
+	sb, err := e.startSandbox(ctx, kind, seed, spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := sb.client.ReplStart(ctx, sb.spec.Env, sb.spec.Workdir); err != nil {
 		e.end(ctx, sb, "failed")
 		return nil, fmt.Errorf("start interpreter: %w", err)
 	}
@@ -72,16 +76,41 @@ func (e *Engine) Session(ctx context.Context, id string) (*Sandbox, func(), erro
 	if err != nil {
 		return nil, nil, err
 	}
-	if sb.req.Tags[sessionTag] != "1" {
+	if !sb.kind.IsSession() {
 		done()
 		return nil, nil, api.Errorf(api.ErrNotFound, "no session %s (it is a sandbox without an interpreter)", id)
 	}
 	return sb, done, nil
 }
 
-// RunCell runs code as one cell of the session's interpreter.
-func (e *Engine) RunCell(ctx context.Context, sb *Sandbox, req api.RunRequest) (*api.RunResult, error) {
-	r, release, err := e.RunCellHeld(ctx, sb, req)
+// CellResult is how one cell of a session ended.
+type CellResult struct {
+	Stdout, Stderr string
+	Result         *string // repr of the trailing expression, if any
+	Display        []CellOutput
+	Error          *CellError // the exception the cell raised, if any
+	Duration       time.Duration
+	Truncated      bool // output or rich outputs were cut or dropped
+	TimedOut       bool
+	Interrupted    bool
+	Restarted      bool
+	RestartReason  string
+}
+
+// Success reports a cell that raised nothing and was neither interrupted nor timed out.
+func (r *CellResult) Success() bool { return r.Error == nil && !r.Interrupted && !r.TimedOut }
+
+// CellOutput is one rich output of a cell, checked: Text outputs are valid text of their MIME
+// type (repl.IsText), the others raw bytes.
+type CellOutput struct {
+	MIME string
+	Data []byte
+	Text bool
+}
+
+// RunCell runs code as one cell of the session's interpreter; timeout 0 means the default.
+func (sb *Sandbox) RunCell(ctx context.Context, code string, timeout time.Duration) (*CellResult, error) {
+	r, release, err := sb.RunCellHeld(ctx, code, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -91,40 +120,39 @@ func (e *Engine) RunCell(ctx context.Context, sb *Sandbox, req api.RunRequest) (
 
 // RunCellHeld is RunCell for a caller that still has to send the result: the result's memory
 // stays charged to the engine's answer budget until release is called (once, after the send).
-func (e *Engine) RunCellHeld(ctx context.Context, sb *Sandbox, req api.RunRequest) (_ *api.RunResult, release func(), _ error) {
-	timeout := defaultCellTimeout
-	if req.Timeout != 0 {
-		if math.IsNaN(req.Timeout) || req.Timeout < 0.1 || req.Timeout > e.cfg.MaxTimeout.Seconds() {
-			return nil, nil, invalid("timeout %v s is outside 0.1…%v s", req.Timeout, e.cfg.MaxTimeout.Seconds())
-		}
-		timeout = time.Duration(req.Timeout * float64(time.Second))
+func (sb *Sandbox) RunCellHeld(ctx context.Context, code string, timeout time.Duration) (_ *CellResult, release func(), _ error) {
+	e := sb.e
+	if timeout == 0 {
+		timeout = defaultCellTimeout
+	} else if err := boundDuration("timeout", timeout, 100*time.Millisecond, e.cfg.MaxTimeout); err != nil {
+		return nil, nil, err
 	}
-	if strings.ContainsRune(req.Code, 0) {
+	if strings.ContainsRune(code, 0) {
 		return nil, nil, invalid("code contains a NUL byte")
 	}
 	t := e.budget.ticket()
-	c, err := sb.client.ReplRun(agentclient.WithAnswerBudget(ctx, t), req.Code, timeout, e.cfg.OutputLimit)
+	c, err := sb.client.ReplRun(agentclient.WithAnswerBudget(ctx, t), code, timeout, e.cfg.OutputLimit)
 	if err != nil {
 		t.release()
 		if berr := t.failed(); berr != nil {
 			return nil, nil, berr
 		}
-		return nil, nil, e.endedError(sb, err)
+		return nil, nil, sb.endedError(err)
 	}
 	return cellResult(c), t.release, nil
 }
 
-// cellResult converts an agent's answer, re-checking the rich outputs against the same rules as
-// the agent (repl.IsText, repl.MaxDisplayItems, repl.DefaultDisplayLimit): the agent shares its
-// sandbox with the code that produced them. Each display item of c is released once converted,
-// so that the answer is not held twice. Dropped outputs set Truncated.
-func cellResult(c *Cell) *api.RunResult {
-	r := &api.RunResult{
-		Stdout: UTF8(c.Stdout), Stderr: UTF8(c.Stderr), Display: []api.Display{},
-		ExecutionTime: c.ExecutionTime.Seconds(),
-		Truncated:     c.StdoutTruncated || c.StderrTruncated,
-		TimedOut:      c.TimedOut, Interrupted: c.Interrupted,
-		Restarted: c.Restarted, RestartReason: c.RestartReason, Result: c.Result,
+// cellResult checks an agent's answer, the rich outputs against the same rules as the agent
+// (repl.IsText, repl.MaxDisplayItems, repl.DefaultDisplayLimit): the agent shares its sandbox
+// with the code that produced them. Each display item of c is released once taken, so that the
+// answer is not held twice. Dropped outputs set Truncated.
+func cellResult(c *Cell) *CellResult {
+	r := &CellResult{
+		Stdout: UTF8(c.Stdout), Stderr: UTF8(c.Stderr), Display: []CellOutput{},
+		Duration:  c.ExecutionTime,
+		Truncated: c.StdoutTruncated || c.StderrTruncated,
+		TimedOut:  c.TimedOut, Interrupted: c.Interrupted,
+		Restarted: c.Restarted, RestartReason: c.RestartReason, Result: c.Result, Error: c.Error,
 	}
 	var total int64
 	for i, d := range c.Display {
@@ -140,61 +168,74 @@ func cellResult(c *Cell) *api.RunResult {
 				continue
 			}
 			total += int64(len(data))
-			r.Display = append(r.Display, api.Display{MIME: mime, Data: string(data)})
+			r.Display = append(r.Display, CellOutput{MIME: mime, Data: data, Text: true})
 		default:
 			total += int64(len(data))
-			r.Display = append(r.Display, api.Display{MIME: mime, Data: base64.StdEncoding.EncodeToString(data)})
+			r.Display = append(r.Display, CellOutput{MIME: mime, Data: data})
 		}
 	}
-	if e := c.Error; e != nil {
-		r.Error = &api.CellError{Name: e.Name, Value: e.Value, Traceback: e.Traceback}
-	}
-	r.Success = r.Error == nil && !r.Interrupted && !r.TimedOut
 	return r
 }
 
-// Interrupt stops the session's running cell.
-func (e *Engine) Interrupt(ctx context.Context, sb *Sandbox) (*api.InterruptResult, error) {
-	interrupted, restarted, err := sb.client.ReplInterrupt(ctx)
+// Interrupt stops the session's running cell: interrupted if it stopped with its state kept,
+// restarted if the interpreter had to be restarted instead.
+func (sb *Sandbox) Interrupt(ctx context.Context) (interrupted, restarted bool, err error) {
+	interrupted, restarted, err = sb.client.ReplInterrupt(ctx)
 	if err != nil {
-		return nil, e.endedError(sb, err)
+		return false, false, sb.endedError(err)
 	}
-	return &api.InterruptResult{Interrupted: interrupted, Restarted: restarted}, nil
+	return interrupted, restarted, nil
 }
 
-// requirement (compiled on first use: this binary is also every sandbox's PID 1) is what a package argument may look like: a name with optional extras and
-// version specifiers, or a wheel file name. Nothing starting with '-' (no pip options).
+// requirement (compiled on first use: this binary is also every sandbox's PID 1) is what a
+// package argument may look like: a name with optional extras and version specifiers, or a
+// wheel file name. Nothing starting with '-' (no pip options).
 var requirement = sync.OnceValue(func() *regexp.Regexp {
 	return regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._\-\[\],]*([<>=!~]=?[A-Za-z0-9.*+!_\-]+(,[<>=!~]=?[A-Za-z0-9.*+!_\-]+)*)?$`)
 })
 
+// InstallSpec is packages to pip-install into a session.
+type InstallSpec struct {
+	Packages []string      // 1…50 requirements
+	Timeout  time.Duration // 0 = 120 s
+}
+
+// InstallResult is how a package install ended.
+type InstallResult struct {
+	Output   string // pip's stdout and stderr
+	ExitCode int
+	TimedOut bool
+}
+
+// Success reports pip exiting 0 within its timeout.
+func (r *InstallResult) Success() bool { return r.ExitCode == 0 && !r.TimedOut }
+
 // Install pip-installs packages into the session's user site. Sandboxes have no outbound network
-// yet, so packages come only from the operator's wheel directory (Config.WheelDir).
-func (e *Engine) Install(ctx context.Context, sb *Sandbox, req api.InstallRequest) (*api.InstallResult, error) {
-	if len(req.Packages) == 0 || len(req.Packages) > 50 {
+// yet, so packages come only from the operator's wheel directory (Config.WheelDirSet).
+func (sb *Sandbox) Install(ctx context.Context, s InstallSpec) (*InstallResult, error) {
+	if len(s.Packages) == 0 || len(s.Packages) > 50 {
 		return nil, invalid("give 1…50 packages")
 	}
-	for _, p := range req.Packages {
+	for _, p := range s.Packages {
 		if len(p) > 200 || !requirement().MatchString(p) {
 			return nil, invalid("package %q is not a valid requirement", p)
 		}
 	}
 	timeout := 120 * time.Second
-	if req.Timeout != 0 {
-		if math.IsNaN(req.Timeout) || req.Timeout < 1 || req.Timeout > 600 {
-			return nil, invalid("timeout %v s is outside 1…600 s", req.Timeout)
+	if s.Timeout != 0 {
+		if err := boundDuration("timeout", s.Timeout, time.Second, 600*time.Second); err != nil {
+			return nil, err
 		}
-		timeout = time.Duration(req.Timeout * float64(time.Second))
+		timeout = s.Timeout
 	}
-	if !e.cfg.WheelDirSet {
+	if !sb.e.cfg.WheelDirSet {
 		return nil, api.Errorf(api.ErrUnimplemented, "package installs need outbound network (not available yet) or an operator wheel directory (airlock serve --wheel-dir)")
 	}
-	m, err := sb.client.ReplInstall(ctx, req.Packages, WheelDir, timeout)
+	m, err := sb.client.ReplInstall(ctx, s.Packages, layout.WheelDir, timeout)
 	if err != nil {
-		return nil, e.endedError(sb, err)
+		return nil, sb.endedError(err)
 	}
-	return &api.InstallResult{Success: m.ExitCode == 0 && !m.TimedOut, Output: UTF8(m.Output),
-		ExitCode: m.ExitCode, TimedOut: m.TimedOut}, nil
+	return &InstallResult{Output: UTF8(m.Output), ExitCode: m.ExitCode, TimedOut: m.TimedOut}, nil
 }
 
 // seedID is what the seed-compatible routes accept as a session_id.
@@ -256,7 +297,7 @@ func (e *Engine) SeedSession(ctx context.Context, name string) (*Sandbox, func()
 // createSeed creates the session of a seed entry this caller has just registered, then
 // publishes the outcome to the entry's waiters.
 func (e *Engine) createSeed(ctx context.Context, key, name string, ent *seedEntry) (*Sandbox, func(), error) {
-	sb, err := e.createSessionTagged(ctx, api.CreateSessionRequest{}, map[string]string{"airlock.seed_session": name})
+	sb, err := e.createSeedSession(ctx, name)
 	if err != nil {
 		e.seedMu.Lock()
 		delete(e.seed, key)
@@ -269,4 +310,32 @@ func (e *Engine) createSeed(ctx context.Context, key, name string, ent *seedEntr
 	ent.id = sb.id
 	close(ent.ready)
 	return sb, done, nil
+}
+
+// createSeedSession starts the session a seed name stands for, with the session defaults.
+func (e *Engine) createSeedSession(ctx context.Context, name string) (*Sandbox, error) {
+	spec, err := e.normalizeSession(SessionSpec{})
+	if err != nil {
+		return nil, err
+	}
+	return e.startSession(ctx, KindSeedSession, name, spec)
+}
+
+// forgetEndedSeeds drops the seed names whose session has ended, so that they start afresh.
+func (e *Engine) forgetEndedSeeds() {
+	e.seedMu.Lock()
+	defer e.seedMu.Unlock()
+	for name, ent := range e.seed {
+		select {
+		case <-ent.ready:
+		default:
+			continue // being created; seedMu is not held across that
+		}
+		e.mu.Lock()
+		_, live := e.sandboxes[ent.id]
+		e.mu.Unlock()
+		if !live {
+			delete(e.seed, name)
+		}
+	}
 }

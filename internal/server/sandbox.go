@@ -36,11 +36,11 @@ func (s *Server) handleCreateSandbox(w http.ResponseWriter, r *http.Request) err
 	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
-	sb, err := s.cfg.Engine.CreateSandbox(r.Context(), req)
+	sb, err := s.cfg.Engine.CreateSandbox(r.Context(), sandboxSpec(req))
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, sb.Info())
+	writeJSON(w, http.StatusCreated, sandboxInfo(sb.Info()))
 	return nil
 }
 
@@ -53,7 +53,20 @@ func (s *Server) handleListSandboxes(w http.ResponseWriter, r *http.Request) err
 		}
 		tags[k] = v
 	}
-	writeJSON(w, http.StatusOK, api.SandboxList{Sandboxes: s.cfg.Engine.ListSandboxes(r.Context(), tags)})
+	list := api.SandboxList{Sandboxes: []api.SandboxInfo{}}
+	for _, sb := range s.cfg.Engine.ListSandboxes(r.Context()) {
+		have := wireTags(sb.Kind(), sb.SeedName(), sb.Spec().Tags)
+		match := true
+		for k, v := range tags {
+			if have[k] != v { // a missing key is "": "k:" matches sandboxes without k
+				match = false
+			}
+		}
+		if match { // only then: Info reads the sandbox's cgroup
+			list.Sandboxes = append(list.Sandboxes, sandboxInfo(sb.Info()))
+		}
+	}
+	writeJSON(w, http.StatusOK, list)
 	return nil
 }
 
@@ -62,7 +75,7 @@ func (s *Server) handleGetSandbox(w http.ResponseWriter, r *http.Request) error 
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, sb.Info())
+	writeJSON(w, http.StatusOK, sandboxInfo(sb.Info()))
 	return nil
 }
 
@@ -71,7 +84,7 @@ func (s *Server) handleDeleteSandbox(w http.ResponseWriter, r *http.Request) err
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, info)
+	writeJSON(w, http.StatusOK, sandboxInfo(info))
 	return nil
 }
 
@@ -107,7 +120,9 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) error {
 	limit := s.cfg.Engine.Limits().OutputBytes
 	var stdout, stderr bytes.Buffer
 	var pid int
-	end, err := s.cfg.Engine.Exec(r.Context(), sb, req, engine.ExecOptions{OutputLimit: limit}, func(ev engine.Event) {
+	x := execSpec(req)
+	x.OutputLimit = limit
+	end, err := sb.Exec(r.Context(), x, func(ev engine.Event) {
 		if ev.Pid != 0 {
 			pid = ev.Pid
 		}
@@ -120,9 +135,6 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) error {
 	res := api.ExecResult{Stdout: engine.UTF8(stdout.Bytes()), Stderr: engine.UTF8(stderr.Bytes()), ExitCode: end.ExitCode,
 		ExecutionTime: end.Duration.Seconds(), TimedOut: end.TimedOut, Pid: pid,
 		Truncated: end.StdoutTruncated || end.StderrTruncated}
-	if end.TimedOut {
-		res.ExitCode = 124
-	}
 	writeJSON(w, http.StatusOK, res)
 	return nil
 }
@@ -147,7 +159,7 @@ func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, sb *engine.S
 		rc.Flush()
 	}
 	// Output is not capped in a stream; the client reads at its own pace (backpressure).
-	end, err := s.cfg.Engine.Exec(r.Context(), sb, req, engine.ExecOptions{KeepStdin: req.StdinOpen}, func(ev engine.Event) {
+	end, err := sb.Exec(r.Context(), execSpec(req), func(ev engine.Event) {
 		switch {
 		case ev.Pid != 0:
 			send(api.ExecEvent{Type: api.EventStart, Pid: ev.Pid})
@@ -166,9 +178,6 @@ func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, sb *engine.S
 		return nil
 	}
 	code := end.ExitCode
-	if end.TimedOut {
-		code = 124
-	}
 	send(api.ExecEvent{Type: api.EventExit, ExitCode: &code, TimedOut: end.TimedOut, ExecutionTime: end.Duration.Seconds()})
 	return nil
 }
@@ -179,7 +188,7 @@ func (s *Server) handleProcesses(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer done()
-	ps, err := s.cfg.Engine.Processes(r.Context(), sb)
+	ps, err := sb.Processes(r.Context())
 	if err != nil {
 		return err
 	}
@@ -207,7 +216,7 @@ func (s *Server) handleStdin(w http.ResponseWriter, r *http.Request) error {
 	defer done()
 	// Full duplex: the client may keep the request body open as a live stdin stream.
 	http.NewResponseController(w).EnableFullDuplex()
-	if err := s.cfg.Engine.WriteStdin(r.Context(), sb, pid, r.Body, r.URL.Query().Get("eof") == "true"); err != nil {
+	if err := sb.WriteStdin(r.Context(), pid, r.Body, r.URL.Query().Get("eof") == "true"); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -228,7 +237,7 @@ func (s *Server) handleSignal(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer done()
-	if err := s.cfg.Engine.Signal(r.Context(), sb, pid, req.Signal); err != nil {
+	if err := sb.Signal(r.Context(), pid, req.Signal); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -268,7 +277,7 @@ func (s *Server) handleReadFile(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) readFile(w http.ResponseWriter, r *http.Request, sb *engine.Sandbox, p string) error {
 	started := false
-	err := s.cfg.Engine.ReadFile(r.Context(), sb, p, w, func() {
+	err := sb.ReadFile(r.Context(), p, w, func() {
 		started = true
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.WriteHeader(http.StatusOK)
@@ -290,7 +299,7 @@ func (s *Server) handleWriteFile(w http.ResponseWriter, r *http.Request) error {
 	}
 	return s.withPath(r, func(sb *engine.Sandbox, p string) error {
 		// No body cap beyond the sandbox's own writable-layer cap: the upload is streamed through.
-		fi, err := s.cfg.Engine.WriteFile(r.Context(), sb, p, r.Body, uint32(mode))
+		fi, err := sb.WriteFile(r.Context(), p, r.Body, uint32(mode))
 		if err != nil {
 			return err
 		}
@@ -301,7 +310,7 @@ func (s *Server) handleWriteFile(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) handleRemoveFile(w http.ResponseWriter, r *http.Request) error {
 	return s.withPath(r, func(sb *engine.Sandbox, p string) error {
-		if err := s.cfg.Engine.Remove(r.Context(), sb, p, r.URL.Query().Get("recursive") == "true"); err != nil {
+		if err := sb.Remove(r.Context(), p, r.URL.Query().Get("recursive") == "true"); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -326,7 +335,7 @@ func (s *Server) handleListFiles(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer done()
-	entries, err := s.cfg.Engine.List(r.Context(), sb, p, depth)
+	entries, err := sb.List(r.Context(), p, depth)
 	if err != nil {
 		return err
 	}
@@ -336,13 +345,13 @@ func (s *Server) handleListFiles(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) handleStatFile(w http.ResponseWriter, r *http.Request) error {
 	return s.withPath(r, func(sb *engine.Sandbox, p string) error {
-		return writeResult(w, func() (any, error) { return s.cfg.Engine.Stat(r.Context(), sb, p) })
+		return writeResult(w, func() (any, error) { return sb.Stat(r.Context(), p) })
 	})
 }
 
 func (s *Server) handleMkdir(w http.ResponseWriter, r *http.Request) error {
 	return s.withPath(r, func(sb *engine.Sandbox, p string) error {
-		return writeResult(w, func() (any, error) { return s.cfg.Engine.Mkdir(r.Context(), sb, p) })
+		return writeResult(w, func() (any, error) { return sb.Mkdir(r.Context(), p) })
 	})
 }
 

@@ -325,10 +325,11 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
-	resp, err := s.cfg.Engine.Execute(r.Context(), req)
+	res, err := s.cfg.Engine.Execute(r.Context(), OneShot(req))
 	if err != nil {
 		return err
 	}
+	resp := ExecuteResponse(res)
 	s.metrics.execution(resp)
 	writeJSON(w, http.StatusOK, resp)
 	return nil
@@ -339,10 +340,11 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
-	resp, err := s.cfg.Engine.ExecuteBatch(r.Context(), req)
+	items, err := s.cfg.Engine.ExecuteBatch(r.Context(), batch(req))
 	if err != nil {
 		return err
 	}
+	resp := batchResponse(items)
 	for _, res := range resp.Results {
 		if res.ExecuteResponse != nil {
 			s.metrics.execution(res.ExecuteResponse)

@@ -27,11 +27,11 @@ func (s *Server) handleCreateSession(w http.ResponseWriter, r *http.Request) err
 	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
-	sb, err := s.cfg.Engine.CreateSession(r.Context(), req)
+	sb, err := s.cfg.Engine.CreateSession(r.Context(), SessionSpec(req))
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusCreated, sb.Info())
+	writeJSON(w, http.StatusCreated, sandboxInfo(sb.Info()))
 	return nil
 }
 
@@ -45,7 +45,7 @@ func (s *Server) handleDeleteSession(w http.ResponseWriter, r *http.Request) err
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, info)
+	writeJSON(w, http.StatusOK, sandboxInfo(info))
 	return nil
 }
 
@@ -68,11 +68,12 @@ func (s *Server) handleRun(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) runCell(w http.ResponseWriter, r *http.Request, sb *engine.Sandbox, req api.RunRequest) error {
-	res, release, err := s.cfg.Engine.RunCellHeld(r.Context(), sb, req)
+	cell, release, err := sb.RunCellHeld(r.Context(), req.Code, Seconds(req.Timeout))
 	if err != nil {
 		return err
 	}
 	defer release() // the answer stays charged to the engine's budget until it is written
+	res := RunResult(cell)
 	s.metrics.cell(res)
 	writeRunResult(w, res)
 	return nil
@@ -142,7 +143,7 @@ func writeJSONString(w *bufio.Writer, chunk *bytes.Buffer, s string) {
 
 func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) error {
 	return withSession(s, w, r, func(sb *engine.Sandbox, req api.InstallRequest) error {
-		return writeResult(w, func() (*api.InstallResult, error) { return s.cfg.Engine.Install(r.Context(), sb, req) })
+		return s.install(w, r, sb, req)
 	})
 }
 
@@ -152,11 +153,11 @@ func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.cfg.Engine.Interrupt(r.Context(), sb)
+	interrupted, restarted, err := sb.Interrupt(r.Context())
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, res)
+	writeJSON(w, http.StatusOK, api.InterruptResult{Interrupted: interrupted, Restarted: restarted})
 	return nil
 }
 
@@ -183,10 +184,14 @@ func (s *Server) handleSeedInstall(w http.ResponseWriter, r *http.Request) error
 		return err
 	}
 	defer done()
-	res, err := s.cfg.Engine.Install(r.Context(), sb, api.InstallRequest{Packages: []string{q.Get("package")}})
+	return s.install(w, r, sb, api.InstallRequest{Packages: []string{q.Get("package")}})
+}
+
+func (s *Server) install(w http.ResponseWriter, r *http.Request, sb *engine.Sandbox, req api.InstallRequest) error {
+	res, err := sb.Install(r.Context(), engine.InstallSpec{Packages: req.Packages, Timeout: Seconds(req.Timeout)})
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, res)
+	writeJSON(w, http.StatusOK, installResult(res))
 	return nil
 }

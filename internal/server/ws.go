@@ -47,7 +47,9 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 	defer wg.Wait()
 	wg.Go(func() { s.wsInput(ctx, c, sb, pidc, ended) })
 
-	end, err := s.cfg.Engine.Exec(ctx, sb, req, engine.ExecOptions{KeepStdin: true}, func(ev engine.Event) {
+	x := execSpec(req)
+	x.KeepStdin = true // the WebSocket is the stdin stream
+	end, err := sb.Exec(ctx, x, func(ev engine.Event) {
 		writeMu.Lock()
 		defer writeMu.Unlock()
 		switch {
@@ -67,9 +69,6 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 		wsSend(ctx, c, api.ExecEvent{Type: api.EventError, Error: &d})
 	} else {
 		code := end.ExitCode
-		if end.TimedOut {
-			code = 124
-		}
 		wsSend(ctx, c, api.ExecEvent{Type: api.EventExit, ExitCode: &code, TimedOut: end.TimedOut, ExecutionTime: end.Duration.Seconds()})
 	}
 	writeMu.Unlock()
@@ -104,7 +103,7 @@ func (s *Server) wsInput(ctx context.Context, c *websocket.Conn, sb *engine.Sand
 			default:
 				kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 				defer cancel()
-				err := s.cfg.Engine.Signal(kctx, sb, pid, 9)
+				err := sb.Signal(kctx, pid, 9)
 				if err != nil && !errors.Is(err, api.ErrNotFound) && !errors.Is(err, api.ErrGone) { // not: it ended meanwhile
 					s.cfg.Logger.WarnContext(kctx, "kill the process of a closed WebSocket", "sandbox", sb.ID(), "pid", pid, "err", err)
 				}
@@ -112,7 +111,7 @@ func (s *Server) wsInput(ctx context.Context, c *websocket.Conn, sb *engine.Sand
 			return
 		}
 		if typ == websocket.MessageBinary {
-			if err := s.cfg.Engine.WriteStdin(ctx, sb, pid, bytes.NewReader(data), false); err != nil {
+			if err := sb.WriteStdin(ctx, pid, bytes.NewReader(data), false); err != nil {
 				return
 			}
 			continue
@@ -123,13 +122,13 @@ func (s *Server) wsInput(ctx context.Context, c *websocket.Conn, sb *engine.Sand
 		}
 		switch ctl.Type {
 		case "eof":
-			s.cfg.Engine.WriteStdin(ctx, sb, pid, bytes.NewReader(nil), true)
+			sb.WriteStdin(ctx, pid, bytes.NewReader(nil), true)
 		case "kill":
-			s.cfg.Engine.Signal(ctx, sb, pid, 9)
+			sb.Signal(ctx, pid, 9)
 		case "signal":
-			s.cfg.Engine.Signal(ctx, sb, pid, ctl.Signal)
+			sb.Signal(ctx, pid, ctl.Signal)
 		case "resize":
-			s.cfg.Engine.Resize(ctx, sb, pid, ctl.Cols, ctl.Rows)
+			sb.Resize(ctx, pid, ctl.Cols, ctl.Rows)
 		}
 	}
 }

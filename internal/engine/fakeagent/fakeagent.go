@@ -20,6 +20,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agentclient"
+	"github.com/airlockhq/airlock/internal/layout"
 )
 
 // Agent is a fake sandbox agent. Its commands, found as the agent finds an executable (any
@@ -97,7 +98,7 @@ func (a *Agent) begin() error {
 	defer a.mu.Unlock()
 	a.calls++
 	if a.files == nil {
-		a.files, a.dirs, a.procs = map[string][]byte{}, map[string]bool{"/": true, "/workspace": true, "/tmp": true}, map[int]*proc{}
+		a.files, a.dirs, a.procs = map[string][]byte{}, map[string]bool{"/": true, layout.Workspace: true, layout.Tmp: true}, map[int]*proc{}
 		a.modes, a.stop = map[string]uint32{}, make(chan struct{})
 	}
 	if a.stopped {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/cgroup"
+	"github.com/airlockhq/airlock/internal/layout"
 )
 
 // Config configures the native runtime. Zero values mean defaults.
@@ -103,14 +104,12 @@ type Spec struct {
 	Workdir string
 }
 
-// reservedDirs are the image's and the kernel's trees, where no workdir may be mounted.
-var reservedDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc",
-	"/proc", "/dev", "/sys", "/opt/airlock", "/workspace", "/tmp", "/.scratch"}
-
 // ErrReservedWorkdir is returned for a workdir inside a system directory.
 var ErrReservedWorkdir = errors.New("workdir may not be inside /usr, /bin, /sbin, /lib*, /etc, /proc, /dev, /sys or /opt/airlock")
 
-// checkWorkdir validates Spec.Workdir.
+// checkWorkdir validates Spec.Workdir. The engine refuses such workdirs first (the rule is
+// layout's); this is defence in depth, since the runtime bind-mounts whatever reaches it. The
+// writable directories are refused too: the engine makes a workdir there itself, with no mount.
 func checkWorkdir(w string) error {
 	if w == "" {
 		return nil
@@ -118,10 +117,8 @@ func checkWorkdir(w string) error {
 	if !filepath.IsAbs(w) || filepath.Clean(w) != w || w == "/" || strings.ContainsRune(w, 0) {
 		return fmt.Errorf("workdir %q must be a clean absolute path", w)
 	}
-	for _, r := range reservedDirs {
-		if w == r || strings.HasPrefix(w, r+"/") {
-			return ErrReservedWorkdir
-		}
+	if layout.System(w) || layout.Writable(w) {
+		return ErrReservedWorkdir
 	}
 	return nil
 }

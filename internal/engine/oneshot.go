@@ -1,0 +1,298 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/layout"
+)
+
+// OneShot is one program to run in a fresh sandbox that is destroyed afterwards. Zero values
+// mean the engine's defaults.
+type OneShot struct {
+	Language    string // api.LanguagePython (default) or api.LanguageBash, or an alias of one
+	Code        string
+	Stdin       string
+	Files       map[string]string // path (relative to the workspace, or absolute) → content
+	Env         map[string]string
+	Timeout     time.Duration
+	MemoryBytes int64
+	CPU         float64
+	Image       string
+	Network     bool // outbound network; refused until sandboxes have one
+}
+
+// Result is how a one-shot program ended.
+type Result struct {
+	Stdout, Stderr string // UTF-8, cut at the output limit
+	ExitCode       int    // exitStatus: 124 on timeout, 137 on an OOM kill
+	Duration       time.Duration
+	TimedOut       bool
+	OOMKilled      bool
+	Truncated      bool
+	CPUTime        time.Duration
+	PeakMemory     int64 // bytes
+}
+
+// Success reports a clean exit: status 0, no timeout, no OOM kill.
+func (r *Result) Success() bool { return r.ExitCode == 0 && !r.TimedOut && !r.OOMKilled }
+
+// maxInlineCode is the largest program passed as an argument (`python3 -c`); larger ones are
+// written to a file first. Linux caps one argument at 128 KiB (MAX_ARG_STRLEN).
+const maxInlineCode = 96 << 10
+
+// oneShotPlan is a normalized OneShot: every default filled in, file paths resolved.
+type oneShotPlan struct {
+	OneShot
+	files       map[string]string // resolved path → content
+	outputLimit int64             // bytes per stream
+}
+
+// normalizeOneShot fills in defaults and checks o against the configured bounds, once.
+func (e *Engine) normalizeOneShot(o OneShot) (*oneShotPlan, error) {
+	c := &e.cfg
+	p := &oneShotPlan{OneShot: o, outputLimit: c.OutputLimit}
+	var err error
+	if o.Code == "" {
+		return nil, invalid("code is required")
+	}
+	switch o.Language {
+	case "", api.LanguagePython:
+		p.Language = api.LanguagePython
+	case api.LanguageBash, "sh", "shell":
+		p.Language = api.LanguageBash
+	default:
+		return nil, invalid("unknown language %q (want %q or %q)", o.Language, api.LanguagePython, api.LanguageBash)
+	}
+	if o.Timeout == 0 {
+		p.Timeout = c.DefaultTimeout
+	} else if err := boundDuration("timeout", o.Timeout, c.MinTimeout, c.MaxTimeout); err != nil {
+		return nil, err
+	}
+	if p.MemoryBytes, err = c.normalizeMemory(o.MemoryBytes); err != nil {
+		return nil, err
+	}
+	if p.CPU, err = normalizeCPU(o.CPU, c.DefaultCPU, c.MaxCPU); err != nil {
+		return nil, err
+	}
+	if p.Image, err = checkImage(o.Image); err != nil {
+		return nil, err
+	}
+	if err := checkEnv(o.Env); err != nil {
+		return nil, err
+	}
+	if len(o.Files) > c.MaxFiles {
+		return nil, invalid("%d files exceed the limit of %d", len(o.Files), c.MaxFiles)
+	}
+	p.files = make(map[string]string, len(o.Files))
+	for name, content := range o.Files {
+		fp, err := filePath(name)
+		if err != nil {
+			return nil, err
+		}
+		p.files[fp] = content
+	}
+	if strings.ContainsRune(o.Code, 0) {
+		return nil, invalid("code contains a NUL byte")
+	}
+	return p, nil
+}
+
+// Execute runs one program in a fresh sandbox that is destroyed afterwards.
+func (e *Engine) Execute(ctx context.Context, o OneShot) (*Result, error) {
+	p, err := e.normalizeOneShot(o)
+	if err != nil {
+		return nil, err
+	}
+	return e.runOneShot(ctx, p)
+}
+
+// runOneShot runs a normalized one-shot in a fresh sandbox, holding a one-shot slot.
+func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error) {
+	// Refused per run, not per batch: a batch's other snippets still run.
+	if err := checkNetwork(p.Network, "allow_network"); err != nil {
+		return nil, err
+	}
+	release, err := e.acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	id, inst, err := e.create(ctx, KindOneShot, Spec{
+		Image: p.Image, MemoryBytes: p.MemoryBytes, CPU: p.CPU, Pids: e.cfg.Pids,
+		ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile,
+	}, record{Owner: Owner(ctx)})
+	if err != nil {
+		release()
+		return nil, fmt.Errorf("create sandbox: %w", err)
+	}
+	res, err := e.runOnce(ctx, inst, p)
+	// The answer does not wait for the teardown (≈ 5 ms); the slot stays taken until it is
+	// done, so capacity remains bounded, and Close waits for it (create counted it in
+	// e.teardown).
+	go func() {
+		defer e.teardown.Done()
+		e.destroy(ctx, id, inst)
+		release()
+	}()
+	return res, err
+}
+
+func (e *Engine) runOnce(ctx context.Context, inst Instance, p *oneShotPlan) (*Result, error) {
+	cl := inst.Agent()
+	// The agent enforces the timeout; this backstop only fires if the agent itself is stuck.
+	ctx, cancel := context.WithTimeoutCause(ctx, p.Timeout+5*time.Second, api.ErrTimeout)
+	defer cancel()
+
+	for name, content := range p.files {
+		if err := cl.WriteFile(ctx, name, strings.NewReader(content), 0o644); err != nil {
+			return nil, fmt.Errorf("write %s: %w", name, err)
+		}
+	}
+	x := Process{
+		Env: p.Env, Dir: layout.Workspace, Stdin: []byte(p.Stdin),
+		Timeout: p.Timeout, OutputLimit: p.outputLimit, KillTree: true,
+	}
+	switch p.Language {
+	case api.LanguagePython:
+		x.Cmd = "python3"
+	case api.LanguageBash:
+		x.Cmd = "bash"
+	}
+	if len(p.Code) <= maxInlineCode {
+		x.Args = []string{"-c", p.Code}
+	} else {
+		if err := cl.WriteFile(ctx, layout.MainProgram, strings.NewReader(p.Code), 0o644); err != nil {
+			return nil, fmt.Errorf("write program: %w", err)
+		}
+		x.Args = []string{layout.MainProgram}
+	}
+	var stdout, stderr bytes.Buffer
+	limit := int(p.outputLimit)
+	end, err := cl.Exec(ctx, x, func(ev Event) {
+		// The agent caps output; cap again so a misbehaving agent cannot grow the daemon.
+		AppendCapped(&stdout, ev.Stdout, limit)
+		AppendCapped(&stderr, ev.Stderr, limit)
+	})
+	usage, uerr := inst.Usage()
+	if uerr != nil {
+		e.cfg.Logger.WarnContext(ctx, "read sandbox usage", "err", uerr)
+	}
+	res := &Result{Stdout: UTF8(stdout.Bytes()), Stderr: UTF8(stderr.Bytes()),
+		CPUTime: usage.CPUTime, PeakMemory: usage.PeakMemory}
+	oom := usage.OOMKills > 0
+	switch {
+	case err != nil && errors.Is(context.Cause(ctx), api.ErrTimeout):
+		// The agent did not answer in time: the sandbox is destroyed by the caller.
+		res.TimedOut, res.Duration = true, p.Timeout
+	case err != nil && oom:
+		// The OOM killer took the agent too; the program certainly hit the limit.
+		res.OOMKilled = true
+	case err != nil:
+		return nil, fmt.Errorf("exec in sandbox: %w", err)
+	default:
+		res.Duration = end.Duration
+		res.Truncated = end.StdoutTruncated || end.StderrTruncated
+		res.ExitCode = end.ExitCode
+		res.TimedOut = end.TimedOut
+		// Killed by the OOM killer, or failed after hitting the limit (e.g. MemoryError).
+		res.OOMKilled = !end.TimedOut && (oom || (end.ExitCode != 0 && usage.MemoryLimitHits > 0 && memoryBound(usage, p.MemoryBytes)))
+	}
+	res.ExitCode = exitStatus(res.ExitCode, res.TimedOut, res.OOMKilled)
+	return res, nil
+}
+
+// memoryBound reports whether the sandbox's peak usage reached its limit (within 5 %).
+func memoryBound(u Usage, limit int64) bool {
+	return float64(u.PeakMemory) >= 0.95*float64(limit)
+}
+
+// Batch bounds: snippets per batch, the output all of a batch's results may hold together (the
+// whole answer is one JSON document the daemon builds), and the time a batch may take.
+const (
+	MaxBatch         = 1000
+	batchOutputBytes = 16 << 20
+	batchDeadline    = 15 * time.Minute
+)
+
+// Batch is one-shot programs run side by side.
+type Batch struct {
+	Runs        []OneShot
+	Concurrency int // at once; 0 = the engine's share for a batch
+}
+
+// BatchItem is one run's outcome: a Result, or the error it could not run with.
+type BatchItem struct {
+	Result *Result
+	Err    error
+}
+
+// ExecuteBatch runs b's programs, each in its own fresh sandbox, at most concurrency at a time,
+// and returns their outcomes in input order. Every run is normalized before any starts; a run
+// that fails gets its error in its slot and does not stop the others.
+func (e *Engine) ExecuteBatch(ctx context.Context, b Batch) ([]BatchItem, error) {
+	if len(b.Runs) == 0 || len(b.Runs) > MaxBatch {
+		return nil, invalid("a batch holds 1…%d snippets, not %d", MaxBatch, len(b.Runs))
+	}
+	// Each stream of each run gets an equal share of the batch's output budget.
+	outLimit := min(e.cfg.OutputLimit, max(4<<10, batchOutputBytes/int64(2*len(b.Runs))))
+	plans := make([]*oneShotPlan, len(b.Runs))
+	for i, o := range b.Runs {
+		p, err := e.normalizeOneShot(o)
+		if err != nil {
+			return nil, api.Errorf(api.ErrInvalidArgument, "snippet %d: %v", i, err)
+		}
+		p.outputLimit = outLimit
+		plans[i] = p
+	}
+	// A batch takes at most half the one-shot slots, so single requests keep getting through.
+	limit := max(1, e.cfg.MaxConcurrent/2)
+	if b.Concurrency < 0 {
+		return nil, invalid("concurrency %d is negative", b.Concurrency)
+	}
+	if b.Concurrency > 0 {
+		limit = min(b.Concurrency, limit)
+	}
+	ctx, cancel := context.WithTimeoutCause(ctx, batchDeadline, api.Errorf(api.ErrTimeout, "the batch ran past %s", batchDeadline))
+	defer cancel()
+	out := make([]BatchItem, len(plans))
+	var g errgroup.Group
+	g.SetLimit(limit)
+	for i, p := range plans {
+		g.Go(func() error {
+			res, err := e.runOneShot(ctx, p)
+			if err != nil && api.PublicDetail(err).Code == api.CodeInternal {
+				e.cfg.Logger.ErrorContext(ctx, "batch snippet", "index", i, "err", err)
+			}
+			out[i] = BatchItem{Result: res, Err: err}
+			return nil
+		})
+	}
+	g.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, api.ErrTimeout) {
+		return nil, err // the caller went away
+	}
+	return out, nil
+}
+
+// AppendCapped appends p to b without letting b grow past limit bytes.
+func AppendCapped(b *bytes.Buffer, p []byte, limit int) {
+	if room := limit - b.Len(); room > 0 {
+		b.Write(p[:min(len(p), room)])
+	}
+}
+
+// UTF8 returns b as a string with each invalid UTF-8 sequence replaced by U+FFFD.
+func UTF8(b []byte) string {
+	if utf8.Valid(b) {
+		return string(b)
+	}
+	return strings.ToValidUTF8(string(b), "\uFFFD")
+}
