@@ -144,3 +144,31 @@ func post(t *testing.T, url, body string, want int, out any) {
 		t.Fatalf("POST %s: %v", url, err)
 	}
 }
+
+// The session routes answer only for sessions: a plain sandbox's id is 404 there, as the review
+// found GET /v1/sessions/{id} and interrupt answering for any sandbox.
+func TestSessionRoutesAreForSessions(t *testing.T) {
+	ts := newAgentServer(t)
+	var sb api.SandboxInfo
+	post(t, ts.URL+"/v1/sandboxes", `{}`, 201, &sb)
+	resp, err := http.Get(ts.URL + "/v1/sessions/" + sb.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 404 {
+		t.Errorf("GET /v1/sessions/{a sandbox's id}: got %d, want 404", resp.StatusCode)
+	}
+	var eb api.ErrorBody
+	post(t, ts.URL+"/v1/sessions/"+sb.ID+"/interrupt", ``, 404, &eb)
+	var ss api.SessionInfo
+	post(t, ts.URL+"/v1/sessions", `{}`, 201, &ss)
+	resp, err = http.Get(ts.URL + "/v1/sessions/" + ss.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("GET /v1/sessions/{a session's id}: got %d, want 200", resp.StatusCode)
+	}
+}

@@ -13,7 +13,7 @@ import (
 
 func (s *Server) sessionRoutes() {
 	s.handle("POST /v1/sessions", true, s.handleCreateSession)
-	s.handle("GET /v1/sessions/{id}", true, s.handleGetSandbox)
+	s.handle("GET /v1/sessions/{id}", true, s.handleGetSession)
 	s.handle("DELETE /v1/sessions/{id}", true, s.handleDeleteSession)
 	s.handle("POST /v1/sessions/{id}/run", true, s.handleRun)
 	s.handle("POST /v1/sessions/{id}/install", true, s.handleInstall)
@@ -32,6 +32,28 @@ func (s *Server) handleCreateSession(w http.ResponseWriter, r *http.Request) err
 		return err
 	}
 	writeJSON(w, http.StatusCreated, sandboxInfo(sb.Info()))
+	return nil
+}
+
+// session is the route's session, not marked active; a sandbox without an interpreter is 404 here.
+func (s *Server) session(r *http.Request) (*engine.Sandbox, error) {
+	id := r.PathValue("id")
+	sb, err := s.cfg.Engine.GetSandbox(r.Context(), id)
+	if err != nil {
+		return nil, err
+	}
+	if !sb.Kind().IsSession() {
+		return nil, api.Errorf(api.ErrNotFound, "no session %s (it is a sandbox without an interpreter)", id)
+	}
+	return sb, nil
+}
+
+func (s *Server) handleGetSession(w http.ResponseWriter, r *http.Request) error {
+	sb, err := s.session(r)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, sandboxInfo(sb.Info()))
 	return nil
 }
 
@@ -149,7 +171,7 @@ func (s *Server) handleInstall(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) handleInterrupt(w http.ResponseWriter, r *http.Request) error {
 	// Not marked active: an interrupt must not keep an idle session alive by itself.
-	sb, err := s.cfg.Engine.GetSandbox(r.Context(), r.PathValue("id"))
+	sb, err := s.session(r)
 	if err != nil {
 		return err
 	}
