@@ -46,6 +46,9 @@ type Agent struct {
 	// startMu serializes starting processes (the forks are serialized by the reaper anyway), so
 	// that a burst of starts holds one start's descriptors at a time, not one per waiter.
 	startMu sync.Mutex
+	// procsWG owns every goroutine started for a process (its run loop, its stdin writer);
+	// Serve waits for them after killing what still runs.
+	procsWG sync.WaitGroup
 	// transfers bounds the files the API holds open at once (openFile takes a token, Close of
 	// the openedFile gives it back).
 	transfers chan struct{}
@@ -144,7 +147,18 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	case <-ctx.Done():
 		srv.Close()
 		<-errc
+		a.killAll()
+		a.procsWG.Wait()
 		return nil
+	}
+}
+
+// killAll kills every process the agent runs (their groups).
+func (a *Agent) killAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.procs {
+		p.kill()
 	}
 }
 

@@ -187,14 +187,14 @@ func (a *Agent) startProc(spec procSpec) (*proc, *sub, error) {
 	if spec.KeepStdin {
 		p.stdin = inW
 	} else if inW != nil {
-		go func() {
+		a.procsWG.Go(func() {
 			inW.Write(spec.Stdin)
 			inW.Close()
-		}()
+		})
 	}
 	a.track(p)
 	reserved = false // released by run when the process has ended
-	go a.run(p, exitc, outR, errR)
+	a.procsWG.Go(func() { a.run(p, exitc, outR, errR) })
 	return p, first, nil
 }
 

@@ -78,7 +78,7 @@ func (a *Agent) startPTY(spec procSpec, path string, env []string, dir string) (
 	}
 	a.track(p)
 	// The master's read ends with EIO once the last slave descriptor is closed.
-	go a.run(p, exitc, master, nil)
+	a.procsWG.Go(func() { a.run(p, exitc, master, nil) })
 	return p, first, nil
 }
 
