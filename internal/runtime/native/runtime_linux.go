@@ -905,10 +905,23 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	s.destroy.Do(func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
+		// Every process of the sandbox is in its PID namespace, and when the namespace's init
+		// dies the kernel kills all of them and waits for them before the init's own exit is
+		// reported: once done is closed, nothing of the sandbox runs. The cgroup kill (freeze,
+		// kill, thaw) is the fallback for an init that does not die in time, or for anything
+		// left in the group regardless.
 		s.proc.Signal(syscall.SIGKILL)
 		var errs []error
-		if err := s.cg.Kill(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("kill cgroup: %w", err))
+		wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+		select {
+		case <-s.done:
+		case <-wctx.Done():
+		}
+		wcancel()
+		if pids, err := s.cg.Pids(); err != nil || len(pids) > 0 {
+			if err := s.cg.Kill(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("kill cgroup: %w", err))
+			}
 		}
 		select {
 		case <-s.done:
