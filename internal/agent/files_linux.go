@@ -389,14 +389,29 @@ func readNames(dirfd int, buf []byte, names []string) ([]string, error) {
 }
 
 // removeAt removes name in dirfd; a directory only if recursive or empty. Directories are
-// opened without following symlinks or crossing mounts, so the removal stays in the tree.
-func removeAt(dirfd int, name string, recursive bool) error {
+// opened without following symlinks or crossing mounts, so the removal stays in the tree. It
+// stops when ctx ends (user code recreating entries as fast as they go could otherwise keep a
+// worker busy for ever) and refuses trees deeper than maxRemoveDepth (each level holds a
+// descriptor).
+func removeAt(ctx context.Context, dirfd int, name string, recursive bool) error {
+	return removeDepth(ctx, dirfd, name, recursive, 0)
+}
+
+// maxRemoveDepth bounds the directory levels a recursive remove descends.
+const maxRemoveDepth = 256
+
+var errTooDeep = errors.New("directory tree too deep to remove")
+
+func removeDepth(ctx context.Context, dirfd int, name string, recursive bool, depth int) error {
 	err := unix.Unlinkat(dirfd, name, 0)
 	if err == nil || !(errors.Is(err, unix.EISDIR) || errors.Is(err, unix.EPERM)) {
 		return err
 	}
 	if !recursive {
 		return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	}
+	if depth >= maxRemoveDepth {
+		return errTooDeep
 	}
 	fd, err := openDirAt(dirfd, name, unix.O_RDONLY, unix.RESOLVE_NO_SYMLINKS|unix.RESOLVE_NO_XDEV)
 	if err != nil {
@@ -407,6 +422,10 @@ func removeAt(dirfd int, name string, recursive bool) error {
 	for {
 		// Deleting while reading moves the directory's offsets: read from the start each time
 		// and stop when a whole batch could not be removed.
+		if err := ctx.Err(); err != nil {
+			first = context.Cause(ctx)
+			break
+		}
 		if _, err := unix.Seek(fd, 0, 0); err != nil {
 			first = err
 			break
@@ -420,7 +439,7 @@ func removeAt(dirfd int, name string, recursive bool) error {
 		}
 		removed := 0
 		for _, n := range names {
-			if err := removeAt(fd, n, true); err != nil {
+			if err := removeDepth(ctx, fd, n, true, depth+1); err != nil {
 				if first == nil {
 					first = err
 				}

@@ -78,7 +78,7 @@ func TestRemoveAtStaysInTheTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	if err := removeAt(fd, "tree", true); err != nil {
+	if err := removeAt(t.Context(), fd, "tree", true); err != nil {
 		t.Fatalf("removeAt: %v", err)
 	}
 	if _, err := os.Lstat(filepath.Join(dir, "tree")); !errors.Is(err, os.ErrNotExist) {

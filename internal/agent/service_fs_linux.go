@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"slices"
+	"time"
 
 	"connectrpc.com/connect"
 	"golang.org/x/sys/unix"
@@ -222,13 +223,18 @@ func (l *lister) walk(dirfd int, dir string, level int) error {
 	return nil
 }
 
+// removeTimeout bounds one Remove: it holds one of the agent's file workers while it runs.
+const removeTimeout = time.Minute
+
 func (s *fsService) Remove(ctx context.Context, req *connect.Request[pb.RemoveRequest]) (*connect.Response[pb.RemoveResponse], error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, removeTimeout, errors.New("the remove took longer than a minute (is something recreating the tree?)"))
+	defer cancel()
 	err := s.inUserFS(ctx, req.Msg.GetPath(), func(p string) error {
 		if p == "/" || p == "/workspace" || p == "/tmp" {
 			return connect.NewError(connect.CodeInvalidArgument, errors.New(p+" cannot be removed"))
 		}
 		return inParent(p, false, func(dirfd int, name string) error {
-			if err := removeAt(dirfd, name, !req.Msg.GetNoRecursive()); err != nil {
+			if err := removeAt(ctx, dirfd, name, !req.Msg.GetNoRecursive()); err != nil {
 				return fmt.Errorf("remove %s: %w", p, err)
 			}
 			return nil
