@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -115,5 +116,48 @@ func TestMkdirAllThroughLinks(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "real/n/m")); err != nil {
 		t.Fatalf("directory made through a link: %v", err)
+	}
+}
+
+// A recursive remove is bounded: it refuses trees deeper than maxRemoveDepth (each level holds a
+// descriptor) and stops when its call ends, so user code recreating entries cannot pin a worker.
+func TestRemoveAtIsBounded(t *testing.T) {
+	testutil.MustHaveRoot(t)
+	dir := t.TempDir()
+	// MkdirAll on a path this long would pass PATH_MAX: build it level by level.
+	cur, err := openDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range maxRemoveDepth + 3 {
+		name := "d"
+		if i == 0 {
+			name = "deep"
+		}
+		if err := unix.Mkdirat(cur, name, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		next, err := unix.Openat(cur, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		unix.Close(cur)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur = next
+	}
+	unix.Close(cur)
+	fd, err := openDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := removeAt(t.Context(), fd, "deep", true); !errors.Is(err, errTooDeep) {
+		t.Errorf("remove of a tree %d levels deep: got %v, want %v", maxRemoveDepth+3, err, errTooDeep)
+	}
+	os.MkdirAll(filepath.Join(dir, "tree/sub"), 0o755)
+	os.WriteFile(filepath.Join(dir, "tree/sub/f"), nil, 0o644)
+	ctx, cancel := context.WithCancelCause(t.Context())
+	cancel(errors.New("caller gone"))
+	if err := removeAt(ctx, fd, "tree", true); err == nil || err.Error() != "caller gone" {
+		t.Errorf("remove with an ended call: got %v, want its cause", err)
 	}
 }
