@@ -182,3 +182,32 @@ func TestCloseRefusesCreates(t *testing.T) {
 		t.Fatalf("created %d sandboxes after Close", len(rt.created))
 	}
 }
+
+// A seed session adopted after a restart is found again by its name (the second review found the
+// name forgotten: the next /repl/execute made a new session and the state was lost), and only
+// by its own key.
+func TestRecoveredSeedSessionKeepsItsName(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	meta, _ := json.Marshal(record{V: 1, Kind: KindSeedSession, Owner: "k", Seed: "default", Created: now,
+		Expires: now.Add(time.Hour), Spec: &SandboxSpec{Timeout: time.Hour, MemoryBytes: 512 << 20, CPU: 1,
+			Image: "host", Workdir: "/workspace", IdleTimeout: time.Hour}})
+	rt := &fakeRuntime{}
+	rt.recovered = []Recovered{{ID: "sb-seed", Inst: &fakeInstance{rt: rt, id: "sb-seed", done: make(chan struct{})}, Meta: meta}}
+	e, err := New(Config{Runtime: rt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	if _, _, err := e.Recover(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	sb, done, err := e.SeedSession(WithOwner(t.Context(), "k"), "default")
+	if err != nil {
+		t.Fatalf("seed session default of k after a restart: %v", err)
+	}
+	done()
+	if sb.ID() != "sb-seed" {
+		t.Fatalf("seed session default of k after a restart: got %s, want the recovered sb-seed", sb.ID())
+	}
+}

@@ -161,6 +161,14 @@ func (e *Engine) adopt(ctx context.Context, r Recovered) bool {
 	e.register(&Sandbox{e: e, id: r.ID, kind: rec.Kind, seed: rec.Seed, inst: r.Inst, client: r.Inst.Agent(),
 		created: rec.Created, expires: rec.Expires, spec: *rec.Spec, release: release, lastActive: time.Now(),
 		owner: rec.Owner})
+	if rec.Kind == KindSeedSession && rec.Seed != "" {
+		// The seed routes find it by its name again (per owner, as SeedSession keys it).
+		ent := &seedEntry{ready: make(chan struct{}), id: r.ID}
+		close(ent.ready)
+		e.seedMu.Lock()
+		e.seed[rec.Owner+"\x00"+rec.Seed] = ent
+		e.seedMu.Unlock()
+	}
 	log.InfoContext(ctx, "adopted a recovered sandbox", "kind", rec.Kind, "expires", rec.Expires)
 	return true
 }
