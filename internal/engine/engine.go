@@ -234,6 +234,8 @@ type Engine struct {
 
 	budget *budget // daemon memory for agent answers in flight (budget.go)
 
+	execs executions // one-shot runs in flight, listed and cancelled (executions.go)
+
 	// seedMu guards seed only; it is never held while a session is created (see SeedSession).
 	seedMu sync.Mutex
 	seed   map[string]*seedEntry // owner + "\x00" + seed session_id → its session

@@ -133,7 +133,11 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
-	res, err := e.runOnce(ctx, inst, p)
+	rctx, cancel := context.WithCancelCause(ctx)
+	unregister := e.registerExecution(ctx, id, inst, p, cancel)
+	res, err := e.runOnce(rctx, inst, p)
+	unregister()
+	cancel(nil)
 	// The answer does not wait for the teardown (≈ 5 ms); the slot stays taken until it is
 	// done, so capacity remains bounded, and Close waits for it (create counted it in
 	// e.teardown).
@@ -192,6 +196,8 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, p *oneShotPlan) (*R
 	case err != nil && errors.Is(context.Cause(ctx), api.ErrTimeout):
 		// The agent did not answer in time: the sandbox is destroyed by the caller.
 		res.TimedOut, res.Duration = true, p.Timeout
+	case err != nil && errors.Is(context.Cause(ctx), errCancelled):
+		cancelledResult(res) // DELETE /v1/executions/{id}
 	case err != nil && oom:
 		// The OOM killer took the agent too; the program certainly hit the limit.
 		res.OOMKilled = true

@@ -136,6 +136,7 @@ func (s *Server) routes() {
 	s.handle("POST /v1/execute/batch", true, s.handleBatch)
 	s.sandboxRoutes()
 	s.sessionRoutes()
+	s.executionRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		s.mux.Handle(p, s.deadlines("", s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
@@ -325,7 +326,9 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
-	res, err := s.cfg.Engine.Execute(r.Context(), OneShot(req))
+	// The id is in the answer's headers whatever the outcome, to match it with GET /v1/executions.
+	ctx := engine.WithExecutionHook(r.Context(), func(id string) { w.Header().Set(api.ExecutionHeader, id) })
+	res, err := s.cfg.Engine.Execute(ctx, OneShot(req))
 	if err != nil {
 		return err
 	}
