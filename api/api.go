@@ -124,6 +124,8 @@ type Limits struct {
 	MaxCPU         float64 `json:"max_cpu"`            // cores, largest CPU limit
 	MaxBodyBytes   int64   `json:"max_body_bytes"`     // largest request body; over it, 413
 	OutputBytes    int64   `json:"output_limit_bytes"` // bytes kept of each of stdout and stderr
+	DefaultCPU     float64 `json:"default_cpu"`        // cores, CPU limit when none is given
+	ScratchBytes   int64   `json:"scratch_bytes"`      // writable layer of a sandbox: /workspace, /tmp and /dev/shm together
 	// Admission: one-shot runs at once and queued (in all and per API key), and live long-lived
 	// sandboxes and sessions (in all and per API key). Over them a request gets 429.
 	MaxConcurrent       int `json:"max_concurrent"`         // one-shot runs at once

@@ -25,6 +25,10 @@ func bindEngineFlags(fs *pflag.FlagSet, c *engine.Config) {
 	flagEnv(fs, (*byteSize)(&c.MaxMemory), "max-memory", "AIRLOCK_MAX_MEMORY", "largest memory limit a sandbox may ask for (default 8GiB)")
 	flagEnv(fs, &c.SandboxTimeout, "sandbox-timeout", "AIRLOCK_SANDBOX_TIMEOUT", "life of a long-lived sandbox that names none (default 5m0s)")
 	flagEnv(fs, &c.MaxSandboxTimeout, "max-sandbox-timeout", "AIRLOCK_MAX_SANDBOX_TIMEOUT", "longest life a sandbox may ask for (default 24h0m0s)")
+	flagEnv(fs, &c.DefaultCPU, "default-cpu", "AIRLOCK_DEFAULT_CPU", "CPU cores of a sandbox that names none (default 1)")
+	flagEnv(fs, &c.MaxCPU, "max-cpu", "AIRLOCK_MAX_CPU", "most CPU cores a sandbox may ask for (default the machine's cores)")
+	flagEnv(fs, (*byteSize)(&c.OutputLimit), "output-limit", "AIRLOCK_OUTPUT_LIMIT", "bytes kept of each of a run's stdout and stderr (default 1MiB)")
+	flagEnv(fs, (*byteSize)(&c.ScratchBytes), "scratch-size", "AIRLOCK_SCRATCH_SIZE", "writable layer of a sandbox: /workspace, /tmp and /dev/shm together (default 1GiB)")
 	flagEnv(fs, (*byteSize)(&c.AnswerBudget), "answer-budget", "AIRLOCK_ANSWER_BUDGET", "daemon memory for agent answers in flight together, such as REPL cells (default 512MiB)")
 }
 

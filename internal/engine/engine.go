@@ -196,6 +196,8 @@ func (c *Config) Validate() error {
 		return errors.New("engine: concurrency and sandbox limits must be ≥ 1 and the queue ≥ 0")
 	case c.DefaultCPU <= 0 || c.DefaultCPU > c.MaxCPU:
 		return errors.New("engine: cpu must satisfy 0 < default ≤ max")
+	case c.OutputLimit < 0 || c.ScratchBytes < 0 || c.MaxTimeout < 0:
+		return errors.New("engine: the output limit, the scratch size and the timeout ceiling must be positive")
 	}
 	return nil
 }
@@ -259,7 +261,7 @@ func (e *Engine) Limits() api.Limits {
 		MinTimeout: c.MinTimeout.Seconds(), MaxTimeout: c.MaxTimeout.Seconds(),
 		DefaultTimeout: c.DefaultTimeout.Seconds(),
 		MinMemoryMB:    c.MinMemory >> 20, MaxMemoryMB: c.MaxMemory >> 20, DefaultMemory: c.DefaultMemory >> 20,
-		MaxCPU: c.MaxCPU, OutputBytes: c.OutputLimit,
+		MaxCPU: c.MaxCPU, DefaultCPU: c.DefaultCPU, OutputBytes: c.OutputLimit, ScratchBytes: c.ScratchBytes,
 		MaxConcurrent: c.MaxConcurrent, MaxConcurrentPerKey: c.MaxConcurrentPerOwner,
 		MaxQueue: c.MaxQueue, MaxQueuePerKey: c.MaxQueuePerOwner,
 		MaxSandboxes: c.MaxSandboxes, MaxSandboxesPerKey: c.MaxSandboxesPerOwner,
