@@ -136,10 +136,10 @@ func serveCmd() *cobra.Command {
 				}
 			}()
 			if err := native.CheckPTYPool(e.MaxSandboxes()); err != nil {
-				logger.WarnContext(ctx, "PTY pool smaller than the sandbox limit needs", "err", err)
+				logger.WarnContext(ctx, "PTY pool smaller than --max-sandboxes needs: raise kernel.pty.max with the sysctl in err, or lower --max-sandboxes", "err", err)
 			}
 			if err := native.CheckPTYPool(2 * e.MaxSandboxesPerOwner()); err != nil {
-				logger.WarnContext(ctx, "one API key's sandboxes can take more than half of the PTY pool", "err", err)
+				logger.WarnContext(ctx, "one API key's sandboxes can take more than half of the PTY pool: raise kernel.pty.max with the sysctl in err, or lower --max-sandboxes-per-key", "err", err)
 			}
 			adopted, destroyed, err := e.Recover(ctx)
 			if err != nil {
