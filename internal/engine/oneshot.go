@@ -28,7 +28,17 @@ type OneShot struct {
 	CPU         float64
 	Image       string
 	Network     bool // outbound network; refused until sandboxes have one
+	// Output, when set, is called with each piece of output as the agent reports it (stream 1
+	// is stdout, 2 stderr), so a caller can show a long run's progress; the Result still holds
+	// all of it. Only what fits the output limit is passed on. Calls come from one goroutine.
+	Output func(stream int, b []byte)
 }
+
+// The streams an OneShot.Output callback is called with.
+const (
+	StreamStdout = 1
+	StreamStderr = 2
+)
 
 // Result is how a one-shot program ended.
 type Result struct {
@@ -178,8 +188,15 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, p *oneShotPlan) (*R
 	limit := int(p.outputLimit)
 	end, err := cl.Exec(ctx, x, func(ev Event) {
 		// The agent caps output; cap again so a misbehaving agent cannot grow the daemon.
-		AppendCapped(&stdout, ev.Stdout, limit)
-		AppendCapped(&stderr, ev.Stderr, limit)
+		out, errb := AppendCapped(&stdout, ev.Stdout, limit), AppendCapped(&stderr, ev.Stderr, limit)
+		if p.Output != nil {
+			if len(out) > 0 {
+				p.Output(StreamStdout, out)
+			}
+			if len(errb) > 0 {
+				p.Output(StreamStderr, errb)
+			}
+		}
 	})
 	usage, uerr := inst.Usage()
 	if uerr != nil {
@@ -282,11 +299,16 @@ func (e *Engine) ExecuteBatch(ctx context.Context, b Batch) ([]BatchItem, error)
 	return out, nil
 }
 
-// AppendCapped appends p to b without letting b grow past limit bytes.
-func AppendCapped(b *bytes.Buffer, p []byte, limit int) {
-	if room := limit - b.Len(); room > 0 {
-		b.Write(p[:min(len(p), room)])
+// AppendCapped appends p to b without letting b grow past limit bytes, and returns the part of
+// p it appended.
+func AppendCapped(b *bytes.Buffer, p []byte, limit int) []byte {
+	room := limit - b.Len()
+	if room <= 0 {
+		return nil
 	}
+	p = p[:min(len(p), room)]
+	b.Write(p)
+	return p
 }
 
 // UTF8 returns b as a string with each invalid UTF-8 sequence replaced by U+FFFD.
