@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -26,6 +27,7 @@ func runCmd() *cobra.Command {
 		co       clientOptions
 		rc       runtimeConfig
 		language string
+		outDir   string
 	)
 	cmd := &cobra.Command{
 		Use:   "run [flags] [FILE | - | -- CODE]",
@@ -50,6 +52,12 @@ func runCmd() *cobra.Command {
 				language = api.LanguageBash
 			}
 			req.Code, req.Language = code, language
+			if outDir == "" && len(req.OutputFiles) > 0 {
+				outDir = "."
+			}
+			if outDir != "" && len(req.OutputFiles) == 0 {
+				req.OutputFiles = []string{"*"}
+			}
 			// Without --state-dir the embedded engine never shares a state directory, cgroup
 			// root or uid range with a daemon or another run.
 			rc.Native.Private = rc.Native.StateDir == ""
@@ -71,6 +79,14 @@ func runCmd() *cobra.Command {
 			}
 			if err != nil {
 				return err
+			}
+			if outDir != "" {
+				if err := saveFiles(outDir, resp.Files, cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+				if resp.FilesTruncated {
+					fmt.Fprintln(cmd.ErrOrStderr(), "airlock: output files truncated: more than 64 files or 10 MiB matched")
+				}
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
@@ -105,6 +121,8 @@ func runCmd() *cobra.Command {
 	f.StringVar(&language, "language", "python", "python or bash")
 	f.StringVarP(&file, "file", "f", "", "read the program from this file")
 	f.BoolVar(&asJSON, "json", false, "print the full result as JSON")
+	f.StringArrayVar(&req.OutputFiles, "output-file", nil, "after the run, fetch the files matching this glob (relative to /workspace, or under /tmp); repeatable")
+	f.StringVarP(&outDir, "output", "o", "", "save the fetched files in this directory (default . with --output-file; alone it fetches the workspace's top-level files)")
 	bindClientFlags(f, &co, "send the run to this airlock daemon instead of an embedded engine")
 	bindRuntimeFlags(f, &rc, "state directory of the embedded engine (default: a private one under /run/airlock, removed after the run)")
 	return cmd
@@ -155,6 +173,36 @@ func interruptible(parent context.Context) (context.Context, func() bool) {
 		stopNotify(c)
 	}()
 	return ctx, hit.Load
+}
+
+// saveFiles writes a run's output files under dir, keeping their relative paths (an absolute
+// one, e.g. /tmp/x, lands at dir/tmp/x). os.Root confines every write to dir: a name with ".."
+// or a symbolic link pointing out of it is refused.
+func saveFiles(dir string, files []api.OutputFile, log io.Writer) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create output directory: %w", err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("open output directory: %w", err)
+	}
+	defer root.Close()
+	for _, f := range files {
+		name := filepath.FromSlash(strings.TrimLeft(f.Name, "/"))
+		if !filepath.IsLocal(name) {
+			return fmt.Errorf("output file %q: name escapes %s", f.Name, dir)
+		}
+		if d := filepath.Dir(name); d != "." {
+			if err := root.MkdirAll(d, 0o755); err != nil {
+				return fmt.Errorf("save output file %q: %w", f.Name, err)
+			}
+		}
+		if err := root.WriteFile(name, f.Data, 0o644); err != nil {
+			return fmt.Errorf("save output file %q: %w", f.Name, err)
+		}
+		fmt.Fprintf(log, "airlock: saved %s (%d bytes)\n", filepath.Join(dir, name), len(f.Data))
+	}
+	return nil
 }
 
 // execute runs req on a daemon when one is named, else on an embedded engine. The embedded

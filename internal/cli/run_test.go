@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/airlockhq/airlock/api"
 )
 
 // An argument naming an existing file runs that file; anything else, or anything after '--',
@@ -44,6 +46,52 @@ func TestReadCode(t *testing.T) {
 			}
 			if code != tt.wantCode || path != tt.wantPath {
 				t.Errorf("readCode = %q, %q, want %q, %q", code, path, tt.wantCode, tt.wantPath)
+			}
+		})
+	}
+}
+
+// `airlock run --output DIR` keeps the files a run returned inside DIR, whatever their names.
+func TestSaveFilesConfined(t *testing.T) {
+	tests := []struct {
+		name     string
+		file     string
+		wantPath string // relative to DIR; "" = refused
+	}{
+		{name: "plain", file: "plot.png", wantPath: "plot.png"},
+		{name: "nested", file: "out/data.csv", wantPath: "out/data.csv"},
+		{name: "absolute", file: "/tmp/x.txt", wantPath: "tmp/x.txt"},
+		{name: "dot dot", file: "../escape.txt"},
+		{name: "inner dot dot", file: "a/../../escape.txt"},
+		{name: "through a link", file: "link/escape.txt"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			parent := t.TempDir()
+			dir := filepath.Join(parent, "dir")
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(parent, filepath.Join(dir, "link")); err != nil {
+				t.Fatal(err)
+			}
+			var log strings.Builder
+			err := saveFiles(dir, []api.OutputFile{{Name: tt.file, Data: []byte("data")}}, &log)
+			if tt.wantPath == "" {
+				if err == nil {
+					t.Errorf("saveFiles(%q) succeeded, want it refused", tt.file)
+				}
+				if _, err := os.Stat(filepath.Join(parent, "escape.txt")); err == nil {
+					t.Errorf("saveFiles(%q) wrote outside %s", tt.file, dir)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(filepath.Join(dir, tt.wantPath))
+			if err != nil || string(got) != "data" {
+				t.Errorf("%s = %q, %v; want %q", tt.wantPath, got, err, "data")
 			}
 		})
 	}

@@ -71,6 +71,28 @@ for n in ("out/data.csv", "out/plot.png"):
 			t.Error("files_truncated set for two small files")
 		}
 	})
+	t.Run("batch snippet", func(t *testing.T) {
+		b, _ := json.Marshal(api.BatchRequest{Snippets: []api.ExecuteRequest{
+			{Code: "open('a.txt', 'w').write('one')", OutputFiles: []string{"a.txt"}},
+			{Code: "open('/tmp/b.txt', 'w').write('two')", OutputFiles: []string{"/tmp/*.txt"}},
+		}})
+		var resp api.BatchResponse
+		if st := a.call(http.MethodPost, "/v1/execute/batch", bytes.NewReader(b), &resp); st != http.StatusOK {
+			t.Fatalf("status %d: %+v", st, resp)
+		}
+		var got []string
+		for _, r := range resp.Results {
+			if r.ExecuteResponse == nil {
+				t.Fatalf("snippet failed: %+v", r.Error)
+			}
+			for _, f := range r.Files {
+				got = append(got, f.Name+"="+string(f.Data))
+			}
+		}
+		if got, want := strings.Join(got, " "), "a.txt=one /tmp/b.txt=two"; got != want {
+			t.Errorf("batch files = %q, want %q", got, want)
+		}
+	})
 	t.Run("refused patterns", func(t *testing.T) {
 		tests := []struct {
 			name     string

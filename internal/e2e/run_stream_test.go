@@ -129,3 +129,30 @@ func processesWith(t *testing.T, s string) []string {
 	}
 	return pids
 }
+
+// `airlock run --output DIR --output-file GLOB FILE` saves what the program wrote into DIR.
+func TestRunSavesOutputFiles(t *testing.T) {
+	testutil.MustHaveRoot(t)
+	work := mkdirTraversable(t, "airlock-runout-")
+	code := filepath.Join(work, "probe.py")
+	if err := os.WriteFile(code, []byte("open('r.csv', 'w').write('a,b\\n1,2\\n')\nopen('skip.txt', 'w').write('no')\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(work, "out")
+	state := mkdirTraversable(t, "airlock-runout-state-")
+	cg := fmt.Sprintf("airlock-runout-%d", os.Getpid())
+	t.Cleanup(func() { removeCgroupRoot(cg) })
+	exe, _ := os.Executable()
+	cmd := exec.CommandContext(t.Context(), exe)
+	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_DAEMON=run --output "+dir+" --output-file *.csv "+code, "AIRLOCK_STATE_DIR="+state, "AIRLOCK_CGROUP_ROOT="+cg)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("airlock run: %v\n%s", err, out)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "r.csv"))
+	if err != nil || string(got) != "a,b\n1,2\n" {
+		t.Errorf("saved r.csv = %q, %v; want %q", got, err, "a,b\n1,2\n")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "skip.txt")); err == nil {
+		t.Error("skip.txt saved though no pattern matched it")
+	}
+}
