@@ -31,6 +31,18 @@ type ExecuteRequest struct {
 	Env          map[string]string `json:"env,omitempty"`           // extra environment variables (NAME → value)
 	Files        map[string]string `json:"files,omitempty"`         // path → content, written before the run; paths inside /workspace or /tmp
 	Image        string            `json:"image,omitempty"`         // root file system; only "host" so far
+	// OutputFiles are paths or globs (path.Match syntax: *, ?, [...], within one path component)
+	// of files to return after the run, relative to /workspace or absolute inside /workspace or
+	// /tmp; at most 32. Up to 64 files and 10 MiB in all come back in files.
+	OutputFiles []string `json:"output_files,omitempty"`
+}
+
+// OutputFile is one file an execution's output_files matched.
+type OutputFile struct {
+	Name string `json:"name"` // path relative to /workspace when inside it, else absolute
+	Size int64  `json:"size"` // bytes
+	MIME string `json:"mime"` // media type guessed from the name's extension; application/octet-stream (or text/plain for UTF-8 text) when unknown
+	Data []byte `json:"data"` // the file's content, base64 in JSON
 }
 
 // ExecuteResponse is what one execution did.
@@ -58,6 +70,10 @@ type ExecuteResponse struct {
 	Truncated     bool    `json:"truncated"`      // stdout or stderr was cut at the output limit
 	CPUTime       float64 `json:"cpu_time"`       // seconds, user+system of the whole sandbox
 	PeakMemoryMB  float64 `json:"peak_memory_mb"` // MiB, the sandbox's highest memory use
+	// Files are the regular files output_files matched, sorted by name.
+	Files []OutputFile `json:"files,omitempty"`
+	// FilesTruncated says some matched files were left out: more than 64, or past 10 MiB in all.
+	FilesTruncated bool `json:"files_truncated,omitempty"`
 }
 
 // executeFields is ExecuteResponse without its JSON methods.

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,34 +27,76 @@ func runCmd() *cobra.Command {
 		co       clientOptions
 		rc       runtimeConfig
 		language string
+		outDir   string
 	)
 	cmd := &cobra.Command{
-		Use:   "run [flags] [--file F | - | -- CODE]",
+		Use:   "run [flags] [FILE | - | -- CODE]",
 		Short: "Run code once in a fresh sandbox; the exit status is the program's",
-		Long: "Run code once in a fresh sandbox and print what it wrote. The exit status is the\n" +
-			"program's own; 124 on timeout, 137 when the memory limit killed it. Code comes from\n" +
-			"--file, from stdin with '-', or from the arguments after '--'.",
+		Long: "Run code once in a fresh sandbox and print what it writes as it writes it. The exit\n" +
+			"status is the program's own; 124 on timeout, 137 when the memory limit killed it, 130\n" +
+			"when Ctrl-C stopped it (the sandbox is destroyed).\n\n" +
+			"Where the code comes from:\n" +
+			"  airlock run script.py        one argument naming an existing file runs that file\n" +
+			"  airlock run --file script.py the same, explicitly\n" +
+			"  airlock run - < script.py    '-' (or --file -) reads the program from stdin\n" +
+			"  airlock run -- 'print(1)'    arguments after '--' are always code, joined by spaces\n" +
+			"  airlock run 'print(1)'       any other arguments are code too\n" +
+			"A file whose name ends in .sh runs with bash unless --language says otherwise.",
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			code, err := readCode(file, args, cmd.InOrStdin())
+			code, path, err := readCode(file, args, cmd.ArgsLenAtDash() == 0, cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
+			if !cmd.Flags().Changed("language") && strings.HasSuffix(path, ".sh") {
+				language = api.LanguageBash
+			}
 			req.Code, req.Language = code, language
+			if outDir == "" && len(req.OutputFiles) > 0 {
+				outDir = "."
+			}
+			if outDir != "" && len(req.OutputFiles) == 0 {
+				req.OutputFiles = []string{"*"}
+			}
 			// Without --state-dir the embedded engine never shares a state directory, cgroup
 			// root or uid range with a daemon or another run.
 			rc.Native.Private = rc.Native.StateDir == ""
-			resp, err := execute(cmd.Context(), co, rc, req)
+			ctx, interrupted := interruptible(cmd.Context())
+			var output func(stream int, b []byte)
+			if !asJSON {
+				output = func(stream int, b []byte) {
+					if stream == engine.StreamStderr {
+						cmd.ErrOrStderr().Write(b)
+					} else {
+						cmd.OutOrStdout().Write(b)
+					}
+				}
+			}
+			resp, streamed, err := execute(ctx, co, rc, req, output)
+			if interrupted() {
+				fmt.Fprintln(cmd.ErrOrStderr(), "airlock: interrupted")
+				return &exitError{code: 130} // 128 + SIGINT, as a shell reports it
+			}
 			if err != nil {
 				return err
+			}
+			if outDir != "" {
+				if err := saveFiles(outDir, resp.Files, cmd.ErrOrStderr()); err != nil {
+					return err
+				}
+				if resp.FilesTruncated {
+					fmt.Fprintln(cmd.ErrOrStderr(), "airlock: output files truncated: more than 64 files or 10 MiB matched")
+				}
 			}
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
 				enc.Encode(resp)
 			} else {
-				io.WriteString(cmd.OutOrStdout(), resp.Stdout)
-				io.WriteString(cmd.ErrOrStderr(), resp.Stderr)
+				if !streamed {
+					io.WriteString(cmd.OutOrStdout(), resp.Stdout)
+					io.WriteString(cmd.ErrOrStderr(), resp.Stderr)
+				}
 				switch {
 				case resp.TimedOut:
 					fmt.Fprintf(cmd.ErrOrStderr(), "airlock: timed out after %.3gs\n", resp.ExecutionTime)
@@ -77,46 +121,112 @@ func runCmd() *cobra.Command {
 	f.StringVar(&language, "language", "python", "python or bash")
 	f.StringVarP(&file, "file", "f", "", "read the program from this file")
 	f.BoolVar(&asJSON, "json", false, "print the full result as JSON")
+	f.StringArrayVar(&req.OutputFiles, "output-file", nil, "after the run, fetch the files matching this glob (relative to /workspace, or under /tmp); repeatable")
+	f.StringVarP(&outDir, "output", "o", "", "save the fetched files in this directory (default . with --output-file; alone it fetches the workspace's top-level files)")
 	bindClientFlags(f, &co, "send the run to this airlock daemon instead of an embedded engine")
 	bindRuntimeFlags(f, &rc, "state directory of the embedded engine (default: a private one under /run/airlock, removed after the run)")
 	return cmd
 }
 
-func readCode(file string, args []string, stdin io.Reader) (string, error) {
+// readCode returns the program the arguments name and the file it came from, if any. A single
+// argument naming an existing regular file is that file, unless it came after '--' (afterDash):
+// those are always code.
+func readCode(file string, args []string, afterDash bool, stdin io.Reader) (code, path string, err error) {
 	switch {
 	case file != "" && len(args) > 0:
-		return "", errors.New("give the code either with --file or as arguments, not both")
-	case file == "-" || (file == "" && len(args) == 1 && args[0] == "-"):
+		return "", "", errors.New("give the code either with --file or as arguments, not both")
+	case file == "-" || (file == "" && len(args) == 1 && args[0] == "-" && !afterDash):
 		b, err := io.ReadAll(stdin)
-		return string(b), err
+		return string(b), "", err
 	case file != "":
 		b, err := os.ReadFile(file)
-		return string(b), err
+		return string(b), file, err
 	case len(args) == 0:
-		return "", errors.New("no code: pass --file F, '-' for stdin, or -- CODE")
+		return "", "", errors.New("no code: pass FILE, --file F, '-' for stdin, or -- CODE")
+	case len(args) == 1 && !afterDash && isFile(args[0]):
+		b, err := os.ReadFile(args[0])
+		return string(b), args[0], err
 	default:
-		return strings.Join(args, " "), nil
+		return strings.Join(args, " "), "", nil
 	}
 }
 
-// execute runs req on a daemon when one is named, else on an embedded engine.
-func execute(ctx context.Context, co clientOptions, rc runtimeConfig, req api.ExecuteRequest) (*api.ExecuteResponse, error) {
+// isFile reports whether name is an existing regular file (or a link to one).
+func isFile(name string) bool {
+	fi, err := os.Stat(name)
+	return err == nil && fi.Mode().IsRegular()
+}
+
+// interruptible returns a context that ends on SIGINT, and a function telling whether it did.
+func interruptible(parent context.Context) (context.Context, func() bool) {
+	ctx, cancel := context.WithCancel(parent)
+	var hit atomic.Bool
+	c := make(chan os.Signal, 1)
+	notifyInterrupt(c)
+	go func() {
+		select {
+		case <-c:
+			hit.Store(true)
+			cancel()
+		case <-ctx.Done():
+		}
+		stopNotify(c)
+	}()
+	return ctx, hit.Load
+}
+
+// saveFiles writes a run's output files under dir, keeping their relative paths (an absolute
+// one, e.g. /tmp/x, lands at dir/tmp/x). os.Root confines every write to dir: a name with ".."
+// or a symbolic link pointing out of it is refused.
+func saveFiles(dir string, files []api.OutputFile, log io.Writer) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create output directory: %w", err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("open output directory: %w", err)
+	}
+	defer root.Close()
+	for _, f := range files {
+		name := filepath.FromSlash(strings.TrimLeft(f.Name, "/"))
+		if !filepath.IsLocal(name) {
+			return fmt.Errorf("output file %q: name escapes %s", f.Name, dir)
+		}
+		if d := filepath.Dir(name); d != "." {
+			if err := root.MkdirAll(d, 0o755); err != nil {
+				return fmt.Errorf("save output file %q: %w", f.Name, err)
+			}
+		}
+		if err := root.WriteFile(name, f.Data, 0o644); err != nil {
+			return fmt.Errorf("save output file %q: %w", f.Name, err)
+		}
+		fmt.Fprintf(log, "airlock: saved %s (%d bytes)\n", filepath.Join(dir, name), len(f.Data))
+	}
+	return nil
+}
+
+// execute runs req on a daemon when one is named, else on an embedded engine. The embedded
+// engine passes output to output (when set) as the program writes it; streamed says it did.
+func execute(ctx context.Context, co clientOptions, rc runtimeConfig, req api.ExecuteRequest, output func(int, []byte)) (resp *api.ExecuteResponse, streamed bool, err error) {
 	if co.server != "" {
-		return co.client().Execute(ctx, req)
+		resp, err := co.client().Execute(ctx, req)
+		return resp, false, err
 	}
 	logger := warnLogger()
 	e, rt, err := newEngine(logger, engine.Config{}, rc)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		closeEngine(cctx, logger, e, rt)
 	}()
-	res, err := e.Execute(ctx, apiserver.OneShot(req))
+	o := apiserver.OneShot(req)
+	o.Output = output
+	res, err := e.Execute(ctx, o)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return apiserver.ExecuteResponse(res), nil
+	return apiserver.ExecuteResponse(res), output != nil, nil
 }

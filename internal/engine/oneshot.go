@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"path"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -28,7 +31,34 @@ type OneShot struct {
 	CPU         float64
 	Image       string
 	Network     bool // outbound network; refused until sandboxes have one
+	// Output, when set, is called with each piece of output as the agent reports it (stream 1
+	// is stdout, 2 stderr), so a caller can show a long run's progress; the Result still holds
+	// all of it. Only what fits the output limit is passed on. Calls come from one goroutine.
+	Output func(stream int, b []byte)
+	// OutputFiles are paths or path.Match globs (relative to the workspace, or absolute, inside
+	// the writable areas) of files to read back after the program ends, before the sandbox goes.
+	OutputFiles []string
 }
+
+// Output file bounds: patterns per run, files and bytes returned (past those, Result.
+// FilesTruncated is set and the files that do not fit are left out).
+const (
+	MaxOutputPatterns = 32
+	MaxOutputFiles    = 64
+	MaxOutputBytes    = 10 << 20
+)
+
+// OutputFile is one file read back from a one-shot's sandbox.
+type OutputFile struct {
+	Name string // as matched: relative to the workspace when inside it, else absolute
+	Data []byte
+}
+
+// The streams an OneShot.Output callback is called with.
+const (
+	StreamStdout = 1
+	StreamStderr = 2
+)
 
 // Result is how a one-shot program ended.
 type Result struct {
@@ -39,7 +69,9 @@ type Result struct {
 	OOMKilled      bool
 	Truncated      bool
 	CPUTime        time.Duration
-	PeakMemory     int64 // bytes
+	PeakMemory     int64        // bytes
+	Files          []OutputFile // what OneShot.OutputFiles matched, sorted by name
+	FilesTruncated bool         // some matched files were left out by the output file bounds
 }
 
 // Success reports a clean exit: status 0, no timeout, no OOM kill.
@@ -54,6 +86,8 @@ type oneShotPlan struct {
 	OneShot
 	files       map[string]string // resolved path → content
 	outputLimit int64             // bytes per stream
+	outputFiles []string          // resolved OutputFiles patterns
+	filesLimit  int64             // bytes of output files
 }
 
 // normalizeOneShot fills in defaults and checks o against the configured bounds, once.
@@ -102,6 +136,20 @@ func (e *Engine) normalizeOneShot(o OneShot) (*oneShotPlan, error) {
 	}
 	if strings.ContainsRune(o.Code, 0) {
 		return nil, invalid("code contains a NUL byte")
+	}
+	if len(o.OutputFiles) > MaxOutputPatterns {
+		return nil, invalid("%d output_files exceed the limit of %d", len(o.OutputFiles), MaxOutputPatterns)
+	}
+	p.filesLimit = MaxOutputBytes
+	for _, pat := range o.OutputFiles {
+		fp, err := filePath(pat)
+		if err != nil {
+			return nil, fmt.Errorf("output_files: %w", err)
+		}
+		if _, err := path.Match(fp, fp); err != nil {
+			return nil, invalid("output_files: %q is not a valid pattern", pat)
+		}
+		p.outputFiles = append(p.outputFiles, fp)
 	}
 	return p, nil
 }
@@ -182,8 +230,15 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, p *oneShotPlan) (*R
 	limit := int(p.outputLimit)
 	end, err := cl.Exec(ctx, x, func(ev Event) {
 		// The agent caps output; cap again so a misbehaving agent cannot grow the daemon.
-		AppendCapped(&stdout, ev.Stdout, limit)
-		AppendCapped(&stderr, ev.Stderr, limit)
+		out, errb := AppendCapped(&stdout, ev.Stdout, limit), AppendCapped(&stderr, ev.Stderr, limit)
+		if p.Output != nil {
+			if len(out) > 0 {
+				p.Output(StreamStdout, out)
+			}
+			if len(errb) > 0 {
+				p.Output(StreamStderr, errb)
+			}
+		}
 	})
 	usage, uerr := inst.Usage()
 	if uerr != nil {
@@ -212,7 +267,111 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, p *oneShotPlan) (*R
 		res.OOMKilled = !end.TimedOut && (oom || (end.ExitCode != 0 && usage.MemoryLimitHits > 0 && memoryBound(usage, p.MemoryBytes)))
 	}
 	res.ExitCode = exitStatus(res.ExitCode, res.TimedOut, res.OOMKilled)
+	// Only after a clean exchange with the agent: after a stuck or OOM-killed one there is
+	// nobody to read the files.
+	if err == nil && len(p.outputFiles) > 0 {
+		if res.Files, res.FilesTruncated, err = readOutputFiles(ctx, cl, p.outputFiles, p.filesLimit); err != nil {
+			return nil, fmt.Errorf("read output files: %w", err)
+		}
+	}
 	return res, nil
+}
+
+// readOutputFiles reads the regular files matching patterns (clean absolute paths) from the
+// sandbox, at most MaxOutputFiles of them and limit bytes in all; truncated says some were
+// left out.
+func readOutputFiles(ctx context.Context, cl Agent, patterns []string, limit int64) (files []OutputFile, truncated bool, err error) {
+	seen := map[string]bool{}
+	var matched []api.FileInfo
+	for _, pat := range patterns {
+		m, err := matchFiles(ctx, cl, pat)
+		if err != nil {
+			return nil, false, err
+		}
+		for _, fi := range m {
+			if !seen[fi.Path] {
+				seen[fi.Path] = true
+				matched = append(matched, fi)
+			}
+		}
+	}
+	slices.SortFunc(matched, func(a, b api.FileInfo) int { return strings.Compare(a.Path, b.Path) })
+	if len(matched) > MaxOutputFiles {
+		matched, truncated = matched[:MaxOutputFiles], true
+	}
+	for _, fi := range matched {
+		if fi.Size > limit {
+			truncated = true
+			continue
+		}
+		// The program's processes are gone, but cap the read anyway: the size was read first.
+		var b bytes.Buffer
+		w := &cappedWriter{b: &b, limit: int(limit)}
+		if err := cl.ReadFile(ctx, fi.Path, w, func() {}); err != nil {
+			if w.over {
+				truncated = true
+				continue
+			}
+			if errors.Is(err, fs.ErrNotExist) || api.PublicDetail(err).Code == api.CodeNotFound {
+				continue
+			}
+			return nil, false, fmt.Errorf("read %s: %w", fi.Path, err)
+		}
+		limit -= int64(b.Len())
+		name := fi.Path
+		if rel, ok := strings.CutPrefix(name, layout.Workspace+"/"); ok {
+			name = rel
+		}
+		files = append(files, OutputFile{Name: name, Data: b.Bytes()})
+	}
+	return files, truncated, nil
+}
+
+// matchFiles lists the regular files matching pat: the directory before its first wildcard
+// component is listed deep enough to reach the pattern's last component.
+func matchFiles(ctx context.Context, cl Agent, pat string) ([]api.FileInfo, error) {
+	parts := strings.Split(pat, "/")
+	i := slices.IndexFunc(parts, func(c string) bool { return strings.ContainsAny(c, `*?[\`) })
+	if i < 0 {
+		fi, err := cl.Stat(ctx, pat)
+		if err != nil || fi.Type != "file" {
+			return nil, nil // not there (the program may have failed): nothing to return
+		}
+		return []api.FileInfo{fi}, nil
+	}
+	base, depth := strings.Join(parts[:i], "/"), len(parts)-i
+	if base == "" {
+		base = "/"
+	}
+	if depth > 16 {
+		return nil, invalid("output_files: %q has more than 16 components after its first wildcard", pat)
+	}
+	entries, err := cl.List(ctx, base, depth)
+	if err != nil {
+		return nil, nil // no such directory
+	}
+	var out []api.FileInfo
+	for _, fi := range entries {
+		if ok, _ := path.Match(pat, fi.Path); ok && fi.Type == "file" && layout.Writable(fi.Path) {
+			out = append(out, fi)
+		}
+	}
+	return out, nil
+}
+
+// cappedWriter writes into b until it would pass limit bytes, then fails.
+type cappedWriter struct {
+	b     *bytes.Buffer
+	limit int
+	over  bool
+}
+
+func (w *cappedWriter) Write(p []byte) (int, error) {
+	if w.b.Len()+len(p) > w.limit {
+		w.over = true
+		return 0, errors.New("file grew past the output file limit")
+	}
+	return w.b.Write(p)
 }
 
 // memoryBound reports whether the sandbox's peak usage reached its limit (within 5 %).
@@ -256,6 +415,7 @@ func (e *Engine) ExecuteBatch(ctx context.Context, b Batch) ([]BatchItem, error)
 			return nil, api.Errorf(api.ErrInvalidArgument, "snippet %d: %v", i, err)
 		}
 		p.outputLimit = outLimit
+		p.filesLimit = min(MaxOutputBytes, max(64<<10, batchOutputBytes/int64(len(b.Runs))))
 		plans[i] = p
 	}
 	// A batch takes at most half the one-shot slots, so single requests keep getting through.
@@ -288,11 +448,16 @@ func (e *Engine) ExecuteBatch(ctx context.Context, b Batch) ([]BatchItem, error)
 	return out, nil
 }
 
-// AppendCapped appends p to b without letting b grow past limit bytes.
-func AppendCapped(b *bytes.Buffer, p []byte, limit int) {
-	if room := limit - b.Len(); room > 0 {
-		b.Write(p[:min(len(p), room)])
+// AppendCapped appends p to b without letting b grow past limit bytes, and returns the part of
+// p it appended.
+func AppendCapped(b *bytes.Buffer, p []byte, limit int) []byte {
+	room := limit - b.Len()
+	if room <= 0 {
+		return nil
 	}
+	p = p[:min(len(p), room)]
+	b.Write(p)
+	return p
 }
 
 // UTF8 returns b as a string with each invalid UTF-8 sequence replaced by U+FFFD.

@@ -1,9 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"encoding/base64"
 	"math"
+	"mime"
+	"path"
 	"time"
+	"unicode/utf8"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
@@ -51,7 +55,7 @@ func mib(b int64) float64 { return math.Round(float64(b)/(1<<20)*100) / 100 }
 func OneShot(r api.ExecuteRequest) engine.OneShot {
 	return engine.OneShot{Language: r.Language, Code: r.Code, Stdin: r.Stdin, Files: r.Files, Env: r.Env,
 		Timeout: Seconds(r.Timeout), MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image,
-		Network: r.AllowNetwork}
+		Network: r.AllowNetwork, OutputFiles: r.OutputFiles}
 }
 
 // ExecuteResponse converts a one-shot's result.
@@ -59,7 +63,31 @@ func ExecuteResponse(r *engine.Result) *api.ExecuteResponse {
 	return &api.ExecuteResponse{Success: r.Success(), Stdout: r.Stdout, Stderr: r.Stderr,
 		ReturnCode: r.ExitCode, ExecutionTime: r.Duration.Seconds(), TimedOut: r.TimedOut,
 		OOMKilled: r.OOMKilled, Truncated: r.Truncated, CPUTime: r.CPUTime.Seconds(),
-		PeakMemoryMB: mib(r.PeakMemory)}
+		PeakMemoryMB: mib(r.PeakMemory), Files: outputFiles(r.Files), FilesTruncated: r.FilesTruncated}
+}
+
+// outputFiles converts a one-shot's output files, naming each one's media type.
+func outputFiles(fs []engine.OutputFile) []api.OutputFile {
+	if len(fs) == 0 {
+		return nil
+	}
+	out := make([]api.OutputFile, len(fs))
+	for i, f := range fs {
+		out[i] = api.OutputFile{Name: f.Name, Size: int64(len(f.Data)), MIME: mediaType(f.Name, f.Data), Data: f.Data}
+	}
+	return out
+}
+
+// mediaType guesses a file's media type from its extension (the stdlib's table, which also
+// reads the host's mime.types), else calls valid UTF-8 text/plain and the rest octet-stream.
+func mediaType(name string, data []byte) string {
+	if t := mime.TypeByExtension(path.Ext(name)); t != "" {
+		return t
+	}
+	if utf8.Valid(data) && !bytes.ContainsRune(data, 0) {
+		return "text/plain; charset=utf-8"
+	}
+	return "application/octet-stream"
 }
 
 func batch(r api.BatchRequest) engine.Batch {
