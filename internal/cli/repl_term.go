@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 	"golang.org/x/term"
@@ -40,7 +39,6 @@ func historyPath() string {
 type fileHistory struct {
 	path    string
 	entries []string // oldest first
-	skip    func() bool
 }
 
 func loadHistory(path string) *fileHistory {
@@ -77,7 +75,7 @@ func loadHistory(path string) *fileHistory {
 }
 
 func (h *fileHistory) Add(entry string) {
-	if strings.TrimSpace(entry) == "" || strings.ContainsAny(entry, "\n\r") || (h.skip != nil && h.skip()) {
+	if strings.TrimSpace(entry) == "" || strings.ContainsAny(entry, "\n\r") {
 		return
 	}
 	if n := len(h.entries); n > 0 && h.entries[n-1] == entry {
@@ -140,13 +138,17 @@ func (q *keyQueue) push(b []byte, err error) {
 // termReader reads lines from a terminal with line editing, history and Tab completion.
 type termReader struct {
 	t           *term.Terminal
-	running     atomic.Bool // a cell runs: Ctrl-C interrupts it
-	promptBreak atomic.Bool // Ctrl-C at the prompt: the line being read is dropped
 	onInterrupt func()
+
+	mu      sync.Mutex
+	reading bool // in ReadLine: Ctrl-C drops the line; otherwise it interrupts the cell
+	breaks  int  // Ctrl-C keys queued for ReadLine and not yet seen to end a line
 }
 
-// feed copies the terminal's bytes to q, turning Ctrl-C into an interrupt of the running cell or,
-// at the prompt, into "end of line, Enter" with promptBreak set so that the line is discarded.
+// feed copies the terminal's bytes to q. Ctrl-C typed at the prompt becomes "end of line, erase
+// line, Enter" (term.Terminal's own Ctrl-C would end ReadLine like Ctrl-D and keep the text for the
+// next prompt); readLine sees by the count that the empty line it gets is a Ctrl-C. Ctrl-C typed
+// while no line is read interrupts the running cell.
 func (tr *termReader) feed(in io.Reader, q *keyQueue) {
 	b := make([]byte, 4096)
 	for {
@@ -157,12 +159,18 @@ func (tr *termReader) feed(in io.Reader, q *keyQueue) {
 				out = append(out, c)
 				continue
 			}
-			if tr.running.Load() {
-				tr.onInterrupt()
-				continue
+			tr.mu.Lock()
+			reading := tr.reading
+			if reading {
+				tr.breaks++
+				out = append(out, 5, 0x15, '\r') // Ctrl-E, Ctrl-U, Enter
 			}
-			tr.promptBreak.Store(true)
-			out = append(out, 5, '\r') // Ctrl-E, Enter: ReadLine returns and the loop drops the line
+			tr.mu.Unlock()
+			if !reading {
+				q.push(out, nil) // keys typed before the Ctrl-C stay before it
+				out = nil
+				tr.onInterrupt()
+			}
 		}
 		q.push(out, err)
 		if err != nil {
@@ -173,8 +181,15 @@ func (tr *termReader) feed(in io.Reader, q *keyQueue) {
 
 func (tr *termReader) readLine(prompt string) (string, error) {
 	tr.t.SetPrompt(prompt)
+	tr.mu.Lock()
+	tr.reading = true
+	tr.mu.Unlock()
 	line, err := tr.t.ReadLine()
-	if tr.promptBreak.Swap(false) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.reading = false
+	if err == nil && line == "" && tr.breaks > 0 {
+		tr.breaks--
 		return "", errLineInterrupted
 	}
 	return line, err
@@ -215,9 +230,7 @@ func replTerm(ctx context.Context, r cellRunner, tty *os.File, out, errOut io.Wr
 		io.Reader
 		io.Writer
 	}{q, tty}, ">>> ")
-	h := loadHistory(histPath)
-	h.skip = tr.promptBreak.Load
-	tr.t.History = h
+	tr.t.History = loadHistory(histPath)
 	tr.t.AutoCompleteCallback = func(line string, pos int, key rune) (string, int, bool) {
 		if key != '\t' {
 			return "", 0, false
@@ -227,10 +240,7 @@ func replTerm(ctx context.Context, r cellRunner, tty *os.File, out, errOut io.Wr
 	go tr.feed(tty, q)
 	hooks := loopHooks{
 		readLine: tr.readLine,
-		guard: func() func() {
-			tr.running.Store(true)
-			return func() { tr.running.Store(false) }
-		},
+		guard:    func() func() { return func() {} }, // feed interrupts whenever no line is read
 	}
 	return runLoop(ctx, r, hooks, out, errOut, plotDir, timeout)
 }
