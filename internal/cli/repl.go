@@ -74,10 +74,11 @@ func replCmd() *cobra.Command {
 }
 
 // loopHooks are what differs between a terminal and piped input: how lines are read and how
-// Ctrl-C reaches a running cell (guard is called around each cell and returns its undo).
+// Ctrl-C reaches a running cell (guard is called before each cell and returns its undo, or
+// errLineInterrupted to drop the cell).
 type loopHooks struct {
 	readLine func(prompt string) (string, error)
-	guard    func() (stop func())
+	guard    func() (stop func(), err error)
 }
 
 // replLoop reads cells from in (not a terminal: no editing) and prints results until EOF.
@@ -96,7 +97,7 @@ func replLoop(ctx context.Context, r cellRunner, in io.Reader, out, errOut io.Wr
 			return sc.Text(), nil
 		},
 		// Ctrl-C during a cell interrupts the cell (the session lives on), not the command.
-		guard: func() func() { return signalInterrupt(ctx, r) },
+		guard: func() (func(), error) { return signalInterrupt(ctx, r), nil },
 	}
 	return runLoop(ctx, r, hooks, out, errOut, plotDir, timeout)
 }
@@ -138,7 +139,11 @@ func runLoop(ctx context.Context, r cellRunner, hooks loopHooks, out, errOut io.
 		if strings.TrimSpace(code) == "" {
 			continue
 		}
-		stop := hooks.guard()
+		stop, err := hooks.guard()
+		if err != nil {
+			fmt.Fprintln(errOut, "KeyboardInterrupt") // Ctrl-C right after Enter: the cell is dropped
+			continue
+		}
 		res, err := r.run(context.WithoutCancel(ctx), code, timeout)
 		stop()
 		if err != nil {

@@ -140,33 +140,52 @@ type termReader struct {
 	t           *term.Terminal
 	onInterrupt func()
 
+	// What a Ctrl-C means depends on where the keys before it are, so feed and the loop agree
+	// on it under mu.
 	mu      sync.Mutex
-	reading bool // in ReadLine: Ctrl-C drops the line; otherwise it interrupts the cell
-	breaks  int  // Ctrl-C keys queued for ReadLine and not yet seen to end a line
+	reading bool // in ReadLine
+	running bool // a cell runs: Ctrl-C interrupts it
+	enters  int  // Enter keys passed to the Terminal
+	lines   int  // lines the Terminal returned (each took one Enter)
+	breaks  int  // Ctrl-C at the prompt passed on as an erased Enter, not yet seen by readLine
+	pending bool // Ctrl-C after an Enter whose line is not yet a running cell: drop that cell
 }
 
 // feed copies the terminal's bytes to q. Ctrl-C typed at the prompt becomes "end of line, erase
 // line, Enter" (term.Terminal's own Ctrl-C would end ReadLine like Ctrl-D and keep the text for the
-// next prompt); readLine sees by the count that the empty line it gets is a Ctrl-C. Ctrl-C typed
-// while no line is read interrupts the running cell.
+// next prompt) and readLine sees by the count that the empty line it gets is a Ctrl-C. Ctrl-C
+// while a cell runs interrupts it; Ctrl-C after Enter but before the cell runs drops the cell.
 func (tr *termReader) feed(in io.Reader, q *keyQueue) {
 	b := make([]byte, 4096)
+	var prev byte
 	for {
 		n, err := in.Read(b)
 		var out []byte
 		for _, c := range b[:n] {
 			if c != 3 {
+				tr.mu.Lock()
+				if c == '\r' || c == '\n' && prev != '\r' {
+					tr.enters++
+				}
+				tr.mu.Unlock()
+				prev = c
 				out = append(out, c)
 				continue
 			}
+			prev = c
 			tr.mu.Lock()
-			reading := tr.reading
-			if reading {
+			interrupt := tr.running
+			switch {
+			case tr.running:
+			case tr.reading && tr.enters == tr.lines:
 				tr.breaks++
+				tr.enters++
 				out = append(out, 5, 0x15, '\r') // Ctrl-E, Ctrl-U, Enter
+			default:
+				tr.pending = true
 			}
 			tr.mu.Unlock()
-			if !reading {
+			if interrupt {
 				q.push(out, nil) // keys typed before the Ctrl-C stay before it
 				out = nil
 				tr.onInterrupt()
@@ -182,17 +201,41 @@ func (tr *termReader) feed(in io.Reader, q *keyQueue) {
 func (tr *termReader) readLine(prompt string) (string, error) {
 	tr.t.SetPrompt(prompt)
 	tr.mu.Lock()
+	if tr.pending {
+		tr.pending = false
+		tr.mu.Unlock()
+		return "", errLineInterrupted
+	}
 	tr.reading = true
 	tr.mu.Unlock()
 	line, err := tr.t.ReadLine()
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	tr.reading = false
+	if err == nil {
+		tr.lines++
+	}
 	if err == nil && line == "" && tr.breaks > 0 {
 		tr.breaks--
 		return "", errLineInterrupted
 	}
 	return line, err
+}
+
+// guard marks a cell as running, unless a Ctrl-C came after its Enter.
+func (tr *termReader) guard() (stop func(), err error) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	if tr.pending {
+		tr.pending = false
+		return nil, errLineInterrupted
+	}
+	tr.running = true
+	return func() {
+		tr.mu.Lock()
+		tr.running = false
+		tr.mu.Unlock()
+	}, nil
 }
 
 // rawNoISIG puts the terminal fd in raw mode but keeps output processing (so cell output's "\n"
@@ -240,7 +283,7 @@ func replTerm(ctx context.Context, r cellRunner, tty *os.File, out, errOut io.Wr
 	go tr.feed(tty, q)
 	hooks := loopHooks{
 		readLine: tr.readLine,
-		guard:    func() func() { return func() {} }, // feed interrupts whenever no line is read
+		guard:    tr.guard,
 	}
 	return runLoop(ctx, r, hooks, out, errOut, plotDir, timeout)
 }
