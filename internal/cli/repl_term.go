@@ -273,6 +273,9 @@ func replTerm(ctx context.Context, r cellRunner, tty *os.File, out, errOut io.Wr
 		io.Reader
 		io.Writer
 	}{q, tty}, ">>> ")
+	if w, h, err := term.GetSize(int(tty.Fd())); err == nil && w > 0 {
+		tr.t.SetSize(w, h) // the Terminal wraps long lines at this width (80 by default)
+	}
 	tr.t.History = loadHistory(histPath)
 	tr.t.AutoCompleteCallback = func(line string, pos int, key rune) (string, int, bool) {
 		if key != '\t' {
