@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
@@ -41,7 +42,9 @@ func replCmd() *cobra.Command {
 		Short: "Interactive Python session in a sandbox (variables survive between inputs)",
 		Long: "An interactive Python prompt whose code runs in a sandboxed session. Multi-line input\n" +
 			"ends with an empty line (as in python's own REPL). Plots are saved as PNG files and\n" +
-			"their names printed. Ctrl-C interrupts a running cell; Ctrl-D ends the session.",
+			"their names printed. Ctrl-C interrupts a running cell; Ctrl-D ends the session. At a\n" +
+			"terminal, lines can be edited, Tab completes the session's names and the last 1000 lines\n" +
+			"are kept in $XDG_STATE_HOME/airlock/history (default ~/.airlock_history).",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			var r cellRunner
@@ -55,7 +58,11 @@ func replCmd() *cobra.Command {
 				return err
 			}
 			defer r.close(context.WithoutCancel(ctx))
-			return replLoop(ctx, r, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr(), plotDir, timeout)
+			in := cmd.InOrStdin()
+			if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+				return replTerm(ctx, r, f, cmd.OutOrStdout(), cmd.ErrOrStderr(), plotDir, timeout, historyPath())
+			}
+			return replLoop(ctx, r, in, cmd.OutOrStdout(), cmd.ErrOrStderr(), plotDir, timeout)
 		},
 	}
 	f := cmd.Flags()
@@ -66,33 +73,77 @@ func replCmd() *cobra.Command {
 	return cmd
 }
 
-// replLoop reads cells from in and prints results until EOF.
+// loopHooks are what differs between a terminal and piped input: how lines are read and how
+// Ctrl-C reaches a running cell (guard is called before each cell and returns its undo, or
+// errLineInterrupted to drop the cell).
+type loopHooks struct {
+	readLine func(prompt string) (string, error)
+	guard    func() (stop func(), err error)
+}
+
+// replLoop reads cells from in (not a terminal: no editing) and prints results until EOF.
 func replLoop(ctx context.Context, r cellRunner, in io.Reader, out, errOut io.Writer, plotDir string, timeout float64) error {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	hooks := loopHooks{
+		readLine: func(prompt string) (string, error) {
+			fmt.Fprint(out, prompt)
+			if !sc.Scan() {
+				if err := sc.Err(); err != nil {
+					return "", err
+				}
+				return "", io.EOF
+			}
+			return sc.Text(), nil
+		},
+		// Ctrl-C during a cell interrupts the cell (the session lives on), not the command.
+		guard: func() (func(), error) { return signalInterrupt(ctx, r), nil },
+	}
+	return runLoop(ctx, r, hooks, out, errOut, plotDir, timeout)
+}
+
+// runLoop reads cells through hooks and prints results until EOF.
+func runLoop(ctx context.Context, r cellRunner, hooks loopHooks, out, errOut io.Writer, plotDir string, timeout float64) error {
 	plots := 0
 	for {
-		fmt.Fprint(out, ">>> ")
 		var lines []string
-		for sc.Scan() {
-			line := sc.Text()
+		var err error
+		for {
+			prompt := ">>> "
+			if len(lines) > 0 {
+				prompt = "... "
+			}
+			var line string
+			line, err = hooks.readLine(prompt)
+			if err != nil {
+				break
+			}
 			lines = append(lines, line)
 			// A cell continues while it is an open block or bracket, until an empty line.
 			if !continues(lines) {
 				break
 			}
-			fmt.Fprint(out, "... ")
 		}
-		if len(lines) == 0 {
+		if errors.Is(err, errLineInterrupted) {
+			fmt.Fprintln(errOut, "KeyboardInterrupt") // as python: the cell being typed is dropped
+			continue
+		}
+		if err != nil {
 			fmt.Fprintln(out)
-			return sc.Err()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
 		}
 		code := strings.Join(lines, "\n")
 		if strings.TrimSpace(code) == "" {
 			continue
 		}
-		// Ctrl-C during a cell interrupts the cell (the session lives on), not the command.
-		stop := signalInterrupt(ctx, r)
+		stop, err := hooks.guard()
+		if err != nil {
+			fmt.Fprintln(errOut, "KeyboardInterrupt") // Ctrl-C right after Enter: the cell is dropped
+			continue
+		}
 		res, err := r.run(context.WithoutCancel(ctx), code, timeout)
 		stop()
 		if err != nil {
@@ -128,7 +179,8 @@ func replLoop(ctx context.Context, r cellRunner, in io.Reader, out, errOut io.Wr
 		}
 		if res.Restarted {
 			fmt.Fprintf(errOut, "airlock: the interpreter was restarted (%s); variables are lost\n", res.RestartReason)
-		} else if res.Interrupted {
+		} else if res.Interrupted && res.Error == nil {
+			// With an error, its traceback already ends in the one KeyboardInterrupt line.
 			fmt.Fprintln(errOut, "KeyboardInterrupt")
 		}
 	}

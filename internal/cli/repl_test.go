@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -59,5 +60,38 @@ func TestReplLoop(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(dir, "plot-1.png"))
 	if err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) || !strings.Contains(out.String(), "plot-1.png") {
 		t.Fatalf("plot file: %v, output %q", err, out.String())
+	}
+}
+
+// TestHistoryBounded: the history file is compacted to its last historyLimit lines when loaded,
+// new lines are appended at once, and Up (At(0)) is the newest line.
+func TestHistoryBounded(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "airlock", "history")
+	h := loadHistory(path) // no file yet
+	for i := range historyLimit + 10 {
+		h.Add("x = " + strconv.Itoa(i))
+	}
+	h.Add("x = " + strconv.Itoa(historyLimit+9)) // a repeat of the newest line is not added again
+	h.Add("   ")
+	if got, want := h.Len(), historyLimit; got != want {
+		t.Fatalf("Len %d, want %d", got, want)
+	}
+	h = loadHistory(path)
+	if got, want := h.Len(), historyLimit; got != want {
+		t.Fatalf("reloaded Len %d, want %d", got, want)
+	}
+	if got, want := h.At(0), "x = "+strconv.Itoa(historyLimit+9); got != want {
+		t.Errorf("At(0) %q, want %q", got, want)
+	}
+	if got, want := h.At(historyLimit-1), "x = 10"; got != want {
+		t.Errorf("oldest %q, want %q", got, want)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Count(string(b), "\n"); got != historyLimit {
+		t.Errorf("file has %d lines after compaction, want %d", got, historyLimit)
 	}
 }

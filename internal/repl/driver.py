@@ -458,11 +458,10 @@ class _PyplotFinder(object):
 def _error(e):
     import traceback
 
-    tb = e.__traceback__
-    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-"):
-        tb = tb.tb_next  # strip driver frames: the traceback starts at the user's cell
     try:
-        chunks = traceback.format_exception(type(e), e, tb)
+        te = traceback.TracebackException(type(e), e, e.__traceback__)
+        _strip_driver(te, set())
+        chunks = list(te.format())
     except BaseException:
         chunks = ["%s\n" % type(e).__name__]
     lines = []
@@ -486,6 +485,21 @@ def _error(e):
 
 
 _ERROR_CAP = 64 << 10
+_DRIVER_FILE = _error.__code__.co_filename
+
+
+def _strip_driver(te, seen):
+    """Drop the driver's frames from te and the exceptions chained to it: the traceback shows the
+    user's code only (the driver's cell runner before it, its SIGINT handler after it)."""
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    te.stack[:] = [f for f in te.stack if f.filename != _DRIVER_FILE]
+    for other in (te.__cause__, te.__context__):
+        if other is not None:
+            _strip_driver(other, seen)
+    for other in getattr(te, "exceptions", None) or ():
+        _strip_driver(other, seen)
 _TRACEBACK_LINES = 200
 
 
