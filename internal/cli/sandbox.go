@@ -141,18 +141,31 @@ func sandboxExecCmd(o *clientOptions) *cobra.Command {
 		interactive bool
 	)
 	cmd := &cobra.Command{
-		Use:   "exec ID [flags] -- CMD [ARGS...]",
+		Use:   "exec [flags] ID [--] CMD [ARGS...]",
 		Short: "Run a command in a sandbox, streaming its output; the exit status is the command's",
 		Long: "Run a command in a sandbox and stream its stdout and stderr as they are written. With -i\n" +
 			"this command's stdin is forwarded to the command. The exit status is the command's own\n" +
-			"(124 when --timeout ran out, 128+N after signal N). Put the command after '--'.",
+			"(124 when --timeout ran out, 128+N after signal N). Flags go before the command; '--'\n" +
+			"before it is optional.",
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// Flags stop at the ID (SetInterspersed below) so that the command's own flags are
+			// its; the documented "ID [flags] -- CMD" form is parsed here.
+			rest := args[1:]
+			if strings.HasPrefix(rest[0], "-") {
+				if err := cmd.Flags().Parse(rest); err != nil {
+					return err
+				}
+				rest = cmd.Flags().Args()
+			}
+			if len(rest) == 0 {
+				return errors.New("exec: no command given")
+			}
 			var err error
 			if req.Env, err = parseKV("--env", env); err != nil {
 				return err
 			}
-			req.Cmd, req.StdinOpen = args[1:], interactive
+			req.Cmd, req.StdinOpen = rest, interactive
 			ctx := cmd.Context()
 			sb, err := o.client().Sandbox(ctx, args[0])
 			if err != nil {
@@ -190,6 +203,7 @@ func sandboxExecCmd(o *clientOptions) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	f.SetInterspersed(false)
 	f.Float64Var(&req.Timeout, "timeout", 0, "kill the command after this many seconds (default: when the sandbox ends)")
 	f.StringVar(&req.Workdir, "workdir", "", "working directory (default: the sandbox's)")
 	f.StringArrayVar(&env, "env", nil, "environment variable K=V (repeatable)")
