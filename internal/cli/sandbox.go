@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -34,7 +35,7 @@ func sandboxCmd() *cobra.Command {
 	pf := cmd.PersistentFlags()
 	bindClientFlags(pf, o, "airlock daemon URL")
 	cmd.AddCommand(sandboxCreateCmd(o), sandboxListCmd(o), sandboxExecCmd(o), sandboxCpCmd(o),
-		sandboxRmCmd(o), sandboxInfoCmd(o))
+		sandboxRmCmd(o), sandboxInfoCmd(o), sandboxExtendCmd(o))
 	return cmd
 }
 
@@ -351,6 +352,30 @@ func sandboxRmCmd(o *clientOptions) *cobra.Command {
 				}
 			}
 			return errors.Join(errs...)
+		},
+	}
+}
+
+func sandboxExtendCmd(o *clientOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "extend ID SECONDS",
+		Short: "Make a running sandbox expire SECONDS from now; prints its new expiry",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			secs, err := strconv.ParseFloat(args[1], 64)
+			if err != nil || secs <= 0 {
+				return fmt.Errorf("SECONDS %q must be a positive number", args[1])
+			}
+			sb, err := o.client().Sandbox(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			info, err := sb.SetTimeout(cmd.Context(), time.Duration(secs*float64(time.Second)))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s expires %s\n", info.ID, info.ExpiresAt.Local().Format(time.RFC3339))
+			return nil
 		},
 	}
 }

@@ -56,6 +56,8 @@ var routeDocs = []routeDoc{
 		desc: "404 for an unknown id, 410 for one that has ended (for an hour after)."},
 	{pattern: "DELETE /v1/sandboxes/{id}", summary: "Terminate a sandbox", resp: api.SandboxInfo{},
 		desc: "Kills every process of the sandbox and answers its description with status terminated."},
+	{pattern: "POST /v1/sandboxes/{id}/timeout", summary: "Set a sandbox's expiry to now + timeout", req: api.SetTimeoutRequest{}, resp: api.SandboxInfo{},
+		desc: "Extends (or shortens) a running sandbox's life; 400 outside the daemon's sandbox timeout bounds. The new expiry survives a daemon restart."},
 	{pattern: "POST /v1/sandboxes/{id}/exec", summary: "Run a command; JSON result, or NDJSON ExecEvents with Accept: application/x-ndjson", req: api.ExecRequest{}, resp: api.ExecResult{}, ndjson: true,
 		desc: "Without Accept: application/x-ndjson, waits for the exit and answers an ExecResult. With it, streams ExecEvent lines: start (with the pid), stdout and stderr chunks, then exit or error."},
 	{pattern: "GET /v1/sandboxes/{id}/exec/ws", summary: "Interactive exec over a WebSocket (see api.WSControl)", upgrades: true,

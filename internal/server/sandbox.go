@@ -18,6 +18,7 @@ func (s *Server) sandboxRoutes() {
 	s.handle("GET /v1/sandboxes", true, s.handleListSandboxes)
 	s.handle("GET /v1/sandboxes/{id}", true, s.handleGetSandbox)
 	s.handle("DELETE /v1/sandboxes/{id}", true, s.handleDeleteSandbox)
+	s.handle("POST /v1/sandboxes/{id}/timeout", true, s.handleSetTimeout)
 	s.handle("POST /v1/sandboxes/{id}/exec", true, s.handleExec)
 	s.handle("GET /v1/sandboxes/{id}/exec/ws", true, s.handleExecWS)
 	s.handle("GET /v1/sandboxes/{id}/processes", true, s.handleProcesses)
@@ -81,6 +82,24 @@ func (s *Server) handleGetSandbox(w http.ResponseWriter, r *http.Request) error 
 
 func (s *Server) handleDeleteSandbox(w http.ResponseWriter, r *http.Request) error {
 	info, err := s.cfg.Engine.TerminateSandbox(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, sandboxInfo(info))
+	return nil
+}
+
+func (s *Server) handleSetTimeout(w http.ResponseWriter, r *http.Request) error {
+	var req api.SetTimeoutRequest
+	if err := s.decode(w, r, &req); err != nil {
+		return err
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	info, err := sb.SetTimeout(r.Context(), Seconds(req.Timeout))
 	if err != nil {
 		return err
 	}
