@@ -140,12 +140,14 @@ func sandboxExecCmd(o *clientOptions) *cobra.Command {
 		req         api.ExecRequest
 		env         []string
 		interactive bool
+		tty         bool
 	)
 	cmd := &cobra.Command{
 		Use:   "exec [flags] ID [--] CMD [ARGS...]",
 		Short: "Run a command in a sandbox, streaming its output; the exit status is the command's",
 		Long: "Run a command in a sandbox and stream its stdout and stderr as they are written. With -i\n" +
-			"this command's stdin is forwarded to the command. The exit status is the command's own\n" +
+			"this command's stdin is forwarded to the command; with -t the command runs on a terminal\n" +
+			"(the local one in raw mode, its size followed) and stdin is always forwarded. The exit status is the command's own\n" +
 			"(124 when --timeout ran out, 128+N after signal N). Flags go before the command; '--'\n" +
 			"before it is optional.",
 		Args: cobra.MinimumNArgs(2),
@@ -168,6 +170,16 @@ func sandboxExecCmd(o *clientOptions) *cobra.Command {
 			}
 			req.Cmd, req.StdinOpen = rest, interactive
 			ctx := cmd.Context()
+			if tty {
+				code, err := execTTY(ctx, o, args[0], req, cmd.InOrStdin(), cmd.OutOrStdout())
+				if err != nil {
+					return err
+				}
+				if code != 0 {
+					return &exitError{code: code & 0xff}
+				}
+				return nil
+			}
 			sb, err := o.client().Sandbox(ctx, args[0])
 			if err != nil {
 				return err
@@ -209,6 +221,7 @@ func sandboxExecCmd(o *clientOptions) *cobra.Command {
 	f.StringVar(&req.Workdir, "workdir", "", "working directory (default: the sandbox's)")
 	f.StringArrayVar(&env, "env", nil, "environment variable K=V (repeatable)")
 	f.BoolVarP(&interactive, "interactive", "i", false, "forward stdin to the command")
+	f.BoolVarP(&tty, "tty", "t", false, "run on a terminal (through the WebSocket), stdin forwarded raw; output is all on stdout")
 	return cmd
 }
 
