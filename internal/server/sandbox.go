@@ -30,6 +30,8 @@ func (s *Server) sandboxRoutes() {
 	s.handle("GET /v1/sandboxes/{id}/files/list", true, s.handleListFiles)
 	s.handle("GET /v1/sandboxes/{id}/files/stat", true, s.handleStatFile)
 	s.handle("POST /v1/sandboxes/{id}/files/mkdir", true, s.handleMkdir)
+	s.handle("GET /v1/sandboxes/{id}/files/archive", true, s.handleReadArchive)
+	s.handle("PUT /v1/sandboxes/{id}/files/archive", true, s.handleWriteArchive)
 }
 
 func (s *Server) handleCreateSandbox(w http.ResponseWriter, r *http.Request) error {
