@@ -241,12 +241,15 @@ func parseLocation(s string) location {
 }
 
 func sandboxCpCmd(o *clientOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:   "cp SRC DST",
+	var recursive bool
+	cmd := &cobra.Command{
+		Use:   "cp [-r] SRC DST",
 		Short: "Copy a file into, out of or between sandboxes (ID:PATH; - is stdin or stdout)",
 		Long: "Copy one file, streaming it. One side at least is ID:PATH in a sandbox; the other may be a\n" +
 			"local path or '-' for stdin (as SRC) or stdout (as DST). A local DST that is a directory, or a\n" +
-			"sandbox DST ending in '/', receives the file under its own name.",
+			"sandbox DST ending in '/', receives the file under its own name. With -r, SRC and DST are\n" +
+			"directories (or '-' for a tar on stdin or stdout) and DST becomes a copy of SRC's tree:\n" +
+			"files with their modes and directories; symlinks come out of a sandbox but cannot go in.",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, dst := parseLocation(args[0]), parseLocation(args[1])
@@ -255,6 +258,9 @@ func sandboxCpCmd(o *clientOptions) *cobra.Command {
 			}
 			if src.path == "" || dst.path == "" {
 				return errors.New("cp: empty path")
+			}
+			if recursive {
+				return copyTree(cmd, o, src, dst)
 			}
 			ctx := cmd.Context()
 			c := o.client()
@@ -289,6 +295,8 @@ func sandboxCpCmd(o *clientOptions) *cobra.Command {
 			}
 		},
 	}
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "copy a directory tree (as a tar stream)")
+	return cmd
 }
 
 func upload(ctx context.Context, c *airlock.Client, local string, dst location, stdin io.Reader) error {
@@ -309,7 +317,7 @@ func upload(ctx context.Context, c *airlock.Client, local string, dst location, 
 		return err
 	}
 	if fi.IsDir() {
-		return fmt.Errorf("cp: %s is a directory; only files can be copied", local)
+		return fmt.Errorf("cp: %s is a directory; copy a tree with -r", local)
 	}
 	p := dst.path
 	if strings.HasSuffix(p, "/") {

@@ -62,3 +62,36 @@ func TestCLIExecTTY(t *testing.T) {
 		})
 	}
 }
+
+// `airlock sandbox cp -r` copies a local tree into a sandbox and back with its modes; a symlink
+// made in the sandbox comes out as a symlink, and nothing is written through it.
+func TestCLICopyTree(t *testing.T) {
+	a := newAPIServer(t, engine.Config{})
+	id := a.create(`{}`)
+	src, back := t.TempDir(), t.TempDir()
+	os.MkdirAll(src+"/sub/deeper", 0o755)
+	os.WriteFile(src+"/run.sh", []byte("#!/bin/sh\n"), 0o750)
+	os.WriteFile(src+"/sub/deeper/secret", []byte("s3cret"), 0o600)
+	if out, errOut, code := runCLI(t, "", "sandbox --server "+a.url+" cp -r "+src+" "+id+":tree"); code != 0 {
+		t.Fatalf("cp in: %d %q %q", code, out, errOut)
+	}
+	res := a.exec(id, "sh", "-c", "cd tree && stat -c '%n %a' run.sh sub/deeper/secret && cat sub/deeper/secret && ln -s /etc/passwd tree-link && ln -s /etc/passwd link")
+	if want := "run.sh 750\nsub/deeper/secret 600\ns3cret"; res.Stdout != want {
+		t.Fatalf("in the sandbox: got %q, want %q", res.Stdout, want)
+	}
+	if out, errOut, code := runCLI(t, "", "sandbox --server "+a.url+" cp -r "+id+":tree "+back+"/copy"); code != 0 {
+		t.Fatalf("cp out: %d %q %q", code, out, errOut)
+	}
+	for _, f := range []struct {
+		name string
+		mode os.FileMode
+	}{{"run.sh", 0o750}, {"sub/deeper/secret", 0o600}} {
+		fi, err := os.Stat(back + "/copy/" + f.name)
+		if err != nil || fi.Mode().Perm() != f.mode {
+			t.Errorf("%s: got %v %v, want mode %v", f.name, fi, err, f.mode)
+		}
+	}
+	if target, err := os.Readlink(back + "/copy/link"); err != nil || target != "/etc/passwd" {
+		t.Errorf("link: got %q, %v, want a symlink to /etc/passwd", target, err)
+	}
+}
