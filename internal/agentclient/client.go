@@ -55,17 +55,19 @@ func Dial(sock string) *Client {
 // to code that may try to make it answer with more than the daemon should hold.
 func New(hc *http.Client) *Client {
 	const base = "http://agent"
-	// No gzip: connect's client offers it by default and the agent then compresses every message
-	// it sends, a file download above all, on the sandbox's CPU (6× slower than an upload for
-	// random data) over a unix socket where it saves nothing.
-	opt := connect.WithClientOptions(connect.WithReadMaxBytes(MaxMessage),
-		connect.WithAcceptCompression("gzip", nil, nil))
+	opt := connect.WithReadMaxBytes(MaxMessage)
+	// No gzip for file contents (the Agent service: ReadFile, WriteFile, Health): connect's
+	// client offers it by default and the agent then compresses every chunk of a download on the
+	// sandbox's CPU (6× slower than an upload for random data) over a unix socket where it saves
+	// nothing. The other services keep it: a huge directory listing compresses well, and the
+	// agent's memory bound for concurrent listings (files_attack_test) counts on that.
+	noGzip := connect.WithAcceptCompression("gzip", nil, nil)
 	c := *hc
 	c.Transport = budgetTransport{base: hc.Transport}
 	return &Client{
 		hc:      &c,
 		process: agentpbconnect.NewProcessClient(&c, base, opt),
-		agent:   agentpbconnect.NewAgentClient(&c, base, opt),
+		agent:   agentpbconnect.NewAgentClient(&c, base, opt, noGzip),
 		fs:      agentpbconnect.NewFilesystemClient(&c, base, opt),
 		repl:    agentpbconnect.NewReplClient(&c, base, opt),
 	}

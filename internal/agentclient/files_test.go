@@ -34,7 +34,6 @@ func TestNoCompressionOffered(t *testing.T) {
 	}{
 		{"read file", func() { c.ReadFile(ctx, "f", io.Discard, nil) }},
 		{"write file", func() { c.WriteFile(ctx, "f", strings.NewReader("x"), 0o644) }},
-		{"stat", func() { c.Stat(ctx, "f") }},
 	}
 	for _, tc := range calls {
 		t.Run(tc.name, func(t *testing.T) {
