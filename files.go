@@ -32,11 +32,31 @@ func (s *Sandbox) ReadFile(ctx context.Context, path string) ([]byte, error) {
 // OpenFile streams the content of the file at path. The caller must Close the reader; ctx
 // bounds the whole read.
 func (s *Sandbox) OpenFile(ctx context.Context, path string) (io.ReadCloser, error) {
-	req, err := s.c.newRequest(ctx, http.MethodGet, s.path("/files"), pathQuery(path), nil)
+	return s.open(ctx, "/files", path)
+}
+
+// OpenArchive streams the directory at dir as a tar: its regular files, directories and
+// symlinks (as symlinks), with their permission bits, named relative to dir. The caller must
+// Close the reader; a failure midway shows as a read error, not a short archive.
+func (s *Sandbox) OpenArchive(ctx context.Context, dir string) (io.ReadCloser, error) {
+	return s.open(ctx, "/files/archive", dir)
+}
+
+// WriteArchive unpacks the tar read from r into the directory dir (created with its parents):
+// regular files with their permission bits and directories. The daemon refuses an archive with
+// absolute names, "..", symlinks, hard links or device nodes (400, api.ErrInvalidArgument); entries
+// before the refused one stay. It returns dir's description.
+func (s *Sandbox) WriteArchive(ctx context.Context, dir string, r io.Reader) (*api.FileInfo, error) {
+	return s.put(ctx, "/files/archive", pathQuery(dir), r, "application/x-tar")
+}
+
+// open GETs a raw download route for path.
+func (s *Sandbox) open(ctx context.Context, suffix, path string) (io.ReadCloser, error) {
+	req, err := s.c.newRequest(ctx, http.MethodGet, s.path(suffix), pathQuery(path), nil)
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Accept", "application/octet-stream")
+	req.Header.Set("Accept", "application/octet-stream, application/x-tar")
 	resp, err := s.c.send(req)
 	if err != nil {
 		return nil, err
@@ -64,8 +84,13 @@ func (s *Sandbox) writeFile(ctx context.Context, path string, r io.Reader, mode 
 	if mode != 0 {
 		q.Set("mode", fmt.Sprintf("%04o", mode))
 	}
+	return s.put(ctx, "/files", q, r, "application/octet-stream")
+}
+
+// put streams r to a raw upload route, which answers a FileInfo.
+func (s *Sandbox) put(ctx context.Context, suffix string, q url.Values, r io.Reader, contentType string) (*api.FileInfo, error) {
 	// NopCloser: the transport closes a request body, and r is the caller's.
-	req, err := s.c.newRequest(ctx, http.MethodPut, s.path("/files"), q, io.NopCloser(r))
+	req, err := s.c.newRequest(ctx, http.MethodPut, s.path(suffix), q, io.NopCloser(r))
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +106,7 @@ func (s *Sandbox) writeFile(ctx context.Context, path string, r io.Reader, mode 
 	if req.ContentLength == 0 {
 		req.Body = http.NoBody
 	}
-	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("Accept", "application/json")
 	resp, err := s.c.send(req)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/airlockhq/airlock/api"
 )
@@ -72,6 +73,17 @@ func (s *Sandbox) path(suffix string) string {
 func (s *Sandbox) Info(ctx context.Context) (*api.SandboxInfo, error) {
 	var info api.SandboxInfo
 	if err := s.c.do(ctx, http.MethodGet, s.path(""), nil, &info); err != nil {
+		return nil, err
+	}
+	return &info, nil
+}
+
+// SetTimeout makes the sandbox expire d from now, longer or shorter than before (within the
+// daemon's sandbox timeout bounds, else the daemon answers 400), and returns its new
+// description. The new expiry survives a daemon restart.
+func (s *Sandbox) SetTimeout(ctx context.Context, d time.Duration) (*api.SandboxInfo, error) {
+	var info api.SandboxInfo
+	if err := s.c.do(ctx, http.MethodPost, s.path("/timeout"), api.SetTimeoutRequest{Timeout: d.Seconds()}, &info); err != nil {
 		return nil, err
 	}
 	return &info, nil

@@ -160,6 +160,11 @@ type WSControl struct {
 	Rows   uint16 `json:"rows,omitempty"`
 }
 
+// SetTimeoutRequest is the body of POST /v1/sandboxes/{id}/timeout.
+type SetTimeoutRequest struct {
+	Timeout float64 `json:"timeout"` // seconds from now until the sandbox expires, within the daemon's sandbox timeout bounds (1 s … --max-sandbox-timeout)
+}
+
 // SignalRequest is the body of POST .../processes/{pid}/signal.
 type SignalRequest struct {
 	Signal int `json:"signal"` // the Linux signal number, e.g. 2 (SIGINT), 9 (SIGKILL), 15 (SIGTERM)

@@ -56,12 +56,18 @@ func Dial(sock string) *Client {
 func New(hc *http.Client) *Client {
 	const base = "http://agent"
 	opt := connect.WithReadMaxBytes(MaxMessage)
+	// No gzip for file contents (the Agent service: ReadFile, WriteFile, Health): connect's
+	// client offers it by default and the agent then compresses every chunk of a download on the
+	// sandbox's CPU (6× slower than an upload for random data) over a unix socket where it saves
+	// nothing. The other services keep it: a huge directory listing compresses well, and the
+	// agent's memory bound for concurrent listings (files_attack_test) counts on that.
+	noGzip := connect.WithAcceptCompression("gzip", nil, nil)
 	c := *hc
 	c.Transport = budgetTransport{base: hc.Transport}
 	return &Client{
 		hc:      &c,
 		process: agentpbconnect.NewProcessClient(&c, base, opt),
-		agent:   agentpbconnect.NewAgentClient(&c, base, opt),
+		agent:   agentpbconnect.NewAgentClient(&c, base, opt, noGzip),
 		fs:      agentpbconnect.NewFilesystemClient(&c, base, opt),
 		repl:    agentpbconnect.NewReplClient(&c, base, opt),
 	}

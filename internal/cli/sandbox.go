@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"text/tabwriter"
@@ -34,7 +35,7 @@ func sandboxCmd() *cobra.Command {
 	pf := cmd.PersistentFlags()
 	bindClientFlags(pf, o, "airlock daemon URL")
 	cmd.AddCommand(sandboxCreateCmd(o), sandboxListCmd(o), sandboxExecCmd(o), sandboxCpCmd(o),
-		sandboxRmCmd(o), sandboxInfoCmd(o))
+		sandboxRmCmd(o), sandboxInfoCmd(o), sandboxExtendCmd(o))
 	return cmd
 }
 
@@ -139,21 +140,46 @@ func sandboxExecCmd(o *clientOptions) *cobra.Command {
 		req         api.ExecRequest
 		env         []string
 		interactive bool
+		tty         bool
 	)
 	cmd := &cobra.Command{
-		Use:   "exec ID [flags] -- CMD [ARGS...]",
+		Use:   "exec [flags] ID [--] CMD [ARGS...]",
 		Short: "Run a command in a sandbox, streaming its output; the exit status is the command's",
 		Long: "Run a command in a sandbox and stream its stdout and stderr as they are written. With -i\n" +
-			"this command's stdin is forwarded to the command. The exit status is the command's own\n" +
-			"(124 when --timeout ran out, 128+N after signal N). Put the command after '--'.",
+			"this command's stdin is forwarded to the command; with -t the command runs on a terminal\n" +
+			"(the local one in raw mode, its size followed) and stdin is always forwarded. The exit status is the command's own\n" +
+			"(124 when --timeout ran out, 128+N after signal N). Flags go before the command; '--'\n" +
+			"before it is optional.",
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// Flags stop at the ID (SetInterspersed below) so that the command's own flags are
+			// its; the documented "ID [flags] -- CMD" form is parsed here.
+			rest := args[1:]
+			if strings.HasPrefix(rest[0], "-") {
+				if err := cmd.Flags().Parse(rest); err != nil {
+					return err
+				}
+				rest = cmd.Flags().Args()
+			}
+			if len(rest) == 0 {
+				return errors.New("exec: no command given")
+			}
 			var err error
 			if req.Env, err = parseKV("--env", env); err != nil {
 				return err
 			}
-			req.Cmd, req.StdinOpen = args[1:], interactive
+			req.Cmd, req.StdinOpen = rest, interactive
 			ctx := cmd.Context()
+			if tty {
+				code, err := execTTY(ctx, o, args[0], req, cmd.InOrStdin(), cmd.OutOrStdout())
+				if err != nil {
+					return err
+				}
+				if code != 0 {
+					return &exitError{code: code & 0xff}
+				}
+				return nil
+			}
 			sb, err := o.client().Sandbox(ctx, args[0])
 			if err != nil {
 				return err
@@ -190,10 +216,12 @@ func sandboxExecCmd(o *clientOptions) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	f.SetInterspersed(false)
 	f.Float64Var(&req.Timeout, "timeout", 0, "kill the command after this many seconds (default: when the sandbox ends)")
 	f.StringVar(&req.Workdir, "workdir", "", "working directory (default: the sandbox's)")
 	f.StringArrayVar(&env, "env", nil, "environment variable K=V (repeatable)")
 	f.BoolVarP(&interactive, "interactive", "i", false, "forward stdin to the command")
+	f.BoolVarP(&tty, "tty", "t", false, "run on a terminal (through the WebSocket), stdin forwarded raw; output is all on stdout")
 	return cmd
 }
 
@@ -213,12 +241,15 @@ func parseLocation(s string) location {
 }
 
 func sandboxCpCmd(o *clientOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:   "cp SRC DST",
+	var recursive bool
+	cmd := &cobra.Command{
+		Use:   "cp [-r] SRC DST",
 		Short: "Copy a file into, out of or between sandboxes (ID:PATH; - is stdin or stdout)",
 		Long: "Copy one file, streaming it. One side at least is ID:PATH in a sandbox; the other may be a\n" +
 			"local path or '-' for stdin (as SRC) or stdout (as DST). A local DST that is a directory, or a\n" +
-			"sandbox DST ending in '/', receives the file under its own name.",
+			"sandbox DST ending in '/', receives the file under its own name. With -r, SRC and DST are\n" +
+			"directories (or '-' for a tar on stdin or stdout) and DST becomes a copy of SRC's tree:\n" +
+			"files with their modes and directories; symlinks come out of a sandbox but cannot go in.",
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			src, dst := parseLocation(args[0]), parseLocation(args[1])
@@ -227,6 +258,9 @@ func sandboxCpCmd(o *clientOptions) *cobra.Command {
 			}
 			if src.path == "" || dst.path == "" {
 				return errors.New("cp: empty path")
+			}
+			if recursive {
+				return copyTree(cmd, o, src, dst)
 			}
 			ctx := cmd.Context()
 			c := o.client()
@@ -261,6 +295,8 @@ func sandboxCpCmd(o *clientOptions) *cobra.Command {
 			}
 		},
 	}
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "copy a directory tree (as a tar stream)")
+	return cmd
 }
 
 func upload(ctx context.Context, c *airlock.Client, local string, dst location, stdin io.Reader) error {
@@ -281,7 +317,7 @@ func upload(ctx context.Context, c *airlock.Client, local string, dst location, 
 		return err
 	}
 	if fi.IsDir() {
-		return fmt.Errorf("cp: %s is a directory; only files can be copied", local)
+		return fmt.Errorf("cp: %s is a directory; copy a tree with -r", local)
 	}
 	p := dst.path
 	if strings.HasSuffix(p, "/") {
@@ -337,6 +373,30 @@ func sandboxRmCmd(o *clientOptions) *cobra.Command {
 				}
 			}
 			return errors.Join(errs...)
+		},
+	}
+}
+
+func sandboxExtendCmd(o *clientOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "extend ID SECONDS",
+		Short: "Make a running sandbox expire SECONDS from now; prints its new expiry",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			secs, err := strconv.ParseFloat(args[1], 64)
+			if err != nil || secs <= 0 {
+				return fmt.Errorf("SECONDS %q must be a positive number", args[1])
+			}
+			sb, err := o.client().Sandbox(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			info, err := sb.SetTimeout(cmd.Context(), time.Duration(secs*float64(time.Second)))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s expires %s\n", info.ID, info.ExpiresAt.Local().Format(time.RFC3339))
+			return nil
 		},
 	}
 }

@@ -297,6 +297,8 @@ func TestSandboxExec(t *testing.T) {
 	}{
 		{"echo", "", []string{"sb-1", "--", "echo", "-n", "hi"}, "-n hi\n", "", 0},
 		{"exit code", "", []string{"sb-1", "--", "exit", "3"}, "out\n", "err\n", 3},
+		{"command flags without --", "", []string{"sb-1", "echo", "-n", "--timeout", "hi"}, "-n --timeout hi\n", "", 0},
+		{"flags after the ID", "", []string{"sb-1", "--timeout", "7", "--", "echo", "-n"}, "-n\n", "", 0},
 		{"exit code past 255", "", []string{"sb-1", "exit", "257"}, "out\n", "err\n", 1},
 		{"interactive stdin", "line 1\nline 2\n", []string{"-i", "sb-1", "--", "cat"}, "line 1\nline 2\n", "", 0},
 		{"stdin closed without -i", "ignored", []string{"sb-1", "--", "cat"}, "", "", 0},

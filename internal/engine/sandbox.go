@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -125,11 +126,11 @@ type Sandbox struct {
 	client  Agent
 	spec    SandboxSpec // normalized
 	created time.Time
-	expires time.Time
 	owner   string // the API key (hash) that created it; "" without keys
 	release func() // returns the engine slot
 
-	mu         sync.Mutex // guards lastActive, active, ended and endedAt
+	mu         sync.Mutex // guards expires, lastActive, active, ended and endedAt
+	expires    time.Time  // SetTimeout moves it
 	lastActive time.Time
 	active     int       // calls in flight; a sandbox with a running call is never idle
 	ended      string    // end reason once terminated
@@ -190,6 +191,41 @@ func (sb *Sandbox) touch() (done func()) {
 		sb.active--
 		sb.mu.Unlock()
 	}
+}
+
+// metaSetter is an Instance whose runtime can replace the record kept with it (native's).
+type metaSetter interface{ SetMeta(meta []byte) error }
+
+// SetTimeout makes the sandbox expire d from now (d within the engine's sandbox timeout
+// bounds), shorter or longer than before, and persists the new expiry in its record so that a
+// restarted daemon keeps it. The idle timeout is unchanged.
+func (sb *Sandbox) SetTimeout(ctx context.Context, d time.Duration) (Info, error) {
+	if err := boundDuration("timeout", d, time.Second, sb.e.cfg.MaxSandboxTimeout); err != nil {
+		return Info{}, err
+	}
+	sb.mu.Lock()
+	if sb.ended != "" {
+		reason := sb.ended
+		sb.mu.Unlock()
+		return Info{}, api.Errorf(api.ErrGone, "sandbox %s has ended (%s)", sb.id, reason)
+	}
+	expires := time.Now().Add(d)
+	sb.expires = expires
+	// Encoded under mu so that two racing calls persist in the order they took effect.
+	meta, err := json.Marshal(record{V: recordVersion, Kind: sb.kind, Owner: sb.owner, Seed: sb.seed,
+		Created: sb.created, Expires: expires, Spec: &sb.spec})
+	if err == nil {
+		if ms, ok := sb.inst.(metaSetter); ok {
+			err = ms.SetMeta(meta)
+		}
+	}
+	sb.mu.Unlock()
+	if err != nil {
+		// The new expiry holds until a restart; the old one would come back then.
+		sb.e.cfg.Logger.WarnContext(ctx, "persisting a sandbox's new expiry", "sandbox", sb.id, "err", err)
+	}
+	sb.e.cfg.Logger.InfoContext(ctx, "sandbox timeout set", "sandbox", sb.id, "expires", expires)
+	return sb.Info(), nil
 }
 
 // ID is the sandbox's id.

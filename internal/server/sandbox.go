@@ -18,6 +18,7 @@ func (s *Server) sandboxRoutes() {
 	s.handle("GET /v1/sandboxes", true, s.handleListSandboxes)
 	s.handle("GET /v1/sandboxes/{id}", true, s.handleGetSandbox)
 	s.handle("DELETE /v1/sandboxes/{id}", true, s.handleDeleteSandbox)
+	s.handle("POST /v1/sandboxes/{id}/timeout", true, s.handleSetTimeout)
 	s.handle("POST /v1/sandboxes/{id}/exec", true, s.handleExec)
 	s.handle("GET /v1/sandboxes/{id}/exec/ws", true, s.handleExecWS)
 	s.handle("GET /v1/sandboxes/{id}/processes", true, s.handleProcesses)
@@ -29,6 +30,8 @@ func (s *Server) sandboxRoutes() {
 	s.handle("GET /v1/sandboxes/{id}/files/list", true, s.handleListFiles)
 	s.handle("GET /v1/sandboxes/{id}/files/stat", true, s.handleStatFile)
 	s.handle("POST /v1/sandboxes/{id}/files/mkdir", true, s.handleMkdir)
+	s.handle("GET /v1/sandboxes/{id}/files/archive", true, s.handleReadArchive)
+	s.handle("PUT /v1/sandboxes/{id}/files/archive", true, s.handleWriteArchive)
 }
 
 func (s *Server) handleCreateSandbox(w http.ResponseWriter, r *http.Request) error {
@@ -81,6 +84,24 @@ func (s *Server) handleGetSandbox(w http.ResponseWriter, r *http.Request) error 
 
 func (s *Server) handleDeleteSandbox(w http.ResponseWriter, r *http.Request) error {
 	info, err := s.cfg.Engine.TerminateSandbox(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, sandboxInfo(info))
+	return nil
+}
+
+func (s *Server) handleSetTimeout(w http.ResponseWriter, r *http.Request) error {
+	var req api.SetTimeoutRequest
+	if err := s.decode(w, r, &req); err != nil {
+		return err
+	}
+	sb, done, err := s.use(r)
+	if err != nil {
+		return err
+	}
+	defer done()
+	info, err := sb.SetTimeout(r.Context(), Seconds(req.Timeout))
 	if err != nil {
 		return err
 	}
