@@ -61,9 +61,7 @@ func TestArchiveRoundTrip(t *testing.T) {
 		}
 		b, _ := io.ReadAll(tr)
 		got[h.Name] = string(h.Typeflag) + " " + h.Linkname + string(b)
-		if h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeDir {
-			files = append(files, tarEntry{name: h.Name, typ: h.Typeflag, mode: h.Mode, body: string(b)})
-		}
+		files = append(files, tarEntry{name: h.Name, typ: h.Typeflag, mode: h.Mode, body: string(b), link: h.Linkname})
 		if h.Name == "x.sh" && h.Mode != 0o750 {
 			t.Errorf("x.sh mode %o, want 750", h.Mode)
 		}
@@ -89,14 +87,15 @@ func TestArchiveRoundTrip(t *testing.T) {
 	if up.StatusCode != 200 {
 		t.Fatalf("upload: %d", up.StatusCode)
 	}
-	res := a.exec(id, "sh", "-c", "cd copy && stat -c '%n %a' x.sh sub/d.txt && cat x.sh sub/d.txt")
-	if wantOut := "x.sh 750\nsub/d.txt 600\nrundata"; res.Stdout != wantOut {
+	res := a.exec(id, "sh", "-c", "cd copy && stat -c '%n %a' x.sh sub/d.txt && readlink link && cat x.sh sub/d.txt")
+	if wantOut := "x.sh 750\nsub/d.txt 600\n/etc/passwd\nrundata"; res.Stdout != wantOut {
 		t.Errorf("unpacked: got %q, want %q", res.Stdout, wantOut)
 	}
 }
 
-// A hostile tar (an absolute name, a .. escape, a device node, a symlink) is refused with 400,
-// and nothing lands outside the target directory.
+// A hostile tar (an absolute name, a .. escape, a device node, a hard link, a file written
+// through a symlink the archive itself made) is refused with 400, and nothing lands outside the
+// target directory.
 func TestArchiveHostileRefused(t *testing.T) {
 	a := newAPIServer(t, engine.Config{})
 	id := a.create(`{}`)
@@ -107,7 +106,8 @@ func TestArchiveHostileRefused(t *testing.T) {
 		{"absolute", []tarEntry{{name: "/tmp/abs", body: "x", typ: tar.TypeReg, mode: 0o644}}},
 		{"dotdot", []tarEntry{{name: "a/../../escaped", body: "x", typ: tar.TypeReg, mode: 0o644}}},
 		{"device", []tarEntry{{name: "null", typ: tar.TypeChar, mode: 0o666}}},
-		{"symlink", []tarEntry{{name: "l", link: "/etc/shadow", typ: tar.TypeSymlink, mode: 0o777}}},
+		{"through its own symlink", []tarEntry{{name: "l", link: "/tmp", typ: tar.TypeSymlink, mode: 0o777},
+			{name: "l/escaped", body: "x", typ: tar.TypeReg, mode: 0o644}}},
 		{"hard link", []tarEntry{{name: "h", link: "/etc/shadow", typ: tar.TypeLink, mode: 0o644}}},
 		{"not a tar", nil},
 	}
@@ -130,7 +130,7 @@ func TestArchiveHostileRefused(t *testing.T) {
 			}
 		})
 	}
-	res := a.exec(id, "sh", "-c", "ls /tmp/abs in/escaped escaped in/dir/null in/dir/l in/dir/h 2>/dev/null; true")
+	res := a.exec(id, "sh", "-c", "ls /tmp/abs /tmp/escaped in/escaped escaped in/dir/null in/dir/h 2>/dev/null; true")
 	if res.Stdout != "" {
 		t.Errorf("files escaped: %q", res.Stdout)
 	}

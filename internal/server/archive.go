@@ -2,11 +2,14 @@ package server
 
 import (
 	"archive/tar"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
@@ -96,6 +99,7 @@ func (s *Server) handleWriteArchive(w http.ResponseWriter, r *http.Request) erro
 		// No body cap beyond the sandbox's own writable-layer cap, as for a single file. Entries
 		// are checked one by one as they stream: a refused one ends the unpacking there.
 		tr := tar.NewReader(r.Body)
+		var links []string // symlinks this archive made: no later entry may go through one
 		for {
 			h, err := tr.Next()
 			if errors.Is(err, io.EOF) {
@@ -111,6 +115,11 @@ func (s *Server) handleWriteArchive(w http.ResponseWriter, r *http.Request) erro
 			if name == "" {
 				continue // the root itself ("./")
 			}
+			for _, l := range links {
+				if strings.HasPrefix(name, l+"/") {
+					return api.Errorf(api.ErrInvalidArgument, "tar entry %q goes through the symlink %q the archive made", h.Name, l)
+				}
+			}
 			dst := path.Join(root.Path, name)
 			switch h.Typeflag {
 			case tar.TypeDir:
@@ -122,7 +131,10 @@ func (s *Server) handleWriteArchive(w http.ResponseWriter, r *http.Request) erro
 					return err
 				}
 			case tar.TypeSymlink:
-				return api.Errorf(api.ErrInvalidArgument, "tar entry %q is a symlink: the sandbox's agent cannot create symlinks; archive without them (tar -h follows them)", h.Name)
+				if err := symlinkIn(r.Context(), sb, h.Linkname, dst); err != nil {
+					return fmt.Errorf("tar entry %q: %w", h.Name, err)
+				}
+				links = append(links, name)
 			default:
 				return api.Errorf(api.ErrInvalidArgument, "tar entry %q is of type %q: only regular files and directories are unpacked", h.Name, string(h.Typeflag))
 			}
@@ -153,4 +165,25 @@ func archiveName(n string) (string, error) {
 		return "", nil
 	}
 	return clean, nil
+}
+
+// symlinkIn makes the symlink dst → target inside the sandbox by running ln there, as the
+// sandbox's user: the agent's file calls make no symlinks, and a link made this way is exactly
+// what code in the sandbox could make itself. Where it points is the user's business (the file
+// API never follows magic links); that nothing of the archive is written through it is
+// unpack's.
+func symlinkIn(ctx context.Context, sb *engine.Sandbox, target, dst string) error {
+	if target == "" || strings.ContainsRune(target, 0) {
+		return api.Errorf(api.ErrInvalidArgument, "symlink %s has an empty or NUL target", dst)
+	}
+	var stderr []byte
+	end, err := sb.Exec(ctx, engine.ExecSpec{Cmd: []string{"ln", "-sfT", "--", target, dst}, Timeout: 30 * time.Second,
+		OutputLimit: 4 << 10}, func(ev engine.Event) { stderr = append(stderr, ev.Stderr...) })
+	if err != nil {
+		return err
+	}
+	if end.ExitCode != 0 {
+		return api.Errorf(api.ErrInvalidArgument, "make symlink %s: %s", dst, strings.TrimSpace(string(stderr)))
+	}
+	return nil
 }
