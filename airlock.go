@@ -17,8 +17,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net/http"
 	"net/url"
 	"os"
@@ -54,6 +56,67 @@ func (c *Client) Execute(ctx context.Context, req api.ExecuteRequest) (*api.Exec
 		return nil, err
 	}
 	return &resp, nil
+}
+
+// ExecuteStream is Execute with the program's output written to stdout and stderr as the
+// program writes it (either may be nil); the answer, returned at the end, holds the same output.
+// Against a daemon that does not stream, the output is written when the answer arrives.
+func (c *Client) ExecuteStream(ctx context.Context, req api.ExecuteRequest, stdout, stderr io.Writer) (*api.ExecuteResponse, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	hreq, err := c.newRequest(ctx, http.MethodPost, "/v1/execute", nil, bytes.NewReader(b))
+	if err != nil {
+		return nil, err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Accept", ndjson)
+	resp, err := c.send(hreq)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	write := func(w io.Writer, s string) {
+		if w != nil && s != "" {
+			io.WriteString(w, s)
+		}
+	}
+	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "application/json" {
+		var r api.ExecuteResponse
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+			return nil, fmt.Errorf("decode answer: %w", err)
+		}
+		write(stdout, r.Stdout)
+		write(stderr, r.Stderr)
+		return &r, nil
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev api.ExecEvent
+		if err := dec.Decode(&ev); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, fmt.Errorf("execute: read stream: %w", err)
+		}
+		switch ev.Type {
+		case api.EventStdout:
+			write(stdout, ev.Data)
+		case api.EventStderr:
+			write(stderr, ev.Data)
+		case api.EventResult:
+			if ev.Result == nil {
+				return nil, errors.New("execute: result event without a result")
+			}
+			return ev.Result, nil
+		case api.EventError:
+			if ev.Error == nil || ev.Error.Code == "" {
+				return nil, &api.Error{Code: api.CodeInternal, Message: "execute failed"}
+			}
+			return nil, &api.Error{Code: ev.Error.Code, Message: ev.Error.Message}
+		}
+	}
 }
 
 // Info describes the daemon.

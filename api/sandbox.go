@@ -123,6 +123,9 @@ type ExecEvent struct {
 	// Error is set on type "error": the exec ended without an exit, e.g. the sandbox was
 	// terminated (code "gone").
 	Error *ErrorDetail `json:"error,omitempty"`
+	// Result is set on type "result", the last event of a streamed one-shot (POST /v1/execute
+	// with Accept: application/x-ndjson): the whole answer, as the JSON route gives it.
+	Result *ExecuteResponse `json:"result,omitempty"`
 }
 
 // Exec event types.
@@ -132,10 +135,11 @@ const (
 	EventStderr = "stderr"
 	EventExit   = "exit"
 	EventError  = "error"
+	EventResult = "result" // a streamed one-shot's last event, with its whole answer
 )
 
 // EventTypes lists every exec event type.
-var EventTypes = []string{EventStart, EventStdout, EventStderr, EventExit, EventError}
+var EventTypes = []string{EventStart, EventStdout, EventStderr, EventExit, EventError, EventResult}
 
 // WebSocket protocol of /v1/sandboxes/{id}/exec/ws:
 //

@@ -205,12 +205,28 @@ func saveFiles(dir string, files []api.OutputFile, log io.Writer) error {
 	return nil
 }
 
+// streamWriter passes what is written to it on to a run's output callback as one stream.
+type streamWriter struct {
+	output func(int, []byte)
+	stream int
+}
+
+func (w streamWriter) Write(b []byte) (int, error) {
+	w.output(w.stream, b)
+	return len(b), nil
+}
+
 // execute runs req on a daemon when one is named, else on an embedded engine. The embedded
-// engine passes output to output (when set) as the program writes it; streamed says it did.
+// engine and a daemon pass output to output (when set) as the program writes it; streamed says
+// it did.
 func execute(ctx context.Context, co clientOptions, rc runtimeConfig, req api.ExecuteRequest, output func(int, []byte)) (resp *api.ExecuteResponse, streamed bool, err error) {
 	if co.server != "" {
-		resp, err := co.client().Execute(ctx, req)
-		return resp, false, err
+		if output == nil {
+			resp, err := co.client().Execute(ctx, req)
+			return resp, false, err
+		}
+		resp, err := co.client().ExecuteStream(ctx, req, streamWriter{output, engine.StreamStdout}, streamWriter{output, engine.StreamStderr})
+		return resp, err == nil, err
 	}
 	logger := warnLogger()
 	e, rt, err := newEngine(logger, engine.Config{}, rc)

@@ -328,6 +328,9 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) error {
 	}
 	// The id is in the answer's headers whatever the outcome, to match it with GET /v1/executions.
 	ctx := engine.WithExecutionHook(r.Context(), func(id string) { w.Header().Set(api.ExecutionHeader, id) })
+	if wantsNDJSON(r) {
+		return s.streamExecute(ctx, w, OneShot(req))
+	}
 	res, err := s.cfg.Engine.Execute(ctx, OneShot(req))
 	if err != nil {
 		return err
@@ -335,6 +338,49 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) error {
 	resp := ExecuteResponse(res)
 	s.metrics.execution(resp)
 	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+// streamExecute answers a one-shot with NDJSON events: stdout and stderr chunks as the program
+// writes them (within the output caps), then one "result" event with the whole answer, or an
+// "error" event.
+func (s *Server) streamExecute(ctx context.Context, w http.ResponseWriter, o engine.OneShot) error {
+	rc := http.NewResponseController(w)
+	var mu sync.Mutex // the output callback and the final write share w
+	started := false
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	send := func(ev api.ExecEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !started {
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.Header().Set("X-Content-Type-Options", "nosniff")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		enc.Encode(ev)
+		rc.Flush()
+	}
+	o.Output = func(stream int, b []byte) {
+		t := api.EventStdout
+		if stream == engine.StreamStderr {
+			t = api.EventStderr
+		}
+		send(api.ExecEvent{Type: t, Data: engine.UTF8(b)})
+	}
+	res, err := s.cfg.Engine.Execute(ctx, o)
+	if err != nil {
+		if !started {
+			return err // nothing sent yet: a normal error response
+		}
+		d := api.PublicDetail(err)
+		send(api.ExecEvent{Type: api.EventError, Error: &d})
+		return nil
+	}
+	resp := ExecuteResponse(res)
+	s.metrics.execution(resp)
+	send(api.ExecEvent{Type: api.EventResult, Result: resp})
 	return nil
 }
 
