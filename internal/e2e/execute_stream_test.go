@@ -57,3 +57,39 @@ for i in range(3):
 		}
 	}
 }
+
+// A one-shot in flight on a real sandbox is listed and can be cancelled: its answer comes back at
+// once (137, "cancelled") and it is no longer listed. (It is listed as soon as its sandbox
+// exists, so it may be cancelled before it has printed anything.)
+func TestExecutionListedAndCancelled(t *testing.T) {
+	t.Parallel()
+	a := newAPIServer(t, engine.Config{ScratchBytes: 64 << 20})
+	c := airlock.New(a.url, "")
+	type answer struct {
+		resp *api.ExecuteResponse
+		err  error
+	}
+	ans := make(chan answer, 1)
+	go func() {
+		r, err := c.Execute(t.Context(), api.ExecuteRequest{Language: "bash", Code: "echo started; sleep 60", Timeout: 90})
+		ans <- answer{r, err}
+	}()
+	var id string
+	waitFor(t, "the run to be listed", func() bool {
+		l, err := c.Executions(t.Context())
+		if err == nil && len(l) == 1 {
+			id = l[0].ID
+		}
+		return id != ""
+	})
+	if _, err := c.CancelExecution(t.Context(), id); err != nil {
+		t.Fatalf("cancel %s: %v", id, err)
+	}
+	got := <-ans
+	if got.err != nil || got.resp.ReturnCode != 137 || !strings.Contains(got.resp.Stderr, "cancelled") {
+		t.Fatalf("cancelled run: %+v %v", got.resp, got.err)
+	}
+	if l, err := c.Executions(t.Context()); err != nil || len(l) != 0 {
+		t.Fatalf("after the cancel: %v %v", l, err)
+	}
+}
