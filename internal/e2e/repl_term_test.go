@@ -3,8 +3,11 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -86,11 +89,75 @@ func startPtyRepl(t *testing.T, histDir, name string) *ptyRepl {
 		}
 	}()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		// Ctrl-D first: the REPL then destroys its sandbox and releases its cgroup root. A
+		// REPL still running after that is killed, and what it leaves is removed here (its
+		// sandbox outlives it, as sandboxes outlive a killed daemon).
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		master.WriteString("\x04")
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
 		master.Close()
+		killCgroupTree(name)
+		removeCgroupTree(name)
+		os.Remove("/run/airlock/cgroup-" + name + ".lock")
 	})
 	return p
+}
+
+// killCgroupTree SIGKILLs every process in the groups named name (and below) until none is
+// left, in every hierarchy.
+func killCgroupTree(name string) {
+	roots, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
+	if d := filepath.Join("/sys/fs/cgroup", name); dirExists(d) {
+		roots = append(roots, d)
+	}
+	for range 100 {
+		n := 0
+		for _, r := range roots {
+			filepath.WalkDir(r, func(p string, d fs.DirEntry, err error) error {
+				if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
+					return nil
+				}
+				b, _ := os.ReadFile(p)
+				for _, f := range strings.Fields(string(b)) {
+					if pid, err := strconv.Atoi(f); err == nil {
+						syscall.Kill(pid, syscall.SIGKILL)
+						n++
+					}
+				}
+				return nil
+			})
+		}
+		if n == 0 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// removeCgroupTree removes the (empty) groups named name and every group below them.
+func removeCgroupTree(name string) {
+	roots, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
+	if d := filepath.Join("/sys/fs/cgroup", name); dirExists(d) {
+		roots = append(roots, d)
+	}
+	for _, r := range roots {
+		var dirs []string
+		filepath.WalkDir(r, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			os.Remove(dirs[i])
+		}
+	}
 }
 
 func (p *ptyRepl) send(t *testing.T, s string) {
