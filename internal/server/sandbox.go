@@ -2,11 +2,9 @@ package server
 
 import (
 	"bytes"
-	"encoding/json"
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"unicode/utf8"
 
 	"github.com/airlockhq/airlock/api"
@@ -162,23 +160,8 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) error {
 
 // streamExec answers with NDJSON events: start, stdout/stderr chunks, then exit or error.
 func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, sb *engine.Sandbox, req api.ExecRequest) error {
-	rc := http.NewResponseController(w)
-	var mu sync.Mutex // the event callback and the final write share w
-	started := false
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	send := func(ev api.ExecEvent) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !started {
-			w.Header().Set("Content-Type", "application/x-ndjson")
-			w.Header().Set("X-Content-Type-Options", "nosniff")
-			w.WriteHeader(http.StatusOK)
-			started = true
-		}
-		enc.Encode(ev)
-		rc.Flush()
-	}
+	es := newEventStream(w)
+	send := es.send
 	// Output is not capped in a stream; the client reads at its own pace (backpressure).
 	end, err := sb.Exec(r.Context(), execSpec(req), func(ev engine.Event) {
 		switch {
@@ -191,7 +174,7 @@ func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, sb *engine.S
 		}
 	})
 	if err != nil {
-		if !started {
+		if !es.started() {
 			return err // nothing sent yet: a normal error response
 		}
 		d := api.PublicDetail(err)

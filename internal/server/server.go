@@ -345,23 +345,8 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) error {
 // writes them (within the output caps), then one "result" event with the whole answer, or an
 // "error" event.
 func (s *Server) streamExecute(ctx context.Context, w http.ResponseWriter, o engine.OneShot) error {
-	rc := http.NewResponseController(w)
-	var mu sync.Mutex // the output callback and the final write share w
-	started := false
-	enc := json.NewEncoder(w)
-	enc.SetEscapeHTML(false)
-	send := func(ev api.ExecEvent) {
-		mu.Lock()
-		defer mu.Unlock()
-		if !started {
-			w.Header().Set("Content-Type", "application/x-ndjson")
-			w.Header().Set("X-Content-Type-Options", "nosniff")
-			w.WriteHeader(http.StatusOK)
-			started = true
-		}
-		enc.Encode(ev)
-		rc.Flush()
-	}
+	es := newEventStream(w)
+	send := es.send
 	o.Output = func(stream int, b []byte) {
 		t := api.EventStdout
 		if stream == engine.StreamStderr {
@@ -371,7 +356,7 @@ func (s *Server) streamExecute(ctx context.Context, w http.ResponseWriter, o eng
 	}
 	res, err := s.cfg.Engine.Execute(ctx, o)
 	if err != nil {
-		if !started {
+		if !es.started() {
 			return err // nothing sent yet: a normal error response
 		}
 		d := api.PublicDetail(err)
