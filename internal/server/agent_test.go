@@ -41,7 +41,14 @@ func (i *agentInstance) Destroy(context.Context) error {
 // newAgentServer serves the real handler over an engine on agentRuntime.
 func newAgentServer(t *testing.T) *httptest.Server {
 	t.Helper()
-	e, err := engine.New(engine.Config{Runtime: agentRuntime{}})
+	ts, _ := newRuntimeServer(t, agentRuntime{})
+	return ts
+}
+
+// newRuntimeServer serves the real handler over an engine on rt; both close with the test.
+func newRuntimeServer(t *testing.T, rt engine.Runtime) (*httptest.Server, *engine.Engine) {
+	t.Helper()
+	e, err := engine.New(engine.Config{Runtime: rt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +61,7 @@ func newAgentServer(t *testing.T) *httptest.Server {
 		ts.Close()
 		e.Close(context.Background())
 	})
-	return ts
+	return ts, e
 }
 
 // TestSDKThroughFakeAgent drives execute, exec (buffered and streamed), files and a session

@@ -28,19 +28,7 @@ func (r *countingRuntime) Create(ctx context.Context, s engine.Spec) (engine.Ins
 func newCountingServer(t *testing.T) (*httptest.Server, *engine.Engine, *countingRuntime) {
 	t.Helper()
 	rt := &countingRuntime{}
-	e, err := engine.New(engine.Config{Runtime: rt})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := New(Config{Engine: e})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewServer(s.Handler())
-	t.Cleanup(func() {
-		ts.Close()
-		e.Close(context.Background())
-	})
+	ts, e := newRuntimeServer(t, rt)
 	return ts, e, rt
 }
 
