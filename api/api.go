@@ -27,7 +27,8 @@ type ExecuteRequest struct {
 	Timeout      float64           `json:"timeout,omitempty"`       // wall-clock limit of the whole process tree, in seconds
 	MemoryMB     int64             `json:"memory_mb,omitempty"`     // memory limit of the sandbox, in MiB
 	CPU          float64           `json:"cpu,omitempty"`           // CPU cores; at most the host's cores (GET /v1/info, limits.max_cpu)
-	AllowNetwork bool              `json:"allow_network,omitempty"` // outbound access to the public internet only; default false
+	AllowNetwork bool              `json:"allow_network,omitempty"` // outbound access to the public internet only (network mode internet); default false
+	Network      *Network          `json:"network,omitempty"`       // the run's network policy; overrides the server's default
 	Env          map[string]string `json:"env,omitempty"`           // extra environment variables (NAME → value)
 	Files        map[string]string `json:"files,omitempty"`         // path → content, written before the run; paths inside /workspace or /tmp
 	Image        string            `json:"image,omitempty"`         // root file system; only "host" so far
@@ -150,6 +151,10 @@ type Limits struct {
 	MaxQueuePerKey      int `json:"max_queue_per_key"`      // one-shot runs of one API key waiting for a slot
 	MaxSandboxes        int `json:"max_sandboxes"`          // live long-lived sandboxes and sessions
 	MaxSandboxesPerKey  int `json:"max_sandboxes_per_key"`  // live long-lived sandboxes and sessions of one API key
+	// NetworkModes are the network modes a request may ask for (block always; internet and
+	// allowlist where the operator allows them and the host can build them).
+	NetworkModes   []string `json:"network_modes"`
+	DefaultNetwork Network  `json:"default_network"` // the policy of a request that names none
 }
 
 // ErrorBody is every error response: {"error":{"code":"…","message":"…"}}.

@@ -44,7 +44,8 @@ type CreateSandboxRequest struct {
 	CPU          float64           `json:"cpu,omitempty"`           // CPU cores; at most the host's cores (GET /v1/info, limits.max_cpu)
 	MemoryMB     int64             `json:"memory_mb,omitempty"`     // memory limit of the sandbox, in MiB
 	Workdir      string            `json:"workdir,omitempty"`       // clean absolute path; default /workspace; created if missing
-	BlockNetwork *bool             `json:"block_network,omitempty"` // no network at all; default true
+	BlockNetwork *bool             `json:"block_network,omitempty"` // no network at all; default true; false means network mode internet
+	Network      *Network          `json:"network,omitempty"`       // the sandbox's network policy; overrides the server's default
 	Env          map[string]string `json:"env,omitempty"`           // for every exec; at most 128 KiB of NAME=value
 	Tags         map[string]string `json:"tags,omitempty"`          // at most 32; keys without ':' and not starting with "airlock."
 }
@@ -61,7 +62,8 @@ type SandboxInfo struct {
 	CPU          float64           `json:"cpu"`                    // CPU cores
 	MemoryMB     int64             `json:"memory_mb"`              // memory limit, in MiB
 	Workdir      string            `json:"workdir"`                // default working directory of exec and of relative file paths
-	BlockNetwork bool              `json:"block_network"`          // true when it has no network at all
+	BlockNetwork bool              `json:"block_network"`          // true when it has no network at all (network mode block)
+	Network      Network           `json:"network"`                // its network policy
 	Tags         map[string]string `json:"tags,omitempty"`         // the caller's tags, and the airlock.* tags the server sets
 	Usage        *Usage            `json:"usage,omitempty"`        // resource use so far, while it runs
 	EndReason    string            `json:"end_reason,omitempty"`   // why it ended: terminated, expired, idle, died, failed, shutdown

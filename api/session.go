@@ -21,6 +21,7 @@ type CreateSessionRequest struct {
 	MemoryMB    int64             `json:"memory_mb,omitempty"`    // memory limit of the session's sandbox, in MiB
 	CPU         float64           `json:"cpu,omitempty"`          // CPU cores; at most the host's cores (GET /v1/info, limits.max_cpu)
 	Env         map[string]string `json:"env,omitempty"`          // environment variables of the interpreter
+	Network     *Network          `json:"network,omitempty"`      // the session's network policy (installs use it); overrides the server's default
 	Tags        map[string]string `json:"tags,omitempty"`         // as a sandbox's tags; keys may not start with "airlock."
 }
 
@@ -28,8 +29,8 @@ type CreateSessionRequest struct {
 // A session is a long-lived sandbox running a Python interpreter, so the answer is exactly a
 // SandboxInfo, on the wire as in Go (the alias keeps one schema, SandboxInfo, in the OpenAPI
 // document): id is the session's id, which is also its sandbox id under
-// /v1/sandboxes/{id}/files; image is the host image; block_network is true (sessions have no
-// network); expires_at and idle_timeout are the session's life and idle bounds; tags hold the
+// /v1/sandboxes/{id}/files; image is the host image; block_network and network are the
+// session's network policy; expires_at and idle_timeout are the session's life and idle bounds; tags hold the
 // caller's tags plus "airlock.session": "1" (and "airlock.seed_session": its name, for a seed-route session), by
 // which the server tells a session from a plain sandbox; status and end_reason are as for any
 // sandbox.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os/exec"
 	"sync"
 	"syscall"
@@ -151,10 +152,14 @@ func (s *replService) Install(ctx context.Context, req *connect.Request[pb.ReplI
 		args = append(args, "--find-links", m.GetFindLinks())
 	}
 	switch {
-	case m.GetIndexUrl() != "":
-		args = append(args, "--index-url", m.GetIndexUrl())
 	case !m.GetAllowNetwork():
 		args = append(args, "--no-index")
+	case m.GetIndexUrl() != "":
+		args = append(args, "--index-url", m.GetIndexUrl())
+		// pip refuses a plain-http index unless its host is trusted; the operator named it.
+		if u, err := url.Parse(m.GetIndexUrl()); err == nil && u.Scheme == "http" {
+			args = append(args, "--trusted-host", u.Hostname())
+		}
 	}
 	for _, p := range m.GetPackages() {
 		if p == "" || p[0] == '-' {

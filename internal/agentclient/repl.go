@@ -92,10 +92,17 @@ func (c *Client) ReplInterrupt(ctx context.Context) (interrupted, restarted bool
 	return resp.Msg.GetInterrupted(), resp.Msg.GetRestarted(), nil
 }
 
-// ReplInstall pip-installs packages into the interpreter's user site, from findLinks only.
-func (c *Client) ReplInstall(ctx context.Context, packages []string, findLinks string, timeout time.Duration) (*Installed, error) {
+// InstallSource is where an install finds packages.
+type InstallSource struct {
+	FindLinks string // a directory of wheels inside the sandbox; "" for none
+	Online    bool   // the package index may be used (the sandbox's network reaches it)
+	IndexURL  string // with Online: the index; "" for pip's default
+}
+
+// ReplInstall pip-installs packages into the interpreter's user site, from src.
+func (c *Client) ReplInstall(ctx context.Context, packages []string, src InstallSource, timeout time.Duration) (*Installed, error) {
 	resp, err := c.repl.Install(ctx, connect.NewRequest(&pb.ReplInstallRequest{Packages: packages,
-		FindLinks: findLinks, TimeoutMs: Millis(timeout)}))
+		FindLinks: src.FindLinks, AllowNetwork: src.Online, IndexUrl: src.IndexURL, TimeoutMs: Millis(timeout)}))
 	if err != nil {
 		return nil, apiError(err)
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"reflect"
 	"testing"
 	"time"
 
@@ -52,7 +53,7 @@ func TestOperatorBounds(t *testing.T) {
 	lim := e.Limits()
 	want := api.Limits{MaxTimeout: 600, MaxCPU: 64, DefaultCPU: 2, OutputBytes: 4 << 20, ScratchBytes: 3 << 30}
 	got := api.Limits{MaxTimeout: lim.MaxTimeout, MaxCPU: lim.MaxCPU, DefaultCPU: lim.DefaultCPU, OutputBytes: lim.OutputBytes, ScratchBytes: lim.ScratchBytes}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("limits: got %+v, want %+v", got, want)
 	}
 	for _, tc := range []struct {

@@ -36,7 +36,7 @@ type Agent interface {
 	// ReplRun runs one cell; its answer is charged to the ctx's answer budget (withAnswerBudget).
 	ReplRun(ctx context.Context, code string, timeout time.Duration, outputLimit int64) (*Cell, error)
 	ReplInterrupt(ctx context.Context) (interrupted, restarted bool, err error)
-	ReplInstall(ctx context.Context, packages []string, findLinks string, timeout time.Duration) (*Installed, error)
+	ReplInstall(ctx context.Context, packages []string, src InstallSource, timeout time.Duration) (*Installed, error)
 }
 
 // The engine's names for what an Agent takes and gives.
@@ -47,6 +47,8 @@ type (
 	Event = agentclient.Event
 	// End is how a process ended.
 	End = agentclient.End
+	// InstallSource is where a session's install finds packages.
+	InstallSource = agentclient.InstallSource
 	// Cell is an agent's answer to one REPL cell, before the engine re-checks it.
 	Cell = agentclient.Cell
 	// CellError is the exception a cell raised.

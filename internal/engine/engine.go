@@ -9,6 +9,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"runtime"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // Runtime is the isolation backend, as far as the engine needs it.
@@ -45,8 +47,8 @@ type Spec struct {
 	Pids         int64
 	ScratchBytes int64
 	NoFile       uint64
-	Network      bool
-	Meta         []byte // kept by the runtime with the sandbox, for Recover
+	Network      netpolicy.Policy // normalized; Block unless the request and the operator allow more
+	Meta         []byte           // kept by the runtime with the sandbox, for Recover
 	// Workdir is a writable directory the runtime creates outside /workspace and /tmp; empty
 	// when the workdir lies inside them.
 	Workdir string
@@ -110,6 +112,16 @@ type Config struct {
 	// WheelDirSet says the runtime mounts an operator wheel directory at WheelDir, from which
 	// sessions may pip-install.
 	WheelDirSet bool
+	// PipIndexURL is the package index a session's install uses when its network policy lets it
+	// out; empty means pip's default (PyPI).
+	PipIndexURL string
+
+	// NetworkModes are the network modes requests may ask for; default all of netpolicy's
+	// modes. Block is always allowed. A mode the runtime cannot build is refused by the runtime
+	// (501), so the CLI lists only what the host supports.
+	NetworkModes []netpolicy.Mode
+	// DefaultNetwork is the policy of a request that names none; default Block.
+	DefaultNetwork netpolicy.Policy
 }
 
 func (c *Config) setDefaults() {
@@ -180,6 +192,9 @@ func (c *Config) setDefaults() {
 	def(&c.MaxSandboxTimeout, 24*time.Hour)
 	def(&c.GoneRetention, time.Hour)
 	def(&c.ReapInterval, time.Second)
+	if c.NetworkModes == nil {
+		c.NetworkModes = []netpolicy.Mode{netpolicy.Block, netpolicy.Internet, netpolicy.Allowlist}
+	}
 }
 
 // Validate reports a configuration that cannot work.
@@ -198,6 +213,19 @@ func (c *Config) Validate() error {
 		return errors.New("engine: cpu must satisfy 0 < default ≤ max")
 	case c.OutputLimit < 0 || c.ScratchBytes < 0 || c.MaxTimeout < 0:
 		return errors.New("engine: the output limit, the scratch size and the timeout ceiling must be positive")
+	}
+	for _, m := range c.NetworkModes {
+		if m != netpolicy.Block && m != netpolicy.Internet && m != netpolicy.Allowlist {
+			return fmt.Errorf("engine: network mode %q is unknown", m)
+		}
+	}
+	if d := c.DefaultNetwork.Normalize(); d.Mode != netpolicy.Block {
+		if _, err := d.Rules(); err != nil {
+			return fmt.Errorf("engine: default network: %w", err)
+		}
+		if !slices.Contains(c.NetworkModes, d.Mode) {
+			return fmt.Errorf("engine: the default network mode %q is not among the allowed modes", d.Mode)
+		}
 	}
 	return nil
 }
@@ -265,6 +293,8 @@ func (e *Engine) Limits() api.Limits {
 		MaxConcurrent: c.MaxConcurrent, MaxConcurrentPerKey: c.MaxConcurrentPerOwner,
 		MaxQueue: c.MaxQueue, MaxQueuePerKey: c.MaxQueuePerOwner,
 		MaxSandboxes: c.MaxSandboxes, MaxSandboxesPerKey: c.MaxSandboxesPerOwner,
+		NetworkModes: modeNames(c.NetworkModes), DefaultNetwork: api.Network{Mode: string(c.DefaultNetwork.Mode),
+			Allow: c.DefaultNetwork.Allow},
 	}
 }
 

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine/fakeagent"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // fakeRuntime creates fakeInstances; nothing runs.
@@ -103,8 +105,53 @@ func TestSandboxValidation(t *testing.T) {
 	if len(rt.created) != 0 {
 		t.Fatalf("invalid requests created %d sandboxes", len(rt.created))
 	}
-	if _, err := e.CreateSandbox(t.Context(), SandboxSpec{Network: true}); !errors.Is(err, api.ErrUnimplemented) {
-		t.Fatalf("block_network=false: %v", err)
+}
+
+// TestNetworkPolicyRules: a request's network policy is validated, bounded by the operator's
+// modes, defaults to the operator's default, and reaches the runtime normalized.
+func TestNetworkPolicyRules(t *testing.T) {
+	t.Parallel()
+	e, rt := newTestEngine(t, Config{NetworkModes: []netpolicy.Mode{netpolicy.Internet}})
+	for _, p := range []netpolicy.Policy{
+		{Mode: "open"}, {Mode: netpolicy.Internet, Allow: []string{"pypi.org"}},
+		{Mode: netpolicy.Allowlist, Allow: []string{"pypi.org"}}, // not among the operator's modes
+		{Mode: netpolicy.Allowlist}, {Allow: []string{"::1"}},
+	} {
+		if _, err := e.CreateSandbox(t.Context(), SandboxSpec{Network: p}); !errors.Is(err, api.ErrInvalidArgument) {
+			t.Errorf("%+v: %v, want invalid_argument", p, err)
+		}
+	}
+	if len(rt.created) != 0 {
+		t.Fatalf("refused policies created %d sandboxes", len(rt.created))
+	}
+	for _, c := range []struct {
+		req, want netpolicy.Policy
+	}{
+		{netpolicy.Policy{}, netpolicy.Policy{Mode: netpolicy.Block}},
+		{netpolicy.Policy{Mode: netpolicy.Internet}, netpolicy.Policy{Mode: netpolicy.Internet}},
+	} {
+		sb, err := e.CreateSandbox(t.Context(), SandboxSpec{Network: c.req})
+		if err != nil {
+			t.Fatalf("%+v: %v", c.req, err)
+		}
+		if got := rt.created[len(rt.created)-1].Network; !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%+v reached the runtime as %+v, want %+v", c.req, got, c.want)
+		}
+		if got := sb.Spec().Network; !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%+v: sandbox spec %+v, want %+v", c.req, got, c.want)
+		}
+	}
+	def := netpolicy.Policy{Mode: netpolicy.Allowlist, Allow: []string{"pypi.org:443"}}
+	e2, rt2 := newTestEngine(t, Config{DefaultNetwork: def})
+	if _, err := e2.CreateSandbox(t.Context(), SandboxSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := rt2.created[0].Network; !reflect.DeepEqual(got, def) {
+		t.Errorf("default policy reached the runtime as %+v, want %+v", got, def)
+	}
+	if _, err := New(Config{Runtime: rt2, DefaultNetwork: netpolicy.Policy{Mode: netpolicy.Internet},
+		NetworkModes: []netpolicy.Mode{netpolicy.Allowlist}}); err == nil {
+		t.Error("a default mode outside the allowed modes was accepted")
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/layout"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // OneShot is one program to run in a fresh sandbox that is destroyed afterwards. Zero values
@@ -30,7 +31,7 @@ type OneShot struct {
 	MemoryBytes int64
 	CPU         float64
 	Image       string
-	Network     bool // outbound network; refused until sandboxes have one
+	Network     netpolicy.Policy // zero = the engine's DefaultNetwork
 	// Output, when set, is called with each piece of output as the agent reports it (stream 1
 	// is stdout, 2 stderr), so a caller can show a long run's progress; the Result still holds
 	// all of it. Only what fits the output limit is passed on. Calls come from one goroutine.
@@ -166,7 +167,8 @@ func (e *Engine) Execute(ctx context.Context, o OneShot) (*Result, error) {
 // runOneShot runs a normalized one-shot in a fresh sandbox, holding a one-shot slot.
 func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error) {
 	// Refused per run, not per batch: a batch's other snippets still run.
-	if err := checkNetwork(p.Network, "allow_network"); err != nil {
+	network, err := e.cfg.normalizeNetwork(p.Network)
+	if err != nil {
 		return nil, err
 	}
 	release, err := e.acquire(ctx)
@@ -175,7 +177,7 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error
 	}
 	id, inst, err := e.create(ctx, KindOneShot, Spec{
 		Image: p.Image, MemoryBytes: p.MemoryBytes, CPU: p.CPU, Pids: e.cfg.Pids,
-		ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile,
+		ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Network: network,
 	}, record{Owner: Owner(ctx)})
 	if err != nil {
 		release()

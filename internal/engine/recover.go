@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // Recoverer is implemented by runtimes whose sandboxes outlive the daemon.
@@ -103,12 +104,17 @@ func decodeRecord(meta []byte) (record, error) {
 			kind, seed = KindSeedSession, name
 		}
 	}
+	// Those daemons refused any network, so every such sandbox was blocked.
+	network := netpolicy.Policy{Mode: netpolicy.Block}
+	if !*l.Req.BlockNetwork {
+		network.Mode = netpolicy.Internet
+	}
 	if len(tags) == 0 && len(l.Req.Tags) == 0 {
 		tags = l.Req.Tags // keep nil as nil
 	}
 	return record{V: recordVersion, Kind: kind, Owner: l.Owner, Seed: seed, Created: l.Created, Expires: l.Expires,
 		Spec: &SandboxSpec{Timeout: l.Expires.Sub(l.Created), IdleTimeout: l.Idle, MemoryBytes: l.Req.MemoryMB << 20,
-			CPU: l.Req.CPU, Image: l.Req.Image, Workdir: l.Req.Workdir, Network: !*l.Req.BlockNetwork,
+			CPU: l.Req.CPU, Image: l.Req.Image, Workdir: l.Req.Workdir, Network: network,
 			Env: l.Req.Env, Tags: tags}}, nil
 }
 

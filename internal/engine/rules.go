@@ -3,11 +3,13 @@ package engine
 import (
 	"math"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/layout"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // The rules every request type is normalized with, each in one place. A request type's
@@ -67,13 +69,32 @@ func checkImage(image string) (string, error) {
 	return "", invalid("image %q is not available (only %q so far)", image, hostImage)
 }
 
-// checkNetwork refuses outbound network, which sandboxes do not have yet. what names the
-// request field as the caller spelled it.
-func checkNetwork(network bool, what string) error {
-	if network {
-		return api.Errorf(api.ErrUnimplemented, "%s is not available yet: sandboxes have no outbound network", what)
+// normalizeNetwork returns the policy a request gets: its own (the zero policy meaning the
+// operator's default), validated and within the modes the operator allows.
+func (c *Config) normalizeNetwork(p netpolicy.Policy) (netpolicy.Policy, error) {
+	if p.Mode == "" && len(p.Allow) == 0 {
+		p = c.DefaultNetwork
 	}
-	return nil
+	p = p.Normalize()
+	if _, err := p.Rules(); err != nil {
+		return p, invalid("%v", err)
+	}
+	if p.Mode != netpolicy.Block && !slices.Contains(c.NetworkModes, p.Mode) {
+		return p, invalid("network mode %q is not allowed by this server (allowed: %s)", p.Mode,
+			strings.Join(modeNames(c.NetworkModes), ", "))
+	}
+	return p, nil
+}
+
+// modeNames spells modes for messages and the API, block always first.
+func modeNames(modes []netpolicy.Mode) []string {
+	out := []string{string(netpolicy.Block)}
+	for _, m := range modes {
+		if m != netpolicy.Block {
+			out = append(out, string(m))
+		}
+	}
+	return out
 }
 
 // MaxEnvBytes bounds an environment: the "NAME=value" strings with their NULs, in all. It

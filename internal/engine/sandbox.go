@@ -15,6 +15,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/layout"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // Kind is what a sandbox is for. It is fixed at creation, persisted with the sandbox (see
@@ -57,8 +58,8 @@ type SandboxSpec struct {
 	MemoryBytes int64             `json:"memory_bytes"`
 	CPU         float64           `json:"cpu"`
 	Image       string            `json:"image"`
-	Workdir     string            `json:"workdir"` // default layout.Workspace
-	Network     bool              `json:"network,omitempty"`
+	Workdir     string            `json:"workdir"`          // default layout.Workspace
+	Network     netpolicy.Policy  `json:"network,omitzero"` // normalized; absent in records before networks (Block)
 	Env         map[string]string `json:"env,omitempty"`
 	Tags        map[string]string `json:"tags,omitempty"` // the caller's own
 }
@@ -109,7 +110,7 @@ func (e *Engine) normalizeSandbox(s SandboxSpec) (SandboxSpec, error) {
 			return s, invalid("tag %q is invalid (non-empty key without ':', key ≤ 128 and value ≤ 256 bytes)", k)
 		}
 	}
-	if err := checkNetwork(s.Network, "block_network=false"); err != nil {
+	if s.Network, err = c.normalizeNetwork(s.Network); err != nil {
 		return s, err
 	}
 	return s, nil
@@ -155,7 +156,7 @@ func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s San
 	}
 	now := time.Now()
 	rs := Spec{Image: s.Image, MemoryBytes: s.MemoryBytes, CPU: s.CPU,
-		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile}
+		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Network: s.Network}
 	if !layout.Writable(s.Workdir) {
 		rs.Workdir = s.Workdir // the runtime makes it; a writable one is made below
 	}

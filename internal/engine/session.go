@@ -12,6 +12,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/layout"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/repl"
 )
 
@@ -31,6 +32,7 @@ type SessionSpec struct {
 	CPU         float64
 	Env         map[string]string
 	Tags        map[string]string
+	Network     netpolicy.Policy // zero = the engine's DefaultNetwork; installs use it
 }
 
 // normalizeSession turns s into the normalized spec of its sandbox.
@@ -45,7 +47,7 @@ func (e *Engine) normalizeSession(s SessionSpec) (SandboxSpec, error) {
 		idle = min(idle, life) // only the default follows a shorter life
 	}
 	return e.normalizeSandbox(SandboxSpec{Timeout: life, IdleTimeout: idle, MemoryBytes: s.MemoryBytes,
-		CPU: s.CPU, Env: s.Env, Tags: s.Tags})
+		CPU: s.CPU, Env: s.Env, Tags: s.Tags, Network: s.Network})
 }
 
 // CreateSession starts a sandbox with a long-lived Python interpreter in it.
@@ -210,8 +212,9 @@ type InstallResult struct {
 // Success reports pip exiting 0 within its timeout.
 func (r *InstallResult) Success() bool { return r.ExitCode == 0 && !r.TimedOut }
 
-// Install pip-installs packages into the session's user site. Sandboxes have no outbound network
-// yet, so packages come only from the operator's wheel directory (Config.WheelDirSet).
+// Install pip-installs packages into the session's user site: from the package index (the
+// operator's PipIndexURL, or PyPI) when the session's network policy lets it out, and from the
+// operator's wheel directory (Config.WheelDirSet) in any case, so offline installs keep working.
 func (sb *Sandbox) Install(ctx context.Context, s InstallSpec) (*InstallResult, error) {
 	if len(s.Packages) == 0 || len(s.Packages) > 50 {
 		return nil, invalid("give 1…50 packages")
@@ -228,10 +231,18 @@ func (sb *Sandbox) Install(ctx context.Context, s InstallSpec) (*InstallResult, 
 		}
 		timeout = s.Timeout
 	}
-	if !sb.e.cfg.WheelDirSet {
-		return nil, api.Errorf(api.ErrUnimplemented, "package installs need outbound network (not available yet) or an operator wheel directory (airlock serve --wheel-dir)")
+	online := sb.spec.Network.Enabled()
+	if !online && !sb.e.cfg.WheelDirSet {
+		return nil, api.Errorf(api.ErrConflict, "this session has no network (create it with a network policy that reaches the package index) and the server has no wheel directory (airlock serve --wheel-dir)")
 	}
-	m, err := sb.client.ReplInstall(ctx, s.Packages, layout.WheelDir, timeout)
+	src := InstallSource{Online: online}
+	if sb.e.cfg.WheelDirSet {
+		src.FindLinks = layout.WheelDir
+	}
+	if online {
+		src.IndexURL = sb.e.cfg.PipIndexURL
+	}
+	m, err := sb.client.ReplInstall(ctx, s.Packages, src, timeout)
 	if err != nil {
 		return nil, sb.endedError(err)
 	}

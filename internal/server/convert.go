@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"encoding/base64"
+	"fmt"
 	"math"
 	"mime"
 	"path"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // The conversions between the API's wire types and the engine's own, in both directions: the
@@ -51,11 +53,34 @@ func mebibytes(v int64) int64 {
 // mib converts bytes to MiB with two decimals, as the API reports memory use.
 func mib(b int64) float64 { return math.Round(float64(b)/(1<<20)*100) / 100 }
 
-// OneShot converts an execute request (also for the CLI's embedded engine).
+// OneShot converts an execute request (also for the CLI's embedded engine). A request whose
+// allow_network and network disagree becomes a policy the engine refuses (see netPolicy).
 func OneShot(r api.ExecuteRequest) engine.OneShot {
+	var legacy *netpolicy.Mode
+	if r.AllowNetwork {
+		legacy = new(netpolicy.Internet)
+	}
 	return engine.OneShot{Language: r.Language, Code: r.Code, Stdin: r.Stdin, Files: r.Files, Env: r.Env,
 		Timeout: Seconds(r.Timeout), MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image,
-		Network: r.AllowNetwork, OutputFiles: r.OutputFiles}
+		Network: netPolicy(r.Network, legacy, "allow_network: true"), OutputFiles: r.OutputFiles}
+}
+
+// netPolicy converts a request's network object and the older boolean that implies mode legacy
+// (nil when the boolean was not given, or given as its default). When both are given and
+// disagree the result names the conflict as its mode, which the engine refuses as unknown: the
+// caller learns which fields clash, in the one place policies are checked.
+func netPolicy(n *api.Network, legacy *netpolicy.Mode, legacyField string) netpolicy.Policy {
+	switch {
+	case n == nil && legacy == nil:
+		return netpolicy.Policy{} // the server's default
+	case n == nil:
+		return netpolicy.Policy{Mode: *legacy}
+	}
+	p := netpolicy.Policy{Mode: netpolicy.Mode(n.Mode), Allow: n.Allow}
+	if legacy != nil && (*legacy == netpolicy.Block) != (p.Normalize().Mode == netpolicy.Block) {
+		p.Mode = netpolicy.Mode(fmt.Sprintf("%s (conflicts with %s)", p.Normalize().Mode, legacyField))
+	}
+	return p
 }
 
 // ExecuteResponse converts a one-shot's result.
@@ -114,13 +139,27 @@ func batchResponse(items []engine.BatchItem) *api.BatchResponse {
 func sandboxSpec(r api.CreateSandboxRequest) engine.SandboxSpec {
 	return engine.SandboxSpec{Timeout: Seconds(r.Timeout), IdleTimeout: Seconds(r.IdleTimeout),
 		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Workdir: r.Workdir,
-		Network: r.BlockNetwork != nil && !*r.BlockNetwork, Env: r.Env, Tags: r.Tags}
+		Network: blockNetwork(r.BlockNetwork, r.Network), Env: r.Env, Tags: r.Tags}
+}
+
+// blockNetwork converts Modal's block_network (true: block; false: internet) with a network
+// object; an explicit true keeps the sandbox blocked whatever the server's default.
+func blockNetwork(block *bool, n *api.Network) netpolicy.Policy {
+	if block == nil {
+		return netPolicy(n, nil, "")
+	}
+	m := netpolicy.Internet
+	if *block {
+		m = netpolicy.Block
+	}
+	return netPolicy(n, &m, fmt.Sprintf("block_network: %v", *block))
 }
 
 // SessionSpec converts a session request.
 func SessionSpec(r api.CreateSessionRequest) engine.SessionSpec {
 	return engine.SessionSpec{Timeout: Seconds(r.Timeout), IdleTimeout: Seconds(r.IdleTimeout),
-		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Env: r.Env, Tags: r.Tags}
+		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Env: r.Env, Tags: r.Tags,
+		Network: netPolicy(r.Network, nil, "")}
 }
 
 // execSpec converts an exec request; how its output is consumed (the limit, a kept stdin) is
@@ -157,8 +196,9 @@ func sandboxInfo(i engine.Info) api.SandboxInfo {
 	s := i.Spec
 	out := api.SandboxInfo{ID: i.ID, Status: api.StatusRunning, Image: s.Image, CreatedAt: i.Created,
 		ExpiresAt: i.Expires, LastActiveAt: i.LastActive, IdleTimeout: s.IdleTimeout.Seconds(),
-		CPU: s.CPU, MemoryMB: s.MemoryBytes >> 20, Workdir: s.Workdir, BlockNetwork: !s.Network,
-		Tags: wireTags(i.Kind, i.SeedName, s.Tags), EndReason: i.Ended}
+		CPU: s.CPU, MemoryMB: s.MemoryBytes >> 20, Workdir: s.Workdir, BlockNetwork: !s.Network.Enabled(),
+		Network: api.Network{Mode: string(s.Network.Normalize().Mode), Allow: s.Network.Allow},
+		Tags:    wireTags(i.Kind, i.SeedName, s.Tags), EndReason: i.Ended}
 	if i.Ended != "" {
 		out.Status = api.StatusTerminated
 		return out

@@ -120,7 +120,11 @@ func TestBadInput(t *testing.T) {
 		{"NUL in code", "POST", "/v1/execute", `{"code":"a\u0000b"}`, 400, api.CodeInvalidArgument},
 		{"seed route validates too", "POST", "/execute", `{"code":"1","timeout":9999}`, 400, api.CodeInvalidArgument},
 		{"body too large", "POST", "/v1/execute", big, 413, api.CodeTooLarge},
-		{"network not built", "POST", "/v1/execute", `{"code":"1","allow_network":true}`, 501, api.CodeUnimplemented},
+		{"network mode unknown", "POST", "/v1/execute", `{"code":"1","network":{"mode":"open"}}`, 400, api.CodeInvalidArgument},
+		{"network flag conflicts", "POST", "/v1/execute", `{"code":"1","allow_network":true,"network":{"mode":"block"}}`, 400, api.CodeInvalidArgument},
+		{"network allow without allowlist", "POST", "/v1/execute", `{"code":"1","network":{"mode":"internet","allow":["pypi.org"]}}`, 400, api.CodeInvalidArgument},
+		{"network rule bad", "POST", "/v1/execute", `{"code":"1","network":{"mode":"allowlist","allow":["[::1]:80"]}}`, 400, api.CodeInvalidArgument},
+		{"block_network conflicts", "POST", "/v1/sandboxes", `{"block_network":true,"network":{"mode":"internet"}}`, 400, api.CodeInvalidArgument},
 		{"unknown route", "GET", "/v1/nope", ``, 404, api.CodeNotFound},
 		{"wrong method", "GET", "/v1/execute", ``, 405, "method_not_allowed"},
 	}

@@ -604,7 +604,7 @@ func (a *Agent) ReplInterrupt(ctx context.Context) (interrupted, restarted bool,
 }
 
 // ReplInstall reports every package installed.
-func (a *Agent) ReplInstall(ctx context.Context, packages []string, findLinks string, timeout time.Duration) (*agentclient.Installed, error) {
+func (a *Agent) ReplInstall(ctx context.Context, packages []string, src agentclient.InstallSource, timeout time.Duration) (*agentclient.Installed, error) {
 	if err := a.begin(); err != nil {
 		return nil, err
 	}

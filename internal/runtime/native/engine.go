@@ -35,7 +35,7 @@ func honours(s engine.Spec) error {
 		return api.Errorf(api.ErrInvalidArgument, "runtime %q asked of the %s runtime", s.Runtime, Name)
 	case s.Image != "" && s.Image != "host":
 		return api.Errorf(api.ErrUnimplemented, "the %s runtime runs only the host image, not %q", Name, s.Image)
-	case s.Network:
+	case s.Network.Enabled():
 		return api.Errorf(api.ErrUnimplemented, "the %s runtime has no outbound network for sandboxes yet", Name)
 	}
 	return nil
@@ -47,7 +47,7 @@ func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 	}
 	sb, err := n.r.Create(ctx, Spec{
 		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
-		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
+		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network.Enabled(), Meta: s.Meta,
 		Workdir: s.Workdir,
 	})
 	if errors.Is(err, ErrNoUIDRange) {

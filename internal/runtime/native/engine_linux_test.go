@@ -12,6 +12,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
 
@@ -42,7 +43,7 @@ func TestEngineRuntimeRefusesWhatItCannotBuild(t *testing.T) {
 		want error
 	}{
 		{"an OCI image", engine.Spec{ID: "img", Image: "docker.io/library/alpine:3.20"}, api.ErrUnimplemented},
-		{"outbound network", engine.Spec{ID: "net", Image: "host", Network: true}, api.ErrUnimplemented},
+		{"outbound network", engine.Spec{ID: "net", Image: "host", Network: netpolicy.Policy{Mode: netpolicy.Internet}}, api.ErrUnimplemented},
 		{"another runtime", engine.Spec{ID: "gv", Runtime: "gvisor"}, api.ErrInvalidArgument},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -73,7 +74,7 @@ func TestHonours(t *testing.T) {
 		{"defaults", engine.Spec{}, nil},
 		{"host image, named runtime", engine.Spec{Image: "host", Runtime: Name}, nil},
 		{"image", engine.Spec{Image: "python:3.12"}, api.ErrUnimplemented},
-		{"network", engine.Spec{Network: true}, api.ErrUnimplemented},
+		{"network", engine.Spec{Network: netpolicy.Policy{Mode: netpolicy.Internet}}, api.ErrUnimplemented},
 		{"runtime", engine.Spec{Runtime: "gvisor"}, api.ErrInvalidArgument},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
