@@ -849,3 +849,29 @@ func TestForwarderConfigValidate(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkForwarderQuery is one allowlisted A query over UDP through the forwarder (with its
+// Admit) against BenchmarkUpstreamQuery, the same query asked of the upstream directly.
+func BenchmarkForwarderQuery(b *testing.B) {
+	up := startUpstream(b)
+	var adm admits
+	f := newTestForwarder(b, ForwarderConfig{Upstreams: []netip.AddrPort{up.addr}, Mode: Allowlist,
+		Rules: rules(b, "public.example.com"), Admit: adm.admit, QueryRate: 1 << 30})
+	benchQuery(b, f.Addr(), adm.take)
+}
+
+func BenchmarkUpstreamQuery(b *testing.B) {
+	benchQuery(b, startUpstream(b).addr, func() []admission { return nil })
+}
+
+func benchQuery(b *testing.B, addr netip.AddrPort, drain func() []admission) {
+	c := &dns.Client{Timeout: 5 * time.Second}
+	m := new(dns.Msg).SetQuestion("public.example.com.", dns.TypeA)
+	for b.Loop() {
+		r, _, err := c.Exchange(m, addr.String())
+		if err != nil || len(r.Answer) != 1 {
+			b.Fatalf("answer %v, error %v", r, err)
+		}
+		drain()
+	}
+}
