@@ -110,6 +110,9 @@ type Config struct {
 	// WheelDirSet says the runtime mounts an operator wheel directory at WheelDir, from which
 	// sessions may pip-install.
 	WheelDirSet bool
+	// PublicPorts lets sandboxes expose ports without any credential (unauthenticated_ports);
+	// off, such a request is refused (400). Flag --public-ports.
+	PublicPorts bool
 }
 
 func (c *Config) setDefaults() {

@@ -60,7 +60,8 @@ type SandboxSpec struct {
 	Workdir     string            `json:"workdir"` // default layout.Workspace
 	Network     bool              `json:"network,omitempty"`
 	Env         map[string]string `json:"env,omitempty"`
-	Tags        map[string]string `json:"tags,omitempty"` // the caller's own
+	Tags        map[string]string `json:"tags,omitempty"`  // the caller's own
+	Ports       []Port            `json:"ports,omitempty"` // exposed with tokens (see ports.go)
 }
 
 // ReservedTagPrefix starts the tag keys callers may not set: the server shows the kind of a
@@ -110,6 +111,9 @@ func (e *Engine) normalizeSandbox(s SandboxSpec) (SandboxSpec, error) {
 		}
 	}
 	if err := checkNetwork(s.Network, "block_network=false"); err != nil {
+		return s, err
+	}
+	if s.Ports, err = e.normalizePorts(s.Ports); err != nil {
 		return s, err
 	}
 	return s, nil
