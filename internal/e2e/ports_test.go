@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
@@ -19,36 +18,9 @@ import (
 	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
-	"github.com/airlockhq/airlock/internal/runtime/native"
-	"github.com/airlockhq/airlock/internal/server"
 )
 
 const portsKey = "e2e-ports-key-0123456789"
-
-// newKeyedServer is a real server with an API key over a real engine, on 127.0.0.1.
-func newKeyedServer(t *testing.T) string {
-	t.Helper()
-	mustEngine(t)
-	e, err := engine.New(engine.Config{Runtime: native.EngineRuntime(rt), ScratchBytes: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { e.Run(ctx); close(done) }()
-	s, err := server.New(server.Config{Engine: e, APIKeys: []string{portsKey}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewServer(s.Handler())
-	t.Cleanup(func() {
-		ts.Close()
-		cancel()
-		<-done
-		e.Close(context.Background())
-	})
-	return ts.URL
-}
 
 // wsEchoServer is a WebSocket echo server in the Python standard library only (the handshake
 // with hashlib and base64), as a program in a sandbox might run.
@@ -131,7 +103,7 @@ func get(t *testing.T, u string, header ...string) (int, string) {
 // a WebSocket echo, and a port-forward; the program never sees the key or the token; and open
 // tunnels end with the sandbox.
 func TestPortsThroughTheDaemon(t *testing.T) {
-	base := newKeyedServer(t)
+	base := newAPIServer(t, engine.Config{ScratchBytes: 64 << 20}, portsKey).url
 	ctx := t.Context()
 	c := airlock.New(base, portsKey)
 	sb, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Ports: []int{8080, 8082}, Timeout: 120})
