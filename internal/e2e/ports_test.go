@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"time"
 	"testing"
 
 	"github.com/coder/websocket"
@@ -263,4 +264,75 @@ func TestPortsThroughTheDaemon(t *testing.T) {
 			t.Errorf("a tunnel to an ended sandbox: got %v, want gone", err)
 		}
 	})
+}
+
+// BenchmarkPortProxy measures a GET of a small file from python3 -m http.server: direct on
+// the host (the baseline, in the same run) and in a network-blocked sandbox through the daemon's
+// proxy and the agent's tunnel. python's server closes each connection, so both pay a new TCP
+// connection (and the proxy a new tunnel) per request; the client keeps its connection to the
+// daemon.
+func BenchmarkPortProxy(b *testing.B) {
+	dir := b.TempDir()
+	os.WriteFile(dir+"/f.txt", []byte("hello"), 0o644)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	host := exec.Command("python3", "-m", "http.server", port, "--bind", "127.0.0.1", "--directory", dir)
+	if err := host.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { host.Process.Kill(); host.Wait() })
+
+	a := newAPIServer(b, engine.Config{ScratchBytes: 64 << 20}, portsKey)
+	ctx := b.Context()
+	sb, err := airlock.New(a.url, portsKey).CreateSandbox(ctx, api.CreateSandboxRequest{Timeout: 600})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sb.Terminate(context.Background()) })
+	if err := sb.WriteFile(ctx, "/workspace/f.txt", strings.NewReader("hello")); err != nil {
+		b.Fatal(err)
+	}
+	p, err := sb.Exec(ctx, "python3", "-m", "http.server", "8080", "--directory", "/workspace")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Kill(); p.Wait() })
+	fetch := func(u string) error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		req.Header.Set("Authorization", "Bearer "+portsKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 || string(body) != "hello" {
+			return errors.New(resp.Status + " " + string(body))
+		}
+		return nil
+	}
+	for _, bc := range []struct{ name, url string }{
+		{"direct", "http://" + addr + "/f.txt"},
+		{"proxy", sb.PortURL(8080) + "f.txt"},
+	} {
+		deadline := time.Now().Add(15 * time.Second)
+		for fetch(bc.url) != nil {
+			if time.Now().After(deadline) {
+				b.Fatalf("%s: %v", bc.name, fetch(bc.url))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if err := fetch(bc.url); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
