@@ -33,7 +33,11 @@ func (c *Client) DialPort(ctx context.Context, port int) (net.Conn, error) {
 		return nil, fmt.Errorf("tunnel request: %w", err)
 	}
 	stop := context.AfterFunc(ctx, cancel)
-	resp, err := c.hc.Do(req)
+	hc := c.tunnels
+	if hc == nil {
+		hc = c.hc
+	}
+	resp, err := hc.Do(req)
 	stopped := stop()
 	if err != nil {
 		cancel()
@@ -52,6 +56,15 @@ func (c *Client) DialPort(ctx context.Context, port int) (net.Conn, error) {
 	}
 	return &tunnelConn{body: resp.Body, w: pw, cancel: cancel, port: port}, nil
 }
+
+// tunnelStreamWindow is the window of each tunnel's stream. Tunnels have a connection of their
+// own (Client.tunnels): HTTP/2 gives a connection's window back only as the reader consumes,
+// so a tunnel whose reader stalls (a slow client of a port, perhaps an anonymous one) holds
+// its stream's window of the connection's. On the RPCs' connection (8 MiB streams, 16 MiB in
+// all) two such tunnels would freeze every call into the sandbox; here it takes 16 to freeze
+// the other tunnels, and the RPCs never. The daemon's memory for what tunnels have received and
+// nobody has read stays within the connection's 16 MiB.
+const tunnelStreamWindow = 1 << 20
 
 // tunnelError maps the agent's refusal of a tunnel to the API's taxonomy.
 func tunnelError(status int, msg string, port int) error {
