@@ -11,8 +11,8 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 
