@@ -174,3 +174,25 @@ func ExampleIsGone() {
 	// gone: false not found: true
 	// true not_found
 }
+
+func ExampleSandbox_PortURL() {
+	url, done := exampleServer()
+	defer done()
+	ctx := context.Background()
+
+	c := airlock.New(url, "")
+	sb, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Ports: []int{8080}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer sb.Terminate(ctx)
+	info, err := sb.Info(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Whoever has the token (and no API key) reaches port 8080 of this sandbox, and nothing
+	// else: send it as the X-Airlock-Port-Token header, or ?airlock_token= from a browser.
+	fmt.Println(info.Ports[0].Port, len(info.Ports[0].Token), strings.TrimPrefix(sb.PortURL(8080), url+"/v1/sandboxes/"+sb.ID()))
+	// Output:
+	// 8080 43 /ports/8080/
+}

@@ -48,6 +48,12 @@ type CreateSandboxRequest struct {
 	Network      *Network          `json:"network,omitempty"`       // the sandbox's network policy; overrides the server's default
 	Env          map[string]string `json:"env,omitempty"`           // for every exec; at most 128 KiB of NAME=value
 	Tags         map[string]string `json:"tags,omitempty"`          // at most 32; keys without ':' and not starting with "airlock."
+	// Ports are exposed with a token each (SandboxInfo.Ports), for callers without the API key;
+	// the key reaches every port anyway. At most 32 with UnauthenticatedPorts.
+	Ports []int `json:"ports,omitempty"`
+	// UnauthenticatedPorts are reachable without any credential; refused (400) unless the
+	// daemon's operator allows public ports (airlock serve --public-ports).
+	UnauthenticatedPorts []int `json:"unauthenticated_ports,omitempty"`
 }
 
 // SandboxInfo describes a sandbox.
@@ -67,6 +73,8 @@ type SandboxInfo struct {
 	Tags         map[string]string `json:"tags,omitempty"`         // the caller's tags, and the airlock.* tags the server sets
 	Usage        *Usage            `json:"usage,omitempty"`        // resource use so far, while it runs
 	EndReason    string            `json:"end_reason,omitempty"`   // why it ended: terminated, expired, idle, died, failed, shutdown
+	// Ports are the exposed ports with their tokens (see CreateSandboxRequest.Ports).
+	Ports []PortInfo `json:"ports,omitempty"`
 }
 
 // Usage is a sandbox's resource consumption so far.

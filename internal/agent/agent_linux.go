@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/airlockhq/airlock/internal/agent/agentpb"
 	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
 )
 
@@ -38,10 +39,12 @@ type Agent struct {
 	files   *fsPool // threads for file-system calls, as the sandbox user
 	started time.Time
 
-	mu      sync.Mutex // guards procs, tags and running
+	mu      sync.Mutex // guards procs, tags, running and tunnelsClosed
 	procs   map[int]*proc
 	tags    map[string]*proc
 	running int // processes started through startProc and not yet ended
+	// tunnelsClosed is set when Serve ends; no tunnel starts after it.
+	tunnelsClosed bool
 
 	// startMu serializes starting processes (the forks are serialized by the reaper anyway), so
 	// that a burst of starts holds one start's descriptors at a time, not one per waiter.
@@ -52,14 +55,19 @@ type Agent struct {
 	// transfers bounds the files the API holds open at once (openFile takes a token, Close of
 	// the openedFile gives it back).
 	transfers chan struct{}
+	// tunnelSlots bounds the open tunnels (maxTunnels); tunnelsWG owns their handlers, which
+	// Serve waits for after closing the server (which cancels them).
+	tunnelSlots chan struct{}
+	tunnelsWG   sync.WaitGroup
 }
 
 // The agent's descriptors: RLIMIT_NOFILE is the user's, and the agent lives within it. Each running
 // process holds at most three (stdin, stdout, stderr pipes; one with a terminal), each open file
-// transfer two (the file and its directory), one start in progress five; fdReserve covers the
-// transfers, a start, the listener and connections, and listings.
+// transfer two (the file and its directory), each tunnel one, one start in progress five;
+// fdReserve covers the transfers, the tunnels, a start, the listener and connections, and
+// listings.
 const (
-	fdReserve     = 256
+	fdReserve     = 384
 	fdsPerProcess = 3
 	maxTransfers  = 64
 )
@@ -116,7 +124,7 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	// The agent's memory counts against the sandbox's reserve for it (see native's cgroup
 	// layout): make the collector work harder well before that is reached.
 	debug.SetMemoryLimit(64 << 20)
-	a := &Agent{cfg: cfg, transfers: make(chan struct{}, maxTransfers), reaper: newReaper(cfg.Spawn), started: time.Now(),
+	a := &Agent{cfg: cfg, transfers: make(chan struct{}, maxTransfers), tunnelSlots: make(chan struct{}, maxTunnels), reaper: newReaper(cfg.Spawn), started: time.Now(),
 		procs: map[int]*proc{}, tags: map[string]*proc{}}
 	defer a.reaper.stop()
 	a.files = newFSPool(cfg.UID, cfg.GID)
@@ -127,6 +135,7 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	mux.Handle(agentpbconnect.NewAgentHandler(&agentService{a}))
 	mux.Handle(agentpbconnect.NewFilesystemHandler(&fsService{a: a}))
 	mux.Handle(agentpbconnect.NewReplHandler(&replService{a: a}))
+	mux.HandleFunc("POST "+agentpb.TunnelPath+"{port}", a.handleTunnel)
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
@@ -147,6 +156,7 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	case <-ctx.Done():
 		srv.Close()
 		<-errc
+		a.closeTunnels()
 		a.killAll()
 		a.procsWG.Wait()
 		return nil

@@ -17,4 +17,10 @@
 //
 // Process.Connect re-attaches to a running process by pid or tag and receives the same events
 // from that point; SendInput, StreamInput, CloseStdin and SendSignal act on it by selector.
+//
+// # Tunnel
+//
+// One route is not Connect: POST agentpb.TunnelPath+PORT connects to PORT on the sandbox's
+// loopback and carries bytes both ways on that one HTTP/2 stream (request body in, response
+// body out), so the daemon reaches ports with the network blocked; see tunnel_linux.go.
 package agent

@@ -27,14 +27,25 @@ type Client struct {
 	agent   agentpbconnect.AgentClient
 	fs      agentpbconnect.FilesystemClient
 	repl    agentpbconnect.ReplClient
+	// tunnels carries DialPort's streams on a connection of their own (see tunnelStreamWindow); nil
+	// uses hc.
+	tunnels *http.Client
 }
 
 // Dial returns a client that speaks HTTP/2 cleartext to the agent listening on the unix socket
 // sock. Nothing is dialled until the first call.
 func Dial(sock string) *Client {
+	c := New(&http.Client{Transport: h2cTransport(sock, 8<<20)})
+	c.tunnels = &http.Client{Transport: h2cTransport(sock, tunnelStreamWindow)}
+	return c
+}
+
+// h2cTransport speaks HTTP/2 cleartext (prior knowledge) to the agent on the unix socket sock,
+// with windows of 16 MiB per connection and perStream per stream.
+func h2cTransport(sock string, perStream int) *http.Transport {
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{
+	return &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", sock)
@@ -43,10 +54,9 @@ func Dial(sock string) *Client {
 		DisableCompression: true,
 		HTTP2: &http.HTTP2Config{
 			MaxReceiveBufferPerConnection: 16 << 20,
-			MaxReceiveBufferPerStream:     8 << 20,
+			MaxReceiveBufferPerStream:     perStream,
 		},
 	}
-	return New(&http.Client{Transport: tr})
 }
 
 // New returns a client over hc, which must reach the agent (any URL host works).
@@ -74,7 +84,12 @@ func New(hc *http.Client) *Client {
 }
 
 // CloseIdleConnections closes the client's idle connections to the agent (on Destroy).
-func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+func (c *Client) CloseIdleConnections() {
+	c.hc.CloseIdleConnections()
+	if c.tunnels != nil {
+		c.tunnels.CloseIdleConnections()
+	}
+}
 
 // MaxMessage is the largest single message the daemon accepts from an agent: a REPL cell's
 // rich outputs (16 MiB) and output (2 × 1 MiB) with room to spare.

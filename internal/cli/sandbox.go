@@ -35,7 +35,7 @@ func sandboxCmd() *cobra.Command {
 	pf := cmd.PersistentFlags()
 	bindClientFlags(pf, o, "airlock daemon URL")
 	cmd.AddCommand(sandboxCreateCmd(o), sandboxListCmd(o), sandboxExecCmd(o), sandboxCpCmd(o),
-		sandboxRmCmd(o), sandboxInfoCmd(o), sandboxExtendCmd(o))
+		sandboxRmCmd(o), sandboxInfoCmd(o), sandboxExtendCmd(o), sandboxPortForwardCmd(o))
 	return cmd
 }
 
@@ -87,6 +87,7 @@ func sandboxCreateCmd(o *clientOptions) *cobra.Command {
 	f.StringArrayVar(&env, "env", nil, "environment variable K=V for every exec (repeatable)")
 	f.StringArrayVar(&tags, "tag", nil, "tag K=V to find the sandbox by (repeatable)")
 	f.BoolVar(&allowNetwork, "allow-network", false, "allow outbound network access")
+	f.IntSliceVar(&req.Ports, "port", nil, "expose this port with a token of its own (repeatable; see port-forward for the API key's way)")
 	f.BoolVar(&asJSON, "json", false, "print the sandbox's description as JSON instead of its id")
 	return cmd
 }

@@ -33,7 +33,8 @@ type apiServer struct {
 	e   *engine.Engine
 }
 
-func newAPIServer(t testing.TB, cfg engine.Config) *apiServer {
+// newAPIServer serves over an engine of cfg; with keys, requests need one of them.
+func newAPIServer(t testing.TB, cfg engine.Config, keys ...string) *apiServer {
 	t.Helper()
 	mustEngine(t)
 	if cfg.Runtime == nil {
@@ -46,7 +47,7 @@ func newAPIServer(t testing.TB, cfg engine.Config) *apiServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { e.Run(ctx); close(done) }()
-	s, err := server.New(server.Config{Engine: e})
+	s, err := server.New(server.Config{Engine: e, APIKeys: keys})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"io"
+	"net"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
@@ -37,6 +38,10 @@ type Agent interface {
 	ReplRun(ctx context.Context, code string, timeout time.Duration, outputLimit int64) (*Cell, error)
 	ReplInterrupt(ctx context.Context) (interrupted, restarted bool, err error)
 	ReplInstall(ctx context.Context, packages []string, src InstallSource, timeout time.Duration) (*Installed, error)
+
+	// DialPort connects to port on the sandbox's loopback; ctx bounds the dial only. Nothing
+	// listening is api.ErrUnavailable.
+	DialPort(ctx context.Context, port int) (net.Conn, error)
 }
 
 // The engine's names for what an Agent takes and gives.

@@ -122,6 +122,10 @@ type Config struct {
 	NetworkModes []netpolicy.Mode
 	// DefaultNetwork is the policy of a request that names none; default Block.
 	DefaultNetwork netpolicy.Policy
+
+	// PublicPorts lets sandboxes expose ports without any credential (unauthenticated_ports);
+	// off, such a request is refused (400). Flag --public-ports.
+	PublicPorts bool
 }
 
 func (c *Config) setDefaults() {

@@ -61,7 +61,8 @@ type SandboxSpec struct {
 	Workdir     string            `json:"workdir"`          // default layout.Workspace
 	Network     netpolicy.Policy  `json:"network,omitzero"` // normalized; absent in records before networks (Block)
 	Env         map[string]string `json:"env,omitempty"`
-	Tags        map[string]string `json:"tags,omitempty"` // the caller's own
+	Tags        map[string]string `json:"tags,omitempty"`  // the caller's own
+	Ports       []Port            `json:"ports,omitempty"` // exposed with tokens (see ports.go)
 }
 
 // ReservedTagPrefix starts the tag keys callers may not set: the server shows the kind of a
@@ -111,6 +112,9 @@ func (e *Engine) normalizeSandbox(s SandboxSpec) (SandboxSpec, error) {
 		}
 	}
 	if s.Network, err = c.normalizeNetwork(s.Network); err != nil {
+		return s, err
+	}
+	if s.Ports, err = e.normalizePorts(s.Ports); err != nil {
 		return s, err
 	}
 	return s, nil

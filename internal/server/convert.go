@@ -139,7 +139,8 @@ func batchResponse(items []engine.BatchItem) *api.BatchResponse {
 func sandboxSpec(r api.CreateSandboxRequest) engine.SandboxSpec {
 	return engine.SandboxSpec{Timeout: Seconds(r.Timeout), IdleTimeout: Seconds(r.IdleTimeout),
 		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Workdir: r.Workdir,
-		Network: blockNetwork(r.BlockNetwork, r.Network), Env: r.Env, Tags: r.Tags}
+		Network: blockNetwork(r.BlockNetwork, r.Network), Env: r.Env, Tags: r.Tags,
+		Ports: exposedPorts(r.Ports, r.UnauthenticatedPorts)}
 }
 
 // blockNetwork converts Modal's block_network (true: block; false: internet) with a network
@@ -203,6 +204,7 @@ func sandboxInfo(i engine.Info) api.SandboxInfo {
 		out.Status = api.StatusTerminated
 		return out
 	}
+	out.Ports = portInfos(i.ID, s.Ports)
 	if u := i.Usage; u != nil {
 		out.Usage = &api.Usage{CPUTime: u.CPUTime.Seconds(), MemoryMB: mib(u.Memory),
 			PeakMemoryMB: mib(u.PeakMemory), Processes: u.Processes}

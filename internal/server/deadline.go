@@ -19,7 +19,7 @@ func (s *Server) deadlines(pattern string, next http.Handler) http.Handler {
 			doc = d
 		}
 	}
-	streamsBody := doc.raw == "request" || doc.upgrades
+	streamsBody := doc.raw == "request" || doc.upgrades || doc.proxy
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
 		rc.SetWriteDeadline(time.Time{})
@@ -40,7 +40,7 @@ func (s *Server) deadlines(pattern string, next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		if doc.raw == "response" || (doc.ndjson && wantsNDJSON(r)) {
+		if doc.raw == "response" || doc.proxy || (doc.ndjson && wantsNDJSON(r)) {
 			// A streamed answer likewise: each write must complete within WriteTimeout of
 			// starting, so a client that stops reading is cut, however long the stream lives.
 			next.ServeHTTP(&progressWriter{ResponseWriter: w, rc: rc, timeout: s.cfg.WriteTimeout}, r)

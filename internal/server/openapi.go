@@ -31,6 +31,9 @@ type routeDoc struct {
 	noAuth   bool
 	ndjson   bool // also answers application/x-ndjson
 	upgrades bool // WebSocket
+	// proxy: forwarded to a program in a sandbox, which answers what it likes (a WebSocket
+	// upgrade included); streamed both ways under the progress deadlines.
+	proxy bool
 }
 
 var routeDocs = []routeDoc{
@@ -88,6 +91,17 @@ var routeDocs = []routeDoc{
 		desc: "A tar (PAX) of the directory's regular files, directories and symlinks (as symlinks, never followed) with their modes, named relative to it. An error after the first byte aborts the stream."},
 	{pattern: "PUT /v1/sandboxes/{id}/files/archive", summary: "Unpack a tar stream into a directory", raw: "request", resp: api.FileInfo{}, query: []string{"path"},
 		desc: "Creates the directory and unpacks regular files (permission bits kept) and directories into it. Absolute names, names with .., symlinks, hard links and device nodes are refused with 400; entries before a refused one stay unpacked. Bounded by the sandbox's writable space."},
+	{pattern: "GET /v1/sandboxes/{id}/ports/{port}/{rest...}", summary: "Reach an HTTP server in the sandbox (WebSocket upgrades included)", proxy: true, noAuth: true,
+		desc: portAuthDoc + " The prefix up to the port is stripped; the program sees Host localhost:PORT and X-Forwarded-For, -Host, -Proto and -Prefix. HEAD too."},
+	{pattern: "POST /v1/sandboxes/{id}/ports/{port}/{rest...}", summary: "Reach an HTTP server in the sandbox", proxy: true, noAuth: true, desc: portAuthDoc},
+	{pattern: "PUT /v1/sandboxes/{id}/ports/{port}/{rest...}", summary: "Reach an HTTP server in the sandbox", proxy: true, noAuth: true, desc: portAuthDoc},
+	{pattern: "PATCH /v1/sandboxes/{id}/ports/{port}/{rest...}", summary: "Reach an HTTP server in the sandbox", proxy: true, noAuth: true, desc: portAuthDoc},
+	{pattern: "DELETE /v1/sandboxes/{id}/ports/{port}/{rest...}", summary: "Reach an HTTP server in the sandbox", proxy: true, noAuth: true, desc: portAuthDoc},
+	{pattern: "OPTIONS /v1/sandboxes/{id}/ports/{port}/{rest...}", summary: "Reach an HTTP server in the sandbox", proxy: true, noAuth: true, desc: portAuthDoc},
+	{pattern: "GET /v1/sandboxes/{id}/ports/{port}", summary: "Redirect to the port's root path (with a trailing slash)", status: 301, noAuth: true,
+		desc: "Answers 301 to /v1/sandboxes/{id}/ports/{port}/, whoever asks; nothing is forwarded."},
+	{pattern: "GET /v1/sandboxes/{id}/tunnels/{port}", summary: "A TCP connection to a port in the sandbox (port-forward)", upgrades: true, noAuth: true,
+		desc: portAuthDoc + " Upgrade: airlock-tcp (HTTP/1.1) answers 101 and then carries the connection's bytes as they are; Upgrade: websocket carries them as binary messages. A port nothing listens on is 503 before the upgrade."},
 	{pattern: "POST /v1/sessions", summary: "Create a stateful Python session", req: api.CreateSessionRequest{}, resp: api.SessionInfo{}, status: 201,
 		desc: "Starts a sandbox with a Python interpreter whose variables persist across cells. The answer is the session's sandbox description (see SessionInfo in the Go API)."},
 	{pattern: "GET /v1/sessions/{id}", summary: "Describe a session", resp: api.SessionInfo{},
@@ -106,6 +120,9 @@ var routeDocs = []routeDoc{
 		desc: "The seed API's install: one package into the named session, created on first use."},
 }
 
+// portAuthDoc is how the port routes authenticate.
+const portAuthDoc = "Authenticated by the owner's API key (Bearer), or the port's token (X-Airlock-Port-Token header or airlock_token query parameter, removed before forwarding; it opens only its own port of its own sandbox), or nothing for an unauthenticated port. Neither Authorization, the token nor any airlock_* cookie reaches the program. A port nothing listens on is 503."
+
 // paramDocs describes every path and query parameter by name; the generator refuses a
 // parameter missing here.
 var paramDocs = map[string]string{
@@ -119,6 +136,8 @@ var paramDocs = map[string]string{
 	"depth":      "Levels to list, 1…16; default 1.",
 	"session_id": "The caller's name for the session (seed API).",
 	"package":    "A pip requirement (seed API).",
+	"port":       "A TCP port a program in the sandbox listens on, 1…65535 (on 127.0.0.1 or any address).",
+	"rest":       "The rest of the path, passed to the program in the sandbox (after the prefix up to the port).",
 }
 
 // fieldRule is what a field's Go type cannot say: its allowed values and bounds. The bounds come
@@ -231,6 +250,7 @@ func openAPI(docs map[string]string) ([]byte, error) {
 	var problems []string
 	for _, d := range routeDocs {
 		method, path, _ := strings.Cut(d.pattern, " ")
+		path = strings.ReplaceAll(path, "...}", "}") // a trailing wildcard is one parameter in OpenAPI
 		if d.summary == "" || d.desc == "" {
 			problems = append(problems, d.pattern+": no summary or description")
 		}
@@ -281,6 +301,9 @@ func openAPI(docs map[string]string) ([]byte, error) {
 		responses := map[string]any{strconv.Itoa(status): ok}
 		if d.upgrades {
 			responses = map[string]any{"101": map[string]any{"description": "Switching Protocols (WebSocket)"}}
+		}
+		if d.proxy {
+			responses = map[string]any{"default": map[string]any{"description": "Whatever the program in the sandbox answers (101 for a WebSocket it accepts)"}}
 		}
 		for class, desc := range errorResponses() {
 			responses[class] = map[string]any{"description": desc,

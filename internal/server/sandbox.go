@@ -30,6 +30,7 @@ func (s *Server) sandboxRoutes() {
 	s.handle("POST /v1/sandboxes/{id}/files/mkdir", true, s.handleMkdir)
 	s.handle("GET /v1/sandboxes/{id}/files/archive", true, s.handleReadArchive)
 	s.handle("PUT /v1/sandboxes/{id}/files/archive", true, s.handleWriteArchive)
+	s.portRoutes()
 }
 
 func (s *Server) handleCreateSandbox(w http.ResponseWriter, r *http.Request) error {

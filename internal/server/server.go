@@ -67,6 +67,8 @@ type Server struct {
 	paths    map[string]bool // route paths, for JSON 405s
 	patterns []string        // every registered "METHOD /path", for the OpenAPI check
 	metrics  *metrics
+	// portTransport carries proxied requests to sandboxes' ports (see portRoutes).
+	portTransport *http.Transport
 
 	inflightMu sync.Mutex     // guards inflight
 	inflight   map[string]int // requests in flight per owner

@@ -55,6 +55,8 @@ type Agent struct {
 	stopped bool
 
 	null atomic.Int64 // bytes written to /dev/null
+
+	ports ports // what listens "in the sandbox" (Listen)
 }
 
 // errGone is what a call to a dead agent gets: a broken connection, not an answer of the agent.
