@@ -258,31 +258,62 @@ func (s *Store) Usage() (int64, error) {
 // ErrBudget is the cause of a pull, import or commit that the disk budget refuses.
 var ErrBudget = api.Errorf(api.ErrTooLarge, "image store budget exceeded")
 
-// room returns the bytes a new image may add within the budget (-1: no budget), pruning first
-// when need bytes do not fit; past the budget even then, an error wrapping ErrBudget.
-func (s *Store) room(ctx context.Context, need int64) (int64, error) {
+// budget is the room one pull, import or commit has in the disk budget. The first time it
+// runs short it prunes the store and looks again; short still, it fails with ErrBudget.
+type budget struct {
+	s      *Store
+	ctx    context.Context
+	left   int64 // -1: no budget
+	taken  int64 // by this operation so far, not yet in the store (not in Usage)
+	pruned bool
+}
+
+func (s *Store) newBudget(ctx context.Context) (*budget, error) {
+	b := &budget{s: s, ctx: ctx, left: -1}
 	if s.cfg.MaxBytes == 0 {
-		return -1, nil
+		return b, nil
 	}
 	used, err := s.Usage()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	if used+need > s.cfg.MaxBytes {
-		if _, err := s.Prune(ctx); err != nil {
-			return 0, err
-		}
-		if used, err = s.Usage(); err != nil {
-			return 0, err
-		}
-	}
-	if used+need > s.cfg.MaxBytes {
-		return 0, budgetError(used, need, s.cfg.MaxBytes)
-	}
-	return s.cfg.MaxBytes - used, nil
+	b.left = max(s.cfg.MaxBytes-used, 0)
+	return b, nil
 }
 
-func budgetError(used, need, max int64) error {
+// fits reports whether n more bytes fit, pruning once if they do not; an error wrapping
+// ErrBudget if they do not even then.
+func (b *budget) fits(n int64) error {
+	if b.left < 0 || n <= b.left {
+		return nil
+	}
+	if !b.pruned {
+		b.pruned = true
+		if _, err := b.s.Prune(b.ctx); err != nil {
+			return err
+		}
+		used, err := b.s.Usage()
+		if err != nil {
+			return err
+		}
+		b.left = max(b.s.cfg.MaxBytes-used-b.taken, 0)
+		if n <= b.left {
+			return nil
+		}
+	}
+	used, _ := b.s.Usage()
 	return fmt.Errorf("%w: %d MiB used, %d MiB more needed, budget %d MiB: remove images (airlock image rm) or raise the budget",
-		ErrBudget, used>>20, need>>20, max>>20)
+		ErrBudget, used>>20, (b.taken+n)>>20, b.s.cfg.MaxBytes>>20)
+}
+
+// take counts n more bytes against the budget.
+func (b *budget) take(n int64) error {
+	if err := b.fits(n); err != nil {
+		return err
+	}
+	b.taken += n
+	if b.left >= 0 {
+		b.left -= n
+	}
+	return nil
 }

@@ -38,7 +38,7 @@ type limits struct {
 	bytes   int64 // unpacked bytes (Config.MaxLayerBytes)
 	files   int
 	pathLen int
-	budget  int64 // bytes left in the store's budget; -1 for none
+	budget  *budget
 }
 
 // limitReader fails once more than n bytes have been read.
@@ -108,9 +108,9 @@ type layerSource struct {
 }
 
 // ingestLayer downloads or reads one layer into w: the blob as it comes (hashed), and the tar
-// within it (hashed again) unpacked. budget is the bytes the store may still grow by (-1: no
-// budget). Nothing is in the store yet: commitLayers moves it there.
-func (s *Store) ingestLayer(ctx context.Context, w *work, src layerSource, budget int64) (*pendingLayer, error) {
+// within it (hashed again) unpacked, both counted against b. Nothing is in the store yet:
+// commit moves it there.
+func (s *Store) ingestLayer(ctx context.Context, w *work, src layerSource, b *budget) (*pendingLayer, error) {
 	rc, err := src.open()
 	if err != nil {
 		return nil, err
@@ -143,7 +143,7 @@ func (s *Store) ingestLayer(ctx context.Context, w *work, src layerSource, budge
 		err: fmt.Errorf("%w: more than %d bytes uncompressed", ErrLayerLimit, s.cfg.MaxLayerBytes)}
 	tarR := io.TeeReader(lim, diffSum)
 	meta, err := unpack(ctx, tarR, filepath.Join(p.dir, "root"), limits{
-		bytes: s.cfg.MaxLayerBytes, files: s.cfg.MaxLayerFiles, pathLen: s.cfg.MaxPathLen, budget: budget})
+		bytes: s.cfg.MaxLayerBytes, files: s.cfg.MaxLayerFiles, pathLen: s.cfg.MaxPathLen, budget: b})
 	if err == nil {
 		// The digests cover the whole stream, past the tar's end-of-archive blocks.
 		_, err = io.Copy(io.Discard, tarR)
@@ -173,12 +173,15 @@ func (s *Store) ingestLayer(ctx context.Context, w *work, src layerSource, budge
 	if src.diffID != "" && p.DiffID != src.diffID {
 		return nil, fmt.Errorf("%w: layer %s unpacks to the tar %s, but the image's config names %s", ErrDigestMismatch, p.Digest, p.DiffID, src.diffID)
 	}
+	if err := b.take(p.Size); err != nil {
+		return nil, err
+	}
 	p.bytes = p.Size + meta.Bytes
-	b, err := json.Marshal(meta)
+	mb, err := json.Marshal(meta)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(p.dir, "meta.json"), b, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(p.dir, "meta.json"), mb, 0o600); err != nil {
 		return nil, err
 	}
 	return p, nil
@@ -191,9 +194,9 @@ func (s *Store) checkRaw(src layerSource, raw io.Reader, sum hash.Hash, err erro
 	if src.digest == "" || errors.Is(err, ErrLayerLimit) || errors.Is(err, ErrBudget) || errors.Is(err, context.Canceled) {
 		return err
 	}
-	if _, rerr := io.Copy(io.Discard, raw); rerr != nil {
-		return err
-	}
+	// A read error here (go-containerregistry's own check at the blob's end, a cut stream)
+	// leaves a sum that cannot match: the content is not the blob either way.
+	io.Copy(io.Discard, raw)
 	if got := "sha256:" + hex.EncodeToString(sum.Sum(nil)); got != src.digest {
 		return fmt.Errorf("%w: blob %s arrived as %s: the source sent tampered or corrupt content", ErrDigestMismatch, src.digest, got)
 	}
@@ -320,8 +323,11 @@ func (s *Store) addImage(ctx context.Context, rec *Image, rawConfig []byte, srcs
 		todo = append(todo, i)
 		need += max(src.size, 0)
 	}
-	budget, err := s.room(ctx, need)
+	b, err := s.newBudget(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := b.fits(need); err != nil {
 		return nil, err
 	}
 	w, err := s.newWork()
@@ -332,19 +338,9 @@ func (s *Store) addImage(ctx context.Context, rec *Image, rawConfig []byte, srcs
 	var pending []*pendingLayer
 	for _, i := range todo {
 		start := time.Now()
-		p, err := s.ingestLayer(ctx, w, srcs[i], budget)
+		p, err := s.ingestLayer(ctx, w, srcs[i], b)
 		if err != nil {
-			if errors.Is(err, ErrBudget) {
-				used, _ := s.Usage()
-				return nil, budgetError(used, need, s.cfg.MaxBytes)
-			}
 			return nil, err
-		}
-		if budget >= 0 {
-			if budget -= p.bytes; budget < 0 {
-				used, _ := s.Usage()
-				return nil, budgetError(used, need, s.cfg.MaxBytes)
-			}
 		}
 		s.cfg.Logger.DebugContext(ctx, "image layer unpacked", "diff_id", p.DiffID, "bytes", p.bytes, "took", time.Since(start))
 		rec.Layers[i] = p.Layer
@@ -405,7 +401,7 @@ func (s *Store) Commit(ctx context.Context, parent *Image, layer io.Reader, name
 			srcs = append(srcs, layerSource{digest: l.Digest, diffID: l.DiffID, size: l.Size, mediaType: l.MediaType})
 		}
 	}
-	budget, err := s.room(ctx, 0)
+	b, err := s.newBudget(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -414,13 +410,9 @@ func (s *Store) Commit(ctx context.Context, parent *Image, layer io.Reader, name
 		return nil, err
 	}
 	defer w.unlock()
-	p, err := s.ingestLayer(ctx, w, layerSource{open: func() (io.ReadCloser, error) { return io.NopCloser(layer), nil }, size: -1}, budget)
+	p, err := s.ingestLayer(ctx, w, layerSource{open: func() (io.ReadCloser, error) { return io.NopCloser(layer), nil }, size: -1}, b)
 	if err != nil {
 		return nil, fmt.Errorf("commit: %w", err)
-	}
-	if budget >= 0 && p.bytes > budget {
-		used, _ := s.Usage()
-		return nil, budgetError(used, p.bytes, s.cfg.MaxBytes)
 	}
 	hash, err := v1.NewHash(p.DiffID)
 	if err != nil {

@@ -169,7 +169,7 @@ func (u *unpacker) entry(hdr *tar.Header, r io.Reader) error {
 	}
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		if err := u.mkdir(rel, fs.FileMode(hdr.Mode)&(fs.ModePerm|fs.ModeSticky), hdr); err != nil {
+		if err := u.mkdir(rel, hdr.FileInfo().Mode()&(fs.ModePerm|fs.ModeSticky), hdr); err != nil {
 			return err
 		}
 		if hdr.PAXRecords[paxOpaque] == "y" {
@@ -262,11 +262,11 @@ func (u *unpacker) file(rel string, hdr *tar.Header, r io.Reader) error {
 	}
 	// Checked before a byte is written. archive/tar expands a sparse entry's holes without
 	// reading them, so the limit on the decompressed stream (see ingest) alone would not do.
-	switch after := u.meta.Bytes + hdr.Size; {
-	case after > u.lim.bytes:
+	if u.meta.Bytes+hdr.Size > u.lim.bytes {
 		return fmt.Errorf("%w: more than %d bytes unpacked", ErrLayerLimit, u.lim.bytes)
-	case u.lim.budget >= 0 && after > u.lim.budget:
-		return fmt.Errorf("%w: the layer needs more than the %d MiB left", ErrBudget, u.lim.budget>>20)
+	}
+	if err := u.lim.budget.take(hdr.Size + entryOverhead); err != nil {
+		return err
 	}
 	if err := u.prepare(rel, tar.TypeReg); err != nil {
 		return err
