@@ -71,7 +71,7 @@ func (s *Store) Pull(ctx context.Context, ref string, opts PullOptions) (*Image,
 	if t, ok := r.(name.Tag); ok {
 		names = []string{t.Name()}
 	}
-	out, err := s.addV1(ctx, img, ref, names, true)
+	out, err := s.addV1(ctx, img, ref, r.Context().Name(), names, true)
 	if err != nil {
 		return nil, registryError(ref, err)
 	}
@@ -103,11 +103,13 @@ func registryError(ref string, err error) error {
 	return fmt.Errorf("registry: %w", err)
 }
 
-// addV1 ingests a go-containerregistry image. compressed: take each layer's blob as it is (a
+// addV1 ingests a go-containerregistry image, pulled from the repository repo ("" for an
+// imported one, which gets no repo digest: computing a tarball's manifest digest would
+// compress every layer). compressed: take each layer's blob as it is (a
 // registry, an OCI layout), checked against its digest and its diff id; otherwise take the
 // uncompressed tar (a docker-save tarball, whose blobs have no digest until compressed),
 // checked against its diff id and stored as a plain tar.
-func (s *Store) addV1(ctx context.Context, img v1.Image, source string, names []string, compressed bool) (*Image, error) {
+func (s *Store) addV1(ctx context.Context, img v1.Image, source, repo string, names []string, compressed bool) (*Image, error) {
 	raw, err := img.RawConfigFile()
 	if err != nil {
 		return nil, fmt.Errorf("image config: %w", err)
@@ -162,12 +164,12 @@ func (s *Store) addV1(ctx context.Context, img v1.Image, source string, names []
 		srcs[i] = src
 	}
 	rec := s.record(raw, cf, mt, source, srcs)
-	if mt == types.DockerManifestSchema2 || mt == types.OCIManifestSchema1 {
-		if d, err := img.Digest(); err == nil {
-			if r, err := name.ParseReference(source); err == nil {
-				rec.RepoDigests = []string{r.Context().Name() + "@" + d.String()}
-			}
+	if repo != "" {
+		d, err := img.Digest()
+		if err != nil {
+			return nil, err
 		}
+		rec.RepoDigests = []string{repo + "@" + d.String()}
 	}
 	return s.addImage(ctx, rec, raw, srcs, names)
 }
@@ -207,7 +209,7 @@ func (s *Store) Import(ctx context.Context, path string) (*Image, error) {
 	if err != nil {
 		return nil, api.Errorf(api.ErrInvalidArgument, "import %s: %v", path, err)
 	}
-	return s.addV1(ctx, img, path, names, false)
+	return s.addV1(ctx, img, path, "", names, false)
 }
 
 func (s *Store) importLayout(ctx context.Context, dir string) (*Image, error) {
@@ -219,7 +221,7 @@ func (s *Store) importLayout(ctx context.Context, dir string) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("import %s: %w", dir, err)
 	}
-	return s.addV1(ctx, img, dir, names, true)
+	return s.addV1(ctx, img, dir, "", names, true)
 }
 
 // pickImage finds in an index the first image for Platform (or without a platform), going

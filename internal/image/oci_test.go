@@ -47,7 +47,7 @@ type testRegistry struct {
 
 // newRegistry serves a registry: auth "" (anonymous), "basic", or "token" (a bearer-token
 // front: 401 with a Bearer challenge, a /token endpoint that takes basic credentials).
-func newRegistry(t *testing.T, auth string) *testRegistry {
+func newRegistry(t testing.TB, auth string) *testRegistry {
 	t.Helper()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	r := &testRegistry{}
@@ -94,7 +94,7 @@ func newRegistry(t *testing.T, auth string) *testRegistry {
 }
 
 // push writes img to repo:tag (or an index when idx is set) and returns the reference.
-func (r *testRegistry) push(t *testing.T, repoTag string, img v1.Image, idx v1.ImageIndex) string {
+func (r *testRegistry) push(t testing.TB, repoTag string, img v1.Image, idx v1.ImageIndex) string {
 	t.Helper()
 	ref, err := name.ParseReference(r.host+"/"+repoTag, name.Insecure)
 	if err != nil {
