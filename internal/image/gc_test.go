@@ -3,9 +3,11 @@ package image
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/airlockhq/airlock/api"
@@ -137,5 +139,66 @@ func TestBudget(t *testing.T) {
 	}
 	if _, err := s.Resolve("big:1"); !errors.Is(err, api.ErrNotFound) {
 		t.Errorf("the refused image resolves: %v", err)
+	}
+}
+
+// TestConcurrentStores commits through two stores on one directory (two daemons, or a daemon
+// and the CLI) while a third prunes: every named image keeps every layer.
+func TestConcurrentStores(t *testing.T) {
+	testutil.MustHaveRoot(t)
+	dir := filepath.Join(t.TempDir(), "images")
+	a, b, c := newStore(t, Config{Dir: dir}), newStore(t, Config{Dir: dir}), newStore(t, Config{Dir: dir})
+	base := commitFile(t, a, nil, "base", 10, "base:1")
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 8 {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Go(func() {
+			for j := range 4 {
+				n := fmt.Sprintf("img%d-%d", i, j)
+				_, err := s.Commit(t.Context(), base, bytes.NewReader(layerTar(t, entry{name: n, body: n})), n+":1")
+				if err != nil {
+					errs <- err
+				}
+				// An unnamed one too, for the pruner to take.
+				if _, err := s.Commit(t.Context(), nil, bytes.NewReader(layerTar(t, entry{name: n + "-orphan"})), ""); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range 20 {
+			if _, err := c.Prune(t.Context()); err != nil {
+				errs <- err
+			}
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("concurrent use: %v", err)
+	}
+	imgs, err := c.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	named := 0
+	for _, img := range imgs {
+		if len(img.Names) == 0 {
+			continue
+		}
+		named++
+		for i := range img.Layers {
+			if !layerExists(img, i) {
+				t.Errorf("%v: layer %d is gone", img.Names, i)
+			}
+		}
+	}
+	if named != 33 {
+		t.Errorf("%d named images, want 33", named)
 	}
 }
