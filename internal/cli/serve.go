@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/server"
 )
@@ -147,6 +148,10 @@ func serveCmd() *cobra.Command {
 			}
 			if adopted+destroyed > 0 {
 				logger.InfoContext(ctx, "recovered sandboxes of a previous daemon", "adopted", adopted, "destroyed", destroyed)
+			}
+			// The image store (/v1/images); the engine does not use it yet.
+			if sc.Images, err = image.Open(image.Config{Dir: imageDir(rc.Native.StateDir), Logger: logger}); err != nil {
+				return err
 			}
 			sc.Logger, sc.Engine, sc.APIKeys, sc.Version = logger, e, keys, Version
 			sc.CgroupVersion, sc.Runtimes = rts.cgroupVersion(), rts.Names()

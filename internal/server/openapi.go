@@ -55,6 +55,14 @@ var routeDocs = []routeDoc{
 		desc: "Each run of POST /v1/execute while it runs, with its id (the X-Airlock-Execution header of its answer), key, age, language and usage so far; another key's runs are not listed."},
 	{pattern: "DELETE /v1/executions/{id}", summary: "Cancel a one-shot run in flight", resp: api.Execution{},
 		desc: "Destroys the run's sandbox; the run answers exit_code 137 with a line on stderr saying it was cancelled. 404 for an id not in flight or another key's."},
+	{pattern: "GET /v1/images", summary: "List the images in the daemon's store", resp: api.ImageList{},
+		desc: "Every image of the daemon's image store, newest first. Images are the daemon's, shared by every API key."},
+	{pattern: "POST /v1/images/pull", summary: "Pull an image from a registry", req: api.PullImageRequest{}, resp: api.ImageInfo{},
+		desc: "Fetches the image (a multi-arch index resolves to linux on the daemon's architecture), checks every blob against its digest and unpacks its layers; the answer comes when it is in the store. 404 when the registry has no such image; 400 for refused credentials or content that does not match its digest; 413 past the store's disk budget or the layer limits; 501 when the daemon has no image store."},
+	{pattern: "GET /v1/images/{ref...}", summary: "Describe an image", resp: api.ImageInfo{},
+		desc: "ref is name[:tag], name@sha256:…, the image id or at least 12 hex digits of it. 404 for an image not in the store."},
+	{pattern: "DELETE /v1/images/{ref...}", summary: "Remove an image name, or an image", status: 204,
+		desc: "By a name the image has others besides, only that name goes; otherwise the image, and its layers no other image uses. 409 for an image a live sandbox uses (by a name, the name goes and the image stays until a prune after)."},
 	{pattern: "POST /v1/sandboxes", summary: "Create a long-lived sandbox", req: api.CreateSandboxRequest{}, resp: api.SandboxInfo{}, status: 201,
 		desc: "The sandbox lives until its timeout, its idle timeout, or DELETE. Over the sandbox limits: 429."},
 	{pattern: "GET /v1/sandboxes", summary: "List sandboxes (filter with tag=key:value, repeatable)", resp: api.SandboxList{}, query: []string{"tag"},
@@ -127,6 +135,7 @@ const portAuthDoc = "Authenticated by the owner's API key (Bearer), or the port'
 // parameter missing here.
 var paramDocs = map[string]string{
 	"id":         "The sandbox's (or session's) id.",
+	"ref":        "An image: name[:tag], name@sha256:…, its id, or at least 12 hex digits of its id (slashes included, unescaped).",
 	"pid":        "The process's id inside the sandbox, from the exec's start event or the process list.",
 	"tag":        "key:value; only sandboxes having this tag. Repeatable: all must match.",
 	"eof":        "true closes the process's stdin after the body.",
@@ -263,6 +272,8 @@ func openAPI(docs map[string]string) ([]byte, error) {
 			}
 			params = append(params, map[string]any{"name": name, "in": in, "required": required, "description": desc, "schema": map[string]any{"type": "string"}})
 		}
+		// A trailing {name...} (the rest of the path) is {name} to OpenAPI.
+		path = strings.ReplaceAll(path, "...}", "}")
 		for _, seg := range strings.Split(path, "/") {
 			if strings.HasPrefix(seg, "{") {
 				param(strings.Trim(seg, "{}"), "path", true)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/image"
 )
 
 // Config configures the server. Zero values mean defaults.
@@ -44,6 +45,8 @@ type Config struct {
 	// WebSockets included), so that one tenant cannot hold every connection the daemon accepts
 	// (see --max-connections); past it, 429. Default 256; it applies only with API keys.
 	MaxRequestsPerKey int
+	// Images is the daemon's image store, behind /v1/images; nil answers those routes 501.
+	Images *image.Store
 }
 
 // Validate reports a configuration that cannot work.
@@ -139,8 +142,12 @@ func (s *Server) routes() {
 	s.sandboxRoutes()
 	s.sessionRoutes()
 	s.executionRoutes()
+	s.imageRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
+		if s.underRest(p) {
+			continue // the {x...} route's own fallback answers its 405s
+		}
 		s.mux.Handle(p, s.deadlines("", s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
 			return api.Errorf(errMethod, "method %s is not allowed on %s", r.Method, r.URL.Path)
 		})))
@@ -148,6 +155,19 @@ func (s *Server) routes() {
 	s.mux.Handle("/", s.deadlines("", s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.ErrNotFound, "no route %s %s", r.Method, r.URL.Path)
 	})))
+}
+
+// underRest reports whether another route's path ends in a rest wildcard ({x...}) that also
+// matches the literal path p (GET /v1/images/{ref...} and POST /v1/images/pull): a method-less
+// fallback for p would conflict with that route in the mux.
+func (s *Server) underRest(p string) bool {
+	for q := range s.paths {
+		if i := strings.LastIndex(q, "/{"); i >= 0 && strings.HasSuffix(q, "...}") && q != p &&
+			!strings.Contains(p, "{") && strings.HasPrefix(p, q[:i+1]) {
+			return true
+		}
+	}
+	return false
 }
 
 // errMethod is a 405; it has no public code of its own beyond invalid_argument semantics.
