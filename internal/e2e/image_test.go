@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -23,7 +24,7 @@ import (
 // imageLayers builds a two-layer image by hand, in overlayfs format, as the image store unpacks
 // one: a lower layer with busybox (static) as the tools, and an upper layer that whites out a
 // file, makes a directory opaque and adds a tool directory for PATH.
-func imageLayers(t *testing.T) []string {
+func imageLayers(t testing.TB) []string {
 	t.Helper()
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Skip("needs /bin/busybox (busybox-static)")
@@ -47,7 +48,7 @@ func imageLayers(t *testing.T) []string {
 		t.Fatal(err)
 	}
 	write(filepath.Join(lower, "bin/busybox"), string(b), 0o755, 0)
-	for _, tool := range []string{"sh", "cat", "echo", "ls", "dd", "stat", "id", "rm", "touch", "mkdir", "whoami", "env", "df"} {
+	for _, tool := range []string{"sh", "cat", "echo", "ls", "dd", "stat", "id", "rm", "touch", "mkdir", "whoami", "env", "df", "true", "ln"} {
 		if err := os.Symlink("busybox", filepath.Join(lower, "bin", tool)); err != nil {
 			t.Fatal(err)
 		}
@@ -93,7 +94,7 @@ func imageSandbox(t *testing.T, id string, layers []string, disk int64) *native.
 }
 
 // sh runs script with the image's sh as the sandbox user and returns stdout, stderr, exit code.
-func sh(t *testing.T, sb *native.Sandbox, script string) (string, string, int) {
+func sh(t testing.TB, sb *native.Sandbox, script string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -286,4 +287,115 @@ func TestImageCreateFailureUndoes(t *testing.T) {
 			t.Errorf("%s/img-bad left behind: %v", d, err)
 		}
 	}
+}
+
+// TestImageSandboxRecovery: a runtime that goes away leaving image sandboxes alive finds a live
+// one again with its root (and its writable layer, for snapshots) and removes what a dead
+// one left: its writable layer's file and mount.
+func TestImageSandboxRecovery(t *testing.T) {
+	mustEngine(t)
+	layers := imageLayers(t)
+	state, err := os.MkdirTemp("", "airlock-e2e-imgrec-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	if err := os.Chmod(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := native.Config{StateDir: state, CgroupRoot: "airlock-e2e-imgrec-" + filepath.Base(state)}
+	rt1, err := native.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	spec := func(id string) native.Spec {
+		return native.Spec{ID: id, MemoryBytes: 128 << 20, Pids: 32, ScratchBytes: 16 << 20,
+			Image: &native.ImageRoot{Layers: layers, Env: []string{"PATH=/bin"}}}
+	}
+	live, err := rt1.Create(ctx, spec("rec-live"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { live.Destroy(context.Background()) })
+	dead, err := rt1.Create(ctx, spec("rec-dead"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dead.Destroy(context.Background()) })
+	if out, stderr, code := sh(t, live, "echo kept > /workspace/f"); code != 0 {
+		t.Fatalf("write: %q %q", out, stderr)
+	}
+	rt1.Close() // sandboxes are alive: the runtime lets go of the state directory and leaves them
+	if err := unix.Kill(dead.Pid(), unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-dead.Done()
+
+	rt2, err := native.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt2.Close() })
+	found, err := rt2.Recover(ctx)
+	if err != nil {
+		t.Errorf("recover: %v", err)
+	}
+	if len(found) != 1 || found[0].Sandbox.ID() != "rec-live" {
+		t.Fatalf("recovered %v, want rec-live alone", found)
+	}
+	sb := found[0].Sandbox
+	if out, stderr, code := sh(t, sb, "cat /workspace/f; cat /etc/os-release"); code != 0 || out != "kept\nID=handmade" {
+		t.Errorf("recovered sandbox's root: %q %q exit %d", out, stderr, code)
+	}
+	var buf bytes.Buffer
+	if err := sb.Snapshot(ctx, &buf); err != nil || !bytes.Contains(buf.Bytes(), []byte("kept\n")) {
+		t.Errorf("snapshot of the recovered sandbox: %v (has the file: %v)", err, bytes.Contains(buf.Bytes(), []byte("kept\n")))
+	}
+	for _, p := range []string{"layers/rec-dead.img", "layers/rec-dead", "rootfs/rec-dead"} {
+		if _, err := os.Lstat(filepath.Join(state, p)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s of the dead sandbox after recovery: %v", p, err)
+		}
+	}
+	if err := sb.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(state, "layers/rec-live.img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("writable layer after destroying the recovered sandbox: %v", err)
+	}
+}
+
+// BenchmarkImageCreate: create a sandbox, run `true` in it, destroy it — the host image and a
+// two-layer image sandbox (overlay, 1 GiB writable layer) alternately in one loop, so that both
+// see the same machine; reports each one's p50 and the image's over the host's.
+func BenchmarkImageCreate(b *testing.B) {
+	mustEngine(b)
+	layers := imageLayers(b)
+	var host, image []time.Duration
+	once := func(i int, im *native.ImageRoot) time.Duration {
+		t0 := time.Now()
+		sb, err := rt.Create(b.Context(), native.Spec{ID: fmt.Sprintf("bench-img-%d", i), MemoryBytes: 256 << 20,
+			Pids: 64, ScratchBytes: 1 << 30, Image: im})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := sb.Agent().Exec(b.Context(), agentclient.Process{Cmd: "/bin/true", Timeout: 10 * time.Second},
+			func(agentclient.Event) {}); err != nil {
+			b.Fatal(err)
+		}
+		if err := sb.Destroy(b.Context()); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0)
+	}
+	i := 0
+	for b.Loop() {
+		host = append(host, once(i, nil))
+		image = append(image, once(i+1, &native.ImageRoot{Layers: layers, Env: []string{"PATH=/bin"}}))
+		i += 2
+	}
+	b.ReportMetric(ms(pct(host, 50)), "host-p50-ms")
+	b.ReportMetric(ms(pct(image, 50)), "image-p50-ms")
+	b.ReportMetric(float64(pct(image, 50))/float64(pct(host, 50)), "ratio")
 }
