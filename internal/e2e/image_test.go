@@ -291,7 +291,7 @@ func TestImageCreateFailureUndoes(t *testing.T) {
 
 // TestImageSandboxRecovery: a runtime that goes away leaving image sandboxes alive finds a live
 // one again with its root (and its writable layer, for snapshots) and removes what a dead
-// one left: its writable layer's file and mount.
+// one left (its writable layer's file and mount), and whatever a crashed create left.
 func TestImageSandboxRecovery(t *testing.T) {
 	mustEngine(t)
 	layers := imageLayers(t)
@@ -332,6 +332,15 @@ func TestImageSandboxRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-dead.Done()
+	// And the remains of a create that crashed before it wrote any state.
+	for _, p := range []string{"layers/orphan", "layers/orphan.lower/0", "rootfs/orphan"} {
+		if err := os.MkdirAll(filepath.Join(state, p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(state, "layers/orphan.img"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	rt2, err := native.New(cfg)
 	if err != nil {
@@ -353,7 +362,8 @@ func TestImageSandboxRecovery(t *testing.T) {
 	if err := sb.Snapshot(ctx, &buf); err != nil || !bytes.Contains(buf.Bytes(), []byte("kept\n")) {
 		t.Errorf("snapshot of the recovered sandbox: %v (has the file: %v)", err, bytes.Contains(buf.Bytes(), []byte("kept\n")))
 	}
-	for _, p := range []string{"layers/rec-dead.img", "layers/rec-dead", "rootfs/rec-dead"} {
+	for _, p := range []string{"layers/rec-dead.img", "layers/rec-dead", "rootfs/rec-dead",
+		"layers/orphan", "layers/orphan.img", "layers/orphan.lower", "rootfs/orphan"} {
 		if _, err := os.Lstat(filepath.Join(state, p)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s of the dead sandbox after recovery: %v", p, err)
 		}

@@ -510,7 +510,8 @@ func (r *Runtime) sweepImages(known map[string]bool) error {
 	for _, d := range []string{rootfsDir, layersDir} {
 		ents, _ := os.ReadDir(filepath.Join(r.cfg.StateDir, d))
 		for _, e := range ents {
-			if id := strings.TrimSuffix(e.Name(), ".img"); idPattern().MatchString(id) && !known[id] && !strings.HasPrefix(id, "template-") {
+			id := strings.TrimSuffix(strings.TrimSuffix(e.Name(), ".img"), ".lower")
+			if idPattern().MatchString(id) && !known[id] {
 				errs = append(errs, r.removeImageRemains(id))
 			}
 		}

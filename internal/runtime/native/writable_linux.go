@@ -26,6 +26,9 @@ import (
 // metadata: under 1 MiB for 1 GiB).
 const (
 	layersDir = "layers"
+	// templatesDir holds the formatted templates, one per size; apart from layersDir, whose
+	// entries are all sandboxes'.
+	templatesDir = "layer-templates"
 	// minDiskBytes is the smallest writable layer: ext4 needs room for its metadata.
 	minDiskBytes = 8 << 20
 )
@@ -68,7 +71,11 @@ func (r *Runtime) template(size int64) (string, error) {
 		return p, nil
 	}
 	// The version in the name changes with the format options below.
-	p := filepath.Join(r.cfg.StateDir, layersDir, fmt.Sprintf("template-v1-%d.img", size))
+	dir := filepath.Join(r.cfg.StateDir, templatesDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("writable layer template: %w", err)
+	}
+	p := filepath.Join(dir, fmt.Sprintf("v1-%d.img", size))
 	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
 		if err := formatExt4(p, size); err != nil {
 			return "", err
@@ -264,9 +271,16 @@ func (r *Runtime) makeWritable(w writable, bytes int64, owner int) error {
 	return nil
 }
 
-// removeWritable unmounts and deletes a writable layer (what exists of it).
+// removeWritable unmounts and deletes a writable layer (what exists of it, with the layers
+// attached while its overlay was made, should a crash have left them).
 func (r *Runtime) removeWritable(w writable) error {
 	var errs []error
+	if ents, err := os.ReadDir(w.lowers); err == nil {
+		for _, e := range ents {
+			errs = append(errs, detachMount(filepath.Join(w.lowers, e.Name())))
+		}
+		errs = append(errs, os.Remove(w.lowers))
+	}
 	if err := unix.Unmount(w.dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		errs = append(errs, err)
 	}
