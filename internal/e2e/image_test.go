@@ -390,6 +390,8 @@ func BenchmarkImageCreate(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		// Destroyed however the benchmark ends: the runtime outlives it.
+		defer sb.Destroy(context.Background())
 		if _, err := sb.Agent().Exec(b.Context(), agentclient.Process{Cmd: "/bin/true", Timeout: 10 * time.Second},
 			func(agentclient.Event) {}); err != nil {
 			b.Fatal(err)
