@@ -30,6 +30,9 @@ type Config struct {
 	// MaxProcesses bounds the processes the agent runs at once (each holds up to three of the
 	// agent's descriptors, which user code's limits share); default 256.
 	MaxProcesses int
+	// Env is the image's environment (KEY=value; see native.Child): the base of every
+	// process's environment, its PATH replacing the default; HOME and LANG stay the contract's.
+	Env []string
 }
 
 // Agent serves the agent protocol inside a sandbox.

@@ -85,11 +85,14 @@ func (s *sub) leave() { s.once.Do(func() { close(s.gone) }) }
 
 // baseEnv is the environment of every process unless a request overrides it.
 func (a *Agent) baseEnv() map[string]string {
-	return map[string]string{
-		"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"LANG": "C.UTF-8",
-		"HOME": layout.Workspace,
+	env := map[string]string{"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	for _, kv := range a.cfg.Env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k != "" {
+			env[k] = v
+		}
 	}
+	env["LANG"], env["HOME"] = "C.UTF-8", layout.Workspace
+	return env
 }
 
 // startProc forks and execs spec as the sandbox user and starts its output pumps. Events go to

@@ -62,7 +62,7 @@ var runtimeDefs = []runtimeDef{{
 		if err != nil {
 			return nil, agent.Config{}, err
 		}
-		return child.Listener, agent.Config{UID: child.UID, GID: child.GID, Spawn: child.Spawn, CgroupFD: child.CgroupFD}, nil
+		return child.Listener, agent.Config{UID: child.UID, GID: child.GID, Spawn: child.Spawn, CgroupFD: child.CgroupFD, Env: child.Env}, nil
 	},
 }}
 

@@ -19,6 +19,12 @@ type initConfig struct {
 	// v1 its "tasks" file in each hierarchy (the spawner thread moves itself there).
 	UserCgroup int  `json:"user_cgroup"`
 	CgroupV2   bool `json:"cgroup_v2"`
+	// Root, for an image sandbox, is where the overlay root appears in the init's mount
+	// namespace (propagated from the daemon's); Env is the image's environment; ShmSize the
+	// /dev/shm tmpfs (ScratchSize is then the writable layer's disk cap).
+	Root    string   `json:"root,omitempty"`
+	Env     []string `json:"env,omitempty"`
+	ShmSize int64    `json:"shm_size,omitempty"`
 }
 
 // bindSpec is one read-only bind mount of a host path into the new root.

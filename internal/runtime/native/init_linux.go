@@ -27,6 +27,9 @@ type Child struct {
 	// SysProcAttr.UseCgroupFD (clone3 CLONE_INTO_CGROUP). On v1 Spawn's thread already sits in
 	// that group, and so does every process it forks.
 	CgroupFD int
+	// Env is the image's environment (KEY=value), nil for the host image: the base of every
+	// process's environment, below the contract's own variables (HOME, LANG).
+	Env []string
 }
 
 // IsInit reports whether this process was started by Runtime.Create as a sandbox init.
@@ -75,7 +78,7 @@ func Init() (*Child, error) {
 		return nil, fmt.Errorf("report ready: %w", err)
 	}
 	status.Close()
-	return &Child{ID: cfg.ID, Listener: ln, UID: cfg.UID, GID: cfg.GID, Spawn: spawn, CgroupFD: cgroupFD}, nil
+	return &Child{ID: cfg.ID, Listener: ln, UID: cfg.UID, GID: cfg.GID, Spawn: spawn, CgroupFD: cgroupFD, Env: cfg.Env}, nil
 }
 
 func readConfig() (*initConfig, error) {

@@ -51,6 +51,9 @@ func (r *Runtime) Recover(ctx context.Context) ([]Recovered, error) {
 			errs = append(errs, err)
 		}
 	}
+	if err := r.sweepImages(known); err != nil {
+		errs = append(errs, err)
+	}
 	groups, err := r.cg.List()
 	if err != nil {
 		errs = append(errs, fmt.Errorf("list cgroups: %w", err))
@@ -105,7 +108,8 @@ func (r *Runtime) reattach(id string) (*Sandbox, []byte, error) {
 			if st.Slot >= 0 {
 				r.freeSlot(st.Slot)
 			}
-		}}
+		},
+		image: r.recoverImage(id, st.Slot)}
 	// Not our child any more: learn of its exit by polling its pidfd.
 	go func() {
 		defer unix.Close(pidfd)
@@ -134,6 +138,9 @@ func (r *Runtime) cleanup(ctx context.Context, id string) error {
 		}
 	}
 	r.dropUIDClaim(id)
+	if err := r.removeImageRemains(id); err != nil {
+		errs = append(errs, err)
+	}
 	if err := os.RemoveAll(filepath.Join(r.cfg.StateDir, "sandboxes", id)); err != nil {
 		errs = append(errs, err)
 	}

@@ -34,6 +34,9 @@ func buildRoot(cfg *initConfig) error {
 	if err := step("make mounts private", unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "")); err != nil {
 		return err
 	}
+	if cfg.Root != "" {
+		return buildImageRoot(cfg)
+	}
 	if err := step("mount root tmpfs", unix.Mount("airlock", root, "tmpfs",
 		unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=8m,nr_inodes=4096")); err != nil {
 		return err

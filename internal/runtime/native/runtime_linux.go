@@ -102,6 +102,11 @@ type Spec struct {
 	// absolute path (outside /workspace and /tmp, which exist anyway). It must not lie in the
 	// image's system directories.
 	Workdir string
+	// Image, if set, is the sandbox's root: overlayfs of the image's layers below a writable
+	// layer of its own, capped on disk at ScratchBytes (default 1 GiB; not the memory limit,
+	// and shared by the root, /workspace and /tmp; /dev/shm stays a tmpfs sized like the host
+	// image's scratch). Nil is the host image.
+	Image *ImageRoot
 }
 
 // ErrReservedWorkdir is returned for a workdir inside a system directory.
@@ -179,6 +184,8 @@ type Runtime struct {
 	binds   []bindSpec
 	links   [][2]string
 	staging string
+
+	images imageState // image sandboxes' writable layers and roots (overlay_linux.go)
 }
 
 // idPattern is compiled on first use: this binary is also every sandbox's PID 1, whose
@@ -462,6 +469,7 @@ type Sandbox struct {
 
 	done    chan struct{} // closed when PID 1 has exited
 	release func()        // frees the uid range; called once by Destroy
+	image   *sandboxImage // an image sandbox's writable layer; nil for the host image
 	destroy sync.Once
 	err     error // result of Destroy
 }
@@ -493,12 +501,15 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	}{
 		{"uid slot", c.uidSlot},
 		{"state directory", c.stateDir},
+		{"writable layer", c.writableLayer},
 		{"cgroups", c.cgroups},
 		{"socket and pipes", c.channels},
 		{"spawn init", c.spawnInit},
 		{"place in cgroups", c.place},
+		{"image root", c.imageRoot},
 		{"configure", c.configure},
 		{"await ready", c.awaitReady},
+		{"release host root", c.releaseHostRoot},
 		{"persist state", c.persist},
 	}
 	for _, st := range steps {
@@ -518,6 +529,11 @@ func validateSpec(spec Spec) error {
 	}
 	if spec.Network {
 		return ErrNetworkUnsupported
+	}
+	if spec.Image != nil {
+		if err := checkImage(spec.Image); err != nil {
+			return err
+		}
 	}
 	return checkWorkdir(spec.Workdir)
 }
@@ -541,6 +557,8 @@ type creation struct {
 	lnFile, cfgR, cfgW, statusR, statusW, logf *os.File
 
 	sb *Sandbox
+
+	image imageCreation // the image steps' acquisitions (overlay_linux.go)
 }
 
 // keep registers f to be closed when Create returns.
@@ -737,6 +755,7 @@ func (c *creation) configure(context.Context) error {
 		NProc: uint64(c.spec.Pids), Workdir: c.spec.Workdir,
 		UserCgroup: len(c.userFiles), CgroupV2: c.v2,
 	}
+	c.configureImage(&icfg)
 	if err := json.NewEncoder(c.cfgW).Encode(&icfg); err != nil {
 		return fmt.Errorf("send sandbox config: %w", err)
 	}
@@ -934,6 +953,9 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		if err := s.cg.Delete(); err != nil {
 			errs = append(errs, fmt.Errorf("delete cgroup: %w", err))
 		}
+		if err := s.image.remove(); err != nil {
+			errs = append(errs, err)
+		}
 		if err := os.RemoveAll(s.dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove state: %w", err))
 		}
@@ -954,6 +976,9 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 // engine's to destroy first.
 func (r *Runtime) Close() error {
 	err := r.cg.RemoveRoot()
+	if err == nil {
+		err = r.closeImages()
+	}
 	r.releaseHost(err == nil)
 	if r.cfg.Private && err == nil {
 		if rerr := os.RemoveAll(r.cfg.StateDir); rerr != nil {
