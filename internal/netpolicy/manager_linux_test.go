@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -261,6 +262,56 @@ func TestInternet(t *testing.T) {
 		cases = append(cases, reach{"host default-route address", ap(h, hostPort), false})
 	}
 	checkReach(t, pid, cases)
+
+	t.Run("no IPv6", func(t *testing.T) {
+		// The host side runs on this thread, in the host's namespace (not through
+		// /proc/PID/ns/net: the main thread may be a wedged one that joined a sandbox's).
+		inHost := func(_ int, f func() error) error { return f() }
+		for _, side := range []struct {
+			where string
+			in    func(int, func() error) error
+			link  string
+		}{{"sandbox", testnet.InPid, sandboxIf}, {"host", inHost, a.Link()}} {
+			err := side.in(pid, func() error {
+				l, err := netlink.LinkByName(side.link)
+				if err != nil {
+					return err
+				}
+				addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+				if len(addrs) > 0 {
+					return fmt.Errorf("IPv6 addresses %v", addrs)
+				}
+				return err
+			})
+			if err != nil {
+				t.Errorf("%s %s: %v", side.where, side.link, err)
+			}
+		}
+	})
+	// Root in the sandbox forges its source: a second address on eth0, dialling from it.
+	t.Run("spoofed source", func(t *testing.T) {
+		forged := netip.MustParseAddr("10.250.255.99")
+		err := testnet.InPid(pid, func() error {
+			l, err := netlink.LinkByName(sandboxIf)
+			if err != nil {
+				return err
+			}
+			if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipNet(forged, 32)}); err != nil {
+				return err
+			}
+			for _, to := range []netip.AddrPort{ap(publicIP, 80), ap(a.Gateway(), 53)} {
+				d := net.Dialer{Timeout: blockedWait, LocalAddr: &net.TCPAddr{IP: forged.AsSlice()}}
+				if c, err := d.Dial("tcp4", to.String()); err == nil {
+					c.Close()
+					return fmt.Errorf("connected to %s from forged %s", to, forged)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 // TestAllowlist: only the listed CIDR/ports answer, and a name's address only once the DNS
@@ -291,6 +342,11 @@ func TestAllowlist(t *testing.T) {
 	}
 	if err := a.Admit([]netip.Addr{publicIP}, 80, 80, time.Minute); err == nil {
 		t.Error("Admit for a port no name rule has: no error")
+	}
+	c, _ := nftables.New()
+	els, err := c.GetSetElements(a.admitSet("8080-8080"))
+	if err != nil || len(els) != 1 || els[0].Expires < 30*time.Minute {
+		t.Errorf("admitted set after a refresh to an hour: %+v, %v; want one element expiring in about an hour", els, err)
 	}
 	checkReach(t, pid, []reach{
 		{"admitted", ap(publicIP, 8080), true},
@@ -458,5 +514,64 @@ func TestAttachRefuses(t *testing.T) {
 				t.Errorf("left %v", got)
 			}
 		})
+	}
+}
+
+// TestConnRate: a burst of new connections past ConnRate (burst twice that) is cut off.
+func TestConnRate(t *testing.T) {
+	const rate, burst = 5, 40
+	m := newManager(t, Config{ConnRate: rate})
+	n := testnet.New(t)
+	n.Host(t, "public", publicIP).Listen(t, 9000)
+	pid, _ := sandbox(t, m, "rate", 9, Policy{Mode: Internet})
+	// The kernel starts an "over" limit's bucket empty: wait for a first connection.
+	for i := 0; testnet.Dial(pid, ap(publicIP, 9000), blockedWait) != nil; i++ {
+		if i == 10 {
+			t.Fatal("no connection at all")
+		}
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	opened := 0
+	for range burst {
+		wg.Go(func() {
+			// Under a second, so that no SYN is retried after the bucket refilled.
+			if testnet.Dial(pid, ap(publicIP, 9000), 900*time.Millisecond) == nil {
+				mu.Lock()
+				opened++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d of %d simultaneous new connections opened", opened, burst)
+	// At most the bucket (2*rate) and what refills while the dials wait.
+	if opened > 3*rate {
+		t.Errorf("%d of %d simultaneous connections opened at ConnRate %d, want at most %d", opened, burst, rate, 3*rate)
+	}
+}
+
+// TestShaping: EgressBytesPerSec puts a tbf of that rate on the sandbox's eth0.
+func TestShaping(t *testing.T) {
+	m := newManager(t, Config{EgressBytesPerSec: 1 << 20})
+	pid, _ := sandbox(t, m, "shaped", 10, Policy{Mode: Internet})
+	err := testnet.InPid(pid, func() error {
+		l, err := netlink.LinkByName(sandboxIf)
+		if err != nil {
+			return err
+		}
+		qs, err := netlink.QdiscList(l)
+		if err != nil {
+			return err
+		}
+		for _, q := range qs {
+			if tbf, ok := q.(*netlink.Tbf); ok && tbf.Rate == 1<<20 {
+				return nil
+			}
+		}
+		return fmt.Errorf("qdiscs %v, want a tbf at 1 MiB/s", qs)
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }

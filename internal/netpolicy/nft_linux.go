@@ -23,7 +23,7 @@ import (
 //	postrouting  nat:          masquerade the pool out of every interface but ours
 //	@in, @fwd    host veth name -> jump sb.<id>.in / sb.<id>.fw (comment: the id)
 //	@blocked     Blocked less Config.Allow (interval set), for Internet mode
-//	sb.<id>.in   DNS (udp/tcp 53) to the sandbox's own gateway, else drop
+//	sb.<id>.in   anti-spoof; DNS (udp/tcp 53) to the sandbox's own gateway, else drop
 //	sb.<id>.fw   anti-spoof, established, pool and mode drops, rate and count limits, mode
 //	sb.<id>.net.<ports>, sb.<id>.adm.<ports>
 //	             allowlist: the policy's CIDRs, and the DNS-admitted addresses (timeouts),
@@ -247,6 +247,8 @@ func (m *Manager) programSandbox(a *Attachment, keepAdmitted bool) error {
 	add := func(ch *nftables.Chain, parts ...[]expr.Any) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: cat(parts...)})
 	}
+	// Anti-spoof here too: else the forwarder would answer, or refuse, a forged source.
+	add(in, ipIs(saddr, a.addr, expr.CmpOpNeq), []expr.Any{drop()})
 	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
 		add(in, ipIs(daddr, a.gw, expr.CmpOpEq), l4Ports(proto, 53, 53), []expr.Any{accept()})
 	}
