@@ -288,10 +288,26 @@ func TestInternet(t *testing.T) {
 			}
 		}
 	})
-	// Root in the sandbox forges its source: a second address on eth0, dialling from it.
+	// Root in the sandbox forges its source (the other sandbox's address, on its own eth0)
+	// and sends UDP to the public host and to its gateway's DNS port, then one datagram
+	// from its real address as a marker. Each path is FIFO, so whatever arrives before the
+	// marker arrived ahead of it: a forged datagram among them is the attack working.
 	t.Run("spoofed source", func(t *testing.T) {
-		forged := netip.MustParseAddr("10.250.255.99")
-		err := testnet.InPid(pid, func() error {
+		var pubConn net.PacketConn
+		if err := hosts["public"].Do(func() (err error) {
+			pubConn, err = net.ListenPacket("udp4", ap(publicIP, 9999).String())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer pubConn.Close()
+		gwConn, err := net.ListenPacket("udp4", ap(a.Gateway(), 53).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer gwConn.Close()
+		forged := b.Addr()
+		err = testnet.InPid(pid, func() error {
 			l, err := netlink.LinkByName(sandboxIf)
 			if err != nil {
 				return err
@@ -299,17 +315,38 @@ func TestInternet(t *testing.T) {
 			if err := netlink.AddrAdd(l, &netlink.Addr{IPNet: ipNet(forged, 32)}); err != nil {
 				return err
 			}
-			for _, to := range []netip.AddrPort{ap(publicIP, 80), ap(a.Gateway(), 53)} {
-				d := net.Dialer{Timeout: blockedWait, LocalAddr: &net.TCPAddr{IP: forged.AsSlice()}}
-				if c, err := d.Dial("tcp4", to.String()); err == nil {
+			for _, to := range []netip.AddrPort{ap(publicIP, 9999), ap(a.Gateway(), 53)} {
+				for _, from := range []netip.Addr{forged, forged, forged, a.Addr()} {
+					c, err := net.DialUDP("udp4", &net.UDPAddr{IP: from.AsSlice()}, net.UDPAddrFromAddrPort(to))
+					if err != nil {
+						return err
+					}
+					_, err = c.Write([]byte(from.String()))
 					c.Close()
-					return fmt.Errorf("connected to %s from forged %s", to, forged)
+					if err != nil {
+						return err
+					}
 				}
 			}
 			return nil
 		})
 		if err != nil {
-			t.Error(err)
+			t.Fatal(err)
+		}
+		for _, c := range []net.PacketConn{pubConn, gwConn} {
+			buf := make([]byte, 64)
+			c.SetReadDeadline(time.Now().Add(okWait))
+			for {
+				n, _, err := c.ReadFrom(buf)
+				if err != nil {
+					t.Fatalf("%s: no marker from the sandbox's real address: %v", c.LocalAddr(), err)
+				}
+				if got := string(buf[:n]); got == a.Addr().String() {
+					break
+				} else {
+					t.Errorf("%s received a datagram forged from %s", c.LocalAddr(), got)
+				}
+			}
 		}
 	})
 }
@@ -573,5 +610,27 @@ func TestShaping(t *testing.T) {
 	})
 	if err != nil {
 		t.Error(err)
+	}
+}
+
+// BenchmarkAttachClose measures one sandbox network's set-up and tear-down (allowlist, two
+// rules): what networking adds to a sandbox create and destroy.
+func BenchmarkAttachClose(b *testing.B) {
+	testutil.MustHaveRoot(b)
+	m, err := New(Config{Table: "airlock-bench", Pool: testPool})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	pid := testnet.Process(b)
+	p := Policy{Mode: Allowlist, Allow: []string{"pypi.org:443", "10.1.0.0/16"}}
+	for i := 0; b.Loop(); i++ {
+		a, err := m.Attach(b.Context(), Sandbox{ID: fmt.Sprintf("bench-%d", i), Slot: 1, Pid: pid}, p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := a.Close(); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
