@@ -264,8 +264,7 @@ func TestInternet(t *testing.T) {
 	checkReach(t, pid, cases)
 
 	t.Run("no IPv6", func(t *testing.T) {
-		// The host side runs on this thread, in the host's namespace (not through
-		// /proc/PID/ns/net: the main thread may be a wedged one that joined a sandbox's).
+		// The host side runs on this thread, in the host's namespace.
 		inHost := func(_ int, f func() error) error { return f() }
 		for _, side := range []struct {
 			where string

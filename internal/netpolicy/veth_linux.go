@@ -6,9 +6,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 
+	airnetns "github.com/airlockhq/airlock/internal/netns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -53,7 +53,7 @@ func (m *Manager) setUpVeth(a *Attachment, adopt bool) error {
 	}
 	if host == nil {
 		// The peer inherits the namespace's default, so it never gets an IPv6 address.
-		if err := inNetns(ns, func() error { return disableIPv6("default") }); err != nil {
+		if err := airnetns.Do(int(ns), func() error { return disableIPv6("default") }); err != nil {
 			return err
 		}
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: a.link},
@@ -84,7 +84,7 @@ func (m *Manager) setUpVeth(a *Attachment, adopt bool) error {
 	if err != nil {
 		return fmt.Errorf("sandbox %s: %w", sandboxIf, err)
 	}
-	if err := inNetns(ns, func() error { return disableIPv6(sandboxIf) }); err != nil {
+	if err := airnetns.Do(int(ns), func() error { return disableIPv6(sandboxIf) }); err != nil {
 		return err
 	}
 	if err := nh.AddrReplace(peer, &netlink.Addr{IPNet: ipNet(a.addr, 30)}); err != nil {
@@ -134,21 +134,6 @@ func disableIPv6(ifname string) error {
 		return fmt.Errorf("disable IPv6 on %s: %w", ifname, err)
 	}
 	return nil
-}
-
-// inNetns runs f on an OS thread that has joined ns. The thread is never unlocked, so it ends
-// with the goroutine and no other code ever runs in the sandbox's namespace by accident.
-func inNetns(ns netns.NsHandle, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(int(ns), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
 }
 
 type ourLink struct{ name, id string }

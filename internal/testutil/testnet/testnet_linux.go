@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/airlockhq/airlock/internal/netns"
 	"github.com/airlockhq/airlock/internal/testutil"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -171,20 +172,9 @@ func Hello(name string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprintf(w, "hello from %s", name) })
 }
 
-// InNetns runs f on an OS thread that has joined the network namespace open at fd. The thread
-// is never unlocked, so it ends with the goroutine.
-func InNetns(fd int, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
-}
+// InNetns runs f on an OS thread inside the network namespace open at fd (see netns.Do): a
+// socket f opens stays there.
+func InNetns(fd int, f func() error) error { return netns.Do(fd, f) }
 
 // InPid runs f inside the network namespace of process pid.
 func InPid(pid int, f func() error) error {
@@ -244,23 +234,32 @@ func Get(ctx context.Context, pid int, addr netip.AddrPort, timeout time.Duratio
 	return body, err
 }
 
+// newNetns returns an fd of a new, empty network namespace, made by a thread that unshares
+// and then goes back, so no thread stays behind in it: closing the fd ends the namespace.
 func newNetns() (int, error) {
+	errc := make(chan error, 1)
 	var fd int
-	err := func() error {
-		errc := make(chan error, 1)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread, now in the new namespace, ends
-			if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-				errc <- fmt.Errorf("unshare: %w", err)
-				return
-			}
-			var err error
-			fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- err
-		}()
-		return <-errc
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
-	return fd, err
+	return fd, <-errc
 }
 
 func ipNet(a netip.Addr, bits int) *net.IPNet {
