@@ -12,7 +12,8 @@ pkg_why() {
   case "$1" in
     python3) echo "the interpreter one-shot runs and sessions execute in the sandboxes" ;;
     bubblewrap) echo "the benchmark tests compare sandbox start-up with bubblewrap's" ;;
-    python3-numpy | python3-matplotlib | python3-pandas) echo "the ported examples and the tests import it in sandboxes" ;;
+    python3-numpy | python3-matplotlib | python3-pandas | python3-scipy | python3-sympy | python3-requests)
+      echo "the default image carries the seed's stack (numpy, pandas, matplotlib, scipy, sympy, requests)" ;;
     python3-pip | python3-wheel) echo "the session tests pip-install wheels from a wheel directory" ;;
     qemu-system-x86) echo "scripts/vm-cgroup2 boots a cgroup v2 guest to run the tests in" ;;
     cpio) echo "scripts/vm-cgroup2 packs the guest's initramfs" ;;
