@@ -3,10 +3,12 @@ package cli
 import (
 	"context"
 	"log/slog"
+	"slices"
 
 	"github.com/spf13/pflag"
 
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // bindEngineFlags binds the engine's limits an operator tunes, each with its AIRLOCK_*
@@ -40,6 +42,14 @@ func newEngine(logger *slog.Logger, ec engine.Config, rc runtimeConfig) (*engine
 	}
 	ec.Logger, ec.Runtime = logger, rts
 	ec.WheelDirSet = rc.Native.WheelDir != ""
+	if err := rts.networkErr(); err != nil {
+		// Offer only what the host can build: a request for more gets a clear 400 naming the
+		// modes there are, not a failure per sandbox.
+		if slices.ContainsFunc(ec.NetworkModes, func(m netpolicy.Mode) bool { return m != netpolicy.Block }) || ec.NetworkModes == nil {
+			logger.Warn("sandboxes get no network on this host; only network mode block is offered", "err", err)
+		}
+		ec.NetworkModes = []netpolicy.Mode{netpolicy.Block}
+	}
 	e, err := engine.New(ec)
 	if err != nil {
 		rts.Close()

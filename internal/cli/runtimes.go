@@ -14,6 +14,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agent"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
@@ -37,6 +38,7 @@ type openedRuntime struct {
 	rt            engine.Runtime
 	close         func() error
 	cgroupVersion int
+	noNetwork     error // why the runtime cannot network sandboxes; nil when it can
 }
 
 // runtimeConfig is the configuration of every runtime, bound to flags by bindRuntimeFlags.
@@ -54,7 +56,8 @@ var runtimeDefs = []runtimeDef{{
 		if err != nil {
 			return openedRuntime{}, fmt.Errorf("native runtime: %w", err)
 		}
-		return openedRuntime{rt: native.EngineRuntime(rt), close: rt.Close, cgroupVersion: rt.CgroupVersion()}, nil
+		return openedRuntime{rt: native.EngineRuntime(rt), close: rt.Close, cgroupVersion: rt.CgroupVersion(),
+			noNetwork: native.Networks(rt)}, nil
 	},
 	isInit: native.IsInit,
 	init: func() (net.Listener, agent.Config, error) {
@@ -71,6 +74,9 @@ var runtimeDefs = []runtimeDef{{
 func bindRuntimeFlags(fs *pflag.FlagSet, c *runtimeConfig, stateUsage string) {
 	if c.Default == "" {
 		c.Default = runtimeDefs[0].name
+	}
+	if c.Native.Network == nil {
+		c.Native.Network = &netpolicy.Config{} // defaults; serve binds its flags (bindNetworkFlags)
 	}
 	flagEnv(fs, &c.Default, "runtime", "AIRLOCK_RUNTIME", "runtime of sandboxes ("+strings.Join(runtimeNames(runtimeDefs), ", ")+")")
 	flagEnv(fs, &c.Native.StateDir, "state-dir", "AIRLOCK_STATE_DIR", stateUsage)
@@ -155,6 +161,9 @@ func openRuntimes(logger *slog.Logger, c *runtimeConfig, defs []runtimeDef) (*ru
 
 // Names lists the available runtimes, for /v1/info.
 func (r *runtimes) Names() []string { return slices.Clone(r.names) }
+
+// networkErr says why the default runtime cannot network sandboxes; nil when it can.
+func (r *runtimes) networkErr() error { return r.byName[r.def].noNetwork }
 
 // cgroupVersion is the default runtime's cgroup version, for /v1/info.
 func (r *runtimes) cgroupVersion() int { return r.byName[r.def].cgroupVersion }

@@ -203,6 +203,7 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &keyFile, "api-key-file", "AIRLOCK_API_KEY_FILE", "file with one API key per line; AIRLOCK_API_KEYS (comma-separated) adds more")
 	bindEngineFlags(f, &ec)
 	bindRuntimeFlags(f, &rc, "state directory (default /var/lib/airlock)")
+	bindNetworkFlags(f, &ec, rc.Native.Network)
 	flagEnv(f, &co.idleTimeout, "idle-timeout", "AIRLOCK_IDLE_TIMEOUT", "close a keep-alive connection idle this long")
 	flagEnv(f, &sc.ReadTimeout, "read-timeout", "AIRLOCK_READ_TIMEOUT", "a request body must arrive within this; streamed uploads and stdin excepted")
 	flagEnv(f, &sc.WriteTimeout, "write-timeout", "AIRLOCK_WRITE_TIMEOUT", "an answer must be written within this once begun; streams excepted")

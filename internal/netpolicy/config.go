@@ -45,7 +45,14 @@ type Config struct {
 	// EgressBytesPerSec, when positive, shapes what a sandbox sends with a tbf qdisc on its
 	// side of the veth.
 	EgressBytesPerSec int64
-	Logger            *slog.Logger
+	// Upstreams are the resolvers every sandbox's DNS forwarder asks; default the IPv4
+	// nameservers of the host's /etc/resolv.conf. Without any, names do not resolve in
+	// sandboxes (addresses still work) and New logs why.
+	Upstreams []netip.AddrPort
+	Logger    *slog.Logger
+
+	// noDNS starts no forwarders: the package's tests listen on the gateways' port 53 themselves.
+	noDNS bool
 }
 
 var tableName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]{0,63}$`)

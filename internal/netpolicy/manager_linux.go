@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +39,13 @@ func New(cfg Config) (*Manager, error) {
 	}
 	cfg = cfg.withDefaults()
 	cfg.Allow = append([]netip.Prefix(nil), cfg.Allow...)
+	if len(cfg.Upstreams) == 0 && !cfg.noDNS {
+		ups, err := UpstreamsFromResolvConf("/etc/resolv.conf")
+		if err != nil {
+			cfg.Logger.Warn("network: no DNS upstream, so names will not resolve in sandboxes (give --dns-upstream)", "err", err)
+		}
+		cfg.Upstreams = ups
+	}
 	m := &Manager{cfg: cfg, prefix: linkPrefix(cfg.Table), att: map[string]*Attachment{}}
 	if err := m.program(); err != nil {
 		return nil, err
@@ -126,6 +135,10 @@ func (m *Manager) attach(ctx context.Context, sb Sandbox, p Policy, adopt bool) 
 		m.mu.Unlock()
 		return nil, err
 	}
+	if err := a.startDNS(rules); err != nil {
+		a.Close()
+		return nil, err
+	}
 	m.cfg.Logger.InfoContext(ctx, "network: attached", "sandbox", sb.ID, "mode", p.Mode,
 		"link", a.link, "addr", addr, "adopted", adopt)
 	return a, nil
@@ -191,8 +204,19 @@ func (m *Manager) Sweep(ctx context.Context, keep func(id string) bool) error {
 // objects in it.
 func (m *Manager) Close() error {
 	m.mu.Lock()
+	atts := slices.Collect(maps.Values(m.att))
 	clear(m.att)
 	m.mu.Unlock()
+	// The forwarders are this process's: they stop with it (the next daemon starts its own).
+	for _, a := range atts {
+		a.mu.Lock()
+		dns := a.dns
+		a.dns = nil
+		a.mu.Unlock()
+		if dns != nil {
+			dns.Close()
+		}
+	}
 	m.nftMu.Lock()
 	defer m.nftMu.Unlock()
 	remaining, err := m.removeSandboxes(func(string) bool { return false })
@@ -217,6 +241,41 @@ type Attachment struct {
 
 	mu     sync.Mutex
 	closed bool
+	dns    *Forwarder // nil without upstreams
+}
+
+// startDNS starts the sandbox's DNS forwarder on its gateway. An allowlist's forwarder admits
+// what it answers; addresses Admit will not take (the policy's own CIDRs, which the sandbox
+// reaches anyway) do not fail the answer.
+func (a *Attachment) startDNS(rules []Rule) error {
+	cfg := a.m.cfg
+	if len(cfg.Upstreams) == 0 || cfg.noDNS {
+		return nil
+	}
+	allowed := append([]netip.Prefix(nil), cfg.Allow...)
+	for _, r := range rules {
+		if r.Name == "" {
+			allowed = append(allowed, r.Prefix)
+		}
+	}
+	fc := ForwarderConfig{Listen: netip.AddrPortFrom(a.gw, 53), Upstreams: cfg.Upstreams,
+		Mode: a.policy.Mode, Rules: rules, Allowed: allowed, Logger: cfg.Logger.With("sandbox", a.sb.ID)}
+	if a.policy.Mode == Allowlist {
+		fc.Admit = func(addrs []netip.Addr, port, portEnd uint16, ttl time.Duration) error {
+			if err := a.Admit(addrs, port, portEnd, ttl); err != nil && !errors.Is(err, ErrNotAdmissible) {
+				return err
+			}
+			return nil
+		}
+	}
+	f, err := NewForwarder(fc)
+	if err != nil {
+		return fmt.Errorf("network: sandbox %s: DNS forwarder: %w", a.sb.ID, err)
+	}
+	a.mu.Lock()
+	a.dns = f
+	a.mu.Unlock()
+	return nil
 }
 
 // Gateway is the host side of the sandbox's veth: its default route and the resolver its
@@ -311,6 +370,14 @@ func (m *Manager) admit(s *nftables.Set, els []nftables.SetElement) error {
 // and with them their addresses and routes) and the nftables objects. Idempotent.
 func (a *Attachment) Close() error {
 	a.mu.Lock()
+	dns := a.dns
+	a.dns = nil
+	a.mu.Unlock()
+	// Outside a.mu: a query in flight may be admitting (Admit takes a.mu).
+	if dns != nil {
+		dns.Close()
+	}
+	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return nil
@@ -367,4 +434,18 @@ func groupRules(rules []Rule) []ruleGroup {
 		}
 	}
 	return gs
+}
+
+// TableExists reports whether the nftables table name (family inet) exists: a daemon that died
+// with networked sandboxes left it, and its successor sweeps it.
+func TableExists(name string) (bool, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return false, fmt.Errorf("nftables: %w", err)
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false, fmt.Errorf("nftables: list tables: %w", err)
+	}
+	return slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == name }), nil
 }

@@ -34,6 +34,7 @@ func newManager(t *testing.T, cfg Config) *Manager {
 	b := make([]byte, 4)
 	rand.Read(b)
 	cfg.Table = "airlock-test-" + hex.EncodeToString(b)
+	cfg.noDNS = true // the tests listen on the gateways' port 53 themselves
 	if !cfg.Pool.IsValid() {
 		cfg.Pool = testPool
 	}
@@ -471,7 +472,11 @@ func TestCloseAndSweep(t *testing.T) {
 	}
 	before := index(keep.Link())
 
-	// A new daemon on the same table recovers "keep" only.
+	// The daemon goes (its DNS forwarders with it; the sandboxes' objects stay) and a new one
+	// on the same table recovers "keep" only.
+	if err := m.Close(); err != nil {
+		t.Fatalf("Close of the first daemon: %v", err)
+	}
 	m2, err := New(m.cfg)
 	if err != nil {
 		t.Fatalf("New again: %v", err)

@@ -21,6 +21,9 @@ var errUnsupported = fmt.Errorf("network: sandbox networks need Linux: %w", erro
 // New returns errors.ErrUnsupported: sandbox networks need Linux.
 func New(cfg Config) (*Manager, error) { return nil, errUnsupported }
 
+// TableExists returns errors.ErrUnsupported: sandbox networks need Linux.
+func TableExists(name string) (bool, error) { return false, errUnsupported }
+
 func (m *Manager) LinkPrefix() string                             { return "" }
 func (m *Manager) LinkName(slot int) string                       { return "" }
 func (m *Manager) Addrs(slot int) (netip.Addr, netip.Addr, error) { return m.cfg().Addrs(slot) }

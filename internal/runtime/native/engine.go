@@ -9,6 +9,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // Name is the runtime's name in engine.Spec.Runtime and in /v1/info.
@@ -35,8 +36,18 @@ func honours(s engine.Spec) error {
 		return api.Errorf(api.ErrInvalidArgument, "runtime %q asked of the %s runtime", s.Runtime, Name)
 	case s.Image != "" && s.Image != "host":
 		return api.Errorf(api.ErrUnimplemented, "the %s runtime runs only the host image, not %q", Name, s.Image)
-	case s.Network.Enabled():
-		return api.Errorf(api.ErrUnimplemented, "the %s runtime has no outbound network for sandboxes yet", Name)
+	}
+	return nil
+}
+
+// Networks reports whether the runtime can give sandboxes a network (it was configured with
+// one and the host's nftables answers), so the daemon offers only the modes it can build.
+func Networks(r *Runtime) error {
+	if r.cfg.Network == nil {
+		return ErrNetworkUnsupported
+	}
+	if _, err := netpolicy.TableExists(r.netTable()); err != nil {
+		return err
 	}
 	return nil
 }
@@ -45,9 +56,12 @@ func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 	if err := honours(s); err != nil {
 		return nil, err
 	}
+	if s.Network.Enabled() && n.r.cfg.Network == nil {
+		return nil, api.Errorf(api.ErrUnimplemented, "network mode %s is not available: this daemon runs without sandbox networking", s.Network.Mode)
+	}
 	sb, err := n.r.Create(ctx, Spec{
 		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
-		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network.Enabled(), Meta: s.Meta,
+		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
 		Workdir: s.Workdir,
 	})
 	if errors.Is(err, ErrNoUIDRange) {

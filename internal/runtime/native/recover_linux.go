@@ -35,15 +35,17 @@ func (r *Runtime) Recover(ctx context.Context) ([]Recovered, error) {
 	var out []Recovered
 	var errs []error
 	known := map[string]bool{}
+	live := map[string]bool{} // reattached, keeping their networks
 	for _, e := range ents {
 		id := e.Name()
 		if !idPattern().MatchString(id) {
 			continue
 		}
 		known[id] = true
-		sb, meta, err := r.reattach(id)
+		sb, meta, err := r.reattach(ctx, id)
 		if err == nil {
 			out = append(out, Recovered{Sandbox: sb, Meta: meta})
+			live[id] = true
 			continue
 		}
 		r.cfg.Logger.WarnContext(ctx, "cleaning up sandbox left by a previous daemon", "sandbox", id, "reason", err)
@@ -53,6 +55,9 @@ func (r *Runtime) Recover(ctx context.Context) ([]Recovered, error) {
 	}
 	if err := r.sweepImages(known); err != nil {
 		errs = append(errs, err)
+	}
+	if err := r.sweepNetworks(ctx, live); err != nil {
+		errs = append(errs, fmt.Errorf("sweep networks: %w", err))
 	}
 	groups, err := r.cg.List()
 	if err != nil {
@@ -74,7 +79,7 @@ func (r *Runtime) Recover(ctx context.Context) ([]Recovered, error) {
 }
 
 // reattach rebuilds the Sandbox of a live init from its state file.
-func (r *Runtime) reattach(id string) (*Sandbox, []byte, error) {
+func (r *Runtime) reattach(ctx context.Context, id string) (*Sandbox, []byte, error) {
 	dir := filepath.Join(r.cfg.StateDir, "sandboxes", id)
 	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
 	if err != nil {
@@ -110,6 +115,11 @@ func (r *Runtime) reattach(id string) (*Sandbox, []byte, error) {
 			}
 		},
 		image: r.recoverImage(id, st.Slot)}
+	if err := r.adoptNetwork(ctx, sb, st.Slot, st.Network); err != nil {
+		// Its processes run on, but without the network it was given: keep it (its owner may
+		// still want its files) and say so; destroying it is the owner's call.
+		r.cfg.Logger.ErrorContext(ctx, "recovered sandbox has lost its network", "sandbox", id, "err", err)
+	}
 	// Not our child any more: learn of its exit by polling its pidfd.
 	go func() {
 		defer unix.Close(pidfd)

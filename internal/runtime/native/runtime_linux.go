@@ -25,6 +25,7 @@ import (
 	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/cgroup"
 	"github.com/airlockhq/airlock/internal/layout"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // Config configures the native runtime. Zero values mean defaults.
@@ -52,6 +53,10 @@ type Config struct {
 	// limit, spanning UIDBase … UIDBase + 2^28.
 	UIDSlots int
 	UID, GID int // the sandbox user inside; default 1000
+	// Network, if set, lets sandboxes have a network (Spec.Network): their addresses, ranges,
+	// resolvers and bounds. Nil: every networked spec is refused (ErrNetworkUnsupported). The
+	// nftables table and IPv4 forwarding are set up on the first networked sandbox.
+	Network *netpolicy.Config
 	// WheelDir, if set, is a host directory of Python wheels bound read-only at
 	// /opt/airlock/wheels in every sandbox, for installs without network.
 	WheelDir string
@@ -94,10 +99,10 @@ type Spec struct {
 	MemoryBytes  int64
 	CPU          float64
 	Pids         int64
-	ScratchBytes int64  // /workspace, /tmp and /dev/shm together
-	NoFile       uint64 // RLIMIT_NOFILE
-	Network      bool   // outbound network; not built yet (see Create)
-	Meta         []byte // opaque to the runtime; kept with the sandbox's state for Recover
+	ScratchBytes int64            // /workspace, /tmp and /dev/shm together
+	NoFile       uint64           // RLIMIT_NOFILE
+	Network      netpolicy.Policy // Block (the zero value) or a network of its own (network_linux.go)
+	Meta         []byte           // opaque to the runtime; kept with the sandbox's state for Recover
 	// Workdir, if set, is a writable directory created on the scratch layer at this clean
 	// absolute path (outside /workspace and /tmp, which exist anyway). It must not lie in the
 	// image's system directories.
@@ -162,9 +167,6 @@ func ScratchFor(scratch, memory int64) int64 {
 	return scratch
 }
 
-// ErrNetworkUnsupported is returned for Spec.Network: egress is not built yet.
-var ErrNetworkUnsupported = errors.New("outbound network for sandboxes is not implemented yet")
-
 // Runtime starts sandboxes with the native isolation layers.
 type Runtime struct {
 	cfg Config
@@ -186,6 +188,9 @@ type Runtime struct {
 	staging string
 
 	images imageState // image sandboxes' writable layers and roots (overlay_linux.go)
+
+	netMu sync.Mutex         // guards net
+	net   *netpolicy.Manager // made on first use (network_linux.go)
 }
 
 // idPattern is compiled on first use: this binary is also every sandbox's PID 1, whose
@@ -467,9 +472,11 @@ type Sandbox struct {
 	client   *agentclient.Client
 	logger   *slog.Logger
 
-	done    chan struct{} // closed when PID 1 has exited
-	release func()        // frees the uid range; called once by Destroy
-	image   *sandboxImage // an image sandbox's writable layer; nil for the host image
+	done    chan struct{}         // closed when PID 1 has exited
+	release func()                // frees the uid range; called once by Destroy
+	image   *sandboxImage         // an image sandbox's writable layer; nil for the host image
+	net     *netpolicy.Attachment // a networked sandbox's network; nil when blocked
+	resolv  string                // its resolv.conf
 	destroy sync.Once
 	err     error // result of Destroy
 }
@@ -506,6 +513,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		{"socket and pipes", c.channels},
 		{"spawn init", c.spawnInit},
 		{"place in cgroups", c.place},
+		{"network", c.network},
 		{"image root", c.imageRoot},
 		{"configure", c.configure},
 		{"await ready", c.awaitReady},
@@ -527,8 +535,8 @@ func validateSpec(spec Spec) error {
 	if !idPattern().MatchString(spec.ID) {
 		return fmt.Errorf("sandbox id %q: invalid", spec.ID)
 	}
-	if spec.Network {
-		return ErrNetworkUnsupported
+	if _, err := spec.Network.Rules(); err != nil {
+		return err
 	}
 	if spec.Image != nil {
 		if err := checkImage(spec.Image); err != nil {
@@ -556,7 +564,8 @@ type creation struct {
 
 	lnFile, cfgR, cfgW, statusR, statusW, logf *os.File
 
-	sb *Sandbox
+	sb     *Sandbox
+	resolv string // a networked sandbox's resolv.conf (network_linux.go)
 
 	image imageCreation // the image steps' acquisitions (overlay_linux.go)
 }
@@ -756,6 +765,10 @@ func (c *creation) configure(context.Context) error {
 		UserCgroup: len(c.userFiles), CgroupV2: c.v2,
 	}
 	c.configureImage(&icfg)
+	if c.resolv != "" {
+		// After /etc (or the image's contract files): the sandbox's own resolver wins.
+		icfg.Binds = append(icfg.Binds, bindSpec{Source: c.resolv, Target: "/etc/resolv.conf", File: true})
+	}
 	if err := json.NewEncoder(c.cfgW).Encode(&icfg); err != nil {
 		return fmt.Errorf("send sandbox config: %w", err)
 	}
@@ -772,7 +785,8 @@ func (c *creation) persist(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("sandbox init: %w", err)
 	}
-	return writeState(c.dir, state{ID: c.spec.ID, Pid: c.sb.pid, Start: start, Meta: c.spec.Meta, Slot: c.slot})
+	return writeState(c.dir, state{ID: c.spec.ID, Pid: c.sb.pid, Start: start, Meta: c.spec.Meta, Slot: c.slot,
+		Network: c.spec.Network})
 }
 
 // placeV2 moves the init from the outer group into the agent's leaf, delegates the controllers
@@ -862,6 +876,8 @@ type state struct {
 	Start uint64 `json:"start"` // PID 1's start time in clock ticks since boot: guards against pid reuse
 	Meta  []byte `json:"meta,omitempty"`
 	Slot  int    `json:"slot"` // uid-range slot
+	// Network is the sandbox's policy; the zero value (Block) in states written before networks.
+	Network netpolicy.Policy `json:"network,omitzero"`
 }
 
 func writeState(dir string, st state) error {
@@ -956,6 +972,10 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		if err := s.image.remove(); err != nil {
 			errs = append(errs, err)
 		}
+		// Before the uid range (and with it the slot's addresses and veth name) is released.
+		if err := s.closeNetwork(); err != nil {
+			errs = append(errs, err)
+		}
 		if err := os.RemoveAll(s.dir); err != nil {
 			errs = append(errs, fmt.Errorf("remove state: %w", err))
 		}
@@ -975,6 +995,9 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 // directory and the cgroup root (a private state directory is removed). Live sandboxes are the
 // engine's to destroy first.
 func (r *Runtime) Close() error {
+	if err := r.closeNetworks(); err != nil {
+		r.cfg.Logger.Warn("closing sandbox networks", "err", err)
+	}
 	err := r.cg.RemoveRoot()
 	if err == nil {
 		err = r.closeImages()
