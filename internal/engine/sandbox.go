@@ -59,8 +59,8 @@ type SandboxSpec struct {
 	CPU         float64           `json:"cpu"`
 	Image       string            `json:"image"`              // as the caller named it
 	ImageID     string            `json:"image_id,omitempty"` // what Image resolved to at creation; "" for the host image
-	Workdir     string            `json:"workdir"`          // default layout.Workspace
-	Network     netpolicy.Policy  `json:"network,omitzero"` // normalized; absent in records before networks (Block)
+	Workdir     string            `json:"workdir"`            // default layout.Workspace
+	Network     netpolicy.Policy  `json:"network,omitzero"`   // normalized; absent in records before networks (Block)
 	Env         map[string]string `json:"env,omitempty"`
 	Tags        map[string]string `json:"tags,omitempty"`  // the caller's own
 	Ports       []Port            `json:"ports,omitempty"` // exposed with tokens (see ports.go)
