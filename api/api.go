@@ -31,7 +31,7 @@ type ExecuteRequest struct {
 	Network      *Network          `json:"network,omitempty"`       // the run's network policy; overrides the server's default
 	Env          map[string]string `json:"env,omitempty"`           // extra environment variables (NAME → value)
 	Files        map[string]string `json:"files,omitempty"`         // path → content, written before the run; paths inside /workspace or /tmp
-	Image        string            `json:"image,omitempty"`         // root file system; only "host" so far
+	Image        string            `json:"image,omitempty"`         // root file system: "host" (default) or an image of the daemon's store by name[:tag] or id
 	// OutputFiles are paths or globs (path.Match syntax: *, ?, [...], within one path component)
 	// of files to return after the run, relative to /workspace or absolute inside /workspace or
 	// /tmp; at most 32. Up to 64 files and 10 MiB in all come back in files.

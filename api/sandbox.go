@@ -38,7 +38,7 @@ var Statuses = []string{StatusRunning, StatusTerminated}
 
 // CreateSandboxRequest is the body of POST /v1/sandboxes. Zero values mean defaults.
 type CreateSandboxRequest struct {
-	Image        string            `json:"image,omitempty"`         // root file system; only "host" so far
+	Image        string            `json:"image,omitempty"`         // root file system: "host" (default) or an image of the daemon's store by name[:tag] or id
 	Timeout      float64           `json:"timeout,omitempty"`       // seconds of life; default 300
 	IdleTimeout  float64           `json:"idle_timeout,omitempty"`  // seconds without API activity before it ends; 0 = none; at most the timeout
 	CPU          float64           `json:"cpu,omitempty"`           // CPU cores; at most the host's cores (GET /v1/info, limits.max_cpu)
@@ -60,7 +60,8 @@ type CreateSandboxRequest struct {
 type SandboxInfo struct {
 	ID           string            `json:"id"`                     // the sandbox's id in every /v1/sandboxes/{id} route
 	Status       string            `json:"status"`                 // running until it ends, then terminated
-	Image        string            `json:"image"`                  // root file system
+	Image        string            `json:"image"`                  // root file system, as the request named it
+	ImageID      string            `json:"image_id,omitempty"`     // the image's id (sha256:…) it resolved to at creation; absent for the host image
 	CreatedAt    time.Time         `json:"created_at"`             // when it started
 	ExpiresAt    time.Time         `json:"expires_at"`             // when its timeout ends it
 	LastActiveAt time.Time         `json:"last_active_at"`         // the last API call that used it (idle_timeout counts from here)

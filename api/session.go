@@ -20,6 +20,7 @@ type CreateSessionRequest struct {
 	IdleTimeout float64           `json:"idle_timeout,omitempty"` // seconds without a call before it ends; default 300 (or the timeout, if shorter); at most the timeout
 	MemoryMB    int64             `json:"memory_mb,omitempty"`    // memory limit of the session's sandbox, in MiB
 	CPU         float64           `json:"cpu,omitempty"`          // CPU cores; at most the host's cores (GET /v1/info, limits.max_cpu)
+	Image       string            `json:"image,omitempty"`        // root file system: "host" (default) or an image of the daemon's store by name[:tag] or id; it needs python3
 	Env         map[string]string `json:"env,omitempty"`          // environment variables of the interpreter
 	Network     *Network          `json:"network,omitempty"`      // the session's network policy (installs use it); overrides the server's default
 	Tags        map[string]string `json:"tags,omitempty"`         // as a sandbox's tags; keys may not start with "airlock."
@@ -29,7 +30,7 @@ type CreateSessionRequest struct {
 // A session is a long-lived sandbox running a Python interpreter, so the answer is exactly a
 // SandboxInfo, on the wire as in Go (the alias keeps one schema, SandboxInfo, in the OpenAPI
 // document): id is the session's id, which is also its sandbox id under
-// /v1/sandboxes/{id}/files; image is the host image; block_network and network are the
+// /v1/sandboxes/{id}/files; image and image_id are its image; block_network and network are the
 // session's network policy; expires_at and idle_timeout are the session's life and idle bounds; tags hold the
 // caller's tags plus "airlock.session": "1" (and "airlock.seed_session": its name, for a seed-route session), by
 // which the server tells a session from a plain sandbox; status and end_reason are as for any

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"time"
@@ -40,7 +41,8 @@ func fileError(err error) error {
 	case errors.Is(err, os.ErrPermission), errors.Is(err, unix.EROFS), errors.Is(err, errPseudoFS):
 		return connect.NewError(connect.CodePermissionDenied, err)
 	case full(err):
-		return connect.NewError(connect.CodeResourceExhausted, err)
+		// The daemon answers 413 for it; the sandbox stays usable (deleting files frees it).
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("the sandbox's disk is full: %w", err))
 	case errors.Is(err, unix.EISDIR), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP),
 		errors.Is(err, unix.EXDEV), errors.Is(err, unix.EINVAL):
 		return connect.NewError(connect.CodeInvalidArgument, err)

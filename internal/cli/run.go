@@ -16,6 +16,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/image"
 	apiserver "github.com/airlockhq/airlock/internal/server"
 )
 
@@ -119,6 +120,7 @@ func runCmd() *cobra.Command {
 	f.Float64Var(&req.CPU, "cpu", 0, "CPU cores (default 1)")
 	f.BoolVar(&req.AllowNetwork, "allow-network", false, "allow outbound network access")
 	f.StringVar(&language, "language", "python", "python or bash")
+	f.StringVar(&req.Image, "image", "", "image to run in: host (default) or a name[:tag] or id of the image store (airlock image pull)")
 	f.StringVarP(&file, "file", "f", "", "read the program from this file")
 	f.BoolVar(&asJSON, "json", false, "print the full result as JSON")
 	f.StringArrayVar(&req.OutputFiles, "output-file", nil, "after the run, fetch the files matching this glob (relative to /workspace, or under /tmp); repeatable")
@@ -229,7 +231,17 @@ func execute(ctx context.Context, co clientOptions, rc runtimeConfig, req api.Ex
 		return resp, err == nil, err
 	}
 	logger := warnLogger()
-	e, rt, err := newEngine(logger, engine.Config{}, rc)
+	var ec engine.Config
+	if req.Image != "" && req.Image != "host" {
+		// The store `airlock image pull` fills, the daemon's of the same --state-dir: opened
+		// only for an image, so a host run leaves no store behind.
+		st, err := image.Open(image.Config{Dir: imageDir(rc.Native.StateDir), Logger: logger})
+		if err != nil {
+			return nil, false, err
+		}
+		ec.Images = image.EngineImages(st)
+	}
+	e, rt, err := newEngine(logger, ec, rc)
 	if err != nil {
 		return nil, false, err
 	}

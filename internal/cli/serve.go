@@ -103,6 +103,7 @@ func serveCmd() *cobra.Command {
 		rc      runtimeConfig
 		sc      = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
 		co      = connOptions{idleTimeout: time.Minute}
+		ic      image.Config
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -123,6 +124,13 @@ func serveCmd() *cobra.Command {
 			if err := server.CheckListen(addr, keys); err != nil {
 				return err
 			}
+			// The image store (/v1/images), opened before the engine: sandboxes adopted from a
+			// previous daemon lease their images again.
+			ic.Dir, ic.Logger = imageDir(rc.Native.StateDir), logger
+			if sc.Images, err = image.Open(ic); err != nil {
+				return err
+			}
+			ec.Images = image.EngineImages(sc.Images)
 			e, rts, err := newEngine(logger, ec, rc)
 			if err != nil {
 				return err
@@ -148,10 +156,6 @@ func serveCmd() *cobra.Command {
 			}
 			if adopted+destroyed > 0 {
 				logger.InfoContext(ctx, "recovered sandboxes of a previous daemon", "adopted", adopted, "destroyed", destroyed)
-			}
-			// The image store (/v1/images); the engine does not use it yet.
-			if sc.Images, err = image.Open(image.Config{Dir: imageDir(rc.Native.StateDir), Logger: logger}); err != nil {
-				return err
 			}
 			sc.Logger, sc.Engine, sc.APIKeys, sc.Version = logger, e, keys, Version
 			sc.CgroupVersion, sc.Runtimes = rts.cgroupVersion(), rts.Names()
@@ -207,6 +211,7 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &co.idleTimeout, "idle-timeout", "AIRLOCK_IDLE_TIMEOUT", "close a keep-alive connection idle this long")
 	flagEnv(f, &sc.ReadTimeout, "read-timeout", "AIRLOCK_READ_TIMEOUT", "a request body must arrive within this; streamed uploads and stdin excepted")
 	flagEnv(f, &sc.WriteTimeout, "write-timeout", "AIRLOCK_WRITE_TIMEOUT", "an answer must be written within this once begun; streams excepted")
+	flagEnv(f, (*byteSize)(&ic.MaxBytes), "image-budget", "AIRLOCK_IMAGE_BUDGET", "disk for the image store's blobs and layers together; past it a pull, import or snapshot prunes unused images, then fails with 413 (default no limit)")
 	flagEnv(f, &ec.PublicPorts, "public-ports", "AIRLOCK_PUBLIC_PORTS", "let sandboxes expose unauthenticated_ports, reachable through the daemon without a key or token")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	return cmd

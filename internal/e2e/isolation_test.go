@@ -34,8 +34,17 @@ def try_read(path):
         pass
 `
 
+// TestIsolationAttacks runs every attack in a sandbox of the host image and of an image
+// pulled from a registry (pythonImage): the isolation must not depend on the root.
 func TestIsolationAttacks(t *testing.T) {
 	mustEngine(t)
+	for _, image := range []struct{ name, ref string }{{"host", "host"}, {"pulled", pythonImage(t)}} {
+		t.Run(image.name, func(t *testing.T) { isolationAttacks(t, image.ref) })
+	}
+}
+
+// isolationAttacks runs the attacks in one-shot sandboxes of image.
+func isolationAttacks(t *testing.T, image string) {
 	exe, _ := os.Executable()
 	cases := []struct {
 		name string
@@ -162,7 +171,7 @@ except OSError: pass`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := py(t, pyPrelude+tc.code+"\nprint('BLOCKED')\n")
+			resp := run(t, api.ExecuteRequest{Image: image, Code: pyPrelude + tc.code + "\nprint('BLOCKED')\n"})
 			if strings.Contains(resp.Stdout, "ESCAPED") {
 				t.Fatalf("attack worked: %s\nstderr: %s", resp.Stdout, resp.Stderr)
 			}

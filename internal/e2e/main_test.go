@@ -16,6 +16,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/cli"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/server"
 	"github.com/airlockhq/airlock/internal/testutil"
@@ -27,6 +28,7 @@ const fakeSecret = "AIRLOCK_FAKE_SECRET=hunter2-e2e-do-not-leak"
 var (
 	eng      *engine.Engine
 	rt       *native.Runtime
+	images   *image.Store // the shared engine's image store, in stateDir/images
 	stateDir string
 	cgRoot   string
 	setupErr error
@@ -59,8 +61,12 @@ func TestMain(m *testing.M) {
 				setupErr = err
 				return m.Run()
 			}
+			if images, err = image.Open(image.Config{Dir: stateDir + "/images", Logger: logger}); err != nil {
+				setupErr = err
+				return m.Run()
+			}
 			eng, setupErr = engine.New(engine.Config{Logger: logger, Runtime: native.EngineRuntime(rt),
-				ScratchBytes: 64 << 20, MaxConcurrent: 8})
+				Images: image.EngineImages(images), ScratchBytes: 64 << 20, MaxConcurrent: 8})
 			defer func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()

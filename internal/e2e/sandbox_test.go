@@ -47,7 +47,7 @@ func newAPIServer(t testing.TB, cfg engine.Config, keys ...string) *apiServer {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { e.Run(ctx); close(done) }()
-	s, err := server.New(server.Config{Engine: e, APIKeys: keys})
+	s, err := server.New(server.Config{Engine: e, APIKeys: keys, Images: images})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,9 +39,12 @@ type Instance interface {
 
 // Spec is what a Runtime builds.
 type Spec struct {
-	ID           string
-	Runtime      string // the runtime to build it, by name; empty for the daemon's default
-	Image        string
+	ID      string
+	Runtime string // the runtime to build it, by name; empty for the daemon's default
+	Image   string // as the request named it; "host" for the host's own tree
+	// ImageRoot is the resolved image of any Image but "host" (nil for the host), leased by
+	// the engine for the sandbox's life.
+	ImageRoot    *ImageRoot
 	MemoryBytes  int64
 	CPU          float64
 	Pids         int64
@@ -71,6 +74,9 @@ type Usage struct {
 type Config struct {
 	Logger  *slog.Logger
 	Runtime Runtime
+	// Images resolves and leases every image but "host", and keeps snapshots; nil means only
+	// the host image.
+	Images Images
 
 	MaxConcurrent int // one-shot runs at once; default 4 per core
 	MaxQueue      int // one-shot runs waiting for a slot beyond that; default 8 × MaxConcurrent
@@ -256,8 +262,9 @@ type Engine struct {
 	adm     admission     // the one-shot slots and their queue
 	sbSlots chan struct{} // one token per live long-lived sandbox or session
 
-	mu        sync.Mutex // guards live, sandboxes, gone, owned and closed
+	mu        sync.Mutex // guards live, leases, sandboxes, gone, owned and closed
 	live      map[string]Instance
+	leases    map[string]func() // the image lease of each live sandbox that has one, released by destroy
 	sandboxes map[string]*Sandbox
 	gone      map[string]goneEntry
 	owned     map[string]int // live sandboxes per owner
@@ -282,7 +289,7 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	return &Engine{cfg: cfg, adm: admission{owners: map[string]*ownerQueue{}}, sbSlots: make(chan struct{}, cfg.MaxSandboxes),
-		live: map[string]Instance{}, sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{},
+		live: map[string]Instance{}, leases: map[string]func(){}, sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{},
 		seed: map[string]*seedEntry{}, owned: map[string]int{}, budget: newBudget(cfg.AnswerBudget, cfg.QueueTimeout)}, nil
 }
 

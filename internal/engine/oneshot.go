@@ -171,14 +171,19 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error
 	if err != nil {
 		return nil, err
 	}
-	release, err := e.acquire(ctx)
+	root, lease, err := e.leaseImage(ctx, p.Image)
 	if err != nil {
 		return nil, err
 	}
+	release, err := e.acquire(ctx)
+	if err != nil {
+		lease()
+		return nil, err
+	}
 	id, inst, err := e.create(ctx, KindOneShot, Spec{
-		Image: p.Image, MemoryBytes: p.MemoryBytes, CPU: p.CPU, Pids: e.cfg.Pids,
+		Image: p.Image, ImageRoot: root, MemoryBytes: p.MemoryBytes, CPU: p.CPU, Pids: e.cfg.Pids,
 		ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Network: network,
-	}, record{Owner: Owner(ctx)})
+	}, record{Owner: Owner(ctx)}, lease)
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)

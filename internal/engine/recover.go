@@ -164,6 +164,18 @@ func (e *Engine) adopt(ctx context.Context, r Recovered) bool {
 		e.destroy(ctx, r.ID, r.Inst)
 		return false
 	}
+	if id := rec.Spec.ImageID; id != "" {
+		// The same image by id, whatever its names point at now. Its layers are mounted in
+		// the live sandbox, so one the store lost meanwhile still serves it: the sandbox is
+		// kept either way, unleased in that case.
+		if _, lease, err := e.leaseImage(ctx, id); err != nil {
+			log.WarnContext(ctx, "a recovered sandbox's image cannot be leased again", "image", id, "err", err)
+		} else {
+			e.mu.Lock()
+			e.leases[r.ID] = lease
+			e.mu.Unlock()
+		}
+	}
 	e.register(&Sandbox{e: e, id: r.ID, kind: rec.Kind, seed: rec.Seed, inst: r.Inst, client: r.Inst.Agent(),
 		created: rec.Created, expires: rec.Expires, spec: *rec.Spec, release: release, lastActive: time.Now(),
 		owner: rec.Owner})

@@ -18,7 +18,17 @@ var errClosed = api.Errorf(api.ErrUnavailable, "the daemon is shutting down")
 // picks the id, persists rec (completed with the kind and the creation time) with the
 // sandbox for Recover, and registers the instance as live. A warm pool slots in here,
 // handing out a pre-made instance of the same class instead of calling the runtime.
-func (e *Engine) create(ctx context.Context, kind Kind, spec Spec, rec record) (string, Instance, error) {
+//
+// lease is the release of the image lease the sandbox stands on (leaseImage): create owns it
+// from the call on, releasing it when the creation fails or, through destroy, when the sandbox
+// goes.
+func (e *Engine) create(ctx context.Context, kind Kind, spec Spec, rec record, lease func()) (string, Instance, error) {
+	created := false
+	defer func() {
+		if !created {
+			lease()
+		}
+	}()
 	spec.ID = newID(kind.idPrefix())
 	rec.V, rec.Kind = recordVersion, kind
 	if rec.Created.IsZero() {
@@ -51,8 +61,10 @@ func (e *Engine) create(ctx context.Context, kind Kind, spec Spec, rec record) (
 		}
 		return "", nil, err
 	}
+	created = true
 	e.mu.Lock()
 	e.live[spec.ID] = inst
+	e.leases[spec.ID] = lease
 	e.mu.Unlock()
 	return spec.ID, inst, nil
 }
@@ -66,7 +78,13 @@ func (e *Engine) destroy(ctx context.Context, id string, inst Instance) {
 	}
 	e.mu.Lock()
 	delete(e.live, id)
+	release := e.leases[id]
+	delete(e.leases, id)
 	e.mu.Unlock()
+	if release != nil {
+		// After Destroy: the image's layers are unmounted before the store may collect them.
+		release()
+	}
 }
 
 // register makes sb reachable by its id.

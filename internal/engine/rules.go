@@ -58,17 +58,6 @@ func (c *Config) normalizeMemory(b int64) (int64, error) {
 	return b, boundMemory("memory_mb", b, c.MinMemory, c.MaxMemory)
 }
 
-// hostImage is the only root file system so far: the host's, read-only.
-const hostImage = "host"
-
-// checkImage returns the image a request asked for, "" meaning the default.
-func checkImage(image string) (string, error) {
-	if image == "" || image == hostImage {
-		return hostImage, nil
-	}
-	return "", invalid("image %q is not available (only %q so far)", image, hostImage)
-}
-
 // normalizeNetwork returns the policy a request gets: its own (the zero policy meaning the
 // operator's default), validated and within the modes the operator allows.
 func (c *Config) normalizeNetwork(p netpolicy.Policy) (netpolicy.Policy, error) {

@@ -57,9 +57,10 @@ type SandboxSpec struct {
 	IdleTimeout time.Duration     `json:"idle_timeout,omitempty"` // 0 = never idle
 	MemoryBytes int64             `json:"memory_bytes"`
 	CPU         float64           `json:"cpu"`
-	Image       string            `json:"image"`
-	Workdir     string            `json:"workdir"`          // default layout.Workspace
-	Network     netpolicy.Policy  `json:"network,omitzero"` // normalized; absent in records before networks (Block)
+	Image       string            `json:"image"`              // as the caller named it
+	ImageID     string            `json:"image_id,omitempty"` // what Image resolved to at creation; "" for the host image
+	Workdir     string            `json:"workdir"`            // default layout.Workspace
+	Network     netpolicy.Policy  `json:"network,omitzero"`   // normalized; absent in records before networks (Block)
 	Env         map[string]string `json:"env,omitempty"`
 	Tags        map[string]string `json:"tags,omitempty"`  // the caller's own
 	Ports       []Port            `json:"ports,omitempty"` // exposed with tokens (see ports.go)
@@ -158,14 +159,25 @@ func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s San
 	if err != nil {
 		return nil, err
 	}
+	// The record keeps the id, so that a restart re-leases this very image and a name moved
+	// to another image later changes no live sandbox.
+	root, lease, err := e.leaseImage(ctx, s.Image)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	s.ImageID = ""
+	if root != nil {
+		s.ImageID = root.ID
+	}
 	now := time.Now()
-	rs := Spec{Image: s.Image, MemoryBytes: s.MemoryBytes, CPU: s.CPU,
+	rs := Spec{Image: s.Image, ImageRoot: root, MemoryBytes: s.MemoryBytes, CPU: s.CPU,
 		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Network: s.Network}
 	if !layout.Writable(s.Workdir) {
 		rs.Workdir = s.Workdir // the runtime makes it; a writable one is made below
 	}
 	id, inst, err := e.create(ctx, kind, rs, record{Owner: owner, Seed: seed, Created: now,
-		Expires: now.Add(s.Timeout), Spec: &s})
+		Expires: now.Add(s.Timeout), Spec: &s}, lease)
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)

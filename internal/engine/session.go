@@ -30,6 +30,7 @@ type SessionSpec struct {
 	IdleTimeout time.Duration // at most Timeout
 	MemoryBytes int64
 	CPU         float64
+	Image       string // "" or "host" for the host image; else a name or id in Config.Images
 	Env         map[string]string
 	Tags        map[string]string
 	Network     netpolicy.Policy // zero = the engine's DefaultNetwork; installs use it
@@ -47,7 +48,7 @@ func (e *Engine) normalizeSession(s SessionSpec) (SandboxSpec, error) {
 		idle = min(idle, life) // only the default follows a shorter life
 	}
 	return e.normalizeSandbox(SandboxSpec{Timeout: life, IdleTimeout: idle, MemoryBytes: s.MemoryBytes,
-		CPU: s.CPU, Env: s.Env, Tags: s.Tags, Network: s.Network})
+		CPU: s.CPU, Image: s.Image, Env: s.Env, Tags: s.Tags, Network: s.Network})
 }
 
 // CreateSession starts a sandbox with a long-lived Python interpreter in it.

@@ -159,7 +159,7 @@ func blockNetwork(block *bool, n *api.Network) netpolicy.Policy {
 // SessionSpec converts a session request.
 func SessionSpec(r api.CreateSessionRequest) engine.SessionSpec {
 	return engine.SessionSpec{Timeout: Seconds(r.Timeout), IdleTimeout: Seconds(r.IdleTimeout),
-		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Env: r.Env, Tags: r.Tags,
+		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Env: r.Env, Tags: r.Tags,
 		Network: netPolicy(r.Network, nil, "")}
 }
 
@@ -195,7 +195,7 @@ func wireTags(kind engine.Kind, seed string, tags map[string]string) map[string]
 
 func sandboxInfo(i engine.Info) api.SandboxInfo {
 	s := i.Spec
-	out := api.SandboxInfo{ID: i.ID, Status: api.StatusRunning, Image: s.Image, CreatedAt: i.Created,
+	out := api.SandboxInfo{ID: i.ID, Status: api.StatusRunning, Image: s.Image, ImageID: s.ImageID, CreatedAt: i.Created,
 		ExpiresAt: i.Expires, LastActiveAt: i.LastActive, IdleTimeout: s.IdleTimeout.Seconds(),
 		CPU: s.CPU, MemoryMB: s.MemoryBytes >> 20, Workdir: s.Workdir, BlockNetwork: !s.Network.Enabled(),
 		Network: api.Network{Mode: string(s.Network.Normalize().Mode), Allow: s.Network.Allow},

@@ -73,6 +73,8 @@ var routeDocs = []routeDoc{
 		desc: "Kills every process of the sandbox and answers its description with status terminated."},
 	{pattern: "POST /v1/sandboxes/{id}/timeout", summary: "Set a sandbox's expiry to now + timeout", req: api.SetTimeoutRequest{}, resp: api.SandboxInfo{},
 		desc: "Extends (or shortens) a running sandbox's life; 400 outside the daemon's sandbox timeout bounds. The new expiry survives a daemon restart."},
+	{pattern: "POST /v1/sandboxes/{id}/snapshot", summary: "Turn a sandbox's writable layer into a new image", req: api.SnapshotRequest{}, resp: api.ImageInfo{}, status: 201,
+		desc: "Commits the files the sandbox changed, as one layer on top of its image, to the daemon's image store, and answers the new image: sandboxes and sessions start from it by its name or id. The sandbox keeps running. The body is optional. 400 for a sandbox of the host image (it has no writable layer to capture); 501 without an image store; 413 when the store's disk budget refuses it."},
 	{pattern: "POST /v1/sandboxes/{id}/exec", summary: "Run a command; JSON result, or NDJSON ExecEvents with Accept: application/x-ndjson", req: api.ExecRequest{}, resp: api.ExecResult{}, ndjson: true,
 		desc: "Without Accept: application/x-ndjson, waits for the exit and answers an ExecResult. With it, streams ExecEvent lines: start (with the pid), stdout and stderr chunks, then exit or error."},
 	{pattern: "GET /v1/sandboxes/{id}/exec/ws", summary: "Interactive exec over a WebSocket (see api.WSControl)", upgrades: true,

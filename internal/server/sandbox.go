@@ -17,6 +17,7 @@ func (s *Server) sandboxRoutes() {
 	s.handle("GET /v1/sandboxes/{id}", true, s.handleGetSandbox)
 	s.handle("DELETE /v1/sandboxes/{id}", true, s.handleDeleteSandbox)
 	s.handle("POST /v1/sandboxes/{id}/timeout", true, s.handleSetTimeout)
+	s.handle("POST /v1/sandboxes/{id}/snapshot", true, s.handleSnapshot)
 	s.handle("POST /v1/sandboxes/{id}/exec", true, s.handleExec)
 	s.handle("GET /v1/sandboxes/{id}/exec/ws", true, s.handleExecWS)
 	s.handle("GET /v1/sandboxes/{id}/processes", true, s.handleProcesses)

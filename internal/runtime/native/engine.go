@@ -34,8 +34,8 @@ func honours(s engine.Spec) error {
 	switch {
 	case s.Runtime != "" && s.Runtime != Name:
 		return api.Errorf(api.ErrInvalidArgument, "runtime %q asked of the %s runtime", s.Runtime, Name)
-	case s.Image != "" && s.Image != "host":
-		return api.Errorf(api.ErrUnimplemented, "the %s runtime runs only the host image, not %q", Name, s.Image)
+	case s.Image != "" && s.Image != "host" && s.ImageRoot == nil:
+		return api.Errorf(api.ErrInvalidArgument, "image %q reached the %s runtime unresolved", s.Image, Name)
 	}
 	return nil
 }
@@ -62,7 +62,7 @@ func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 	sb, err := n.r.Create(ctx, Spec{
 		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
 		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
-		Workdir: s.Workdir,
+		Workdir: s.Workdir, Image: imageRoot(s.ImageRoot),
 	})
 	if errors.Is(err, ErrNoUIDRange) {
 		// Every uid range of the host is in use by live sandboxes: capacity, not a fault.
@@ -83,7 +83,19 @@ func (n engineRuntime) Recover(ctx context.Context) ([]engine.Recovered, error) 
 	return out, err
 }
 
+// imageRoot converts the engine's resolved image; nil is the host image.
+func imageRoot(r *engine.ImageRoot) *ImageRoot {
+	if r == nil {
+		return nil
+	}
+	return &ImageRoot{Layers: r.Layers, Env: r.Env, Workdir: r.Workdir}
+}
+
+// engineSandbox adapts a Sandbox to engine.Instance; its Snapshot (the Sandbox's own) makes it
+// an engine.Snapshotter too.
 type engineSandbox struct{ *Sandbox }
+
+var _ engine.Snapshotter = engineSandbox{}
 
 func (s engineSandbox) Agent() engine.Agent { return s.Sandbox.Agent() }
 

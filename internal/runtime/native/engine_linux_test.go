@@ -42,7 +42,7 @@ func TestEngineRuntimeRefusesWhatItCannotBuild(t *testing.T) {
 		spec engine.Spec
 		want error
 	}{
-		{"an OCI image", engine.Spec{ID: "img", Image: "docker.io/library/alpine:3.20"}, api.ErrUnimplemented},
+		{"an unresolved OCI image", engine.Spec{ID: "img", Image: "docker.io/library/alpine:3.20"}, api.ErrInvalidArgument},
 		{"outbound network", engine.Spec{ID: "net", Image: "host", Network: netpolicy.Policy{Mode: netpolicy.Internet}}, api.ErrUnimplemented},
 		{"another runtime", engine.Spec{ID: "gv", Runtime: "gvisor"}, api.ErrInvalidArgument},
 	} {
@@ -73,7 +73,8 @@ func TestHonours(t *testing.T) {
 	}{
 		{"defaults", engine.Spec{}, nil},
 		{"host image, named runtime", engine.Spec{Image: "host", Runtime: Name}, nil},
-		{"image", engine.Spec{Image: "python:3.12"}, api.ErrUnimplemented},
+		{"unresolved image", engine.Spec{Image: "python:3.12"}, api.ErrInvalidArgument},
+		{"resolved image", engine.Spec{Image: "python:3.12", ImageRoot: &engine.ImageRoot{ID: "sha256:a", Layers: []string{"/l"}}}, nil},
 		{"network", engine.Spec{Network: netpolicy.Policy{Mode: netpolicy.Internet}}, api.ErrUnimplemented},
 		{"runtime", engine.Spec{Runtime: "gvisor"}, api.ErrInvalidArgument},
 	} {
