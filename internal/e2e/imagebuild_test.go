@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -172,6 +174,12 @@ func TestImageBuildSpec(t *testing.T) {
 				t.Errorf("got %q (exit %d, %q), want %q", out, code, stderr, tt.want)
 			}
 		})
+	}
+	// The build step's writable root wrote its own layer only: never the base's on the host.
+	for _, l := range base.LayerDirs() {
+		if _, err := os.Lstat(filepath.Join(l, "usr/share/built")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a build step's write reached the base layer %s: %v", l, err)
+		}
 	}
 	if got, want := img.Config.WorkingDir, "/app"; got != want {
 		t.Errorf("image workdir %q, want %q", got, want)
