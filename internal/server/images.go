@@ -9,6 +9,7 @@ import (
 
 func (s *Server) imageRoutes() {
 	s.handle("GET /v1/images", true, s.handleImages)
+	s.handle("POST /v1/images", true, s.handleBuildImage)
 	s.handle("POST /v1/images/pull", true, s.handlePullImage)
 	// {ref...}: a reference has slashes (registry/repository:tag).
 	s.handle("GET /v1/images/{ref...}", true, s.handleImage)

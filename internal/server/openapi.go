@@ -57,6 +57,8 @@ var routeDocs = []routeDoc{
 		desc: "Destroys the run's sandbox; the run answers exit_code 137 with a line on stderr saying it was cancelled. 404 for an id not in flight or another key's."},
 	{pattern: "GET /v1/images", summary: "List the images in the daemon's store", resp: api.ImageList{},
 		desc: "Every image of the daemon's image store, newest first. Images are the daemon's, shared by every API key."},
+	{pattern: "POST /v1/images", summary: "Build an image from a spec (Modal-style steps, each cached by hash of parent and step)", req: api.BuildImageRequest{}, resp: api.BuildImageEvent{}, ndjson: true,
+		desc: "Streams NDJSON BuildImageEvents: step (with cached), log lines, done, then image or error. A bad spec is a 400 and a missing base a 404 before the stream begins; a failing step is the stream's error event."},
 	{pattern: "POST /v1/images/pull", summary: "Pull an image from a registry", req: api.PullImageRequest{}, resp: api.ImageInfo{},
 		desc: "Fetches the image (a multi-arch index resolves to linux on the daemon's architecture), checks every blob against its digest and unpacks its layers; the answer comes when it is in the store. 404 when the registry has no such image; 400 for refused credentials or content that does not match its digest; 413 past the store's disk budget or the layer limits; 501 when the daemon has no image store."},
 	{pattern: "GET /v1/images/{ref...}", summary: "Describe an image", resp: api.ImageInfo{},

@@ -47,6 +47,8 @@ type Config struct {
 	MaxRequestsPerKey int
 	// Images is the daemon's image store, behind /v1/images; nil answers those routes 501.
 	Images *image.Store
+	// BuildRunner runs the steps of POST /v1/images builds in sandboxes; nil answers 501.
+	BuildRunner image.StepRunner
 }
 
 // Validate reports a configuration that cannot work.

@@ -25,6 +25,8 @@ type initConfig struct {
 	Root    string   `json:"root,omitempty"`
 	Env     []string `json:"env,omitempty"`
 	ShmSize int64    `json:"shm_size,omitempty"`
+	// WritableRoot (a build sandbox, Spec.Build) leaves the image root writable after pivot_root.
+	WritableRoot bool `json:"writable_root,omitempty"`
 }
 
 // bindSpec is one read-only bind mount of a host path into the new root.

@@ -13,6 +13,9 @@ func restrictFS(cfg *initConfig) error {
 	if cfg.Workdir != "" {
 		rw = append(rw, cfg.Workdir)
 	}
+	if cfg.WritableRoot {
+		rw = []string{"/"} // a build sandbox: its steps write /usr, /etc and /var
+	}
 	err := landlock.V5.BestEffort().RestrictPaths(
 		landlock.RODirs("/"),
 		// Refer: renames and links between directories of the writable areas (mv a/x b/).

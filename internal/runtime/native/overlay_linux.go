@@ -330,6 +330,9 @@ func (c *creation) configureImage(icfg *initConfig) {
 	icfg.Workdir = imageWorkdir(c.spec)
 	icfg.ShmSize = c.scratch
 	icfg.ScratchSize = diskBytes(c.spec)
+	if c.spec.Build {
+		icfg.UID, icfg.GID, icfg.WritableRoot = 0, 0, true
+	}
 }
 
 // buildImageRoot assembles an image sandbox's root inside the init: the overlay (propagated to
@@ -410,6 +413,9 @@ func buildImageRoot(cfg *initConfig) error {
 	}
 	if err := mountProc(root); err != nil {
 		return err
+	}
+	if cfg.WritableRoot {
+		return pivotWritable(root)
 	}
 	return pivot(root)
 }

@@ -254,6 +254,14 @@ func mountProc(root string) error {
 // pivot makes root the new "/" and detaches the host's tree entirely (runc's pivot_root(".", ".")
 // trick, which needs no directory for the old root), then makes the new root itself read-only.
 func pivot(root string) error {
+	if err := pivotWritable(root); err != nil {
+		return err
+	}
+	return remountReadOnly("/", unix.MS_NOSUID|unix.MS_NODEV)
+}
+
+// pivotWritable is pivot leaving the new root as writable as it was (a build sandbox's overlay).
+func pivotWritable(root string) error {
 	oldroot, err := unix.Open("/", unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return step("open old root", err)
@@ -274,8 +282,5 @@ func pivot(root string) error {
 	if err := step("detach old root", unix.Unmount(".", unix.MNT_DETACH)); err != nil {
 		return err
 	}
-	if err := step("chdir /", unix.Chdir("/")); err != nil {
-		return err
-	}
-	return remountReadOnly("/", unix.MS_NOSUID|unix.MS_NODEV)
+	return step("chdir /", unix.Chdir("/"))
 }

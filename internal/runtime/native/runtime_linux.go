@@ -112,6 +112,12 @@ type Spec struct {
 	// and shared by the root, /workspace and /tmp; /dev/shm stays a tmpfs sized like the host
 	// image's scratch). Nil is the host image.
 	Image *ImageRoot
+	// Build (an image sandbox only) is a sandbox of the image builder: its root is writable
+	// through the overlay (apt writes /usr and /var) and the agent's processes run as the
+	// image's root — uid 0 of the sandbox's user namespace, with no capabilities, like every
+	// process the agent starts. Everything else (namespaces, cgroup, disk cap) is as for any
+	// sandbox: a build step is untrusted code.
+	Build bool
 }
 
 // ErrReservedWorkdir is returned for a workdir inside a system directory.
@@ -537,6 +543,9 @@ func validateSpec(spec Spec) error {
 	}
 	if _, err := spec.Network.Rules(); err != nil {
 		return err
+	}
+	if spec.Build && spec.Image == nil {
+		return errors.New("a build sandbox needs an image")
 	}
 	if spec.Image != nil {
 		if err := checkImage(spec.Image); err != nil {

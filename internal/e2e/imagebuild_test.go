@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/airlockhq/airlock/internal/agentclient"
+	"github.com/airlockhq/airlock/internal/image"
+	"github.com/airlockhq/airlock/internal/runtime/native"
+)
+
+// buildRunner runs build steps in native sandboxes directly (Spec.Build: writable root, the
+// image's root user), the way the daemon's runner does through the engine.
+type buildRunner struct {
+	rt   *native.Runtime
+	tmp  string
+	n    atomic.Int64
+	runs atomic.Int64 // sandboxes started
+}
+
+var _ image.StepRunner = (*buildRunner)(nil)
+
+func (r *buildRunner) RunStep(ctx context.Context, parent *image.Image, run image.StepRun, log io.Writer) (io.ReadCloser, int, error) {
+	r.runs.Add(1)
+	sb, err := r.rt.Create(ctx, native.Spec{ID: fmt.Sprintf("build-%d-%d", os.Getpid(), r.n.Add(1)),
+		MemoryBytes: 512 << 20, Pids: 256, ScratchBytes: 256 << 20, NoFile: 1024, Build: true,
+		Image: &native.ImageRoot{Layers: parent.LayerDirs(), Env: parent.Config.Env, Workdir: parent.Config.WorkingDir}})
+	if err != nil {
+		return nil, 0, fmt.Errorf("build sandbox: %w", err)
+	}
+	defer sb.Destroy(context.WithoutCancel(ctx))
+	env := map[string]string{}
+	for _, e := range run.Env {
+		k, v, _ := strings.Cut(e, "=")
+		env[k] = v
+	}
+	end, err := sb.Agent().Exec(ctx, agentclient.Process{Cmd: run.Cmd[0], Args: run.Cmd[1:], Env: env, Dir: run.Workdir,
+		Stdin: run.Stdin, Timeout: 10 * time.Minute, OutputLimit: 16 << 20}, func(e agentclient.Event) {
+		log.Write(e.Stdout)
+		log.Write(e.Stderr)
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("build step: %w", err)
+	}
+	if end.ExitCode != 0 || !end.Exited {
+		return nil, max(end.ExitCode, 1), nil
+	}
+	f, err := os.CreateTemp(r.tmp, "layer-*.tar")
+	if err != nil {
+		return nil, 0, err
+	}
+	os.Remove(f.Name()) // the open file is all the caller reads
+	if err := sb.Snapshot(ctx, f); err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, 0, err
+	}
+	return f, 0, nil
+}
+
+// buildBase commits a hand-made base: busybox (static) as the tools and a python3 that says
+// it is 3.11.2, all owned by the image's root.
+func buildBase(t *testing.T, st *image.Store) *image.Image {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Skip("needs /bin/busybox (busybox-static)")
+	}
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(h *tar.Header, body []byte) {
+		t.Helper()
+		h.Size = int64(len(body))
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(body)
+	}
+	for _, d := range []string{"bin/", "etc/", "usr/", "usr/bin/", "tmp/"} {
+		add(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755}, nil)
+	}
+	add(&tar.Header{Typeflag: tar.TypeReg, Name: "bin/busybox", Mode: 0o755}, bb)
+	for _, tool := range []string{"sh", "cat", "echo", "ls", "mkdir", "dirname", "chmod", "pwd", "id", "stat", "rm"} {
+		add(&tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/" + tool, Linkname: "busybox", Mode: 0o777}, nil)
+	}
+	add(&tar.Header{Typeflag: tar.TypeReg, Name: "usr/bin/python3", Mode: 0o755}, []byte("#!/bin/sh\necho Python 3.11.2\n"))
+	tw.Close()
+	img, err := st.Commit(t.Context(), nil, &buf, "test/busybox:1")
+	if err != nil {
+		t.Fatalf("commit the base: %v", err)
+	}
+	return img
+}
+
+type buildResult struct {
+	img     *image.Image
+	cached  []bool // per step
+	elapsed time.Duration
+	events  []image.BuildEvent
+}
+
+func build(t *testing.T, b *image.Builder, sp *image.BuildSpec) (buildResult, error) {
+	t.Helper()
+	var res buildResult
+	start := time.Now()
+	img, err := b.Build(t.Context(), sp, "", func(e image.BuildEvent) {
+		res.events = append(res.events, e)
+		if e.Type == "done" && e.Step > 0 {
+			res.cached = append(res.cached, e.Cached)
+		}
+	})
+	res.img, res.elapsed = img, time.Since(start)
+	return res, err
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+// TestImageBuildSpec: run_commands, copy, env and workdir build an image whose sandboxes see
+// the result; building again reuses every layer (no sandbox started); changing step 2
+// rebuilds steps 2..n only; python_version is checked against the base.
+func TestImageBuildSpec(t *testing.T) {
+	mustEngine(t)
+	st, err := image.Open(image.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := buildBase(t, st)
+	runner := &buildRunner{rt: rt, tmp: t.TempDir()}
+	b := &image.Builder{Store: st, Runner: runner}
+	spec := func(copied string) *image.BuildSpec {
+		return &image.BuildSpec{Name: "test/built:1", Base: base.ID, PythonVersion: "3.11", Steps: []image.BuildStep{
+			{RunCommands: []string{"mkdir -p /usr/share/built", "echo built > /usr/share/built/x", "id -u > /usr/share/built/uid"}},
+			{Copy: &image.CopyStep{Content: b64(copied), Dst: "/app/hello.txt"}},
+			{Env: map[string]string{"GREETING": "hi"}},
+			{Workdir: "/app"},
+			{RunCommands: []string{"pwd > /app/where.txt", "echo $GREETING > /app/greet.txt"}},
+		}}
+	}
+	first, err := build(t, b, spec("hello\n"))
+	if err != nil {
+		t.Fatalf("build: %v", err)
+	}
+	if got, want := fmt.Sprint(first.cached), "[false false false false false]"; got != want {
+		t.Errorf("first build cached %s, want %s", got, want)
+	}
+	firstRuns := runner.runs.Load()
+	t.Logf("first build: %v (%d sandboxes)", first.elapsed, firstRuns)
+
+	img := first.img
+	sb := imageSandboxOf(t, "built-check", img)
+	for _, tt := range []struct{ name, script, want string }{
+		{"run_commands wrote /usr as the image's root", "cat /usr/share/built/x /usr/share/built/uid; stat -c %u /usr/share/built/x", "built\n0\n0"},
+		{"copy", "cat /app/hello.txt", "hello"},
+		{"env in the image", "echo $GREETING", "hi"},
+		{"workdir for later steps", "cat /app/where.txt /app/greet.txt", "/app\nhi"},
+		{"the sandbox user runs it", "id -u", "1000"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if out, stderr, code := sh(t, sb, tt.script); code != 0 || out != tt.want {
+				t.Errorf("got %q (exit %d, %q), want %q", out, code, stderr, tt.want)
+			}
+		})
+	}
+	// The build step's writable root wrote its own layer only: never the base's on the host.
+	for _, l := range base.LayerDirs() {
+		if _, err := os.Lstat(filepath.Join(l, "usr/share/built")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("a build step's write reached the base layer %s: %v", l, err)
+		}
+	}
+	if got, want := img.Config.WorkingDir, "/app"; got != want {
+		t.Errorf("image workdir %q, want %q", got, want)
+	}
+
+	again, err := build(t, b, spec("hello\n"))
+	if err != nil {
+		t.Fatalf("rebuild: %v", err)
+	}
+	if got, want := fmt.Sprint(again.cached), "[true true true true true]"; got != want {
+		t.Errorf("rebuild cached %s, want %s", got, want)
+	}
+	if got, want := again.img.ID, img.ID; got != want {
+		t.Errorf("rebuild made image %s, want the same %s", got, want)
+	}
+	if got := runner.runs.Load() - firstRuns; got != 0 {
+		t.Errorf("rebuild started %d sandboxes, want 0", got)
+	}
+	t.Logf("cached rebuild: %v", again.elapsed)
+
+	changed, err := build(t, b, spec("changed\n"))
+	if err != nil {
+		t.Fatalf("build with step 2 changed: %v", err)
+	}
+	if got, want := fmt.Sprint(changed.cached), "[true false false false false]"; got != want {
+		t.Errorf("step 2 changed: cached %s, want %s", got, want)
+	}
+	t.Logf("rebuild from step 2: %v", changed.elapsed)
+	out, _, _ := sh(t, imageSandboxOf(t, "built-changed", changed.img), "cat /app/hello.txt /usr/share/built/x")
+	if want := "changed\nbuilt"; out != want {
+		t.Errorf("changed image has %q, want %q", out, want)
+	}
+
+	t.Run("python_version mismatch", func(t *testing.T) {
+		sp := spec("hello\n")
+		sp.PythonVersion = "3.12"
+		_, err := build(t, b, sp)
+		if got, want := fmt.Sprint(err), "the base has Python 3.11; python_version 3.12 was asked"; got != want {
+			t.Errorf("got error %q, want %q", got, want)
+		}
+	})
+	t.Run("failing step", func(t *testing.T) {
+		sp := spec("hello\n")
+		sp.Steps = append(sp.Steps, image.BuildStep{RunCommands: []string{"echo about to fail", "exit 3"}})
+		_, err := build(t, b, sp)
+		if got, want := fmt.Sprint(err), "step 6 (run_commands): exited with status 3: about to fail"; got != want {
+			t.Errorf("got error %q, want %q", got, want)
+		}
+	})
+}
+
+// imageSandboxOf starts an ordinary (not build) sandbox of img.
+func imageSandboxOf(t *testing.T, id string, img *image.Image) *native.Sandbox {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	sb, err := rt.Create(ctx, native.Spec{ID: id, MemoryBytes: 256 << 20, Pids: 64, ScratchBytes: 32 << 20, NoFile: 256,
+		Image: &native.ImageRoot{Layers: img.LayerDirs(), Env: img.Config.Env, Workdir: img.Config.WorkingDir}})
+	if err != nil {
+		t.Fatalf("create a sandbox of %s: %v", img.ShortID(), err)
+	}
+	t.Cleanup(func() { sb.Destroy(context.Background()) })
+	return sb
+}
