@@ -16,14 +16,12 @@ require (
 	golang.org/x/sys v0.49.0
 	golang.org/x/term v0.47.0
 	google.golang.org/protobuf v1.36.12
+	sigs.k8s.io/yaml v1.6.0
 )
 
 require gotest.tools/v3 v3.5.2 // indirect
 
-require (
-	go.yaml.in/yaml/v2 v2.4.4 // indirect
-	sigs.k8s.io/yaml v1.6.0 // indirect
-)
+require go.yaml.in/yaml/v2 v2.4.4 // indirect
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
