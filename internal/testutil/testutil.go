@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"golang.org/x/sys/unix"
 )
 
 // Strict reports whether skips are failures (AIRLOCK_TEST_STRICT=1, set in CI).
@@ -38,8 +36,7 @@ func MustHaveRoot(t testing.TB) {
 // cannot provide it.
 func MustHaveCgroupV2(t testing.TB) {
 	t.Helper()
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/cgroup", &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+	if !cgroup2Mounted() {
 		t.Skip("host runs cgroup v1 (or hybrid): /sys/fs/cgroup is not a cgroup2 mount")
 	}
 }
