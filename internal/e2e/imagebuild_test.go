@@ -23,7 +23,7 @@ import (
 // buildEngine is an engine on the shared runtime and image store that offers only network
 // mode block, as the shared runtime (no network config) can build: what a daemon on a host
 // without sandbox networking offers. Build steps run through it as a daemon runs them.
-func buildEngine(t *testing.T) *engine.Engine {
+func buildEngine(t testing.TB) *engine.Engine {
 	t.Helper()
 	mustEngine(t)
 	e, err := engine.New(engine.Config{Runtime: native.EngineRuntime(rt), Images: image.EngineImages(images),
