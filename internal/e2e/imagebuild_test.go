@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -218,4 +219,40 @@ func imageSandboxOf(t *testing.T, id string, img *image.Image) *native.Sandbox {
 	}
 	t.Cleanup(func() { sb.Destroy(context.Background()) })
 	return sb
+}
+
+// TestImageBuildLocalCLI: `airlock image build -f spec.yaml` without --server builds with an
+// embedded engine into --state-dir's store, showing the progress; a sandbox of the result sees
+// the step's work, and a second build is all cached.
+func TestImageBuildLocalCLI(t *testing.T) {
+	mustEngine(t)
+	state, err := os.MkdirTemp("", "airlock-localbuild-") // t.TempDir's parent is 0700: not traversable
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	st, err := image.Open(image.Config{Dir: filepath.Join(state, "images")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	buildBase(t, st)
+	spec := filepath.Join(t.TempDir(), "spec.yaml")
+	if err := os.WriteFile(spec, []byte("name: test/local:1\nbase: test/busybox:1\nsteps:\n  - run_commands: [\"echo local > /etc/built\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := "image build -f " + spec + " --state-dir " + state
+	out, stderr, code := runCLI(t, "", args)
+	if code != 0 || !strings.Contains(out, "[1/1] run_commands (running)") || !strings.Contains(out, "built test/local:1 sha256:") {
+		t.Fatalf("build: exit %d: %s%s", code, out, stderr)
+	}
+	img, err := st.Resolve("test/local:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := sh(t, imageSandboxOf(t, "local-built", img), "cat /etc/built"); got != "local" {
+		t.Errorf("the built image has %q in /etc/built, want %q", got, "local")
+	}
+	if out, stderr, code := runCLI(t, "", args); code != 0 || !strings.Contains(out, "[1/1] run_commands (cached)") {
+		t.Errorf("rebuild: exit %d: %s%s", code, out, stderr)
+	}
 }
