@@ -192,15 +192,7 @@ func TestImageBuildApt(t *testing.T) {
 		}
 	})
 
-	state, err := os.MkdirTemp("", "airlock-imgbuild-") // t.TempDir's parent is 0700: not traversable
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	st, err := image.Open(image.Config{Dir: filepath.Join(state, "images")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	state, st := stateWithStore(t, "airlock-imgbuild-")
 	aptBase(t, st)
 	cg := fmt.Sprintf("airlock-imgbuild-%d", os.Getpid())
 	t.Cleanup(func() { removeCgroupRoot(cg) })

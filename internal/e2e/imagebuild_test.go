@@ -226,15 +226,7 @@ func imageSandboxOf(t *testing.T, id string, img *image.Image) *native.Sandbox {
 // the step's work, and a second build is all cached.
 func TestImageBuildLocalCLI(t *testing.T) {
 	mustEngine(t)
-	state, err := os.MkdirTemp("", "airlock-localbuild-") // t.TempDir's parent is 0700: not traversable
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	st, err := image.Open(image.Config{Dir: filepath.Join(state, "images")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	state, st := stateWithStore(t, "airlock-localbuild-")
 	buildBase(t, st)
 	spec := filepath.Join(t.TempDir(), "spec.yaml")
 	if err := os.WriteFile(spec, []byte("name: test/local:1\nbase: test/busybox:1\nsteps:\n  - run_commands: [\"echo local > /etc/built\"]\n"), 0o644); err != nil {
@@ -255,4 +247,20 @@ func TestImageBuildLocalCLI(t *testing.T) {
 	if out, stderr, code := runCLI(t, "", args); code != 0 || !strings.Contains(out, "[1/1] run_commands (cached)") {
 		t.Errorf("rebuild: exit %d: %s%s", code, out, stderr)
 	}
+}
+
+// stateWithStore makes a state directory (removed at the end) and opens its image store, for a
+// daemon or an embedded engine to use.
+func stateWithStore(t *testing.T, prefix string) (string, *image.Store) {
+	t.Helper()
+	state, err := os.MkdirTemp("", prefix) // t.TempDir's parent is 0700: not traversable
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	st, err := image.Open(image.Config{Dir: filepath.Join(state, "images")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state, st
 }
