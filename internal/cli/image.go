@@ -47,7 +47,7 @@ func imageCmd() *cobra.Command {
 	}
 	flagEnv(cmd.PersistentFlags(), &stateDir, "state-dir", "AIRLOCK_STATE_DIR", "state directory whose image store to use (default "+defaultStateDir+")")
 	cmd.AddCommand(imageLsCmd(open), imagePullCmd(open), imageImportCmd(open), imageExportCmd(open),
-		imageTagCmd(open), imageRmCmd(open), imageInspectCmd(open), imagePruneCmd(open), imageBuildCmd())
+		imageTagCmd(open), imageRmCmd(open), imageInspectCmd(open), imagePruneCmd(open), imageBuildCmd(open))
 	return cmd
 }
 

@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -18,20 +19,25 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
+	"github.com/airlockhq/airlock/internal/netpolicy"
+	"github.com/airlockhq/airlock/internal/server"
 )
 
-// imageBuildCmd builds an image from a spec file through a daemon (which runs the steps in
-// sandboxes) and shows the progress.
-func imageBuildCmd() *cobra.Command {
-	o := &clientOptions{server: "http://127.0.0.1:8080"}
+// imageBuildCmd builds an image from a spec file, through a daemon with --server or else with
+// an embedded engine on the store open opens, running the steps in sandboxes either way, and
+// shows the progress.
+func imageBuildCmd(open openStore) *cobra.Command {
+	o := &clientOptions{}
 	var file string
 	cmd := &cobra.Command{
 		Use:   "build -f spec.(json|yaml)",
 		Short: "Build an image from a spec (base, apt_install, pip_install, run_commands, copy, env, workdir)",
-		Long: "Build an image from a spec on a daemon: each step runs in a sandbox and is cached by hash of\n" +
-			"(parent, step), so an unchanged step is never rebuilt. Copy steps' src paths are read\n" +
-			"relative to the spec file's directory and sent as content.",
+		Long: "Build an image from a spec: each step runs in a sandbox and is cached by hash of (parent,\n" +
+			"step), so an unchanged step is never rebuilt. With --server a daemon builds it into its\n" +
+			"store; without, an embedded engine builds it into --state-dir's. Copy steps' src paths are\n" +
+			"read relative to the spec file's directory and sent as content.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file == "" {
@@ -41,12 +47,53 @@ func imageBuildCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if o.server == "" {
+				return buildHere(cmd, open, req)
+			}
 			return postBuild(cmd, o, req)
 		},
 	}
 	cmd.Flags().StringVarP(&file, "file", "f", "", "the spec, JSON or YAML")
-	bindClientFlags(cmd.Flags(), o, "daemon that builds (default http://127.0.0.1:8080)")
+	bindClientFlags(cmd.Flags(), o, "daemon that builds (default none: an embedded engine builds into --state-dir's store)")
 	return cmd
+}
+
+// buildHere builds req with an embedded engine (a private runtime state directory, the
+// default limits, every network mode the host can build) into the store open opens.
+func buildHere(cmd *cobra.Command, open openStore, req *api.BuildImageRequest) error {
+	ctx := cmd.Context()
+	sp := server.BuildSpec(req)
+	if err := sp.Validate(); err != nil {
+		return err
+	}
+	st, err := open()
+	if err != nil {
+		return err
+	}
+	logger := warnLogger()
+	rc := runtimeConfig{Default: runtimeDefs[0].name}
+	rc.Native.Network = &netpolicy.Config{}
+	e, rts, err := newEngine(logger, engine.Config{Images: image.EngineImages(st)}, rc)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+		defer cancel()
+		closeEngine(cctx, logger, e, rts)
+	}()
+	b := &image.Builder{Store: st, Runner: image.EngineRunner(e, st), Logger: logger}
+	var shown error
+	done := false
+	b.Build(ctx, sp, "", func(ev image.BuildEvent) {
+		if !done {
+			done, shown = showEvent(cmd.OutOrStdout(), server.BuildImageEvent(ev))
+		}
+	})
+	if !done {
+		return errors.New("the build ended without a result")
+	}
+	return shown
 }
 
 // readBuildSpec reads a JSON or YAML spec strictly (unknown fields are errors) and turns copy
@@ -133,36 +180,48 @@ func showBuild(w io.Writer, r io.Reader) error {
 		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
 			return fmt.Errorf("build stream: %w", err)
 		}
-		elapsed := (time.Duration(e.ElapsedMS) * time.Millisecond).Round(time.Millisecond)
-		switch e.Type {
-		case "step":
-			state := "running"
-			if e.Cached {
-				state = "cached"
-			}
-			if e.Kind == "base" {
-				fmt.Fprintf(w, "[base] %s\n", e.Line)
-			} else {
-				fmt.Fprintf(w, "[%d/%d] %s (%s)\n", e.Step, e.Steps, e.Kind, state)
-			}
-		case "log":
-			fmt.Fprintf(w, "    %s\n", e.Line)
-		case "done":
-			fmt.Fprintf(w, "    done in %v\n", elapsed)
-		case "image":
-			if e.Image != nil {
-				fmt.Fprintf(w, "built %s %s in %v\n", strings.Join(e.Image.Names, ","), e.Image.ID, elapsed)
-			}
-			return nil
-		case "error":
-			if e.Error != nil {
-				return fmt.Errorf("build failed after %v: %s", elapsed, e.Error.Message)
-			}
-			return errors.New("build failed")
+		if done, err := showEvent(w, e); done {
+			return err
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("build stream: %w", err)
 	}
 	return errors.New("build stream ended without a result")
+}
+
+// showEvent prints one build event; done says it was the last (the image, or the error err).
+func showEvent(w io.Writer, e api.BuildImageEvent) (done bool, err error) {
+	elapsed := (time.Duration(e.ElapsedMS) * time.Millisecond).Round(time.Millisecond)
+	switch e.Type {
+	case "step":
+		state := "running"
+		if e.Cached {
+			state = "cached"
+		}
+		if e.Kind == "base" {
+			fmt.Fprintf(w, "[base] %s\n", e.Line)
+		} else {
+			fmt.Fprintf(w, "[%d/%d] %s (%s)\n", e.Step, e.Steps, e.Kind, state)
+		}
+	case "log":
+		fmt.Fprintf(w, "    %s\n", e.Line)
+	case "done":
+		fmt.Fprintf(w, "    done in %v\n", elapsed)
+	case "image":
+		if e.Image != nil {
+			names := make([]string, len(e.Image.Names))
+			for i, n := range e.Image.Names {
+				names[i] = image.Familiar(n)
+			}
+			fmt.Fprintf(w, "built %s %s in %v\n", strings.Join(names, ","), e.Image.ID, elapsed)
+		}
+		return true, nil
+	case "error":
+		if e.Error != nil {
+			return true, fmt.Errorf("build failed after %v: %s", elapsed, e.Error.Message)
+		}
+		return true, errors.New("build failed")
+	}
+	return false, nil
 }

@@ -159,6 +159,8 @@ func serveCmd() *cobra.Command {
 			}
 			sc.Logger, sc.Engine, sc.APIKeys, sc.Version = logger, e, keys, Version
 			sc.CgroupVersion, sc.Runtimes = rts.cgroupVersion(), rts.Names()
+			// POST /v1/images runs its steps through the engine: its funnel, limits and modes.
+			sc.BuildRunner = image.EngineRunner(e, sc.Images)
 			// A quarter of the connection cap per key: one tenant's requests — streams and
 			// WebSockets included — can never hold every connection.
 			sc.MaxRequestsPerKey = max(co.maxConns/4, 16)

@@ -62,37 +62,49 @@ func buildPythonImage() (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(dir)
-	layerFile := filepath.Join(dir, "layer.tar")
-	if err := writePythonLayer(layerFile); err != nil {
-		return "", fmt.Errorf("layer: %w", err)
-	}
-	layer, err := tarball.LayerFromFile(layerFile)
+	ref, _, stop, err := servePythonImage(dir)
 	if err != nil {
 		return "", err
 	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		return "", err
-	}
-	if img, err = mutate.Config(img, v1.Config{Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"}}); err != nil {
-		return "", err
-	}
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	defer srv.Close()
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/e2e/python:3"
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		return "", err
-	}
+	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if err := remote.Write(r, img, remote.WithContext(ctx)); err != nil {
-		return "", fmt.Errorf("push: %w", err)
-	}
 	if _, err := images.Pull(ctx, ref, image.PullOptions{Insecure: true}); err != nil {
 		return "", fmt.Errorf("pull: %w", err)
 	}
 	return ref, nil
+}
+
+// servePythonImage makes the python image's layer in dir and pushes the image to a registry it
+// serves on 127.0.0.1 until stop: its reference there, and the image.
+func servePythonImage(dir string) (ref string, img v1.Image, stop func(), err error) {
+	layerFile := filepath.Join(dir, "layer.tar")
+	if err := writePythonLayer(layerFile); err != nil {
+		return "", nil, nil, fmt.Errorf("layer: %w", err)
+	}
+	layer, err := tarball.LayerFromFile(layerFile)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	if img, err = mutate.AppendLayers(empty.Image, layer); err != nil {
+		return "", nil, nil, err
+	}
+	if img, err = mutate.Config(img, v1.Config{Env: []string{"PATH=/usr/local/bin:/usr/bin:/bin"}}); err != nil {
+		return "", nil, nil, err
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	ref = strings.TrimPrefix(srv.URL, "http://") + "/e2e/python:3"
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		err = remote.Write(r, img, remote.WithContext(ctx))
+		cancel()
+	}
+	if err != nil {
+		srv.Close()
+		return "", nil, nil, fmt.Errorf("push: %w", err)
+	}
+	return ref, img, srv.Close, nil
 }
 
 // layerWriter writes a layer tar of host files at the paths they have on the host.

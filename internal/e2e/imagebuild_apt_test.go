@@ -10,9 +10,12 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/image"
 )
 
@@ -25,6 +28,7 @@ func hostPackageFiles(t *testing.T, pkgs []string) []string {
 	t.Helper()
 	seen := map[string]bool{}
 	var files []string
+	pkgs = slices.Clone(pkgs) // a stack below: appending must never write into the caller's array
 	for len(pkgs) > 0 {
 		p := pkgs[len(pkgs)-1]
 		pkgs = pkgs[:len(pkgs)-1]
@@ -169,42 +173,78 @@ func tinyDeb(t *testing.T) []byte {
 	return b
 }
 
-// TestImageBuildApt: apt_install then run_commands on a Debian-tools base installs a package
-// from a flat repository inside the image (file:, no network) as the image's root; sandboxes of
-// the result run it; building again reuses both layers.
+// TestImageBuildApt: on a real daemon, through POST /v1/images (`airlock image build -f
+// spec.yaml --server`), apt_install then run_commands on a Debian-tools base installs a package
+// from a flat repository inside the image (file:, so nothing leaves the sandbox although the
+// apt step has internet mode) as the image's root; a sandbox of the result, made through the
+// API, runs it; building again reuses both layers and starts no sandbox. On an engine that
+// offers no network the apt step fails clearly, before any sandbox is made.
 func TestImageBuildApt(t *testing.T) {
 	mustEngine(t)
-	st, err := image.Open(image.Config{Dir: t.TempDir()})
-	if err != nil {
+	t.Run("no network offered", func(t *testing.T) {
+		e := buildEngine(t)
+		base := aptBase(t, images)
+		b := &image.Builder{Store: images, Runner: image.EngineRunner(e, images)}
+		_, err := build(t, b, &image.BuildSpec{Name: "test/apt-offline:1", Base: base.ID,
+			Steps: []image.BuildStep{{AptInstall: []string{"airlock-hello"}}}})
+		if got, want := fmt.Sprint(err), "step 1 (apt_install): this step needs network mode internet, which this server does not offer (it offers block)"; !strings.HasPrefix(got, want) {
+			t.Errorf("got error %q, want it to start %q", got, want)
+		}
+	})
+
+	state, st := stateWithStore(t, "airlock-imgbuild-")
+	aptBase(t, st)
+	cg := fmt.Sprintf("airlock-imgbuild-%d", os.Getpid())
+	t.Cleanup(func() { removeCgroupRoot(cg) })
+	d := startDaemon(t, state, cg, freeAddr(t))
+	t.Cleanup(func() {
+		if d.cmd.ProcessState == nil {
+			d.stop()
+		}
+	})
+	spec := filepath.Join(t.TempDir(), "spec.yaml")
+	if err := os.WriteFile(spec, []byte(`name: test/apt-built:1
+base: test/apt-base:1
+steps:
+  - apt_install: [airlock-hello]
+  - run_commands:
+      - mkdir -p /opt
+      - airlock-hello > /opt/said.txt
+      - dpkg-query -W -f='${Status}' airlock-hello >> /opt/said.txt
+`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	base := aptBase(t, st)
-	runner := &buildRunner{rt: rt, tmp: t.TempDir()}
-	b := &image.Builder{Store: st, Runner: runner}
-	sp := &image.BuildSpec{Name: "test/apt-built:1", Base: base.ID, Steps: []image.BuildStep{
-		{AptInstall: []string{"airlock-hello"}},
-		{RunCommands: []string{"mkdir -p /opt", "airlock-hello > /opt/said.txt", "dpkg-query -W -f='${Status}' airlock-hello >> /opt/said.txt"}},
-	}}
-	first, err := build(t, b, sp)
-	if err != nil {
-		for _, e := range first.events {
-			if e.Type == "log" {
-				t.Log(e.Line)
-			}
+	buildCLI := func(what string) (string, time.Duration) {
+		t.Helper()
+		start := time.Now()
+		out, stderr, code := runCLI(t, "", "image build -f "+spec+" --server "+d.url)
+		elapsed := time.Since(start)
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %s%s", what, code, out, stderr)
 		}
-		t.Fatalf("build: %v", err)
+		return out, elapsed
 	}
-	t.Logf("apt build: %v", first.elapsed)
-	sb := imageSandboxOf(t, "apt-built", first.img)
-	if out, stderr, code := sh(t, sb, "airlock-hello; cat /opt/said.txt"); code != 0 || out != "hello from a deb\nhello from a deb\ninstall ok installed" {
-		t.Errorf("got %q (exit %d, %q), want the package's output and its dpkg status", out, code, stderr)
+	first, firstTime := buildCLI("build")
+	for _, want := range []string{"[1/2] apt_install (running)", "[2/2] run_commands (running)", "built test/apt-built:1 sha256:"} {
+		if !strings.Contains(first, want) {
+			t.Errorf("build output lacks %q:\n%s", want, first)
+		}
 	}
-	again, err := build(t, b, sp)
-	if err != nil {
-		t.Fatalf("rebuild: %v", err)
+	t.Logf("apt build through the daemon: %v", firstTime)
+
+	var sb api.SandboxInfo
+	if code := postJSON(t, d.url+"/v1/sandboxes", `{"image":"test/apt-built:1","timeout":60}`, &sb); code != 201 {
+		t.Fatalf("create a sandbox of the built image: %d", code)
 	}
-	if got, want := fmt.Sprint(again.cached), "[true true]"; got != want {
-		t.Errorf("rebuild cached %s, want %s", got, want)
+	var res api.ExecResult
+	postJSON(t, d.url+"/v1/sandboxes/"+sb.ID+"/exec", `{"cmd":["/bin/sh","-c","airlock-hello; cat /opt/said.txt"]}`, &res)
+	if got, want := res.Stdout, "hello from a deb\nhello from a deb\ninstall ok installed"; got != want {
+		t.Errorf("got %q (exit %d, %q), want the package's output and its dpkg status", got, res.ExitCode, res.Stderr)
 	}
-	t.Logf("apt cached rebuild: %v", again.elapsed)
+
+	again, againTime := buildCLI("rebuild")
+	if got, want := strings.Count(again, "(cached)"), 2; got != want {
+		t.Errorf("rebuild: %d steps cached, want %d:\n%s", got, want, again)
+	}
+	t.Logf("apt cached rebuild through the daemon: %v", againTime)
 }

@@ -15,61 +15,40 @@ import (
 	"testing"
 	"time"
 
-	"github.com/airlockhq/airlock/internal/agentclient"
+	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
-// buildRunner runs build steps in native sandboxes directly (Spec.Build: writable root, the
-// image's root user), the way the daemon's runner does through the engine.
-type buildRunner struct {
-	rt   *native.Runtime
-	tmp  string
-	n    atomic.Int64
-	runs atomic.Int64 // sandboxes started
+// buildEngine is an engine on the shared runtime and image store that offers only network
+// mode block, as the shared runtime (no network config) can build: what a daemon on a host
+// without sandbox networking offers. Build steps run through it as a daemon runs them.
+func buildEngine(t testing.TB) *engine.Engine {
+	t.Helper()
+	mustEngine(t)
+	e, err := engine.New(engine.Config{Runtime: native.EngineRuntime(rt), Images: image.EngineImages(images),
+		ScratchBytes: 256 << 20, NetworkModes: []netpolicy.Mode{netpolicy.Block}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		e.Close(ctx)
+	})
+	return e
 }
 
-var _ image.StepRunner = (*buildRunner)(nil)
+// countingRunner counts the build sandboxes a runner starts.
+type countingRunner struct {
+	image.StepRunner
+	runs atomic.Int64
+}
 
-func (r *buildRunner) RunStep(ctx context.Context, parent *image.Image, run image.StepRun, log io.Writer) (io.ReadCloser, int, error) {
+func (r *countingRunner) RunStep(ctx context.Context, parent *image.Image, run image.StepRun, log io.Writer) (io.ReadCloser, int, error) {
 	r.runs.Add(1)
-	sb, err := r.rt.Create(ctx, native.Spec{ID: fmt.Sprintf("build-%d-%d", os.Getpid(), r.n.Add(1)),
-		MemoryBytes: 512 << 20, Pids: 256, ScratchBytes: 256 << 20, NoFile: 1024, Build: true,
-		Image: &native.ImageRoot{Layers: parent.LayerDirs(), Env: parent.Config.Env, Workdir: parent.Config.WorkingDir}})
-	if err != nil {
-		return nil, 0, fmt.Errorf("build sandbox: %w", err)
-	}
-	defer sb.Destroy(context.WithoutCancel(ctx))
-	env := map[string]string{}
-	for _, e := range run.Env {
-		k, v, _ := strings.Cut(e, "=")
-		env[k] = v
-	}
-	end, err := sb.Agent().Exec(ctx, agentclient.Process{Cmd: run.Cmd[0], Args: run.Cmd[1:], Env: env, Dir: run.Workdir,
-		Stdin: run.Stdin, Timeout: 10 * time.Minute, OutputLimit: 16 << 20}, func(e agentclient.Event) {
-		log.Write(e.Stdout)
-		log.Write(e.Stderr)
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("build step: %w", err)
-	}
-	if end.ExitCode != 0 || !end.Exited {
-		return nil, max(end.ExitCode, 1), nil
-	}
-	f, err := os.CreateTemp(r.tmp, "layer-*.tar")
-	if err != nil {
-		return nil, 0, err
-	}
-	os.Remove(f.Name()) // the open file is all the caller reads
-	if err := sb.Snapshot(ctx, f); err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, 0, nil
+	return r.StepRunner.RunStep(ctx, parent, run, log)
 }
 
 // buildBase commits a hand-made base: busybox (static) as the tools and a python3 that says
@@ -129,17 +108,14 @@ func build(t *testing.T, b *image.Builder, sp *image.BuildSpec) (buildResult, er
 
 func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
 
-// TestImageBuildSpec: run_commands, copy, env and workdir build an image whose sandboxes see
-// the result; building again reuses every layer (no sandbox started); changing step 2
+// TestImageBuildSpec: run_commands, copy, env and workdir, run through the engine
+// (image.EngineRunner), build an image whose sandboxes see the result; building again reuses every layer (no sandbox started); changing step 2
 // rebuilds steps 2..n only; python_version is checked against the base.
 func TestImageBuildSpec(t *testing.T) {
-	mustEngine(t)
-	st, err := image.Open(image.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := buildEngine(t)
+	st := images
 	base := buildBase(t, st)
-	runner := &buildRunner{rt: rt, tmp: t.TempDir()}
+	runner := &countingRunner{StepRunner: image.EngineRunner(e, st)}
 	b := &image.Builder{Store: st, Runner: runner}
 	spec := func(copied string) *image.BuildSpec {
 		return &image.BuildSpec{Name: "test/built:1", Base: base.ID, PythonVersion: "3.11", Steps: []image.BuildStep{
@@ -243,4 +219,48 @@ func imageSandboxOf(t *testing.T, id string, img *image.Image) *native.Sandbox {
 	}
 	t.Cleanup(func() { sb.Destroy(context.Background()) })
 	return sb
+}
+
+// TestImageBuildLocalCLI: `airlock image build -f spec.yaml` without --server builds with an
+// embedded engine into --state-dir's store, showing the progress; a sandbox of the result sees
+// the step's work, and a second build is all cached.
+func TestImageBuildLocalCLI(t *testing.T) {
+	mustEngine(t)
+	state, st := stateWithStore(t, "airlock-localbuild-")
+	buildBase(t, st)
+	spec := filepath.Join(t.TempDir(), "spec.yaml")
+	if err := os.WriteFile(spec, []byte("name: test/local:1\nbase: test/busybox:1\nsteps:\n  - run_commands: [\"echo local > /etc/built\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := "image build -f " + spec + " --state-dir " + state
+	out, stderr, code := runCLI(t, "", args)
+	if code != 0 || !strings.Contains(out, "[1/1] run_commands (running)") || !strings.Contains(out, "built test/local:1 sha256:") {
+		t.Fatalf("build: exit %d: %s%s", code, out, stderr)
+	}
+	img, err := st.Resolve("test/local:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := sh(t, imageSandboxOf(t, "local-built", img), "cat /etc/built"); got != "local" {
+		t.Errorf("the built image has %q in /etc/built, want %q", got, "local")
+	}
+	if out, stderr, code := runCLI(t, "", args); code != 0 || !strings.Contains(out, "[1/1] run_commands (cached)") {
+		t.Errorf("rebuild: exit %d: %s%s", code, out, stderr)
+	}
+}
+
+// stateWithStore makes a state directory (removed at the end) and opens its image store, for a
+// daemon or an embedded engine to use.
+func stateWithStore(t *testing.T, prefix string) (string, *image.Store) {
+	t.Helper()
+	state, err := os.MkdirTemp("", prefix) // t.TempDir's parent is 0700: not traversable
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	st, err := image.Open(image.Config{Dir: filepath.Join(state, "images")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return state, st
 }

@@ -44,7 +44,10 @@ type Spec struct {
 	Image   string // as the request named it; "host" for the host's own tree
 	// ImageRoot is the resolved image of any Image but "host" (nil for the host), leased by
 	// the engine for the sandbox's life.
-	ImageRoot    *ImageRoot
+	ImageRoot *ImageRoot
+	// Build makes a build step's sandbox (RunBuildStep): the image root is writable and the
+	// processes run as the image's root. Only with an ImageRoot.
+	Build        bool
 	MemoryBytes  int64
 	CPU          float64
 	Pids         int64

@@ -214,8 +214,11 @@ type StepRun struct {
 	Cmd     []string         // argv; Cmd[0] an absolute path or a name on the image's PATH
 	Env     []string         // NAME=value beyond the image's own
 	Workdir string           // the image's working directory, or "" for /
-	Network netpolicy.Policy // what the step needs; the operator's policy may narrow it
-	Stdin   []byte
+	Network netpolicy.Policy // what the step asks for; the operator's modes may narrow it
+	// NeedsNetwork: the step cannot work without Network (apt, pip), so where the operator
+	// does not offer it the step fails clearly rather than run offline.
+	NeedsNetwork bool
+	Stdin        []byte
 }
 
 // StepRunner runs build steps. It runs run in a fresh sandbox of parent whose root is writable
@@ -415,10 +418,10 @@ func stepRun(st *BuildStep, contextDir string) (StepRun, error) {
 	switch {
 	case st.AptInstall != nil:
 		return StepRun{Cmd: append([]string{"/bin/sh", "-c", aptScript, "sh"}, st.AptInstall...),
-			Env: []string{"DEBIAN_FRONTEND=noninteractive"}, Network: internet}, nil
+			Env: []string{"DEBIAN_FRONTEND=noninteractive"}, Network: internet, NeedsNetwork: true}, nil
 	case st.PipInstall != nil:
 		return StepRun{Cmd: append([]string{"/bin/sh", "-c", pipScript, "sh"}, st.PipInstall...),
-			Env: []string{"PIP_DISABLE_PIP_VERSION_CHECK=1"}, Network: internet}, nil
+			Env: []string{"PIP_DISABLE_PIP_VERSION_CHECK=1"}, Network: internet, NeedsNetwork: true}, nil
 	case st.RunCommands != nil:
 		return StepRun{Cmd: []string{"/bin/sh", "-c", "set -e\n" + strings.Join(st.RunCommands, "\n")}, Network: internet}, nil
 	case st.Copy != nil:

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/airlockhq/airlock/internal/engine"
 )
@@ -51,4 +53,39 @@ func (e engineImages) Commit(ctx context.Context, parentID string, layer io.Read
 		return engine.ImageRef{}, err
 	}
 	return engine.ImageRef{ID: img.ID, Layers: img.LayerDirs(), Env: img.Config.Env, Workdir: img.Config.WorkingDir}, nil
+}
+
+// EngineRunner runs build steps through e (engine.RunBuildStep: the create funnel, admission,
+// the engine's limits and network modes), spooling each step's layer in the store's tmp/
+// until the builder commits it.
+func EngineRunner(e *engine.Engine, s *Store) StepRunner { return engineRunner{e, s} }
+
+type engineRunner struct {
+	e *engine.Engine
+	s *Store
+}
+
+var _ StepRunner = engineRunner{}
+
+func (r engineRunner) RunStep(ctx context.Context, parent *Image, run StepRun, log io.Writer) (io.ReadCloser, int, error) {
+	env := make(map[string]string, len(run.Env))
+	for _, kv := range run.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	f, err := os.CreateTemp(filepath.Join(r.s.dir, "tmp"), "step-*.tar")
+	if err != nil {
+		return nil, 0, fmt.Errorf("spool a build layer: %w", err)
+	}
+	os.Remove(f.Name()) // the open file is all the builder reads; nothing is left on a crash
+	code, err := r.e.RunBuildStep(ctx, engine.BuildStep{ImageID: parent.ID, Cmd: run.Cmd, Env: env, Workdir: run.Workdir,
+		Stdin: run.Stdin, Network: run.Network, NeedsNetwork: run.NeedsNetwork}, log, f)
+	if err == nil && code == 0 {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil || code != 0 {
+		f.Close()
+		return nil, code, err
+	}
+	return f, 0, nil
 }

@@ -36,6 +36,8 @@ func honours(s engine.Spec) error {
 		return api.Errorf(api.ErrInvalidArgument, "runtime %q asked of the %s runtime", s.Runtime, Name)
 	case s.Image != "" && s.Image != "host" && s.ImageRoot == nil:
 		return api.Errorf(api.ErrInvalidArgument, "image %q reached the %s runtime unresolved", s.Image, Name)
+	case s.Build && s.ImageRoot == nil:
+		return api.Errorf(api.ErrInvalidArgument, "a build sandbox needs an image, not the host's tree")
 	}
 	return nil
 }
@@ -62,7 +64,7 @@ func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 	sb, err := n.r.Create(ctx, Spec{
 		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
 		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
-		Workdir: s.Workdir, Image: imageRoot(s.ImageRoot),
+		Workdir: s.Workdir, Image: imageRoot(s.ImageRoot), Build: s.Build,
 	})
 	if errors.Is(err, ErrNoUIDRange) {
 		// Every uid range of the host is in use by live sandboxes: capacity, not a fault.

@@ -77,6 +77,8 @@ func TestHonours(t *testing.T) {
 		{"resolved image", engine.Spec{Image: "python:3.12", ImageRoot: &engine.ImageRoot{ID: "sha256:a", Layers: []string{"/l"}}}, nil},
 		{"network: honoured here, refused by Create when the runtime has no network config", engine.Spec{Network: netpolicy.Policy{Mode: netpolicy.Internet}}, nil},
 		{"runtime", engine.Spec{Runtime: "gvisor"}, api.ErrInvalidArgument},
+		{"build sandbox of the host", engine.Spec{Build: true}, api.ErrInvalidArgument},
+		{"build sandbox of an image", engine.Spec{Build: true, Image: "sha256:a", ImageRoot: &engine.ImageRoot{ID: "sha256:a", Layers: []string{"/l"}}}, nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := honours(tt.spec)
