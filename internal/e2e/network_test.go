@@ -1,0 +1,425 @@
+package e2e
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	airlock "github.com/airlockhq/airlock"
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/netpolicy"
+	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/testutil/testnet"
+)
+
+// Addresses of the test internet (netInternet). The public ones are TEST-NET-3, which
+// netpolicy does not count as private; the others are each in a range internet mode must
+// refuse.
+var (
+	pubAddr     = netip.MustParseAddr("203.0.113.10")
+	pub2Addr    = netip.MustParseAddr("203.0.113.20")
+	pipAddr     = netip.MustParseAddr("203.0.113.30")
+	privateAddr = netip.MustParseAddr("10.55.0.10")
+	metaAddr    = netip.MustParseAddr("169.254.169.254")
+	// netTestPool is the sandbox pool of this file's runtimes: their own, so that no other
+	// runtime's sandbox sits in it.
+	netTestPool = netip.MustParsePrefix("10.233.0.0/16")
+)
+
+// netInternet is one test's "internet", built from network namespaces (testnet): two public
+// hosts, a private one, a metadata service, a DNS server on the public host that logs every
+// name it is asked, and two host services (on the host's loopback and on all its addresses).
+type netInternet struct {
+	net                 *testnet.Net
+	pub                 *testnet.Host
+	hostLoPort, hostAll int // host services: 127.0.0.1 and 0.0.0.0
+	dnsMu               sync.Mutex
+	asked               map[string]int // lower-case names without the final dot
+	upstream            netip.AddrPort
+}
+
+// dnsZone is what the test DNS server answers; every other name is NXDOMAIN.
+var dnsZone = map[string]netip.Addr{
+	"pub.test.":    pubAddr,
+	"pub2.test.":   pub2Addr,
+	"rebind.test.": privateAddr,
+	"meta.test.":   metaAddr,
+}
+
+func newNetInternet(t *testing.T) *netInternet {
+	t.Helper()
+	n := &netInternet{net: testnet.New(t), asked: map[string]int{}}
+	n.pub = n.net.Host(t, "pub", pubAddr)
+	n.pub.ServeHTTP(t, 80, testnet.Hello("pub"))
+	pub2 := n.net.Host(t, "pub2", pub2Addr)
+	pub2.ServeHTTP(t, 80, testnet.Hello("pub2"))
+	priv := n.net.Host(t, "private", privateAddr)
+	priv.ServeHTTP(t, 80, testnet.Hello("private"))
+	meta := n.net.Host(t, "metadata", metaAddr)
+	meta.ServeHTTP(t, 80, testnet.Hello("metadata"))
+	n.upstream = netip.AddrPortFrom(pubAddr, 53)
+	n.serveDNS(t)
+	n.hostLoPort = serveHostHello(t, "127.0.0.1:0", "host-loopback")
+	n.hostAll = serveHostHello(t, "0.0.0.0:0", "host-any")
+	return n
+}
+
+// serveDNS runs the zone's server on the public host's port 53 (UDP and TCP).
+func (n *netInternet) serveDNS(t *testing.T) {
+	t.Helper()
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		for _, qq := range q.Question {
+			n.dnsMu.Lock()
+			n.asked[strings.TrimSuffix(strings.ToLower(qq.Name), ".")]++
+			n.dnsMu.Unlock()
+			a, ok := dnsZone[strings.ToLower(qq.Name)]
+			switch {
+			case !ok:
+				m.Rcode = dns.RcodeNameError
+			case qq.Qtype == dns.TypeA:
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: qq.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: a.AsSlice()})
+			}
+		}
+		w.WriteMsg(m)
+	})
+	var pc net.PacketConn
+	var ln net.Listener
+	err := n.pub.Do(func() (err error) {
+		if pc, err = net.ListenPacket("udp4", n.upstream.String()); err != nil {
+			return err
+		}
+		ln, err = net.Listen("tcp4", n.upstream.String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("test DNS server: %v", err)
+	}
+	var wg sync.WaitGroup
+	udp := &dns.Server{PacketConn: pc, Handler: h}
+	tcp := &dns.Server{Listener: ln, Handler: h}
+	wg.Go(func() { udp.ActivateAndServe() })
+	wg.Go(func() { tcp.ActivateAndServe() })
+	t.Cleanup(func() { udp.Shutdown(); tcp.Shutdown(); wg.Wait() })
+}
+
+// wasAsked reports whether the upstream DNS server ever saw name.
+func (n *netInternet) wasAsked(name string) bool {
+	n.dnsMu.Lock()
+	defer n.dnsMu.Unlock()
+	return n.asked[name] > 0
+}
+
+// serveHostHello serves "hello from NAME" on addr in the host's own namespace and returns its port.
+func serveHostHello(t *testing.T, addr, name string) int {
+	t.Helper()
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: testnet.Hello(name)}
+	var wg sync.WaitGroup
+	wg.Go(func() { srv.Serve(ln) })
+	t.Cleanup(func() { srv.Close(); wg.Wait() })
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// newNetRuntime is a native runtime with sandbox networking in netTestPool whose forwarders
+// ask the test internet's DNS server; a state directory and cgroup root of its own.
+func newNetRuntime(t *testing.T, n *netInternet, name string) (*native.Runtime, string) {
+	t.Helper()
+	mustEngine(t)
+	state := mkdirTraversable(t, "airlock-e2e-"+name+"-")
+	cg := cgRoot + "-" + name
+	r, err := native.New(native.Config{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		StateDir: state, CgroupRoot: cg,
+		Network: &netpolicy.Config{Pool: netTestPool, Upstreams: []netip.AddrPort{n.upstream}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); removeCgroupRoot(cg) }) // after the engine's cleanup (registered later, run first)
+	return r, state
+}
+
+// probeScript connects, from inside a sandbox, to each target of each phase (phases one after
+// the other, a phase's targets at once), by name or address, and prints a JSON object of
+// label → "ok:BODY", "dns:ERROR" or "conn:ERROR". "GW" in a host is the sandbox's resolver
+// (its gateway), read from /etc/resolv.conf.
+const probeScript = `
+import json, socket, sys, threading
+gw = ''
+try:
+    for l in open('/etc/resolv.conf'):
+        if l.startswith('nameserver'):
+            gw = l.split()[1]
+            break
+except OSError:
+    pass
+def probe(label, host, port, out):
+    host = host.replace('GW', gw)
+    try:
+        ip = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except Exception as e:
+        out[label] = 'dns:' + type(e).__name__
+        return
+    try:
+        s = socket.create_connection((ip, port), timeout=1.5)
+    except Exception as e:
+        out[label] = 'conn:' + type(e).__name__
+        return
+    try:
+        s.settimeout(1.5)
+        s.sendall(b'GET / HTTP/1.0\r\nHost: x\r\n\r\n')
+        data = b''
+        while True:
+            b = s.recv(4096)
+            if not b:
+                break
+            data += b
+        out[label] = 'ok:' + data.decode(errors='replace').split('\r\n\r\n', 1)[-1][:80]
+    except Exception as e:
+        out[label] = 'ok:' + type(e).__name__
+    finally:
+        s.close()
+out = {}
+for phase in PHASES:
+    ts = [threading.Thread(target=probe, args=(l, h, p, out)) for l, h, p in phase]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+print(json.dumps(out))
+`
+
+// probeTarget is one connection the probe tries; want is the "hello from" name it must reach,
+// or "" when it must not get through.
+type probeTarget struct {
+	label, host string
+	port        int
+	want        string
+}
+
+func probeCode(phases [][]probeTarget) string {
+	var ps [][][]any
+	for _, ph := range phases {
+		var p [][]any
+		for _, tg := range ph {
+			p = append(p, []any{tg.label, tg.host, tg.port})
+		}
+		ps = append(ps, p)
+	}
+	b, _ := json.Marshal(ps)
+	return "PHASES = " + string(b) + "\n" + probeScript
+}
+
+// checkProbe fails the test for every target whose outcome is not the wanted one.
+func checkProbe(t *testing.T, stdout string, phases [][]probeTarget) {
+	t.Helper()
+	var got map[string]string
+	if err := json.Unmarshal([]byte(strings.TrimSpace(stdout)), &got); err != nil {
+		t.Fatalf("probe output %q: %v", stdout, err)
+	}
+	t.Logf("probe: %v", got)
+	for _, ph := range phases {
+		for _, tg := range ph {
+			res, ok := got[tg.label]
+			switch {
+			case !ok:
+				t.Errorf("%s: no result", tg.label)
+			case tg.want == "" && strings.HasPrefix(res, "ok:"):
+				t.Errorf("%s (%s:%d): got %q, want no connection (the attack worked)", tg.label, tg.host, tg.port, res)
+			case tg.want != "" && res != "ok:hello from "+tg.want:
+				t.Errorf("%s (%s:%d): got %q, want \"ok:hello from %s\"", tg.label, tg.host, tg.port, res, tg.want)
+			}
+		}
+	}
+}
+
+// modeCase is one network policy with what it must and must not reach.
+type modeCase struct {
+	name    string
+	network api.Network
+	phases  func(exfil string) [][]probeTarget
+}
+
+// modeCases: every mode against the whole test internet. others is another sandbox's listener
+// (addr:port), apiPort the API server's.
+func modeCases(n *netInternet, other netip.AddrPort, apiPort int) []modeCase {
+	// forbidden are what no mode reaches: the host, the API, another sandbox, private and
+	// link-local ranges, and names that resolve into them.
+	forbidden := []probeTarget{
+		{"private by ip", privateAddr.String(), 80, ""},
+		{"metadata by ip", metaAddr.String(), 80, ""},
+		{"rebind.test", "rebind.test", 80, ""},
+		{"meta.test", "meta.test", 80, ""},
+		{"host loopback via gateway", "GW", n.hostLoPort, ""},
+		{"host loopback via 127.0.0.1", "127.0.0.1", n.hostLoPort, ""},
+		{"host any via gateway", "GW", n.hostAll, ""},
+		{"host any via host address", n.pub.HostAddr.String(), n.hostAll, ""},
+		{"api via gateway", "GW", apiPort, ""},
+		{"api via 127.0.0.1", "127.0.0.1", apiPort, ""},
+		{"api via host address", n.pub.HostAddr.String(), apiPort, ""},
+		{"other sandbox", other.Addr().String(), int(other.Port()), ""},
+	}
+	with := func(ts ...probeTarget) []probeTarget { return append(ts, forbidden...) }
+	return []modeCase{
+		{"internet", api.Network{Mode: api.NetworkInternet}, func(exfil string) [][]probeTarget {
+			return [][]probeTarget{with(
+				probeTarget{"pub by ip", pubAddr.String(), 80, "pub"},
+				probeTarget{"pub2 by ip", pub2Addr.String(), 80, "pub2"},
+				probeTarget{"pub.test", "pub.test", 80, "pub"},
+				probeTarget{"pub2.test", "pub2.test", 80, "pub2"},
+			)}
+		}},
+		{"allowlist", api.Network{Mode: api.NetworkAllowlist, Allow: []string{"pub.test:80", "203.0.113.20/32:80"}}, func(exfil string) [][]probeTarget {
+			return [][]probeTarget{
+				// Before its name is resolved, the listed name's address is not open.
+				with(probeTarget{"pub by ip before resolving", pubAddr.String(), 80, ""},
+					probeTarget{"pub2 by ip (listed cidr)", pub2Addr.String(), 80, "pub2"},
+					probeTarget{"pub2.test (name not listed)", "pub2.test", 80, ""},
+					probeTarget{"exfil name", exfil, 80, ""}),
+				{{"pub.test (listed name)", "pub.test", 80, "pub"}},
+			}
+		}},
+		{"block", api.Network{Mode: api.NetworkBlock}, func(exfil string) [][]probeTarget {
+			return [][]probeTarget{with(
+				probeTarget{"pub by ip", pubAddr.String(), 80, ""},
+				probeTarget{"pub2 by ip", pub2Addr.String(), 80, ""},
+				probeTarget{"pub.test", "pub.test", 80, ""},
+				probeTarget{"exfil name", exfil, 80, ""},
+			)}
+		}},
+	}
+}
+
+func randomName(prefix string) string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b) + ".test"
+}
+
+// TestNetworkModes attacks the test internet from inside sandboxes of every mode, through
+// one-shot runs and sandboxes: internet reaches only the public hosts, allowlist only what it
+// lists (and DNS leaks no unlisted name upstream), block nothing; no mode reaches the host,
+// the API, metadata, private ranges or another sandbox.
+func TestNetworkModes(t *testing.T) {
+	n := newNetInternet(t)
+	r, _ := newNetRuntime(t, n, "netmodes")
+	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	ctx := t.Context()
+	c := airlock.New(a.url, "")
+	apiPort, _ := strconv.Atoi(a.url[strings.LastIndex(a.url, ":")+1:])
+
+	// Another sandbox, on the same network, listening on all its addresses.
+	other, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Network: &api.Network{Mode: api.NetworkInternet}, Timeout: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Terminate(context.WithoutCancel(ctx))
+	srv, err := other.Exec(ctx, "python3", "-c", `
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b'hello from other')
+http.server.ThreadingHTTPServer(('0.0.0.0', 8000), H).serve_forever()`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Kill(); srv.Wait() })
+	otherAddr := sandboxAddr(t, other)
+	waitFor(t, "the other sandbox's server", func() bool {
+		return strings.Contains(sandboxRun(t, other, "python3", "-c",
+			"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/', timeout=1).read().decode())"), "hello from other")
+	})
+	// Its own listener answers it on its own address: the server is up, and "other sandbox"
+	// failing below is the firewall, not a dead server.
+	if out := sandboxRun(t, other, "python3", "-c", "import urllib.request; print(urllib.request.urlopen('http://"+otherAddr.String()+":8000/', timeout=1).read().decode())"); !strings.Contains(out, "hello from other") {
+		t.Fatalf("the other sandbox does not reach its own server on %s: %q", otherAddr, out)
+	}
+
+	for _, mc := range modeCases(n, netip.AddrPortFrom(otherAddr, 8000), apiPort) {
+		t.Run(mc.name, func(t *testing.T) {
+			t.Run("one-shot", func(t *testing.T) {
+				exfil := randomName("exfil-")
+				phases := mc.phases(exfil)
+				net := mc.network
+				res, err := c.Execute(ctx, api.ExecuteRequest{Code: probeCode(phases), Network: &net, Timeout: 60})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !res.Success {
+					t.Fatalf("probe failed: %+v", res)
+				}
+				checkProbe(t, res.Stdout, phases)
+				if mc.network.Mode != api.NetworkInternet && n.wasAsked(exfil) {
+					t.Errorf("the upstream DNS server saw the unlisted name %s: DNS is an exfiltration channel", exfil)
+				}
+			})
+			t.Run("sandbox", func(t *testing.T) {
+				net := mc.network
+				sb, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Network: &net, Timeout: 120})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer sb.Terminate(context.WithoutCancel(ctx))
+				exfil := randomName("exfil-")
+				phases := mc.phases(exfil)
+				checkProbe(t, sandboxRun(t, sb, "python3", "-c", probeCode(phases)), phases)
+				if mc.network.Mode != api.NetworkInternet && n.wasAsked(exfil) {
+					t.Errorf("the upstream DNS server saw the unlisted name %s: DNS is an exfiltration channel", exfil)
+				}
+			})
+		})
+	}
+	if !n.wasAsked("rebind.test") {
+		t.Error("rebind.test was never asked upstream: the rebinding attack did not happen, so it proves nothing")
+	}
+}
+
+// sandboxRun runs cmd in sb and returns its stdout, failing the test if it does not exit 0.
+func sandboxRun(t *testing.T, sb *airlock.Sandbox, cmd ...string) string {
+	t.Helper()
+	p, err := sb.ExecWith(t.Context(), api.ExecRequest{Cmd: cmd, Timeout: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := p.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, _ := io.ReadAll(p.Stdout)
+	if res.ExitCode != 0 {
+		stderr, _ := io.ReadAll(p.Stderr)
+		t.Fatalf("%q: exit %d, stderr %q", cmd, res.ExitCode, stderr)
+	}
+	return string(stdout)
+}
+
+// sandboxAddr is the sandbox's own address (the source of its route out; a UDP connect sends
+// nothing).
+func sandboxAddr(t *testing.T, sb *airlock.Sandbox) netip.Addr {
+	t.Helper()
+	out := sandboxRun(t, sb, "python3", "-c", fmt.Sprintf(
+		"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('%s', 9)); print(s.getsockname()[0])", pubAddr))
+	a, err := netip.ParseAddr(strings.TrimSpace(out))
+	if err != nil || !netTestPool.Contains(a) {
+		t.Fatalf("sandbox address %q: want one in %s", out, netTestPool)
+	}
+	return a
+}
