@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -422,4 +424,64 @@ func sandboxAddr(t *testing.T, sb *airlock.Sandbox) netip.Addr {
 		t.Fatalf("sandbox address %q: want one in %s", out, netTestPool)
 	}
 	return a
+}
+
+// TestNetworkSessionPipInstall: a session whose allowlist names the package index installs a
+// wheel from it (a PEP 503 simple index the test serves on its own test host) and imports it;
+// a blocked session's install is refused clearly.
+func TestNetworkSessionPipInstall(t *testing.T) {
+	n := newNetInternet(t)
+	wheelPath := t.TempDir() + "/airlock_testpkg-1.0-py3-none-any.whl"
+	writeWheel(t, wheelPath)
+	wheel, err := os.ReadFile(wheelPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(wheel)
+	var mu sync.Mutex
+	var fetched []string
+	idx := n.net.Host(t, "index", pipAddr)
+	idx.ServeHTTP(t, 80, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		fetched = append(fetched, r.URL.Path)
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/simple/":
+			fmt.Fprint(w, `<html><body><a href="airlock-testpkg/">airlock-testpkg</a></body></html>`)
+		case "/simple/airlock-testpkg/":
+			fmt.Fprintf(w, `<html><body><a href="/files/airlock_testpkg-1.0-py3-none-any.whl#sha256=%x">airlock_testpkg-1.0-py3-none-any.whl</a></body></html>`, sum)
+		case "/files/airlock_testpkg-1.0-py3-none-any.whl":
+			w.Write(wheel)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	r, _ := newNetRuntime(t, n, "netpip")
+	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r), PipIndexURL: "http://" + pipAddr.String() + "/simple/"})
+
+	t.Run("allowlisted index", func(t *testing.T) {
+		id := a.session(`{"network":{"mode":"allowlist","allow":["203.0.113.30:80"]}}`)
+		defer a.call("DELETE", "/v1/sessions/"+id, nil, nil)
+		var ir api.InstallResult
+		if st := a.call("POST", "/v1/sessions/"+id+"/install", strings.NewReader(`{"packages":["airlock-testpkg==1.0"]}`), &ir); st != 200 || !ir.Success {
+			mu.Lock()
+			t.Fatalf("install: %d %+v (index saw %v)", st, ir, fetched)
+		}
+		if res := a.cell(id, "import airlock_testpkg; airlock_testpkg.VALUE", 0); res.Result == nil || *res.Result != "42" {
+			t.Fatalf("installed package not importable: %+v", res)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Contains(fetched, "/files/airlock_testpkg-1.0-py3-none-any.whl") {
+			t.Fatalf("the wheel did not come from the test index (it saw %v)", fetched)
+		}
+	})
+	t.Run("blocked session", func(t *testing.T) {
+		id := a.session(`{"network":{"mode":"block"}}`)
+		defer a.call("DELETE", "/v1/sessions/"+id, nil, nil)
+		var eb api.ErrorBody
+		if st := a.call("POST", "/v1/sessions/"+id+"/install", strings.NewReader(`{"packages":["airlock-testpkg==1.0"]}`), &eb); st != 409 || !strings.Contains(eb.Error.Message, "no network") {
+			t.Fatalf("install in a blocked session: %d %+v, want 409 saying it has no network", st, eb)
+		}
+	})
 }
