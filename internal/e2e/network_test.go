@@ -7,25 +7,31 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
 
 	airlock "github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/testutil"
 	"github.com/airlockhq/airlock/internal/testutil/testnet"
 )
 
@@ -483,5 +489,114 @@ func TestNetworkSessionPipInstall(t *testing.T) {
 		if st := a.call("POST", "/v1/sessions/"+id+"/install", strings.NewReader(`{"packages":["airlock-testpkg==1.0"]}`), &eb); st != 409 || !strings.Contains(eb.Error.Message, "no network") {
 			t.Fatalf("install in a blocked session: %d %+v, want 409 saying it has no network", st, eb)
 		}
+	})
+}
+
+// netLeftovers lists what of a runtime's networks is on the host: host veths with its prefix,
+// per-sandbox nftables objects in its table (and the table itself when wantTable is false),
+// resolv.conf files in its state directory.
+func netLeftovers(t *testing.T, cgroupRoot, state string, wantTable bool) []string {
+	t.Helper()
+	var left []string
+	table := "airlock_" + strings.NewReplacer("/", "_", ".", "_").Replace(cgroupRoot)
+	if len(table) > 60 {
+		table = table[:60]
+	}
+	// The veth prefix netpolicy derives from the table name ("al" and 4 hex digits of its hash).
+	h := fnv.New32a()
+	h.Write([]byte(table))
+	prefix := fmt.Sprintf("al%04x", h.Sum32()&0xffff)
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if strings.HasPrefix(l.Attrs().Name, prefix) {
+			left = append(left, "veth "+l.Attrs().Name)
+		}
+	}
+	out, err := exec.Command("nft", "list", "table", "inet", table).CombinedOutput()
+	switch {
+	case err != nil && wantTable:
+		left = append(left, fmt.Sprintf("no table %s: %v %s", table, err, out))
+	case err == nil && !wantTable:
+		left = append(left, "table "+table)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		// The base chains name the prefix with a wildcard ("al1234*"); a sandbox's objects
+		// carry "sb.<id>." or its own veth's name (the prefix and a slot number).
+		if strings.Contains(line, "sb.") || strings.Contains(strings.ReplaceAll(line, prefix+"*", ""), prefix) {
+			left = append(left, "nft: "+strings.TrimSpace(line))
+		}
+	}
+	if ents, _ := os.ReadDir(filepath.Join(state, "resolv")); len(ents) != 0 {
+		for _, e := range ents {
+			left = append(left, "resolv "+e.Name())
+		}
+	}
+	if procs := testutil.ProcsInCgroup(cgroupRoot); len(procs) != 0 {
+		left = append(left, fmt.Sprintf("processes (and with them network namespaces) %v", procs))
+	}
+	if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "airlock") {
+		left = append(left, "named netns: "+string(out))
+	}
+	return left
+}
+
+// TestNetworkNoLeaks: 200 create/destroy cycles of internet sandboxes, and creations cancelled
+// part way, leave no veth, nftables object, resolv.conf or namespace behind; nor does the
+// runtime's table outlive it.
+func TestNetworkNoLeaks(t *testing.T) {
+	n := newNetInternet(t)
+	cg := cgRoot + "-netleak"
+	var state string
+	// Registered before the runtime's cleanup, so it runs after the runtime closed.
+	t.Cleanup(func() {
+		if left := netLeftovers(t, cg, state, false); len(left) != 0 {
+			t.Errorf("after the runtime closed left: %v", left)
+		}
+	})
+	r, state := newNetRuntime(t, n, "netleak")
+	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r)})
+	c := airlock.New(a.url, "")
+	ctx := t.Context()
+	internet := &api.Network{Mode: api.NetworkInternet}
+
+	t.Run("200 cycles", func(t *testing.T) {
+		const cycles = 200
+		for i := range cycles {
+			sb, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Network: internet, Timeout: 60})
+			if err != nil {
+				t.Fatalf("cycle %d: create: %v", i, err)
+			}
+			if i%50 == 0 {
+				// Now and then prove the network is real, not just set up.
+				if out := sandboxRun(t, sb, "python3", "-c",
+					"import urllib.request; print(urllib.request.urlopen('http://pub.test/', timeout=5).read().decode())"); !strings.Contains(out, "hello from pub") {
+					t.Fatalf("cycle %d: probe: %q", i, out)
+				}
+			}
+			if err := sb.Terminate(ctx); err != nil {
+				t.Fatalf("cycle %d: destroy: %v", i, err)
+			}
+		}
+		waitNoProcsIn(t, cg)
+		if left := netLeftovers(t, cg, state, true); len(left) != 0 {
+			t.Fatalf("after %d cycles left: %v", cycles, left)
+		}
+	})
+	t.Run("cancelled create", func(t *testing.T) {
+		// Cancel at different points of the create; whatever it got to is undone.
+		for delay := time.Duration(0); delay < 400*time.Millisecond; delay += 20 * time.Millisecond {
+			cctx, cancel := context.WithTimeout(ctx, delay)
+			sb, err := c.CreateSandbox(cctx, api.CreateSandboxRequest{Network: internet, Timeout: 60})
+			cancel()
+			if err == nil {
+				sb.Terminate(ctx)
+			}
+		}
+		waitFor(t, "cancelled creates to be undone", func() bool {
+			return len(testutil.ProcsInCgroup(cg)) == 0 && len(netLeftovers(t, cg, state, true)) == 0
+		})
 	})
 }
