@@ -243,7 +243,6 @@ func checkProbe(t *testing.T, stdout string, phases [][]probeTarget) {
 	if err := json.Unmarshal([]byte(strings.TrimSpace(stdout)), &got); err != nil {
 		t.Fatalf("probe output %q: %v", stdout, err)
 	}
-	t.Logf("probe: %v", got)
 	for _, ph := range phases {
 		for _, tg := range ph {
 			res, ok := got[tg.label]
@@ -599,4 +598,85 @@ func TestNetworkNoLeaks(t *testing.T) {
 			return len(testutil.ProcsInCgroup(cg)) == 0 && len(netLeftovers(t, cg, state, true)) == 0
 		})
 	})
+}
+
+// TestNetworkDaemonCrash: a daemon SIGKILLed with three networked sandboxes alive; the
+// restarted one recovers them with working networks (addresses and names: the forwarders run
+// again), and once they are destroyed and it stops, nothing of their networks is left.
+func TestNetworkDaemonCrash(t *testing.T) {
+	n := newNetInternet(t)
+	state, err := os.MkdirTemp("", "airlock-netcrash-") // t.TempDir's parent is 0700: not traversable
+	if err != nil {
+		t.Fatal(err)
+	}
+	cg := fmt.Sprintf("airlock-netcrash-%d", os.Getpid())
+	t.Cleanup(func() { os.RemoveAll(state); removeCgroupRoot(cg) })
+	addr := freeAddr(t)
+	env := func(cmd *exec.Cmd) {
+		cmd.Env = append(cmd.Env, "AIRLOCK_DNS_UPSTREAM="+n.upstream.String(), "AIRLOCK_NETWORK_POOL="+netTestPool.String())
+	}
+	d := startDaemon(t, state, cg, addr, env)
+	var ids []string
+	stopped := false
+	t.Cleanup(func() {
+		// On failure part way: whatever daemon runs destroys the sandboxes and stops.
+		if !stopped {
+			c := airlock.New(d.url, "")
+			for _, id := range ids {
+				if sb, err := c.Sandbox(context.Background(), id); err == nil {
+					sb.Terminate(context.Background())
+				}
+			}
+			d.stop()
+		}
+	})
+	c := airlock.New(d.url, "")
+	ctx := t.Context()
+	phases := [][]probeTarget{{{"pub by ip", pubAddr.String(), 80, "pub"}, {"pub.test", "pub.test", 80, "pub"},
+		{"private by ip", privateAddr.String(), 80, ""}, {"metadata by ip", metaAddr.String(), 80, ""}}}
+	probe := probeCode(phases)
+	for range 3 {
+		sb, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Network: &api.Network{Mode: api.NetworkInternet}, Timeout: 300})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sb.ID())
+		checkProbe(t, sandboxRun(t, sb, "python3", "-c", probe), phases)
+	}
+	d.kill()
+	if len(testutil.ProcsInCgroup(cg)) == 0 {
+		t.Fatal("sandboxes should outlive a daemon crash (the restarted daemon adopts them)")
+	}
+
+	d = startDaemon(t, state, cg, addr, env)
+	c = airlock.New(d.url, "")
+	for _, id := range ids {
+		sb, err := c.Sandbox(ctx, id)
+		if err != nil {
+			t.Fatalf("sandbox %s after the restart: %v", id, err)
+		}
+		checkProbe(t, sandboxRun(t, sb, "python3", "-c", probe), phases)
+		// Its /etc is the one it was made with (the restarted daemon rebuilt it in place).
+		if got := strings.TrimSpace(sandboxRun(t, sb, "id", "-un")); got != "sandbox" {
+			t.Errorf("after the restart the sandbox user is %q, want sandbox (its /etc was replaced under it)", got)
+		}
+	}
+	for _, id := range ids {
+		sb, err := c.Sandbox(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sb.Terminate(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitNoProcsIn(t, cg)
+	if left := netLeftovers(t, cg, state, true); len(left) != 0 {
+		t.Fatalf("after destroying the recovered sandboxes left: %v", left)
+	}
+	stopped = true
+	d.stop()
+	if left := netLeftovers(t, cg, state, false); len(left) != 0 {
+		t.Fatalf("after the daemon stopped left: %v", left)
+	}
 }
