@@ -680,3 +680,82 @@ func TestNetworkDaemonCrash(t *testing.T) {
 		t.Fatalf("after the daemon stopped left: %v", left)
 	}
 }
+
+// firstConnects is run in a fresh sandbox: it opens connections to the public host one after
+// the other and prints, for each, the seconds it took and the TCP retransmissions it needed
+// (tcpi_total_retrans, offset 100 of struct tcp_info): a SYN the new-connection rate limit
+// dropped shows as a retransmission (and a second's wait).
+const firstConnects = `
+import json, socket, struct, time
+out = []
+for i in range(COUNT_):
+    t0 = time.monotonic()
+    s = socket.create_connection(('ADDR_', 80), timeout=5)
+    dt = time.monotonic() - t0
+    info = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    out.append([dt, struct.unpack_from('I', info, 100)[0]])
+    s.close()
+print(json.dumps(out))
+`
+
+// TestNetworkFirstConnectNotRateLimited: the new-connection rate limit does not hold back the
+// first connections of a fresh internet sandbox (its bucket starts full, with a burst), in a
+// one-shot run and in a sandbox.
+func TestNetworkFirstConnectNotRateLimited(t *testing.T) {
+	n := newNetInternet(t)
+	r, _ := newNetRuntime(t, n, "netfirst")
+	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r)})
+	c := airlock.New(a.url, "")
+	ctx := t.Context()
+	// Within the burst (twice the default 64/s): none of them may be dropped.
+	code := strings.NewReplacer("COUNT_", "20", "ADDR_", pubAddr.String()).Replace(firstConnects)
+	check := func(t *testing.T, stdout string) {
+		var got [][2]float64
+		if err := json.Unmarshal([]byte(strings.TrimSpace(stdout)), &got); err != nil {
+			t.Fatalf("output %q: %v", stdout, err)
+		}
+		t.Logf("connect times (s) and retransmissions: %v", got)
+		for i, g := range got {
+			if g[1] != 0 {
+				t.Errorf("connection %d of a fresh sandbox needed %v retransmissions (%.2fs): the rate limit dropped its SYN", i, g[1], g[0])
+			}
+		}
+	}
+	for i := range 3 {
+		t.Run(fmt.Sprintf("one-shot %d", i), func(t *testing.T) {
+			res, err := c.Execute(ctx, api.ExecuteRequest{Code: code, Network: &api.Network{Mode: api.NetworkInternet}, Timeout: 60})
+			if err != nil || !res.Success {
+				t.Fatalf("run: %v %+v", err, res)
+			}
+			check(t, res.Stdout)
+		})
+		t.Run(fmt.Sprintf("sandbox %d", i), func(t *testing.T) {
+			sb, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Network: &api.Network{Mode: api.NetworkInternet}, Timeout: 60})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sb.Terminate(context.WithoutCancel(ctx))
+			check(t, sandboxRun(t, sb, "python3", "-c", code))
+		})
+	}
+	// The limit is there, and the measure sees it: past the burst, SYNs are dropped.
+	t.Run("flood past the burst", func(t *testing.T) {
+		sb, err := c.CreateSandbox(ctx, api.CreateSandboxRequest{Network: &api.Network{Mode: api.NetworkInternet}, Timeout: 60})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sb.Terminate(context.WithoutCancel(ctx))
+		out := sandboxRun(t, sb, "python3", "-c", strings.NewReplacer("COUNT_", "200", "ADDR_", pubAddr.String()).Replace(firstConnects))
+		var got [][2]float64
+		if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &got); err != nil {
+			t.Fatalf("output %q: %v", out, err)
+		}
+		var retrans float64
+		for _, g := range got {
+			retrans += g[1]
+		}
+		if retrans == 0 {
+			t.Fatal("200 connections at once needed no retransmission: no new-connection rate limit")
+		}
+	})
+}
