@@ -69,7 +69,7 @@ var dnsZone = map[string]netip.Addr{
 	"meta.test.":   metaAddr,
 }
 
-func newNetInternet(t *testing.T) *netInternet {
+func newNetInternet(t testing.TB) *netInternet {
 	t.Helper()
 	n := &netInternet{net: testnet.New(t), asked: map[string]int{}}
 	n.pub = n.net.Host(t, "pub", pubAddr)
@@ -88,7 +88,7 @@ func newNetInternet(t *testing.T) *netInternet {
 }
 
 // serveDNS runs the zone's server on the public host's port 53 (UDP and TCP).
-func (n *netInternet) serveDNS(t *testing.T) {
+func (n *netInternet) serveDNS(t testing.TB) {
 	t.Helper()
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
@@ -135,7 +135,7 @@ func (n *netInternet) wasAsked(name string) bool {
 }
 
 // serveHostHello serves "hello from NAME" on addr in the host's own namespace and returns its port.
-func serveHostHello(t *testing.T, addr, name string) int {
+func serveHostHello(t testing.TB, addr, name string) int {
 	t.Helper()
 	ln, err := net.Listen("tcp4", addr)
 	if err != nil {
@@ -150,14 +150,21 @@ func serveHostHello(t *testing.T, addr, name string) int {
 
 // newNetRuntime is a native runtime with sandbox networking in netTestPool whose forwarders
 // ask the test internet's DNS server; a state directory and cgroup root of its own.
-func newNetRuntime(t *testing.T, n *netInternet, name string) (*native.Runtime, string) {
+func newNetRuntime(t testing.TB, upstream netip.AddrPort, name string) (*native.Runtime, string) {
 	t.Helper()
 	mustEngine(t)
-	state := mkdirTraversable(t, "airlock-e2e-"+name+"-")
+	state, err := os.MkdirTemp("", "airlock-e2e-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	if err := os.Chmod(state, 0o755); err != nil { // traversable by the sandboxes' uids
+		t.Fatal(err)
+	}
 	cg := cgRoot + "-" + name
 	r, err := native.New(native.Config{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		StateDir: state, CgroupRoot: cg,
-		Network: &netpolicy.Config{Pool: netTestPool, Upstreams: []netip.AddrPort{n.upstream}}})
+		Network: &netpolicy.Config{Pool: netTestPool, Upstreams: []netip.AddrPort{upstream}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -327,7 +334,7 @@ func randomName(prefix string) string {
 // the API, metadata, private ranges or another sandbox.
 func TestNetworkModes(t *testing.T) {
 	n := newNetInternet(t)
-	r, _ := newNetRuntime(t, n, "netmodes")
+	r, _ := newNetRuntime(t, n.upstream, "netmodes")
 	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	ctx := t.Context()
 	c := airlock.New(a.url, "")
@@ -400,7 +407,7 @@ http.server.ThreadingHTTPServer(('0.0.0.0', 8000), H).serve_forever()`)
 }
 
 // sandboxRun runs cmd in sb and returns its stdout, failing the test if it does not exit 0.
-func sandboxRun(t *testing.T, sb *airlock.Sandbox, cmd ...string) string {
+func sandboxRun(t testing.TB, sb *airlock.Sandbox, cmd ...string) string {
 	t.Helper()
 	p, err := sb.ExecWith(t.Context(), api.ExecRequest{Cmd: cmd, Timeout: 60})
 	if err != nil {
@@ -420,7 +427,7 @@ func sandboxRun(t *testing.T, sb *airlock.Sandbox, cmd ...string) string {
 
 // sandboxAddr is the sandbox's own address (the source of its route out; a UDP connect sends
 // nothing).
-func sandboxAddr(t *testing.T, sb *airlock.Sandbox) netip.Addr {
+func sandboxAddr(t testing.TB, sb *airlock.Sandbox) netip.Addr {
 	t.Helper()
 	out := sandboxRun(t, sb, "python3", "-c", fmt.Sprintf(
 		"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect(('%s', 9)); print(s.getsockname()[0])", pubAddr))
@@ -461,7 +468,7 @@ func TestNetworkSessionPipInstall(t *testing.T) {
 			http.NotFound(w, r)
 		}
 	}))
-	r, _ := newNetRuntime(t, n, "netpip")
+	r, _ := newNetRuntime(t, n.upstream, "netpip")
 	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r), PipIndexURL: "http://" + pipAddr.String() + "/simple/"})
 
 	t.Run("allowlisted index", func(t *testing.T) {
@@ -555,7 +562,7 @@ func TestNetworkNoLeaks(t *testing.T) {
 			t.Errorf("after the runtime closed left: %v", left)
 		}
 	})
-	r, state := newNetRuntime(t, n, "netleak")
+	r, state := newNetRuntime(t, n.upstream, "netleak")
 	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r)})
 	c := airlock.New(a.url, "")
 	ctx := t.Context()
@@ -703,7 +710,7 @@ print(json.dumps(out))
 // one-shot run and in a sandbox.
 func TestNetworkFirstConnectNotRateLimited(t *testing.T) {
 	n := newNetInternet(t)
-	r, _ := newNetRuntime(t, n, "netfirst")
+	r, _ := newNetRuntime(t, n.upstream, "netfirst")
 	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r)})
 	c := airlock.New(a.url, "")
 	ctx := t.Context()
@@ -758,4 +765,110 @@ func TestNetworkFirstConnectNotRateLimited(t *testing.T) {
 			t.Fatal("200 connections at once needed no retransmission: no new-connection rate limit")
 		}
 	})
+}
+
+// BenchmarkNetworkCreate: sandbox create, exec true, destroy, with an internet network against
+// a blocked one, paired in one loop (each iteration does both, the order alternating).
+func BenchmarkNetworkCreate(b *testing.B) {
+	r, _ := newNetRuntime(b, netip.AddrPortFrom(pubAddr, 53), "netbench")
+	e, err := engine.New(engine.Config{Runtime: native.EngineRuntime(r)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { e.Close(context.Background()) })
+	ctx := b.Context()
+	cycle := func(p netpolicy.Policy) time.Duration {
+		t0 := time.Now()
+		sb, err := e.CreateSandbox(ctx, engine.SandboxSpec{Network: p})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := sb.Exec(ctx, engine.ExecSpec{Cmd: []string{"true"}}, func(engine.Event) {}); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := e.TerminateSandbox(ctx, sb.ID()); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0)
+	}
+	internet, block := netpolicy.Policy{Mode: netpolicy.Internet}, netpolicy.Policy{Mode: netpolicy.Block}
+	var net, off []time.Duration
+	i := 0
+	for b.Loop() {
+		if i%2 == 0 {
+			net = append(net, cycle(internet))
+			off = append(off, cycle(block))
+		} else {
+			off = append(off, cycle(block))
+			net = append(net, cycle(internet))
+		}
+		i++
+	}
+	b.ReportMetric(ms(pct(net, 50)), "internet-p50-ms")
+	b.ReportMetric(ms(pct(net, 90)), "internet-p90-ms")
+	b.ReportMetric(ms(pct(off, 50)), "block-p50-ms")
+	b.ReportMetric(ms(pct(off, 90)), "block-p90-ms")
+	b.ReportMetric(float64(pct(net, 50))/float64(pct(off, 50)), "ratio-p50")
+}
+
+// downloadScript fetches URL_ to its end and prints the MB/s (10^6 bytes a second).
+const downloadScript = `
+import time, urllib.request
+t0 = time.monotonic()
+n = 0
+with urllib.request.urlopen('URL_', timeout=60) as r:
+    while True:
+        b = r.read(1 << 20)
+        if not b:
+            break
+        n += len(b)
+dt = time.monotonic() - t0
+assert n == SIZE_, n
+print(n / dt / 1e6)
+`
+
+// BenchmarkNetworkDownload: 200 MiB over HTTP from the public test host, inside an internet
+// sandbox (through its veth, the firewall and NAT) against the same python fetch from the
+// host's own namespace, paired in one loop.
+func BenchmarkNetworkDownload(b *testing.B) {
+	const size = 200 << 20
+	n := newNetInternet(b)
+	zeros := make([]byte, 1<<20)
+	n.net.Host(b, "bulk", netip.MustParseAddr("203.0.113.40")).ServeHTTP(b, 80, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		for range size / len(zeros) {
+			if _, err := w.Write(zeros); err != nil {
+				return
+			}
+		}
+	}))
+	r, _ := newNetRuntime(b, n.upstream, "netdl")
+	a := newAPIServer(b, engine.Config{Runtime: native.EngineRuntime(r)})
+	c := airlock.New(a.url, "")
+	sb, err := c.CreateSandbox(b.Context(), api.CreateSandboxRequest{Network: &api.Network{Mode: api.NetworkInternet}, Timeout: 600})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sb.Terminate(context.Background()) })
+	code := strings.NewReplacer("URL_", "http://203.0.113.40/", "SIZE_", strconv.Itoa(size)).Replace(downloadScript)
+	rate := func(out string) float64 {
+		v, err := strconv.ParseFloat(strings.TrimSpace(out), 64)
+		if err != nil {
+			b.Fatalf("download output %q: %v", out, err)
+		}
+		return v
+	}
+	var inSb, onHost []float64
+	for b.Loop() {
+		inSb = append(inSb, rate(sandboxRun(b, sb, "python3", "-c", code)))
+		out, err := exec.Command("python3", "-c", code).Output()
+		if err != nil {
+			b.Fatal(err)
+		}
+		onHost = append(onHost, rate(string(out)))
+	}
+	med := func(v []float64) float64 { s := slices.Clone(v); slices.Sort(s); return s[len(s)/2] }
+	b.ReportMetric(med(inSb), "sandbox-MB/s")
+	b.ReportMetric(med(onHost), "host-MB/s")
+	b.ReportMetric(med(inSb)/med(onHost), "ratio")
 }
