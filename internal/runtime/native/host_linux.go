@@ -1,11 +1,13 @@
 package native
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // hostEtc lists the parts of the host's /etc that a program may need and that hold no secret:
@@ -51,13 +53,30 @@ func hostImage(etcDir string, uid, gid int) (binds []bindSpec, links [][2]string
 	return binds, links, nil
 }
 
-// buildEtc writes the sandboxes' /etc into dir, replacing what was there.
+// buildEtc writes the sandboxes' /etc into dir, replacing what was there. It rewrites dir in
+// place, keeping the inodes of what is already there, rather than making it anew: sandboxes a
+// previous daemon left running, which this one adopts, have dir bound as their /etc (and their
+// own resolv.conf bound over dir's), and a new directory or file would leave them an empty
+// /etc (no passwd, no resolver) for the rest of their lives.
 func buildEtc(dir string, uid, gid int) error {
-	if err := os.RemoveAll(dir); err != nil {
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
+	// Entries an older daemon wrote that this one does not (say, a host file since removed) go.
+	keep := map[string]bool{"passwd": true, "group": true, "hosts": true, "hostname": true, "nsswitch.conf": true, "resolv.conf": true}
+	for _, e := range hostEtc {
+		keep[strings.SplitN(e, "/", 2)[0]] = true
+	}
+	old, err := os.ReadDir(dir)
+	if err != nil {
 		return err
+	}
+	for _, e := range old {
+		if !keep[e.Name()] {
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
 	}
 	for _, e := range hostEtc {
 		if err := copyTree(filepath.Join("/etc", e), filepath.Join(dir, e)); err != nil {
@@ -103,6 +122,10 @@ func copyTree(src, dst string) error {
 			if err != nil {
 				return nil
 			}
+			if cur, err := os.Readlink(out); err == nil && cur == t {
+				return nil // as it was (a rebuild over a previous daemon's /etc)
+			}
+			os.RemoveAll(out)
 			return os.Symlink(t, out)
 		case d.IsDir():
 			return os.MkdirAll(out, 0o755)

@@ -75,7 +75,8 @@ func (c *creation) network(ctx context.Context) error {
 		return err
 	}
 	c.undo.add(func() { os.Remove(file) })
-	c.sb.net, c.resolv = att, file
+	// The sandbox keeps the path too: its destroy removes the file (closeNetwork).
+	c.sb.net, c.sb.resolv, c.resolv = att, file, file
 	return nil
 }
 
