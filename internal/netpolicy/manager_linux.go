@@ -209,13 +209,7 @@ func (m *Manager) Close() error {
 	m.mu.Unlock()
 	// The forwarders are this process's: they stop with it (the next daemon starts its own).
 	for _, a := range atts {
-		a.mu.Lock()
-		dns := a.dns
-		a.dns = nil
-		a.mu.Unlock()
-		if dns != nil {
-			dns.Close()
-		}
+		a.stopDNS()
 	}
 	m.nftMu.Lock()
 	defer m.nftMu.Unlock()
@@ -287,6 +281,18 @@ func (a *Attachment) Addr() netip.Addr { return a.addr }
 
 // Link is the host-side veth.
 func (a *Attachment) Link() string { return a.link }
+
+// stopDNS stops the sandbox's DNS forwarder, if it runs. The forwarder is closed outside a.mu:
+// a query in flight may be admitting (Admit takes a.mu).
+func (a *Attachment) stopDNS() {
+	a.mu.Lock()
+	dns := a.dns
+	a.dns = nil
+	a.mu.Unlock()
+	if dns != nil {
+		dns.Close()
+	}
+}
 
 // Admit bounds for the timeout of a DNS-admitted address: long enough to connect after the
 // answer even for a TTL of 0, and not forever.
@@ -369,14 +375,7 @@ func (m *Manager) admit(s *nftables.Set, els []nftables.SetElement) error {
 // Close removes everything of this sandbox's network: the host veth (its peer goes with it,
 // and with them their addresses and routes) and the nftables objects. Idempotent.
 func (a *Attachment) Close() error {
-	a.mu.Lock()
-	dns := a.dns
-	a.dns = nil
-	a.mu.Unlock()
-	// Outside a.mu: a query in flight may be admitting (Admit takes a.mu).
-	if dns != nil {
-		dns.Close()
-	}
+	a.stopDNS()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {

@@ -76,23 +76,27 @@ func (c *creation) network(ctx context.Context) error {
 	}
 	c.undo.add(func() { os.Remove(file) })
 	// The sandbox keeps the path too: its destroy removes the file (closeNetwork).
-	c.sb.net, c.sb.resolv, c.resolv = att, file, file
+	c.sb.net, c.sb.resolv = att, file
 	return nil
 }
 
 // writeResolv writes the sandbox's resolv.conf and returns its path.
 func (r *Runtime) writeResolv(id string, att *netpolicy.Attachment) (string, error) {
-	dir := filepath.Join(r.cfg.StateDir, resolvDir)
-	if err := os.Mkdir(dir, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
+	file := r.resolvPath(id)
+	if err := os.Mkdir(filepath.Dir(file), 0o711); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", fmt.Errorf("resolv.conf directory: %w", err)
 	}
-	file := filepath.Join(dir, id+".conf")
 	// ndots:1 and no search domains: a sandbox resolves exactly the names it asks for.
 	content := fmt.Sprintf("nameserver %s\noptions ndots:1 timeout:2 attempts:2\n", att.Gateway())
 	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
 		return "", fmt.Errorf("resolv.conf: %w", err)
 	}
 	return file, nil
+}
+
+// resolvPath is where sandbox id's resolv.conf lives.
+func (r *Runtime) resolvPath(id string) string {
+	return filepath.Join(r.cfg.StateDir, resolvDir, id+".conf")
 }
 
 // closeNetwork removes a sandbox's network and its resolv.conf.
@@ -118,7 +122,7 @@ func (r *Runtime) adoptNetwork(ctx context.Context, sb *Sandbox, slot int, p net
 	if err != nil {
 		return err
 	}
-	sb.net, sb.resolv = att, filepath.Join(r.cfg.StateDir, resolvDir, sb.id+".conf")
+	sb.net, sb.resolv = att, r.resolvPath(sb.id)
 	return nil
 }
 

@@ -573,8 +573,7 @@ type creation struct {
 
 	lnFile, cfgR, cfgW, statusR, statusW, logf *os.File
 
-	sb     *Sandbox
-	resolv string // a networked sandbox's resolv.conf (network_linux.go)
+	sb *Sandbox
 
 	image imageCreation // the image steps' acquisitions (overlay_linux.go)
 }
@@ -774,9 +773,9 @@ func (c *creation) configure(context.Context) error {
 		UserCgroup: len(c.userFiles), CgroupV2: c.v2,
 	}
 	c.configureImage(&icfg)
-	if c.resolv != "" {
+	if c.sb.resolv != "" {
 		// After /etc (or the image's contract files): the sandbox's own resolver wins.
-		icfg.Binds = append(icfg.Binds, bindSpec{Source: c.resolv, Target: "/etc/resolv.conf", File: true})
+		icfg.Binds = append(icfg.Binds, bindSpec{Source: c.sb.resolv, Target: "/etc/resolv.conf", File: true})
 	}
 	if err := json.NewEncoder(c.cfgW).Encode(&icfg); err != nil {
 		return fmt.Errorf("send sandbox config: %w", err)
