@@ -269,6 +269,11 @@ func idmappedLayer(layer string, userns int, target string) error {
 	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY |
 		unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV, Userns_fd: uint64(userns)}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
+		if errors.Is(err, unix.EINVAL) {
+			// The usual cause: the state directory's file system cannot be idmapped (9p, NFS,
+			// or tmpfs before Linux 6.3); the operator must move it, not retry.
+			return fmt.Errorf("idmap (the state directory's file system must support idmapped mounts: ext4, xfs, btrfs, or tmpfs on Linux 6.3+): %w", err)
+		}
 		return fmt.Errorf("idmap: %w", err)
 	}
 	if err := unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
