@@ -14,6 +14,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agent/agentpb"
 	"github.com/airlockhq/airlock/internal/agentclient"
+	"github.com/airlockhq/airlock/internal/testutil"
 )
 
 // serveTunnels serves only the agent's tunnel route, as Serve does (HTTP/2 cleartext on a unix
@@ -50,23 +51,7 @@ func serveTunnels(t *testing.T, slots int) (*agentclient.Client, func()) {
 
 // listenTCP serves handle for each connection to a loopback port of its own.
 func listenTCP(t *testing.T, handle func(net.Conn)) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { defer c.Close(); handle(c) })
-		}
-	})
-	return ln.Addr().(*net.TCPAddr).Port
+	return testutil.ServeTCP(t, handle).Port
 }
 
 // TestTunnel: bytes go both ways as they are sent, a half-close reaches the program, the

@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/coder/websocket"
@@ -18,6 +17,7 @@ import (
 	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/testutil"
 )
 
 // portsRuntime makes sandboxes whose fake agent has listen's ports "listening" (see
@@ -62,22 +62,8 @@ func portBackends(t *testing.T) (httpAddr, tcpAddr string) {
 		json.NewEncoder(w).Encode(echoRequest{Method: r.Method, Path: r.URL.Path, RawQuery: r.URL.RawQuery, Host: r.Host, Header: r.Header})
 	}))
 	t.Cleanup(hs.Close)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { defer c.Close(); io.Copy(c, c) })
-		}
-	})
-	return hs.Listener.Addr().String(), ln.Addr().String()
+	echo := testutil.ServeTCP(t, func(c net.Conn) { io.Copy(c, c) })
+	return hs.Listener.Addr().String(), echo.String()
 }
 
 const portKeyA, portKeyB = "port-key-a-0123456789", "port-key-b-0123456789"

@@ -3,11 +3,13 @@
 package testutil
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -78,4 +80,27 @@ func HeapInUse() uint64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.HeapInuse
+}
+
+// ServeTCP serves handle for each connection to a loopback port of its own, which it returns;
+// the listener closes, and every handler is waited for, when the test ends. handle's
+// connection is closed after it returns.
+func ServeTCP(t testing.TB, handle func(net.Conn)) *net.TCPAddr {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { defer c.Close(); handle(c) })
+		}
+	})
+	return ln.Addr().(*net.TCPAddr)
 }
