@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"strconv"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -36,7 +34,7 @@ func Main(ctx context.Context, args []string) int {
 		fmt.Fprintln(os.Stderr, "airlock: mark inherited descriptors close-on-exec:", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	ctx, stop := notifySignals(ctx)
 	defer stop()
 	root := newRoot()
 	root.SetArgs(args)

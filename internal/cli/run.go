@@ -159,7 +159,8 @@ func isFile(name string) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
-// interruptible returns a context that ends on SIGINT, and a function telling whether it did.
+// interruptible returns a context that ends on SIGINT, and a function telling whether it did
+// (this handler or the command line's own, which may see the signal first).
 func interruptible(parent context.Context) (context.Context, func() bool) {
 	ctx, cancel := context.WithCancel(parent)
 	var hit atomic.Bool
@@ -174,7 +175,7 @@ func interruptible(parent context.Context) (context.Context, func() bool) {
 		}
 		stopNotify(c)
 	}()
-	return ctx, hit.Load
+	return ctx, func() bool { return hit.Load() || interruptedBy(parent) }
 }
 
 // saveFiles writes a run's output files under dir, keeping their relative paths (an absolute
