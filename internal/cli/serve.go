@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/net/netutil"
 
+	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/runtime/native"
@@ -95,6 +96,52 @@ func perKeySandboxes(maxSandboxes int) int {
 	return lo
 }
 
+// shutdownOptions are what serve does on SIGTERM or SIGINT.
+type shutdownOptions struct {
+	grace time.Duration // calls in flight may finish within it; 30 s
+	drain bool          // destroy long-lived sandboxes and sessions instead of keeping them
+}
+
+// shutdown stops the daemon: health checks say draining, the listener closes and idle
+// connections with it, the calls in flight get sd.grace to finish (then their contexts end
+// with a clear 503 cause, and a few seconds more to write that answer), and the engine
+// destroys the one-shot (and pooled) sandboxes — and, with sd.drain, every other — leaving the
+// rest for the next daemon. It returns how many sandboxes it left running.
+func shutdown(ctx context.Context, logger *slog.Logger, sd shutdownOptions, srv *server.Server, hs *http.Server,
+	cancelCalls context.CancelCauseFunc, e *engine.Engine) (kept int) {
+	ctx = context.WithoutCancel(ctx)
+	logger.InfoContext(ctx, "shutting down", "grace", sd.grace, "drain", sd.drain)
+	srv.Drain()
+	gctx, cancel := context.WithTimeout(ctx, sd.grace)
+	err := hs.Shutdown(gctx)
+	cancel()
+	if err != nil {
+		logger.WarnContext(ctx, "calls still in flight past the shutdown grace period: ending them", "grace", sd.grace)
+		cancelCalls(api.Errorf(api.ErrUnavailable, "the daemon is shutting down and this call did not finish within its %v grace period (--shutdown-grace)", sd.grace))
+		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if hs.Shutdown(fctx) != nil {
+			hs.Close() // answers that cannot be written in time are cut
+		}
+		cancel()
+	}
+	mode := engine.KeepSandboxes
+	if sd.drain {
+		mode = engine.DrainSandboxes
+	}
+	ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	// A warm pool's sandboxes are destroyed here too, whatever the mode: they hold no caller's
+	// state (engine.Shutdown destroys every unregistered instance).
+	kept, err = e.Shutdown(ectx, mode)
+	if err != nil {
+		logger.WarnContext(ctx, "shutting the engine down", "err", err)
+	}
+	if kept > 0 {
+		logger.InfoContext(ctx, "left sandboxes and sessions running for the next daemon", "sandboxes", kept)
+	}
+	return kept
+}
+
 func serveCmd() *cobra.Command {
 	var (
 		addr    = "127.0.0.1:8080"
@@ -104,6 +151,7 @@ func serveCmd() *cobra.Command {
 		sc      = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
 		co      = connOptions{idleTimeout: time.Minute}
 		ic      image.Config
+		sd      = shutdownOptions{grace: 30 * time.Second}
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -135,12 +183,13 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			// Last, after e.Close below has ended every sandbox: the cgroup parent goes too, in
-			// every hierarchy, and the state directory and cgroup-root claims are released. (On a
-			// failed start, sandboxes adopted from a previous daemon are left running for the
-			// next one, and the parent stays with them: EBUSY.)
+			// Last, after e.Shutdown below: the cgroup parent goes too, in every hierarchy, and
+			// the state directory and cgroup-root claims are released. Sandboxes left running for
+			// the next daemon (the default on SIGTERM, and on a failed start those adopted from a
+			// previous daemon) keep the parent: EBUSY, expected then.
+			kept := 0
 			defer func() {
-				if err := rts.Close(); err != nil {
+				if err := rts.Close(); err != nil && !(kept > 0 && errors.Is(err, syscall.EBUSY)) {
 					logger.WarnContext(ctx, "closing the runtimes", "err", err)
 				}
 			}()
@@ -184,6 +233,11 @@ func serveCmd() *cobra.Command {
 				"runtimes", sc.Runtimes, "max_connections", co.maxConns, "idle_timeout", co.idleTimeout,
 				"max_concurrent", lim.MaxConcurrent, "max_concurrent_per_key", lim.MaxConcurrentPerKey,
 				"max_sandboxes", lim.MaxSandboxes, "max_sandboxes_per_key", lim.MaxSandboxesPerKey)
+			// Calls run on a context serve ends, with a clear cause, once the shutdown's grace
+			// period has passed (see shutdown).
+			reqCtx, cancelCalls := context.WithCancelCause(context.WithoutCancel(ctx))
+			defer cancelCalls(nil)
+			hs.BaseContext = func(net.Listener) context.Context { return reqCtx }
 			errc := make(chan error, 1)
 			go func() { errc <- hs.Serve(ln) }()
 			rctx, stopReaper := context.WithCancel(ctx)
@@ -194,10 +248,8 @@ func serveCmd() *cobra.Command {
 			case err = <-errc:
 			case <-ctx.Done():
 			}
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-			defer cancel()
-			hs.Shutdown(sctx)
-			e.Close(sctx)
+			kept = shutdown(ctx, logger, sd, srv, hs, cancelCalls, e)
+			stopReaper()
 			if errors.Is(err, http.ErrServerClosed) {
 				err = nil
 			}
@@ -216,6 +268,8 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, (*byteSize)(&ic.MaxBytes), "image-budget", "AIRLOCK_IMAGE_BUDGET", "disk for the image store's blobs and layers together; past it a pull, import or snapshot prunes unused images, then fails with 413 (default no limit)")
 	flagEnv(f, &ec.PublicPorts, "public-ports", "AIRLOCK_PUBLIC_PORTS", "let sandboxes expose unauthenticated_ports, reachable through the daemon without a key or token")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
+	flagEnv(f, &sd.grace, "shutdown-grace", "AIRLOCK_SHUTDOWN_GRACE", "on SIGTERM or SIGINT, how long calls in flight (runs, cells, execs) may take to finish; past it they end with 503")
+	flagEnv(f, &sd.drain, "drain-on-stop", "AIRLOCK_DRAIN_ON_STOP", "on SIGTERM or SIGINT, destroy long-lived sandboxes and sessions instead of leaving them running for the next daemon to adopt")
 	return cmd
 }
 

@@ -36,12 +36,13 @@ func freeAddr(t *testing.T) string {
 }
 
 // startDaemon starts the daemon and waits until it serves; opts adjust the command first (extra
-// inherited files, environment).
+// inherited files, environment). It drains on stop (--drain-on-stop), so that a test's stop
+// leaves nothing behind; restart_test.go's keepOnStop undoes that.
 func startDaemon(t *testing.T, state, cgroupRoot, addr string, opts ...func(*exec.Cmd)) *daemon {
 	t.Helper()
 	exe, _ := os.Executable()
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_DAEMON=serve --addr "+addr+" --state-dir "+state,
+	cmd.Env = append(os.Environ(), "AIRLOCK_E2E_DAEMON=serve --drain-on-stop --addr "+addr+" --state-dir "+state,
 		"AIRLOCK_CGROUP_ROOT="+cgroupRoot)
 	for _, o := range opts {
 		o(cmd)

@@ -313,30 +313,11 @@ func (e *Engine) Limits() api.Limits {
 }
 
 // Close refuses new sandboxes, waits for the creations in flight, and destroys every live
-// sandbox; it returns once the one-shot teardowns are done too.
+// sandbox; it returns once the one-shot teardowns are done too. It is Shutdown with
+// DrainSandboxes.
 func (e *Engine) Close(ctx context.Context) error {
-	e.mu.Lock()
-	e.closed = true
-	e.mu.Unlock()
-	e.creating.Wait()
-	e.mu.Lock()
-	sbs := slices.Collect(maps.Values(e.sandboxes))
-	e.mu.Unlock()
-	var swg sync.WaitGroup
-	for _, sb := range sbs {
-		swg.Go(func() { e.end(ctx, sb, "shutdown") })
-	}
-	swg.Wait()
-	e.mu.Lock()
-	live := maps.Clone(e.live)
-	e.mu.Unlock()
-	var wg sync.WaitGroup
-	for id, inst := range live {
-		wg.Go(func() { e.destroy(ctx, id, inst) })
-	}
-	wg.Wait()
-	e.teardown.Wait()
-	return nil
+	_, err := e.Shutdown(ctx, DrainSandboxes)
+	return err
 }
 
 // Live is the number of sandboxes currently alive.
@@ -351,3 +332,56 @@ func (e *Engine) MaxSandboxes() int { return e.cfg.MaxSandboxes }
 
 // MaxSandboxesPerOwner is the bound on one API key's live long-lived sandboxes.
 func (e *Engine) MaxSandboxesPerOwner() int { return e.cfg.MaxSandboxesPerOwner }
+
+// ShutdownMode says what Shutdown does with the long-lived sandboxes and sessions.
+type ShutdownMode int
+
+const (
+	// KeepSandboxes leaves long-lived sandboxes and sessions running, with their records
+	// brought up to date, for the next daemon on the state directory to adopt (Recover), as
+	// a daemon killed outright would. The default of `airlock serve` on SIGTERM.
+	KeepSandboxes ShutdownMode = iota
+	// DrainSandboxes destroys them (`airlock serve --drain-on-stop`, and Close).
+	DrainSandboxes
+)
+
+// Shutdown refuses new sandboxes, waits for the creations in flight, then destroys every
+// sandbox that is not long-lived — one-shot runs' sandboxes, whose callers have had their
+// answer or their error by now, and any other instance the engine holds unregistered (a warm
+// pool's, once there is one: they are made for a request and hold nothing of a caller's) —
+// and, with DrainSandboxes, the long-lived ones too. It returns how many long-lived sandboxes
+// it left running, once the one-shot teardowns are done. The caller stops serving first: a
+// call still running in a kept sandbox is cut when the process exits.
+func (e *Engine) Shutdown(ctx context.Context, mode ShutdownMode) (kept int, err error) {
+	e.mu.Lock()
+	e.closed = true
+	e.mu.Unlock()
+	e.creating.Wait()
+	e.mu.Lock()
+	sbs := slices.Collect(maps.Values(e.sandboxes))
+	e.mu.Unlock()
+	var swg sync.WaitGroup
+	for _, sb := range sbs {
+		if mode == KeepSandboxes {
+			// The idle clock carries over: the next daemon counts from the last call.
+			swg.Go(func() { e.keep(ctx, sb) })
+		} else {
+			swg.Go(func() { e.end(ctx, sb, "shutdown") })
+		}
+	}
+	swg.Wait()
+	e.mu.Lock()
+	live := maps.Clone(e.live)
+	for id := range e.sandboxes {
+		delete(live, id) // kept: every one of them is still registered in KeepSandboxes mode
+	}
+	kept = len(e.sandboxes)
+	e.mu.Unlock()
+	var wg sync.WaitGroup
+	for id, inst := range live {
+		wg.Go(func() { e.destroy(ctx, id, inst) })
+	}
+	wg.Wait()
+	e.teardown.Wait()
+	return kept, nil
+}

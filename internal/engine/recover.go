@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -30,13 +31,17 @@ const recordVersion = 1
 // knows what it is: its kind, its owner and its normalized spec, in the engine's own terms.
 // It is versioned (V); decodeRecord also reads the format before versions (legacyRecord).
 type record struct {
-	V       int          `json:"v"`
-	Kind    Kind         `json:"kind"`
-	Owner   string       `json:"owner,omitempty"`
-	Seed    string       `json:"seed,omitempty"` // the seed name of a KindSeedSession
-	Created time.Time    `json:"created"`
-	Expires time.Time    `json:"expires,omitzero"` // long-lived kinds only
-	Spec    *SandboxSpec `json:"spec,omitempty"`   // long-lived kinds only
+	V       int       `json:"v"`
+	Kind    Kind      `json:"kind"`
+	Owner   string    `json:"owner,omitempty"`
+	Seed    string    `json:"seed,omitempty"` // the seed name of a KindSeedSession
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires,omitzero"` // long-lived kinds only
+	// LastActive is the sandbox's last call as a daemon that stopped gracefully saw it, so
+	// that its successor keeps the idle deadline; zero otherwise (a crashed daemon's successor
+	// counts idleness from adoption). The successor clears it once it has read it.
+	LastActive time.Time    `json:"last_active,omitzero"`
+	Spec       *SandboxSpec `json:"spec,omitempty"` // long-lived kinds only
 }
 
 // legacyRecord is the pre-version format: a long-lived sandbox's API request, its session
@@ -176,9 +181,24 @@ func (e *Engine) adopt(ctx context.Context, r Recovered) bool {
 			e.mu.Unlock()
 		}
 	}
-	e.register(&Sandbox{e: e, id: r.ID, kind: rec.Kind, seed: rec.Seed, inst: r.Inst, client: r.Inst.Agent(),
-		created: rec.Created, expires: rec.Expires, spec: *rec.Spec, release: release, lastActive: time.Now(),
-		owner: rec.Owner})
+	lastActive := time.Now()
+	if !rec.LastActive.IsZero() && rec.LastActive.Before(lastActive) {
+		lastActive = rec.LastActive
+	}
+	sb := &Sandbox{e: e, id: r.ID, kind: rec.Kind, seed: rec.Seed, inst: r.Inst, client: r.Inst.Agent(),
+		created: rec.Created, expires: rec.Expires, spec: *rec.Spec, release: release, lastActive: lastActive,
+		owner: rec.Owner}
+	if !rec.LastActive.IsZero() {
+		// Read once: should this daemon crash, its successor must not take that old moment
+		// for the last call and find the sandbox idle at once.
+		sb.mu.Lock()
+		err := sb.persistLocked(time.Time{})
+		sb.mu.Unlock()
+		if err != nil {
+			log.WarnContext(ctx, "clearing a recovered sandbox's last activity from its record", "err", err)
+		}
+	}
+	e.register(sb)
 	if rec.Kind == KindSeedSession && rec.Seed != "" {
 		// The seed routes find it by its name again (per owner, as SeedSession keys it).
 		ent := &seedEntry{ready: make(chan struct{}), id: r.ID}
@@ -189,4 +209,36 @@ func (e *Engine) adopt(ctx context.Context, r Recovered) bool {
 	}
 	log.InfoContext(ctx, "adopted a recovered sandbox", "kind", rec.Kind, "expires", rec.Expires)
 	return true
+}
+
+// persistLocked writes sb's record as it stands now, with lastActive (zero for none), through
+// its runtime (native keeps it in the sandbox's state file; a runtime without SetMeta keeps
+// the record of creation). sb.mu must be held, so that racing writers persist in the order
+// their changes took effect.
+func (sb *Sandbox) persistLocked(lastActive time.Time) error {
+	meta, err := json.Marshal(record{V: recordVersion, Kind: sb.kind, Owner: sb.owner, Seed: sb.seed,
+		Created: sb.created, Expires: sb.expires, LastActive: lastActive, Spec: &sb.spec})
+	if err != nil {
+		return fmt.Errorf("encode sandbox record: %w", err)
+	}
+	if ms, ok := sb.inst.(metaSetter); ok {
+		return noSpace(ms.SetMeta(meta))
+	}
+	return nil
+}
+
+// keep leaves sb running for the next daemon (Shutdown with KeepSandboxes), its record
+// carrying the moment of its last call so that the idle deadline carries over.
+func (e *Engine) keep(ctx context.Context, sb *Sandbox) {
+	sb.mu.Lock()
+	last := sb.lastActive
+	if sb.active > 0 {
+		last = time.Now() // a call in flight is cut by the exit: active until now
+	}
+	err := sb.persistLocked(last)
+	sb.mu.Unlock()
+	if err != nil {
+		e.cfg.Logger.WarnContext(ctx, "persisting a kept sandbox's last activity; the next daemon counts its idleness from adoption",
+			"sandbox", sb.id, "err", err)
+	}
 }

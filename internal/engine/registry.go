@@ -3,9 +3,11 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
@@ -13,6 +15,20 @@ import (
 
 // errClosed refuses creations once Close has begun.
 var errClosed = api.Errorf(api.ErrUnavailable, "the daemon is shutting down")
+
+// errNoSpace is what a creation or a record update answers when the file system of the
+// daemon's state directory is full (or the daemon's quota there spent): a 503 the caller may
+// retry once the operator has freed space, never an opaque 500.
+var errNoSpace = api.Errorf(api.ErrUnavailable, "no space left on the daemon's state directory: free disk space there, then retry")
+
+// noSpace turns a runtime error caused by a full state directory (ENOSPC, EDQUOT) into
+// errNoSpace, keeping the original for the log; other errors pass unchanged.
+func noSpace(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", errNoSpace, err)
+	}
+	return err
+}
 
 // create is the one funnel through which every sandbox is made, one-shot or long-lived: it
 // picks the id, persists rec (completed with the kind and the creation time) with the
@@ -59,7 +75,7 @@ func (e *Engine) create(ctx context.Context, kind Kind, spec Spec, rec record, l
 		if kind == KindOneShot {
 			e.teardown.Done()
 		}
-		return "", nil, err
+		return "", nil, noSpace(err)
 	}
 	created = true
 	e.mu.Lock()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -228,14 +227,7 @@ func (sb *Sandbox) SetTimeout(ctx context.Context, d time.Duration) (Info, error
 	}
 	expires := time.Now().Add(d)
 	sb.expires = expires
-	// Encoded under mu so that two racing calls persist in the order they took effect.
-	meta, err := json.Marshal(record{V: recordVersion, Kind: sb.kind, Owner: sb.owner, Seed: sb.seed,
-		Created: sb.created, Expires: expires, Spec: &sb.spec})
-	if err == nil {
-		if ms, ok := sb.inst.(metaSetter); ok {
-			err = ms.SetMeta(meta)
-		}
-	}
+	err := sb.persistLocked(time.Time{})
 	sb.mu.Unlock()
 	if err != nil {
 		// The new expiry holds until a restart; the old one would come back then.

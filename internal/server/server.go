@@ -17,6 +17,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
@@ -77,7 +78,13 @@ type Server struct {
 
 	inflightMu sync.Mutex     // guards inflight
 	inflight   map[string]int // requests in flight per owner
+
+	draining atomic.Bool // Drain was called: /healthz answers 503 "draining"
 }
+
+// Drain marks the daemon as shutting down: from now on /healthz answers 503 with status
+// "draining", so that a load balancer stops sending work while the calls in flight finish.
+func (s *Server) Drain() { s.draining.Store(true) }
 
 // errTooManyRequests is the answer past Config.MaxRequestsPerKey.
 var errTooManyRequests = api.Errorf(api.ErrResourceExhausted, "too many requests in flight for this API key")
@@ -262,6 +269,7 @@ func statusOf(code string) int {
 
 // writeError writes err as {"error":{code,message}}. A 5xx never carries internal detail.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	err = shutdownCause(r.Context(), err)
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		return // the client went away; nobody to answer
 	}
@@ -328,9 +336,27 @@ func decodeError(err error, limit int64) error {
 	}
 }
 
+// shutdownCause is the error to answer for err, returned by a call whose request context was
+// ended: when the daemon ended it (serve cancels the calls still running past the shutdown's
+// grace period, with an API error as the cause), that cause, rather than whatever the call
+// made of the cancellation; otherwise err.
+func shutdownCause(ctx context.Context, err error) error {
+	var ae *api.Error
+	if cause := context.Cause(ctx); err != nil && cause != nil && errors.As(cause, &ae) {
+		return cause
+	}
+	return err
+}
+
 // handleHealth answers without authentication, so it says nothing of the tenants' sandboxes
-// (their count is in /metrics, behind a key).
+// (their count is in /metrics, behind a key). While the daemon shuts down (Drain) it answers
+// 503 "draining".
 func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) error {
+	if s.draining.Load() {
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "draining"})
+		return nil
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	return nil
 }
@@ -383,7 +409,7 @@ func (s *Server) streamExecute(ctx context.Context, w http.ResponseWriter, o eng
 		if !es.started() {
 			return err // nothing sent yet: a normal error response
 		}
-		d := api.PublicDetail(err)
+		d := api.PublicDetail(shutdownCause(ctx, err))
 		send(api.ExecEvent{Type: api.EventError, Error: &d})
 		return nil
 	}
