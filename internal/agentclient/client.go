@@ -115,7 +115,9 @@ func Millis(d time.Duration) uint32 {
 // engine can tell them apart.
 func apiError(err error) error {
 	var ce *connect.Error
-	if !errors.As(err, &ce) {
+	if !errors.As(err, &ce) || !connect.IsWireError(ce) {
+		// Not the agent's answer: connect reports a connection that broke mid-answer (an agent
+		// SIGKILLed) as its own CodeUnavailable, which would read as the agent's bound (429).
 		return err
 	}
 	msg := ce.Message()
