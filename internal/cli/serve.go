@@ -114,12 +114,15 @@ func shutdown(ctx context.Context, logger *slog.Logger, sd shutdownOptions, srv 
 	srv.Drain()
 	gctx, cancel := context.WithTimeout(ctx, sd.grace)
 	err := hs.Shutdown(gctx)
+	if err == nil {
+		err = srv.Wait(gctx) // WebSocket execs, which Shutdown does not wait for
+	}
 	cancel()
 	if err != nil {
 		logger.WarnContext(ctx, "calls still in flight past the shutdown grace period: ending them", "grace", sd.grace)
 		cancelCalls(api.Errorf(api.ErrUnavailable, "the daemon is shutting down and this call did not finish within its %v grace period (--shutdown-grace)", sd.grace))
 		fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if hs.Shutdown(fctx) != nil {
+		if hs.Shutdown(fctx) != nil || srv.Wait(fctx) != nil {
 			hs.Close() // answers that cannot be written in time are cut
 		}
 		cancel()

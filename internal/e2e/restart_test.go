@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/testutil"
@@ -204,11 +207,22 @@ func TestRestartKeepsSandboxesAndSessions(t *testing.T) {
 		r.status = a.call("POST", "/v1/execute", `{"code":"import time; time.sleep(2); print('finished')","timeout":60}`, &r.res)
 		ran <- r
 	}()
-	waitFor(t, "the one-shot run's sandbox", func() bool { return sandboxDirs(state) == 5 })
+	// And a WebSocket exec, which outlasts the run: http.Server.Shutdown does not wait for its
+	// hijacked connection, serve does.
+	wsOut := make(chan string, 1)
+	go func() { wsOut <- wsExec(t.Context(), d.url, keyA, sb, `{"cmd":["sh","-c","sleep 3; echo ws-finished"]}`) }()
+	waitFor(t, "the one-shot run's sandbox and the WebSocket exec", func() bool {
+		var ps api.ProcessList
+		a.call("GET", "/v1/sandboxes/"+sb+"/processes", "", &ps)
+		return sandboxDirs(state) == 5 && len(ps.Processes) == 1
+	})
 	exited := d.terminate()
 	r := <-ran
 	if r.status != 200 || r.res.Stdout != "finished\n" || !r.res.Success {
 		t.Errorf("one-shot run in flight at SIGTERM: %d %+v, want 200 with stdout \"finished\\n\"", r.status, r.res)
+	}
+	if got := <-wsOut; got != "ws-finished\n exit 0" {
+		t.Errorf("WebSocket exec in flight at SIGTERM: %q, want its output and exit 0", got)
 	}
 	d.waitExit(exited)
 	if n := len(testutil.ProcsInCgroup(cg)); n == 0 {
@@ -324,4 +338,37 @@ func TestShutdownGraceEndsCallsClearly(t *testing.T) {
 		t.Errorf("daemon took %v to exit with a 1 s grace period", took)
 	}
 	waitNoProcsIn(t, cg) // --drain-on-stop (startDaemon's default)
+}
+
+// wsExec runs one exec over the WebSocket route and returns its stdout, a space, and how it
+// ended ("exit N", or the error event's code, or the read error).
+func wsExec(ctx context.Context, base, key, id, req string) string {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, strings.Replace(base, "http", "ws", 1)+"/v1/sandboxes/"+id+"/exec/ws",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + key}}})
+	if err != nil {
+		return "dial: " + err.Error()
+	}
+	defer c.CloseNow()
+	c.Write(ctx, websocket.MessageText, []byte(req))
+	var out strings.Builder
+	for {
+		typ, data, err := c.Read(ctx)
+		if err != nil {
+			return out.String() + " read: " + err.Error()
+		}
+		if typ == websocket.MessageBinary && len(data) > 0 && data[0] == api.WSStdout {
+			out.Write(data[1:])
+			continue
+		}
+		var ev api.ExecEvent
+		json.Unmarshal(data, &ev)
+		switch {
+		case ev.Type == api.EventExit && ev.ExitCode != nil:
+			return fmt.Sprintf("%s exit %d", out.String(), *ev.ExitCode)
+		case ev.Type == api.EventError && ev.Error != nil:
+			return out.String() + " error " + ev.Error.Code
+		}
+	}
 }

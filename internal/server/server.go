@@ -79,7 +79,23 @@ type Server struct {
 	inflightMu sync.Mutex     // guards inflight
 	inflight   map[string]int // requests in flight per owner
 
-	draining atomic.Bool // Drain was called: /healthz answers 503 "draining"
+	draining atomic.Bool  // Drain was called: /healthz answers 503 "draining"
+	calls    atomic.Int64 // handlers running, WebSocket execs included (see Wait)
+}
+
+// Wait returns once no call is running, or with ctx's error when ctx ends first. It covers
+// what http.Server.Shutdown does not wait for: WebSocket execs, whose connections are hijacked.
+func (s *Server) Wait(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for s.calls.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // Drain marks the daemon as shutting down: from now on /healthz answers 503 with status
@@ -185,10 +201,19 @@ var errMethod = &api.Error{Code: "method_not_allowed", Message: "method not allo
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (s *Server) handle(pattern string, auth bool, h handlerFunc) {
-	s.mux.Handle(pattern, s.metrics.instrument(pattern, s.deadlines(pattern, s.adapt(auth, h))))
+	s.mux.Handle(pattern, s.counted(s.metrics.instrument(pattern, s.deadlines(pattern, s.adapt(auth, h)))))
 	_, p, _ := strings.Cut(pattern, " ")
 	s.paths[p] = true
 	s.patterns = append(s.patterns, pattern)
+}
+
+// counted counts h's calls in flight, for Wait.
+func (s *Server) counted(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.calls.Add(1)
+		defer s.calls.Add(-1)
+		h.ServeHTTP(w, r)
+	})
 }
 
 // adapt turns an error-returning handler into an http.Handler: authentication first, then
