@@ -210,7 +210,9 @@ func TestRestartKeepsSandboxesAndSessions(t *testing.T) {
 	// And a WebSocket exec, which outlasts the run: http.Server.Shutdown does not wait for its
 	// hijacked connection, serve does.
 	wsOut := make(chan string, 1)
-	go func() { wsOut <- wsExec(t.Context(), d.url, keyA, sb, `{"cmd":["sh","-c","sleep 3; echo ws-finished"]}`) }()
+	go func() {
+		wsOut <- wsExec(t.Context(), d.url, keyA, sb, `{"cmd":["sh","-c","sleep 3; echo ws-finished"]}`)
+	}()
 	waitFor(t, "the one-shot run's sandbox and the WebSocket exec", func() bool {
 		var ps api.ProcessList
 		a.call("GET", "/v1/sandboxes/"+sb+"/processes", "", &ps)
