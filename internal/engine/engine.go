@@ -370,6 +370,8 @@ func (e *Engine) Shutdown(ctx context.Context, mode ShutdownMode) (kept int, err
 		}
 	}
 	swg.Wait()
+	// The warm pool's hook: a pool that holds instances outside e.live hands them back (or
+	// destroys them) here, before the sweep below; those in e.live the sweep destroys.
 	e.mu.Lock()
 	live := maps.Clone(e.live)
 	for id := range e.sandboxes {
