@@ -165,6 +165,9 @@ func serveCmd() *cobra.Command {
 			if err := checkConns(&co, sc); err != nil {
 				return err
 			}
+			if sd.grace < 0 {
+				return errors.New("--shutdown-grace must not be negative")
+			}
 			if ec.MaxSandboxesPerOwner == 0 {
 				ec.MaxSandboxesPerOwner = perKeySandboxes(ec.MaxSandboxes)
 			}
