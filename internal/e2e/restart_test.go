@@ -274,8 +274,9 @@ func TestRestartKeepsSandboxesAndSessions(t *testing.T) {
 }
 
 // TestShutdownGraceEndsCallsClearly: calls still running when the grace period ends get a 503
-// naming it — a one-shot run, an exec (plain and streamed) and a session cell — instead of a cut
-// connection or a 410 from the sandbox's teardown, and the daemon exits soon after.
+// naming it — a one-shot run, an exec (plain, streamed and WebSocket) and a session cell —
+// instead of a cut connection or a 410 from the sandbox's teardown, and the daemon exits soon
+// after.
 func TestShutdownGraceEndsCallsClearly(t *testing.T) {
 	state, cg := restartDaemon(t, "grace")
 	d := startDaemon(t, state, cg, freeAddr(t), withArgs("--shutdown-grace 1s"))
@@ -312,11 +313,14 @@ func TestShutdownGraceEndsCallsClearly(t *testing.T) {
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() && !strings.Contains(sc.Text(), "started") {
 	}
+	// And a WebSocket exec: its end is an error event too.
+	wsOut := make(chan string, 1)
+	go func() { wsOut <- wsExec(t.Context(), d.url, "", sb, `{"cmd":["sleep","121"]}`) }()
 	waitFor(t, "the calls to be running", func() bool {
 		var ps api.ProcessList
 		c.call("GET", "/v1/sandboxes/"+sb+"/processes", "", &ps)
 		st, _ := c.raw("GET", "/v1/sandboxes/"+sess+"/files/stat?path=/workspace/started", "")
-		return sandboxDirs(state) == 3 && len(ps.Processes) == 2 && st == 200
+		return sandboxDirs(state) == 3 && len(ps.Processes) == 3 && st == 200
 	})
 	start := time.Now()
 	exited := d.terminate()
@@ -335,6 +339,9 @@ func TestShutdownGraceEndsCallsClearly(t *testing.T) {
 	if !strings.Contains(last, `"type":"error"`) || !strings.Contains(last, "grace period") {
 		t.Errorf("streamed exec running past the grace period ended with %q, want an error event naming the grace period", last)
 	}
+	if got := <-wsOut; !strings.HasPrefix(got, " error unavailable: ") || !strings.Contains(got, "grace period") {
+		t.Errorf("WebSocket exec running past the grace period ended with %q, want an error event naming the grace period", got)
+	}
 	d.waitExit(exited)
 	if took := time.Since(start); took > 20*time.Second {
 		t.Errorf("daemon took %v to exit with a 1 s grace period", took)
@@ -343,7 +350,7 @@ func TestShutdownGraceEndsCallsClearly(t *testing.T) {
 }
 
 // wsExec runs one exec over the WebSocket route and returns its stdout, a space, and how it
-// ended ("exit N", or the error event's code, or the read error).
+// ended ("exit N", "error CODE: MESSAGE" of an error event, or the read error).
 func wsExec(ctx context.Context, base, key, id, req string) string {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -370,7 +377,7 @@ func wsExec(ctx context.Context, base, key, id, req string) string {
 		case ev.Type == api.EventExit && ev.ExitCode != nil:
 			return fmt.Sprintf("%s exit %d", out.String(), *ev.ExitCode)
 		case ev.Type == api.EventError && ev.Error != nil:
-			return out.String() + " error " + ev.Error.Code
+			return out.String() + " error " + ev.Error.Code + ": " + ev.Error.Message
 		}
 	}
 }

@@ -28,7 +28,10 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 	}
 	defer c.CloseNow()
 	c.SetReadLimit(1 << 20)
-	ctx, cancel := context.WithCancel(r.Context())
+	// The connection's context is not the request's: when serve ends the request's past the
+	// shutdown's grace period, the exec (run on the request's) stops, and the connection still
+	// carries the error event that says why.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
 	defer cancel()
 
 	_, first, err := c.Read(ctx)
@@ -49,7 +52,7 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 
 	x := execSpec(req)
 	x.KeepStdin = true // the WebSocket is the stdin stream
-	end, err := sb.Exec(ctx, x, func(ev engine.Event) {
+	end, err := sb.Exec(r.Context(), x, func(ev engine.Event) {
 		writeMu.Lock()
 		defer writeMu.Unlock()
 		switch {
@@ -65,7 +68,7 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 	close(ended)
 	writeMu.Lock()
 	if err != nil {
-		d := api.PublicDetail(err)
+		d := api.PublicDetail(shutdownCause(r.Context(), err))
 		wsSend(ctx, c, api.ExecEvent{Type: api.EventError, Error: &d})
 	} else {
 		code := end.ExitCode
