@@ -350,8 +350,9 @@ const (
 // answer or their error by now, and any other instance the engine holds unregistered (a warm
 // pool's, once there is one: they are made for a request and hold nothing of a caller's) —
 // and, with DrainSandboxes, the long-lived ones too. It returns how many long-lived sandboxes
-// it left running, once the one-shot teardowns are done. The caller stops serving first: a
-// call still running in a kept sandbox is cut when the process exits.
+// it left running, once the one-shot teardowns are done; the engine no longer knows them (a
+// later Close leaves them be). The caller stops serving first: a call still running in a kept
+// sandbox is cut when the process exits.
 func (e *Engine) Shutdown(ctx context.Context, mode ShutdownMode) (kept int, err error) {
 	e.mu.Lock()
 	e.closed = true
@@ -373,11 +374,16 @@ func (e *Engine) Shutdown(ctx context.Context, mode ShutdownMode) (kept int, err
 	// The warm pool's hook: a pool that holds instances outside e.live hands them back (or
 	// destroys them) here, before the sweep below; those in e.live the sweep destroys.
 	e.mu.Lock()
-	live := maps.Clone(e.live)
-	for id := range e.sandboxes {
-		delete(live, id) // kept: every one of them is still registered in KeepSandboxes mode
-	}
+	// What is still registered is kept (DrainSandboxes ended all): handed over to the next
+	// daemon, the engine forgets it, so that a later Close destroys none of it. Its image
+	// lease is dropped unreleased: the store must not collect layers it still stands on.
 	kept = len(e.sandboxes)
+	for id := range e.sandboxes {
+		delete(e.live, id)
+		delete(e.leases, id)
+	}
+	clear(e.sandboxes)
+	live := maps.Clone(e.live)
 	e.mu.Unlock()
 	var wg sync.WaitGroup
 	for id, inst := range live {

@@ -91,6 +91,9 @@ func TestShutdownKeepsOrDrains(t *testing.T) {
 	if _, err := e.CreateSandbox(ctx, SandboxSpec{}); api.CodeOf(err) != api.CodeUnavailable {
 		t.Fatalf("create after Shutdown: %v, want unavailable", err)
 	}
+	if err := e.Close(t.Context()); err != nil || rt.destroyed[sb.ID()] {
+		t.Fatalf("Close after Shutdown(KeepSandboxes): %v, destroyed %v; want the kept sandbox left be", err, rt.destroyed)
+	}
 	inst := sb.inst.(*metaInstance)
 	if got := inst.record(t).LastActive; !got.Equal(last) {
 		t.Fatalf("kept record's last activity %v, want %v", got, last)
