@@ -58,8 +58,9 @@ func wantGone(t *testing.T, what string, status int, body []byte) {
 // TestFaultAgentKilledMidCall: SIGKILL of a sandbox's agent while an exec (plain or streamed)
 // or a session cell runs answers 410 "sandbox … ended (died)", never a 500; the daemon serves on.
 func TestFaultAgentKilledMidCall(t *testing.T) {
-	state, cg := restartDaemon(t, "fagent")
-	d := startDaemon(t, state, cg, freeAddr(t))
+	f := newFleet(t, "fagent")
+	state := f.state
+	d := f.start(freeAddr(t))
 	t.Cleanup(d.stop)
 	c := tenant{t: t, url: d.url}
 	cases := []struct {
@@ -134,9 +135,9 @@ func TestFaultAgentKilledMidCall(t *testing.T) {
 // restart: the sandbox keeps its files, the session and the seed session their variables, and
 // both are usable at once (the cut cell was interrupted, not left running).
 func TestFaultDaemonKilledMidCall(t *testing.T) {
-	state, cg := restartDaemon(t, "fdaemon")
+	f := newFleet(t, "fdaemon")
 	addr := freeAddr(t)
-	d := startDaemon(t, state, cg, addr)
+	d := f.start(addr)
 	c := tenant{t: t, url: d.url}
 	sb := c.mustCreate("/v1/sandboxes", `{"timeout":300}`).ID
 	c.mustExec(sb, "sh", "-c", "echo kept > /workspace/marker")
@@ -150,7 +151,7 @@ func TestFaultDaemonKilledMidCall(t *testing.T) {
 	waitFor(t, "the exec and the cell to run", func() bool { return c.started(sb) && c.started(sess) })
 	d.kill()
 
-	d = startDaemon(t, state, cg, addr)
+	d = f.start(addr)
 	t.Cleanup(d.stop)
 	c.url = d.url
 	if got := strings.TrimSpace(c.mustExec(sb, "cat", "/workspace/marker")); got != "kept" {
@@ -169,28 +170,29 @@ func TestFaultDaemonKilledMidCall(t *testing.T) {
 // daemon serves on, and once space returns the same requests succeed.
 func TestFaultStateDirFull(t *testing.T) {
 	testutil.MustHaveRoot(t)
-	state, cg := restartDaemon(t, "ffull")
+	f := newFleet(t, "ffull")
+	state := f.state
 	if err := unix.Mount("tmpfs", state, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "size=16m,mode=0755"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Unmount(state, unix.MNT_DETACH) })
-	d := startDaemon(t, state, cg, freeAddr(t))
+	d := f.start(freeAddr(t))
 	t.Cleanup(d.stop)
 	c := tenant{t: t, url: d.url}
 	kept := c.mustCreate("/v1/sandboxes", `{"timeout":300}`).ID
 
 	fill := filepath.Join(state, "fill")
-	f, err := os.Create(fill)
+	fw, err := os.Create(fill)
 	if err != nil {
 		t.Fatal(err)
 	}
 	chunk := make([]byte, 1<<20)
 	for {
-		if _, err = f.Write(chunk); err != nil {
+		if _, err = fw.Write(chunk); err != nil {
 			break
 		}
 	}
-	f.Close()
+	fw.Close()
 	if !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("filling the state directory: %v, want ENOSPC", err)
 	}

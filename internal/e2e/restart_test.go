@@ -167,14 +167,61 @@ func sandboxDirs(state string) int {
 	return len(ents)
 }
 
-// restartDaemon is one test daemon's state directory and cgroup root, removed at the end.
-func restartDaemon(t *testing.T, name string) (state, cg string) {
+// fleet is the daemons of one test on one state directory and cgroup root, which are removed
+// at the end.
+type fleet struct {
+	t         *testing.T
+	state, cg string
+	ds        []*daemon
+}
+
+// newFleet makes a fleet's state directory and names its cgroup root.
+func newFleet(t *testing.T, name string) *fleet {
 	t.Helper()
 	testutil.MustHaveRoot(t)
-	state = mkdirTraversable(t, "airlock-"+name+"-")
-	cg = fmt.Sprintf("airlock-%s-%d", name, os.Getpid())
-	cleanupRoot(t, cg)
-	return state, cg
+	f := &fleet{t: t, state: mkdirTraversable(t, "airlock-"+name+"-"), cg: fmt.Sprintf("airlock-%s-%d", name, os.Getpid())}
+	cleanupRoot(t, f.cg)
+	return f
+}
+
+// start starts a daemon of the fleet (startDaemon). The first start registers the cleanup
+// that leaves nothing behind whatever failed: it kills any daemon still running (one that keeps
+// its sandboxes on stop, say), then lets a draining daemon adopt and destroy what they left.
+func (f *fleet) start(addr string, opts ...func(*exec.Cmd)) *daemon {
+	f.t.Helper()
+	if f.ds == nil {
+		f.t.Cleanup(f.leaveNothing)
+	}
+	d := startDaemon(f.t, f.state, f.cg, addr, opts...)
+	f.ds = append(f.ds, d)
+	return d
+}
+
+func (f *fleet) leaveNothing() {
+	for _, d := range f.ds {
+		if d.cmd.ProcessState == nil {
+			d.cmd.Process.Kill() // through its pidfd: never another process that took its pid
+		}
+	}
+	for _, d := range f.ds {
+		waitFor(f.t, "a test daemon to die", func() bool { return exited(d.cmd.Process.Pid) || d.cmd.ProcessState != nil })
+	}
+	if len(testutil.ProcsInCgroup(f.cg)) == 0 {
+		return
+	}
+	f.t.Logf("sandboxes left in %s: a draining daemon destroys them", f.cg)
+	startDaemon(f.t, f.state, f.cg, freeAddr(f.t)).stop()
+	waitNoProcsIn(f.t, f.cg)
+}
+
+// exited reports whether pid has exited (gone, or a zombie nobody has waited for).
+func exited(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	_, rest, _ := strings.Cut(string(b), ") ")
+	return strings.HasPrefix(rest, "Z")
 }
 
 // TestRestartKeepsSandboxesAndSessions: a SIGTERM'd daemon used to destroy every sandbox and
@@ -182,10 +229,11 @@ func restartDaemon(t *testing.T, name string) (state, cg string) {
 // variables, seed names per key, expiry and idle clock, while a one-shot run in flight at the
 // signal still gets its real answer. --drain-on-stop then destroys what was adopted.
 func TestRestartKeepsSandboxesAndSessions(t *testing.T) {
-	state, cg := restartDaemon(t, "rst")
+	f := newFleet(t, "rst")
+	state, cg := f.state, f.cg
 	keyA, keyB := "restart-key-a-0123456789", "restart-key-b-0123456789"
 	addr := freeAddr(t)
-	d := startDaemon(t, state, cg, addr, keepOnStop, withKeys(keyA, keyB))
+	d := f.start(addr, keepOnStop, withKeys(keyA, keyB))
 	a, b := tenant{t, d.url, keyA}, tenant{t, d.url, keyB}
 
 	sb := a.mustCreate("/v1/sandboxes", `{"timeout":600}`).ID
@@ -235,7 +283,7 @@ func TestRestartKeepsSandboxesAndSessions(t *testing.T) {
 	}
 
 	// The next daemon, draining on its own stop.
-	d = startDaemon(t, state, cg, addr, withKeys(keyA, keyB))
+	d = f.start(addr, withKeys(keyA, keyB))
 	a.url, b.url = d.url, d.url
 	// Before any call touches the session: its expiry and idle clock are those of before.
 	after := a.info(sess)
@@ -278,8 +326,9 @@ func TestRestartKeepsSandboxesAndSessions(t *testing.T) {
 // instead of a cut connection or a 410 from the sandbox's teardown, and the daemon exits soon
 // after.
 func TestShutdownGraceEndsCallsClearly(t *testing.T) {
-	state, cg := restartDaemon(t, "grace")
-	d := startDaemon(t, state, cg, freeAddr(t), withArgs("--shutdown-grace 1s"))
+	f := newFleet(t, "grace")
+	state, cg := f.state, f.cg
+	d := f.start(freeAddr(t), withArgs("--shutdown-grace 1s"))
 	c := tenant{t: t, url: d.url}
 	sb := c.mustCreate("/v1/sandboxes", `{"timeout":300}`).ID
 	sess := c.mustCreate("/v1/sessions", `{"timeout":300}`).ID
