@@ -284,8 +284,9 @@ type Engine struct {
 	adm     admission     // the one-shot slots and their queue
 	sbSlots chan struct{} // one token per live long-lived sandbox or session
 
-	mu        sync.Mutex // guards live, leases, sandboxes, gone, owned and closed
+	mu        sync.Mutex // guards live, pooled, leases, sandboxes, gone, owned and closed
 	live      map[string]Instance
+	pooled    map[string]bool // the ids in live that the pool holds, not handed out (pool.go)
 	leases    map[string]func() // the image lease of each live sandbox that has one, released by destroy
 	sandboxes map[string]*Sandbox
 	gone      map[string]goneEntry
@@ -313,7 +314,7 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{cfg: cfg, adm: admission{owners: map[string]*ownerQueue{}}, sbSlots: make(chan struct{}, cfg.MaxSandboxes),
-		live: map[string]Instance{}, leases: map[string]func(){}, sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{},
+		live: map[string]Instance{}, pooled: map[string]bool{}, leases: map[string]func(){}, sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{},
 		seed: map[string]*seedEntry{}, owned: map[string]int{}, budget: newBudget(cfg.AnswerBudget, cfg.QueueTimeout)}
 	if cfg.PoolSize > 0 {
 		e.pool = newPool(e) // its refill goroutine is stopped by Close
@@ -368,11 +369,11 @@ func (e *Engine) Close(ctx context.Context) error {
 	return nil
 }
 
-// Live is the number of sandboxes currently alive.
+// Live is the number of sandboxes currently alive, not counting the pool's ready ones.
 func (e *Engine) Live() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return len(e.live)
+	return len(e.live) - len(e.pooled)
 }
 
 // MaxSandboxes is the bound on live long-lived sandboxes.

@@ -464,6 +464,7 @@ func (e *Engine) takePooled(ctx context.Context, kind Kind, c poolClass, spec Sp
 		}
 	}
 	e.mu.Lock()
+	delete(e.pooled, id)
 	if kind == KindOneShot {
 		e.teardown.Add(1) // as create does; runOneShot's teardown calls Done
 	}

@@ -69,6 +69,9 @@ func (e *Engine) create(ctx context.Context, kind Kind, spec Spec, rec record, l
 	e.mu.Lock()
 	e.live[spec.ID] = inst
 	e.leases[spec.ID] = lease
+	if kind == KindPooled {
+		e.pooled[spec.ID] = true
+	}
 	e.mu.Unlock()
 	return spec.ID, inst, nil
 }
@@ -82,6 +85,7 @@ func (e *Engine) destroy(ctx context.Context, id string, inst Instance) {
 	}
 	e.mu.Lock()
 	delete(e.live, id)
+	delete(e.pooled, id)
 	release := e.leases[id]
 	delete(e.leases, id)
 	e.mu.Unlock()
