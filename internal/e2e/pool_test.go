@@ -17,7 +17,6 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
-	"github.com/airlockhq/airlock/internal/server"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
 
@@ -92,36 +91,18 @@ func pooledRun(t *testing.T, e *engine.Engine, req api.ExecuteRequest) *api.Exec
 	t.Helper()
 	waitFor(t, "a ready sandbox in the pool", func() bool { return e.PoolReady() > 0 })
 	before := handouts(e)
-	if req.Timeout == 0 {
-		req.Timeout = 20
-	}
-	res, err := e.Execute(t.Context(), server.OneShot(req))
-	if err != nil {
-		t.Fatalf("execute: %v", err)
-	}
+	res := runOn(t, e, req)
 	if got := handouts(e); got != before+1 {
 		t.Fatalf("the run was not served by the pool (hand-outs %d → %d)", before, got)
 	}
-	return server.ExecuteResponse(res)
-}
-
-func coldRun(t *testing.T, e *engine.Engine, req api.ExecuteRequest) *api.ExecuteResponse {
-	t.Helper()
-	if req.Timeout == 0 {
-		req.Timeout = 20
-	}
-	res, err := e.Execute(t.Context(), server.OneShot(req))
-	if err != nil {
-		t.Fatalf("execute: %v", err)
-	}
-	return server.ExecuteResponse(res)
+	return res
 }
 
 // TestPoolFreshness: a file (in /tmp and /workspace), a process, an environment variable and
 // the random state of one pooled run are invisible to, and not predictable from, the next.
 func TestPoolFreshness(t *testing.T) {
 	e := poolEngine(t, engine.Config{})
-	coldRun(t, e, api.ExecuteRequest{Code: "pass"}) // makes the class known: the pool fills it
+	runOn(t, e, api.ExecuteRequest{Code: "pass"}) // makes the class known: the pool fills it
 	const leave = `import os, random, subprocess
 open("/tmp/left", "w").write("x")
 open("/workspace/left", "w").write("x")
@@ -166,7 +147,7 @@ func TestPoolLimitsBind(t *testing.T) {
 	const hog = `b = bytearray(200 << 20)
 for i in range(0, len(b), 4096): b[i] = 1
 print("survived")`
-	cold := coldRun(t, e, api.ExecuteRequest{Code: hog, MemoryMB: 64})
+	cold := runOn(t, e, api.ExecuteRequest{Code: hog, MemoryMB: 64})
 	warm := pooledRun(t, e, api.ExecuteRequest{Code: hog, MemoryMB: 64})
 	for name, r := range map[string]*api.ExecuteResponse{"cold": cold, "pooled": warm} {
 		if !r.OOMKilled || r.ReturnCode != 137 || strings.Contains(r.Stdout, "survived") {
@@ -174,7 +155,7 @@ print("survived")`
 		}
 	}
 
-	coldRun(t, e, api.ExecuteRequest{Code: "pass"}) // the default class
+	runOn(t, e, api.ExecuteRequest{Code: "pass"}) // the default class
 	const threads = `import threading, time
 n = 0
 try:
@@ -207,7 +188,7 @@ while time.time() - t < 1: pass`
 // creates take over), the pool refills, then empties when idle; the cleanup finds no leak.
 func TestPoolBurst(t *testing.T) {
 	e := poolEngine(t, engine.Config{PoolSize: 2, PoolIdle: 2 * time.Second, MaxConcurrent: 8})
-	coldRun(t, e, api.ExecuteRequest{Code: "pass", Language: "bash"})
+	runOn(t, e, api.ExecuteRequest{Code: "pass", Language: "bash"})
 	waitFor(t, "the pool filled", func() bool { return e.PoolReady() == 2 })
 	var wg sync.WaitGroup
 	var mu sync.Mutex

@@ -286,7 +286,7 @@ type Engine struct {
 
 	mu        sync.Mutex // guards live, pooled, leases, sandboxes, gone, owned and closed
 	live      map[string]Instance
-	pooled    map[string]bool // the ids in live that the pool holds, not handed out (pool.go)
+	pooled    map[string]bool   // the ids in live that the pool holds, not handed out (pool.go)
 	leases    map[string]func() // the image lease of each live sandbox that has one, released by destroy
 	sandboxes map[string]*Sandbox
 	gone      map[string]goneEntry
