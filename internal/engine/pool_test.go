@@ -331,3 +331,28 @@ func TestPoolCloseDestroysReady(t *testing.T) {
 		t.Errorf("after Close: created %d, destroyed %d, live %d", c, d, e.Live())
 	}
 }
+
+func TestPoolMemoryBudget(t *testing.T) {
+	t.Parallel()
+	// Each fake sandbox measures 0 bytes in its user group: poolAgentCost apiece, so a budget
+	// of two and a half holds two, whatever the demand asks for.
+	e, _ := newPoolEngine(t, Config{PoolSize: 4, PoolMemory: 5 * poolAgentCost / 2, PoolIdle: time.Minute})
+	for range 8 {
+		if _, err := e.Execute(t.Context(), OneShot{Code: "1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	most := 0
+	waitFor(t, "two ready sandboxes", func() bool {
+		n := e.PoolReady()
+		most = max(most, n)
+		return n == 2
+	})
+	for range 200 {
+		most = max(most, e.PoolReady())
+		time.Sleep(time.Millisecond)
+	}
+	if most > 2 {
+		t.Errorf("the pool held %d ready sandboxes, over its memory budget of 2", most)
+	}
+}
