@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/runtime/native"
@@ -312,4 +313,36 @@ func TestPoolDaemonRestart(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Join(state, "sandboxes")); len(ents) != 2 {
 		t.Fatalf("%d sandboxes in the state after the restart, want the 2 handed out", len(ents))
 	}
+}
+
+// TestPoolNetwork: an internet sandbox handed out by the pool had its veth, nftables rules and
+// DNS forwarder made ahead: it reaches the public test host by name, not a private address;
+// once the engine and runtime close nothing of the pooled networks is left.
+func TestPoolNetwork(t *testing.T) {
+	n := newNetInternet(t)
+	cg := cgRoot + "-poolnet"
+	var state string
+	t.Cleanup(func() { // registered first: runs after the runtime closed
+		if left := netLeftovers(t, cg, state, false); len(left) != 0 {
+			t.Errorf("after the runtime closed left: %v", left)
+		}
+	})
+	r, state := newNetRuntime(t, n.upstream, "poolnet")
+	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r), PoolSize: 2})
+	internet := &api.Network{Mode: api.NetworkInternet}
+	c := airlock.New(a.url, "")
+	if _, err := c.CreateSandbox(t.Context(), api.CreateSandboxRequest{Network: internet, Timeout: 60}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a ready internet sandbox", func() bool { return a.e.PoolReady() > 0 })
+	before := handouts(a.e)
+	sb, err := c.CreateSandbox(t.Context(), api.CreateSandboxRequest{Network: internet, Timeout: 60})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if handouts(a.e) != before+1 {
+		t.Fatal("the internet sandbox was not handed out by the pool")
+	}
+	phases := [][]probeTarget{{{"pub.test", "pub.test", 80, "pub"}, {"private by ip", privateAddr.String(), 80, ""}}}
+	checkProbe(t, sandboxRun(t, sb, "python3", "-c", probeCode(phases)), phases)
 }
