@@ -29,8 +29,9 @@ import (
 //
 // Only block and internet networks are pooled: an allowlist is a class per exact list, which
 // would split the pool into classes that rarely repeat. A sandbox whose workdir the runtime
-// must make (outside the writable areas) and a session with its own environment (its
-// interpreter starts with it) take a sandbox-class sandbox or a cold one.
+// must make (outside the writable areas) and a build step are made cold; a session with an
+// environment of its own (its interpreter starts with it) takes a sandbox-class sandbox and
+// starts its interpreter at hand-out.
 //
 // Admission is unchanged: a request takes its one-shot slot or sandbox slot (and its owner's
 // share) exactly as before, then a pooled sandbox instead of creating one. The pool's own
@@ -391,14 +392,14 @@ func (p *pool) take(ctx context.Context, c poolClass, l Limits) (string, Instanc
 // one is ready, else a cold one from create. It takes over lease (the request's image lease)
 // like create: a pooled sandbox holds a lease of its own, so the request's is released. rec is
 // the sandbox's record; a long-lived sandbox's is written over the pooled one's before obtain
-// returns. warmRepl asks for a session class (interpreter started); warm says that is what was
-// handed out.
-func (e *Engine) obtain(ctx context.Context, kind Kind, spec Spec, rec record, lease func(), warmRepl bool) (id string, inst Instance, warm bool, err error) {
+// returns. warmRepl asks for a session class (interpreter started); pooled says the sandbox
+// came from the pool (with warmRepl: its interpreter runs).
+func (e *Engine) obtain(ctx context.Context, kind Kind, spec Spec, rec record, lease func(), warmRepl bool) (id string, inst Instance, pooled bool, err error) {
 	c, ok := e.poolClassOf(kind, spec, warmRepl)
 	if ok {
 		if id, inst, ok = e.takePooled(ctx, kind, c, spec, rec); ok {
 			lease()
-			return id, inst, c.Kind == KindSession, nil
+			return id, inst, true, nil
 		}
 	}
 	id, inst, err = e.create(ctx, kind, spec, rec, lease)

@@ -181,7 +181,7 @@ func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s San
 	}
 	// The sandbox's times start now, whether it is made now or was prepared by the pool.
 	now := time.Now()
-	id, inst, warm, err := e.obtain(ctx, kind, rs, record{Owner: owner, Seed: seed, Created: now,
+	id, inst, pooled, err := e.obtain(ctx, kind, rs, record{Owner: owner, Seed: seed, Created: now,
 		Expires: now.Add(s.Timeout), Spec: &s}, lease, warmRepl)
 	if err != nil {
 		release()
@@ -197,8 +197,8 @@ func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s San
 		}
 	}
 	e.register(sb)
-	e.cfg.Logger.InfoContext(ctx, "sandbox created", "sandbox", id, "kind", kind, "expires", sb.expires, "pooled", warm)
-	return sb, warm, nil
+	e.cfg.Logger.InfoContext(ctx, "sandbox created", "sandbox", id, "kind", kind, "expires", sb.expires, "pooled", pooled)
+	return sb, pooled && warmRepl, nil
 }
 
 // touch records API activity and returns a func to call when the activity ends.
