@@ -99,28 +99,50 @@ func pooledRun(t *testing.T, e *engine.Engine, req api.ExecuteRequest) *api.Exec
 	return res
 }
 
-// TestPoolFreshness: a file (in /tmp and /workspace), a process, an environment variable and
-// the random state of one pooled run are invisible to, and not predictable from, the next.
+// TestPoolFreshness: a file (in /tmp, /workspace and /dev/shm), a process, System V IPC objects,
+// a listening socket, an environment variable and the random state of one pooled run are
+// invisible to, and not predictable from, the next.
 func TestPoolFreshness(t *testing.T) {
 	e := poolEngine(t, engine.Config{})
 	runOn(t, e, api.ExecuteRequest{Code: "pass"}) // makes the class known: the pool fills it
-	const leave = `import os, random, subprocess
+	const leave = `import os, random, subprocess, time
 open("/tmp/left", "w").write("x")
 open("/workspace/left", "w").write("x")
+open("/dev/shm/left", "w").write("x")
+subprocess.run(["ipcmk", "-M", "4096"], check=True, capture_output=True)
+subprocess.run(["ipcmk", "-Q"], check=True, capture_output=True)
 subprocess.Popen(["setsid", "sleep", "300"], start_new_session=True)
+subprocess.Popen(["setsid", "python3", "-m", "http.server", "--bind", "127.0.0.1", "8765"], start_new_session=True,
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+import socket
+for _ in range(200):
+    try:
+        socket.create_connection(("127.0.0.1", 8765), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.02)
+else:
+    raise SystemExit("the listener did not come up")
 print(random.random(), os.urandom(8).hex(), hash("x"))`
-	const look = `import os, random, glob
+	const look = `import os, random, glob, socket, subprocess
 print(random.random(), os.urandom(8).hex(), hash("x"))
-print("files", glob.glob("/tmp/*") + glob.glob("/workspace/*"))
+print("files", glob.glob("/tmp/*") + glob.glob("/workspace/*") + glob.glob("/dev/shm/*"))
 print("procs", sorted(open(f"/proc/{p}/comm").read().strip() for p in os.listdir("/proc") if p.isdigit()))
-print("env", os.environ.get("POOL_SECRET"))`
+print("env", os.environ.get("POOL_SECRET"))
+ipc = [l for l in subprocess.run(["ipcs"], capture_output=True, text=True).stdout.splitlines() if l[:2] == "0x"]
+print("ipc", ipc)
+try:
+    socket.create_connection(("127.0.0.1", 8765), timeout=1).close()
+    print("socket reached")
+except OSError:
+    print("socket none")`
 	a := pooledRun(t, e, api.ExecuteRequest{Code: leave, Env: map[string]string{"POOL_SECRET": "run-a"}})
 	b := pooledRun(t, e, api.ExecuteRequest{Code: look})
 	if !a.Success || !b.Success {
 		t.Fatalf("runs failed: %+v %+v", a, b)
 	}
 	lines := strings.Split(strings.TrimSpace(b.Stdout), "\n")
-	if len(lines) != 4 {
+	if len(lines) != 6 {
 		t.Fatalf("second run printed %q", b.Stdout)
 	}
 	ra, rb := strings.Fields(a.Stdout), strings.Fields(lines[0])
@@ -137,6 +159,12 @@ print("env", os.environ.get("POOL_SECRET"))`
 	}
 	if lines[3] != "env None" {
 		t.Errorf("the second run sees the first one's environment: %s", lines[3])
+	}
+	if lines[4] != "ipc []" {
+		t.Errorf("the second run sees IPC objects: %s", lines[4])
+	}
+	if lines[5] != "socket none" {
+		t.Errorf("the second run reaches the first one's listening socket: %s", lines[5])
 	}
 }
 
