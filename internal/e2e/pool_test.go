@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -78,6 +79,9 @@ func uidClaimsOf(state string) []string {
 	return out
 }
 
+// noPool is a startDaemon option: the daemon runs without a warm pool.
+func noPool(c *exec.Cmd) { c.Env = append(c.Env, "AIRLOCK_POOL_SIZE=0") }
+
 // handouts is the engine's hand-out count over all classes.
 func handouts(e *engine.Engine) uint64 {
 	var n uint64
@@ -87,10 +91,23 @@ func handouts(e *engine.Engine) uint64 {
 	return n
 }
 
-// pooledRun runs req once the pool has a ready sandbox and checks that the pool served it.
+// pooledRun runs req once the pool has a ready sandbox of its class (a one-shot of the host
+// image, blocked, with its memory limit) and checks that the pool served it.
 func pooledRun(t *testing.T, e *engine.Engine, req api.ExecuteRequest) *api.ExecuteResponse {
 	t.Helper()
-	waitFor(t, "a ready sandbox in the pool", func() bool { return e.PoolReady() > 0 })
+	mem := req.MemoryMB
+	if mem == 0 {
+		mem = 512
+	}
+	class := fmt.Sprintf("one-shot/host/block/%dMiB", mem)
+	waitFor(t, "a ready "+class+" sandbox in the pool", func() bool {
+		for _, s := range e.PoolStats() {
+			if s.Class == class && s.Ready > 0 {
+				return true
+			}
+		}
+		return false
+	})
 	before := handouts(e)
 	res := runOn(t, e, req)
 	if got := handouts(e); got != before+1 {
@@ -189,7 +206,7 @@ print("survived")`
 n = 0
 try:
     while n < 1000:
-        threading.Thread(target=time.sleep, args=(3,), daemon=True).start()
+        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
         n += 1
 except RuntimeError:
     pass
