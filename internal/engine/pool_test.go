@@ -200,6 +200,7 @@ func TestPoolSandboxRecordAndRecover(t *testing.T) {
 		t.Errorf("record after hand-out %+v", rec)
 	}
 	// A restart: the handed-out sandbox is adopted, the warm-up one too, the pooled ones go.
+	waitFor(t, "the pool refilled", func() bool { return e.PoolReady() > 0 })
 	var found []Recovered
 	rt.mu.Lock()
 	for id, li := range rt.byID {
