@@ -38,11 +38,17 @@ type Config struct {
 
 	N           int   // sequential samples per end-to-end target and per phase; default 50
 	Warmup      int   // unrecorded runs per target before measuring; default 3
-	Concurrency []int // client counts for throughput; default 2 and 8
+	Concurrency []int // client counts for throughput; default 2, 8 and 32
 	Runs        int   // runs per target and client count for throughput; default 100
 
 	Python string // host interpreter for the baselines; default /usr/bin/python3
 	Bwrap  string // bubblewrap; default /usr/bin/bwrap; if missing, its row is skipped with the reason
+	// GoJudge, if set, is a go-judge binary the operator provides: started on 127.0.0.1 with
+	// directories of its own for the run, measured as a paired baseline, stopped after.
+	GoJudge string
+	// SnippetN is the sequential samples of the numpy/pandas snippet per row; default N/5, at
+	// least 3 (each sample costs the imports, ≈ 0.5 s bare).
+	SnippetN int
 
 	// Env configures the runtime, engine and server being measured. EngineRuntime is required.
 	Env EnvConfig
@@ -68,7 +74,7 @@ func (c *Config) setDefaults() {
 		c.Warmup = 3
 	}
 	if c.Concurrency == nil {
-		c.Concurrency = []int{2, 8}
+		c.Concurrency = []int{2, 8, 32}
 	}
 	if c.Runs == 0 {
 		c.Runs = 100
@@ -81,6 +87,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Env.Logger == nil {
 		c.Env.Logger = c.Logger
+	}
+	if c.SnippetN == 0 {
+		c.SnippetN = max(3, c.N/5)
 	}
 }
 
@@ -106,10 +115,14 @@ func (c *Config) Validate() error {
 
 // Report is the result of one run. Times are in milliseconds.
 type Report struct {
-	Machine   Machine         `json:"machine"`
-	Settings  Settings        `json:"settings"`
-	Targets   []Target        `json:"end_to_end"`
-	Phases    []Phase         `json:"phases"`
+	Machine  Machine  `json:"machine"`
+	Settings Settings `json:"settings"`
+	Targets  []Target `json:"end_to_end"`
+	Phases   []Phase  `json:"phases"`
+	// Pool is sandbox and session creation, cold and from the warm pool, paired.
+	Pool []Phase `json:"pool"`
+	// Snippet is the numpy/pandas snippet: bare, in a fresh sandbox cold and from the pool.
+	Snippet   []Target        `json:"snippet"`
 	Breakdown []BreakdownLine `json:"breakdown"`
 }
 
@@ -150,6 +163,8 @@ type Target struct {
 	Ratio   *Ratios `json:"ratio_to_bare,omitempty"` // p50, p90, p99 over bare python's
 	// Throughput has one entry per client count.
 	Throughput []Throughput `json:"throughput,omitempty"`
+	// GoJudge is the target's p50 and runs/s over go-judge's in the same run (with --gojudge).
+	GoJudge *Ratios `json:"ratio_to_gojudge,omitempty"`
 }
 
 // Ratios compare a target's latency percentiles with bare python's.
@@ -165,7 +180,8 @@ type Throughput struct {
 	Runs       int     `json:"runs"`
 	Seconds    float64 `json:"seconds"`
 	RunsPerSec float64 `json:"runs_per_sec"`
-	Ratio      float64 `json:"ratio_to_bare,omitempty"` // over bare python's runs/s at the same client count
+	Ratio      float64 `json:"ratio_to_bare,omitempty"`    // over bare python's runs/s at the same client count
+	GoJudge    float64 `json:"ratio_to_gojudge,omitempty"` // over go-judge's runs/s at the same client count
 }
 
 // Phase is one step of a sandbox's life, timed on its own.
@@ -235,14 +251,36 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		{Target: Target{Key: KeyHTTP, Name: "airlock one-shot, HTTP API + Go SDK"},
 			run: env.HTTPPrint1},
 	}
+	targets = append(targets, pooledTargets(env)...)
 	if _, err := exec.LookPath(cfg.Bwrap); err != nil {
 		targets[1].Skipped = fmt.Sprintf("%s not available: %v", cfg.Bwrap, err)
+	}
+	if cfg.GoJudge != "" {
+		gj, err := startGoJudge(ctx, cfg.GoJudge)
+		if err != nil {
+			return nil, err
+		}
+		defer gj.stop()
+		targets = append(targets, &target{Target: Target{Key: KeyGoJudge, Name: "go-judge /run (pre-forked containers), python3"},
+			run: gj.run})
 	}
 	if err := measureTargets(ctx, cfg, targets); err != nil {
 		return nil, err
 	}
 	for _, t := range targets {
 		rep.Targets = append(rep.Targets, t.Target)
+	}
+	if rep.Pool, err = measurePool(ctx, cfg, env); err != nil {
+		return nil, err
+	}
+	snippet := snippetTargets(ctx, cfg, env)
+	scfg := cfg
+	scfg.N, scfg.Warmup, scfg.Concurrency = cfg.SnippetN, 1, nil
+	if err := measureTargets(ctx, scfg, snippet); err != nil {
+		return nil, err
+	}
+	for _, t := range snippet {
+		rep.Snippet = append(rep.Snippet, t.Target)
 	}
 	rep.Phases, err = measurePhases(ctx, cfg, env)
 	if err != nil {

@@ -84,7 +84,7 @@ func TestRunQuick(t *testing.T) {
 	goroutines := runtime.NumGoroutine()
 	var progress bytes.Buffer
 	rep, err := bench.Run(t.Context(), bench.Config{
-		Progress: &progress, N: 3, Warmup: 1, Concurrency: []int{2}, Runs: 4, Python: python,
+		Progress: &progress, N: 3, Warmup: 1, Concurrency: []int{2}, Runs: 4, Python: python, SnippetN: 1,
 		Env:      bench.EnvConfig{EngineRuntime: native.EngineRuntime, StateDir: stateDir, CgroupRoot: cgRoot},
 		SelfArgs: []string{}, SelfEnv: []string{nopEnv},
 	})
@@ -92,7 +92,8 @@ func TestRunQuick(t *testing.T) {
 		t.Fatalf("bench.Run: %v\nprogress:\n%s", err, progress.String())
 	}
 
-	wantTargets := []string{bench.KeyBare, bench.KeyBwrap, bench.KeyRuntime, bench.KeyEngine, bench.KeyHTTP}
+	wantTargets := []string{bench.KeyBare, bench.KeyBwrap, bench.KeyRuntime, bench.KeyEngine, bench.KeyHTTP,
+		bench.KeyEnginePooled, bench.KeyHTTPPooled}
 	if got := len(rep.Targets); got != len(wantTargets) {
 		t.Errorf("report has %d end-to-end rows, want %d", got, len(wantTargets))
 	}
@@ -145,6 +146,22 @@ func TestRunQuick(t *testing.T) {
 		})
 	}
 
+	for _, key := range []string{bench.PhaseCreateCold, bench.PhaseCreatePooled, bench.PhaseSessionCold,
+		bench.PhaseSessionPooled, bench.PhaseSessionCellPooled} {
+		t.Run("pool/"+key, func(t *testing.T) {
+			for _, p := range rep.Pool {
+				if p.Key == key {
+					checkStats(t, p.Latency, 3)
+					return
+				}
+			}
+			t.Fatalf("no pool row %s", key)
+		})
+	}
+	if len(rep.Snippet) != 3 {
+		t.Errorf("report has %d snippet rows, want 3", len(rep.Snippet))
+	}
+
 	if len(rep.Breakdown) == 0 || rep.Breakdown[0].MeanMS <= 0 || rep.Breakdown[0].P50MS <= 0 {
 		t.Errorf("breakdown: got %+v, want lines starting with a positive total", rep.Breakdown)
 	}
@@ -156,7 +173,7 @@ func TestRunQuick(t *testing.T) {
 	if err := rep.WriteText(&text); err != nil {
 		t.Fatalf("WriteText: %v", err)
 	}
-	for _, want := range []string{"bare python3", "engine.Execute", "HTTP API", "where the time goes", "breakdown"} {
+	for _, want := range []string{"bare python3", "engine.Execute", "HTTP API", "where the time goes", "breakdown", "warm pool"} {
 		if !strings.Contains(text.String(), want) {
 			t.Errorf("text report lacks %q:\n%s", want, text.String())
 		}

@@ -34,12 +34,16 @@ type EnvConfig struct {
 	CgroupRoot string
 	// MaxConcurrent is the engine's sandbox limit; default the engine's (4 per core).
 	MaxConcurrent int
+	// PoolSize is the warm pool of the second engine (Env.Pooled), as `airlock serve` runs it;
+	// default 4 (serve's default).
+	PoolSize int
 }
 
 // Env is the in-process world the benchmarks run against: a native runtime on a private state
-// directory and cgroup root, an engine over it with its default limits (as `airlock serve` and
-// `airlock run` use), and the HTTP API served on a loopback port of this process with an SDK
-// client for it. Every sandbox is started by re-executing this binary, which must therefore
+// directory and cgroup root, an engine over it with its default limits and no pool (as
+// `airlock run` uses), and the HTTP API served on a loopback port of this process with an SDK
+// client for it; and beside it a second engine over the same runtime with a warm pool (as
+// `airlock serve` runs it), with its own HTTP API and client (Pooled). Every sandbox is started by re-executing this binary, which must therefore
 // dispatch native.IsInit to the agent first thing (cli.Main does; test binaries do it in
 // TestMain).
 type Env struct {
@@ -47,13 +51,16 @@ type Env struct {
 	Engine  *engine.Engine
 	Client  *airlock.Client // reaches the HTTP API at URL
 	URL     string
+	// Pooled is the engine with the warm pool, served at PooledClient's URL.
+	Pooled       *engine.Engine
+	PooledClient *airlock.Client
 
 	logger   *slog.Logger
 	stateDir string
 	ownState bool // stateDir was made by NewEnv
-	hs       *http.Server
-	tr       *http.Transport // the SDK client's
-	served   sync.WaitGroup  // the Serve goroutine
+	servers  []*http.Server
+	tr       *http.Transport // the SDK clients'
+	served   sync.WaitGroup  // the Serve goroutines
 	seq      atomic.Int64    // sandbox ids of RuntimePrint1
 	closed   sync.Once
 	closeErr error
@@ -86,31 +93,52 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (_ *Env, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("native runtime: %w", err)
 	}
+	if cfg.PoolSize == 0 {
+		cfg.PoolSize = 4
+	}
 	e.Engine, err = engine.New(engine.Config{Logger: cfg.Logger, Runtime: cfg.EngineRuntime(e.Runtime),
 		MaxConcurrent: cfg.MaxConcurrent})
 	if err != nil {
 		return nil, err
 	}
-	srv, err := server.New(server.Config{Logger: cfg.Logger, Engine: e.Engine, Version: "bench",
-		CgroupVersion: e.Runtime.CgroupVersion(), Runtimes: []string{"native"}})
+	e.Pooled, err = engine.New(engine.Config{Logger: cfg.Logger, Runtime: cfg.EngineRuntime(e.Runtime),
+		MaxConcurrent: cfg.MaxConcurrent, PoolSize: cfg.PoolSize})
 	if err != nil {
 		return nil, err
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("bench listener: %w", err)
-	}
-	e.hs = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn)}
-	e.served.Go(func() { e.hs.Serve(ln) })
-	e.URL = "http://" + ln.Addr().String()
 	// The SDK's default client keeps only two idle connections per host; with up to 256
 	// concurrent benchmark clients that would measure TCP connection churn, not the server.
 	e.tr = http.DefaultTransport.(*http.Transport).Clone()
 	e.tr.MaxIdleConnsPerHost = 256
+	if e.URL, err = e.serve(ctx, e.Engine); err != nil {
+		return nil, err
+	}
 	e.Client = airlock.New(e.URL, "").WithHTTPClient(&http.Client{Transport: e.tr})
+	pooledURL, err := e.serve(ctx, e.Pooled)
+	if err != nil {
+		return nil, err
+	}
+	e.PooledClient = airlock.New(pooledURL, "").WithHTTPClient(&http.Client{Transport: e.tr})
 	return e, nil
+}
+
+// serve serves the HTTP API over eng on a loopback port and returns its URL; Close stops it.
+func (e *Env) serve(ctx context.Context, eng *engine.Engine) (string, error) {
+	srv, err := server.New(server.Config{Logger: e.logger, Engine: eng, Version: "bench",
+		CgroupVersion: e.Runtime.CgroupVersion(), Runtimes: []string{"native"}})
+	if err != nil {
+		return "", err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("bench listener: %w", err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(e.logger.Handler(), slog.LevelWarn)}
+	e.servers = append(e.servers, hs)
+	e.served.Go(func() { hs.Serve(ln) })
+	return "http://" + ln.Addr().String(), nil
 }
 
 // Close stops the server, destroys every sandbox, removes the cgroup root and, if NewEnv made
@@ -121,15 +149,17 @@ func (e *Env) Close(ctx context.Context) error {
 		if e.tr != nil {
 			e.tr.CloseIdleConnections()
 		}
-		if e.hs != nil {
-			if err := e.hs.Shutdown(ctx); err != nil {
+		for _, hs := range e.servers {
+			if err := hs.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("stop bench server: %w", err))
 			}
-			e.served.Wait()
 		}
-		if e.Engine != nil {
-			if err := e.Engine.Close(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("close engine: %w", err))
+		e.served.Wait()
+		for _, eng := range []*engine.Engine{e.Engine, e.Pooled} {
+			if eng != nil {
+				if err := eng.Close(ctx); err != nil {
+					errs = append(errs, fmt.Errorf("close engine: %w", err))
+				}
 			}
 		}
 		if e.Runtime != nil {
@@ -151,8 +181,16 @@ func (e *Env) Close(ctx context.Context) error {
 func (e *Env) StateDir() string { return e.stateDir }
 
 // ExecutePrint1 runs print(1) once through the embedded engine and checks the result.
-func (e *Env) ExecutePrint1(ctx context.Context) error {
-	res, err := e.Engine.Execute(ctx, engine.OneShot{Code: printCode})
+func (e *Env) ExecutePrint1(ctx context.Context) error { return executeCode(ctx, e.Engine, printCode) }
+
+// ExecutePooledPrint1 is ExecutePrint1 through the engine with the warm pool.
+func (e *Env) ExecutePooledPrint1(ctx context.Context) error {
+	return executeCode(ctx, e.Pooled, printCode)
+}
+
+// executeCode runs code once through eng and checks that it printed wantOutput.
+func executeCode(ctx context.Context, eng *engine.Engine, code string) error {
+	res, err := eng.Execute(ctx, engine.OneShot{Code: code})
 	if err != nil {
 		return fmt.Errorf("engine execute: %w", err)
 	}
@@ -160,8 +198,13 @@ func (e *Env) ExecutePrint1(ctx context.Context) error {
 }
 
 // HTTPPrint1 runs print(1) once through the HTTP API with the SDK and checks the result.
-func (e *Env) HTTPPrint1(ctx context.Context) error {
-	resp, err := e.Client.Execute(ctx, api.ExecuteRequest{Code: printCode})
+func (e *Env) HTTPPrint1(ctx context.Context) error { return httpPrint1(ctx, e.Client) }
+
+// HTTPPooledPrint1 is HTTPPrint1 through the engine with the warm pool.
+func (e *Env) HTTPPooledPrint1(ctx context.Context) error { return httpPrint1(ctx, e.PooledClient) }
+
+func httpPrint1(ctx context.Context, c *airlock.Client) error {
+	resp, err := c.Execute(ctx, api.ExecuteRequest{Code: printCode})
 	if err != nil {
 		return fmt.Errorf("http execute: %w", err)
 	}

@@ -59,7 +59,10 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // target is an end-to-end target being measured.
 type target struct {
 	Target
-	run     func(ctx context.Context) error
+	run func(ctx context.Context) error
+	// prepare, if set, runs untimed before each sequential sample (a pooled row waits for a
+	// ready sandbox); throughput runs without it.
+	prepare func(ctx context.Context) error
 	samples []time.Duration
 }
 
@@ -85,6 +88,11 @@ func measureTargets(ctx context.Context, cfg Config, all []*target) error {
 	for round := range cfg.N {
 		for j := range ts {
 			t := ts[(round+j)%len(ts)]
+			if t.prepare != nil {
+				if err := t.prepare(ctx); err != nil {
+					return fmt.Errorf("%s: run %d: %w", t.Name, round, err)
+				}
+			}
 			t0 := time.Now()
 			if err := t.run(ctx); err != nil {
 				return fmt.Errorf("%s: run %d: %w", t.Name, round, err)
@@ -105,24 +113,31 @@ func measureTargets(ctx context.Context, cfg Config, all []*target) error {
 			t.Throughput = append(t.Throughput, tp)
 		}
 	}
-	// Ratios against bare python, which is always measured.
-	var bare *target
-	for _, t := range ts {
-		if t.Key == KeyBare {
-			bare = t
-		}
-	}
-	if bare == nil {
+	// Ratios against the first target (bare python, always measured), and against go-judge
+	// when it was.
+	if len(ts) == 0 {
 		return nil
 	}
+	var gj *target
 	for _, t := range ts {
-		if t == bare {
-			continue
+		if t.Key == KeyGoJudge {
+			gj = t
 		}
+	}
+	bare := ts[0]
+	for _, t := range ts[1:] {
 		t.Ratio = &Ratios{P50: ratio(t.Latency.P50, bare.Latency.P50), P90: ratio(t.Latency.P90, bare.Latency.P90),
 			P99: ratio(t.Latency.P99, bare.Latency.P99)}
 		for i := range t.Throughput {
 			t.Throughput[i].Ratio = ratio(t.Throughput[i].RunsPerSec, bare.Throughput[i].RunsPerSec)
+		}
+		if gj == nil || t == gj {
+			continue
+		}
+		t.GoJudge = &Ratios{P50: ratio(t.Latency.P50, gj.Latency.P50), P90: ratio(t.Latency.P90, gj.Latency.P90),
+			P99: ratio(t.Latency.P99, gj.Latency.P99)}
+		for i := range t.Throughput {
+			t.Throughput[i].GoJudge = ratio(t.Throughput[i].RunsPerSec, gj.Throughput[i].RunsPerSec)
 		}
 	}
 	return nil

@@ -101,15 +101,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintln(tw, head)
 	for _, t := range r.Targets {
-		if t.Skipped != "" {
-			fmt.Fprintf(tw, "%s\tskipped: %s\t\n", t.Name, t.Skipped)
+		row, ok := latencyRow(t)
+		if !ok {
+			fmt.Fprintln(tw, row)
 			continue
 		}
-		ratio := 1.0
-		if t.Ratio != nil {
-			ratio = t.Ratio.P50
-		}
-		row := fmt.Sprintf("%s\t%.1f\t%.1f\t%.1f\t%.2f×\t", t.Name, t.Latency.P50, t.Latency.P90, t.Latency.P99, ratio)
 		for _, tp := range t.Throughput {
 			rt := 1.0
 			if t.Key != KeyBare {
@@ -120,6 +116,13 @@ func (r *Report) WriteText(w io.Writer) error {
 		fmt.Fprintln(tw, row)
 	}
 	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	if err := writeGoJudge(&b, r); err != nil {
+		return err
+	}
+	if err := writePool(&b, r); err != nil {
 		return err
 	}
 
@@ -153,4 +156,84 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeGoJudge adds each Airlock target's ratios over go-judge, when it was measured.
+func writeGoJudge(b *strings.Builder, r *Report) error {
+	if r.Target(KeyGoJudge) == nil {
+		return nil
+	}
+	fmt.Fprintf(b, "\nagainst go-judge in the same run (p50 latency and runs/s over go-judge's; lower latency and higher runs/s are better)\n")
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	head := "target\tp50 ×go-judge\t"
+	for _, k := range r.Settings.Concurrency {
+		head += fmt.Sprintf("runs/s ×%d ×go-judge\t", k)
+	}
+	fmt.Fprintln(tw, head)
+	for _, t := range r.Targets {
+		if t.GoJudge == nil {
+			continue
+		}
+		row := fmt.Sprintf("%s\t%.2f×\t", t.Name, t.GoJudge.P50)
+		for _, tp := range t.Throughput {
+			row += fmt.Sprintf("%.2f×\t", tp.GoJudge)
+		}
+		fmt.Fprintln(tw, row)
+	}
+	return tw.Flush()
+}
+
+// writePool adds the warm pool's creation rows and the snippet's table.
+func writePool(b *strings.Builder, r *Report) error {
+	if len(r.Pool) > 0 {
+		fmt.Fprintf(b, "\nwarm pool: creation, paired samples (cold and pooled alternate)\n")
+		tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "what\tp50 ms\tp90 ms\tp99 ms\tmean ms\t")
+		for _, p := range r.Pool {
+			fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t\n", p.Name, p.Latency.P50, p.Latency.P90, p.Latency.P99, p.Latency.Mean)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if c, p := r.pool(PhaseCreateCold), r.pool(PhaseCreatePooled); c != nil && p != nil {
+			fmt.Fprintf(b, "sandbox create from the pool: %.3f× cold (p50)\n", ratio(p.Latency.P50, c.Latency.P50))
+		}
+		if c, p := r.pool(PhaseSessionCold), r.pool(PhaseSessionPooled); c != nil && p != nil {
+			fmt.Fprintf(b, "session create + first cell from the pool: %.3f× cold (p50)\n", ratio(p.Latency.P50, c.Latency.P50))
+		}
+	}
+	if len(r.Snippet) == 0 {
+		return nil
+	}
+	fmt.Fprintf(b, "\nsnippet: import numpy, pandas + a little work, fresh sandbox\n")
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "target\tp50 ms\tp90 ms\tp99 ms\t×bare p50\t")
+	for _, t := range r.Snippet {
+		row, _ := latencyRow(t)
+		fmt.Fprintln(tw, row)
+	}
+	return tw.Flush()
+}
+
+// pool returns the pool row with key, or nil.
+func (r *Report) pool(key string) *Phase {
+	for i := range r.Pool {
+		if r.Pool[i].Key == key {
+			return &r.Pool[i]
+		}
+	}
+	return nil
+}
+
+// latencyRow is a target's name, latency percentiles and p50 ratio to bare as table cells;
+// false, with the reason as the row, for a skipped target.
+func latencyRow(t Target) (string, bool) {
+	if t.Skipped != "" {
+		return fmt.Sprintf("%s\tskipped: %s\t", t.Name, t.Skipped), false
+	}
+	ratio := 1.0
+	if t.Ratio != nil {
+		ratio = t.Ratio.P50
+	}
+	return fmt.Sprintf("%s\t%.1f\t%.1f\t%.1f\t%.2f×\t", t.Name, t.Latency.P50, t.Latency.P90, t.Latency.P99, ratio), true
 }

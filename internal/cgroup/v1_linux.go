@@ -313,7 +313,20 @@ func (g *v1Group) delete() error {
 	return errors.Join(errs...)
 }
 
-func (g *v1Group) update(l Limits) error { return g.cg.Update(g.b.resources(l)) }
+func (g *v1Group) update(l Limits) error {
+	// Raising the memory limit: containerd's cgroup1 means to write memsw first then (the kernel
+	// keeps limit ≤ memsw) but swaps the wrong pair of settings, so the new limit would be
+	// refused (EINVAL). Raise memsw here first; Update then writes both in its order.
+	if l.MemoryBytes > 0 && g.memsw {
+		memsw := filepath.Join(g.memory, "memory.memsw.limit_in_bytes")
+		if cur, err := readUint(memsw); err == nil && cur < uint64(l.MemoryBytes) {
+			if err := writeFile(memsw, strconv.FormatInt(l.MemoryBytes, 10)); err != nil {
+				return err
+			}
+		}
+	}
+	return g.cg.Update(g.b.resources(l))
+}
 
 func (g *v1Group) enableChildren() error { return nil }
 

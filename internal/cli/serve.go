@@ -156,6 +156,9 @@ func serveCmd() *cobra.Command {
 		ic      image.Config
 		sd      = shutdownOptions{grace: 30 * time.Second}
 	)
+	// The daemon pools by default (modestly: classes appear only once asked for, and empty
+	// after --pool-idle); the engine alone, as `airlock run` embeds it, does not.
+	ec.PoolSize, ec.PoolMemory, ec.PoolCPU, ec.PoolIdle = 4, 1<<30, 0.5, 2*time.Minute
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the Airlock daemon (HTTP API)",
@@ -273,6 +276,10 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &sc.WriteTimeout, "write-timeout", "AIRLOCK_WRITE_TIMEOUT", "an answer must be written within this once begun; streams excepted")
 	flagEnv(f, (*byteSize)(&ic.MaxBytes), "image-budget", "AIRLOCK_IMAGE_BUDGET", "disk for the image store's blobs and layers together; past it a pull, import or snapshot prunes unused images, then fails with 413 (default no limit)")
 	flagEnv(f, &ec.PublicPorts, "public-ports", "AIRLOCK_PUBLIC_PORTS", "let sandboxes expose unauthenticated_ports, reachable through the daemon without a key or token")
+	flagEnv(f, &ec.PoolSize, "pool-size", "AIRLOCK_POOL_SIZE", "warm pool: the most ready sandboxes of one class (kind, image, network mode, memory limit), sized by demand up to this; 0 turns the pool off")
+	flagEnv(f, (*byteSize)(&ec.PoolMemory), "pool-memory", "AIRLOCK_POOL_MEMORY", "warm pool: host memory all ready sandboxes hold together")
+	flagEnv(f, &ec.PoolCPU, "pool-cpu", "AIRLOCK_POOL_CPU", "warm pool: the share of one core refills may use, in (0, 1]")
+	flagEnv(f, &ec.PoolIdle, "pool-idle", "AIRLOCK_POOL_IDLE", "warm pool: a class with no request for this long holds no ready sandbox")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	flagEnv(f, &sd.grace, "shutdown-grace", "AIRLOCK_SHUTDOWN_GRACE", "on SIGTERM or SIGINT, how long calls in flight (runs, cells, execs) may take to finish; past it they end with 503")
 	flagEnv(f, &sd.drain, "drain-on-stop", "AIRLOCK_DRAIN_ON_STOP", "on SIGTERM or SIGINT, destroy long-lived sandboxes and sessions instead of leaving them running for the next daemon to adopt")

@@ -91,7 +91,12 @@ func mustEngine(t testing.TB) *engine.Engine {
 
 func run(t *testing.T, req api.ExecuteRequest) *api.ExecuteResponse {
 	t.Helper()
-	e := mustEngine(t)
+	return runOn(t, mustEngine(t), req)
+}
+
+// runOn runs req on e (default timeout 20 s) and fails the test if it cannot run.
+func runOn(t *testing.T, e *engine.Engine, req api.ExecuteRequest) *api.ExecuteResponse {
+	t.Helper()
 	if req.Timeout == 0 {
 		req.Timeout = 20
 	}

@@ -135,6 +135,16 @@ type Config struct {
 	// PublicPorts lets sandboxes expose ports without any credential (unauthenticated_ports);
 	// off, such a request is refused (400). Flag --public-ports.
 	PublicPorts bool
+
+	// The warm pool (pool.go). PoolSize is the most ready sandboxes of one class; 0 (the
+	// engine's default) means no pool. `airlock serve` turns it on (--pool-size).
+	PoolSize int
+	// PoolMemory bounds the host memory all ready sandboxes hold together; default 1 GiB.
+	PoolMemory int64
+	// PoolCPU is the share of one core refills may use, in (0, 1]; default 0.5.
+	PoolCPU float64
+	// PoolIdle is how long a class keeps a ready sandbox after its last request; default 2 min.
+	PoolIdle time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -205,6 +215,13 @@ func (c *Config) setDefaults() {
 	def(&c.MaxSandboxTimeout, 24*time.Hour)
 	def(&c.GoneRetention, time.Hour)
 	def(&c.ReapInterval, time.Second)
+	if c.PoolMemory == 0 {
+		c.PoolMemory = 1 << 30
+	}
+	if c.PoolCPU == 0 {
+		c.PoolCPU = 0.5
+	}
+	def(&c.PoolIdle, 2*time.Minute)
 	if c.NetworkModes == nil {
 		c.NetworkModes = []netpolicy.Mode{netpolicy.Block, netpolicy.Internet, netpolicy.Allowlist}
 	}
@@ -226,6 +243,8 @@ func (c *Config) Validate() error {
 		return errors.New("engine: cpu must satisfy 0 < default ≤ max")
 	case c.OutputLimit < 0 || c.ScratchBytes < 0 || c.MaxTimeout < 0:
 		return errors.New("engine: the output limit, the scratch size and the timeout ceiling must be positive")
+	case c.PoolSize < 0 || c.PoolMemory < 0 || c.PoolIdle < 0 || !(c.PoolCPU > 0 && c.PoolCPU <= 1):
+		return errors.New("engine: the pool size, memory and idle time must be ≥ 0 and its CPU share in (0, 1]")
 	}
 	for _, m := range c.NetworkModes {
 		if m != netpolicy.Block && m != netpolicy.Internet && m != netpolicy.Allowlist {
@@ -265,8 +284,9 @@ type Engine struct {
 	adm     admission     // the one-shot slots and their queue
 	sbSlots chan struct{} // one token per live long-lived sandbox or session
 
-	mu        sync.Mutex // guards live, leases, sandboxes, gone, owned and closed
+	mu        sync.Mutex // guards live, pooled, leases, sandboxes, gone, owned and closed
 	live      map[string]Instance
+	pooled    map[string]bool   // the ids in live that the pool holds, not handed out (pool.go)
 	leases    map[string]func() // the image lease of each live sandbox that has one, released by destroy
 	sandboxes map[string]*Sandbox
 	gone      map[string]goneEntry
@@ -277,6 +297,8 @@ type Engine struct {
 	teardown sync.WaitGroup // one-shot sandboxes being destroyed after their answer
 
 	budget *budget // daemon memory for agent answers in flight (budget.go)
+
+	pool *pool // the warm pool (pool.go); nil without one
 
 	execs executions // one-shot runs in flight, listed and cancelled (executions.go)
 
@@ -291,9 +313,13 @@ func New(cfg Config) (*Engine, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Engine{cfg: cfg, adm: admission{owners: map[string]*ownerQueue{}}, sbSlots: make(chan struct{}, cfg.MaxSandboxes),
-		live: map[string]Instance{}, leases: map[string]func(){}, sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{},
-		seed: map[string]*seedEntry{}, owned: map[string]int{}, budget: newBudget(cfg.AnswerBudget, cfg.QueueTimeout)}, nil
+	e := &Engine{cfg: cfg, adm: admission{owners: map[string]*ownerQueue{}}, sbSlots: make(chan struct{}, cfg.MaxSandboxes),
+		live: map[string]Instance{}, pooled: map[string]bool{}, leases: map[string]func(){}, sandboxes: map[string]*Sandbox{}, gone: map[string]goneEntry{},
+		seed: map[string]*seedEntry{}, owned: map[string]int{}, budget: newBudget(cfg.AnswerBudget, cfg.QueueTimeout)}
+	if cfg.PoolSize > 0 {
+		e.pool = newPool(e) // its refill goroutine is stopped by Close
+	}
+	return e, nil
 }
 
 // Limits returns the bounds requests are checked against.
@@ -320,11 +346,11 @@ func (e *Engine) Close(ctx context.Context) error {
 	return err
 }
 
-// Live is the number of sandboxes currently alive.
+// Live is the number of sandboxes currently alive, not counting the pool's ready ones.
 func (e *Engine) Live() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return len(e.live)
+	return len(e.live) - len(e.pooled)
 }
 
 // MaxSandboxes is the bound on live long-lived sandboxes.
@@ -357,6 +383,11 @@ func (e *Engine) Shutdown(ctx context.Context, mode ShutdownMode) (kept int, err
 	e.mu.Lock()
 	e.closed = true
 	e.mu.Unlock()
+	// The pool's refills stop first; its ready sandboxes are in e.live, and the sweep below
+	// destroys them whatever the mode: they were never handed out.
+	if e.pool != nil {
+		e.pool.close()
+	}
 	e.creating.Wait()
 	e.mu.Lock()
 	sbs := slices.Collect(maps.Values(e.sandboxes))
@@ -371,8 +402,6 @@ func (e *Engine) Shutdown(ctx context.Context, mode ShutdownMode) (kept int, err
 		}
 	}
 	swg.Wait()
-	// The warm pool's hook: a pool that holds instances outside e.live hands them back (or
-	// destroys them) here, before the sweep below; those in e.live the sweep destroys.
 	e.mu.Lock()
 	// What is still registered is kept (DrainSandboxes ended all): handed over to the next
 	// daemon, the engine forgets it, so that a later Close destroys none of it. Its image

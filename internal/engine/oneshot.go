@@ -180,10 +180,10 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error
 		lease()
 		return nil, err
 	}
-	id, inst, err := e.create(ctx, KindOneShot, Spec{
+	id, inst, err := e.oneShotInstance(ctx, p, Spec{
 		Image: p.Image, ImageRoot: root, MemoryBytes: p.MemoryBytes, CPU: p.CPU, Pids: e.cfg.Pids,
 		ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Network: network,
-	}, record{Owner: Owner(ctx)}, lease)
+	}, lease)
 	if err != nil {
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)
@@ -202,6 +202,15 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error
 		release()
 	}()
 	return res, err
+}
+
+// oneShotInstance is the one place a one-shot obtains the fresh sandbox it runs in (p is the
+// run, for a caller that serves some runs another way, such as a zygote): a ready sandbox of its
+// class from the warm pool (pool.go), else a cold create. It owns lease like create, and counts
+// the sandbox's teardown (e.teardown) like create.
+func (e *Engine) oneShotInstance(ctx context.Context, p *oneShotPlan, spec Spec, lease func()) (string, Instance, error) {
+	id, inst, _, err := e.obtain(ctx, KindOneShot, spec, record{Owner: Owner(ctx)}, lease, false)
+	return id, inst, err
 }
 
 func (e *Engine) runOnce(ctx context.Context, inst Instance, p *oneShotPlan) (*Result, error) {

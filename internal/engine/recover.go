@@ -35,6 +35,7 @@ type record struct {
 	Kind    Kind      `json:"kind"`
 	Owner   string    `json:"owner,omitempty"`
 	Seed    string    `json:"seed,omitempty"` // the seed name of a KindSeedSession
+	For     Kind      `json:"for,omitempty"`  // what a KindPooled sandbox was prepared as
 	Created time.Time `json:"created"`
 	Expires time.Time `json:"expires,omitzero"` // long-lived kinds only
 	// LastActive is the sandbox's last call as a daemon that stopped gracefully saw it, so
@@ -155,6 +156,9 @@ func (e *Engine) adopt(ctx context.Context, r Recovered) bool {
 	case rec.Kind == KindOneShot:
 		log.InfoContext(ctx, "destroying a recovered sandbox", "rule", "one-shot: its caller is gone")
 		err = errors.New("one-shot")
+	case rec.Kind == KindPooled:
+		log.InfoContext(ctx, "destroying a recovered sandbox", "rule", "prepared by the warm pool, never handed out")
+		err = errors.New("pooled")
 	case rec.Spec == nil || !(rec.Kind == KindSandbox || rec.Kind.IsSession()):
 		log.WarnContext(ctx, "destroying a recovered sandbox", "rule", "record of kind "+string(rec.Kind)+" without a spec")
 		err = errors.New("unknown kind")

@@ -32,8 +32,8 @@ func noSpace(err error) error {
 
 // create is the one funnel through which every sandbox is made, one-shot or long-lived: it
 // picks the id, persists rec (completed with the kind and the creation time) with the
-// sandbox for Recover, and registers the instance as live. A warm pool slots in here,
-// handing out a pre-made instance of the same class instead of calling the runtime.
+// sandbox for Recover, and registers the instance as live. The warm pool (pool.go) prepares
+// its sandboxes through it too; obtain hands those out instead of calling create.
 //
 // lease is the release of the image lease the sandbox stands on (leaseImage): create owns it
 // from the call on, releasing it when the creation fails or, through destroy, when the sandbox
@@ -45,7 +45,11 @@ func (e *Engine) create(ctx context.Context, kind Kind, spec Spec, rec record, l
 			lease()
 		}
 	}()
-	spec.ID = newID(kind.idPrefix())
+	prefix := kind.idPrefix()
+	if kind == KindPooled {
+		prefix = rec.For.idPrefix() // what it will be handed out as
+	}
+	spec.ID = newID(prefix)
 	rec.V, rec.Kind = recordVersion, kind
 	if rec.Created.IsZero() {
 		rec.Created = time.Now()
@@ -81,6 +85,9 @@ func (e *Engine) create(ctx context.Context, kind Kind, spec Spec, rec record, l
 	e.mu.Lock()
 	e.live[spec.ID] = inst
 	e.leases[spec.ID] = lease
+	if kind == KindPooled {
+		e.pooled[spec.ID] = true
+	}
 	e.mu.Unlock()
 	return spec.ID, inst, nil
 }
@@ -94,6 +101,7 @@ func (e *Engine) destroy(ctx context.Context, id string, inst Instance) {
 	}
 	e.mu.Lock()
 	delete(e.live, id)
+	delete(e.pooled, id)
 	release := e.leases[id]
 	delete(e.leases, id)
 	e.mu.Unlock()

@@ -21,7 +21,7 @@ import (
 // record) and never inferred from its id or its tags.
 type Kind string
 
-// The kinds of sandbox. (A warm pool will add a kind for sandboxes made ahead of a request.)
+// The kinds of sandbox (and KindPooled, pool.go, for one made ahead of a request).
 const (
 	KindOneShot     Kind = "one-shot"     // runs one program, then is destroyed; never registered
 	KindSandbox     Kind = "sandbox"      // long-lived, driven step by step
@@ -148,38 +148,43 @@ func (e *Engine) CreateSandbox(ctx context.Context, s SandboxSpec) (*Sandbox, er
 	if err != nil {
 		return nil, err
 	}
-	return e.startSandbox(ctx, KindSandbox, "", s)
+	sb, _, err := e.startSandbox(ctx, KindSandbox, "", s, false)
+	return sb, err
 }
 
-// startSandbox creates a sandbox of kind from the normalized s and registers it.
-func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s SandboxSpec) (*Sandbox, error) {
+// startSandbox creates a sandbox of kind from the normalized s and registers it: a pooled
+// one when its class is ready (obtain), else a cold one. warmRepl asks for a sandbox whose
+// interpreter already runs (a session without an environment of its own); warm says that is
+// what it got.
+func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s SandboxSpec, warmRepl bool) (_ *Sandbox, warm bool, _ error) {
 	owner := Owner(ctx)
 	release, err := e.acquireSandbox(owner)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	// The record keeps the id, so that a restart re-leases this very image and a name moved
 	// to another image later changes no live sandbox.
 	root, lease, err := e.leaseImage(ctx, s.Image)
 	if err != nil {
 		release()
-		return nil, err
+		return nil, false, err
 	}
 	s.ImageID = ""
 	if root != nil {
 		s.ImageID = root.ID
 	}
-	now := time.Now()
 	rs := Spec{Image: s.Image, ImageRoot: root, MemoryBytes: s.MemoryBytes, CPU: s.CPU,
 		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Network: s.Network}
 	if !layout.Writable(s.Workdir) {
 		rs.Workdir = s.Workdir // the runtime makes it; a writable one is made below
 	}
-	id, inst, err := e.create(ctx, kind, rs, record{Owner: owner, Seed: seed, Created: now,
-		Expires: now.Add(s.Timeout), Spec: &s}, lease)
+	// The sandbox's times start now, whether it is made now or was prepared by the pool.
+	now := time.Now()
+	id, inst, pooled, err := e.obtain(ctx, kind, rs, record{Owner: owner, Seed: seed, Created: now,
+		Expires: now.Add(s.Timeout), Spec: &s}, lease, warmRepl)
 	if err != nil {
 		release()
-		return nil, fmt.Errorf("create sandbox: %w", err)
+		return nil, false, fmt.Errorf("create sandbox: %w", err)
 	}
 	sb := &Sandbox{e: e, id: id, kind: kind, seed: seed, inst: inst, client: inst.Agent(), created: now,
 		expires: now.Add(s.Timeout), spec: s, release: release, lastActive: now, owner: owner}
@@ -187,12 +192,12 @@ func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s San
 		if _, err := sb.client.MakeDir(ctx, s.Workdir); err != nil {
 			e.destroy(ctx, id, inst)
 			release()
-			return nil, fmt.Errorf("create workdir: %w", err)
+			return nil, false, fmt.Errorf("create workdir: %w", err)
 		}
 	}
 	e.register(sb)
-	e.cfg.Logger.InfoContext(ctx, "sandbox created", "sandbox", id, "kind", kind, "expires", sb.expires)
-	return sb, nil
+	e.cfg.Logger.InfoContext(ctx, "sandbox created", "sandbox", id, "kind", kind, "expires", sb.expires, "pooled", pooled)
+	return sb, pooled && warmRepl, nil
 }
 
 // touch records API activity and returns a func to call when the activity ends.

@@ -62,9 +62,14 @@ func (e *Engine) CreateSession(ctx context.Context, s SessionSpec) (*Sandbox, er
 
 // startSession starts a session's sandbox and its interpreter.
 func (e *Engine) startSession(ctx context.Context, kind Kind, seed string, spec SandboxSpec) (*Sandbox, error) {
-	sb, err := e.startSandbox(ctx, kind, seed, spec)
+	// A pooled session's interpreter already runs, started with no environment in the
+	// default workdir: only a session asking for exactly that can take one.
+	sb, warm, err := e.startSandbox(ctx, kind, seed, spec, len(spec.Env) == 0 && spec.Workdir == layout.Workspace)
 	if err != nil {
 		return nil, err
+	}
+	if warm {
+		return sb, nil
 	}
 	if err := sb.client.ReplStart(ctx, sb.spec.Env, sb.spec.Workdir); err != nil {
 		e.end(ctx, sb, "failed")

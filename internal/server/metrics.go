@@ -50,8 +50,39 @@ func newMetrics(e *engine.Engine) *metrics {
 			func() float64 { return float64(e.Live()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "airlock_admission_waiting", Help: "Requests queued for a sandbox slot."},
 			func() float64 { return float64(e.Waiting()) }),
+		poolCollector{e},
 	)
 	return m
+}
+
+// poolCollector reports the warm pool per class, read when scraped. A class the pool forgot
+// (idle) disappears, and its counters start from zero if it comes back.
+type poolCollector struct{ e *engine.Engine }
+
+var (
+	poolReady    = prometheus.NewDesc("airlock_pool_ready", "Ready sandboxes in the warm pool, by class.", []string{"class"}, nil)
+	poolTarget   = prometheus.NewDesc("airlock_pool_target", "Ready sandboxes the warm pool aims at, by class (from demand).", []string{"class"}, nil)
+	poolHandouts = prometheus.NewDesc("airlock_pool_handouts_total", "Sandboxes handed out by the warm pool, by class.", []string{"class"}, nil)
+	poolMisses   = prometheus.NewDesc("airlock_pool_misses_total", "Requests of a pooled class that found no ready sandbox (cold creates), by class.", []string{"class"}, nil)
+	poolRefills  = prometheus.NewDesc("airlock_pool_refills_total", "Sandboxes the warm pool prepared, by class.", []string{"class"}, nil)
+	poolFailures = prometheus.NewDesc("airlock_pool_refill_failures_total", "Refills of the warm pool that failed, by class.", []string{"class"}, nil)
+)
+
+func (poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolReady, poolTarget, poolHandouts, poolMisses, poolRefills, poolFailures} {
+		ch <- d
+	}
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.e.PoolStats() {
+		ch <- prometheus.MustNewConstMetric(poolReady, prometheus.GaugeValue, float64(s.Ready), s.Class)
+		ch <- prometheus.MustNewConstMetric(poolTarget, prometheus.GaugeValue, float64(s.Target), s.Class)
+		ch <- prometheus.MustNewConstMetric(poolHandouts, prometheus.CounterValue, float64(s.Handouts), s.Class)
+		ch <- prometheus.MustNewConstMetric(poolMisses, prometheus.CounterValue, float64(s.Misses), s.Class)
+		ch <- prometheus.MustNewConstMetric(poolRefills, prometheus.CounterValue, float64(s.Refills), s.Class)
+		ch <- prometheus.MustNewConstMetric(poolFailures, prometheus.CounterValue, float64(s.Failures), s.Class)
+	}
 }
 
 // statusWriter records the status code a handler wrote.

@@ -483,8 +483,12 @@ type Sandbox struct {
 	image   *sandboxImage         // an image sandbox's writable layer; nil for the host image
 	net     *netpolicy.Attachment // a networked sandbox's network; nil when blocked
 	resolv  string                // its resolv.conf
-	destroy sync.Once
-	err     error // result of Destroy
+	// What SetLimits needs (limits_linux.go): the writable layers' size and the request it
+	// came from, the user memory limit now, and the cgroup version. Zero in a recovered sandbox.
+	scratch, scratchReq, memory int64
+	v2                          bool
+	destroy                     sync.Once
+	err                         error // result of Destroy
 }
 
 // Create starts a sandbox and returns once its agent is serving. On error nothing is left behind.
@@ -608,18 +612,9 @@ func (c *creation) stateDir(context.Context) error {
 func (c *creation) cgroups(ctx context.Context) error {
 	spec := c.spec
 	c.scratch = ScratchFor(spec.ScratchBytes, spec.MemoryBytes)
-	outer := cgroup.Limits{CPU: spec.CPU}
-	if spec.MemoryBytes > 0 {
-		outer.MemoryBytes = spec.MemoryBytes + c.scratch + agentMemoryReserve
-	}
-	if spec.Pids > 0 {
-		outer.Pids = spec.Pids + agentPidsReserve
-	}
-	c.user = cgroup.Limits{MemoryBytes: spec.MemoryBytes, Pids: spec.Pids}
 	c.v2 = c.r.cg.Version() == 2
-	if !c.v2 && c.user.Pids > 0 {
-		c.user.Pids++ // v1: the agent's spawner thread lives in the user group (see startSpawner)
-	}
+	var outer cgroup.Limits
+	outer, c.user = groupLimits(Limits{MemoryBytes: spec.MemoryBytes, CPU: spec.CPU, Pids: spec.Pids}, c.scratch, c.v2)
 	g, err := c.r.cg.Create(spec.ID, outer)
 	if err != nil {
 		return fmt.Errorf("create cgroup: %w", err)
@@ -738,7 +733,8 @@ func (c *creation) spawnInit(context.Context) error {
 	slot := c.slot
 	sb := &Sandbox{id: c.spec.ID, pid: cmd.Process.Pid, proc: cmd.Process, cg: c.g, user: c.userG, dir: c.dir, sock: c.sock,
 		done: make(chan struct{}), logger: c.r.cfg.Logger.With("sandbox", c.spec.ID),
-		release: func() { c.r.freeSlot(slot) }}
+		release: func() { c.r.freeSlot(slot) }, scratch: c.scratch, scratchReq: c.spec.ScratchBytes,
+		memory: c.spec.MemoryBytes, v2: c.v2}
 	go func() {
 		cmd.Wait()
 		close(sb.done)
