@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -58,6 +57,13 @@ func (x *execution) started(write func(ctx context.Context, b []byte, eof bool) 
 		x.write = write
 		close(x.ready)
 	}
+}
+
+// hasStarted reports whether the process started.
+func (x *execution) hasStarted() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.write != nil
 }
 
 // finish records the end; a process that never started gets no stdin.
@@ -203,9 +209,9 @@ func (s *Server) runProcess(b *box, x *execution, spec engine.ExecSpec) {
 		}
 	})
 	switch {
-	case err != nil && errors.Is(err, api.ErrNotFound):
-		// The agent refused the command (not in PATH): what a shell would say.
-		x.output(1, []byte(fmt.Sprintf("%s\n", api.PublicDetail(err).Message)))
+	case err != nil && !x.hasStarted() && !errors.Is(err, api.ErrGone):
+		// The agent refused to start it (not in PATH, say): what a shell would answer.
+		x.output(1, []byte(api.PublicDetail(err).Message+"\n"))
 		x.finish(127, 0)
 	case err != nil:
 		s.cfg.Logger.WarnContext(ctx, "modal exec", "sandbox", b.id, "err", err)
