@@ -143,6 +143,12 @@ type modalJSResult map[string]any
 // runModal runs one check of checks.mjs with key as MODAL_TOKEN_SECRET.
 func runModal(t *testing.T, d *daemon, key, check string, args ...string) modalJSResult {
 	t.Helper()
+	return runModalEnv(t, d, nil, key, check, args...)
+}
+
+// runModalEnv is runModal with more environment (NAME=value) for the client.
+func runModalEnv(t *testing.T, d *daemon, env []string, key, check string, args ...string) modalJSResult {
+	t.Helper()
 	dir := modalSDK(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -150,6 +156,7 @@ func runModal(t *testing.T, d *daemon, key, check string, args ...string) modalJ
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "MODAL_SERVER_URL=http://"+d.addr, "MODAL_TOKEN_ID=airlock",
 		"MODAL_TOKEN_SECRET="+key, "MODAL_CONFIG_PATH=/dev/null", "HOME="+t.TempDir(), "MODAL_E2E_IMAGE="+modalImage)
+	cmd.Env = append(cmd.Env, env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -300,6 +307,48 @@ func TestModalSDK(t *testing.T) {
 			t.Errorf("exec after terminate: got %v, want an error", tr["exec"])
 		}
 		t.Logf("exec after terminate: %s: %s", tr.str("exec", "name"), tr.str("exec", "error"))
+	})
+
+	t.Run("V1 family", func(t *testing.T) {
+		// MODAL_SANDBOX_V2=0: SandboxCreate, SandboxGetTaskId, TaskGetCommandRouterAccess and
+		// the V1 waits, over the same sandboxes.
+		v1 := []string{"MODAL_SANDBOX_V2=0"}
+		r := runModalEnv(t, d, v1, modalKey1, "seed")
+		if got := r.str("ok", "stdout"); got != "42\n" || r.num("fail", "returncode") != 3 {
+			t.Errorf("seed on V1: got %v", r)
+		}
+		if got, want := runModalEnv(t, d, v1, modalKey1, "envWorkdir").str("first"), "from-create from-exec /tmp\n"; got != want {
+			t.Errorf("env on V1 (an ephemeral secret): got %q, want %q", got, want)
+		}
+	})
+
+	t.Run("dockerfileCommands", func(t *testing.T) {
+		r := runModal(t, d, modalKey1, "dockerfile")
+		if got, want := r.str("stdout"), "built\nyes\n/opt/app\n"; got != want {
+			t.Errorf("got %q, want %q (%v)", got, want, r)
+		}
+		if e := r.str("unsupported", "error"); !strings.Contains(e, `"USER nobody" is not supported`) {
+			t.Errorf("USER: got %v, want the builder's refusal naming it", r["unsupported"])
+		}
+	})
+
+	t.Run("host files stay out of reach", func(t *testing.T) {
+		// The filesystem convention is served daemon-side: prove it reaches only the
+		// sandbox's tree, not the daemon's, whatever path it is given.
+		secret := filepath.Join(os.TempDir(), fmt.Sprintf("airlock-modal-host-%d", os.Getpid()))
+		if err := os.WriteFile(secret, []byte("HOST-SECRET"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(secret) })
+		r := runModal(t, d, modalKey1, "hostFile", secret)
+		for k, v := range r {
+			if strings.Contains(fmt.Sprint(v), "HOST-SECRET") {
+				t.Errorf("%s read the host's file: %v", k, v)
+			}
+		}
+		if r.str("fs", "name") != "SandboxFilesystemNotFoundError" {
+			t.Errorf("readText of a host path: got %v, want SandboxFilesystemNotFoundError", r["fs"])
+		}
 	})
 
 	t.Run("wrong key", func(t *testing.T) {

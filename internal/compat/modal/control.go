@@ -157,6 +157,12 @@ func (s *Server) spec(ctx context.Context, def *pb.Sandbox, tags []*pb.SandboxTa
 		sp.IdleTimeout = time.Duration(def.GetIdleTimeoutSecs()) * time.Second
 	}
 	sp.Workdir = def.GetWorkdir()
+	if sp.Workdir == "" && s.cfg.Images != nil {
+		// Docker's rule, which Modal's images follow: the image's WORKDIR is the default.
+		if img, err := s.cfg.Images.Resolve(ref); err == nil {
+			sp.Workdir = img.Config.WorkingDir
+		}
+	}
 	if r := def.GetResources(); r != nil {
 		if g := r.GetGpuConfig(); g != nil && (g.GetCount() > 0 || g.GetGpuType() != "" || g.GetType() != 0) {
 			return sp, errNoGPU

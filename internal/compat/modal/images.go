@@ -2,6 +2,8 @@ package modal
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -133,7 +135,11 @@ func (s *Server) buildImage(ctx context.Context, im *pb.Image) (string, error) {
 	if s.cfg.Builder == nil {
 		return "", api.Errorf(api.ErrUnimplemented, "this daemon cannot build images")
 	}
-	built, err := s.cfg.Builder.Build(ctx, &image.BuildSpec{Base: img.ID, Steps: steps}, "", func(image.BuildEvent) {})
+	// The builder names what it builds: a name derived from the layer, so the same layer
+	// asked for again is the same name (and the builder's cache answers it).
+	sum := sha256.Sum256([]byte(img.ID + "\x00" + strings.Join(cmds[1:], "\x00")))
+	name := "modal-build/" + hex.EncodeToString(sum[:8]) + ":latest"
+	built, err := s.cfg.Builder.Build(ctx, &image.BuildSpec{Name: name, Base: img.ID, Steps: steps}, "", func(image.BuildEvent) {})
 	if err != nil {
 		return "", fmt.Errorf("build image: %w", err)
 	}

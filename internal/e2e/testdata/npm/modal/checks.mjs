@@ -154,6 +154,55 @@ const checks = {
     return { code, exec };
   },
 
+  // dockerfile builds a layer with Airlock's spec builder (RUN, ENV, WORKDIR) and runs in it.
+  async dockerfile() {
+    const app = await modal.apps.fromName("airlock-e2e", { createIfMissing: true });
+    const image = modal.images
+      .fromRegistry(IMAGE)
+      .dockerfileCommands(["RUN mkdir -p /opt/app && echo built > /opt/app/b.txt", "ENV BUILT=yes", "WORKDIR /opt/app"]);
+    const sb = await modal.sandboxes.create(app, image, { blockNetwork: true });
+    try {
+      const p = await sb.exec(["sh", "-c", 'cat b.txt; echo "$BUILT"; pwd']);
+      await p.wait();
+      const out = { stdout: await p.stdout.readText(), imageId: image.imageId };
+      try {
+        await modal.sandboxes.create(app, modal.images.fromRegistry(IMAGE).dockerfileCommands(["USER nobody"]), {});
+        out.unsupported = { unexpected: "built" };
+      } catch (e) {
+        out.unsupported = failure(e);
+      }
+      return out;
+    } finally {
+      await sb.terminate();
+    }
+  },
+
+  // hostFile tries to read a file of the daemon's host through sb.filesystem and through cat.
+  async hostFile(path) {
+    const sb = await sandbox();
+    try {
+      const out = {};
+      try {
+        out.fs = { unexpected: await sb.filesystem.readText(path) };
+      } catch (e) {
+        out.fs = failure(e);
+      }
+      for (const p of [path, "/proc/1/root" + path, "../../../../.." + path]) {
+        try {
+          out["fs " + p] = { unexpected: await sb.filesystem.readText(p) };
+        } catch (e) {
+          out["fs " + p] = failure(e);
+        }
+      }
+      const p = await sb.exec(["cat", path]);
+      out.catCode = await p.wait();
+      out.cat = await p.stdout.readText();
+      return out;
+    } finally {
+      await sb.terminate();
+    }
+  },
+
   async create() {
     const sb = await sandbox({ timeoutMs: 120000 });
     return { id: sb.sandboxId };
