@@ -182,7 +182,8 @@ func serveCmd() *cobra.Command {
 			// MODAL_SERVER_URL=http://ADDR with HTTP/2 prior knowledge); every other request is
 			// the REST API's.
 			msrv, err := modal.New(modal.Config{Logger: logger, Engine: e, Authenticate: srv.Authenticate,
-				Images: sc.Images, Builder: &image.Builder{Store: sc.Images, Runner: sc.BuildRunner, Logger: logger}})
+				Images: sc.Images, Builder: &image.Builder{Store: sc.Images, Runner: sc.BuildRunner, Logger: logger},
+				MaxRequestsPerKey: sc.MaxRequestsPerKey})
 			if err != nil {
 				return err
 			}

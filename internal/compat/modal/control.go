@@ -3,6 +3,7 @@ package modal
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"slices"
@@ -563,15 +564,24 @@ func (c *control) SandboxGetFromNameV2(ctx context.Context, req *pb.SandboxGetFr
 	return c.getFromName(ctx, req)
 }
 
+// tunnels answers for encryptedPorts. Modal's tunnels are TLS endpoints of their own
+// (https://host:port to the port's root), which a plaintext listener cannot give; Airlock's
+// port proxy reaches the same ports by path and token, so the refusal names those URLs.
 func (c *control) tunnels(ctx context.Context, req *pb.SandboxGetTunnelsRequest) (*pb.SandboxGetTunnelsResponse, error) {
 	b, err := c.s.box(ctx, req.GetSandboxId())
 	if err != nil {
 		return nil, err
 	}
-	if len(b.sb.Spec().Ports) == 0 {
+	ports := b.sb.Spec().Ports
+	if len(ports) == 0 {
 		return pb.SandboxGetTunnelsResponse_builder{Result: success()}.Build(), nil
 	}
-	return nil, errorf(codes.Unimplemented, "tunnels to encryptedPorts are not served by Airlock's Modal API yet: reach the port through Airlock's port proxy, /v1/sandboxes/%s/ports/PORT/ with the port's token", b.id)
+	host, _ := ctx.Value(hostKey{}).(string)
+	urls := make([]string, 0, len(ports))
+	for _, p := range ports {
+		urls = append(urls, fmt.Sprintf("http://%s/v1/sandboxes/%s/ports/%d/?%s=%s", host, b.id, p.Port, api.PortTokenQuery, p.Token))
+	}
+	return nil, errorf(codes.FailedPrecondition, "Airlock serves no Modal TLS tunnels; the sandbox's ports are on Airlock's port proxy: %s", strings.Join(urls, " "))
 }
 
 func (c *control) SandboxGetTunnels(ctx context.Context, req *pb.SandboxGetTunnelsRequest) (*pb.SandboxGetTunnelsResponse, error) {

@@ -88,19 +88,24 @@ type harness struct {
 	cp   pb.ModalClientClient
 	conn *grpc.ClientConn
 	e    *engine.Engine
+	s    *Server
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, opts ...func(*Config)) *harness {
 	t.Helper()
 	e, err := engine.New(engine.Config{Runtime: fakeRuntime{}, Images: engineImages{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	keys := map[string]string{key1: "owner1", key2: "owner2"}
-	s, err := New(Config{Engine: e, Images: fakeStore{}, Authenticate: func(k string) (string, bool) {
+	cfg := Config{Engine: e, Images: fakeStore{}, Authenticate: func(k string) (string, bool) {
 		o, ok := keys[k]
 		return o, ok
-	}})
+	}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +131,7 @@ func newHarness(t *testing.T) *harness {
 		s.Close()
 		e.Close(context.Background())
 	})
-	return &harness{addr: ln.Addr().String(), cp: pb.NewModalClientClient(conn), conn: conn, e: e}
+	return &harness{addr: ln.Addr().String(), cp: pb.NewModalClientClient(conn), conn: conn, e: e, s: s}
 }
 
 // as returns ctx carrying key as Modal's JS client sends it.
@@ -609,4 +614,65 @@ func TestGRPCError(t *testing.T) {
 			t.Errorf("internal text leaked: %v", got)
 		}
 	}
+}
+
+func TestEntrypoint(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	sb := h.create(t, key1, pb.Sandbox_builder{TimeoutSecs: 60, EntrypointArgs: []string{"cat"}}.Build())
+	id := sb.GetSandboxId()
+	rc, rctx := h.routed(t.Context(), sb.GetCommandRouterAccess().GetJwt())
+	out, err := rc.SandboxStdioReadV2(rctx, pb.SandboxStdioReadV2Request_builder{TaskId: id}.Build())
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(off uint64, data string, eof bool) {
+		t.Helper()
+		if _, err := rc.SandboxStdinWriteV2(rctx, pb.SandboxStdinWriteV2Request_builder{TaskId: id, Offset: off, Data: []byte(data), Eof: eof}.Build()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(0, "entry", false)
+	if m, err := out.Recv(); err != nil || string(m.GetData()) != "entry" {
+		t.Fatalf("entrypoint stdout: got %v, %v", m, err)
+	}
+	write(5, "", true)
+	// The sandbox ends with its entrypoint, and says how it ended.
+	wr, err := h.cp.SandboxWaitV2(as(t.Context(), key1), pb.SandboxWaitRequest_builder{SandboxId: id, Timeout: 10}.Build())
+	if err != nil || wr.GetResult().GetStatus() != pb.GenericResult_GENERIC_STATUS_SUCCESS || wr.GetResult().GetExitcode() != 0 {
+		t.Errorf("wait: got %v, %v; want SUCCESS with exit code 0", wr, err)
+	}
+}
+
+func TestRequestsPerKey(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, func(c *Config) { c.MaxRequestsPerKey = 1 })
+	sb := h.create(t, key1, nil)
+	ctx := as(t.Context(), key1)
+	// One long poll holds the key's only slot…
+	held := make(chan error, 1)
+	wctx, cancel := context.WithCancel(ctx)
+	go func() {
+		_, err := h.cp.SandboxWaitV2(wctx, pb.SandboxWaitRequest_builder{SandboxId: sb.GetSandboxId(), Timeout: 30}.Build())
+		held <- err
+	}()
+	for {
+		h.s.inflightMu.Lock()
+		n := h.s.inflight["owner1"]
+		h.s.inflightMu.Unlock()
+		if n == 1 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// …so the next call of that key is refused, and another key's is not.
+	_, err := h.cp.SandboxListV2(ctx, &pb.SandboxListRequest{})
+	if code(err) != codes.ResourceExhausted {
+		t.Errorf("a second call in flight: got %v, want RESOURCE_EXHAUSTED", err)
+	}
+	if _, err := h.cp.SandboxListV2(as(t.Context(), key2), &pb.SandboxListRequest{}); err != nil {
+		t.Errorf("another key: %v", err)
+	}
+	cancel()
+	<-held
 }

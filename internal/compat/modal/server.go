@@ -43,6 +43,10 @@ type Config struct {
 	// Secrets resolves a named secret (secrets.fromName) to its variables for owner. Nil, the
 	// daemon has no named secrets and such requests fail with FAILED_PRECONDITION saying so.
 	Secrets func(ctx context.Context, owner, name string) (map[string]string, error)
+	// MaxRequestsPerKey bounds the calls (streams and long polls included) one key has in
+	// flight, as the REST API's bound of the same name; past it, RESOURCE_EXHAUSTED. 0 is no
+	// bound; it applies only with Authenticate.
+	MaxRequestsPerKey int
 }
 
 // Server serves Modal's two gRPC services. Its ServeHTTP runs inside net/http (h2c on the
@@ -52,6 +56,9 @@ type Server struct {
 	grpc  *grpc.Server
 	key   []byte // signs router tokens; random per daemon, so a restart makes clients refetch
 	state *state
+
+	inflightMu sync.Mutex     // guards inflight
+	inflight   map[string]int // calls in flight per owner
 
 	ctx    context.Context // executions and entrypoints run under it; Close cancels it
 	cancel context.CancelFunc
@@ -69,7 +76,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, key: make([]byte, 32), state: newState()}
+	s := &Server{cfg: cfg, key: make([]byte, 32), state: newState(), inflight: map[string]int{}}
 	rand.Read(s.key)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(maxMessage), grpc.MaxSendMsgSize(maxMessage),
@@ -111,7 +118,7 @@ func (s *Server) Close() {
 	s.wg.Wait()
 }
 
-// ownerKey carries the caller's identity (engine.WithOwner) and how it was proven.
+// callerKey carries the caller (a caller) in a call's context.
 type callerKey struct{}
 
 // caller is who made a call: the owner of an API key, or of a router token's sandbox.
@@ -166,11 +173,38 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	return engine.WithOwner(ctx, c.owner), nil
 }
 
+// enter counts one more call in flight for ctx's owner and returns its release, or refuses
+// it past Config.MaxRequestsPerKey.
+func (s *Server) enter(ctx context.Context) (leave func(), err error) {
+	if s.cfg.MaxRequestsPerKey <= 0 || s.cfg.Authenticate == nil {
+		return func() {}, nil
+	}
+	owner := engine.Owner(ctx)
+	s.inflightMu.Lock()
+	defer s.inflightMu.Unlock()
+	if s.inflight[owner] >= s.cfg.MaxRequestsPerKey {
+		return nil, status.Error(codes.ResourceExhausted, "too many requests in flight for this API key")
+	}
+	s.inflight[owner]++
+	return func() {
+		s.inflightMu.Lock()
+		defer s.inflightMu.Unlock()
+		if s.inflight[owner]--; s.inflight[owner] <= 0 {
+			delete(s.inflight, owner)
+		}
+	}, nil
+}
+
 func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	ctx, err := s.authenticate(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
 	}
+	leave, err := s.enter(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer leave()
 	resp, err := h(ctx, req)
 	return resp, grpcError(err)
 }
@@ -188,6 +222,11 @@ func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	if err != nil {
 		return err
 	}
+	leave, err := s.enter(ctx)
+	if err != nil {
+		return err
+	}
+	defer leave()
 	return grpcError(h(srv, authStream{ss, ctx}))
 }
 
