@@ -6,17 +6,20 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/testutil"
@@ -413,4 +416,64 @@ func getJSON(t *testing.T, d *daemon, key, path string, out any) int {
 		json.NewDecoder(resp.Body).Decode(out)
 	}
 	return resp.StatusCode
+}
+
+// TestModalBenchPaired measures create → exec echo → terminate through the npm SDK and the
+// same through Airlock's Go SDK against one daemon, in alternating blocks so that drift hits
+// both alike. It runs only when asked (AIRLOCK_BENCH_MODAL=ROUNDS, e.g. 20), as a measurement:
+//
+//	CGO_ENABLED=0 AIRLOCK_TEST_VM=0 AIRLOCK_BENCH_MODAL=20 go test -count=1 -v -run TestModalBenchPaired ./internal/e2e/
+func TestModalBenchPaired(t *testing.T) {
+	n := os.Getenv("AIRLOCK_BENCH_MODAL")
+	if n == "" {
+		t.Skip("a measurement: set AIRLOCK_BENCH_MODAL=ROUNDS to run it")
+	}
+	d := modalDaemon(t)
+	modalSDK(t)
+	c := airlock.New(d.url, modalKey1)
+	goRounds := func(rounds int) []float64 {
+		var ms []float64
+		for range rounds {
+			t0 := time.Now()
+			sb, err := c.CreateSandbox(t.Context(), api.CreateSandboxRequest{Image: modalImage})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := sb.Exec(t.Context(), "echo", "hi")
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Stdin.Close()
+			out, _ := io.ReadAll(p.Stdout)
+			if r, err := p.Wait(); err != nil || string(out) != "hi\n" {
+				t.Fatalf("echo: %q %+v, %v", out, r, err)
+			}
+			if err := sb.Terminate(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			ms = append(ms, float64(time.Since(t0).Microseconds())/1000)
+		}
+		return ms
+	}
+	rounds, err := strconv.Atoi(n)
+	if err != nil || rounds < 1 {
+		t.Fatalf("AIRLOCK_BENCH_MODAL=%q: want a number of rounds", n)
+	}
+	for block := 1; block <= 3; block++ {
+		var js []float64
+		for _, v := range runModal(t, d, modalKey1, "bench", n).get("ms").([]any) {
+			js = append(js, v.(float64))
+		}
+		gs := goRounds(rounds)
+		pj, pg := percentile(js, 50), percentile(gs, 50)
+		t.Logf("block %d, %d rounds: npm modal SDK p50 %.1f ms p90 %.1f ms | Go SDK p50 %.1f ms p90 %.1f ms | ratio %.2f×",
+			block, rounds, pj, percentile(js, 90), pg, percentile(gs, 90), pj/pg)
+	}
+}
+
+// percentile is the p-th percentile of v (nearest rank).
+func percentile(v []float64, p int) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[max(0, (len(s)*p+99)/100-1)]
 }
