@@ -354,6 +354,24 @@ func TestModalSDK(t *testing.T) {
 		}
 	})
 
+	t.Run("resources and network as /v1 sees them", func(t *testing.T) {
+		for _, tc := range []struct{ kind, want string }{
+			{"sized", "cpu 0.5, 256 MiB, idle 60 s, network block"},
+			{"open", "cpu 1, 512 MiB, idle 0 s, network internet"},
+		} {
+			id := runModal(t, d, modalKey1, "create", tc.kind).str("id")
+			var info api.SandboxInfo
+			if code := getJSON(t, d, modalKey1, "/v1/sandboxes/"+id, &info); code != 200 {
+				t.Fatalf("GET /v1/sandboxes/%s: %d", id, code)
+			}
+			got := fmt.Sprintf("cpu %v, %d MiB, idle %v s, network %s", info.CPU, info.MemoryMB, info.IdleTimeout, info.Network.Mode)
+			if got != tc.want {
+				t.Errorf("%s: got %s, want %s", tc.kind, got, tc.want)
+			}
+			runModal(t, d, modalKey1, "terminateThenUse", id)
+		}
+	})
+
 	t.Run("wrong key", func(t *testing.T) {
 		r := runModal(t, d, "not-a-key-of-this-daemon-000", "wrongKey")
 		if !strings.Contains(r.str("error"), "UNAUTHENTICATED") && !strings.Contains(r.str("error"), "invalid API key") {

@@ -203,8 +203,13 @@ const checks = {
     }
   },
 
-  async create() {
-    const sb = await sandbox({ timeoutMs: 120000 });
+  // create makes a sandbox and leaves it running; "open" leaves blockNetwork unset, as
+  // Modal's default; "sized" asks for a CPU, memory and idle timeout.
+  async create(kind) {
+    const params = { timeoutMs: 120000 };
+    if (kind === "open") params.blockNetwork = false;
+    if (kind === "sized") Object.assign(params, { cpu: 0.5, memoryMiB: 256, idleTimeoutMs: 60000 });
+    const sb = await sandbox(params);
     return { id: sb.sandboxId };
   },
 
