@@ -95,16 +95,9 @@ func modalDaemon(t *testing.T) *daemon {
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Skip("needs /bin/busybox (busybox-static)")
 	}
-	state, err := os.MkdirTemp("", "airlock-modal-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	// The operator's part: pull an image and tag it under the name the code asks for.
-	st, err := image.Open(image.Config{Dir: filepath.Join(state, "images")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The operator's part: pull an image and tag it under the name the code asks for, in the
+	// store the daemon will open.
+	state, st := stateWithStore(t, "airlock-modal-")
 	ref, _, stop, err := servePythonImage(t.TempDir())
 	if err != nil {
 		t.Fatal(err)

@@ -245,29 +245,26 @@ func grpcError(err error) error {
 		return status.Error(codes.Canceled, "the call was cancelled")
 	}
 	d := api.PublicDetail(err)
-	code := codes.Internal
-	switch d.Code {
-	case api.CodeInvalidArgument:
-		code = codes.InvalidArgument
-	case api.CodeUnauthenticated:
-		code = codes.Unauthenticated
-	case api.CodeNotFound:
-		code = codes.NotFound
-	case api.CodeGone:
-		// An ended sandbox: permanent, and what Modal answers for one.
-		code = codes.FailedPrecondition
-	case api.CodeConflict:
-		code = codes.AlreadyExists
-	case api.CodeTooLarge, api.CodeResourceExhausted:
-		code = codes.ResourceExhausted
-	case api.CodeUnimplemented:
-		code = codes.Unimplemented
-	case api.CodeUnavailable:
-		code = codes.Unavailable
-	case api.CodeTimeout:
-		code = codes.DeadlineExceeded
+	code, ok := grpcCodes[d.Code]
+	if !ok {
+		code = codes.Internal
 	}
 	return status.Error(code, d.Message)
+}
+
+// grpcCodes is the gRPC code of each Airlock error code.
+var grpcCodes = map[string]codes.Code{
+	api.CodeInvalidArgument: codes.InvalidArgument,
+	api.CodeUnauthenticated: codes.Unauthenticated,
+	api.CodeNotFound:        codes.NotFound,
+	// An ended sandbox: permanent (never retried), and what Modal answers for one.
+	api.CodeGone:              codes.FailedPrecondition,
+	api.CodeConflict:          codes.AlreadyExists,
+	api.CodeTooLarge:          codes.ResourceExhausted,
+	api.CodeResourceExhausted: codes.ResourceExhausted,
+	api.CodeUnimplemented:     codes.Unimplemented,
+	api.CodeUnavailable:       codes.Unavailable,
+	api.CodeTimeout:           codes.DeadlineExceeded,
 }
 
 // errorf is a gRPC status error.
