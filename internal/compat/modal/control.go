@@ -274,14 +274,16 @@ func (s *Server) create(ctx context.Context, appID string, def *pb.Sandbox, tags
 		b.mu.Unlock()
 	}
 	if args := def.GetEntrypointArgs(); len(args) > 0 {
-		x := newExecution()
+		x := newExecution(&b.retained)
 		b.mu.Lock()
 		b.entry = x
 		b.mu.Unlock()
 		s.wg.Go(func() {
 			s.runProcess(b, x, engine.ExecSpec{Cmd: args})
-			// Modal's sandbox ends with its entrypoint.
-			s.cfg.Engine.TerminateSandbox(engine.WithOwner(s.ctx, owner), b.id)
+			// Modal's sandbox ends with its entrypoint; a server closing ends neither.
+			if s.ctx.Err() == nil {
+				s.cfg.Engine.TerminateSandbox(b.ctx, b.id)
+			}
 		})
 	}
 	return b, nil

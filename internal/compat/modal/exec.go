@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/codes"
 
@@ -29,10 +30,12 @@ type execution struct {
 	written uint64
 	closed  bool
 	stdinMu sync.Mutex // serializes stdin writes, so offsets stay in order
+
+	budget *atomic.Int64 // the sandbox's retained output, which out counts in
 }
 
-func newExecution() *execution {
-	return &execution{changed: make(chan struct{}), ready: make(chan struct{})}
+func newExecution(budget *atomic.Int64) *execution {
+	return &execution{changed: make(chan struct{}), ready: make(chan struct{}), budget: budget}
 }
 
 // notify wakes the readers and waiters. x.mu must be held.
@@ -41,8 +44,12 @@ func (x *execution) notify() {
 	x.changed = make(chan struct{})
 }
 
-// output appends b to stream fd (0 stdout, 1 stderr).
+// output appends b to stream fd (0 stdout, 1 stderr), or drops it past the sandbox's budget.
 func (x *execution) output(fd int, b []byte) {
+	if n := int64(len(b)); x.budget.Add(n) > maxRetained {
+		x.budget.Add(-n)
+		return
+	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.out[fd] = append(x.out[fd], b...)
@@ -81,6 +88,13 @@ func (x *execution) finish(code, signal int32) {
 		close(x.ready)
 	}
 	x.notify()
+}
+
+// size is the output x holds.
+func (x *execution) size() int64 {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return int64(len(x.out[0]) + len(x.out[1]))
 }
 
 // exit returns the end, if it has come.
@@ -185,7 +199,7 @@ func (x *execution) stdinStatus() (uint64, bool) {
 // runProcess runs spec in b's sandbox as x, until it ends; the sandbox counts as active
 // meanwhile, so an idle timeout never ends it under a running command.
 func (s *Server) runProcess(b *box, x *execution, spec engine.ExecSpec) {
-	ctx := engine.WithOwner(s.ctx, b.owner)
+	ctx := b.ctx
 	sb, done, err := s.cfg.Engine.Use(ctx, b.id)
 	if err != nil {
 		x.output(1, []byte(err.Error()+"\n"))

@@ -81,7 +81,7 @@ const maxFSRead = 64 << 20
 
 // runFSTool performs one filesystem operation as the execution x.
 func (s *Server) runFSTool(b *box, x *execution, args []string) {
-	ctx := engine.WithOwner(s.ctx, b.owner)
+	ctx := b.ctx
 	fail := func(err error) {
 		kind, msg := fsKind(err), api.PublicDetail(err).Message
 		var ke *kindError

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -675,4 +676,23 @@ func TestRequestsPerKey(t *testing.T) {
 	}
 	cancel()
 	<-held
+}
+
+func TestExecsForgottenOldestFirst(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	sb := h.create(t, key1, nil)
+	id := sb.GetSandboxId()
+	rc, rctx := h.routed(t.Context(), sb.GetCommandRouterAccess().GetJwt())
+	for i := range maxExecs + 1 {
+		exec(t, rc, rctx, id, fmt.Sprint("x", i), "", "echo", fmt.Sprint(i))
+	}
+	_, err := rc.TaskExecPoll(rctx, pb.TaskExecPollRequest_builder{TaskId: id, ExecId: "x0"}.Build())
+	if code(err) != codes.NotFound {
+		t.Errorf("the oldest of %d finished execs: got %v, want NOT_FOUND (forgotten)", maxExecs+1, err)
+	}
+	last := fmt.Sprint("x", maxExecs)
+	if out, _, _ := exec(t, rc, rctx, id, last, "", "echo"); out != fmt.Sprint(maxExecs)+"\n" {
+		t.Errorf("the newest: got %q", out)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"maps"
+	"slices"
 	"time"
 
 	pb "github.com/modal-labs/modal-client/go/proto/modal_proto"
@@ -64,6 +65,9 @@ func (r *router) TaskExecStart(ctx context.Context, req *pb.TaskExecStartRequest
 	if len(args) == 0 {
 		return nil, errorf(codes.InvalidArgument, "command_args is empty")
 	}
+	if n := argBytes(args); n > maxArgBytes {
+		return nil, errorf(codes.InvalidArgument, "command_args has %d bytes; at most %d (the kernel's own bound is near)", n, maxArgBytes)
+	}
 	if req.HasPtyInfo() {
 		return nil, errorf(codes.InvalidArgument, "pty execs are not supported by Airlock's Modal API")
 	}
@@ -93,6 +97,17 @@ func (r *router) TaskExecStart(ctx context.Context, req *pb.TaskExecStartRequest
 	return &pb.TaskExecStartResponse{}, nil
 }
 
+// maxArgBytes bounds a command's arguments together: under execve's ARG_MAX.
+const maxArgBytes = 1 << 20
+
+func argBytes(args []string) int {
+	n := 0
+	for _, a := range args {
+		n += len(a) + 1
+	}
+	return n
+}
+
 // addExec registers a new execution under id; fresh is false if id exists already.
 func (b *box) addExec(id string) (x *execution, fresh bool, err error) {
 	if id == "" || len(id) > 128 {
@@ -103,22 +118,22 @@ func (b *box) addExec(id string) (x *execution, fresh bool, err error) {
 	if x, ok := b.execs[id]; ok {
 		return x, false, nil
 	}
-	if len(b.order) >= maxExecs {
-		// Forget the oldest finished execution; if all are running, refuse.
-		i := -1
-		for j, old := range b.order {
-			if _, _, done := b.execs[old].exit(); done {
-				i = j
-				break
-			}
+	// Forget the oldest finished executions while too many are kept or their output fills
+	// half the budget; if all are running at the count's bound, refuse.
+	for i := 0; i < len(b.order) && (len(b.order) >= maxExecs || b.retained.Load() > maxRetained/2); {
+		old := b.execs[b.order[i]]
+		if _, _, done := old.exit(); !done {
+			i++
+			continue
 		}
-		if i < 0 {
-			return nil, false, errorf(codes.ResourceExhausted, "%d commands are running in this sandbox already", maxExecs)
-		}
+		b.retained.Add(-old.size())
 		delete(b.execs, b.order[i])
-		b.order = append(b.order[:i], b.order[i+1:]...)
+		b.order = slices.Delete(b.order, i, i+1)
 	}
-	x = newExecution()
+	if len(b.order) >= maxExecs {
+		return nil, false, errorf(codes.ResourceExhausted, "%d commands are running in this sandbox already", maxExecs)
+	}
+	x = newExecution(&b.retained)
 	b.execs[id] = x
 	b.order = append(b.order, id)
 	return x, true, nil

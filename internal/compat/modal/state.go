@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/airlockhq/airlock/internal/engine"
@@ -66,6 +67,11 @@ type box struct {
 	nameKey string // its key in state.names; "" without a name
 	sb      *engine.Sandbox
 	created time.Time
+	// ctx carries the owner and ends when the sandbox does (or the server closes): the
+	// sandbox's executions run under it, so none outlives the sandbox waiting on a client.
+	ctx      context.Context
+	cancel   context.CancelFunc
+	retained atomic.Int64 // output bytes its executions hold, bounded by maxRetained
 
 	mu    sync.Mutex            // guards execs, order and entry
 	execs map[string]*execution // by the client's exec id
@@ -74,8 +80,13 @@ type box struct {
 }
 
 // maxExecs bounds the executions a sandbox remembers (their output stays readable after they
-// exit, as Modal's clients read it lazily); past it the oldest finished one is forgotten.
-const maxExecs = 256
+// exit, as Modal's clients read it lazily), and maxRetained the output they hold together:
+// past either, the oldest finished ones are forgotten; output past maxRetained while every
+// execution still runs is dropped, as the engine's output limit drops it.
+const (
+	maxExecs    = 64
+	maxRetained = 16 << 20
+)
 
 // track returns the box of sb, making it (and the goroutine that forgets it when sb ends) on
 // first use: sandboxes made through Airlock's own API are reachable here too.
@@ -87,8 +98,10 @@ func (s *Server) track(sb *engine.Sandbox, owner, appID string, created time.Tim
 		return b
 	}
 	b := &box{id: sb.ID(), owner: owner, appID: appID, sb: sb, created: created, execs: map[string]*execution{}}
+	b.ctx, b.cancel = context.WithCancel(engine.WithOwner(s.ctx, owner))
 	st.boxes[b.id] = b
 	s.wg.Go(func() {
+		defer b.cancel()
 		select {
 		case <-sb.Done():
 		case <-s.ctx.Done():
