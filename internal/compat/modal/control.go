@@ -642,9 +642,24 @@ func (c *control) SandboxStdinWrite(ctx context.Context, req *pb.SandboxStdinWri
 	if x == nil {
 		return nil, errorf(codes.FailedPrecondition, "sandbox %s has no entrypoint command to take stdin", b.id)
 	}
-	// V1 stdin is indexed by write (from 1), not by byte: append in the order they come.
+	// V1 stdin is indexed by write (from 1), not by byte: a write at an index already taken
+	// is a retry, and is skipped.
+	select {
+	case <-x.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	x.stdinMu.Lock()
+	defer x.stdinMu.Unlock()
+	if req.GetIndex() != 0 && req.GetIndex() <= x.stdinIndex {
+		return &pb.SandboxStdinWriteResponse{}, nil
+	}
 	n, _ := x.stdinStatus()
-	return &pb.SandboxStdinWriteResponse{}, x.writeStdin(ctx, n, req.GetInput(), req.GetEof())
+	if err := x.writeStdinLocked(ctx, n, req.GetInput(), req.GetEof()); err != nil {
+		return nil, err
+	}
+	x.stdinIndex = req.GetIndex()
+	return &pb.SandboxStdinWriteResponse{}, nil
 }
 
 // statusMessage is the message of a gRPC status error.

@@ -29,7 +29,8 @@ type execution struct {
 	ready   chan struct{} // closed once write is set or the start failed
 	written uint64
 	closed  bool
-	stdinMu sync.Mutex // serializes stdin writes, so offsets stay in order
+	stdinMu    sync.Mutex // serializes stdin writes, so offsets stay in order; guards stdinIndex
+	stdinIndex uint32     // the last V1 SandboxStdinWrite index taken
 
 	budget *atomic.Int64 // the sandbox's retained output, which out counts in
 }
@@ -159,6 +160,11 @@ func (x *execution) writeStdin(ctx context.Context, offset uint64, data []byte, 
 	}
 	x.stdinMu.Lock()
 	defer x.stdinMu.Unlock()
+	return x.writeStdinLocked(ctx, offset, data, eof)
+}
+
+// writeStdinLocked is writeStdin with x.stdinMu held and the process started.
+func (x *execution) writeStdinLocked(ctx context.Context, offset uint64, data []byte, eof bool) error {
 	x.mu.Lock()
 	written, closed, write := x.written, x.closed, x.write
 	x.mu.Unlock()

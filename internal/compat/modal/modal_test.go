@@ -696,3 +696,52 @@ func TestExecsForgottenOldestFirst(t *testing.T) {
 		t.Errorf("the newest: got %q", out)
 	}
 }
+
+func TestEntrypointV1Stdio(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := as(t.Context(), key1)
+	resp, err := h.cp.SandboxCreate(ctx, pb.SandboxCreateRequest_builder{Definition: pb.Sandbox_builder{ImageId: imageID(pyID),
+		TimeoutSecs: 60, EntrypointArgs: []string{"cat"}}.Build()}.Build())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := resp.GetSandboxId()
+	logs, err := h.cp.SandboxGetLogs(ctx, pb.SandboxGetLogsRequest_builder{SandboxId: id,
+		FileDescriptor: pb.FileDescriptor_FILE_DESCRIPTOR_STDOUT, Timeout: 55, LastEntryId: "0-0"}.Build())
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(i uint32, in string, eof bool) {
+		t.Helper()
+		if _, err := h.cp.SandboxStdinWrite(ctx, pb.SandboxStdinWriteRequest_builder{SandboxId: id, Index: i, Input: []byte(in), Eof: eof}.Build()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Index 1 twice (a retry), then 2 with eof: "ab" once. The first batch is read before
+	// the eof ends the entrypoint (and the sandbox), so the stream is surely open.
+	write(1, "a", false)
+	write(1, "a", false)
+	var got strings.Builder
+	first, err := logs.Recv()
+	if err != nil || len(first.GetItems()) != 1 {
+		t.Fatalf("first batch: %v, %v", first, err)
+	}
+	got.WriteString(first.GetItems()[0].GetData())
+	write(2, "b", true)
+	for {
+		b, err := logs.Recv()
+		if err != nil {
+			t.Fatalf("logs: %v after %q", err, got.String())
+		}
+		for _, it := range b.GetItems() {
+			got.WriteString(it.GetData())
+		}
+		if b.GetEof() {
+			break
+		}
+	}
+	if got.String() != "ab" {
+		t.Errorf("entrypoint stdout through SandboxGetLogs: got %q, want ab", got.String())
+	}
+}

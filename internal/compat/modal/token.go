@@ -19,8 +19,9 @@ type routerClaims struct {
 }
 
 // routerTokenLife is how long a router token lasts; clients refetch one through the control
-// plane (which checks the API key again) when it nears its end or is refused.
-const routerTokenLife = time.Hour
+// plane (which checks the API key again) when it nears its end or is refused, so a revoked
+// key's router access ends within this.
+const routerTokenLife = 15 * time.Minute
 
 var jwtHeader = base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`))
 
