@@ -423,6 +423,8 @@ func (c *control) wait(ctx context.Context, req *pb.SandboxWaitRequest) (*pb.San
 			return &pb.SandboxWaitResponse{}, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-c.s.ctx.Done():
+			return nil, errorf(codes.Unavailable, "the daemon is shutting down")
 		}
 		// The tracker records the end right after Done; until then the engine says gone.
 		waitForget(ctx, c.s.state, id)

@@ -745,3 +745,28 @@ func TestEntrypointV1Stdio(t *testing.T) {
 		t.Errorf("entrypoint stdout through SandboxGetLogs: got %q, want ab", got.String())
 	}
 }
+
+func TestSandboxNames(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := as(t.Context(), key1)
+	named := func() *pb.Sandbox {
+		return pb.Sandbox_builder{TimeoutSecs: 60, Name: proto.String("worker")}.Build()
+	}
+	sb := h.create(t, key1, named())
+	got, err := h.cp.SandboxGetFromNameV2(ctx, pb.SandboxGetFromNameRequest_builder{SandboxName: "worker", AppName: "a"}.Build())
+	if err != nil || got.GetSandboxId() != sb.GetSandboxId() {
+		t.Fatalf("fromName: got %v, %v; want %s", got, err, sb.GetSandboxId())
+	}
+	def := named()
+	def.SetImageId(imageID(pyID))
+	app, _ := h.cp.AppGetOrCreate(ctx, pb.AppGetOrCreateRequest_builder{AppName: "a"}.Build())
+	_, err = h.cp.SandboxCreateV2(ctx, pb.SandboxCreateV2Request_builder{AppId: app.GetAppId(), Definition: def}.Build())
+	if code(err) != codes.AlreadyExists {
+		t.Errorf("a second sandbox of that name: got %v, want ALREADY_EXISTS", err)
+	}
+	// Another key sees no such name.
+	if _, err := h.cp.SandboxGetFromNameV2(as(t.Context(), key2), pb.SandboxGetFromNameRequest_builder{SandboxName: "worker", AppName: "a"}.Build()); code(err) != codes.NotFound {
+		t.Errorf("another key's fromName: got %v, want NOT_FOUND", err)
+	}
+}
