@@ -367,6 +367,7 @@ func TestModalSDK(t *testing.T) {
 
 	t.Run("wrong key", func(t *testing.T) {
 		r := runModal(t, d, "not-a-key-of-this-daemon-000", "wrongKey")
+		t.Logf("wrong key: %s: %s", r.str("name"), r.str("error"))
 		if !strings.Contains(r.str("error"), "UNAUTHENTICATED") && !strings.Contains(r.str("error"), "invalid API key") {
 			t.Errorf("got %v, want UNAUTHENTICATED", r)
 		}
@@ -378,6 +379,8 @@ func TestModalSDK(t *testing.T) {
 			t.Fatal("no sandbox made")
 		}
 		r := runModal(t, d, modalKey2, "useOther", id)
+		t.Logf("another key's exec: %s: %s; terminate: %s: %s", r.str("exec", "name"), r.str("exec", "error"),
+			r.str("terminate", "name"), r.str("terminate", "error"))
 		for _, op := range []string{"exec", "terminate"} {
 			if e := r.str(op, "error"); !strings.Contains(e, "NOT_FOUND") && !strings.Contains(e, "not found") && !strings.Contains(e, "no sandbox") {
 				t.Errorf("%s on another key's sandbox: got %v, want NOT_FOUND", op, r[op])
@@ -392,6 +395,9 @@ func TestModalSDK(t *testing.T) {
 
 	t.Run("refusals", func(t *testing.T) {
 		r := runModal(t, d, modalKey1, "refused")
+		for k, v := range r {
+			t.Logf("refused %s: %v", k, v)
+		}
 		wants := map[string]string{"gpu": "no GPUs", "memory": "memory", "timeout": "timeout", "image": "not in the daemon's image store", "app": "not found"}
 		keys := make([]string, 0, len(wants))
 		for k := range wants {

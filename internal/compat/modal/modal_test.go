@@ -146,8 +146,6 @@ func (h *harness) routed(ctx context.Context, jwt string) (pb.TaskCommandRouterC
 	return pb.NewTaskCommandRouterClient(h.conn), metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+jwt)
 }
 
-func code(err error) codes.Code { return status.Code(err) }
-
 // create makes an app and a V2 sandbox of the python image for key.
 func (h *harness) create(t *testing.T, key string, def *pb.Sandbox) *pb.SandboxCreateV2Response {
 	t.Helper()

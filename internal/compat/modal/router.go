@@ -84,6 +84,8 @@ func (r *router) TaskExecStart(ctx context.Context, req *pb.TaskExecStartRequest
 	if req.HasTimeoutSecs() && req.GetTimeoutSecs() > 0 {
 		spec.Timeout = time.Duration(req.GetTimeoutSecs()) * time.Second
 	}
+	// stdout_config and stderr_config are not honoured: DEVNULL is their zero value, which a
+	// client that never sets them would send, so output is always kept.
 	x, fresh, err := b.addExec(req.GetExecId())
 	if err != nil || !fresh {
 		// A retry of a start already made: never start it twice.
@@ -273,6 +275,9 @@ func (r *router) entry(ctx context.Context, taskID string) (*execution, error) {
 func (r *router) SandboxStdioReadV2(req *pb.SandboxStdioReadV2Request, ss grpc.ServerStreamingServer[pb.SandboxStdioReadV2Response]) error {
 	ctx := ss.Context()
 	x, err := r.entry(ctx, req.GetTaskId())
+	if code(err) == codes.FailedPrecondition {
+		return nil // no entrypoint: its stdio is empty, and ended
+	}
 	if err != nil {
 		return err
 	}

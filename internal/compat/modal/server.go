@@ -267,6 +267,9 @@ var grpcCodes = map[string]codes.Code{
 	api.CodeTimeout:           codes.DeadlineExceeded,
 }
 
+// code is the gRPC code of err.
+func code(err error) codes.Code { return status.Code(err) }
+
 // errorf is a gRPC status error.
 func errorf(c codes.Code, format string, args ...any) error {
 	return status.Error(c, fmt.Sprintf(format, args...))
