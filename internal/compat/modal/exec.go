@@ -25,10 +25,10 @@ type execution struct {
 	signal  int32 // set instead of code when a signal ended it
 	// stdin: write sends bytes to the process (nil until it has started); written counts the
 	// bytes taken, closed says eof was sent.
-	write   func(ctx context.Context, b []byte, eof bool) error
-	ready   chan struct{} // closed once write is set or the start failed
-	written uint64
-	closed  bool
+	write      func(ctx context.Context, b []byte, eof bool) error
+	ready      chan struct{} // closed once write is set or the start failed
+	written    uint64
+	closed     bool
 	stdinMu    sync.Mutex // serializes stdin writes, so offsets stay in order; guards stdinIndex
 	stdinIndex uint32     // the last V1 SandboxStdinWrite index taken
 
