@@ -258,7 +258,7 @@ func (s *Server) create(ctx context.Context, appID string, def *pb.Sandbox, tags
 	if err != nil {
 		return nil, err
 	}
-	b := s.track(sb, owner, appID, time.Now())
+	b := s.track(sb, owner, appID)
 	if nameKey != "" {
 		st := s.state
 		st.mu.Lock()
@@ -267,11 +267,12 @@ func (s *Server) create(ctx context.Context, appID string, def *pb.Sandbox, tags
 			s.cfg.Engine.TerminateSandbox(ctx, sb.ID())
 			return nil, errorf(codes.AlreadyExists, "a sandbox named %q is running in this app already", def.GetName())
 		}
-		st.names[nameKey] = sb.ID()
+		if _, live := st.boxes[b.id]; live {
+			// (Else it ended already, and forget has run: no name to keep.)
+			st.names[nameKey] = sb.ID()
+			b.nameKey = nameKey
+		}
 		st.mu.Unlock()
-		b.mu.Lock()
-		b.nameKey = nameKey
-		b.mu.Unlock()
 	}
 	if args := def.GetEntrypointArgs(); len(args) > 0 {
 		x := newExecution(&b.retained)

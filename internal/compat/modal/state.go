@@ -64,9 +64,8 @@ type box struct {
 	id      string
 	owner   string
 	appID   string
-	nameKey string // its key in state.names; "" without a name
+	nameKey string // its key in state.names; "" without a name; guarded by state.mu
 	sb      *engine.Sandbox
-	created time.Time
 	// ctx carries the owner and ends when the sandbox does (or the server closes): the
 	// sandbox's executions run under it, so none outlives the sandbox waiting on a client.
 	ctx      context.Context
@@ -90,14 +89,14 @@ const (
 
 // track returns the box of sb, making it (and the goroutine that forgets it when sb ends) on
 // first use: sandboxes made through Airlock's own API are reachable here too.
-func (s *Server) track(sb *engine.Sandbox, owner, appID string, created time.Time) *box {
+func (s *Server) track(sb *engine.Sandbox, owner, appID string) *box {
 	st := s.state
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if b, ok := st.boxes[sb.ID()]; ok {
 		return b
 	}
-	b := &box{id: sb.ID(), owner: owner, appID: appID, sb: sb, created: created, execs: map[string]*execution{}}
+	b := &box{id: sb.ID(), owner: owner, appID: appID, sb: sb, execs: map[string]*execution{}}
 	b.ctx, b.cancel = context.WithCancel(engine.WithOwner(s.ctx, owner))
 	st.boxes[b.id] = b
 	s.wg.Go(func() {
@@ -145,7 +144,7 @@ func (s *Server) box(ctx context.Context, id string) (*box, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.track(sb, engine.Owner(ctx), "", sb.Info().Created), nil
+	return s.track(sb, engine.Owner(ctx), ""), nil
 }
 
 // endedResult is how the sandbox id of owner ended, if it is remembered.
