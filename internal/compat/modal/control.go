@@ -279,7 +279,7 @@ func (s *Server) create(ctx context.Context, appID string, def *pb.Sandbox, tags
 		b.mu.Lock()
 		b.entry = x
 		b.mu.Unlock()
-		s.wg.Go(func() {
+		s.start(x, func() {
 			s.runProcess(b, x, engine.ExecSpec{Cmd: args})
 			// Modal's sandbox ends with its entrypoint; a server closing ends neither.
 			if s.ctx.Err() == nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 
@@ -200,6 +201,20 @@ func (x *execution) stdinStatus() (uint64, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	return x.written, x.closed
+}
+
+// start runs fn, which drives x, on a goroutine the server waits for; a panic in it fails x
+// rather than end the daemon.
+func (s *Server) start(x *execution, fn func()) {
+	s.wg.Go(func() {
+		defer func() {
+			if p := recover(); p != nil {
+				s.cfg.Logger.Error("modal: execution panicked", "panic", p, "stack", string(debug.Stack()))
+				x.finish(137, 0)
+			}
+		}()
+		fn()
+	})
 }
 
 // runProcess runs spec in b's sandbox as x, until it ends; the sandbox counts as active

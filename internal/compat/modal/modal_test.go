@@ -768,3 +768,14 @@ func TestSandboxNames(t *testing.T) {
 		t.Errorf("another key's fromName: got %v, want NOT_FOUND", err)
 	}
 }
+
+func TestPanicIsInternal(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	handler := func(ctx context.Context, req any) (any, error) { panic("a bug") }
+	ctx := metadata.NewIncomingContext(t.Context(), metadata.Pairs("x-modal-token-secret", key1))
+	_, err := h.s.unaryAuth(ctx, nil, &grpc.UnaryServerInfo{FullMethod: "/modal.client.ModalClient/X"}, handler)
+	if code(err) != codes.Internal || strings.Contains(err.Error(), "a bug") {
+		t.Errorf("a panicking handler: got %v, want INTERNAL without its text", err)
+	}
+}

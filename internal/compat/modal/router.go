@@ -92,9 +92,9 @@ func (r *router) TaskExecStart(ctx context.Context, req *pb.TaskExecStartRequest
 		return &pb.TaskExecStartResponse{}, err
 	}
 	if args[0] == fsTool {
-		r.s.wg.Go(func() { r.s.runFSTool(b, x, args[1:]) })
+		r.s.start(x, func() { r.s.runFSTool(b, x, args[1:]) })
 	} else {
-		r.s.wg.Go(func() { r.s.runProcess(b, x, spec) })
+		r.s.start(x, func() { r.s.runProcess(b, x, spec) })
 	}
 	return &pb.TaskExecStartResponse{}, nil
 }

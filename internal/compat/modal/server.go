@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"sync"
 
@@ -195,8 +196,18 @@ func (s *Server) enter(ctx context.Context) (leave func(), err error) {
 	}, nil
 }
 
-func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	ctx, err := s.authenticate(ctx, info.FullMethod)
+// recovered turns a handler's panic into an INTERNAL answer: grpc-go runs each call on a
+// goroutine of its own, where a panic would end the daemon with every sandbox in it.
+func (s *Server) recovered(ctx context.Context, method string, err *error) {
+	if p := recover(); p != nil {
+		s.cfg.Logger.ErrorContext(ctx, "modal: handler panicked", "method", method, "panic", p, "stack", string(debug.Stack()))
+		*err = status.Error(codes.Internal, "internal error")
+	}
+}
+
+func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	defer s.recovered(ctx, info.FullMethod, &err)
+	ctx, err = s.authenticate(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
 	}
@@ -205,7 +216,7 @@ func (s *Server) unaryAuth(ctx context.Context, req any, info *grpc.UnaryServerI
 		return nil, err
 	}
 	defer leave()
-	resp, err := h(ctx, req)
+	resp, err = h(ctx, req)
 	return resp, grpcError(err)
 }
 
@@ -217,7 +228,8 @@ type authStream struct {
 
 func (a authStream) Context() context.Context { return a.ctx }
 
-func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+func (s *Server) streamAuth(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	defer s.recovered(ss.Context(), info.FullMethod, &err)
 	ctx, err := s.authenticate(ss.Context(), info.FullMethod)
 	if err != nil {
 		return err
