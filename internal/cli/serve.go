@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/compat/modal"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/runtime/native"
@@ -235,7 +236,20 @@ func serveCmd() *cobra.Command {
 			// server's own ReadTimeout and WriteTimeout stay unset: they would cut streams;
 			// the API sets per-request deadlines instead (server.Config).
 			ln = netutil.LimitListener(ln, co.maxConns)
-			hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
+			// Modal's client API: gRPC over h2c on this same listener (its clients dial
+			// MODAL_SERVER_URL=http://ADDR with HTTP/2 prior knowledge); every other request is
+			// the REST API's.
+			msrv, err := modal.New(modal.Config{Logger: logger, Engine: e, Authenticate: srv.Authenticate,
+				Images: sc.Images, Builder: &image.Builder{Store: sc.Images, Runner: sc.BuildRunner, Logger: logger},
+				MaxRequestsPerKey: sc.MaxRequestsPerKey})
+			if err != nil {
+				return err
+			}
+			defer msrv.Close()
+			var protocols http.Protocols
+			protocols.SetHTTP1(true)
+			protocols.SetUnencryptedHTTP2(true)
+			hs := &http.Server{Handler: msrv.Handler(srv.Handler()), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys) > 0,
