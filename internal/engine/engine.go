@@ -278,6 +278,8 @@ type Engine struct {
 
 	budget *budget // daemon memory for agent answers in flight (budget.go)
 
+	langs languageProbe // the languages the host image runs, probed once (language.go)
+
 	execs executions // one-shot runs in flight, listed and cancelled (executions.go)
 
 	// seedMu guards seed only; it is never held while a session is created (see SeedSession).

@@ -340,7 +340,7 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) error {
 	lim.MaxBodyBytes = s.cfg.MaxBodyBytes
 	writeJSON(w, http.StatusOK, api.Info{
 		Version: s.cfg.Version, Runtimes: s.cfg.Runtimes, Cgroup: s.cfg.CgroupVersion,
-		Languages: []string{api.LanguagePython, api.LanguageBash}, Limits: lim,
+		Languages: languageNames(s.cfg.Engine.Languages(r.Context())), Limits: lim,
 	})
 	return nil
 }
@@ -410,6 +410,15 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
+}
+
+// languageNames lists the names of ls.
+func languageNames(ls []engine.Language) []string {
+	names := make([]string, len(ls))
+	for i, l := range ls {
+		names[i] = l.Name
+	}
+	return names
 }
 
 // CheckListen refuses a non-loopback address when no API key is configured.
