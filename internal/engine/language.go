@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"maps"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -77,19 +78,22 @@ func languageNames() string {
 	return strings.Join(names, ", ")
 }
 
-// languageProbe caches which languages the host image runs, and their versions: one sandbox
-// asks every toolchain once, on first use. A probe that could not run is not cached.
+// languageProbe caches which languages the host image runs, and their versions: every
+// toolchain is asked once, on first use. A probe that could not run is not cached.
 type languageProbe struct {
 	mu       sync.Mutex // guards versions; held during the probe, so concurrent callers wait for it
 	versions map[string]string
 }
 
-// probeTimeout bounds the probe's one sandbox (node and go each take tens of milliseconds).
-const probeTimeout = 20 * time.Second
+// probeTimeout bounds the probe (node and go each answer in tens of milliseconds).
+const probeTimeout = 10 * time.Second
+
+// probePath is the PATH of the probe: the host image's, whose /usr/local is hidden (the
+// runtime mounts an empty directory over it), so a toolchain there does not count.
+const probePath = "PATH=/usr/bin:/bin:/usr/sbin:/sbin"
 
 // Languages lists the languages this host really runs, with their versions: python and bash
-// always (every one-shot needs them), the others when their toolchain answered the probe in a
-// sandbox of the host image.
+// always (every one-shot needs them), the others when their toolchain answered the probe.
 func (e *Engine) Languages(ctx context.Context) []Language {
 	versions := e.languageVersions(ctx)
 	var out []Language
@@ -120,8 +124,11 @@ func (e *Engine) Language(ctx context.Context, name string) (Language, bool) {
 	return Language{}, false
 }
 
-// languageVersions runs the probe once (successfully) and returns name → version for each
-// toolchain that answered.
+// languageVersions asks every toolchain for its version, once (successfully), and returns
+// name → version for those that answered. The toolchains are the host image's, which is the
+// host's own /usr bound read-only into each sandbox: asking them on the host is asking what a
+// sandbox sees, without spending a sandbox (and an admission slot) on it. An image of the
+// store may carry other toolchains; a compile there that finds none fails like any program.
 func (e *Engine) languageVersions(ctx context.Context) map[string]string {
 	p := &e.langs
 	p.mu.Lock()
@@ -134,18 +141,16 @@ func (e *Engine) languageVersions(ctx context.Context) map[string]string {
 		// A tab separates the name from the version; a missing tool prints nothing after it.
 		script.WriteString("printf '%s\\t' " + l.Name + "; (" + l.probe + ") 2>/dev/null | head -n1; echo\n")
 	}
-	plan, err := e.normalizeOneShot(OneShot{Language: api.LanguageBash, Code: script.String(), Timeout: probeTimeout})
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), probeTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", script.String())
+	cmd.Env = []string{probePath, "LC_ALL=C", "HOME=/nonexistent", "GOCACHE=off", "GOTOOLCHAIN=local"}
+	out, err := cmd.Output()
 	if err != nil {
-		e.cfg.Logger.ErrorContext(ctx, "language probe", "err", err)
-		return nil
-	}
-	// The probe is the daemon's, not the caller's: it counts against no tenant's share.
-	res, err := e.runOneShot(WithOwner(context.WithoutCancel(ctx), ""), plan)
-	if err != nil || !res.Success() {
 		e.cfg.Logger.WarnContext(ctx, "language probe failed; listing python and bash only", "err", err)
 		return nil
 	}
-	p.versions = parseProbe(res.Stdout)
+	p.versions = parseProbe(string(out))
 	return p.versions
 }
 
@@ -209,16 +214,7 @@ func (e *Engine) RunProgram(ctx context.Context, p Program) (*ProgramResult, err
 	if p.Code == "" {
 		return nil, invalid("code is required")
 	}
-	files := maps.Clone(p.Files)
-	if files == nil {
-		files = map[string]string{}
-	}
-	files[lang.Source] = p.Code
-	env := maps.Clone(p.Env)
-	if env == nil {
-		env = map[string]string{}
-	}
-	maps.Copy(env, lang.Env)
+	files, env := sources(lang, p.Code, p.Files, p.Env)
 	out := &ProgramResult{Language: lang}
 	run := Command{Args: append(slices.Clone(lang.Run), p.Args...), Env: env, Stdin: p.Stdin, Files: files,
 		Timeout: p.Run.Timeout, MemoryBytes: p.Run.MemoryBytes, CPU: p.Run.CPU, OutputLimit: p.OutputLimit}
@@ -271,16 +267,7 @@ func (e *Engine) compile(ctx context.Context, lang Language, files, env map[stri
 // sandbox under the compile defaults, then the plan itself, run over the artifact. A failed
 // compile answers the compiler's result.
 func (e *Engine) runCompiled(ctx context.Context, p *oneShotPlan, lang Language) (*Result, error) {
-	files := maps.Clone(p.Files)
-	if files == nil {
-		files = map[string]string{}
-	}
-	files[lang.Source] = p.Code
-	env := maps.Clone(p.Env)
-	if env == nil {
-		env = map[string]string{}
-	}
-	maps.Copy(env, lang.Env)
+	files, env := sources(lang, p.Code, p.Files, p.Env)
 	res, artifact, err := e.compile(ctx, lang, files, env, nil, Stage{MemoryBytes: p.MemoryBytes, CPU: p.CPU}, p.outputLimit)
 	if err != nil || artifact == "" {
 		return res, err
@@ -291,6 +278,22 @@ func (e *Engine) runCompiled(ctx context.Context, p *oneShotPlan, lang Language)
 	run.files[layout.Workspace+"/"+lang.Artifact] = artifact
 	run.executables = map[string]bool{layout.Workspace + "/" + lang.Artifact: true}
 	return e.runOneShot(ctx, &run)
+}
+
+// sources are a program's files (code as lang's main source file beside files) and its
+// environment (env with lang's added), fresh maps.
+func sources(lang Language, code string, files, env map[string]string) (map[string]string, map[string]string) {
+	f := maps.Clone(files)
+	if f == nil {
+		f = map[string]string{}
+	}
+	f[lang.Source] = code
+	en := maps.Clone(env)
+	if en == nil {
+		en = map[string]string{}
+	}
+	maps.Copy(en, lang.Env)
+	return f, en
 }
 
 func availableNames(ls []Language) string {
