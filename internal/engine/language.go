@@ -195,6 +195,9 @@ type Program struct {
 	Compile     Stage
 	Run         Stage
 	OutputLimit int64 // bytes per stream of each stage; 0 = the engine's output limit
+	// Output sees each stage's output as it comes (as Command.Output); compile is true for the
+	// compile stage's.
+	Output func(compile bool, stream int, b []byte)
 }
 
 // ProgramResult is how a Program went: Compile is nil for an interpreted language, Run nil
@@ -218,8 +221,13 @@ func (e *Engine) RunProgram(ctx context.Context, p Program) (*ProgramResult, err
 	out := &ProgramResult{Language: lang}
 	run := Command{Args: append(slices.Clone(lang.Run), p.Args...), Env: env, Stdin: p.Stdin, Files: files,
 		Timeout: p.Run.Timeout, MemoryBytes: p.Run.MemoryBytes, CPU: p.Run.CPU, OutputLimit: p.OutputLimit}
+	var compileOut func(int, []byte)
+	if p.Output != nil {
+		run.Output = func(stream int, b []byte) { p.Output(false, stream, b) }
+		compileOut = func(stream int, b []byte) { p.Output(true, stream, b) }
+	}
 	if lang.Compiled() {
-		res, artifact, err := e.compile(ctx, lang, files, env, p.CompileArgs, p.Compile, p.OutputLimit)
+		res, artifact, err := e.compile(ctx, lang, files, env, p.CompileArgs, p.Compile, p.OutputLimit, compileOut)
 		if err != nil {
 			return nil, err
 		}
@@ -240,13 +248,15 @@ func (e *Engine) RunProgram(ctx context.Context, p Program) (*ProgramResult, err
 
 // compile runs lang's compiler over files in a fresh sandbox and returns its result and the
 // artifact it wrote, nil when the compile failed (the result says why).
-func (e *Engine) compile(ctx context.Context, lang Language, files, env map[string]string, extra []string, st Stage, outputLimit int64) (*Result, string, error) {
+func (e *Engine) compile(ctx context.Context, lang Language, files, env map[string]string, extra []string, st Stage,
+	outputLimit int64, output func(int, []byte)) (*Result, string, error) {
 	argv := slices.Concat(lang.Compile[:1], extra, lang.Compile[1:])
 	if st.Timeout == 0 {
 		st.Timeout = min(DefaultCompileTimeout, e.cfg.MaxTimeout)
 	}
 	res, err := e.RunCommand(ctx, Command{Args: argv, Env: env, Files: files, Timeout: st.Timeout,
-		MemoryBytes: st.MemoryBytes, CPU: st.CPU, OutputLimit: outputLimit, OutputFiles: []string{lang.Artifact}})
+		MemoryBytes: st.MemoryBytes, CPU: st.CPU, OutputLimit: outputLimit, OutputFiles: []string{lang.Artifact},
+		Output: output})
 	if err != nil {
 		return nil, "", err
 	}
@@ -268,7 +278,7 @@ func (e *Engine) compile(ctx context.Context, lang Language, files, env map[stri
 // compile answers the compiler's result.
 func (e *Engine) runCompiled(ctx context.Context, p *oneShotPlan, lang Language) (*Result, error) {
 	files, env := sources(lang, p.Code, p.Files, p.Env)
-	res, artifact, err := e.compile(ctx, lang, files, env, nil, Stage{MemoryBytes: p.MemoryBytes, CPU: p.CPU}, p.outputLimit)
+	res, artifact, err := e.compile(ctx, lang, files, env, nil, Stage{MemoryBytes: p.MemoryBytes, CPU: p.CPU}, p.outputLimit, nil)
 	if err != nil || artifact == "" {
 		return res, err
 	}
@@ -317,6 +327,9 @@ type Command struct {
 	CPU         float64
 	OutputLimit int64    // bytes per stream; 0 = the engine's output limit (and at most it)
 	OutputFiles []string // as OneShot.OutputFiles
+	// Output, when set, sees the output as it comes, in order (as OneShot.Output): how a
+	// front end interleaves stdout and stderr, or keeps bytes that are not UTF-8.
+	Output func(stream int, b []byte)
 }
 
 // RunCommand runs c in a fresh sandbox that is destroyed afterwards, with the same admission,
@@ -332,7 +345,8 @@ func (e *Engine) RunCommand(ctx context.Context, c Command) (*Result, error) {
 	}
 	// normalizeOneShot checks everything else; the code it requires is the argv's first word.
 	p, err := e.normalizeOneShot(OneShot{Language: api.LanguageBash, Code: c.Args[0], Stdin: c.Stdin, Files: c.Files,
-		Env: c.Env, Timeout: c.Timeout, MemoryBytes: c.MemoryBytes, CPU: c.CPU, OutputFiles: c.OutputFiles})
+		Env: c.Env, Timeout: c.Timeout, MemoryBytes: c.MemoryBytes, CPU: c.CPU, OutputFiles: c.OutputFiles,
+		Output: c.Output})
 	if err != nil {
 		return nil, err
 	}

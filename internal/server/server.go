@@ -22,6 +22,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
+	"github.com/airlockhq/airlock/internal/judge"
 )
 
 // Config configures the server. Zero values mean defaults.
@@ -145,6 +146,7 @@ func (s *Server) routes() {
 	s.sessionRoutes()
 	s.executionRoutes()
 	s.imageRoutes()
+	s.judgeRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		if s.underRest(p) {
@@ -157,6 +159,39 @@ func (s *Server) routes() {
 	s.mux.Handle("/", s.deadlines("", s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.ErrNotFound, "no route %s %s", r.Method, r.URL.Path)
 	})))
+}
+
+// judgeRoutes mounts the judge-style APIs (issue 14): Piston v2, Judge0 CE, go-judge and
+// codapi, each under its prefix with its own credential and error shapes (internal/judge),
+// all over the engine's one-shot path with the same keys and per-key bounds as /v1.
+func (s *Server) judgeRoutes() {
+	j, err := judge.New(judge.Config{Engine: s.cfg.Engine, Logger: s.cfg.Logger, MaxBodyBytes: s.cfg.MaxBodyBytes,
+		Authorize: s.judgeAuthorize})
+	if err != nil {
+		panic(err) // the engine was validated, and the authorizer is ours
+	}
+	for prefix, h := range j.Handlers() {
+		s.mux.Handle(prefix+"/", s.metrics.instrument(prefix+"/", s.deadlines("", http.StripPrefix(prefix, h))))
+	}
+}
+
+// judgeAuthorize checks a key a judge API found in its own header, as authorize checks a
+// bearer, and takes the key's in-flight slot.
+func (s *Server) judgeAuthorize(r *http.Request, key string) (context.Context, func(), error) {
+	r2 := r.Clone(r.Context())
+	r2.Header.Set("Authorization", "Bearer "+key)
+	owner, ok := s.authorize(r2)
+	if !ok {
+		return nil, nil, api.ErrUnauthenticated
+	}
+	release := func() {}
+	if len(s.keys) > 0 {
+		if !s.enter(owner) {
+			return nil, nil, errTooManyRequests
+		}
+		release = func() { s.leave(owner) }
+	}
+	return engine.WithOwner(r.Context(), owner), release, nil
 }
 
 // underRest reports whether another route's path ends in a rest wildcard ({x...}) that also
