@@ -41,7 +41,7 @@ var languages = []Language{
 	{Name: api.LanguagePython, Aliases: []string{"py", "py3", "python3"}, Source: "main.py",
 		Run: []string{"python3", "main.py"}, probe: `python3 -c 'import platform; print(platform.python_version())'`},
 	{Name: api.LanguageBash, Aliases: []string{"sh", "shell"}, Source: "main.sh",
-		Run: []string{"bash", "main.sh"}, probe: `echo "${BASH_VERSION%%(*}"`},
+		Run: []string{"bash", "main.sh"}, probe: `bash -c 'echo "${BASH_VERSION%%(*}"'`},
 	{Name: api.LanguageC, Aliases: []string{"gcc"}, Source: "main.c", Artifact: "main",
 		Compile: []string{"gcc", "-O2", "-std=gnu17", "-o", "main", "main.c", "-lm"},
 		Run:     []string{"./main"}, probe: `gcc -dumpfullversion`},
@@ -195,6 +195,9 @@ type Program struct {
 	Compile     Stage
 	Run         Stage
 	OutputLimit int64 // bytes per stream of each stage; 0 = the engine's output limit
+	// MergeStderr sends the run's stderr to its stdout, one pipe, so the order of what the
+	// program writes is kept (two pipes are read side by side and lose it).
+	MergeStderr bool
 	// Output sees each stage's output as it comes (as Command.Output); compile is true for the
 	// compile stage's.
 	Output func(compile bool, stream int, b []byte)
@@ -219,7 +222,11 @@ func (e *Engine) RunProgram(ctx context.Context, p Program) (*ProgramResult, err
 	}
 	files, env := sources(lang, p.Code, p.Files, p.Env)
 	out := &ProgramResult{Language: lang}
-	run := Command{Args: append(slices.Clone(lang.Run), p.Args...), Env: env, Stdin: p.Stdin, Files: files,
+	argv := append(slices.Clone(lang.Run), p.Args...)
+	if p.MergeStderr {
+		argv = append([]string{"/bin/sh", "-c", `exec "$@" 2>&1`, "sh"}, argv...)
+	}
+	run := Command{Args: argv, Env: env, Stdin: p.Stdin, Files: files,
 		Timeout: p.Run.Timeout, MemoryBytes: p.Run.MemoryBytes, CPU: p.Run.CPU, OutputLimit: p.OutputLimit}
 	var compileOut func(int, []byte)
 	if p.Output != nil {

@@ -409,13 +409,15 @@ func (j *Judge) gjRun(ctx context.Context, owner string, p *gjPlan) gjResult {
 		}
 		out.FileIDs[o.name] = id
 	}
+	// A flood is judged first: go-judge kills a program at its collector's max, so one that
+	// floods forever never reaches its time limit there.
 	switch {
+	case olimit || res.Truncated:
+		out.Status = gjOLE
 	case p.lim.exceeded(res):
 		out.Status = gjTLE
 	case res.OOMKilled:
 		out.Status = gjMLE
-	case olimit || res.Truncated:
-		out.Status = gjOLE
 	case res.Signal != 0:
 		out.Status, out.ExitStatus = gjSignalled, res.Signal
 	case res.ExitCode != 0:

@@ -557,7 +557,7 @@ func (z *judge0) run(ctx context.Context, s *submission) {
 	l := limits{wall: secs(s.wall), cpu: secs(s.cpu)}
 	var compileOut, runOut capture
 	prog := engine.Program{Language: s.language, Code: s.source, Args: s.args, Stdin: s.stdin,
-		CompileArgs: s.compilerOpts, Run: engine.Stage{Timeout: l.timeout(z.j.cfg.Engine),
+		CompileArgs: s.compilerOpts, MergeStderr: s.redirect, Run: engine.Stage{Timeout: l.timeout(z.j.cfg.Engine),
 			MemoryBytes: (s.memoryKB<<10 + 1<<20 - 1) &^ (1<<20 - 1)},
 		Output: func(compile bool, stream int, b []byte) {
 			if compile {
@@ -593,9 +593,6 @@ func (z *judge0) run(ctx context.Context, s *submission) {
 		rr := res.Run
 		s.cpuTime, s.wallTm, s.memory = rr.CPUTime, rr.Duration, rr.PeakMemory
 		s.stdout, s.stderr = runOut.stdout.Bytes(), runOut.stderr.Bytes()
-		if s.redirect {
-			s.stdout, s.stderr = runOut.both.Bytes(), nil
-		}
 		s.status, s.message = j0Verdict(rr, l, s)
 		if rr.Signal != 0 && !l.exceeded(rr) && !rr.OOMKilled {
 			sig := rr.Signal
@@ -612,13 +609,14 @@ func secs(f float64) time.Duration { return time.Duration(f * float64(time.Secon
 // j0Verdict is the status of a finished run and its message.
 func j0Verdict(rr *engine.Result, l limits, s *submission) (int, string) {
 	switch {
+	case rr.Truncated:
+		// Judge0's output goes to a file capped by max_file_size: a flood dies of SIGXFSZ
+		// there, before any clock runs out.
+		return j0SIGXFSZ, "Output limit exceeded"
 	case l.exceeded(rr):
 		return j0TimeLimit, "Time limit exceeded"
 	case rr.OOMKilled:
 		return j0RuntimeOther, "Memory limit exceeded"
-	case rr.Truncated:
-		// Judge0's output goes to a file capped by max_file_size: a flood dies of SIGXFSZ.
-		return j0SIGXFSZ, "Output limit exceeded"
 	case rr.Signal != 0:
 		msg := fmt.Sprintf("Caught fatal signal %d", rr.Signal)
 		switch rr.Signal {
@@ -699,9 +697,9 @@ func (z *judge0) view(s *submission, q j0Query) (map[string]any, bool) {
 		"expected_output": expected, "stdout": text(s.stdout), "stderr": text(s.stderr),
 		"compile_output": text(s.compileOutput), "message": str(s.message),
 		"exit_code": s.exitCode, "exit_signal": s.exitSignal,
-		"status":      map[string]any{"id": s.status, "description": j0Statuses[s.status]},
-		"status_id":   s.status,
-		"created_at":  s.created.Format(time.RFC3339Nano), "finished_at": finished, "token": s.token,
+		"status":     map[string]any{"id": s.status, "description": j0Statuses[s.status]},
+		"status_id":  s.status,
+		"created_at": s.created.Format(time.RFC3339Nano), "finished_at": finished, "token": s.token,
 		"time": timeStr(s.cpuTime), "wall_time": timeStr(s.wallTm), "memory": memory,
 		"cpu_time_limit": s.cpu, "cpu_extra_time": s.extra, "wall_time_limit": s.wall,
 		"memory_limit": s.memoryKB, "number_of_runs": 1, "redirect_stderr_to_stdout": s.redirect,

@@ -59,7 +59,7 @@ type pistonStage struct {
 	Code     *int    `json:"code"`   // null when signal is set
 	Signal   *string `json:"signal"`
 	Message  *string `json:"message"`
-	Status   *string `json:"status"` // RE, SG, TO, OL, EL, XX or null
+	Status   *string `json:"status"`    // RE, SG, TO, OL, EL, XX or null
 	CPUTime  int64   `json:"cpu_time"`  // ms
 	WallTime int64   `json:"wall_time"` // ms
 	Memory   int64   `json:"memory"`    // bytes
@@ -324,13 +324,15 @@ func pistonStageOf(res *engine.Result, c *capture, l limits, outputLimit int64) 
 		Output: engine.UTF8(c.both.Bytes()), CPUTime: res.CPUTime.Milliseconds(),
 		WallTime: res.Duration.Milliseconds(), Memory: res.PeakMemory}
 	str := func(s string) *string { return &s }
+	// A flood is judged before the clock: Piston kills at the output limit, so a program that
+	// floods forever never reaches its timeout there.
 	switch {
-	case l.exceeded(res):
-		st.Status, st.Signal, st.Message = str("TO"), str("SIGKILL"), str("Timeout")
 	case res.Truncated && int64(c.stdout.Len()) >= outputLimit:
 		st.Status, st.Signal, st.Message = str("OL"), str("SIGKILL"), str("stdout length exceeded")
 	case res.Truncated:
 		st.Status, st.Signal, st.Message = str("EL"), str("SIGKILL"), str("stderr length exceeded")
+	case l.exceeded(res):
+		st.Status, st.Signal, st.Message = str("TO"), str("SIGKILL"), str("Timeout")
 	case res.OOMKilled:
 		st.Status, st.Signal, st.Message = str("SG"), str("SIGKILL"), str("Memory limit exceeded")
 	case res.Signal != 0:
