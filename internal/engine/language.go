@@ -180,7 +180,7 @@ const DefaultCompileTimeout = 10 * time.Second
 
 // Program is a judge-style submission: source files in a language, compiled (when the language
 // is compiled) in one fresh sandbox under the compile stage's limits, then run in another fresh
-// sandbox, with the artifact copied in, under the run stage's. Two sandboxes rather than two
+// sandbox, with the artifact and Files (not the main source) copied in, under the run stage's. Two sandboxes rather than two
 // phases of one: each phase gets its own memory limit (a sandbox's is fixed at create) and the
 // program never sees the compiler's leftovers.
 type Program struct {
@@ -242,7 +242,13 @@ func (e *Engine) RunProgram(ctx context.Context, p Program) (*ProgramResult, err
 		if artifact == "" {
 			return out, nil
 		}
-		run.Files = map[string]string{lang.Artifact: artifact}
+		// The run gets the artifact and the files beside the source (data the program may
+		// read), not the source itself.
+		run.Files = maps.Clone(p.Files)
+		if run.Files == nil {
+			run.Files = map[string]string{}
+		}
+		run.Files[lang.Artifact] = artifact
 		run.Executables = []string{lang.Artifact}
 	}
 	res, err := e.RunCommand(ctx, run)

@@ -286,7 +286,7 @@ func (z *judge0) parse(ctx context.Context, req *j0Request, b64 bool) (*submissi
 		}
 		return string(b)
 	}
-	if s.source = text("source_code", req.SourceCode); s.source == "" {
+	if s.source = text("source_code", req.SourceCode); s.source == "" && errs["source_code"] == nil {
 		errs.add("source_code", "can't be blank")
 	}
 	s.stdin = text("stdin", req.Stdin)
