@@ -54,7 +54,7 @@ func TestPistonClient(t *testing.T) {
 		Signal, Status *string
 	}
 	var got struct {
-		Runtimes []struct{ Language, Version string }
+		Runtimes                                         []struct{ Language, Version string }
 		Python, C, Go, JavaScript, CompileError, Timeout struct {
 			Language, Version string
 			Run               stage
