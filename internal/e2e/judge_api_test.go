@@ -16,7 +16,7 @@ import (
 const judgeKey = "judge-key-0123456789abcdef"
 
 // judgeServer serves the shared engine with one API key.
-func judgeServer(t *testing.T) *httptest.Server {
+func judgeServer(t testing.TB) *httptest.Server {
 	t.Helper()
 	e := mustEngine(t)
 	s, err := server.New(server.Config{Engine: e, APIKeys: []string{judgeKey}})
