@@ -164,9 +164,9 @@ type judge0 struct {
 	j   *Judge
 	lim Judge0Limits
 
-	ctx    context.Context // the queued runs'; cancelled by close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup // the queued runs, which close waits for
+	closing   chan struct{} // closed by close: queued runs give up, running ones are cancelled
+	closeOnce sync.Once
+	wg        sync.WaitGroup // the queued runs, which close waits for
 
 	mu     sync.Mutex // guards subs, owners and every submission's result fields
 	subs   map[string]*submission
@@ -183,12 +183,11 @@ func newJudge0(j *Judge, lim Judge0Limits) *judge0 {
 	if lim.Retention <= 0 {
 		lim.Retention = time.Hour
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	return &judge0{j: j, lim: lim, ctx: ctx, cancel: cancel, subs: map[string]*submission{}, owners: map[string]*ownerSubs{}}
+	return &judge0{j: j, lim: lim, closing: make(chan struct{}), subs: map[string]*submission{}, owners: map[string]*ownerSubs{}}
 }
 
 func (z *judge0) close() {
-	z.cancel()
+	z.closeOnce.Do(func() { close(z.closing) })
 	z.wg.Wait()
 }
 
@@ -438,7 +437,7 @@ func (z *judge0) handleCreate(w http.ResponseWriter, r *http.Request, owner stri
 		return
 	}
 	if !q.wait {
-		if err := z.enqueue(owner, []*submission{s}); err != nil {
+		if err := z.enqueue(r.Context(), owner, []*submission{s}); err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 			return
 		}
@@ -512,8 +511,9 @@ func newToken() string {
 }
 
 // enqueue stores subs as pending and runs each in the background, at most the engine's
-// per-key share at once; the rest wait In Queue.
-func (z *judge0) enqueue(owner string, subs []*submission) error {
+// per-key share at once; the rest wait In Queue. The runs keep ctx's values (the owner, the
+// request's log attributes) but not its cancellation: the client has its token and goes.
+func (z *judge0) enqueue(ctx context.Context, owner string, subs []*submission) error {
 	z.mu.Lock()
 	if err := z.storeLocked(owner, subs, true); err != nil {
 		z.mu.Unlock()
@@ -530,12 +530,23 @@ func (z *judge0) enqueue(owner string, subs []*submission) error {
 			}()
 			select {
 			case o.slots <- struct{}{}:
-			case <-z.ctx.Done():
+			case <-z.closing:
 				z.finish(s, func() { s.status, s.message = j0InternalError, "the server is shutting down" })
 				return
 			}
 			defer func() { <-o.slots }()
-			z.run(engine.WithOwner(z.ctx, owner), s)
+			rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+			defer cancel()
+			done := make(chan struct{})
+			defer close(done)
+			z.wg.Go(func() { // cancels the run when close begins
+				select {
+				case <-z.closing:
+					cancel()
+				case <-done:
+				}
+			})
+			z.run(rctx, s)
 		})
 	}
 	return nil
@@ -786,7 +797,7 @@ func (z *judge0) handleCreateBatch(w http.ResponseWriter, r *http.Request, owner
 		valid, at = append(valid, s), append(at, i)
 	}
 	if len(valid) > 0 {
-		if err := z.enqueue(owner, valid); err != nil {
+		if err := z.enqueue(r.Context(), owner, valid); err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
 			return
 		}

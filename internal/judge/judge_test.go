@@ -236,3 +236,27 @@ func TestFileCache(t *testing.T) {
 		t.Error("remove is not once")
 	}
 }
+
+// TestJudge0InternalError queues a submission the engine cannot run (no sandboxes here): it
+// ends as Judge0's Internal Error, polled by its token, with no internal detail.
+func TestJudge0InternalError(t *testing.T) {
+	t.Parallel()
+	_, ts := newTestJudge(t)
+	auth := map[string]string{"X-Auth-Token": testKey}
+	status, body := send(t, ts, "POST", "/judge0/submissions?wait=false", `{"language_id":71,"source_code":"print(1)"}`, auth)
+	token, ok := strings.CutPrefix(body, `{"token":"`)
+	if status != 201 || !ok {
+		t.Fatalf("got %d %s, want 201 with a token", status, body)
+	}
+	token = strings.TrimSuffix(token, `"}`)
+	for {
+		_, body = send(t, ts, "GET", "/judge0/submissions/"+token+"?fields=status,message", "", auth)
+		if !strings.Contains(body, `"id":1,`) && !strings.Contains(body, `"id":2,`) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if want := `{"message":"internal error","status":{"description":"Internal Error","id":13}}`; body != want {
+		t.Fatalf("got %s, want %s", body, want)
+	}
+}
