@@ -128,7 +128,8 @@ type submission struct {
 	token, owner string
 	created      time.Time
 	languageID   int
-	language     string
+	language     string // the engine's name
+	languageName string // Judge0's, as GET /languages lists it
 	source       string
 	stdin        string
 	expected     *string
@@ -227,6 +228,14 @@ func (z *judge0) auth(h func(w http.ResponseWriter, r *http.Request, owner strin
 	}
 }
 
+// j0Name is Judge0's display name of an engine language at its probed version.
+func j0Name(kind, version string) string {
+	if strings.Contains(kind, "%s") {
+		return fmt.Sprintf(kind, version)
+	}
+	return kind + " (" + version + ")"
+}
+
 func (z *judge0) handleLanguages(w http.ResponseWriter, r *http.Request, _ string) {
 	type lang struct {
 		ID   int    `json:"id"`
@@ -236,13 +245,7 @@ func (z *judge0) handleLanguages(w http.ResponseWriter, r *http.Request, _ strin
 	for _, l := range z.j.cfg.Engine.Languages(r.Context()) {
 		for _, jl := range j0Languages {
 			if jl.name == l.Name {
-				name := jl.kind
-				if strings.Contains(name, "%s") {
-					name = fmt.Sprintf(name, l.Version)
-				} else {
-					name += " (" + l.Version + ")"
-				}
-				out = append(out, lang{jl.id, name})
+				out = append(out, lang{jl.id, j0Name(jl.kind, l.Version)})
 			}
 		}
 	}
@@ -299,8 +302,8 @@ func (z *judge0) parse(ctx context.Context, req *j0Request, b64 bool) (*submissi
 		s.languageID = int(req.LanguageID.v)
 		for _, jl := range j0Languages {
 			if jl.id == s.languageID && float64(jl.id) == req.LanguageID.v {
-				if _, ok := z.j.cfg.Engine.Language(ctx, jl.name); ok {
-					s.language = jl.name
+				if l, ok := z.j.cfg.Engine.Language(ctx, jl.name); ok {
+					s.language, s.languageName = jl.name, j0Name(jl.kind, l.Version)
 				}
 			}
 		}
@@ -716,7 +719,7 @@ func (z *judge0) view(s *submission, q j0Query) (map[string]any, bool) {
 		"memory_limit": s.memoryKB, "number_of_runs": 1, "redirect_stderr_to_stdout": s.redirect,
 		"command_line_arguments": str(s.rawArgs), "compiler_options": str(s.rawOpts),
 		"enable_network": false, "callback_url": nil, "additional_files": nil,
-		"language": map[string]any{"id": s.languageID, "name": s.language},
+		"language": map[string]any{"id": s.languageID, "name": s.languageName},
 	}
 	fields := q.fields
 	if fields == nil {
