@@ -117,14 +117,16 @@ func startGojudge(b *testing.B, token string) string {
 	b.Cleanup(func() {
 		cmd.Process.Kill()
 		cmd.Wait()
+		// Its containers' processes die after it; their cgroups empty a moment later.
 		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/" + prefix)
 		more, _ := filepath.Glob("/sys/fs/cgroup/" + prefix)
-		for _, d := range append(dirs, more...) {
-			subs, _ := filepath.Glob(d + "/*/")
-			for _, s := range subs {
-				os.Remove(s)
-			}
-			os.Remove(d)
+		dirs = append(dirs, more...)
+		for deadline := time.Now().Add(10 * time.Second); len(dirs) > 0 && time.Now().Before(deadline); {
+			dirs = slices.DeleteFunc(dirs, func(d string) bool { return removeTree(d) == nil })
+			time.Sleep(20 * time.Millisecond)
+		}
+		if len(dirs) > 0 {
+			b.Errorf("go-judge left cgroups behind: %v", dirs)
 		}
 	})
 	base := "http://" + addr
@@ -216,6 +218,19 @@ func BenchmarkJudgeGojudge(b *testing.B) {
 		b.ReportMetric(rate, strings.ReplaceAll(jt.name, "-", "")+"-subs/s")
 		b.Logf("%-8s %d submissions (half C, half Python) with 4 clients: %.1f submissions/s", jt.name, n, rate)
 	}
+}
+
+// removeTree removes the empty directory tree d (a cgroup), deepest first.
+func removeTree(d string) error {
+	subs, _ := os.ReadDir(d)
+	for _, e := range subs {
+		if e.IsDir() {
+			if err := removeTree(filepath.Join(d, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return os.Remove(d)
 }
 
 func median(v []float64) float64 { return quantile(v, 0.5) }
