@@ -119,7 +119,11 @@ func (j *Judge) pistonRuntimes(r *http.Request) []pistonRuntime {
 		if n, ok := pistonNames[l.Name]; ok {
 			name, aliases = n, append([]string{l.Name}, aliases...)
 		}
-		out = append(out, pistonRuntime{Language: name, Version: l.Version, Aliases: aliases, Runtime: l.Run[0], name: l.Name})
+		tool := l.Run[0] // the interpreter, or for a compiled language its compiler
+		if l.Compiled() {
+			tool = l.Compile[0]
+		}
+		out = append(out, pistonRuntime{Language: name, Version: l.Version, Aliases: aliases, Runtime: tool, name: l.Name})
 	}
 	return out
 }
