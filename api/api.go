@@ -9,20 +9,26 @@ import (
 	"fmt"
 )
 
-// Languages accepted by one-shot execution.
+// Languages accepted by one-shot execution. Python and bash always run; the others run where
+// the host image carries their toolchain (GET /v1/info lists those that do), each compiled
+// language compiled in a fresh sandbox of its own and run in another.
 const (
-	LanguagePython = "python"
-	LanguageBash   = "bash"
+	LanguagePython     = "python"
+	LanguageBash       = "bash"
+	LanguageC          = "c"          // gcc -O2 -std=gnu17 … -lm
+	LanguageCPP        = "cpp"        // g++ -O2 -std=gnu++17 … -lm
+	LanguageGo         = "go"         // go build, without cgo
+	LanguageJavaScript = "javascript" // node
 )
 
 // Languages lists every language, in the order the OpenAPI document gives them.
-var Languages = []string{LanguagePython, LanguageBash}
+var Languages = []string{LanguagePython, LanguageBash, LanguageC, LanguageCPP, LanguageGo, LanguageJavaScript}
 
 // ExecuteRequest is the body of POST /v1/execute (and the seed-compatible POST /execute).
 // Zero values mean the server's defaults.
 type ExecuteRequest struct {
 	Code         string            `json:"code"`                    // the program's source; no NUL bytes
-	Language     string            `json:"language,omitempty"`      // interpreter; default python
+	Language     string            `json:"language,omitempty"`      // python (default), bash, c, cpp, go or javascript; GET /v1/info lists those this host runs
 	Stdin        string            `json:"stdin,omitempty"`         // the program's whole standard input
 	Timeout      float64           `json:"timeout,omitempty"`       // wall-clock limit of the whole process tree, in seconds
 	MemoryMB     int64             `json:"memory_mb,omitempty"`     // memory limit of the sandbox, in MiB

@@ -298,7 +298,8 @@ type Engine struct {
 
 	budget *budget // daemon memory for agent answers in flight (budget.go)
 
-	pool *pool // the warm pool (pool.go); nil without one
+	pool  *pool         // the warm pool (pool.go); nil without one
+	langs languageProbe // the languages the host image runs, probed once (language.go)
 
 	execs executions // one-shot runs in flight, listed and cancelled (executions.go)
 

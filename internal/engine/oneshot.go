@@ -22,7 +22,7 @@ import (
 // OneShot is one program to run in a fresh sandbox that is destroyed afterwards. Zero values
 // mean the engine's defaults.
 type OneShot struct {
-	Language    string // api.LanguagePython (default) or api.LanguageBash, or an alias of one
+	Language    string // api.LanguagePython (default), or another language of the table (language.go), or an alias of one
 	Code        string
 	Stdin       string
 	Files       map[string]string // path (relative to the workspace, or absolute) → content
@@ -65,6 +65,7 @@ const (
 type Result struct {
 	Stdout, Stderr string // UTF-8, cut at the output limit
 	ExitCode       int    // exitStatus: 124 on timeout, 137 on an OOM kill
+	Signal         int    // the signal that ended the program, 0 if it exited (ExitCode is then 128+Signal)
 	Duration       time.Duration
 	TimedOut       bool
 	OOMKilled      bool
@@ -89,6 +90,8 @@ type oneShotPlan struct {
 	outputLimit int64             // bytes per stream
 	outputFiles []string          // resolved OutputFiles patterns
 	filesLimit  int64             // bytes of output files
+	argv        []string          // the command to run as given (RunCommand); nil = the language's
+	executables map[string]bool   // resolved paths of files written executable
 }
 
 // normalizeOneShot fills in defaults and checks o against the configured bounds, once.
@@ -102,10 +105,12 @@ func (e *Engine) normalizeOneShot(o OneShot) (*oneShotPlan, error) {
 	switch o.Language {
 	case "", api.LanguagePython:
 		p.Language = api.LanguagePython
-	case api.LanguageBash, "sh", "shell":
-		p.Language = api.LanguageBash
 	default:
-		return nil, invalid("unknown language %q (want %q or %q)", o.Language, api.LanguagePython, api.LanguageBash)
+		l, ok := lookupLanguage(o.Language)
+		if !ok {
+			return nil, invalid("unknown language %q (want one of %s)", o.Language, languageNames())
+		}
+		p.Language = l.Name
 	}
 	if o.Timeout == 0 {
 		p.Timeout = c.DefaultTimeout
@@ -166,6 +171,15 @@ func (e *Engine) Execute(ctx context.Context, o OneShot) (*Result, error) {
 
 // runOneShot runs a normalized one-shot in a fresh sandbox, holding a one-shot slot.
 func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error) {
+	if p.argv == nil && p.Language != api.LanguagePython && p.Language != api.LanguageBash {
+		lang, ok := e.Language(ctx, p.Language)
+		if !ok {
+			return nil, invalid("language %q is not available here (available: %s)", p.Language, availableNames(e.Languages(ctx)))
+		}
+		if lang.Compiled() {
+			return e.runCompiled(ctx, p, lang)
+		}
+	}
 	// Refused per run, not per batch: a batch's other snippets still run.
 	network, err := e.cfg.normalizeNetwork(p.Network)
 	if err != nil {
@@ -220,7 +234,11 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, p *oneShotPlan) (*R
 	defer cancel()
 
 	for name, content := range p.files {
-		if err := cl.WriteFile(ctx, name, strings.NewReader(content), 0o644); err != nil {
+		mode := uint32(0o644)
+		if p.executables[name] {
+			mode = 0o755
+		}
+		if err := cl.WriteFile(ctx, name, strings.NewReader(content), mode); err != nil {
 			return nil, fmt.Errorf("write %s: %w", name, err)
 		}
 	}
@@ -234,7 +252,14 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, p *oneShotPlan) (*R
 	case api.LanguageBash:
 		x.Cmd = "bash"
 	}
-	if len(p.Code) <= maxInlineCode {
+	if argv, write := programArgv(p); argv != nil || write != nil {
+		for name, content := range write {
+			if err := cl.WriteFile(ctx, name, strings.NewReader(content), 0o644); err != nil {
+				return nil, fmt.Errorf("write program: %w", err)
+			}
+		}
+		x.Cmd, x.Args = argv[0], argv[1:]
+	} else if len(p.Code) <= maxInlineCode {
 		x.Args = []string{"-c", p.Code}
 	} else {
 		if err := cl.WriteFile(ctx, layout.MainProgram, strings.NewReader(p.Code), 0o644); err != nil {
@@ -278,6 +303,7 @@ func (e *Engine) runOnce(ctx context.Context, inst Instance, p *oneShotPlan) (*R
 		res.Duration = end.Duration
 		res.Truncated = end.StdoutTruncated || end.StderrTruncated
 		res.ExitCode = end.ExitCode
+		res.Signal = end.Signal
 		res.TimedOut = end.TimedOut
 		// Killed by the OOM killer, or failed after hitting the limit (e.g. MemoryError).
 		res.OOMKilled = !end.TimedOut && (oom || (end.ExitCode != 0 && usage.MemoryLimitHits > 0 && memoryBound(usage, p.MemoryBytes)))

@@ -23,6 +23,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
+	"github.com/airlockhq/airlock/internal/judge"
 )
 
 // Config configures the server. Zero values mean defaults.
@@ -168,6 +169,7 @@ func (s *Server) routes() {
 	s.sessionRoutes()
 	s.executionRoutes()
 	s.imageRoutes()
+	s.judgeRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		if s.underRest(p) {
@@ -180,6 +182,39 @@ func (s *Server) routes() {
 	s.mux.Handle("/", s.deadlines("", s.adapt(true, func(w http.ResponseWriter, r *http.Request) error {
 		return api.Errorf(api.ErrNotFound, "no route %s %s", r.Method, r.URL.Path)
 	})))
+}
+
+// judgeRoutes mounts the judge-style APIs (issue 14): Piston v2, Judge0 CE, go-judge and
+// codapi, each under its prefix with its own credential and error shapes (internal/judge),
+// all over the engine's one-shot path with the same keys and per-key bounds as /v1.
+func (s *Server) judgeRoutes() {
+	j, err := judge.New(judge.Config{Engine: s.cfg.Engine, Logger: s.cfg.Logger, MaxBodyBytes: s.cfg.MaxBodyBytes,
+		Authorize: s.judgeAuthorize})
+	if err != nil {
+		panic(err) // the engine was validated, and the authorizer is ours
+	}
+	for prefix, h := range j.Handlers() {
+		s.mux.Handle(prefix+"/", s.metrics.instrument(prefix+"/", s.deadlines("", http.StripPrefix(prefix, h))))
+	}
+}
+
+// judgeAuthorize checks a key a judge API found in its own header, as authorize checks a
+// bearer, and takes the key's in-flight slot.
+func (s *Server) judgeAuthorize(r *http.Request, key string) (context.Context, func(), error) {
+	r2 := r.Clone(r.Context())
+	r2.Header.Set("Authorization", "Bearer "+key)
+	owner, ok := s.authorize(r2)
+	if !ok {
+		return nil, nil, api.ErrUnauthenticated
+	}
+	release := func() {}
+	if len(s.keys) > 0 {
+		if !s.enter(owner) {
+			return nil, nil, errTooManyRequests
+		}
+		release = func() { s.leave(owner) }
+	}
+	return engine.WithOwner(r.Context(), owner), release, nil
 }
 
 // underRest reports whether another route's path ends in a rest wildcard ({x...}) that also
@@ -401,7 +436,7 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) error {
 	lim.MaxBodyBytes = s.cfg.MaxBodyBytes
 	writeJSON(w, http.StatusOK, api.Info{
 		Version: s.cfg.Version, Runtimes: s.cfg.Runtimes, Cgroup: s.cfg.CgroupVersion,
-		Languages: []string{api.LanguagePython, api.LanguageBash}, Limits: lim,
+		Languages: languageNames(s.cfg.Engine.Languages(r.Context())), Limits: lim,
 	})
 	return nil
 }
@@ -471,6 +506,15 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return nil
+}
+
+// languageNames lists the names of ls.
+func languageNames(ls []engine.Language) []string {
+	names := make([]string, len(ls))
+	for i, l := range ls {
+		names[i] = l.Name
+	}
+	return names
 }
 
 // CheckListen refuses a non-loopback address when no API key is configured.
