@@ -1,7 +1,6 @@
 package cgroup
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,25 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DaemonLeaf is the group, below a delegated subtree, that the daemon moves itself into, so that
-// the subtree's own group holds no process and may hand controllers to the sandboxes' root next
-// to it (cgroup v2's "no internal processes" rule).
-const DaemonLeaf = "daemon"
-
 // delegateXattrs mark a group systemd delegated to the unit in it (Delegate=yes): systemd ≥ 251
 // sets trusted.delegate on a system unit's group, and user.delegate on a user manager's.
 var delegateXattrs = []string{"trusted.delegate", "user.delegate"}
-
-// ownGroup returns the cgroup v2 path ("/" or "/system.slice/x.service") in the 0:: line of a
-// /proc/<pid>/cgroup file, or "" if there is none (a v1-only host).
-func ownGroup(procCgroup []byte) string {
-	for line := range bytes.Lines(procCgroup) {
-		if p, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("0::")); ok {
-			return string(p)
-		}
-	}
-	return ""
-}
 
 // delegated reports whether the group at dir carries systemd's delegation mark.
 func delegated(dir string) bool {
@@ -51,7 +34,7 @@ func delegated(dir string) bool {
 // DaemonLeaf of one. ok is false outside a delegated subtree, where the sandboxes' root goes
 // directly under the mount.
 func DelegatedParent(mount string, procCgroup []byte) (parent string, ok bool) {
-	own := ownGroup(procCgroup)
+	own := OwnGroup(procCgroup)
 	if own == "" || own == "/" {
 		return "", false
 	}
@@ -77,7 +60,7 @@ func placeV2(mount string, pid int) (parent string, err error) {
 	if !ok {
 		return "", nil
 	}
-	if path.Clean(ownGroup(pc)) == "/"+parent {
+	if path.Clean(OwnGroup(pc)) == "/"+parent {
 		leaf := filepath.Join(mount, parent, DaemonLeaf)
 		if err := os.Mkdir(leaf, dirPerm); err != nil && !errors.Is(err, fs.ErrExist) {
 			return "", fmt.Errorf("delegated cgroup %s: make the daemon's leaf: %w", parent, err)

@@ -29,8 +29,8 @@ func TestOwnGroup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := ownGroup([]byte(tt.in)); got != tt.want {
-				t.Errorf("ownGroup(%q) = %q, want %q", tt.in, got, tt.want)
+			if got := OwnGroup([]byte(tt.in)); got != tt.want {
+				t.Errorf("OwnGroup(%q) = %q, want %q", tt.in, got, tt.want)
 			}
 		})
 	}

@@ -104,6 +104,8 @@ func serveCmd() *cobra.Command {
 		sc      = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
 		co      = connOptions{idleTimeout: time.Minute}
 		ic      image.Config
+		// skipPreflight starts serve even where doctor's checks FAIL.
+		skipPreflight bool
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -123,6 +125,13 @@ func serveCmd() *cobra.Command {
 			}
 			if err := server.CheckListen(addr, keys); err != nil {
 				return err
+			}
+			// Before anything is built: a host where no sandbox can work is refused with every
+			// reason and its fix, rather than found out request by request.
+			if !skipPreflight {
+				if err := preflight(ctx, logger, doctorConfig(rc.Native.StateDir, ec.MaxSandboxes)); err != nil {
+					return err
+				}
 			}
 			// The image store (/v1/images), opened before the engine: sandboxes adopted from a
 			// previous daemon lease their images again.
@@ -144,9 +153,6 @@ func serveCmd() *cobra.Command {
 					logger.WarnContext(ctx, "closing the runtimes", "err", err)
 				}
 			}()
-			if err := native.CheckPTYPool(e.MaxSandboxes()); err != nil {
-				logger.WarnContext(ctx, "PTY pool smaller than --max-sandboxes needs: raise kernel.pty.max with the sysctl in err, or lower --max-sandboxes", "err", err)
-			}
 			if err := native.CheckPTYPool(2 * e.MaxSandboxesPerOwner()); err != nil {
 				logger.WarnContext(ctx, "one API key's sandboxes can take more than half of the PTY pool: raise kernel.pty.max with the sysctl in err, or lower --max-sandboxes-per-key", "err", err)
 			}
@@ -215,6 +221,7 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &sc.WriteTimeout, "write-timeout", "AIRLOCK_WRITE_TIMEOUT", "an answer must be written within this once begun; streams excepted")
 	flagEnv(f, (*byteSize)(&ic.MaxBytes), "image-budget", "AIRLOCK_IMAGE_BUDGET", "disk for the image store's blobs and layers together; past it a pull, import or snapshot prunes unused images, then fails with 413 (default no limit)")
 	flagEnv(f, &ec.PublicPorts, "public-ports", "AIRLOCK_PUBLIC_PORTS", "let sandboxes expose unauthenticated_ports, reachable through the daemon without a key or token")
+	flagEnv(f, &skipPreflight, "skip-preflight", "AIRLOCK_SKIP_PREFLIGHT", "start even where the host checks of airlock doctor FAIL (experts: sandboxes will fail instead)")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	return cmd
 }
