@@ -223,7 +223,9 @@ func checkCgroupV2(f Facts, add addFunc) {
 	add("cgroup", OK, fmt.Sprintf("cgroup v2: memory, cpu and pids available in %s", parent), "")
 	switch {
 	case f.Delegated != "":
-		add("cgroup-delegation", OK, fmt.Sprintf("systemd delegated %s to us (Delegate=yes): the daemon moves itself to %s/%s and makes the sandboxes' root inside the unit, %s/<root>",
+		// Everything in the unit's group, sandboxes included, is the unit's: systemd's default
+		// KillMode=control-group would kill the sandboxes on every stop or restart.
+		add("cgroup-delegation", OK, fmt.Sprintf("systemd delegated %s to us (Delegate=yes): the daemon moves itself to %s/%s and makes the sandboxes' root inside the unit, %s/<root>; set KillMode=process in the unit, or a restart kills the sandboxes with it",
 			"/"+f.Delegated, "/"+f.Delegated, cgroup.DaemonLeaf, "/"+f.Delegated), "")
 	case own == "/" && f.Container != "":
 		add("cgroup-delegation", Warn, "in a container ("+f.Container+") at the root of its cgroup namespace: the container's processes there keep its root group from delegating controllers (no internal processes)",
