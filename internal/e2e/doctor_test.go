@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/airlockhq/airlock/internal/testutil"
 )
@@ -117,8 +119,17 @@ func TestServeRefusesBrokenHost(t *testing.T) {
 		}
 	})
 	t.Run("serve refuses", func(t *testing.T) {
-		addr := freeAddr(t)
-		_, errs, code := runCLI(t, "", "serve --addr "+addr+" --state-dir "+state)
+		// A serve that does not refuse would serve on: bound the wait, and fail saying so.
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		exe, _ := os.Executable()
+		cmd := exec.CommandContext(ctx, exe)
+		cmd.Env = append(os.Environ(), "AIRLOCK_E2E_DAEMON=serve --addr "+freeAddr(t)+" --state-dir "+state)
+		out, _ := cmd.CombinedOutput()
+		if ctx.Err() != nil {
+			t.Fatalf("serve did not refuse the host: still running after 30 s:\n%s", out)
+		}
+		errs, code := string(out), cmd.ProcessState.ExitCode()
 		if code != 1 {
 			t.Fatalf("serve exit status %d, want 1:\n%s", code, errs)
 		}
