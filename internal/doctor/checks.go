@@ -21,7 +21,7 @@ func Check(f Facts, c Config) Report {
 	checkRoot(f, add)
 	checkKernel(f, add)
 	checkNamespaces(f, add)
-	checkUserns(f, c, add)
+	checkUserns(f, add)
 	checkCgroups(f, add)
 	checkSeccomp(f, add)
 	checkLandlock(f, add)
@@ -110,31 +110,20 @@ func checkNamespaces(f Facts, add addFunc) {
 	add("namespaces", OK, "user, pid, mnt, net, ipc, uts and cgroup namespaces can be created", "")
 }
 
-func checkUserns(f Facts, c Config, add addFunc) {
+func checkUserns(f Facts, add addFunc) {
+	// The limits are per user. A sandbox's namespaces are created by a thread running as the
+	// sandbox's own host uid (native.startOwnedBy), so they are charged to that uid alone: even
+	// a small limit serves every sandbox, while 0 refuses the namespace to everyone, root too.
 	for _, ns := range []string{"user", "pid", "mnt", "net", "ipc", "uts", "cgroup"} {
 		name := "user.max_" + ns + "_namespaces"
-		v, ok := f.Sysctls[name]
-		if !ok {
-			continue
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			continue
-		}
-		// Each sandbox takes one of each; user namespaces also nest for the daemon's helpers.
-		need := max(c.Sandboxes, 1) + 16
-		switch {
-		case n == 0:
+		if f.Sysctls[name] == "0" {
 			add("userns", Fail, fmt.Sprintf("%s = 0: no %s namespace can be created, by root either", name, ns),
-				fmt.Sprintf("sysctl -w %s=%d, and persist it in /etc/sysctl.d/90-airlock.conf", name, max(need, 15000)))
-			return
-		case n < need:
-			add("userns", Warn, fmt.Sprintf("%s = %d, fewer than the %d sandboxes allowed at once need", name, n, need),
-				fmt.Sprintf("sysctl -w %s=%d, or lower --max-sandboxes", name, need))
+				fmt.Sprintf("sysctl -w %s=15000, and persist it in /etc/sysctl.d/90-airlock.conf", name))
 			return
 		}
 	}
-	detail := "user.max_user_namespaces = " + f.Sysctls["user.max_user_namespaces"]
+	detail := "user.max_user_namespaces = " + f.Sysctls["user.max_user_namespaces"] +
+		" (per user: each sandbox's namespaces are charged to its own host uid)"
 	if f.Sysctls["user.max_user_namespaces"] == "" {
 		detail = "no user.max_*_namespaces limits"
 	}

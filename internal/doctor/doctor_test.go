@@ -140,7 +140,7 @@ func TestFindings(t *testing.T) {
 		{name: "clone refused in a container", facts: func(f *Facts) { f.CloneNamespaces, f.Container = errors.New("operation not permitted"), "docker" }, check: "namespaces", status: Fail, want: "--privileged"},
 		{name: "user namespaces off", files: map[string]string{"proc/sys/user/max_user_namespaces": "0"}, check: "userns", status: Fail, want: "sysctl -w user.max_user_namespaces=15000"},
 		{name: "net namespaces off", files: map[string]string{"proc/sys/user/max_net_namespaces": "0"}, check: "userns", status: Fail, want: "user.max_net_namespaces"},
-		{name: "too few user namespaces", files: map[string]string{"proc/sys/user/max_user_namespaces": "100"}, check: "userns", status: Warn, want: "sysctl -w user.max_user_namespaces=1016"},
+		{name: "few user namespaces are enough", files: map[string]string{"proc/sys/user/max_user_namespaces": "3"}, check: "userns", status: OK, want: "its own host uid"},
 		{name: "debian unprivileged_userns_clone", files: map[string]string{"proc/sys/kernel/unprivileged_userns_clone": "0"}, check: "userns-debian", status: Info, want: "runs as root"},
 		{name: "ubuntu apparmor restriction", files: map[string]string{"proc/sys/kernel/apparmor_restrict_unprivileged_userns": "1"}, check: "userns-apparmor", status: Info, want: "CAP_SYS_ADMIN"},
 		{name: "confined by apparmor", files: map[string]string{"sys/kernel/security/apparmor/profiles": "", "proc/self/attr/current": "airlockd (enforce)\n"}, check: "apparmor", status: Warn, want: "userns,"},
