@@ -84,6 +84,7 @@ func preflight(ctx context.Context, logger *slog.Logger, c doctor.Config) error 
 	}
 	fails := r.Failures()
 	if len(fails) == 0 {
+		logger.InfoContext(ctx, "preflight: the host can run sandboxes", "checks", len(r.Findings), "warnings", len(r.Warnings()))
 		return nil
 	}
 	var b strings.Builder
