@@ -211,6 +211,10 @@ func checkCgroupV2(f Facts, add addFunc) {
 	}
 	add("cgroup", OK, fmt.Sprintf("cgroup v2: memory, cpu and pids available in %s", parent), "")
 	switch {
+	case f.Delegated != "" && slices.ContainsFunc(f.DelegatedProcs, func(p int) bool { return p != f.PID }):
+		add("cgroup-delegation", Warn, fmt.Sprintf("systemd delegated /%s to us (Delegate=yes), but other processes sit in it (%v): the daemon moves only itself to /%s/%s, and a group holding processes cannot give controllers to the sandboxes' root (no internal processes)",
+			f.Delegated, f.DelegatedProcs, f.Delegated, cgroup.DaemonLeaf),
+			"start airlock serve itself as the unit's ExecStart= (no wrapper shell, no other processes in the unit)")
 	case f.Delegated != "":
 		// Everything in the unit's group, sandboxes included, is the unit's: systemd's default
 		// KillMode=control-group would kill the sandboxes on every stop or restart.

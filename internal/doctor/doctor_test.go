@@ -148,7 +148,12 @@ func TestFindings(t *testing.T) {
 		{name: "v2 without memory", files: map[string]string{"sys/fs/cgroup/cgroup.controllers": "cpu io pids\n"}, check: "cgroup", status: Fail, want: "without memory"},
 		{name: "v2 in a container's root", facts: func(f *Facts) { f.Container = "docker" }, check: "cgroup-delegation", status: Warn, want: "no internal processes"},
 		{name: "v2 in an undelegated unit", files: map[string]string{"proc/self/cgroup": "0::/system.slice/airlock.service\n"}, check: "cgroup-delegation", status: Info, want: "Delegate=yes"},
-		{name: "v2 delegated", facts: func(f *Facts) { f.Delegated = "system.slice/airlock.service" }, check: "cgroup-delegation", status: OK, want: "/system.slice/airlock.service/daemon"},
+		{name: "v2 delegated", facts: func(f *Facts) {
+			f.Delegated, f.DelegatedProcs, f.PID = "system.slice/airlock.service", []int{99}, 99
+		}, check: "cgroup-delegation", status: OK, want: "/system.slice/airlock.service/daemon"},
+		{name: "v2 delegated with a wrapper shell", facts: func(f *Facts) {
+			f.Delegated, f.DelegatedProcs, f.PID = "system.slice/airlock.service", []int{98, 99}, 99
+		}, check: "cgroup-delegation", status: Warn, want: "ExecStart="},
 		{name: "v1 without pids", files: map[string]string{"proc/self/mounts": "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n" +
 			"cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\ncgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\n" +
 			"cgroup /sys/fs/cgroup/freezer cgroup rw,freezer 0 0\ndevpts /dev/pts devpts rw 0 0\n"}, check: "cgroup", status: Fail, want: "pids"},
@@ -291,5 +296,24 @@ func TestGatherHere(t *testing.T) {
 	}
 	if f, _ := find(r, "kernel"); f.Status != OK && f.Status != Warn {
 		t.Errorf("kernel finding %+v", f)
+	}
+}
+
+// TestReadDelegated: once Gather knows the delegated subtree, the controllers and processes are
+// read from it rather than from the mount root.
+func TestReadDelegated(t *testing.T) {
+	t.Parallel()
+	files := healthy()
+	files["sys/fs/cgroup/system.slice/a.service/cgroup.controllers"] = "memory pids\n"
+	files["sys/fs/cgroup/system.slice/a.service/cgroup.procs"] = "12\n34\n"
+	root := fixture(t, files)
+	f := gatherFiles(root)
+	f.Delegated = "system.slice/a.service"
+	readControllers(root, &f)
+	if f.CgroupControllers != "memory pids\n" || len(f.DelegatedProcs) != 2 || f.DelegatedProcs[1] != 34 {
+		t.Fatalf("controllers %q, procs %v; want the delegated group's", f.CgroupControllers, f.DelegatedProcs)
+	}
+	if got, _ := find(Check(f, testConfig), "cgroup"); got.Status != Fail || !strings.Contains(got.Fix, "Delegate=") {
+		t.Errorf("cgroup finding %+v, want a FAIL (no cpu) with the systemd fix", got)
 	}
 }

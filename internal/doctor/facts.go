@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -27,8 +28,11 @@ type Facts struct {
 	ProcCgroup                       string
 	CgroupControllers, CgroupSubtree string
 	// Delegated is the subtree systemd delegated to us (Delegate=yes), relative to the cgroup2
-	// mount; "" when there is none.
-	Delegated string
+	// mount; "" when there is none. DelegatedProcs are the pids in its own cgroup.procs.
+	Delegated      string
+	DelegatedProcs []int
+	// PID is this process's pid (the daemon's, when serve runs the checks).
+	PID int
 	// Container names the container manager we run in ("docker", "podman", or the value of
 	// PID 1's container= variable); "" on a plain host.
 	Container string
@@ -237,4 +241,14 @@ func readControllers(root string, f *Facts) {
 	f.CgroupControllers = string(b)
 	b, _ = os.ReadFile(filepath.Join(dir, "cgroup.subtree_control"))
 	f.CgroupSubtree = string(b)
+	if f.Delegated == "" {
+		return
+	}
+	b, _ = os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	f.DelegatedProcs = nil
+	for _, l := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(l); err == nil {
+			f.DelegatedProcs = append(f.DelegatedProcs, pid)
+		}
+	}
 }

@@ -25,7 +25,7 @@ const probePath = "/nonexistent/airlock-doctor-probe"
 func Gather(c Config) Facts {
 	c = c.withDefaults()
 	f := gatherFiles(c.Root)
-	f.EUID = os.Geteuid()
+	f.EUID, f.PID = os.Geteuid(), os.Getpid()
 	mount := filepath.Join(c.Root, "/sys/fs/cgroup")
 	if top, ok := mountAt(f.Mounts, "/sys/fs/cgroup"); ok && top.Type == "cgroup2" {
 		if parent, ok := cgroup.DelegatedParent(mount, []byte(f.ProcCgroup)); ok {
