@@ -26,11 +26,11 @@ var v2Controllers = []string{"memory", "cpu", "pids"}
 type v2Backend struct {
 	mount string // the cgroup2 mount point, e.g. /sys/fs/cgroup
 	root  string
-	// parent is the group below mount that holds root: "" (the mount itself), or a subtree
-	// systemd delegated to the daemon's unit, such as "system.slice/airlock.service".
-	parent  string
-	rel     string // "/" + parent + "/" + root, the path the library addresses groups by
-	rootDir string // mount/parent/root
+	// rel is root's path below mount, the one the library addresses groups by: "/" + root, or
+	// "/" + parent + "/" + root below a subtree systemd delegated to the daemon's unit (parent
+	// such as "system.slice/airlock.service").
+	rel     string
+	rootDir string // mount + rel
 	// memory is whether the memory controller is enabled (always, outside tests), so that the
 	// memory.* files exist in each group.
 	memory bool
@@ -50,7 +50,6 @@ func newV2(mount, parent, root string, controllers []string) (*v2Backend, error)
 	b := &v2Backend{
 		mount:   mount,
 		root:    root,
-		parent:  parent,
 		rel:     path.Join("/", parent, root),
 		rootDir: filepath.Join(mount, parent, root),
 		memory:  slices.Contains(controllers, "memory"),
