@@ -9,7 +9,7 @@ import "os"
 func Gather(c Config) Facts {
 	c = c.withDefaults()
 	f := gatherFiles(c.Root)
-	f.EUID = os.Geteuid()
+	f.EUID, f.PID = os.Geteuid(), os.Getpid()
 	f.State.Err = errNotProbed
 	f.CloneNamespaces, f.LandlockErr, f.CloseRange, f.Pidfd = errNotProbed, errNotProbed, errNotProbed, errNotProbed
 	f.CloneIntoCgroup, f.NFTables, f.ForwardErr = errNotProbed, errNotProbed, errNotProbed
