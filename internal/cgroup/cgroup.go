@@ -19,6 +19,7 @@
 package cgroup
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -98,3 +99,19 @@ func validateName(name string) error {
 	}
 	return nil
 }
+
+// OwnGroup returns the cgroup v2 path ("/" or "/system.slice/x.service") in the 0:: line of a
+// /proc/<pid>/cgroup file, or "" if there is none (a v1-only host).
+func OwnGroup(procCgroup []byte) string {
+	for line := range bytes.Lines(procCgroup) {
+		if p, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("0::")); ok {
+			return string(p)
+		}
+	}
+	return ""
+}
+
+// DaemonLeaf is the group, below a delegated subtree, that the daemon moves itself into, so that
+// the subtree's own group holds no process and may hand controllers to the sandboxes' root next
+// to it (cgroup v2's "no internal processes" rule).
+const DaemonLeaf = "daemon"

@@ -43,6 +43,10 @@ type groupOps interface {
 // it enables the memory, cpu and pids controllers in subtree_control of the parent path (and of the
 // root group needed to get there), erroring clearly if that is impossible. root is a single path
 // component and may already exist (after a restart, say).
+//
+// On v2, a daemon that systemd runs with Delegate=yes (DelegatedParent) keeps to its subtree: it
+// moves itself into the subtree's DaemonLeaf and makes root next to it, <unit group>/<root>,
+// never touching the groups above, which systemd owns.
 func New(root string) (*Manager, error) {
 	if err := validateName(root); err != nil {
 		return nil, fmt.Errorf("cgroup root: %w", err)
@@ -53,7 +57,11 @@ func New(root string) (*Manager, error) {
 	)
 	switch mode := cgroups.Mode(); mode {
 	case cgroups.Unified:
-		b, err = newV2(unifiedMount, root, v2Controllers)
+		var parent string
+		if parent, err = placeV2(unifiedMount, os.Getpid()); err != nil {
+			return nil, err
+		}
+		b, err = newV2(unifiedMount, parent, root, v2Controllers)
 	case cgroups.Legacy, cgroups.Hybrid:
 		b, err = newV1(root)
 	default:

@@ -70,3 +70,6 @@ func (g *Group) OpenTasks() ([]*os.File, error) { return nil, errors.ErrUnsuppor
 
 // SetLimits returns errors.ErrUnsupported.
 func (g *Group) SetLimits(l Limits) error { return errors.ErrUnsupported }
+
+// DelegatedParent reports no delegated subtree: cgroups exist only on Linux.
+func DelegatedParent(mount string, procCgroup []byte) (parent string, ok bool) { return "", false }

@@ -495,6 +495,19 @@ func TestCPU(t *testing.T) {
 			if used < tt.min || used > tt.max {
 				t.Errorf("CPUTime grew by %v, want within [%v, %v]", used, tt.min, tt.max)
 			}
+			// The quota bites through cpu.max (v2) or cpu.cfs_quota_us (v1): the kernel counts
+			// the periods it throttled the group in cpu.stat, in either version.
+			st, err := os.ReadFile(controlFile(m, g, "cpu", "cpu.stat"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			throttled, _, err := flatKeyed(st, "nr_throttled")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if limited := tt.cpu > 0; limited != (throttled > 0) {
+				t.Errorf("cpu.stat nr_throttled = %d with a limit of %v cores, want > 0 exactly when limited", throttled, tt.cpu)
+			}
 		})
 	}
 }
@@ -654,7 +667,7 @@ func TestV2Core(t *testing.T) {
 		t.Run(fmt.Sprintf("freezeFallback=%v", fallback), func(t *testing.T) {
 			t.Parallel()
 			root := testRoot()
-			b, err := newV2(filepath.Join(unifiedMount, "unified"), root, nil)
+			b, err := newV2(filepath.Join(unifiedMount, "unified"), "", root, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

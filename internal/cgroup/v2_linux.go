@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -23,9 +24,13 @@ var v2Controllers = []string{"memory", "cpu", "pids"}
 
 // v2Backend manages groups in the unified hierarchy. It is immutable after newV2.
 type v2Backend struct {
-	mount   string // the cgroup2 mount point, e.g. /sys/fs/cgroup
-	root    string
-	rootDir string // mount/root
+	mount string // the cgroup2 mount point, e.g. /sys/fs/cgroup
+	root  string
+	// rel is root's path below mount, the one the library addresses groups by: "/" + root, or
+	// "/" + parent + "/" + root below a subtree systemd delegated to the daemon's unit (parent
+	// such as "system.slice/airlock.service").
+	rel     string
+	rootDir string // mount + rel
 	// memory is whether the memory controller is enabled (always, outside tests), so that the
 	// memory.* files exist in each group.
 	memory bool
@@ -38,20 +43,24 @@ type v2Backend struct {
 	noKillFile bool
 }
 
-// newV2 prepares mount/root with controllers enabled for its children. Tests pass no controllers
-// to run the controller-independent paths on the bare cgroup2 mount of a hybrid host.
-func newV2(mount, root string, controllers []string) (*v2Backend, error) {
+// newV2 prepares mount/parent/root with controllers enabled for its children; parent is "" or a
+// delegated subtree (see placeV2). Tests pass no controllers to run the controller-independent
+// paths on the bare cgroup2 mount of a hybrid host.
+func newV2(mount, parent, root string, controllers []string) (*v2Backend, error) {
 	b := &v2Backend{
 		mount:   mount,
 		root:    root,
-		rootDir: filepath.Join(mount, root),
+		rel:     path.Join("/", parent, root),
+		rootDir: filepath.Join(mount, parent, root),
 		memory:  slices.Contains(controllers, "memory"),
 
 		controllers: controllers,
 	}
-	// A controller can be enabled for root only once the mount root enables it, and the mount
-	// root only offers what its own parent delegated (a container sees just its share).
-	if err := enableControllers(mount, controllers); err != nil {
+	// A controller can be enabled for root only once its parent enables it, and the parent
+	// only offers what its own parent delegated (a container sees just its share; a systemd
+	// unit with Delegate=yes, what its slice enabled). Above a delegated subtree nothing is
+	// ours to write.
+	if err := enableControllers(filepath.Join(mount, parent), controllers); err != nil {
 		return nil, err
 	}
 	if err := os.Mkdir(b.rootDir, dirPerm); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -141,7 +150,7 @@ func (b *v2Backend) resources(l Limits) *cgroup2.Resources {
 
 // group returns the handle of name without touching the file system.
 func (b *v2Backend) group(name string) (*v2Group, error) {
-	cg, err := cgroup2.Load("/"+b.root+"/"+name, cgroup2.WithMountpoint(b.mount))
+	cg, err := cgroup2.Load(b.rel+"/"+name, cgroup2.WithMountpoint(b.mount))
 	if err != nil {
 		return nil, err
 	}

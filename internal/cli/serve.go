@@ -156,6 +156,8 @@ func serveCmd() *cobra.Command {
 		co      = connOptions{idleTimeout: time.Minute}
 		ic      image.Config
 		sd      = shutdownOptions{grace: 30 * time.Second}
+		// skipPreflight starts serve even where doctor's checks FAIL.
+		skipPreflight bool
 	)
 	// The daemon pools by default (modestly: classes appear only once asked for, and empty
 	// after --pool-idle); the engine alone, as `airlock run` embeds it, does not.
@@ -182,6 +184,13 @@ func serveCmd() *cobra.Command {
 			if err := server.CheckListen(addr, keys); err != nil {
 				return err
 			}
+			// Before anything is built: a host where no sandbox can work is refused with every
+			// reason and its fix, rather than found out request by request.
+			if !skipPreflight {
+				if err := preflight(ctx, logger, doctorConfig(rc.Native.StateDir, ec.MaxSandboxes)); err != nil {
+					return err
+				}
+			}
 			// The image store (/v1/images), opened before the engine: sandboxes adopted from a
 			// previous daemon lease their images again.
 			ic.Dir, ic.Logger = imageDir(rc.Native.StateDir), logger
@@ -203,9 +212,6 @@ func serveCmd() *cobra.Command {
 					logger.WarnContext(ctx, "closing the runtimes", "err", err)
 				}
 			}()
-			if err := native.CheckPTYPool(e.MaxSandboxes()); err != nil {
-				logger.WarnContext(ctx, "PTY pool smaller than --max-sandboxes needs: raise kernel.pty.max with the sysctl in err, or lower --max-sandboxes", "err", err)
-			}
 			if err := native.CheckPTYPool(2 * e.MaxSandboxesPerOwner()); err != nil {
 				logger.WarnContext(ctx, "one API key's sandboxes can take more than half of the PTY pool: raise kernel.pty.max with the sysctl in err, or lower --max-sandboxes-per-key", "err", err)
 			}
@@ -294,6 +300,7 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, (*byteSize)(&ec.PoolMemory), "pool-memory", "AIRLOCK_POOL_MEMORY", "warm pool: host memory all ready sandboxes hold together")
 	flagEnv(f, &ec.PoolCPU, "pool-cpu", "AIRLOCK_POOL_CPU", "warm pool: the share of one core refills may use, in (0, 1]")
 	flagEnv(f, &ec.PoolIdle, "pool-idle", "AIRLOCK_POOL_IDLE", "warm pool: a class with no request for this long holds no ready sandbox")
+	flagEnv(f, &skipPreflight, "skip-preflight", "AIRLOCK_SKIP_PREFLIGHT", "start even where the host checks of airlock doctor FAIL (experts: sandboxes will fail instead)")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	flagEnv(f, &sd.grace, "shutdown-grace", "AIRLOCK_SHUTDOWN_GRACE", "on SIGTERM or SIGINT, how long calls in flight (runs, cells, execs) may take to finish; past it they end with 503")
 	flagEnv(f, &sd.drain, "drain-on-stop", "AIRLOCK_DRAIN_ON_STOP", "on SIGTERM or SIGINT, destroy long-lived sandboxes and sessions instead of leaving them running for the next daemon to adopt")

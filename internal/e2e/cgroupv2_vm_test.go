@@ -27,7 +27,8 @@ const vmPrereqExit = 77
 // TestCgroupV2InVM proves the cgroup v2 code paths on a host that lacks them (cgroup v1 or
 // hybrid, where TestV2 and the v2 branches of the runtime and agent cannot run):
 // scripts/vm-cgroup2 boots a qemu VM on a pure cgroup2 hierarchy and runs the tests of
-// internal/cgroup, internal/runtime/native and the cgroup-relevant e2e tests inside it, strict.
+// internal/cgroup, internal/doctor, internal/runtime/native and the cgroup-relevant e2e tests
+// (airlock doctor and serve's preflight among them) inside it, strict.
 // On a cgroup v2 host those tests run directly, so this one skips; AIRLOCK_TEST_VM=0 turns it
 // off.
 func TestCgroupV2InVM(t *testing.T) {
