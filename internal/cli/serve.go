@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/net/netutil"
 
+	"github.com/airlockhq/airlock/internal/compat/e2b"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/runtime/native"
@@ -177,7 +178,14 @@ func serveCmd() *cobra.Command {
 			// server's own ReadTimeout and WriteTimeout stay unset: they would cut streams;
 			// the API sets per-request deadlines instead (server.Config).
 			ln = netutil.LimitListener(ln, co.maxConns)
-			hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
+			// E2B's API: the control plane at /e2b, the envd data plane at /e2b/sandbox.
+			esrv, err := e2b.New(e2b.Config{Logger: logger, Engine: e, Authenticate: srv.Authenticate,
+				MaxRequestsPerKey: sc.MaxRequestsPerKey})
+			if err != nil {
+				return err
+			}
+			defer esrv.Close()
+			hs := &http.Server{Handler: esrv.Handler(srv.Handler()), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys) > 0,
