@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
@@ -173,7 +174,7 @@ func cellLines(res *engine.CellResult, now time.Time) []map[string]any {
 	}
 	switch e := res.Error; {
 	case e != nil:
-		lines = append(lines, map[string]any{"type": "error", "name": e.Name, "value": e.Value, "traceback": e.Traceback})
+		lines = append(lines, map[string]any{"type": "error", "name": e.Name, "value": e.Value, "traceback": strings.Join(e.Traceback, "\n")})
 	case res.TimedOut:
 		lines = append(lines, map[string]any{"type": "error", "name": "TimeoutError", "value": "the cell ran past the daemon's cell timeout and was interrupted", "traceback": ""})
 	case res.Interrupted:

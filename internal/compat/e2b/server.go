@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
@@ -139,6 +140,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer leave()
+	// Control-plane bodies and answers are small: a client that stalls is cut as the REST
+	// API's deadlines cut it (the data plane's streams and uploads have none).
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(time.Minute))
+	rc.SetWriteDeadline(time.Now().Add(time.Minute))
 	r = stripped(r, rest)
 	s.control.ServeHTTP(w, r.WithContext(engine.WithOwner(r.Context(), owner)))
 }
