@@ -11,11 +11,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/airlockhq/airlock"
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/bench"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
 
@@ -439,4 +443,60 @@ func e2bTokenAttacks(t *testing.T, d *daemon) {
 func envelope(msg string) []byte {
 	n := len(msg)
 	return append([]byte{0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}, msg...)
+}
+
+// TestE2BBenchPaired measures create → commands.run echo → kill through the npm e2b SDK and
+// create → exec echo (and bash -l -c echo) → terminate through Airlock's Go SDK against one daemon, in alternating
+// blocks so that drift hits both alike. It runs only when asked (AIRLOCK_BENCH_E2B=ROUNDS, e.g.
+// 20), as a measurement:
+//
+//	CGO_ENABLED=0 AIRLOCK_TEST_VM=0 AIRLOCK_BENCH_E2B=20 go test -count=1 -v -run TestE2BBenchPaired ./internal/e2e/
+func TestE2BBenchPaired(t *testing.T) {
+	n := os.Getenv("AIRLOCK_BENCH_E2B")
+	if n == "" {
+		t.Skip("a measurement: set AIRLOCK_BENCH_E2B=ROUNDS to run it")
+	}
+	rounds, err := strconv.Atoi(n)
+	if err != nil || rounds < 1 {
+		t.Fatalf("AIRLOCK_BENCH_E2B=%q: want a number of rounds", n)
+	}
+	d := e2bDaemon(t)
+	e2bSDK(t)
+	c := airlock.New(d.url, e2bKey1)
+	goRounds := func(cmd ...string) []time.Duration {
+		var out []time.Duration
+		for range rounds {
+			t0 := time.Now()
+			sb, err := c.CreateSandbox(t.Context(), api.CreateSandboxRequest{Timeout: 60})
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := sb.Exec(t.Context(), cmd...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.Stdin.Close()
+			got, _ := io.ReadAll(p.Stdout)
+			if r, err := p.Wait(); err != nil || string(got) != "hi\n" {
+				t.Fatalf("echo: %q %+v, %v", got, r, err)
+			}
+			if err := sb.Terminate(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, time.Since(t0))
+		}
+		return out
+	}
+	for block := 1; block <= 3; block++ {
+		var js []time.Duration
+		for _, v := range runE2B(t, d, e2bKey1, "bench", n).get("ms").([]any) {
+			js = append(js, time.Duration(v.(float64)*float64(time.Millisecond)))
+		}
+		// The E2B SDK runs every command as /bin/bash -l -c CMD: the third series runs that
+		// through the Go SDK, so that the login shell's cost is told apart from the protocol's.
+		sj, sg := bench.Summarize(js), bench.Summarize(goRounds("echo", "hi"))
+		sb := bench.Summarize(goRounds("/bin/bash", "-l", "-c", "echo hi"))
+		t.Logf("block %d, %d rounds: npm e2b SDK p50 %.1f ms p90 %.1f ms | Go SDK echo p50 %.1f ms p90 %.1f ms | Go SDK bash -l -c echo p50 %.1f ms p90 %.1f ms | npm÷Go echo %.2f×, npm÷Go bash %.2f×",
+			block, rounds, sj.P50, sj.P90, sg.P50, sg.P90, sb.P50, sb.P90, sj.P50/sg.P50, sj.P50/sb.P50)
+	}
 }
