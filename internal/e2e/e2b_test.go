@@ -171,6 +171,10 @@ func TestE2BSDK(t *testing.T) {
 			{"killed command's wait", r.str("background", "wait", "name"), "CommandExitError"},
 			{"kill of no process", r.get("background", "killMissing"), false},
 			{"stdin", r.str("stdin"), "hi from stdin\n"},
+			{"stream past its timeout", r.str("reattach", "cut"), "TimeoutError"},
+			{"reattached pid", r.get("reattach", "pid"), true},
+			{"output after reattaching", r.str("reattach", "stdout"), "late\n"},
+			{"exit after reattaching", r.get("reattach", "exitCode"), 0.0},
 		} {
 			if fmt.Sprint(c.got) != fmt.Sprint(c.want) {
 				t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)

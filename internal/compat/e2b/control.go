@@ -25,6 +25,11 @@ const (
 	templateInterpreter = "code-interpreter-v1"
 )
 
+// defaultTimeout is E2B's sandbox life when create gives none, for code-interpreter
+// sandboxes; others get the engine's default sandbox timeout (also 5 minutes unless the
+// operator changed it).
+const defaultTimeout = 5 * time.Minute
+
 func (s *Server) controlRoutes() {
 	for _, p := range []string{"POST /sandboxes", "POST /v2/sandboxes"} {
 		s.handle(p, s.handleCreate)
@@ -169,7 +174,12 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) error {
 	var sb *engine.Sandbox
 	switch req.TemplateID {
 	case templateInterpreter, "code-interpreter":
-		// E2B's sandboxes have no idle timeout: the session's is its whole life.
+		// E2B's sandboxes have no idle timeout, and an Airlock session always has one: it is
+		// made the session's whole first life (E2B's 5 minutes when none is given, not a
+		// session's hour).
+		if timeout == 0 {
+			timeout = defaultTimeout
+		}
 		sb, err = s.cfg.Engine.CreateSession(ctx, engine.SessionSpec{Timeout: timeout, IdleTimeout: timeout,
 			Env: req.EnvVars, Tags: req.Metadata, Network: network})
 	default:

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -84,6 +83,7 @@ func writeConnectError(w http.ResponseWriter, err error) {
 // process serves envd's process.Process over the engine's exec.
 type process struct {
 	agentpbconnect.UnimplementedProcessHandler
+	s *Server
 }
 
 // keepaliveInterval is how often an idle stream gets a keepalive event: the client's
@@ -95,10 +95,9 @@ func keepaliveInterval(h http.Header) time.Duration {
 	return 50 * time.Second
 }
 
-// Start runs a process and streams its events: start, data, end. The process runs under the
-// stream's context, so Connect-Timeout-Ms (60 s by default in the SDK, 0 for none) bounds it,
-// and a client that goes away ends it.
-func (process) Start(ctx context.Context, req *connect.Request[pb.StartRequest], st *connect.ServerStream[pb.StartResponse]) error {
+// Start runs a process and streams its events: start, data, end (see procs.go for how the
+// process outlives the stream).
+func (pr *process) Start(ctx context.Context, req *connect.Request[pb.StartRequest], st *connect.ServerStream[pb.StartResponse]) error {
 	sb := sandboxOf(ctx)
 	cfg := req.Msg.GetProcess()
 	if cfg.GetCmd() == "" {
@@ -111,66 +110,29 @@ func (process) Start(ctx context.Context, req *connect.Request[pb.StartRequest],
 		x.PTY = &api.PTY{Cols: uint16(min(pty.GetSize().GetCols(), 65535)), Rows: uint16(min(pty.GetSize().GetRows(), 65535))}
 		x.KeepStdin = true
 	}
-	var (
-		mu      sync.Mutex // guards sendErr and serializes Send
-		sendErr error
-	)
-	send := func(ev *pb.ProcessEvent) {
-		mu.Lock()
-		defer mu.Unlock()
-		if sendErr == nil {
-			sendErr = st.Send(&pb.StartResponse{Event: ev})
-		}
-	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		t := time.NewTicker(keepaliveInterval(req.Header()))
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Keepalive{Keepalive: &pb.ProcessEvent_KeepAlive{}}})
-			case <-stop:
-				return
-			}
-		}
+	first := newSub()
+	p := pr.s.start(sb, x, pty != nil, first)
+	return stream(ctx, req.Header(), p, first, func(ev *pb.ProcessEvent) error {
+		return st.Send(&pb.StartResponse{Event: ev})
 	})
-	defer func() {
-		close(stop)
-		wg.Wait()
-	}()
-	end, err := sb.Exec(ctx, x, func(ev engine.Event) {
-		var out *pb.ProcessEvent_DataEvent
-		switch {
-		case ev.Pid != 0:
-			send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Start{Start: &pb.ProcessEvent_StartEvent{Pid: uint32(ev.Pid)}}})
-			return
-		case len(ev.Stdout) > 0 && pty != nil:
-			out = &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Pty{Pty: ev.Stdout}}
-		case len(ev.Stdout) > 0:
-			out = &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stdout{Stdout: ev.Stdout}}
-		case len(ev.Stderr) > 0:
-			out = &pb.ProcessEvent_DataEvent{Output: &pb.ProcessEvent_DataEvent_Stderr{Stderr: ev.Stderr}}
-		default:
-			return
-		}
-		send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Data{Data: out}})
-	})
+}
+
+// Connect streams a running command's events from now on, after a start event with its pid.
+func (pr *process) Connect(ctx context.Context, req *connect.Request[pb.ConnectRequest], st *connect.ServerStream[pb.ConnectResponse]) error {
+	pid, err := pidOf(req.Msg.GetProcess())
 	if err != nil {
-		if ctx.Err() != nil {
-			return connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("the command's stream ended: %w", context.Cause(ctx)))
-		}
-		return connectError(err)
+		return err
 	}
-	ee := &pb.ProcessEvent_EndEvent{ExitCode: int32(end.ExitCode), Exited: end.Exited, Status: endStatus(end)}
-	if end.Err != "" {
-		ee.Error = &end.Err
+	p, sub, ok := pr.s.attach(sandboxOf(ctx).ID(), pid)
+	if !ok {
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("no running process %d started through process.Process/Start", pid))
 	}
-	send(&pb.ProcessEvent{Event: &pb.ProcessEvent_End{End: ee}})
-	mu.Lock()
-	defer mu.Unlock()
-	return sendErr
+	send := func(ev *pb.ProcessEvent) error { return st.Send(&pb.ConnectResponse{Event: ev}) }
+	if err := send(startEvent(pid)); err != nil {
+		p.leave(sub)
+		return err
+	}
+	return stream(ctx, req.Header(), p, sub, send)
 }
 
 // endStatus is how envd (Go's os.ProcessState) words an end: "exit status N" or
@@ -205,7 +167,7 @@ func pidOf(sel *pb.ProcessSelector) (int, error) {
 	return int(sel.GetPid()), nil
 }
 
-func (process) List(ctx context.Context, req *connect.Request[pb.ListRequest]) (*connect.Response[pb.ListResponse], error) {
+func (*process) List(ctx context.Context, req *connect.Request[pb.ListRequest]) (*connect.Response[pb.ListResponse], error) {
 	ps, err := sandboxOf(ctx).Processes(ctx)
 	if err != nil {
 		return nil, connectError(err)
@@ -224,7 +186,7 @@ func (process) List(ctx context.Context, req *connect.Request[pb.ListRequest]) (
 	return connect.NewResponse(out), nil
 }
 
-func (process) SendSignal(ctx context.Context, req *connect.Request[pb.SendSignalRequest]) (*connect.Response[pb.SendSignalResponse], error) {
+func (*process) SendSignal(ctx context.Context, req *connect.Request[pb.SendSignalRequest]) (*connect.Response[pb.SendSignalResponse], error) {
 	pid, err := pidOf(req.Msg.GetProcess())
 	if err != nil {
 		return nil, err
@@ -239,7 +201,7 @@ func (process) SendSignal(ctx context.Context, req *connect.Request[pb.SendSigna
 	return connect.NewResponse(&pb.SendSignalResponse{}), nil
 }
 
-func (process) SendInput(ctx context.Context, req *connect.Request[pb.SendInputRequest]) (*connect.Response[pb.SendInputResponse], error) {
+func (*process) SendInput(ctx context.Context, req *connect.Request[pb.SendInputRequest]) (*connect.Response[pb.SendInputResponse], error) {
 	pid, err := pidOf(req.Msg.GetProcess())
 	if err != nil {
 		return nil, err
@@ -255,7 +217,7 @@ func (process) SendInput(ctx context.Context, req *connect.Request[pb.SendInputR
 	return connect.NewResponse(&pb.SendInputResponse{}), nil
 }
 
-func (process) CloseStdin(ctx context.Context, req *connect.Request[pb.CloseStdinRequest]) (*connect.Response[pb.CloseStdinResponse], error) {
+func (*process) CloseStdin(ctx context.Context, req *connect.Request[pb.CloseStdinRequest]) (*connect.Response[pb.CloseStdinResponse], error) {
 	pid, err := pidOf(req.Msg.GetProcess())
 	if err != nil {
 		return nil, err
@@ -266,7 +228,7 @@ func (process) CloseStdin(ctx context.Context, req *connect.Request[pb.CloseStdi
 	return connect.NewResponse(&pb.CloseStdinResponse{}), nil
 }
 
-func (process) Update(ctx context.Context, req *connect.Request[pb.UpdateRequest]) (*connect.Response[pb.UpdateResponse], error) {
+func (*process) Update(ctx context.Context, req *connect.Request[pb.UpdateRequest]) (*connect.Response[pb.UpdateResponse], error) {
 	pid, err := pidOf(req.Msg.GetProcess())
 	if err != nil {
 		return nil, err
@@ -278,10 +240,6 @@ func (process) Update(ctx context.Context, req *connect.Request[pb.UpdateRequest
 		}
 	}
 	return connect.NewResponse(&pb.UpdateResponse{}), nil
-}
-
-func (process) Connect(ctx context.Context, req *connect.Request[pb.ConnectRequest], st *connect.ServerStream[pb.ConnectResponse]) error {
-	return connect.NewError(connect.CodeUnimplemented, errors.New("process.Process/Connect: Airlock streams a command's output only to the call that started it"))
 }
 
 // filesystem serves envd's filesystem.Filesystem over the engine's file calls.

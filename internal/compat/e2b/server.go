@@ -63,10 +63,12 @@ type Server struct {
 	grantsMu sync.Mutex       // guards grants
 	grants   map[string]grant // sandbox id → its access token, for sandboxes the data plane may reach
 
+	procs procs // commands started through process.Process/Start, running
+
 	inflightMu sync.Mutex     // guards inflight
 	inflight   map[string]int // requests in flight per owner
 
-	ctx    context.Context // the grant watchers run under it; Close cancels it
+	ctx    context.Context // the grant watchers and commands run under it; Close cancels it
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // every goroutine the server starts
 }
@@ -87,10 +89,10 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, control: http.NewServeMux(), envd: http.NewServeMux(), interp: http.NewServeMux(),
-		grants: map[string]grant{}, inflight: map[string]int{}}
+		grants: map[string]grant{}, inflight: map[string]int{}, procs: procs{all: map[procKey]*proc{}}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.controlRoutes()
-	s.envd.Handle(agentpbconnect.NewProcessHandler(&process{}))
+	s.envd.Handle(agentpbconnect.NewProcessHandler(&process{s: s}))
 	s.envd.Handle(agentpbconnect.NewFilesystemHandler(&filesystem{}))
 	s.envd.HandleFunc("GET /files", s.handleDownload)
 	s.envd.HandleFunc("POST /files", s.handleUpload)
@@ -159,7 +161,8 @@ func stripped(r *http.Request, rest string) *http.Request {
 	return r2
 }
 
-// Close stops the server's goroutines. The sandboxes stay (the engine owns them).
+// Close ends the commands the server started and stops its goroutines. The sandboxes stay
+// (the engine owns them).
 func (s *Server) Close() {
 	s.cancel()
 	s.wg.Wait()

@@ -47,6 +47,12 @@ const checks = {
       const bgWait = await attempt(() => bg.wait());
       const killMissing = await sb.commands.kill(999999);
 
+      // The stream's timeout ends the stream, not the command: a second stream reattaches.
+      const late = await sb.commands.run("sleep 3; echo late", { background: true, timeoutMs: 500 });
+      const cut = await attempt(() => late.wait());
+      const again = await sb.commands.connect(late.pid);
+      const lateResult = await again.wait();
+
       const cat = await sb.commands.run("cat", { background: true, stdin: true });
       await sb.commands.sendStdin(cat.pid, "hi from stdin\n");
       await sb.commands.closeStdin(cat.pid);
@@ -61,6 +67,7 @@ const checks = {
         env: env.stdout,
         background: { pid: bg.pid, listed: listed.includes(bg.pid), killed, wait: bgWait, killMissing },
         stdin: catResult.stdout,
+        reattach: { cut: cut.name, pid: again.pid === late.pid, stdout: lateResult.stdout, exitCode: lateResult.exitCode },
       };
     } finally {
       await sb.kill();
