@@ -53,6 +53,13 @@ const (
 // in flight per key; everything else answers 418.
 func newServer(t *testing.T, max int) string {
 	t.Helper()
+	base, _ := newServerEngine(t, max)
+	return base
+}
+
+// newServerEngine is newServer that also returns the engine under it.
+func newServerEngine(t *testing.T, max int) (string, *engine.Engine) {
+	t.Helper()
 	e, err := engine.New(engine.Config{Runtime: fakeRuntime{}})
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +85,7 @@ func newServer(t *testing.T, max int) string {
 		s.Close()
 		e.Close(context.Background())
 	})
-	return ts.URL
+	return ts.URL, e
 }
 
 // call makes one control-plane request and returns the status, the headers and the body.
@@ -456,3 +463,58 @@ func TestRequestsPerKey(t *testing.T) {
 }
 
 const startSleep = `{"process":{"cmd":"sleep","args":["30"]}}`
+
+// TestV1SandboxConnect: a sandbox made through the engine as /v1 makes it is reachable through
+// E2B's connect by its owner only, and its commands reattach.
+func TestV1SandboxConnect(t *testing.T) {
+	t.Parallel()
+	base, e := newServerEngine(t, 0)
+	sb, err := e.CreateSandbox(engine.WithOwner(t.Context(), "o1"), engine.SandboxSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _, b := call(t, "POST", base+"/e2b/v2/sandboxes/"+sb.ID()+"/connect", key2, `{}`); code != 404 {
+		t.Errorf("connect with another key: %d %s, want 404", code, b)
+	}
+	code, _, b := call(t, "POST", base+"/e2b/v2/sandboxes/"+sb.ID()+"/connect", key1, `{"timeout":60}`)
+	var c createdJSON
+	if code != 200 || json.Unmarshal(b, &c) != nil || c.EnvdAccessToken == "" || c.TemplateID != templateBase {
+		t.Fatalf("connect: %d %s", code, b)
+	}
+	proc := agentpbconnect.NewProcessClient(http.DefaultClient, base+SandboxPrefix, connect.WithProtoJSON(), dataHeaders(c.SandboxID, c.EnvdAccessToken))
+	ctx, cancel := context.WithCancel(t.Context())
+	st, err := proc.Start(ctx, connect.NewRequest(&pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "sleep", Args: []string{"30"}}}))
+	if err != nil || !st.Receive() || st.Msg().GetEvent().GetStart() == nil {
+		t.Fatalf("start: %v %v", err, st.Err())
+	}
+	pid := st.Msg().GetEvent().GetStart().GetPid()
+	cancel() // the first stream goes; the command stays
+	st.Close()
+	sel := &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: pid}}
+	again, err := proc.Connect(t.Context(), connect.NewRequest(&pb.ConnectRequest{Process: sel}))
+	if err != nil || !again.Receive() || again.Msg().GetEvent().GetStart().GetPid() != pid {
+		t.Fatalf("connect to %d: %v %v", pid, err, again.Err())
+	}
+	if _, err := proc.SendSignal(t.Context(), connect.NewRequest(&pb.SendSignalRequest{Process: sel, Signal: pb.Signal_SIGNAL_SIGKILL})); err != nil {
+		t.Fatal(err)
+	}
+	var end *pb.ProcessEvent_EndEvent
+	for again.Receive() {
+		if e := again.Msg().GetEvent().GetEnd(); e != nil {
+			end = e
+		}
+	}
+	if end == nil || end.GetExited() || end.GetStatus() != "signal: killed" {
+		t.Errorf("end after the kill: %v (%v), want not exited, signal: killed", end, again.Err())
+	}
+	gone, err := proc.Connect(t.Context(), connect.NewRequest(&pb.ConnectRequest{Process: sel}))
+	if err == nil {
+		if gone.Receive() {
+			t.Errorf("connect to an ended command: got %v, want not_found", gone.Msg())
+		}
+		err = gone.Err()
+	}
+	if connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("connect to an ended command: got %v, want not_found", err)
+	}
+}
