@@ -322,6 +322,27 @@ func TestEnvd(t *testing.T) {
 			t.Errorf("events %v, stdout %q, end %v; want start…end, hi, exit status 3", kinds, out.String(), end)
 		}
 	})
+	t.Run("bad input", func(t *testing.T) {
+		st, err := proc.Start(ctx, connect.NewRequest(&pb.StartRequest{Process: &pb.ProcessConfig{}}))
+		if err == nil {
+			for st.Receive() {
+			}
+			err = st.Err()
+		}
+		if connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Errorf("start without a cmd: got %v, want invalid_argument", err)
+		}
+		for _, c := range []struct{ name, path, body, want string }{
+			{"malformed JSON", "/filesystem.Filesystem/Stat", `{"path":`, `"code":"invalid_argument"`},
+			{"oversized message", "/process.Process/SendInput", `{"input":{"stdin":"` + strings.Repeat("A", 17<<20) + `"}}`, `"code":"resource_exhausted"`},
+			{"unknown method", "/process.Process/Nope", `{}`, "not found"}, // the SDK reads a bare 404 as unimplemented
+		} {
+			code, got := data(t, base, sb, envdPort, "POST", c.path, "application/json", strings.NewReader(c.body))
+			if code >= 500 || !strings.Contains(got, c.want) {
+				t.Errorf("%s: got %d %.200s, want a 4xx with %s", c.name, code, got, c.want)
+			}
+		}
+	})
 	t.Run("signal of no process", func(t *testing.T) {
 		_, err := proc.SendSignal(ctx, connect.NewRequest(&pb.SendSignalRequest{Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Pid{Pid: 4242}}, Signal: pb.Signal_SIGNAL_SIGKILL}))
 		if connect.CodeOf(err) != connect.CodeNotFound {

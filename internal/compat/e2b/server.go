@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
 	"github.com/airlockhq/airlock/internal/engine"
@@ -92,8 +94,11 @@ func New(cfg Config) (*Server, error) {
 		grants: map[string]grant{}, inflight: map[string]int{}, procs: procs{all: map[procKey]*proc{}}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.controlRoutes()
-	s.envd.Handle(agentpbconnect.NewProcessHandler(&process{s: s}))
-	s.envd.Handle(agentpbconnect.NewFilesystemHandler(&filesystem{}))
+	// A Connect message is a request or a chunk of stdin: 16 MiB is far above what the SDK
+	// sends and bounds what one call can make the daemon hold.
+	limit := connect.WithReadMaxBytes(16 << 20)
+	s.envd.Handle(agentpbconnect.NewProcessHandler(&process{s: s}, limit))
+	s.envd.Handle(agentpbconnect.NewFilesystemHandler(&filesystem{}, limit))
 	s.envd.HandleFunc("GET /files", s.handleDownload)
 	s.envd.HandleFunc("POST /files", s.handleUpload)
 	s.envd.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
