@@ -186,6 +186,16 @@ func TestE2BSDK(t *testing.T) {
 		}
 	})
 
+	t.Run("pty", func(t *testing.T) {
+		r := runE2B(t, d, e2bKey1, "pty")
+		if out := r.str("out"); !strings.Contains(out, "30 100") || !strings.Contains(out, "pty-42") {
+			t.Errorf("terminal output: got %q, want the new size (30 100) and pty-42", out)
+		}
+		if got := r.get("end", "exitCode"); got != 7.0 {
+			t.Errorf("terminal's exit: got %v, want a CommandExitError with 7", r.get("end"))
+		}
+	})
+
 	t.Run("files", func(t *testing.T) {
 		r := runE2B(t, d, e2bKey1, "files")
 		for _, c := range []struct {

@@ -74,6 +74,22 @@ const checks = {
     }
   },
 
+  // pty: a terminal, typed into and resized.
+  async pty() {
+    const sb = await Sandbox.create({ timeoutMs: 60000 });
+    try {
+      const dec = new TextDecoder();
+      let out = "";
+      const term = await sb.pty.create({ cols: 80, rows: 24, onData: (d) => (out += dec.decode(d, { stream: true })) });
+      await sb.pty.resize(term.pid, { cols: 100, rows: 30 });
+      await sb.pty.sendInput(term.pid, new TextEncoder().encode("stty size; echo pty-$((6*7)); exit 7\n"));
+      const end = await attempt(() => term.wait());
+      return { out, end };
+    } finally {
+      await sb.kill();
+    }
+  },
+
   // files: text and bytes, read, list, makeDir, exists, remove, rename, multi-file write.
   async files() {
     const sb = await Sandbox.create({ timeoutMs: 120000 });
