@@ -1,6 +1,7 @@
 package e2b
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"io"
@@ -317,6 +318,9 @@ func (s *Server) handleConnect(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// handleList lists the caller's sandboxes, oldest first (order=desc: newest first), filtered
+// by metadata, template and startedAfter, in pages of limit with E2B's X-Next-Token cursor
+// (the last sandbox's start and id, so a sandbox ended between pages moves nothing).
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	var want url.Values
@@ -339,27 +343,69 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 		}
 		limit = n
 	}
-	after := q.Get("nextToken")
-	out := []sandboxJSON{}
-	for _, sb := range s.cfg.Engine.ListSandboxes(r.Context()) {
-		if after != "" {
-			if sb.ID() == after {
-				after = ""
-			}
-			continue
+	var after time.Time
+	if a := q.Get("startedAfter"); a != "" {
+		var err error
+		if after, err = time.Parse(time.RFC3339, a); err != nil {
+			return api.Errorf(api.ErrInvalidArgument, "startedAfter %q is not an RFC 3339 time", a)
 		}
-		tags := sb.Spec().Tags
-		if !matches(tags, want) {
+	}
+	order := q.Get("order")
+	if order != "" && order != "asc" && order != "desc" {
+		return api.Errorf(api.ErrInvalidArgument, "order %q must be asc or desc", order)
+	}
+	var cur cursor
+	if tok := q.Get("nextToken"); tok != "" {
+		var ok bool
+		if cur, ok = parseCursor(tok); !ok {
+			return api.Errorf(api.ErrInvalidArgument, "nextToken %q is not one this server gave", tok)
+		}
+	}
+	list := s.cfg.Engine.ListSandboxes(r.Context())
+	if order == "desc" {
+		slices.Reverse(list)
+	}
+	out := []sandboxJSON{}
+	for _, sb := range list {
+		v := s.view(sb)
+		c := cursor{v.StartedAt.UnixNano(), v.SandboxID}
+		switch {
+		case cur.id != "" && order == "desc" && c.compare(cur) >= 0,
+			cur.id != "" && order != "desc" && c.compare(cur) <= 0,
+			!v.StartedAt.After(after), !matches(v.Metadata, want),
+			q.Get("template") != "" && q.Get("template") != v.TemplateID:
 			continue
 		}
 		if limit > 0 && len(out) == limit {
-			w.Header().Set("X-Next-Token", out[len(out)-1].SandboxID)
+			last := out[len(out)-1]
+			w.Header().Set("X-Next-Token", cursor{last.StartedAt.UnixNano(), last.SandboxID}.String())
 			break
 		}
-		out = append(out, s.view(sb))
+		out = append(out, v)
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
+}
+
+// cursor is a place in the list: a sandbox's start and id.
+type cursor struct {
+	started int64 // Unix ns
+	id      string
+}
+
+func (c cursor) String() string { return strconv.FormatInt(c.started, 10) + "_" + c.id }
+
+func (c cursor) compare(o cursor) int {
+	if c.started != o.started {
+		return cmp.Compare(c.started, o.started)
+	}
+	return strings.Compare(c.id, o.id)
+}
+
+func parseCursor(tok string) (cursor, bool) {
+	ns, id, ok := strings.Cut(tok, "_")
+	n, err := strconv.ParseInt(ns, 10, 64)
+	return cursor{n, id}, ok && err == nil && id != ""
 }
 
 // matches reports whether tags has every key of want with one of its values.

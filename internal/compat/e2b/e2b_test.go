@@ -192,27 +192,48 @@ func TestControlPlane(t *testing.T) {
 func TestListPages(t *testing.T) {
 	t.Parallel()
 	base := newServer(t, 0)
-	var want []string
-	for range 3 {
-		want = append(want, create(t, base, key1, `{}`).SandboxID)
+	var ids []string
+	for _, tmpl := range []string{"base", "code-interpreter-v1", "base"} {
+		ids = append(ids, create(t, base, key1, `{"templateID":"`+tmpl+`"}`).SandboxID)
 	}
-	var got []string
-	next := ""
-	for page := 0; page < 5; page++ {
-		code, h, b := call(t, "GET", base+"/e2b/v2/sandboxes?limit=2&nextToken="+next, key1, "")
-		var list []sandboxJSON
-		if code != 200 || json.Unmarshal(b, &list) != nil {
-			t.Fatalf("page %d: %d %s", page, code, b)
+	// pages walks every page of query, limit 2, and returns the ids in order.
+	pages := func(query string) []string {
+		t.Helper()
+		var got []string
+		next := ""
+		for page := 0; page < 5; page++ {
+			code, h, b := call(t, "GET", base+"/e2b/v2/sandboxes?limit=2&"+query+"&nextToken="+next, key1, "")
+			var list []sandboxJSON
+			if code != 200 || json.Unmarshal(b, &list) != nil {
+				t.Fatalf("%s, page %d: %d %s", query, page, code, b)
+			}
+			for _, s := range list {
+				got = append(got, s.SandboxID)
+			}
+			if next = h.Get("X-Next-Token"); next == "" {
+				break
+			}
 		}
-		for _, s := range list {
-			got = append(got, s.SandboxID)
-		}
-		if next = h.Get("X-Next-Token"); next == "" {
-			break
+		return got
+	}
+	tests := []struct {
+		query string
+		want  []string
+	}{
+		{"", ids},
+		{"order=desc", []string{ids[2], ids[1], ids[0]}},
+		{"template=code-interpreter-v1", ids[1:2]},
+		{"startedAfter=2999-01-01T00:00:00Z", nil},
+	}
+	for _, tc := range tests {
+		if got := pages(tc.query); strings.Join(got, ",") != strings.Join(tc.want, ",") {
+			t.Errorf("%s: got %v, want %v", tc.query, got, tc.want)
 		}
 	}
-	if strings.Join(got, ",") != strings.Join(want, ",") {
-		t.Errorf("pages: got %v, want %v", got, want)
+	for _, q := range []string{"order=up", "nextToken=x", "startedAfter=yesterday"} {
+		if code, _, b := call(t, "GET", base+"/e2b/v2/sandboxes?"+q, key1, ""); code != 400 {
+			t.Errorf("%s: got %d %s, want 400", q, code, b)
+		}
 	}
 }
 
