@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"os/exec"
@@ -362,8 +363,9 @@ func getV1(t *testing.T, d *daemon, key, path string, out any) int {
 }
 
 // e2bTokenAttacks tries the data plane with every credential but the right one: another
-// sandbox's access token, an API key, none; and a command run with its own token that tries to
-// read the other sandbox's files through the host paths it can see.
+// sandbox's access token, an API key, none; an upload whose path climbs to the host's /tmp; and
+// a command run with its own token that tries to read the other sandbox's files through the
+// host paths it can see.
 func e2bTokenAttacks(t *testing.T, d *daemon) {
 	type created struct {
 		SandboxID       string `json:"sandboxID"`
@@ -445,6 +447,27 @@ func e2bTokenAttacks(t *testing.T, d *daemon) {
 		defer resp.Body.Close()
 		out, _ := io.ReadAll(resp.Body)
 		return string(out)
+	}
+	// An upload whose multipart filename climbs out of the root lands inside the sandbox, never
+	// on the host.
+	escape := fmt.Sprintf("airlock-e2b-escape-%d", os.Getpid())
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	fw, _ := mw.CreateFormFile("file", "/../../../../../../tmp/"+escape)
+	fw.Write([]byte("escaped"))
+	mw.Close()
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", d.url+"/e2b/sandbox/files", &body)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	req.Header.Set("E2b-Sandbox-Id", a.SandboxID)
+	req.Header.Set("X-Access-Token", a.EnvdAccessToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	t.Cleanup(func() { os.Remove("/tmp/" + escape) })
+	if _, err := os.Stat("/tmp/" + escape); err == nil {
+		t.Errorf("an upload to /../../tmp/%s reached the host's /tmp (status %d)", escape, resp.StatusCode)
 	}
 	run(b.EnvdAccessToken, b.SandboxID, "echo victim-secret > /tmp/secret")
 	out := run(a.EnvdAccessToken, a.SandboxID, "cat /tmp/secret 2>&1; ls /proc/*/root/tmp/secret 2>&1 | head -3")
