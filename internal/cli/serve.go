@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/compat/e2b"
 	"github.com/airlockhq/airlock/internal/compat/modal"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
@@ -252,10 +253,17 @@ func serveCmd() *cobra.Command {
 				return err
 			}
 			defer msrv.Close()
+			// E2B's API: the control plane at /e2b, the envd data plane at /e2b/sandbox.
+			esrv, err := e2b.New(e2b.Config{Logger: logger, Engine: e, Authenticate: srv.Authenticate,
+				MaxRequestsPerKey: sc.MaxRequestsPerKey})
+			if err != nil {
+				return err
+			}
+			defer esrv.Close()
 			var protocols http.Protocols
 			protocols.SetHTTP1(true)
 			protocols.SetUnencryptedHTTP2(true)
-			hs := &http.Server{Handler: msrv.Handler(srv.Handler()), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
+			hs := &http.Server{Handler: msrv.Handler(esrv.Handler(srv.Handler())), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys) > 0,
