@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
@@ -135,6 +136,13 @@ type Config struct {
 	// PublicPorts lets sandboxes expose ports without any credential (unauthenticated_ports);
 	// off, such a request is refused (400). Flag --public-ports.
 	PublicPorts bool
+
+	// Audit receives a record of every execution and lifecycle event (audit.go); nil audits
+	// nothing. Flag --audit-log.
+	Audit audit.Sink
+	// Secrets resolves the named secrets runs, sandboxes and sessions ask for (secrets.go);
+	// nil refuses every request naming one (501). Flag --secrets-key-file.
+	Secrets Secrets
 }
 
 func (c *Config) setDefaults() {

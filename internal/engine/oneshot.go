@@ -39,6 +39,8 @@ type OneShot struct {
 	// OutputFiles are paths or path.Match globs (relative to the workspace, or absolute, inside
 	// the writable areas) of files to read back after the program ends, before the sandbox goes.
 	OutputFiles []string
+	// Secrets names the owner's named secrets whose variables the program gets (under Env).
+	Secrets []string
 }
 
 // Output file bounds: patterns per run, files and bytes returned (past those, Result.
@@ -89,6 +91,7 @@ type oneShotPlan struct {
 	outputLimit int64             // bytes per stream
 	outputFiles []string          // resolved OutputFiles patterns
 	filesLimit  int64             // bytes of output files
+	batch       bool              // a snippet of ExecuteBatch (audited as batch_item)
 }
 
 // normalizeOneShot fills in defaults and checks o against the configured bounds, once.
@@ -138,6 +141,9 @@ func (e *Engine) normalizeOneShot(o OneShot) (*oneShotPlan, error) {
 	if strings.ContainsRune(o.Code, 0) {
 		return nil, invalid("code contains a NUL byte")
 	}
+	if err := checkSecretNames(o.Secrets); err != nil {
+		return nil, err
+	}
 	if len(o.OutputFiles) > MaxOutputPatterns {
 		return nil, invalid("%d output_files exceed the limit of %d", len(o.OutputFiles), MaxOutputPatterns)
 	}
@@ -165,9 +171,15 @@ func (e *Engine) Execute(ctx context.Context, o OneShot) (*Result, error) {
 }
 
 // runOneShot runs a normalized one-shot in a fresh sandbox, holding a one-shot slot.
-func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error) {
+func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (res *Result, err error) {
+	start, sbID, network := time.Now(), "", p.Network
+	defer func() { e.auditRun(ctx, p, network, sbID, start, res, err) }()
 	// Refused per run, not per batch: a batch's other snippets still run.
-	network, err := e.cfg.normalizeNetwork(p.Network)
+	network, err = e.cfg.normalizeNetwork(p.Network)
+	if err != nil {
+		return nil, err
+	}
+	secretEnv, err := e.resolveSecrets(ctx, Owner(ctx), p.Secrets)
 	if err != nil {
 		return nil, err
 	}
@@ -188,9 +200,12 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
+	sbID = id
 	rctx, cancel := context.WithCancelCause(ctx)
 	unregister := e.registerExecution(ctx, id, inst, p, cancel)
-	res, err := e.runOnce(rctx, inst, p)
+	run := *p
+	run.Env = overlayEnv(secretEnv, p.Env) // in this run's copy only: p is audited
+	res, err = e.runOnce(rctx, inst, &run)
 	unregister()
 	cancel(nil)
 	// The answer does not wait for the teardown (≈ 5 ms); the slot stays taken until it is
@@ -423,6 +438,7 @@ func (e *Engine) ExecuteBatch(ctx context.Context, b Batch) ([]BatchItem, error)
 		}
 		p.outputLimit = outLimit
 		p.filesLimit = min(MaxOutputBytes, max(64<<10, batchOutputBytes/int64(len(b.Runs))))
+		p.batch = true
 		plans[i] = p
 	}
 	// A batch takes at most half the one-shot slots, so single requests keep getting through.
