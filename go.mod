@@ -21,7 +21,10 @@ require (
 
 require gotest.tools/v3 v3.5.2 // indirect
 
-require go.yaml.in/yaml/v2 v2.4.4 // indirect
+require (
+	go.yaml.in/yaml/v2 v2.4.4 // indirect
+	golang.org/x/time v0.14.0 // indirect
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

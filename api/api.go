@@ -36,6 +36,9 @@ type ExecuteRequest struct {
 	// of files to return after the run, relative to /workspace or absolute inside /workspace or
 	// /tmp; at most 32. Up to 64 files and 10 MiB in all come back in files.
 	OutputFiles []string `json:"output_files,omitempty"`
+	// Secrets names the caller's named secrets (POST /v1/secrets) whose variables the program
+	// gets in its environment (under env); at most 16.
+	Secrets []string `json:"secrets,omitempty"`
 }
 
 // OutputFile is one file an execution's output_files matched.
@@ -166,7 +169,15 @@ type ErrorBody struct {
 type ErrorDetail struct {
 	Code    string `json:"code"`    // machine-readable; each code has one HTTP status
 	Message string `json:"message"` // for people; never internal details
+	// RequestID is the request's id (the X-Request-Id header of its answer), to quote when
+	// reporting the error: the daemon's log lines and audit records of the request carry it.
+	RequestID string `json:"request_id,omitempty"`
 }
+
+// RequestIDHeader carries a request's id both ways: a client may send its own (kept when it
+// is 1…128 characters of [A-Za-z0-9._:-], replaced otherwise) and every answer carries the
+// one the daemon used.
+const RequestIDHeader = "X-Request-Id"
 
 // Error codes. Each maps to exactly one HTTP status in internal/server.
 const (

@@ -81,36 +81,10 @@ func Sum(code []byte) (string, int) {
 	return hex.EncodeToString(s[:]), len(code)
 }
 
-// Sink receives audit records. The engine calls it for every event it audits; nil sinks are
-// allowed in Multi.
+// Sink receives audit records. The engine calls it for every event it audits, on the
+// event's goroutine: a sink must not block.
 type Sink interface {
 	Record(ctx context.Context, r Record)
-}
-
-// multi fans one record out to several sinks.
-type multi []Sink
-
-func (m multi) Record(ctx context.Context, r Record) {
-	for _, s := range m {
-		s.Record(ctx, r)
-	}
-}
-
-// Multi returns a sink that hands each record to every non-nil sink, in order; nil if none.
-func Multi(sinks ...Sink) Sink {
-	var m multi
-	for _, s := range sinks {
-		if s != nil {
-			m = append(m, s)
-		}
-	}
-	switch len(m) {
-	case 0:
-		return nil
-	case 1:
-		return m[0]
-	}
-	return m
 }
 
 // Log writes records as JSON lines. Safe for concurrent use: each record is one write(2) of a
@@ -175,4 +149,33 @@ func (l *Log) Close() error {
 		l.closer = nil
 	}
 	return l.err
+}
+
+// Fanout is a sink whose sinks are added after it is handed out: the engine is built before
+// the server that also consumes its records (per-key CPU accounting, metrics). The zero value
+// is ready to use.
+type Fanout struct {
+	mu    sync.RWMutex // guards sinks
+	sinks []Sink
+}
+
+var _ Sink = (*Fanout)(nil)
+
+// Add makes s receive every later record.
+func (f *Fanout) Add(s Sink) {
+	if s == nil {
+		return
+	}
+	f.mu.Lock()
+	f.sinks = append(f.sinks, s)
+	f.mu.Unlock()
+}
+
+// Record hands r to every sink added so far.
+func (f *Fanout) Record(ctx context.Context, r Record) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, s := range f.sinks {
+		s.Record(ctx, r)
+	}
 }
