@@ -105,11 +105,11 @@ func serveCmd() *cobra.Command {
 		keyFile string
 		// auditPath and secretsKeyFile are --audit-log and --secrets-key-file.
 		auditPath, secretsKeyFile string
-		ec      engine.Config
-		rc      runtimeConfig
-		sc      = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
-		co      = connOptions{idleTimeout: time.Minute}
-		ic      image.Config
+		ec                        engine.Config
+		rc                        runtimeConfig
+		sc                        = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
+		co                        = connOptions{idleTimeout: time.Minute}
+		ic                        image.Config
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
