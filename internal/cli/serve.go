@@ -220,7 +220,7 @@ func serveCmd() *cobra.Command {
 			hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
-			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys) > 0,
+			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys)+len(sc.Keys) > 0,
 				"runtimes", sc.Runtimes, "max_connections", co.maxConns, "idle_timeout", co.idleTimeout,
 				"max_concurrent", lim.MaxConcurrent, "max_concurrent_per_key", lim.MaxConcurrentPerKey,
 				"max_sandboxes", lim.MaxSandboxes, "max_sandboxes_per_key", lim.MaxSandboxesPerKey)

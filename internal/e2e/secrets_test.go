@@ -28,8 +28,9 @@ type keysDaemon struct {
 }
 
 // startKeysDaemon writes the key file (aliceLimits and bobLimits are JSON members added to
-// each key's entry, "" for none), a secrets key and starts the daemon with them.
-func startKeysDaemon(t *testing.T, name, aliceLimits, bobLimits string) *keysDaemon {
+// each key's entry, "" for none; extra are whole entries of more keys), a secrets key and
+// starts the daemon with them.
+func startKeysDaemon(t *testing.T, name, aliceLimits, bobLimits string, extra ...string) *keysDaemon {
 	t.Helper()
 	dir := t.TempDir()
 	entry := func(id, key, limits string) string {
@@ -40,7 +41,7 @@ func startKeysDaemon(t *testing.T, name, aliceLimits, bobLimits string) *keysDae
 		return e + "}"
 	}
 	keyFile := filepath.Join(dir, "keys.json")
-	os.WriteFile(keyFile, []byte(`{"keys":[`+entry("alice", aliceKey, aliceLimits)+`,`+entry("bob", bobKey, bobLimits)+`]}`), 0o600)
+	os.WriteFile(keyFile, []byte(`{"keys":[`+entry("alice", aliceKey, aliceLimits)+`,`+entry("bob", bobKey, bobLimits)+strings.Join(append([]string{""}, extra...), ",")+`]}`), 0o600)
 	secretKey := filepath.Join(dir, "secrets.key")
 	os.WriteFile(secretKey, []byte(strings.Repeat("5a", 32)+"\n"), 0o600)
 	auditLog := filepath.Join(dir, "audit.log")

@@ -314,7 +314,8 @@ func (s *Server) holdLive(ctx context.Context, k *keyState, kind string) (func()
 		}
 		if k.pending[kind] == 0 {
 			k.mu.Unlock()
-			return nil, s.refuse(k, kind+"s", time.Second, "this API key has %d live %ss, its limit; end some first", limit, kind)
+			plural := map[string]string{"sandbox": "sandboxes", "session": "sessions"}[kind]
+			return nil, s.refuse(k, plural, time.Second, "this API key has %d live %s, its limit; end some first", limit, plural)
 		}
 		ch := k.changed
 		k.mu.Unlock()
