@@ -219,6 +219,9 @@ var (
 type Error struct {
 	Code    string
 	Message string
+	// RequestID is the request's id, in an error the SDK decoded from an answer (ErrorDetail's
+	// request_id); "" elsewhere.
+	RequestID string
 }
 
 func (e *Error) Error() string { return e.Message }

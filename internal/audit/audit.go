@@ -27,7 +27,7 @@ type Record struct {
 	KeyID     string    `json:"key_id,omitempty"`
 	// Event names what happened: run, batch_item, sandbox.create, sandbox.exec,
 	// sandbox.destroy, session.create, session.cell, session.install, session.destroy,
-	// file.write, secret.create, secret.delete.
+	// file.write, image.build_step, image.pull, image.build, secret.create, secret.delete.
 	Event     string   `json:"event"`
 	SandboxID string   `json:"sandbox_id,omitempty"`
 	Kind      string   `json:"kind,omitempty"` // the sandbox's kind: one-shot, sandbox, session, seed-session

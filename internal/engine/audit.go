@@ -188,6 +188,23 @@ func (sb *Sandbox) auditInstall(ctx context.Context, s InstallSpec, start time.T
 	e.auditRecord(ctx, r)
 }
 
+// auditBuildStep records one step of an image build (POST /v1/images), which runs its command
+// in a build sandbox of the parent image; its code is its command line.
+func (e *Engine) auditBuildStep(ctx context.Context, s BuildStep, start time.Time, exit int, err error) {
+	if e.cfg.Audit == nil {
+		return
+	}
+	r := audit.Record{Event: "image.build_step", Kind: string(KindOneShot), Image: s.ImageID, Network: auditNetwork(s.Network),
+		Limits: &audit.Limits{TimeoutS: BuildStepTimeout.Seconds(), Pids: e.cfg.Pids}, DurationMS: ms(time.Since(start))}
+	r.CodeSHA256, r.CodeBytes = audit.Sum([]byte(strings.Join(s.Cmd, "\x00")))
+	if err != nil {
+		auditError(&r, err)
+	} else {
+		r.Outcome, r.ExitCode = runOutcome(exit, false, false), &exit
+	}
+	e.auditRecord(ctx, r)
+}
+
 // auditWrite records a file written into a sandbox through the API.
 func (sb *Sandbox) auditWrite(ctx context.Context, p string, start time.Time, fi api.FileInfo, err error) {
 	e := sb.e

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/audit"
@@ -393,5 +394,40 @@ func TestParseKeyFile(t *testing.T) {
 		if _, err := ParseKeyFile([]byte(bad)); err == nil {
 			t.Errorf("ParseKeyFile(%s) accepted it", bad)
 		}
+	}
+}
+
+// cpuRuntime's sandboxes report 2 s of CPU time each.
+type cpuRuntime struct{ agentRuntime }
+
+type cpuInstance struct{ *agentInstance }
+
+func (r cpuRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instance, error) {
+	inst, _ := r.agentRuntime.Create(ctx, s)
+	return cpuInstance{inst.(*agentInstance)}, nil
+}
+
+func (cpuInstance) Usage() (engine.Usage, error) { return engine.Usage{CPUTime: 2e9}, nil }
+
+// TestKeyCPUBudget: once a key's runs have used its CPU seconds, work-starting requests get
+// 429 with the rest of the period as Retry-After; other requests and other keys go on.
+func TestKeyCPUBudget(t *testing.T) {
+	t.Parallel()
+	ks := newKeyedServer(t, cpuRuntime{}, false,
+		limitedKey("alice", aliceKey, KeyLimits{CPUSeconds: 3, CPUPeriod: time.Hour}), limitedKey("bob", bobKey, KeyLimits{}))
+	for i := range 2 { // 2 s, then 4 s: the second run starts within the budget and ends past it
+		if st, _, b, _ := ks.call(t, aliceKey, "POST", "/v1/execute", `{"code":"1"}`); st != 200 {
+			t.Fatalf("run %d: %d %s", i, st, b)
+		}
+	}
+	st, after, b, _ := ks.call(t, aliceKey, "POST", "/v1/sandboxes", `{}`)
+	if n, _ := strconv.Atoi(after); st != 429 || n < 3500 || !strings.Contains(string(b), "CPU seconds") {
+		t.Fatalf("alice past her CPU budget: got %d Retry-After %q %s, want 429 with the period's rest", st, after, b)
+	}
+	if st, _, _, _ := ks.call(t, aliceKey, "GET", "/v1/sandboxes", ""); st != 200 {
+		t.Fatalf("a listing past the budget: %d, want 200 (it starts no work)", st)
+	}
+	if st, _, _, _ := ks.call(t, bobKey, "POST", "/v1/execute", `{"code":"1"}`); st != 200 {
+		t.Fatalf("bob's run: %d", st)
 	}
 }

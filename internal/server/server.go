@@ -204,7 +204,7 @@ var errMethod = &api.Error{Code: "method_not_allowed", Message: "method not allo
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (s *Server) handle(pattern string, auth bool, h handlerFunc) {
-	s.mux.Handle(pattern, s.metrics.instrument(pattern, s.deadlines(pattern, s.adapt(auth, s.limited(pattern, h)))))
+	s.mux.Handle(pattern, s.metrics.instrument(pattern, s.deadlines(pattern, s.adapt(auth, s.limited(pattern, s.audited(pattern, h))))))
 	_, p, _ := strings.Cut(pattern, " ")
 	s.paths[p] = true
 	s.patterns = append(s.patterns, pattern)
