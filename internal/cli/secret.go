@@ -27,15 +27,9 @@ func secretCmd() *cobra.Command {
 			"your shell's history); VAR alone takes the value of VAR in this command's environment.",
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			values := map[string]string{}
-			for _, a := range args[1:] {
-				k, v, ok := strings.Cut(a, "=")
-				if !ok {
-					if v, ok = os.LookupEnv(k); !ok {
-						return fmt.Errorf("%s is not set in the environment (give %s=VALUE)", k, k)
-					}
-				}
-				values[k] = v
+			values, err := secretValues(args[1:], os.LookupEnv)
+			if err != nil {
+				return err
 			}
 			info, err := o.client().CreateSecret(cmd.Context(), args[0], values)
 			if err != nil {
@@ -85,4 +79,23 @@ func secretCmd() *cobra.Command {
 	bindClientFlags(cmd.PersistentFlags(), o, "airlock daemon URL")
 	cmd.AddCommand(create, ls, rm)
 	return cmd
+}
+
+// secretValues turns VAR=VALUE and VAR arguments into variables, VAR alone taking its value
+// from lookup (the environment).
+func secretValues(args []string, lookup func(string) (string, bool)) (map[string]string, error) {
+	values := map[string]string{}
+	for _, a := range args {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok {
+			if v, ok = lookup(k); !ok {
+				return nil, fmt.Errorf("%s is not set in the environment (give %s=VALUE)", k, k)
+			}
+		}
+		if _, dup := values[k]; dup {
+			return nil, fmt.Errorf("%s is given twice", k)
+		}
+		values[k] = v
+	}
+	return values, nil
 }
