@@ -86,14 +86,21 @@ func newKeyedServer(t *testing.T, rt engine.Runtime, withSecrets bool, keys ...K
 // call sends a request with key and returns the status, the Retry-After and the body.
 func (ks *keyedServer) call(t *testing.T, key, method, path, body string, hdr ...string) (int, string, []byte, http.Header) {
 	t.Helper()
-	req, _ := http.NewRequestWithContext(t.Context(), method, ks.ts.URL+path, strings.NewReader(body))
+	return ks.callCtx(t.Context(), t, key, method, path, body, hdr...)
+}
+
+// callCtx is call under ctx: a request that should be refused at once, but would block in the
+// runtime if it were not, is bounded by ctx's deadline, so the test fails instead of hanging.
+func (ks *keyedServer) callCtx(ctx context.Context, t *testing.T, key, method, path, body string, hdr ...string) (int, string, []byte, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, method, ks.ts.URL+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+key)
 	for i := 0; i+1 < len(hdr); i += 2 {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := ks.ts.Client().Do(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s %s: %v (not refused at once?)", method, path, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
@@ -159,11 +166,14 @@ func TestKeyRunCap(t *testing.T) {
 	defer close(rt.release) // before the wait: the runs block in the runtime until then
 	wg.Go(func() { ks.call(t, aliceKey, "POST", "/v1/execute", `{"code":"1"}`) })
 	<-rt.entered // alice's run holds her one slot
-	st, after, b, _ := ks.call(t, aliceKey, "POST", "/v1/execute", `{"code":"1"}`)
+	// Refused at once; without the cap it would wait in the runtime, cut by this deadline.
+	bounded, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	st, after, b, _ := ks.callCtx(bounded, t, aliceKey, "POST", "/v1/execute", `{"code":"1"}`)
 	if st != http.StatusTooManyRequests || after == "" || !strings.Contains(string(b), "one-shot runs") {
 		t.Fatalf("alice's second run: got %d Retry-After %q %s, want 429 naming her run limit", st, after, b)
 	}
-	st, _, b, _ = ks.call(t, aliceKey, "POST", "/v1/execute/batch", `{"snippets":[{"code":"1"},{"code":"2"}]}`)
+	st, _, b, _ = ks.callCtx(bounded, t, aliceKey, "POST", "/v1/execute/batch", `{"snippets":[{"code":"1"},{"code":"2"}]}`)
 	if st != http.StatusTooManyRequests {
 		t.Fatalf("alice's batch with no run free: got %d %s, want 429", st, b)
 	}
