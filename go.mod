@@ -15,16 +15,14 @@ require (
 	golang.org/x/sync v0.24.0
 	golang.org/x/sys v0.49.0
 	golang.org/x/term v0.47.0
+	golang.org/x/time v0.14.0
 	google.golang.org/protobuf v1.36.12
 	sigs.k8s.io/yaml v1.6.0
 )
 
 require gotest.tools/v3 v3.5.2 // indirect
 
-require (
-	go.yaml.in/yaml/v2 v2.4.4 // indirect
-	golang.org/x/time v0.14.0 // indirect
-)
+require go.yaml.in/yaml/v2 v2.4.4 // indirect
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect
