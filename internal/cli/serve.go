@@ -246,7 +246,7 @@ func serveCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	flagEnv(f, &addr, "addr", "AIRLOCK_ADDR", "listen address")
-	flagEnv(f, &keyFile, "api-key-file", "AIRLOCK_API_KEY_FILE", "file with one API key per line, or JSON with key ids and per-key limits (see README); AIRLOCK_API_KEYS (comma-separated) adds more")
+	flagEnv(f, &keyFile, "api-key-file", "AIRLOCK_API_KEY_FILE", "file with one API key per line, or JSON or YAML with key ids and per-key limits (see README); AIRLOCK_API_KEYS (comma-separated) adds more")
 	flagEnv(f, &auditPath, "audit-log", "AIRLOCK_AUDIT_LOG", "append one JSON line per execution and lifecycle event to this file (created 0600), or - for stdout")
 	flagEnv(f, &secretsKeyFile, "secrets-key-file", "AIRLOCK_SECRETS_KEY_FILE", "file with the 32-byte key (raw, hex or base64; mode 0600) that encrypts named secrets at rest; without it /v1/secrets is disabled")
 	bindEngineFlags(f, &ec)
@@ -261,10 +261,8 @@ func serveCmd() *cobra.Command {
 	return cmd
 }
 
-// structuredKeys reports whether the key file's content is the JSON form (server.ParseKeyFile).
-func structuredKeys(b []byte) bool { return strings.HasPrefix(strings.TrimSpace(string(b)), "{") }
-
-// loadKeyLimits reads a JSON key file's keys with their ids and limits; nil for a plain file.
+// loadKeyLimits reads a structured key file's keys with their ids and limits; nil for a plain
+// file.
 func loadKeyLimits(file string) ([]server.Key, error) {
 	if file == "" {
 		return nil, nil
@@ -273,7 +271,7 @@ func loadKeyLimits(file string) ([]server.Key, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api key file: %w", err)
 	}
-	if !structuredKeys(b) {
+	if !server.StructuredKeys(b) {
 		return nil, nil
 	}
 	return server.ParseKeyFile(b)
@@ -295,8 +293,8 @@ func secretsDir(stateDir string) string {
 	return filepath.Join(stateDir, "secrets")
 }
 
-// loadKeys reads API keys from a plain key file (one per line, # comments; a JSON key file is
-// loadKeyLimits') and AIRLOCK_API_KEYS.
+// loadKeys reads API keys from a plain key file (one per line, # comments; a structured key
+// file is loadKeyLimits') and AIRLOCK_API_KEYS.
 func loadKeys(file string) ([]string, error) {
 	var keys []string
 	if v := os.Getenv("AIRLOCK_API_KEYS"); v != "" {
@@ -313,7 +311,7 @@ func loadKeys(file string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("api key file: %w", err)
 	}
-	if structuredKeys(b) {
+	if server.StructuredKeys(b) {
 		return keys, nil
 	}
 	sc := bufio.NewScanner(bytes.NewReader(b))

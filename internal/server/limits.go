@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	"sigs.k8s.io/yaml"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/audit"
@@ -66,8 +67,22 @@ type keyEntry struct {
 
 var keyIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
-// ParseKeyFile reads a structured API key file (one that starts with '{'; the plain form,
-// one key per line, is the CLI's to read), JSON:
+// StructuredKeys reports whether a key file's content is the structured form ParseKeyFile
+// reads (JSON, starting with '{', or YAML, whose first line that is not a comment starts with
+// "keys:" or "defaults:"), rather than the plain one key per line.
+func StructuredKeys(b []byte) bool {
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		return strings.HasPrefix(line, "{") || strings.HasPrefix(line, "keys:") || strings.HasPrefix(line, "defaults:")
+	}
+	return false
+}
+
+// ParseKeyFile reads a structured API key file (StructuredKeys; the plain form, one key per
+// line, is the CLI's to read), JSON or the same in YAML:
 //
 //	{"defaults": {"rate": 10, "burst": 20},
 //	 "keys": [{"id": "alice", "key": "…", "max_runs": 4, "max_sandboxes": 8, "max_sessions": 4,
@@ -77,6 +92,13 @@ var keyIDRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 // A key's own settings win over the defaults.
 func ParseKeyFile(b []byte) ([]Key, error) {
 	s := strings.TrimSpace(string(b))
+	if !strings.HasPrefix(s, "{") {
+		j, err := yaml.YAMLToJSON(b)
+		if err != nil {
+			return nil, fmt.Errorf("key file: %w", err)
+		}
+		s = string(j)
+	}
 	var f keyFile
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()

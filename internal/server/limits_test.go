@@ -398,6 +398,14 @@ func TestParseKeyFile(t *testing.T) {
 		keys[1].ID != "key-abababab" || keys[1].Limits.Rate != 10 || keys[0].Hash != PlainKey(aliceKey).Hash {
 		t.Fatalf("got %+v", keys)
 	}
+	yml := "# keys\ndefaults:\n  rate: 10\n  max_runs: 2\nkeys:\n  - id: alice\n    key: " + aliceKey + "\n    rate: 1\n    cpu_seconds: 60\n    cpu_period: 10m\n  - sha256: " + strings.Repeat("ab", 32) + "\n"
+	if !StructuredKeys([]byte(yml)) || !StructuredKeys([]byte(good)) || StructuredKeys([]byte("# plain\n"+aliceKey+"\n")) {
+		t.Fatal("StructuredKeys does not tell the forms apart")
+	}
+	fromYAML, err := ParseKeyFile([]byte(yml))
+	if err != nil || len(fromYAML) != 2 || fromYAML[0] != keys[0] || fromYAML[1] != keys[1] {
+		t.Fatalf("the YAML form: got %+v, %v; want %+v", fromYAML, err, keys)
+	}
 	for _, bad := range []string{`{}`, `{"keys":[{"id":"x"}]}`, `{"keys":[{"key":"short"}]}`, `{"keys":[{"key":"` + aliceKey + `","rate":-1}]}`,
 		`{"keys":[{"key":"` + aliceKey + `"},{"key":"` + aliceKey + `"}]}`, `{"keys":[{"key":"` + aliceKey + `","evil":1}]}`,
 		`{"keys":[{"key":"` + aliceKey + `","cpu_period":"1ms"}]}`, `{"keys":[{"id":"a b","key":"` + aliceKey + `"}]}`} {
