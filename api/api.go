@@ -130,6 +130,22 @@ type Info struct {
 	Languages []string `json:"languages"`      // languages of POST /v1/execute
 	Cgroup    int      `json:"cgroup_version"` // the host's cgroup version (1 or 2)
 	Limits    Limits   `json:"limits"`         // the bounds this daemon checks requests against
+	Key       *KeyInfo `json:"key,omitempty"`  // the caller's API key: its id and own limits; absent without keys
+}
+
+// KeyInfo is the caller's API key as GET /v1/info shows it: its id and the limits its operator
+// set for it (a zero limit is none beyond the daemon's), with what it uses of them now.
+type KeyInfo struct {
+	ID           string  `json:"id"`            // the key's id, as logs, metrics and the audit log name it
+	Rate         float64 `json:"rate"`          // requests per second; 0 = no bound
+	Burst        int     `json:"burst"`         // requests at once above the rate
+	MaxRuns      int     `json:"max_runs"`      // one-shot runs in flight at once; 0 = the daemon's per-key share only
+	MaxSandboxes int     `json:"max_sandboxes"` // live sandboxes; 0 = the daemon's per-key bound only
+	MaxSessions  int     `json:"max_sessions"`  // live sessions; 0 = the daemon's per-key bound only
+	CPUSeconds   float64 `json:"cpu_seconds"`   // CPU seconds per period; 0 = no bound
+	CPUPeriod    float64 `json:"cpu_period"`    // seconds of a CPU period
+	CPUUsed      float64 `json:"cpu_used"`      // CPU seconds charged in the current period
+	Runs         int     `json:"runs"`          // one-shot runs of the key in flight now (counted only under max_runs)
 }
 
 // Limits are the bounds a request must stay within, as this daemon's operator set them (the

@@ -456,3 +456,21 @@ func setRetryAfter(w http.ResponseWriter, status int, err error) {
 		w.Header().Set("Retry-After", "1")
 	}
 }
+
+// keyInfo is k as GET /v1/info shows it to its caller; nil without keys.
+func keyInfo(k *keyState) *api.KeyInfo {
+	if k == nil {
+		return nil
+	}
+	l := k.Limits
+	out := &api.KeyInfo{ID: k.ID, Rate: l.Rate, MaxRuns: l.MaxRuns, MaxSandboxes: l.MaxSandboxes,
+		MaxSessions: l.MaxSessions, CPUSeconds: l.CPUSeconds, CPUPeriod: k.period().Seconds()}
+	if k.limit != nil {
+		out.Burst = k.limit.Burst()
+	}
+	k.mu.Lock()
+	k.rollPeriod(time.Now())
+	out.CPUUsed, out.Runs = k.cpuUsed, k.runs
+	k.mu.Unlock()
+	return out
+}

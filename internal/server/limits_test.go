@@ -445,6 +445,11 @@ func TestKeyCPUBudget(t *testing.T) {
 	if st, _, _, _ := ks.call(t, aliceKey, "GET", "/v1/sandboxes", ""); st != 200 {
 		t.Fatalf("a listing past the budget: %d, want 200 (it starts no work)", st)
 	}
+	var info api.Info
+	_, _, b, _ = ks.call(t, aliceKey, "GET", "/v1/info", "")
+	if json.Unmarshal(b, &info); info.Key == nil || *info.Key != (api.KeyInfo{ID: "alice", CPUSeconds: 3, CPUPeriod: 3600, CPUUsed: 4}) {
+		t.Fatalf("GET /v1/info shows the key as %+v, want its id, budget and use", info.Key)
+	}
 	if st, _, _, _ := ks.call(t, bobKey, "POST", "/v1/execute", `{"code":"1"}`); st != 200 {
 		t.Fatalf("bob's run: %d", st)
 	}

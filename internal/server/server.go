@@ -384,7 +384,7 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) error {
 	lim.MaxBodyBytes = s.cfg.MaxBodyBytes
 	writeJSON(w, http.StatusOK, api.Info{
 		Version: s.cfg.Version, Runtimes: s.cfg.Runtimes, Cgroup: s.cfg.CgroupVersion,
-		Languages: []string{api.LanguagePython, api.LanguageBash}, Limits: lim,
+		Languages: []string{api.LanguagePython, api.LanguageBash}, Limits: lim, Key: keyInfo(keyOf(r.Context())),
 	})
 	return nil
 }
