@@ -143,7 +143,10 @@ func TestSecretsReachOnlyTheirProcesses(t *testing.T) {
 	}{
 		{"another owner", func() error { _, err := e.CreateSandbox(bob, SandboxSpec{Secrets: []string{"openai"}}); return err }(), api.CodeNotFound},
 		{"unknown", func() error { _, err := e.Execute(alice, OneShot{Code: "1", Secrets: []string{"nope"}}); return err }(), api.CodeNotFound},
-		{"twice", func() error { _, err := e.Execute(alice, OneShot{Code: "1", Secrets: []string{"openai", "openai"}}); return err }(), api.CodeInvalidArgument},
+		{"twice", func() error {
+			_, err := e.Execute(alice, OneShot{Code: "1", Secrets: []string{"openai", "openai"}})
+			return err
+		}(), api.CodeInvalidArgument},
 	} {
 		if got := api.CodeOf(c.err); got != c.code {
 			t.Errorf("%s: %v, want %s", c.name, c.err, c.code)
