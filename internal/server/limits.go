@@ -155,27 +155,9 @@ func (e keyEntry) key(def keyEntry) (Key, error) {
 	} else if !keyIDRE.MatchString(k.ID) {
 		return k, fmt.Errorf("id %q must be 1…64 characters of [A-Za-z0-9._-]", k.ID)
 	}
-	pick := func(p, d *float64) float64 {
-		if p != nil {
-			return *p
-		}
-		if d != nil {
-			return *d
-		}
-		return 0
-	}
-	picki := func(p, d *int) int {
-		if p != nil {
-			return *p
-		}
-		if d != nil {
-			return *d
-		}
-		return 0
-	}
-	l := KeyLimits{Rate: pick(e.Rate, def.Rate), Burst: picki(e.Burst, def.Burst), MaxRuns: picki(e.MaxRuns, def.MaxRuns),
-		MaxSandboxes: picki(e.MaxSandboxes, def.MaxSandboxes), MaxSessions: picki(e.MaxSessions, def.MaxSessions),
-		CPUSeconds: pick(e.CPUSeconds, def.CPUSeconds)}
+	l := KeyLimits{Rate: either(e.Rate, def.Rate), Burst: either(e.Burst, def.Burst), MaxRuns: either(e.MaxRuns, def.MaxRuns),
+		MaxSandboxes: either(e.MaxSandboxes, def.MaxSandboxes), MaxSessions: either(e.MaxSessions, def.MaxSessions),
+		CPUSeconds: either(e.CPUSeconds, def.CPUSeconds)}
 	period := e.CPUPeriod
 	if period == "" {
 		period = def.CPUPeriod
@@ -193,6 +175,18 @@ func (e keyEntry) key(def keyEntry) (Key, error) {
 	}
 	k.Limits = l
 	return k, nil
+}
+
+// either is the key's own setting p, else the default d, else zero.
+func either[T any](p, d *T) T {
+	switch {
+	case p != nil:
+		return *p
+	case d != nil:
+		return *d
+	}
+	var zero T
+	return zero
 }
 
 // keyState is one key's limits and what it uses of them.
