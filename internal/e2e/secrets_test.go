@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -106,7 +107,7 @@ func TestNamedSecretReachesOnlyItsSandbox(t *testing.T) {
 	if st := kd.call(t, bobKey, "POST", "/v1/sandboxes", `{}`, &bobs); st != 201 {
 		t.Fatalf("create bob's sandbox: %d", st)
 	}
-	exec := func(key, id string) string {
+	execIn := func(key, id string) string {
 		t.Helper()
 		body, _ := json.Marshal(api.ExecRequest{Cmd: []string{"sh", "-c", probe}})
 		st, b := keyed(t, t.Context(), kd.hc, "POST", kd.url+"/v1/sandboxes/"+id+"/exec", key, string(body))
@@ -117,10 +118,10 @@ func TestNamedSecretReachesOnlyItsSandbox(t *testing.T) {
 		return r.Stdout
 	}
 	// The naming sandbox's processes get it (its answer is the one place the value may be).
-	if out := exec(aliceKey, named.ID); !strings.Contains(out, "v="+value+"\n") {
+	if out := execIn(aliceKey, named.ID); !strings.Contains(out, "v="+value+"\n") {
 		t.Fatalf("the naming sandbox's process has no secret: %q", out)
 	}
-	for what, out := range map[string]string{"alice's other sandbox": exec(aliceKey, plain.ID), "bob's sandbox": exec(bobKey, bobs.ID)} {
+	for what, out := range map[string]string{"alice's other sandbox": execIn(aliceKey, plain.ID), "bob's sandbox": execIn(bobKey, bobs.ID)} {
 		kd.answers.WriteString(out)
 		if out != "v=\n0\n" {
 			t.Errorf("%s sees %q, want no secret anywhere in its processes", what, out)
@@ -152,6 +153,30 @@ func TestNamedSecretReachesOnlyItsSandbox(t *testing.T) {
 	}
 	kd.call(t, aliceKey, "POST", "/v1/secrets", `{"name":"bad name","values":{"X":"`+value+`"}}`, nil)
 	kd.call(t, aliceKey, "POST", "/v1/secrets", `{"name":"ok","values":{"1X":"`+value+`"}}`, nil)
+	// The CLI: create with the value taken from its environment (never its command line), list
+	// (names only), remove.
+	airlock := func(args string, env ...string) string {
+		t.Helper()
+		exe, _ := os.Executable()
+		cmd := exec.Command(exe)
+		cmd.Env = append(os.Environ(), append(env, "AIRLOCK_E2E_DAEMON="+args, "AIRLOCK_SERVER="+kd.url, "AIRLOCK_API_KEY="+aliceKey)...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("airlock %s: %v\n%s", args, err, out)
+		}
+		kd.answers.Write(out)
+		return string(out)
+	}
+	if out := airlock("secret create cli-made CLI_TOKEN", "CLI_TOKEN="+value); !strings.Contains(out, "secret cli-made: CLI_TOKEN") {
+		t.Errorf("airlock secret create: %q", out)
+	}
+	if out := airlock("secret ls"); !strings.Contains(out, "cli-made") || !strings.Contains(out, "openai") {
+		t.Errorf("airlock secret ls: %q", out)
+	}
+	airlock("secret rm cli-made")
+	if out := airlock("secret ls"); strings.Contains(out, "cli-made") {
+		t.Errorf("airlock secret ls after rm: %q", out)
+	}
 	kd.call(t, aliceKey, "DELETE", "/v1/sandboxes/"+named.ID, "", nil)
 	kd.call(t, aliceKey, "DELETE", "/v1/sessions/"+sess.ID, "", nil)
 	kd.stop() // the daemon's last log and audit lines are written
