@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
@@ -45,4 +46,12 @@ func withRequestID(h http.Handler) http.Handler {
 		w.Header().Set(api.RequestIDHeader, id)
 		h.ServeHTTP(w, r.WithContext(audit.WithRequestID(r.Context(), id)))
 	})
+}
+
+// publicDetail is api.PublicDetail with the request id of ctx, for the error events of
+// streamed answers (their status line was sent before the error came).
+func publicDetail(ctx context.Context, err error) api.ErrorDetail {
+	d := api.PublicDetail(err)
+	d.RequestID = audit.RequestID(ctx)
+	return d
 }

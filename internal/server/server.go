@@ -432,8 +432,7 @@ func (s *Server) streamExecute(ctx context.Context, w http.ResponseWriter, o eng
 		if !es.started() {
 			return err // nothing sent yet: a normal error response
 		}
-		d := api.PublicDetail(err)
-		d.RequestID = audit.RequestID(ctx)
+		d := publicDetail(ctx, err)
 		send(api.ExecEvent{Type: api.EventError, Error: &d})
 		return nil
 	}

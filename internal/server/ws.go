@@ -65,7 +65,7 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 	close(ended)
 	writeMu.Lock()
 	if err != nil {
-		d := api.PublicDetail(err)
+		d := publicDetail(ctx, err)
 		wsSend(ctx, c, api.ExecEvent{Type: api.EventError, Error: &d})
 	} else {
 		code := end.ExitCode
