@@ -213,7 +213,7 @@ func decodeError(resp *http.Response) error {
 		}
 		return &api.Error{Code: codeOfStatus(resp.StatusCode), Message: msg}
 	}
-	return &api.Error{Code: eb.Error.Code, Message: eb.Error.Message}
+	return &api.Error{Code: eb.Error.Code, Message: eb.Error.Message, RequestID: eb.Error.RequestID}
 }
 
 // codeOfStatus is the inverse of the server's one status mapping, for bodies without a code.

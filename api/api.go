@@ -42,6 +42,9 @@ type ExecuteRequest struct {
 	// of files to return after the run, relative to /workspace or absolute inside /workspace or
 	// /tmp; at most 32. Up to 64 files and 10 MiB in all come back in files.
 	OutputFiles []string `json:"output_files,omitempty"`
+	// Secrets names the caller's named secrets (POST /v1/secrets) whose variables the program
+	// gets in its environment (under env); at most 16.
+	Secrets []string `json:"secrets,omitempty"`
 }
 
 // OutputFile is one file an execution's output_files matched.
@@ -133,6 +136,22 @@ type Info struct {
 	Languages []string `json:"languages"`      // languages of POST /v1/execute
 	Cgroup    int      `json:"cgroup_version"` // the host's cgroup version (1 or 2)
 	Limits    Limits   `json:"limits"`         // the bounds this daemon checks requests against
+	Key       *KeyInfo `json:"key,omitempty"`  // the caller's API key: its id and own limits; absent without keys
+}
+
+// KeyInfo is the caller's API key as GET /v1/info shows it: its id and the limits its operator
+// set for it (a zero limit is none beyond the daemon's), with what it uses of them now.
+type KeyInfo struct {
+	ID           string  `json:"id"`            // the key's id, as logs, metrics and the audit log name it
+	Rate         float64 `json:"rate"`          // requests per second; 0 = no bound
+	Burst        int     `json:"burst"`         // requests at once above the rate
+	MaxRuns      int     `json:"max_runs"`      // one-shot runs in flight at once; 0 = the daemon's per-key share only
+	MaxSandboxes int     `json:"max_sandboxes"` // live sandboxes; 0 = the daemon's per-key bound only
+	MaxSessions  int     `json:"max_sessions"`  // live sessions; 0 = the daemon's per-key bound only
+	CPUSeconds   float64 `json:"cpu_seconds"`   // CPU seconds per period; 0 = no bound
+	CPUPeriod    float64 `json:"cpu_period"`    // seconds of a CPU period
+	CPUUsed      float64 `json:"cpu_used"`      // CPU seconds charged in the current period
+	Runs         int     `json:"runs"`          // one-shot runs of the key in flight now (counted only under max_runs)
 }
 
 // Limits are the bounds a request must stay within, as this daemon's operator set them (the
@@ -172,7 +191,15 @@ type ErrorBody struct {
 type ErrorDetail struct {
 	Code    string `json:"code"`    // machine-readable; each code has one HTTP status
 	Message string `json:"message"` // for people; never internal details
+	// RequestID is the request's id (the X-Request-Id header of its answer), to quote when
+	// reporting the error: the daemon's log lines and audit records of the request carry it.
+	RequestID string `json:"request_id,omitempty"`
 }
+
+// RequestIDHeader carries a request's id both ways: a client may send its own (kept when it
+// is 1…128 characters of [A-Za-z0-9._:-], replaced otherwise) and every answer carries the
+// one the daemon used.
+const RequestIDHeader = "X-Request-Id"
 
 // Error codes. Each maps to exactly one HTTP status in internal/server.
 const (
@@ -214,6 +241,9 @@ var (
 type Error struct {
 	Code    string
 	Message string
+	// RequestID is the request's id, in an error the SDK decoded from an answer (ErrorDetail's
+	// request_id); "" elsewhere.
+	RequestID string
 }
 
 func (e *Error) Error() string { return e.Message }

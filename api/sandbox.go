@@ -54,6 +54,9 @@ type CreateSandboxRequest struct {
 	// UnauthenticatedPorts are reachable without any credential; refused (400) unless the
 	// daemon's operator allows public ports (airlock serve --public-ports).
 	UnauthenticatedPorts []int `json:"unauthenticated_ports,omitempty"`
+	// Secrets names the caller's named secrets (POST /v1/secrets) whose variables every exec
+	// gets in its environment (under env and the exec's own); at most 16.
+	Secrets []string `json:"secrets,omitempty"`
 }
 
 // SandboxInfo describes a sandbox.

@@ -24,6 +24,7 @@ type CreateSessionRequest struct {
 	Env         map[string]string `json:"env,omitempty"`          // environment variables of the interpreter
 	Network     *Network          `json:"network,omitempty"`      // the session's network policy (installs use it); overrides the server's default
 	Tags        map[string]string `json:"tags,omitempty"`         // as a sandbox's tags; keys may not start with "airlock."
+	Secrets     []string          `json:"secrets,omitempty"`      // the caller's named secrets (POST /v1/secrets) whose variables the interpreter gets (under env); at most 16
 }
 
 // SessionInfo is the answer of the session routes that describe one (create, get, delete).

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -18,11 +20,13 @@ import (
 	"golang.org/x/net/netutil"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/compat/e2b"
 	"github.com/airlockhq/airlock/internal/compat/modal"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/secrets"
 	"github.com/airlockhq/airlock/internal/server"
 )
 
@@ -151,12 +155,14 @@ func serveCmd() *cobra.Command {
 	var (
 		addr    = "127.0.0.1:8080"
 		keyFile string
-		ec      engine.Config
-		rc      runtimeConfig
-		sc      = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
-		co      = connOptions{idleTimeout: time.Minute}
-		ic      image.Config
-		sd      = shutdownOptions{grace: 30 * time.Second}
+		// auditPath and secretsKeyFile are --audit-log and --secrets-key-file.
+		auditPath, secretsKeyFile string
+		ec                        engine.Config
+		rc                        runtimeConfig
+		sc                        = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
+		co                        = connOptions{idleTimeout: time.Minute}
+		ic                        image.Config
+		sd                        = shutdownOptions{grace: 30 * time.Second}
 		// skipPreflight starts serve even where doctor's checks FAIL.
 		skipPreflight bool
 	)
@@ -168,7 +174,8 @@ func serveCmd() *cobra.Command {
 		Short: "Run the Airlock daemon (HTTP API)",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+			// Every line of a request carries its request id and key id (audit.LogHandler).
+			logger := slog.New(audit.NewLogHandler(slog.NewJSONHandler(os.Stderr, nil)))
 			if err := checkConns(&co, sc); err != nil {
 				return err
 			}
@@ -182,7 +189,10 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := server.CheckListen(addr, keys); err != nil {
+			if sc.Keys, err = loadKeyLimits(keyFile); err != nil {
+				return err
+			}
+			if err := server.CheckListen(addr, append(keys, keyIDs(sc.Keys)...)); err != nil {
 				return err
 			}
 			// Before anything is built: a host where no sandbox can work is refused with every
@@ -191,6 +201,35 @@ func serveCmd() *cobra.Command {
 				if err := preflight(ctx, logger, doctorConfig(rc.Native.StateDir, ec.MaxSandboxes)); err != nil {
 					return err
 				}
+			}
+			// The audit log gets the engine's records and the server's own; the server's
+			// consumer of the engine's records joins once the server exists.
+			var fan audit.Fanout
+			ec.Audit = &fan
+			if auditPath != "" {
+				al, err := audit.Open(auditPath)
+				if err != nil {
+					return err
+				}
+				defer func() {
+					if err := al.Close(); err != nil {
+						logger.WarnContext(ctx, "closing the audit log", "err", err)
+					}
+				}()
+				fan.Add(al)
+				sc.Audit = al
+			}
+			if secretsKeyFile != "" {
+				key, err := secrets.LoadKey(secretsKeyFile)
+				if err != nil {
+					return err
+				}
+				st, err := secrets.Open(secretsDir(rc.Native.StateDir), key)
+				clear(key)
+				if err != nil {
+					return err
+				}
+				ec.Secrets, sc.Secrets = st, st
 			}
 			// The image store (/v1/images), opened before the engine: sandboxes adopted from a
 			// previous daemon lease their images again.
@@ -234,6 +273,7 @@ func serveCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			fan.Add(srv.AuditSink())
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				return err
@@ -246,9 +286,15 @@ func serveCmd() *cobra.Command {
 			// Modal's client API: gRPC over h2c on this same listener (its clients dial
 			// MODAL_SERVER_URL=http://ADDR with HTTP/2 prior knowledge); every other request is
 			// the REST API's.
-			msrv, err := modal.New(modal.Config{Logger: logger, Engine: e, Authenticate: srv.Authenticate,
+			mc := modal.Config{Logger: logger, Engine: e, Authenticate: srv.Authenticate,
 				Images: sc.Images, Builder: &image.Builder{Store: sc.Images, Runner: sc.BuildRunner, Logger: logger},
-				MaxRequestsPerKey: sc.MaxRequestsPerKey})
+				MaxRequestsPerKey: sc.MaxRequestsPerKey}
+			if ec.Secrets != nil { // Modal's secrets.fromName is a named secret of the key's
+				mc.Secrets = func(ctx context.Context, owner, name string) (map[string]string, error) {
+					return ec.Secrets.Resolve(ctx, owner, []string{name})
+				}
+			}
+			msrv, err := modal.New(mc)
 			if err != nil {
 				return err
 			}
@@ -266,7 +312,7 @@ func serveCmd() *cobra.Command {
 			hs := &http.Server{Handler: msrv.Handler(esrv.Handler(srv.Handler())), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
-			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys) > 0,
+			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys)+len(sc.Keys) > 0,
 				"runtimes", sc.Runtimes, "max_connections", co.maxConns, "idle_timeout", co.idleTimeout,
 				"max_concurrent", lim.MaxConcurrent, "max_concurrent_per_key", lim.MaxConcurrentPerKey,
 				"max_sandboxes", lim.MaxSandboxes, "max_sandboxes_per_key", lim.MaxSandboxesPerKey)
@@ -295,7 +341,9 @@ func serveCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	flagEnv(f, &addr, "addr", "AIRLOCK_ADDR", "listen address")
-	flagEnv(f, &keyFile, "api-key-file", "AIRLOCK_API_KEY_FILE", "file with one API key per line; AIRLOCK_API_KEYS (comma-separated) adds more")
+	flagEnv(f, &keyFile, "api-key-file", "AIRLOCK_API_KEY_FILE", "file with one API key per line, or JSON or YAML with key ids and per-key limits (see README); AIRLOCK_API_KEYS (comma-separated) adds more")
+	flagEnv(f, &auditPath, "audit-log", "AIRLOCK_AUDIT_LOG", "append one JSON line per execution and lifecycle event to this file (created 0600), or - for stdout")
+	flagEnv(f, &secretsKeyFile, "secrets-key-file", "AIRLOCK_SECRETS_KEY_FILE", "file with the 32-byte key (raw, hex or base64; mode 0600) that encrypts named secrets at rest; without it /v1/secrets is disabled")
 	bindEngineFlags(f, &ec)
 	bindRuntimeFlags(f, &rc, "state directory (default /var/lib/airlock)")
 	bindNetworkFlags(f, &ec, rc.Native.Network)
@@ -315,7 +363,40 @@ func serveCmd() *cobra.Command {
 	return cmd
 }
 
-// loadKeys reads API keys from the file (one per line, # comments) and AIRLOCK_API_KEYS.
+// loadKeyLimits reads a structured key file's keys with their ids and limits; nil for a plain
+// file.
+func loadKeyLimits(file string) ([]server.Key, error) {
+	if file == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("api key file: %w", err)
+	}
+	if !server.StructuredKeys(b) {
+		return nil, nil
+	}
+	return server.ParseKeyFile(b)
+}
+
+func keyIDs(keys []server.Key) []string {
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = k.ID
+	}
+	return ids
+}
+
+// secretsDir is where named secrets are stored, under the state directory.
+func secretsDir(stateDir string) string {
+	if stateDir == "" {
+		stateDir = defaultStateDir
+	}
+	return filepath.Join(stateDir, "secrets")
+}
+
+// loadKeys reads API keys from a plain key file (one per line, # comments; a structured key
+// file is loadKeyLimits') and AIRLOCK_API_KEYS.
 func loadKeys(file string) ([]string, error) {
 	var keys []string
 	if v := os.Getenv("AIRLOCK_API_KEYS"); v != "" {
@@ -328,12 +409,14 @@ func loadKeys(file string) ([]string, error) {
 	if file == "" {
 		return keys, nil
 	}
-	f, err := os.Open(file)
+	b, err := os.ReadFile(file)
 	if err != nil {
 		return nil, fmt.Errorf("api key file: %w", err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
+	if server.StructuredKeys(b) {
+		return keys, nil
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		if k := strings.TrimSpace(sc.Text()); k != "" && !strings.HasPrefix(k, "#") {
 			keys = append(keys, k)

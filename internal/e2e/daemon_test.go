@@ -24,6 +24,7 @@ type daemon struct {
 	cmd  *exec.Cmd
 	url  string
 	addr string
+	log  string // the file its stdout and stderr go to
 }
 
 func freeAddr(t *testing.T) string {
@@ -58,7 +59,7 @@ func startDaemon(t *testing.T, state, cgroupRoot, addr string, opts ...func(*exe
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{t: t, cmd: cmd, url: "http://" + addr, addr: addr}
+	d := &daemon{t: t, cmd: cmd, url: "http://" + addr, addr: addr, log: logf.Name()}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := http.Get(d.url + "/healthz")

@@ -44,6 +44,8 @@ type BuildStep struct {
 // sandbox is destroyed before RunBuildStep returns. A command that exits otherwise is not an
 // error: exitCode says so and nothing is written to layer.
 func (e *Engine) RunBuildStep(ctx context.Context, s BuildStep, log, layer io.Writer) (exitCode int, err error) {
+	start := time.Now()
+	defer func() { e.auditBuildStep(ctx, s, start, exitCode, err) }()
 	if len(s.Cmd) == 0 || s.Cmd[0] == "" {
 		return 0, invalid("a build step needs a command")
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
@@ -145,6 +146,12 @@ type Config struct {
 	PoolCPU float64
 	// PoolIdle is how long a class keeps a ready sandbox after its last request; default 2 min.
 	PoolIdle time.Duration
+	// Audit receives a record of every execution and lifecycle event (audit.go); nil audits
+	// nothing. Flag --audit-log.
+	Audit audit.Sink
+	// Secrets resolves the named secrets runs, sandboxes and sessions ask for (secrets.go);
+	// nil refuses every request naming one (501). Flag --secrets-key-file.
+	Secrets Secrets
 }
 
 func (c *Config) setDefaults() {

@@ -39,6 +39,8 @@ type OneShot struct {
 	// OutputFiles are paths or path.Match globs (relative to the workspace, or absolute, inside
 	// the writable areas) of files to read back after the program ends, before the sandbox goes.
 	OutputFiles []string
+	// Secrets names the owner's named secrets whose variables the program gets (under Env).
+	Secrets []string
 }
 
 // Output file bounds: patterns per run, files and bytes returned (past those, Result.
@@ -92,6 +94,7 @@ type oneShotPlan struct {
 	filesLimit  int64             // bytes of output files
 	argv        []string          // the command to run as given (RunCommand); nil = the language's
 	executables map[string]bool   // resolved paths of files written executable
+	batch       bool              // a snippet of ExecuteBatch (audited as batch_item)
 }
 
 // normalizeOneShot fills in defaults and checks o against the configured bounds, once.
@@ -143,6 +146,9 @@ func (e *Engine) normalizeOneShot(o OneShot) (*oneShotPlan, error) {
 	if strings.ContainsRune(o.Code, 0) {
 		return nil, invalid("code contains a NUL byte")
 	}
+	if err := checkSecretNames(o.Secrets); err != nil {
+		return nil, err
+	}
 	if len(o.OutputFiles) > MaxOutputPatterns {
 		return nil, invalid("%d output_files exceed the limit of %d", len(o.OutputFiles), MaxOutputPatterns)
 	}
@@ -170,18 +176,25 @@ func (e *Engine) Execute(ctx context.Context, o OneShot) (*Result, error) {
 }
 
 // runOneShot runs a normalized one-shot in a fresh sandbox, holding a one-shot slot.
-func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error) {
+func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (res *Result, err error) {
 	if p.argv == nil && p.Language != api.LanguagePython && p.Language != api.LanguageBash {
 		lang, ok := e.Language(ctx, p.Language)
 		if !ok {
 			return nil, invalid("language %q is not available here (available: %s)", p.Language, availableNames(e.Languages(ctx)))
 		}
 		if lang.Compiled() {
+			// Each stage is a one-shot of its own, audited as such.
 			return e.runCompiled(ctx, p, lang)
 		}
 	}
+	start, sbID, network := time.Now(), "", p.Network
+	defer func() { e.auditRun(ctx, p, network, sbID, start, res, err) }()
 	// Refused per run, not per batch: a batch's other snippets still run.
-	network, err := e.cfg.normalizeNetwork(p.Network)
+	network, err = e.cfg.normalizeNetwork(p.Network)
+	if err != nil {
+		return nil, err
+	}
+	secretEnv, err := e.resolveSecrets(ctx, Owner(ctx), p.Secrets)
 	if err != nil {
 		return nil, err
 	}
@@ -202,9 +215,12 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error
 		release()
 		return nil, fmt.Errorf("create sandbox: %w", err)
 	}
+	sbID = id
 	rctx, cancel := context.WithCancelCause(ctx)
 	unregister := e.registerExecution(ctx, id, inst, p, cancel)
-	res, err := e.runOnce(rctx, inst, p)
+	run := *p
+	run.Env = overlayEnv(secretEnv, p.Env) // in this run's copy only: p is audited
+	res, err = e.runOnce(rctx, inst, &run)
 	unregister()
 	cancel(nil)
 	// The answer does not wait for the teardown (≈ 5 ms); the slot stays taken until it is
@@ -458,6 +474,7 @@ func (e *Engine) ExecuteBatch(ctx context.Context, b Batch) ([]BatchItem, error)
 		}
 		p.outputLimit = outLimit
 		p.filesLimit = min(MaxOutputBytes, max(64<<10, batchOutputBytes/int64(len(b.Runs))))
+		p.batch = true
 		plans[i] = p
 	}
 	// A batch takes at most half the one-shot slots, so single requests keep getting through.

@@ -193,6 +193,7 @@ func (e *Engine) end(ctx context.Context, sb *Sandbox, reason string) {
 	sb.mu.Lock()
 	sb.ended, sb.endedAt = reason, time.Now()
 	sb.mu.Unlock()
+	e.auditEnd(ctx, sb, reason) // before destroy: the cgroup says what it used
 	e.destroy(ctx, sb.id, sb.inst)
 	sb.release()
 	e.cfg.Logger.InfoContext(ctx, "sandbox ended", "sandbox", sb.id, "kind", sb.kind, "reason", reason)

@@ -63,6 +63,9 @@ type SandboxSpec struct {
 	Env         map[string]string `json:"env,omitempty"`
 	Tags        map[string]string `json:"tags,omitempty"`  // the caller's own
 	Ports       []Port            `json:"ports,omitempty"` // exposed with tokens (see ports.go)
+	// Secrets names the owner's named secrets whose variables every process gets (under Env);
+	// only the names are persisted.
+	Secrets []string `json:"secrets,omitempty"`
 }
 
 // ReservedTagPrefix starts the tag keys callers may not set: the server shows the kind of a
@@ -117,6 +120,9 @@ func (e *Engine) normalizeSandbox(s SandboxSpec) (SandboxSpec, error) {
 	if s.Ports, err = e.normalizePorts(s.Ports); err != nil {
 		return s, err
 	}
+	if err := checkSecretNames(s.Secrets); err != nil {
+		return s, err
+	}
 	return s, nil
 }
 
@@ -140,6 +146,9 @@ type Sandbox struct {
 	active     int       // calls in flight; a sandbox with a running call is never idle
 	ended      string    // end reason once terminated
 	endedAt    time.Time //
+
+	secretMu  sync.Mutex        // guards secretEnv
+	secretEnv map[string]string // spec.Secrets resolved, once (withSecretEnv); never persisted
 }
 
 // CreateSandbox starts a long-lived sandbox. It holds an engine slot until it ends.
@@ -148,7 +157,9 @@ func (e *Engine) CreateSandbox(ctx context.Context, s SandboxSpec) (*Sandbox, er
 	if err != nil {
 		return nil, err
 	}
-	sb, _, err := e.startSandbox(ctx, KindSandbox, "", s, false)
+	start := time.Now()
+	sb, _, err := e.startWithSecrets(ctx, KindSandbox, "", s, false)
+	e.auditCreate(ctx, KindSandbox, s, start, sb, err)
 	return sb, err
 }
 
@@ -345,12 +356,17 @@ func (sb *Sandbox) normalizeExec(x ExecSpec) (Process, error) {
 
 // Exec runs x in the sandbox, calling on for each event (start, output) until the process
 // ends. The End's exit code is the engine's (exitStatus: 124 after a timeout).
-func (sb *Sandbox) Exec(ctx context.Context, x ExecSpec, on func(Event)) (*End, error) {
+func (sb *Sandbox) Exec(ctx context.Context, x ExecSpec, on func(Event)) (end *End, err error) {
+	start := time.Now()
+	defer func() { sb.auditExec(ctx, x, start, end, err) }()
 	p, err := sb.normalizeExec(x)
 	if err != nil {
 		return nil, err
 	}
-	end, err := sb.client.Exec(ctx, p, on)
+	if p.Env, err = sb.withSecretEnv(ctx, p.Env); err != nil {
+		return nil, err
+	}
+	end, err = sb.client.Exec(ctx, p, on)
 	if err != nil {
 		return nil, sb.endedError(err)
 	}
@@ -386,8 +402,10 @@ func (sb *Sandbox) ReadFile(ctx context.Context, p string, w io.Writer, started 
 }
 
 // WriteFile streams r into p.
-func (sb *Sandbox) WriteFile(ctx context.Context, p string, r io.Reader, mode uint32) (api.FileInfo, error) {
+func (sb *Sandbox) WriteFile(ctx context.Context, p string, r io.Reader, mode uint32) (fi api.FileInfo, err error) {
 	p = sb.resolve(p)
+	start := time.Now()
+	defer func() { sb.auditWrite(ctx, p, start, fi, err) }()
 	if err := sb.client.WriteFile(ctx, p, r, mode); err != nil {
 		return api.FileInfo{}, sb.endedError(err)
 	}

@@ -34,6 +34,7 @@ type SessionSpec struct {
 	Env         map[string]string
 	Tags        map[string]string
 	Network     netpolicy.Policy // zero = the engine's DefaultNetwork; installs use it
+	Secrets     []string         // named secrets whose variables the interpreter gets (under Env)
 }
 
 // normalizeSession turns s into the normalized spec of its sandbox.
@@ -48,7 +49,7 @@ func (e *Engine) normalizeSession(s SessionSpec) (SandboxSpec, error) {
 		idle = min(idle, life) // only the default follows a shorter life
 	}
 	return e.normalizeSandbox(SandboxSpec{Timeout: life, IdleTimeout: idle, MemoryBytes: s.MemoryBytes,
-		CPU: s.CPU, Image: s.Image, Env: s.Env, Tags: s.Tags, Network: s.Network})
+		CPU: s.CPU, Image: s.Image, Env: s.Env, Tags: s.Tags, Network: s.Network, Secrets: s.Secrets})
 }
 
 // CreateSession starts a sandbox with a long-lived Python interpreter in it.
@@ -57,21 +58,30 @@ func (e *Engine) CreateSession(ctx context.Context, s SessionSpec) (*Sandbox, er
 	if err != nil {
 		return nil, err
 	}
-	return e.startSession(ctx, KindSession, "", spec)
+	start := time.Now()
+	sb, err := e.startSession(ctx, KindSession, "", spec)
+	e.auditCreate(ctx, KindSession, spec, start, sb, err)
+	return sb, err
 }
 
 // startSession starts a session's sandbox and its interpreter.
 func (e *Engine) startSession(ctx context.Context, kind Kind, seed string, spec SandboxSpec) (*Sandbox, error) {
-	// A pooled session's interpreter already runs, started with no environment in the
-	// default workdir: only a session asking for exactly that can take one.
-	sb, warm, err := e.startSandbox(ctx, kind, seed, spec, len(spec.Env) == 0 && spec.Workdir == layout.Workspace)
+	// A pooled session's interpreter already runs, started with no environment (and no
+	// secrets) in the default workdir: only a session asking for exactly that can take one.
+	sb, warm, err := e.startWithSecrets(ctx, kind, seed, spec,
+		len(spec.Env) == 0 && len(spec.Secrets) == 0 && spec.Workdir == layout.Workspace)
 	if err != nil {
 		return nil, err
 	}
 	if warm {
 		return sb, nil
 	}
-	if err := sb.client.ReplStart(ctx, sb.spec.Env, sb.spec.Workdir); err != nil {
+	env, err := sb.withSecretEnv(ctx, sb.spec.Env)
+	if err != nil {
+		e.end(ctx, sb, "failed")
+		return nil, err
+	}
+	if err := sb.client.ReplStart(ctx, env, sb.spec.Workdir); err != nil {
 		e.end(ctx, sb, "failed")
 		return nil, fmt.Errorf("start interpreter: %w", err)
 	}
@@ -128,8 +138,9 @@ func (sb *Sandbox) RunCell(ctx context.Context, code string, timeout time.Durati
 
 // RunCellHeld is RunCell for a caller that still has to send the result: the result's memory
 // stays charged to the engine's answer budget until release is called (once, after the send).
-func (sb *Sandbox) RunCellHeld(ctx context.Context, code string, timeout time.Duration) (_ *CellResult, release func(), _ error) {
-	e := sb.e
+func (sb *Sandbox) RunCellHeld(ctx context.Context, code string, timeout time.Duration) (res *CellResult, release func(), err error) {
+	e, start := sb.e, time.Now()
+	defer func() { sb.auditCell(ctx, code, timeout, start, res, err) }()
 	if timeout == 0 {
 		timeout = defaultCellTimeout
 	} else if err := boundDuration("timeout", timeout, 100*time.Millisecond, e.cfg.MaxTimeout); err != nil {
@@ -221,7 +232,9 @@ func (r *InstallResult) Success() bool { return r.ExitCode == 0 && !r.TimedOut }
 // Install pip-installs packages into the session's user site: from the package index (the
 // operator's PipIndexURL, or PyPI) when the session's network policy lets it out, and from the
 // operator's wheel directory (Config.WheelDirSet) in any case, so offline installs keep working.
-func (sb *Sandbox) Install(ctx context.Context, s InstallSpec) (*InstallResult, error) {
+func (sb *Sandbox) Install(ctx context.Context, s InstallSpec) (res *InstallResult, err error) {
+	start := time.Now()
+	defer func() { sb.auditInstall(ctx, s, start, res, err) }()
 	if len(s.Packages) == 0 || len(s.Packages) > 50 {
 		return nil, invalid("give 1…50 packages")
 	}
@@ -335,7 +348,10 @@ func (e *Engine) createSeedSession(ctx context.Context, name string) (*Sandbox, 
 	if err != nil {
 		return nil, err
 	}
-	return e.startSession(ctx, KindSeedSession, name, spec)
+	start := time.Now()
+	sb, err := e.startSession(ctx, KindSeedSession, name, spec)
+	e.auditCreate(ctx, KindSeedSession, spec, start, sb, err)
+	return sb, err
 }
 
 // forgetEndedSeeds drops the seed names whose session has ended, so that they start afresh.

@@ -62,7 +62,7 @@ func OneShot(r api.ExecuteRequest) engine.OneShot {
 	}
 	return engine.OneShot{Language: r.Language, Code: r.Code, Stdin: r.Stdin, Files: r.Files, Env: r.Env,
 		Timeout: Seconds(r.Timeout), MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image,
-		Network: netPolicy(r.Network, legacy, "allow_network: true"), OutputFiles: r.OutputFiles}
+		Network: netPolicy(r.Network, legacy, "allow_network: true"), OutputFiles: r.OutputFiles, Secrets: r.Secrets}
 }
 
 // netPolicy converts a request's network object and the older boolean that implies mode legacy
@@ -140,7 +140,7 @@ func sandboxSpec(r api.CreateSandboxRequest) engine.SandboxSpec {
 	return engine.SandboxSpec{Timeout: Seconds(r.Timeout), IdleTimeout: Seconds(r.IdleTimeout),
 		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Workdir: r.Workdir,
 		Network: blockNetwork(r.BlockNetwork, r.Network), Env: r.Env, Tags: r.Tags,
-		Ports: exposedPorts(r.Ports, r.UnauthenticatedPorts)}
+		Ports: exposedPorts(r.Ports, r.UnauthenticatedPorts), Secrets: r.Secrets}
 }
 
 // blockNetwork converts Modal's block_network (true: block; false: internet) with a network
@@ -160,7 +160,7 @@ func blockNetwork(block *bool, n *api.Network) netpolicy.Policy {
 func SessionSpec(r api.CreateSessionRequest) engine.SessionSpec {
 	return engine.SessionSpec{Timeout: Seconds(r.Timeout), IdleTimeout: Seconds(r.IdleTimeout),
 		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Env: r.Env, Tags: r.Tags,
-		Network: netPolicy(r.Network, nil, "")}
+		Network: netPolicy(r.Network, nil, ""), Secrets: r.Secrets}
 }
 
 // execSpec converts an exec request; how its output is consumed (the limit, a kept stdin) is

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/engine"
 )
 
@@ -21,6 +24,7 @@ type metrics struct {
 	executions *prometheus.CounterVec
 	execTime   prometheus.Histogram
 	cells      *prometheus.CounterVec
+	operatorMetrics
 }
 
 func newMetrics(e *engine.Engine) *metrics {
@@ -52,6 +56,7 @@ func newMetrics(e *engine.Engine) *metrics {
 			func() float64 { return float64(e.Waiting()) }),
 		poolCollector{e},
 	)
+	m.operatorMetrics = newOperatorMetrics(m.reg, e)
 	return m
 }
 
@@ -153,4 +158,60 @@ func (m *metrics) cell(r *api.RunResult) {
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) error {
 	promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}).ServeHTTP(w, r)
 	return nil
+}
+
+// operatorMetrics are the metrics fed by the engine's audit records (serverSink) and by the
+// per-key limits: they cover every front end, as the engine audits every event.
+type operatorMetrics struct {
+	refusals  *prometheus.CounterVec   // by key id and reason
+	ooms      *prometheus.CounterVec   // by event
+	timeouts  *prometheus.CounterVec   // by event
+	durations *prometheus.HistogramVec // by event
+}
+
+func newOperatorMetrics(reg *prometheus.Registry, e *engine.Engine) operatorMetrics {
+	m := operatorMetrics{
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_key_refusals_total", Help: "Requests refused by a per-key limit, by key id and reason (rate, runs, sandboxes, sessions, cpu, inflight).",
+		}, []string{"key", "reason"}),
+		ooms: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_oom_kills_total", Help: "Runs and sandboxes whose memory limit killed a process, by event (run, batch_item, sandbox.destroy, session.destroy).",
+		}, []string{"event"}),
+		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "airlock_timeouts_total", Help: "Runs, execs and cells that hit their timeout, by event.",
+		}, []string{"event"}),
+		durations: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "airlock_event_duration_seconds", Help: "Duration of engine events as the engine saw them: run, batch_item (the whole run, queue included), sandbox.create, session.create, sandbox.exec, session.cell, session.install.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}, []string{"event"}),
+	}
+	reg.MustRegister(m.refusals, m.ooms, m.timeouts, m.durations)
+	for _, k := range []engine.Kind{engine.KindOneShot, engine.KindSandbox, engine.KindSession, engine.KindSeedSession} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "airlock_sandboxes",
+			Help: "Sandboxes by state and kind: running now, or ended and still remembered (their ids answer 410).", ConstLabels: prometheus.Labels{"kind": string(k), "state": "running"}},
+			func() float64 { return float64(e.SandboxCounts()[k]) }))
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "airlock_sandboxes",
+		Help: "Sandboxes by state and kind: running now, or ended and still remembered (their ids answer 410).", ConstLabels: prometheus.Labels{"kind": "any", "state": "ended"}},
+		func() float64 { return float64(e.EndedRemembered()) }))
+	return m
+}
+
+func (m *metrics) refusal(key, reason string) { m.refusals.WithLabelValues(key, reason).Inc() }
+
+// serverSink is the server's consumer of the engine's audit records (Server.AuditSink).
+type serverSink struct{ s *Server }
+
+func (ss serverSink) Record(ctx context.Context, r audit.Record) {
+	keySink{ss.s}.Record(ctx, r)
+	m := ss.s.metrics
+	if r.OOMKilled {
+		m.ooms.WithLabelValues(r.Event).Inc()
+	}
+	if r.TimedOut {
+		m.timeouts.WithLabelValues(r.Event).Inc()
+	}
+	if !strings.HasSuffix(r.Event, ".destroy") && r.Event != "file.write" {
+		m.durations.WithLabelValues(r.Event).Observe(r.DurationMS / 1000)
+	}
 }

@@ -130,6 +130,12 @@ var routeDocs = []routeDoc{
 		desc: "The seed API's REPL: session_id is the caller's own name for the session, created on first use."},
 	{pattern: "POST /repl/install", summary: "Seed-compatible: install a package into the named session", resp: api.InstallResult{}, query: []string{"session_id", "package"},
 		desc: "The seed API's install: one package into the named session, created on first use."},
+	{pattern: "POST /v1/secrets", summary: "Store a named secret (environment variables) for the caller's key", req: api.CreateSecretRequest{}, resp: api.SecretInfo{}, status: 201,
+		desc: "Stores the variables encrypted at rest (AES-256-GCM under the operator's key) for this API key, replacing a secret of the same name; runs, sandboxes and sessions that name it in secrets get them in their environment. The answer names the variables, never their values. 501 when the daemon has no secrets key (airlock serve --secrets-key-file)."},
+	{pattern: "GET /v1/secrets", summary: "List the caller's named secrets (variable names only)", resp: api.SecretList{},
+		desc: "The caller's secrets with the names of their variables; values are never answered. Another key's secrets are not listed."},
+	{pattern: "DELETE /v1/secrets/{name}", summary: "Delete a named secret", status: 204,
+		desc: "Later runs naming it fail with 404; sandboxes and sessions already created with it keep its variables until they end."},
 }
 
 // portAuthDoc is how the port routes authenticate.
@@ -148,6 +154,7 @@ var paramDocs = map[string]string{
 	"recursive":  "true removes a directory with its contents.",
 	"depth":      "Levels to list, 1…16; default 1.",
 	"session_id": "The caller's name for the session (seed API).",
+	"name":       "The secret's name.",
 	"package":    "A pip requirement (seed API).",
 	"port":       "A TCP port a program in the sandbox listens on, 1…65535 (on 127.0.0.1 or any address).",
 	"rest":       "The rest of the path, passed to the program in the sandbox (after the prefix up to the port).",

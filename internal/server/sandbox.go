@@ -179,7 +179,7 @@ func (s *Server) streamExec(w http.ResponseWriter, r *http.Request, sb *engine.S
 		if !es.started() {
 			return err // nothing sent yet: a normal error response
 		}
-		d := api.PublicDetail(shutdownCause(r.Context(), err))
+		d := publicDetail(r.Context(), shutdownCause(r.Context(), err))
 		send(api.ExecEvent{Type: api.EventError, Error: &d})
 		return nil
 	}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,9 +20,11 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/audit"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/judge"
+	"github.com/airlockhq/airlock/internal/secrets"
 )
 
 // Config configures the server. Zero values mean defaults.
@@ -51,6 +52,14 @@ type Config struct {
 	Images *image.Store
 	// BuildRunner runs the steps of POST /v1/images builds in sandboxes; nil answers 501.
 	BuildRunner image.StepRunner
+	// Keys are API keys with ids and per-key limits (ParseKeyFile), in addition to APIKeys.
+	Keys []Key
+	// Audit receives the server's own audit records (secrets created and deleted); the
+	// engine's come through engine.Config.Audit. Nil audits nothing.
+	Audit audit.Sink
+	// Secrets stores named secrets, behind /v1/secrets; nil answers those routes 501. The
+	// engine resolves them through engine.Config.Secrets, normally the same store.
+	Secrets *secrets.Store
 }
 
 // Validate reports a configuration that cannot work.
@@ -69,7 +78,8 @@ func (c *Config) Validate() error {
 // Server serves the API.
 type Server struct {
 	cfg      Config
-	keys     [][32]byte // SHA-256 of each key, compared in constant time
+	keys     []*keyState          // every key: its SHA-256, compared in constant time, and limits
+	byOwner  map[string]*keyState // the same keys by engine owner (keySink)
 	mux      *http.ServeMux
 	paths    map[string]bool // route paths, for JSON 405s
 	patterns []string        // every registered "METHOD /path", for the OpenAPI check
@@ -145,17 +155,32 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	cfg.Logger = slog.New(audit.NewLogHandler(cfg.Logger.Handler())) // request and key ids on every line
 	s := &Server{cfg: cfg, mux: http.NewServeMux(), paths: map[string]bool{}, metrics: newMetrics(cfg.Engine),
-		inflight: map[string]int{}}
+		inflight: map[string]int{}, byOwner: map[string]*keyState{}}
+	keys := make([]Key, 0, len(cfg.APIKeys)+len(cfg.Keys))
 	for _, k := range cfg.APIKeys {
-		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
+		keys = append(keys, PlainKey(k))
+	}
+	for _, k := range append(keys, cfg.Keys...) {
+		ks := newKeyState(k)
+		if s.byOwner[ks.owner] != nil {
+			return nil, fmt.Errorf("server: API key %s is given twice", k.ID)
+		}
+		s.keys = append(s.keys, ks)
+		s.byOwner[ks.owner] = ks
 	}
 	s.routes()
 	return s, nil
 }
 
 // Handler is the API's root handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+func (s *Server) Handler() http.Handler { return withRequestID(s.mux) }
+
+// AuditSink consumes the engine's audit records for the server: per-key CPU accounting and
+// the metrics of runs, creations, OOM kills and timeouts. Hand it to engine.Config.Audit
+// (through an audit.Fanout, as the engine is made first).
+func (s *Server) AuditSink() audit.Sink { return serverSink{s} }
 
 func (s *Server) routes() {
 	s.handle("GET /healthz", false, s.handleHealth)
@@ -170,6 +195,7 @@ func (s *Server) routes() {
 	s.executionRoutes()
 	s.imageRoutes()
 	s.judgeRoutes()
+	s.secretRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		if s.underRest(p) {
@@ -236,7 +262,7 @@ var errMethod = &api.Error{Code: "method_not_allowed", Message: "method not allo
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (s *Server) handle(pattern string, auth bool, h handlerFunc) {
-	s.mux.Handle(pattern, s.counted(s.metrics.instrument(pattern, s.deadlines(pattern, s.adapt(auth, h)))))
+	s.mux.Handle(pattern, s.counted(s.metrics.instrument(pattern, s.deadlines(pattern, s.adapt(auth, s.limited(pattern, s.audited(pattern, h)))))))
 	_, p, _ := strings.Cut(pattern, " ")
 	s.paths[p] = true
 	s.patterns = append(s.patterns, pattern)
@@ -259,19 +285,26 @@ func (s *Server) adapt(auth bool, h handlerFunc) http.Handler {
 			if !auth {
 				return h(w, r)
 			}
-			owner, ok := s.authorize(r)
+			k, ok := s.authorizeKey(r)
 			if !ok {
 				// No keep-alive for a client without a key: it gets nothing to hold open.
 				w.Header().Set("Connection", "close")
 				return api.ErrUnauthenticated
 			}
-			if len(s.keys) > 0 {
-				if !s.enter(owner) {
-					return errTooManyRequests
-				}
-				defer s.leave(owner)
+			if k == nil {
+				return h(w, r)
 			}
-			return h(w, r.WithContext(engine.WithOwner(r.Context(), owner)))
+			// The key's id (never the key) on every log line and audit record from here on.
+			r = r.WithContext(withKey(audit.WithKeyID(engine.WithOwner(r.Context(), k.owner), k.ID), k))
+			if err := s.allowRate(k); err != nil {
+				return err
+			}
+			if !s.enter(k.owner) {
+				s.metrics.refusal(k.ID, "inflight")
+				return errTooManyRequests
+			}
+			defer s.leave(k.owner)
+			return h(w, r)
 		}()
 		if err != nil {
 			s.writeError(w, r, err)
@@ -282,29 +315,50 @@ func (s *Server) adapt(auth bool, h handlerFunc) http.Handler {
 // authorize checks the bearer key and returns the caller's identity: a hash of its key, under
 // which its sandboxes and sessions live ("" when the server has no keys).
 func (s *Server) authorize(r *http.Request) (owner string, ok bool) {
+	k, ok := s.authorizeKey(r)
+	if k == nil {
+		return "", ok
+	}
+	return k.owner, ok
+}
+
+// authorizeKey checks the bearer key and returns the caller's key: its owner, id and limits;
+// nil, true when the server has no keys.
+func (s *Server) authorizeKey(r *http.Request) (*keyState, bool) {
 	if len(s.keys) == 0 {
-		return "", true
+		return nil, true
 	}
 	tok, found := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !found {
-		return "", false
+		return nil, false
 	}
-	return s.Authenticate(tok)
+	return s.keyFor(tok)
 }
 
 // Authenticate checks an API key as the bearer check does and returns its owner ("", true
 // when the server has no keys): for front ends that carry the key elsewhere (Modal's
-// x-modal-token-secret).
+// x-modal-token-secret, E2B's X-API-KEY).
 func (s *Server) Authenticate(key string) (owner string, ok bool) {
 	if len(s.keys) == 0 {
 		return "", true
 	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(key)))
-	match := 0
-	for _, k := range s.keys {
-		match |= subtle.ConstantTimeCompare(sum[:], k[:])
+	k, ok := s.keyFor(key)
+	if k == nil {
+		return "", false
 	}
-	return hex.EncodeToString(sum[:8]), match == 1
+	return k.owner, ok
+}
+
+// keyFor returns the key whose hash matches key, nil if none does.
+func (s *Server) keyFor(key string) (*keyState, bool) {
+	sum := sha256.Sum256([]byte(strings.TrimSpace(key)))
+	var match *keyState
+	for _, k := range s.keys { // every key is compared, in constant time each
+		if subtle.ConstantTimeCompare(sum[:], k.Hash[:]) == 1 {
+			match = k
+		}
+	}
+	return match, match != nil
 }
 
 // statusOf maps each error code to its one HTTP status.
@@ -344,13 +398,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		return // the client went away; nobody to answer
 	}
 	d := api.PublicDetail(err)
+	d.RequestID = audit.RequestID(r.Context())
 	status := statusOf(d.Code)
 	if status >= 500 {
 		s.cfg.Logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
-		w.Header().Set("Retry-After", "1")
-	}
+	setRetryAfter(w, status, err)
 	writeJSON(w, status, api.ErrorBody{Error: d})
 }
 
@@ -436,7 +489,7 @@ func (s *Server) handleInfo(w http.ResponseWriter, r *http.Request) error {
 	lim.MaxBodyBytes = s.cfg.MaxBodyBytes
 	writeJSON(w, http.StatusOK, api.Info{
 		Version: s.cfg.Version, Runtimes: s.cfg.Runtimes, Cgroup: s.cfg.CgroupVersion,
-		Languages: languageNames(s.cfg.Engine.Languages(r.Context())), Limits: lim,
+		Languages: languageNames(s.cfg.Engine.Languages(r.Context())), Limits: lim, Key: keyInfo(keyOf(r.Context())),
 	})
 	return nil
 }
@@ -447,6 +500,11 @@ func (s *Server) handleExecute(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	// The id is in the answer's headers whatever the outcome, to match it with GET /v1/executions.
+	_, release, err := s.holdRuns(keyOf(r.Context()), 1, false)
+	if err != nil {
+		return err
+	}
+	defer release()
 	ctx := engine.WithExecutionHook(r.Context(), func(id string) { w.Header().Set(api.ExecutionHeader, id) })
 	if wantsNDJSON(r) {
 		return s.streamExecute(ctx, w, OneShot(req))
@@ -479,7 +537,7 @@ func (s *Server) streamExecute(ctx context.Context, w http.ResponseWriter, o eng
 		if !es.started() {
 			return err // nothing sent yet: a normal error response
 		}
-		d := api.PublicDetail(shutdownCause(ctx, err))
+		d := publicDetail(ctx, shutdownCause(ctx, err))
 		send(api.ExecEvent{Type: api.EventError, Error: &d})
 		return nil
 	}
@@ -494,7 +552,21 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decode(w, r, &req); err != nil {
 		return err
 	}
-	items, err := s.cfg.Engine.ExecuteBatch(r.Context(), batch(req))
+	b := batch(req)
+	// The key's MaxRuns: the batch runs at most as many snippets side by side as it has free.
+	want := len(b.Runs)
+	if b.Concurrency > 0 {
+		want = min(want, b.Concurrency)
+	}
+	held, release, err := s.holdRuns(keyOf(r.Context()), want, true)
+	if err != nil {
+		return err
+	}
+	defer release()
+	if held < want {
+		b.Concurrency = held
+	}
+	items, err := s.cfg.Engine.ExecuteBatch(r.Context(), b)
 	if err != nil {
 		return err
 	}

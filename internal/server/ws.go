@@ -68,7 +68,7 @@ func (s *Server) handleExecWS(w http.ResponseWriter, r *http.Request) error {
 	close(ended)
 	writeMu.Lock()
 	if err != nil {
-		d := api.PublicDetail(shutdownCause(r.Context(), err))
+		d := publicDetail(ctx, shutdownCause(r.Context(), err))
 		wsSend(ctx, c, api.ExecEvent{Type: api.EventError, Error: &d})
 	} else {
 		code := end.ExitCode
