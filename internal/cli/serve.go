@@ -99,7 +99,7 @@ func serveCmd() *cobra.Command {
 	var (
 		addr    = "127.0.0.1:8080"
 		keyFile string
-		ec      engine.Config
+		ec      = engine.Config{Zygote: true}
 		rc      runtimeConfig
 		sc      = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
 		co      = connOptions{idleTimeout: time.Minute}
@@ -215,6 +215,8 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &sc.WriteTimeout, "write-timeout", "AIRLOCK_WRITE_TIMEOUT", "an answer must be written within this once begun; streams excepted")
 	flagEnv(f, (*byteSize)(&ic.MaxBytes), "image-budget", "AIRLOCK_IMAGE_BUDGET", "disk for the image store's blobs and layers together; past it a pull, import or snapshot prunes unused images, then fails with 413 (default no limit)")
 	flagEnv(f, &ec.PublicPorts, "public-ports", "AIRLOCK_PUBLIC_PORTS", "let sandboxes expose unauthenticated_ports, reachable through the daemon without a key or token")
+	flagEnv(f, &ec.Zygote, "zygote", "AIRLOCK_ZYGOTE", "run Python one-shots (network block, host image, no output files) in children of a pre-imported Python zygote per API key; --zygote=false runs every one cold")
+	flagEnv(f, (*stringList)(&ec.ZygoteModules), "zygote-modules", "AIRLOCK_ZYGOTE_MODULES", "modules the zygote imports besides numpy, pandas and matplotlib, comma-separated")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	return cmd
 }

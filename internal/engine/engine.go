@@ -58,6 +58,8 @@ type Spec struct {
 	// Workdir is a writable directory the runtime creates outside /workspace and /tmp; empty
 	// when the workdir lies inside them.
 	Workdir string
+	// Zygote, if set, asks for a zygote sandbox (zygote.go); the Instance is a ZygoteInstance.
+	Zygote *ZygoteSpec
 }
 
 // Usage is what a sandbox consumed, read from its cgroup.
@@ -135,6 +137,13 @@ type Config struct {
 	// PublicPorts lets sandboxes expose ports without any credential (unauthenticated_ports);
 	// off, such a request is refused (400). Flag --public-ports.
 	PublicPorts bool
+
+	// Zygote sends Python one-shots with the network blocked, on the host image and without
+	// output files to a zygote child (zygote.go) instead of a cold sandbox. Flag --zygote.
+	Zygote bool
+	// ZygoteModules are what zygotes import besides numpy, pandas and matplotlib. Flag
+	// --zygote-modules.
+	ZygoteModules []string
 }
 
 func (c *Config) setDefaults() {
@@ -279,6 +288,8 @@ type Engine struct {
 	budget *budget // daemon memory for agent answers in flight (budget.go)
 
 	execs executions // one-shot runs in flight, listed and cancelled (executions.go)
+
+	zyg zygotes // the Python zygotes, one per owner (zygote.go)
 
 	// seedMu guards seed only; it is never held while a session is created (see SeedSession).
 	seedMu sync.Mutex

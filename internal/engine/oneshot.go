@@ -171,6 +171,11 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (*Result, error
 	if err != nil {
 		return nil, err
 	}
+	if e.zygoteEligible(p, network) {
+		if res, ok, err := e.runZygote(ctx, p); ok {
+			return res, err
+		}
+	}
 	root, lease, err := e.leaseImage(ctx, p.Image)
 	if err != nil {
 		return nil, err

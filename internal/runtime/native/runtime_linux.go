@@ -118,6 +118,9 @@ type Spec struct {
 	// process the agent starts. Everything else (namespaces, cgroup, disk cap) is as for any
 	// sandbox: a build step is untrusted code.
 	Build bool
+	// Zygote, if set, makes a zygote sandbox: its PID 1 is the Python zygote, driven through
+	// RunZygote, not the agent (zygote_linux.go).
+	Zygote *ZygoteConfig
 }
 
 // ErrReservedWorkdir is returned for a workdir inside a system directory.
@@ -483,6 +486,7 @@ type Sandbox struct {
 	image   *sandboxImage         // an image sandbox's writable layer; nil for the host image
 	net     *netpolicy.Attachment // a networked sandbox's network; nil when blocked
 	resolv  string                // its resolv.conf
+	zygote  bool                  // PID 1 is the Python zygote (zygote_linux.go)
 	destroy sync.Once
 	err     error // result of Destroy
 }
@@ -773,6 +777,7 @@ func (c *creation) configure(context.Context) error {
 		UserCgroup: len(c.userFiles), CgroupV2: c.v2,
 	}
 	c.configureImage(&icfg)
+	c.configureZygote(&icfg)
 	if c.sb.resolv != "" {
 		// After /etc (or the image's contract files): the sandbox's own resolver wins.
 		icfg.Binds = append(icfg.Binds, bindSpec{Source: c.sb.resolv, Target: "/etc/resolv.conf", File: true})

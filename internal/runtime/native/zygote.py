@@ -1,0 +1,385 @@
+# The Python zygote: PID 1 of a zygote sandbox (see zygote_linux.go). It imports the common
+# modules once, then forks one child per connection on the listening socket (fd 5). It never
+# runs user code itself; each child makes itself a fresh sandbox first:
+#
+#   C (the zygote's child, in the zygote's namespaces)
+#     says hello (the daemon reads C's host pid from the message's SCM_CREDENTIALS), waits
+#     for "go" (the daemon has moved C into the run's own cgroup), then unshares mount, IPC,
+#     UTS, network, cgroup and PID namespaces, mounts a fresh size-capped scratch tmpfs for
+#     /workspace, /tmp and /dev/shm, sets the hostname, brings loopback up, forks G
+#   G (PID 1 of the run's PID namespace)
+#     mounts the namespace's own /proc with the sandbox masks, sets the rlimits, empties the
+#     capability bounding set, sets no_new_privs and the sandbox's seccomp filter, forks U,
+#     reaps until U exits, then exits (which kills whatever U left behind)
+#   U (the user program)
+#     has only fds 0-2 (the run's pipes), becomes the sandbox user (no capabilities), gets a
+#     clean environment and freshly seeded random generators, and runs the code as
+#     `python3 -c` would.
+#
+# Wire format on each connection: the daemon sends one JSON line with SCM_RIGHTS
+# [stdin, stdout, stderr]; C answers {"hello":1}, reads "go", and ends with
+# {"status": <wait status of U>} or {"error": "<step>: <message>"}.
+import ctypes
+import fcntl
+import gc
+import io
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import sys
+
+CFG = json.loads(os.read(3, 1 << 22).decode())
+os.close(3)
+
+
+def _fail_start(kind, e, tb):
+    os.write(4, json.dumps({"step": "python zygote", "msg": "%s: %s" % (kind.__name__, e)}).encode())
+    sys.__excepthook__(kind, e, tb)
+
+
+sys.excepthook = _fail_start  # until "ok", a failure is reported as the setup step that failed
+os.environ["MPLBACKEND"] = "Agg"
+for _m in ["numpy", "pandas", "matplotlib", "matplotlib.pyplot"] + (CFG.get("modules") or []):
+    try:
+        __import__(_m)
+    except Exception as _e:  # a module the image lacks is not imported; the run still works
+        print("zygote: import %s: %s" % (_m, _e), file=sys.stderr, flush=True)
+del _m
+
+LIBC = ctypes.CDLL(None, use_errno=True)
+LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x20000, 0x2000000, 0x4000000
+CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x8000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
+PR_SET_DUMPABLE, PR_SET_SECCOMP, PR_CAPBSET_DROP = 4, 22, 24
+PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 38, 47, 4
+SECCOMP_MODE_FILTER = 2
+
+
+class StepError(Exception):
+    pass
+
+
+def check(step, rc):
+    if rc != 0:
+        e = ctypes.get_errno()
+        raise StepError("%s: %s" % (step, os.strerror(e)))
+
+
+def mount(step, src, dst, fstype, flags, data=None):
+    enc = lambda s: s.encode() if s is not None else None
+    check(step, LIBC.mount(enc(src), enc(dst), enc(fstype), flags, enc(data)))
+
+
+def prctl(step, op, a=0, b=0):
+    check(step, LIBC.prctl(op, a, b, 0, 0))
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+SECCOMP = bytes.fromhex(CFG["seccomp"])  # struct sock_filter[], 8 bytes each
+SECCOMP_BUF = ctypes.create_string_buffer(SECCOMP, len(SECCOMP))
+
+
+def scratch(req):
+    """One size-capped tmpfs for /workspace, /tmp and /dev/shm together (mountScratch's)."""
+    size = req["scratch_size"]
+    inodes = max(size // 4096, 1024)
+    mount("mount scratch tmpfs", "airlock-scratch", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+          "mode=0755,size=%d,nr_inodes=%d" % (size, inodes))
+    for name, mode in (("workspace", 0o755), ("shm", 0o1777), ("tmp", 0o1777)):
+        p = "/tmp/" + name
+        os.mkdir(p)
+        os.chmod(p, mode)
+        if name == "workspace":
+            os.chown(p, CFG["uid"], CFG["gid"])
+    # /tmp last: its bind covers the scratch root the other two are reached through.
+    for name, target in (("workspace", "/workspace"), ("shm", "/dev/shm"), ("tmp", "/tmp")):
+        mount("bind " + target, "/tmp/" + name, target, None, MS_BIND)
+
+
+def loopback_up():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifr = struct.pack("16sH22x", b"lo", 0)
+        flags = struct.unpack("16sH22x", fcntl.ioctl(s, 0x8913, ifr))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
+    finally:
+        s.close()
+
+
+def proc():
+    """The run's own /proc (of its new PID namespace), masked like the sandbox's (mountProc)."""
+    mount("mount /proc", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for p in CFG["masked"]:
+        if not os.path.lexists(p):
+            continue
+        if os.path.isdir(p):
+            mount("mask " + p, "airlock-mask", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  "size=0,nr_inodes=1")
+        else:
+            mount("mask " + p, "/dev/null", p, None, MS_BIND)
+    for p in CFG["read_only"]:
+        if not os.path.lexists(p):
+            continue
+        mount("bind " + p, p, p, None, MS_BIND | MS_REC)
+        mount("remount " + p, None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def rlimits(req):
+    import resource
+    lim = [(resource.RLIMIT_NOFILE, CFG["nofile"]), (resource.RLIMIT_CORE, 0),
+           (resource.RLIMIT_FSIZE, req["scratch_size"] + (1 << 20))]
+    if req.get("nproc"):
+        lim.append((resource.RLIMIT_NPROC, req["nproc"]))
+    for res, val in lim:
+        if val or res == resource.RLIMIT_CORE:
+            resource.setrlimit(res, (val, val))
+
+
+def lock_down():
+    """Empty the bounding set, no_new_privs, the sandbox's seccomp filter: inherited by U."""
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    for c in range(last + 1):
+        prctl("drop bounding capability %d" % c, PR_CAPBSET_DROP, c)
+    prctl("clear ambient capabilities", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    prctl("set no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
+    prog = SockFprog(len(SECCOMP) // 8, ctypes.addressof(SECCOMP_BUF))
+    prctl("seccomp", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
+
+
+def close_from(first, keep=()):
+    for fd in os.listdir("/proc/self/fd"):
+        fd = int(fd)
+        if fd >= first and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def reseed():
+    # A fork copies every generator's state: reseed from the OS what the zygote may have used.
+    random.seed()
+    np = sys.modules.get("numpy")
+    if np is not None:
+        np.random.seed()
+    tf = sys.modules.get("tempfile")
+    if tf is not None:
+        tf._name_sequence = None
+
+
+def new_stdio():
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
+                                                 encoding="utf-8", errors="strict")
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False)),
+                                                   encoding="utf-8", errors="strict")
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False)),
+                                                   encoding="utf-8", errors="backslashreplace",
+                                                   line_buffering=True)
+
+
+def user(req, status_w):
+    """U: the user program, as `python3 -c code` run by the agent would be."""
+    try:
+        setup_user(req)
+    except BaseException as e:
+        os.write(status_w, b"E" + (str(e) or type(e).__name__).encode()[:4000])
+        os._exit(1)
+    os.close(status_w)
+    run_code(req["code"])
+
+
+def setup_user(req):
+    uid, gid = CFG["uid"], CFG["gid"]
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # from root of the user namespace: every capability is gone
+    prctl("set dumpable", PR_SET_DUMPABLE, 1)
+    os.chdir("/workspace")
+    os.environ.clear()
+    os.environ.update(req["env"])
+    os.umask(0o022)
+    reseed()
+    new_stdio()
+    for name, content in req.get("files", {}).items():
+        d = os.path.dirname(name)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        with open(name, "w") as f:
+            f.write(content)
+
+
+def run_code(source):
+    import __main__ as zmain
+    main = type(sys)("__main__")
+    main.__dict__["__builtins__"] = zmain.__dict__["__builtins__"]
+    sys.modules["__main__"] = main
+    sys.argv = ["-c"]
+    if sys.path and sys.path[0] != "":
+        sys.path.insert(0, "")
+    code = 0
+    try:
+        exec(compile(source, "<string>", "exec"), main.__dict__)
+    except SystemExit as e:
+        c = e.code
+        if c is None:
+            code = 0
+        elif isinstance(c, int):
+            code = c & 0xFF
+        else:
+            print(c, file=sys.stderr)
+            code = 1
+    except BaseException as e:
+        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+        sys.excepthook(type(e), e, tb)
+        code = 1
+    try:
+        import threading
+        threading._shutdown()
+        import atexit
+        atexit._run_exitfuncs()
+    except BaseException:
+        pass
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+
+
+def init(req, status_w):
+    """G: PID 1 of the run's PID namespace. It writes "S" and U's wait status, or "E" and why
+    the run could not start, to status_w."""
+    try:
+        upid = start_user(req, status_w)
+    except BaseException as e:
+        os.write(status_w, b"E" + (str(e) or type(e).__name__).encode()[:4000])
+        os._exit(1)
+    for fd in (0, 1, 2):
+        os.close(fd)
+    while True:
+        pid, st = os.waitpid(-1, 0)
+        if pid == upid:
+            break
+    os.write(status_w, b"S" + struct.pack("i", st))
+    os._exit(0)  # PID 1 leaves: the kernel kills what U left behind
+
+
+def start_user(req, status_w):
+    close_from(3, keep=(status_w,))
+    proc()
+    rlimits(req)
+    prctl("set not dumpable", PR_SET_DUMPABLE, 0)
+    lock_down()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    upid = os.fork()
+    if upid == 0:
+        user(req, status_w)
+    return upid
+
+
+def recv_request(conn):
+    fds = []
+    buf = b""
+    while not buf.endswith(b"\n"):
+        msg, anc, _, _ = conn.recvmsg(1 << 20, socket.CMSG_SPACE(3 * 4))
+        if not msg:
+            raise StepError("request: connection closed")
+        buf += msg
+        for level, typ, data in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                fds.extend(struct.unpack("%di" % (len(data) // 4), data[: len(data) - len(data) % 4]))
+    if len(fds) != 3:
+        raise StepError("request: want 3 descriptors, got %d" % len(fds))
+    return json.loads(buf), fds
+
+
+def child(conn):
+    """C: one run, from the zygote's fork to U's wait status."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    conn.settimeout(None)
+    try:
+        req, fds = recv_request(conn)
+        close_from(3, keep=(conn.fileno(),) + tuple(fds))
+        for i, fd in enumerate(fds):
+            os.dup2(fd, i)
+            os.close(fd)
+        conn.sendall(b'{"hello":1}\n')
+        go = conn.recv(3)
+        if go != b"go\n":
+            os._exit(0)  # the daemon gave up (or could not place this child): run nothing
+        check("unshare", LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET |
+                                      CLONE_NEWCGROUP | CLONE_NEWPID))
+        mount("make mounts private", None, "/", None, MS_REC | MS_PRIVATE)
+        scratch(req)
+        socket.sethostname("sandbox")
+        loopback_up()
+        r, w = os.pipe()
+        gpid = os.fork()
+        if gpid == 0:
+            conn.close()
+            os.close(r)
+            init(req, w)
+        os.close(w)
+        for fd in (0, 1, 2):
+            os.close(fd)
+        raw = b""
+        while True:
+            b = os.read(r, 4096)
+            if not b:
+                break
+            raw += b
+        _, gst = os.waitpid(gpid, 0)
+        if raw.startswith(b"E"):
+            msg = raw[1:]
+            if len(msg) >= 5 and msg[-5:-4] == b"S":
+                msg = msg[:-5]  # G's status of a U that failed its setup
+            raise StepError(msg.decode(errors="replace"))
+        if raw.startswith(b"S") and len(raw) >= 5:
+            st = struct.unpack("i", raw[1:5])[0]
+        elif os.WIFSIGNALED(gst):
+            st = gst  # G itself was killed (with the run's cgroup, or by the OOM killer)
+        else:
+            raise StepError("run init exited %d before the program ended" % os.waitstatus_to_exitcode(gst))
+        conn.sendall(json.dumps({"status": st}).encode() + b"\n")
+    except BaseException as e:
+        try:
+            conn.sendall(json.dumps({"error": str(e) or type(e).__name__}).encode() + b"\n")
+        except BaseException:
+            pass
+    os._exit(0)
+
+
+def serve():
+    listener = socket.socket(fileno=5)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    gc.collect()
+    gc.freeze()  # keep the collector from touching (and so copying) the zygote's objects
+    os.write(4, b"ok")
+    os.close(4)
+    sys.excepthook = sys.__excepthook__
+    while True:
+        conn, _ = listener.accept()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            print("zygote: fork: %s" % e, file=sys.stderr, flush=True)
+            conn.close()
+            continue
+        if pid == 0:
+            listener.close()
+            child(conn)
+        conn.close()
+
+
+serve()

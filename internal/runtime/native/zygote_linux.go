@@ -1,0 +1,521 @@
+package native
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/cgroup"
+	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/layout"
+	"github.com/airlockhq/airlock/internal/seccomp"
+)
+
+// A zygote sandbox is a sandbox like any other (its own user namespace and uid range, the
+// read-only root, its cgroup, its state directory, recovered and destroyed like any) whose PID 1
+// is not the agent but the Python zygote (zygote.py): the init builds the root as usual, then —
+// instead of locking itself down and serving the agent protocol — executes python3, which keeps
+// the capabilities of the sandbox's user namespace (it needs CAP_SYS_ADMIN there to unshare and
+// mount for each run) and never runs user code. Each run (Sandbox.RunZygote) is one connection
+// on the sandbox's socket: the zygote forks, and the child makes itself a fresh sandbox inside
+// the zygote's (see the wire sequence in zygote.py) after the daemon has moved it into a cgroup of
+// the run's own, below the zygote's.
+
+//go:embed zygote.py
+var zygoteScript []byte
+
+// ZygoteConfig makes Spec a zygote sandbox.
+type ZygoteConfig struct {
+	// Modules are imported besides numpy, pandas and matplotlib (Agg); one the image lacks is
+	// skipped (and logged in the sandbox's agent.log).
+	Modules []string
+}
+
+// zygoteInit is what a zygote sandbox's init passes on to the Python zygote (fd 3, JSON).
+type zygoteInit struct {
+	Modules  []string `json:"modules"`
+	UID      int      `json:"uid"`
+	GID      int      `json:"gid"`
+	NoFile   uint64   `json:"nofile"`
+	Masked   []string `json:"masked"`
+	ReadOnly []string `json:"read_only"`
+	Seccomp  string   `json:"seccomp"` // hex of the struct sock_filter array every user process runs under
+}
+
+// configureZygote marks a zygote spec's init config.
+func (c *creation) configureZygote(icfg *initConfig) {
+	if c.spec.Zygote == nil {
+		return
+	}
+	icfg.Zygote = &zygoteInit{Modules: c.spec.Zygote.Modules, UID: c.r.cfg.UID, GID: c.r.cfg.GID,
+		NoFile: c.spec.NoFile, Masked: maskedPaths, ReadOnly: readOnlyPaths}
+	c.sb.zygote = true
+}
+
+// execZygote builds the zygote sandbox from inside and replaces the init with python3; it
+// returns only on failure. The status pipe (fd 4) and the listener (fd 5) stay open for the
+// zygote, which reports "ok" once its modules are imported.
+func execZygote(cfg *initConfig) error {
+	runtime.LockOSThread()
+	if err := buildRoot(cfg); err != nil {
+		return err
+	}
+	if err := step("sethostname", unix.Sethostname([]byte(cfg.Hostname))); err != nil {
+		return err
+	}
+	if err := step("loopback up", loopbackUp()); err != nil {
+		return err
+	}
+	if err := setRlimits(cfg); err != nil {
+		return err
+	}
+	if err := step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)); err != nil {
+		return err
+	}
+	// The filter every user process gets on cgroup v1 (the stricter one: no clone3); a run's
+	// user program installs it in its own process before it runs (see lock_down in zygote.py).
+	prog, err := seccomp.Program()
+	if err != nil {
+		return step("seccomp program", err)
+	}
+	var fb bytes.Buffer
+	for _, f := range prog {
+		binary.Write(&fb, binary.NativeEndian, f)
+	}
+	zc := *cfg.Zygote
+	zc.Seccomp = hex.EncodeToString(fb.Bytes())
+	b, err := json.Marshal(zc)
+	if err != nil {
+		return step("zygote config", err)
+	}
+	// Memory files, not arguments or environment: what a forked child could read back from
+	// its /proc/self/cmdline or environ is only the short bootstrap below.
+	if err := memfdAt(3, "zygote-config", b); err != nil {
+		return err
+	}
+	if err := memfdAt(6, "zygote.py", zygoteScript); err != nil {
+		return err
+	}
+	python, err := lookPython()
+	if err != nil {
+		return err
+	}
+	env := []string{"PATH=" + defaultPath, "LANG=C.UTF-8", "HOME=" + layout.Workspace}
+	for _, kv := range cfg.Env {
+		env = append(env, kv)
+	}
+	const boot = "import os;s=os.read(6,1<<22);os.close(6);exec(compile(s,'zygote.py','exec'))"
+	return step("exec python3", unix.Exec(python, []string{"python3", "-I", "-c", boot}, env))
+}
+
+// defaultPath is the PATH of every sandbox process (the agent's base environment).
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+func lookPython() (string, error) {
+	for _, d := range filepath.SplitList(defaultPath) {
+		p := filepath.Join(d, "python3")
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", &SetupError{Step: "find python3", Msg: "the image has no python3"}
+}
+
+// memfdAt puts b in a memory file at descriptor fd, inherited across exec.
+func memfdAt(fd int, name string, b []byte) error {
+	m, err := unix.MemfdCreate(name, 0)
+	if err != nil {
+		return step("memfd "+name, err)
+	}
+	if _, err := unix.Pwrite(m, b, 0); err != nil {
+		return step("write "+name, err)
+	}
+	if m != fd {
+		if err := unix.Dup3(m, fd, 0); err != nil {
+			return step("dup "+name, err)
+		}
+		unix.Close(m)
+	}
+	return nil
+}
+
+// ErrZygoteSetup wraps a run the zygote could not start: nothing of its program ran, so the
+// caller may run it elsewhere. It is the engine's sentinel.
+var ErrZygoteSetup = engine.ErrZygoteSetup
+
+// ErrNotZygote is returned by RunZygote on a sandbox that is not a zygote sandbox.
+var ErrNotZygote = errors.New("not a zygote sandbox")
+
+// ZygoteRun is one program for a zygote's child; zero limits are unlimited.
+type ZygoteRun struct {
+	Code, Stdin  string
+	Files        map[string]string // clean absolute path → content, written by the program's user
+	Env          map[string]string // over the sandbox's base environment (PATH, LANG, HOME)
+	Timeout      time.Duration
+	MemoryBytes  int64
+	CPU          float64
+	Pids         int64
+	ScratchBytes int64
+	OutputLimit  int64 // bytes per stream; past it output is read and dropped
+	// Output, if set, is called with each piece of output kept (stream 1 stdout, 2 stderr),
+	// from the calling goroutine only.
+	Output func(stream int, b []byte)
+}
+
+// ZygoteEnd is how a zygote run ended, as the agent reports a process's end.
+type ZygoteEnd struct {
+	Stdout, Stderr                   []byte
+	ExitCode                         int // 128+signal when killed
+	TimedOut                         bool
+	StdoutTruncated, StderrTruncated bool
+	Duration                         time.Duration
+	Stats                            cgroup.Stats // the run's own cgroup
+	Processes                        int
+}
+
+// zygoteRequest is the JSON line a zygote's child reads.
+type zygoteRequest struct {
+	Code        string            `json:"code"`
+	Env         map[string]string `json:"env"`
+	Files       map[string]string `json:"files,omitempty"`
+	ScratchSize int64             `json:"scratch_size"`
+}
+
+// zygoteReply is one JSON line of the child's.
+type zygoteReply struct {
+	Hello  int     `json:"hello"`
+	Status *uint32 `json:"status"`
+	Error  string  `json:"error"`
+}
+
+// runPidsReserve is what a run's cgroup holds besides the program's processes: the zygote's
+// child and the run's PID 1.
+const runPidsReserve = 2
+
+// RunZygote runs one program in a fresh child of the zygote and returns how it ended. The child
+// is in a cgroup of its own with run's limits before any of it proceeds past the fork; the
+// cgroup is killed at the time limit and removed before RunZygote returns.
+func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (_ *ZygoteEnd, err error) {
+	if !s.zygote {
+		return nil, ErrNotZygote
+	}
+	lim := cgroup.Limits{MemoryBytes: run.MemoryBytes, CPU: run.CPU}
+	if run.Pids > 0 {
+		lim.Pids = run.Pids + runPidsReserve
+	}
+	name := "r" + randomHex(8)
+	g, err := s.cg.CreateChild(name, lim)
+	if err != nil {
+		return nil, fmt.Errorf("%w: run cgroup: %w", ErrZygoteSetup, err)
+	}
+	defer func() {
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if kerr := g.Kill(kctx); kerr != nil && err == nil {
+			err = kerr
+		}
+		if derr := g.Delete(); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+
+	var ours, theirs []*os.File // our ends; the child's ends, closed once sent
+	defer func() {
+		for _, f := range append(ours, theirs...) {
+			f.Close()
+		}
+	}()
+	var pipes [3][2]*os.File
+	for i := range pipes {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, fmt.Errorf("%w: pipe: %w", ErrZygoteSetup, err)
+		}
+		pipes[i] = [2]*os.File{r, w}
+		if i == 0 {
+			ours, theirs = append(ours, w), append(theirs, r)
+		} else {
+			ours, theirs = append(ours, r), append(theirs, w)
+		}
+	}
+	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: s.sock, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial zygote: %w", ErrZygoteSetup, err)
+	}
+	defer conn.Close()
+	if err := passCred(conn); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+	}
+	env := map[string]string{"PATH": defaultPath}
+	for k, v := range run.Env {
+		env[k] = v
+	}
+	env["LANG"], env["HOME"] = "C.UTF-8", layout.Workspace
+	for k, v := range run.Env { // a request may set LANG or HOME; PATH too (as the agent lets it)
+		if k == "LANG" || k == "HOME" {
+			env[k] = v
+		}
+	}
+	req, _ := json.Marshal(zygoteRequest{Code: run.Code, Env: env, Files: run.Files,
+		ScratchSize: ScratchFor(run.ScratchBytes, run.MemoryBytes)})
+	rights := unix.UnixRights(int(theirs[0].Fd()), int(theirs[1].Fd()), int(theirs[2].Fd()))
+	if _, _, err := conn.WriteMsgUnix(append(req, '\n'), rights, nil); err != nil {
+		return nil, fmt.Errorf("%w: send run: %w", ErrZygoteSetup, err)
+	}
+	for _, f := range theirs {
+		f.Close()
+	}
+	theirs = nil
+
+	// The hello carries the child's pid as the host sees it (SCM_CREDENTIALS).
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	pid, rest, err := readHello(conn)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+	}
+	if err := g.Add(pid); err != nil {
+		return nil, fmt.Errorf("%w: place child: %w", ErrZygoteSetup, err)
+	}
+	conn.SetReadDeadline(time.Time{})
+	if _, err := conn.Write([]byte("go\n")); err != nil {
+		return nil, fmt.Errorf("%w: start child: %w", ErrZygoteSetup, err)
+	}
+	start := time.Now()
+	return s.superviseRun(ctx, run, g, conn, rest, ours, start)
+}
+
+// superviseRun feeds stdin, reads output up to the limit, and waits for the child's report,
+// killing the run's cgroup at the time limit or when ctx ends.
+func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, g *cgroup.Group, conn *net.UnixConn,
+	rest *bufio.Reader, ours []*os.File, start time.Time) (*ZygoteEnd, error) {
+	stdinW, outR, errR := ours[0], ours[1], ours[2]
+	type chunk struct {
+		stream int
+		b      []byte
+	}
+	chunks := make(chan chunk, 16)
+	done := make(chan struct{}) // closed when superviseRun returns: pumps drop what they read
+	defer close(done)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		// The program may never read its stdin; EPIPE and a killed run end this write.
+		io.WriteString(stdinW, run.Stdin)
+		stdinW.Close()
+	})
+	pumps := make(chan struct{}, 2)
+	for i, r := range []*os.File{outR, errR} {
+		wg.Go(func() {
+			defer func() { pumps <- struct{}{} }()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := r.Read(buf)
+				if n > 0 {
+					select {
+					case chunks <- chunk{i + 1, bytes.Clone(buf[:n])}:
+					case <-done:
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		})
+	}
+	replies := make(chan zygoteReply, 1)
+	wg.Go(func() {
+		var rep zygoteReply
+		line, err := rest.ReadBytes('\n')
+		if err != nil || json.Unmarshal(line, &rep) != nil {
+			rep = zygoteReply{} // EOF: the child was killed (time limit, OOM, cgroup kill)
+		}
+		replies <- rep
+	})
+
+	end := &ZygoteEnd{}
+	var out, errb bytes.Buffer
+	limit := int(run.OutputLimit)
+	timer := time.NewTimer(run.Timeout)
+	defer timer.Stop()
+	var rep *zygoteReply
+	var stopped time.Time
+	kill := func() {
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := g.Kill(kctx); err != nil {
+			s.logger.WarnContext(ctx, "kill zygote run", "err", err)
+		}
+	}
+	var ctxErr error
+	for open := 2; open > 0 || rep == nil; {
+		select {
+		case c := <-chunks:
+			buf, trunc := &out, &end.StdoutTruncated
+			if c.stream == 2 {
+				buf, trunc = &errb, &end.StderrTruncated
+			}
+			room := limit - buf.Len()
+			if limit <= 0 {
+				room = len(c.b)
+			}
+			kept := c.b[:max(0, min(len(c.b), room))]
+			if len(kept) < len(c.b) {
+				*trunc = true
+			}
+			if len(kept) > 0 {
+				buf.Write(kept)
+				if run.Output != nil {
+					run.Output(c.stream, kept)
+				}
+			}
+		case <-pumps:
+			open--
+		case r := <-replies:
+			rep = &r
+			stopped = time.Now()
+			// The run's PID 1 has exited, so nothing of the program is left to hold the
+			// pipes open; a kill makes sure of it.
+			kill()
+		case <-timer.C:
+			end.TimedOut = true
+			kill()
+		case <-ctx.Done():
+			if ctxErr == nil {
+				ctxErr = context.Cause(ctx)
+				kill()
+			}
+		}
+	}
+	if ctxErr != nil {
+		return nil, ctxErr
+	}
+	end.Stdout, end.Stderr = out.Bytes(), errb.Bytes()
+	end.Duration = stopped.Sub(start)
+	switch {
+	case rep.Error != "":
+		return nil, fmt.Errorf("%w: %s", ErrZygoteSetup, rep.Error)
+	case end.TimedOut:
+		end.Duration, end.ExitCode = run.Timeout, 128+int(syscall.SIGKILL)
+	case rep.Status == nil:
+		end.ExitCode = 128 + int(syscall.SIGKILL) // killed with its cgroup (the OOM killer took the child)
+	default:
+		ws := syscall.WaitStatus(*rep.Status)
+		switch {
+		case ws.Exited():
+			end.ExitCode = ws.ExitStatus()
+		case ws.Signaled():
+			end.ExitCode = 128 + int(ws.Signal())
+		}
+	}
+	st, err := g.Stats()
+	if err != nil {
+		return nil, err
+	}
+	end.Stats = st
+	return end, nil
+}
+
+// passCred asks the kernel to attach each message's sender credentials, pid included, as the
+// daemon's (the host's) PID namespace sees it.
+func passCred(conn *net.UnixConn) error {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("SO_PASSCRED: %w", serr)
+	}
+	return nil
+}
+
+// readHello reads the child's hello line and the pid its credentials carry; the reader returned
+// continues after it.
+func readHello(conn *net.UnixConn) (int, *bufio.Reader, error) {
+	buf := make([]byte, 64)
+	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read hello: %w", err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) == 0 {
+		return 0, nil, fmt.Errorf("hello without credentials (%d bytes %q)", n, buf[:n])
+	}
+	cred, err := unix.ParseUnixCredentials(&msgs[0])
+	if err != nil {
+		return 0, nil, fmt.Errorf("hello credentials: %w", err)
+	}
+	line, after, ok := bytes.Cut(buf[:n], []byte("\n"))
+	var rep zygoteReply
+	if !ok || json.Unmarshal(line, &rep) != nil || rep.Hello != 1 {
+		return 0, nil, fmt.Errorf("unexpected hello %q", buf[:n])
+	}
+	return int(cred.Pid), bufio.NewReader(io.MultiReader(bytes.NewReader(after), conn)), nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// engineZygote adapts a zygote Sandbox to engine.ZygoteInstance.
+type engineZygote struct{ engineSandbox }
+
+var _ engine.ZygoteInstance = engineZygote{}
+
+// engineInstance adapts sb to the engine: a zygote sandbox is an engine.ZygoteInstance.
+func engineInstance(sb *Sandbox) engine.Instance {
+	if sb.zygote {
+		return engineZygote{engineSandbox{sb}}
+	}
+	return engineSandbox{sb}
+}
+
+// zygoteConfig converts the engine's zygote spec; nil is an ordinary sandbox.
+func zygoteConfig(z *engine.ZygoteSpec) *ZygoteConfig {
+	if z == nil {
+		return nil
+	}
+	return &ZygoteConfig{Modules: z.Modules}
+}
+
+func (z engineZygote) RunZygote(ctx context.Context, r engine.ZygoteRun) (*engine.ZygoteEnd, error) {
+	end, err := z.Sandbox.RunZygote(ctx, ZygoteRun{
+		Code: r.Code, Stdin: r.Stdin, Files: r.Files, Env: r.Env, Timeout: r.Timeout,
+		MemoryBytes: r.MemoryBytes, CPU: r.CPU, Pids: r.Pids, ScratchBytes: r.ScratchBytes,
+		OutputLimit: r.OutputLimit, Output: r.Output,
+	})
+	if err != nil {
+		return nil, err
+	}
+	st := end.Stats
+	return &engine.ZygoteEnd{Stdout: end.Stdout, Stderr: end.Stderr, ExitCode: end.ExitCode, TimedOut: end.TimedOut,
+		StdoutTruncated: end.StdoutTruncated, StderrTruncated: end.StderrTruncated, Duration: end.Duration,
+		Usage: engine.Usage{CPUTime: st.CPUTime, Memory: st.Memory, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
+			MemoryLimitHits: st.MemoryFailcnt}}, nil
+}
