@@ -239,8 +239,9 @@ def run_code(source):
             print(c, file=sys.stderr)
             code = 1
     except BaseException as e:
+        # Without this function's frame, as `python3 -c` prints it.
         tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
-        sys.excepthook(type(e), e, tb)
+        sys.excepthook(type(e), e.with_traceback(tb), tb)
         code = 1
     try:
         import threading
@@ -322,6 +323,9 @@ def child(conn):
                                       CLONE_NEWCGROUP | CLONE_NEWPID))
         mount("make mounts private", None, "/", None, MS_REC | MS_PRIVATE)
         scratch(req)
+        # Its own terminals: the zygote's devpts instance is shared, and every run has the same uid.
+        mount("mount devpts", "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620,max=%d" % CFG["ptys"])
         socket.sethostname("sandbox")
         loopback_up()
         r, w = os.pipe()

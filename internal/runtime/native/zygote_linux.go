@@ -54,6 +54,7 @@ type zygoteInit struct {
 	UID      int      `json:"uid"`
 	GID      int      `json:"gid"`
 	NoFile   uint64   `json:"nofile"`
+	PTYs     int      `json:"ptys"`
 	Masked   []string `json:"masked"`
 	ReadOnly []string `json:"read_only"`
 	Seccomp  string   `json:"seccomp"` // hex of the struct sock_filter array every user process runs under
@@ -65,7 +66,7 @@ func (c *creation) configureZygote(icfg *initConfig) {
 		return
 	}
 	icfg.Zygote = &zygoteInit{Modules: c.spec.Zygote.Modules, UID: c.r.cfg.UID, GID: c.r.cfg.GID,
-		NoFile: c.spec.NoFile, Masked: maskedPaths, ReadOnly: readOnlyPaths}
+		NoFile: c.spec.NoFile, PTYs: PTYsPerSandbox, Masked: maskedPaths, ReadOnly: readOnlyPaths}
 	c.sb.zygote = true
 }
 
