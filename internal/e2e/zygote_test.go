@@ -1,9 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
+	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -308,4 +312,112 @@ func zygotePids(t *testing.T) []int {
 		}
 	}
 	return out
+}
+
+// Benchmark programs: the print(1), and its import of numpy and pandas with a little work.
+const (
+	benchPrint1 = "print(1)"
+	benchNumpy  = "import numpy as np, pandas as pd\ndf = pd.DataFrame({'a': np.arange(1000)})\nprint(int(df.a.sum()))"
+)
+
+// BenchmarkZygote: one-shots over HTTP (POST /v1/execute on a loopback server, zygote on)
+// against bare python3 on the host, paired in one loop (each iteration runs every row once,
+// the order rotating): print(1) and the numpy/pandas snippet, plus print(1) through a cold
+// sandbox (zygote off) for reference; then runs/s with 8 clients, zygote against bare python.
+func BenchmarkZygote(b *testing.B) {
+	warm := newAPIServer(b, engine.Config{ScratchBytes: 64 << 20, MaxConcurrent: 16, Zygote: true})
+	cold := newAPIServer(b, engine.Config{ScratchBytes: 64 << 20, MaxConcurrent: 16})
+	ctx, cancel := context.WithTimeout(b.Context(), time.Minute)
+	defer cancel()
+	if err := warm.e.WarmZygote(ctx); err != nil {
+		b.Fatal(err)
+	}
+	want := map[string]string{benchPrint1: "1\n", benchNumpy: "499500\n"}
+	bare := func(code string) {
+		cmd := exec.Command("/usr/bin/python3", "-c", code)
+		cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8", "HOME="}
+		out, err := cmd.Output()
+		if err != nil || string(out) != want[code] {
+			b.Fatalf("bare python: %q %v", out, err)
+		}
+	}
+	overHTTP := func(a *apiServer, code string) func(string) {
+		body, _ := json.Marshal(api.ExecuteRequest{Code: code})
+		return func(string) {
+			resp, err := http.Post(a.url+"/v1/execute", "application/json", bytes.NewReader(body))
+			if err != nil {
+				b.Fatal(err)
+			}
+			var res api.ExecuteResponse
+			err = json.NewDecoder(resp.Body).Decode(&res)
+			resp.Body.Close()
+			if err != nil || res.Stdout != want[code] {
+				b.Fatalf("over HTTP: %+v %v", res, err)
+			}
+		}
+	}
+	rows := []struct {
+		name string
+		code string
+		run  func(string)
+		ts   []time.Duration
+	}{
+		{name: "bare-print1", code: benchPrint1, run: bare},
+		{name: "zygote-print1", code: benchPrint1, run: overHTTP(warm, benchPrint1)},
+		{name: "cold-print1", code: benchPrint1, run: overHTTP(cold, benchPrint1)},
+		{name: "bare-numpy", code: benchNumpy, run: bare},
+		{name: "zygote-numpy", code: benchNumpy, run: overHTTP(warm, benchNumpy)},
+	}
+	for i := range rows {
+		rows[i].run(rows[i].code) // warm-up
+	}
+	round := 0
+	for b.Loop() {
+		for k := range rows {
+			r := &rows[(k+round)%len(rows)]
+			t0 := time.Now()
+			r.run(r.code)
+			r.ts = append(r.ts, time.Since(t0))
+		}
+		round++
+	}
+	p50 := map[string]time.Duration{}
+	for _, r := range rows {
+		p50[r.name] = pct(r.ts, 50)
+		b.ReportMetric(ms(p50[r.name]), r.name+"-p50-ms")
+		b.ReportMetric(ms(pct(r.ts, 90)), r.name+"-p90-ms")
+	}
+	b.ReportMetric(float64(p50["zygote-print1"])/float64(p50["bare-print1"]), "zygote/bare-print1")
+	b.ReportMetric(float64(p50["cold-print1"])/float64(p50["bare-print1"]), "cold/bare-print1")
+	b.ReportMetric(float64(p50["zygote-numpy"])/float64(p50["bare-numpy"]), "zygote/bare-numpy")
+
+	// Throughput: 200 runs by 8 clients, wall clock, zygote and bare alternating twice.
+	throughput := func(run func(string)) float64 {
+		const runs, clients = 200, 8
+		next := make(chan struct{}, runs)
+		for range runs {
+			next <- struct{}{}
+		}
+		close(next)
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for range clients {
+			wg.Go(func() {
+				for range next {
+					run(benchPrint1)
+				}
+			})
+		}
+		wg.Wait()
+		return runs / time.Since(t0).Seconds()
+	}
+	var zs, bs []float64
+	for range 2 {
+		zs = append(zs, throughput(overHTTP(warm, benchPrint1)))
+		bs = append(bs, throughput(bare))
+	}
+	z, bb := max(zs[0], zs[1]), max(bs[0], bs[1])
+	b.ReportMetric(z, "zygote-runs/s-8")
+	b.ReportMetric(bb, "bare-runs/s-8")
+	b.ReportMetric(z/bb, "zygote/bare-runs/s-8")
 }

@@ -311,7 +311,8 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, g *cgroup.Gro
 		stream int
 		b      []byte
 	}
-	chunks := make(chan chunk, 16)
+	// Unbuffered: a pump's last chunk is taken before its end is signalled on pumps.
+	chunks := make(chan chunk)
 	done := make(chan struct{}) // closed when superviseRun returns: pumps drop what they read
 	defer close(done)
 	var wg sync.WaitGroup
