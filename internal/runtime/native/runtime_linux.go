@@ -486,7 +486,7 @@ type Sandbox struct {
 	image   *sandboxImage         // an image sandbox's writable layer; nil for the host image
 	net     *netpolicy.Attachment // a networked sandbox's network; nil when blocked
 	resolv  string                // its resolv.conf
-	zygote  bool                  // PID 1 is the Python zygote (zygote_linux.go)
+	zygote  *zygotePool           // PID 1 is the Python zygote: its prepared children (zygote_linux.go)
 	destroy sync.Once
 	err     error // result of Destroy
 }
@@ -966,6 +966,7 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		case <-wctx.Done():
 		}
 		wcancel()
+		s.closeZygote()
 		if pids, err := s.cg.Pids(); err != nil || len(pids) > 0 {
 			if err := s.cg.Kill(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("kill cgroup: %w", err))

@@ -1,24 +1,26 @@
 # The Python zygote: PID 1 of a zygote sandbox (see zygote_linux.go). It imports the common
 # modules once, then forks one child per connection on the listening socket (fd 5). It never
-# runs user code itself; each child makes itself a fresh sandbox first:
+# runs user code itself. Each connection prepares one fresh sandbox ahead of a request, and the
+# request that takes it is the only one it ever runs:
 #
 #   C (the zygote's child, in the zygote's namespaces)
 #     says hello (the daemon reads C's host pid from the message's SCM_CREDENTIALS), waits
-#     for "go" (the daemon has moved C into the run's own cgroup), then unshares mount, IPC,
-#     UTS, network, cgroup and PID namespaces, mounts a fresh size-capped scratch tmpfs for
-#     /workspace, /tmp and /dev/shm, sets the hostname, brings loopback up, forks G
-#   G (PID 1 of the run's PID namespace)
-#     mounts the namespace's own /proc with the sandbox masks, sets the rlimits, empties the
-#     capability bounding set, sets no_new_privs and the sandbox's seccomp filter, forks U,
-#     reaps until U exits, then exits (which kills whatever U left behind)
+#     for "go" (the daemon has moved C into a cgroup of its own), then unshares mount, IPC, UTS,
+#     network, cgroup and PID namespaces, mounts a fresh scratch tmpfs for /workspace, /tmp and
+#     /dev/shm and a devpts of its own, sets the hostname, brings loopback up, forks G and exits
+#   G (PID 1 of the new PID namespace)
+#     mounts the namespace's own /proc with the sandbox's masks and forks U; then empties its
+#     capability bounding set, sets no_new_privs and the seccomp filter, and waits for U; when U
+#     has exited it reports U's wait status and exits, which kills whatever U left behind
 #   U (the user program)
-#     has only fds 0-2 (the run's pipes), becomes the sandbox user (no capabilities), gets a
-#     clean environment and freshly seeded random generators, and runs the code as
-#     `python3 -c` would.
+#     says "ready" and waits for the request. With it: sizes the scratch and sets the rlimits,
+#     keeps only fds 0-2 (the run's pipes), becomes the sandbox user (no capabilities, empty
+#     bounding set, no_new_privs, the seccomp filter), gets a clean environment and freshly
+#     seeded generators, says "started", and runs the code as `python3 -c` would.
 #
-# Wire format on each connection: the daemon sends one JSON line with SCM_RIGHTS
-# [stdin, stdout, stderr]; C answers {"hello":1}, reads "go", and ends with
-# {"status": <wait status of U>} or {"error": "<step>: <message>"}.
+# Wire format (JSON lines on the connection): C → {"hello":1}; daemon → "go" and the prepare
+# line {"scratch_size":…}; U → {"ready":1}; daemon → the request line with SCM_RIGHTS [stdin,
+# stdout, stderr]; U → {"started":1} or {"error":"…"}; G → {"status": <U's wait status>}.
 import ctypes
 import fcntl
 import gc
@@ -89,9 +91,10 @@ SECCOMP = bytes.fromhex(CFG["seccomp"])  # struct sock_filter[], 8 bytes each
 SECCOMP_BUF = ctypes.create_string_buffer(SECCOMP, len(SECCOMP))
 
 
-def scratch(req):
-    """One size-capped tmpfs for /workspace, /tmp and /dev/shm together (mountScratch's)."""
-    size = req["scratch_size"]
+def scratch(prep):
+    """One size-capped tmpfs for /workspace, /tmp and /dev/shm together (mountScratch's); U
+    sizes it for its request."""
+    size = prep["scratch_size"]
     inodes = max(size // 4096, 1024)
     mount("mount scratch tmpfs", "airlock-scratch", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
           "mode=0755,size=%d,nr_inodes=%d" % (size, inodes))
@@ -145,15 +148,18 @@ def rlimits(req):
             resource.setrlimit(res, (val, val))
 
 
-def lock_down():
-    """Empty the bounding set, no_new_privs, the sandbox's seccomp filter: inherited by U."""
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for c in range(last + 1):
-        prctl("drop bounding capability %d" % c, PR_CAPBSET_DROP, c)
-    prctl("clear ambient capabilities", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+def install_seccomp():
     prctl("set no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
     prog = SockFprog(len(SECCOMP) // 8, ctypes.addressof(SECCOMP_BUF))
     prctl("seccomp", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
+
+
+def lock_down():
+    """G, once U is forked: an empty bounding set, no_new_privs, the sandbox's seccomp filter."""
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    for c in range(last + 1):
+        prctl("drop bounding capability %d" % c, PR_CAPBSET_DROP, c)
+    install_seccomp()
 
 
 def close_from(first, keep=()):
@@ -187,23 +193,55 @@ def new_stdio():
                                                    line_buffering=True)
 
 
-def user(req, status_w):
-    """U: the user program, as `python3 -c code` run by the agent would be."""
+def send(conn, obj):
+    conn.sendall(json.dumps(obj).encode() + b"\n")
+
+
+def recv_line(conn):
+    buf = b""
+    while not buf.endswith(b"\n"):
+        b = conn.recv(1 << 16)
+        if not b:
+            raise StepError("connection closed")
+        buf += b
+    return json.loads(buf)
+
+
+def user(conn):
+    """U: waits for its request, then becomes the user program."""
+    send(conn, {"ready": 1})
     try:
-        setup_user(req)
+        req, fds = recv_request(conn)
+    except BaseException:
+        os._exit(0)  # the daemon let the prepared sandbox go unused
+    try:
+        setup_user(req, fds, conn)
     except BaseException as e:
-        os.write(status_w, b"E" + (str(e) or type(e).__name__).encode()[:4000])
-        os._exit(1)
-    os.close(status_w)
+        try:
+            send(conn, {"error": str(e) or type(e).__name__})
+        finally:
+            os._exit(1)
     run_code(req["code"])
 
 
-def setup_user(req):
+def setup_user(req, fds, conn):
+    size = req["scratch_size"]
+    mount("size scratch", None, "/workspace", None, MS_REMOUNT | MS_NOSUID | MS_NODEV,
+          "size=%d,nr_inodes=%d" % (size, max(size // 4096, 1024)))
+    rlimits(req)
+    for i, fd in enumerate(fds):
+        os.dup2(fd, i)
+    close_from(3, keep=(conn.fileno(),))
+    last = int(open("/proc/sys/kernel/cap_last_cap").read())
     uid, gid = CFG["uid"], CFG["gid"]
+    for c in range(last + 1):
+        prctl("drop bounding capability %d" % c, PR_CAPBSET_DROP, c)
+    prctl("clear ambient capabilities", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)  # from root of the user namespace: every capability is gone
     prctl("set dumpable", PR_SET_DUMPABLE, 1)
+    install_seccomp()
     os.chdir("/workspace")
     os.environ.clear()
     os.environ.update(req["env"])
@@ -216,6 +254,8 @@ def setup_user(req):
             os.makedirs(d, exist_ok=True)
         with open(name, "w") as f:
             f.write(content)
+    send(conn, {"started": 1})
+    conn.close()
 
 
 def run_code(source):
@@ -258,35 +298,25 @@ def run_code(source):
     os._exit(code)
 
 
-def init(req, status_w):
-    """G: PID 1 of the run's PID namespace. It writes "S" and U's wait status, or "E" and why
-    the run could not start, to status_w."""
-    try:
-        upid = start_user(req, status_w)
-    except BaseException as e:
-        os.write(status_w, b"E" + (str(e) or type(e).__name__).encode()[:4000])
-        os._exit(1)
+def init(conn):
+    """G: PID 1 of the run's PID namespace."""
+    close_from(3, keep=(conn.fileno(),))
+    proc()
+    prctl("set not dumpable", PR_SET_DUMPABLE, 0)
+    upid = os.fork()
+    if upid == 0:
+        user(conn)
     for fd in (0, 1, 2):
         os.close(fd)
+    lock_down()
     while True:
         pid, st = os.waitpid(-1, 0)
         if pid == upid:
             break
-    os.write(status_w, b"S" + struct.pack("i", st))
-    os._exit(0)  # PID 1 leaves: the kernel kills what U left behind
-
-
-def start_user(req, status_w):
-    close_from(3, keep=(status_w,))
-    proc()
-    rlimits(req)
-    prctl("set not dumpable", PR_SET_DUMPABLE, 0)
-    lock_down()
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    upid = os.fork()
-    if upid == 0:
-        user(req, status_w)
-    return upid
+    try:
+        send(conn, {"status": st})
+    finally:
+        os._exit(0)  # PID 1 leaves: the kernel kills what U left behind
 
 
 def recv_request(conn):
@@ -306,62 +336,36 @@ def recv_request(conn):
 
 
 def child(conn):
-    """C: one run, from the zygote's fork to U's wait status."""
+    """C: prepares one sandbox, from the zygote's fork to G."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     conn.settimeout(None)
     try:
-        req, fds = recv_request(conn)
-        close_from(3, keep=(conn.fileno(),) + tuple(fds))
-        for i, fd in enumerate(fds):
-            os.dup2(fd, i)
-            os.close(fd)
-        conn.sendall(b'{"hello":1}\n')
-        go = conn.recv(3)
-        if go != b"go\n":
-            os._exit(0)  # the daemon gave up (or could not place this child): run nothing
+        close_from(3, keep=(conn.fileno(),))
+        send(conn, {"hello": 1})
+        if conn.recv(3) != b"go\n":
+            os._exit(0)  # the daemon could not place this child: prepare nothing
+        prep = recv_line(conn)
         check("unshare", LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET |
                                       CLONE_NEWCGROUP | CLONE_NEWPID))
         mount("make mounts private", None, "/", None, MS_REC | MS_PRIVATE)
-        scratch(req)
+        scratch(prep)
         # Its own terminals: the zygote's devpts instance is shared, and every run has the same uid.
         mount("mount devpts", "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
               "newinstance,ptmxmode=0666,mode=0620,max=%d" % CFG["ptys"])
         socket.sethostname("sandbox")
         loopback_up()
-        r, w = os.pipe()
-        gpid = os.fork()
-        if gpid == 0:
-            conn.close()
-            os.close(r)
-            init(req, w)
-        os.close(w)
-        for fd in (0, 1, 2):
-            os.close(fd)
-        raw = b""
-        while True:
-            b = os.read(r, 4096)
-            if not b:
-                break
-            raw += b
-        _, gst = os.waitpid(gpid, 0)
-        if raw.startswith(b"E"):
-            msg = raw[1:]
-            if len(msg) >= 5 and msg[-5:-4] == b"S":
-                msg = msg[:-5]  # G's status of a U that failed its setup
-            raise StepError(msg.decode(errors="replace"))
-        if raw.startswith(b"S") and len(raw) >= 5:
-            st = struct.unpack("i", raw[1:5])[0]
-        elif os.WIFSIGNALED(gst):
-            st = gst  # G itself was killed (with the run's cgroup, or by the OOM killer)
-        else:
-            raise StepError("run init exited %d before the program ended" % os.waitstatus_to_exitcode(gst))
-        conn.sendall(json.dumps({"status": st}).encode() + b"\n")
+        if os.fork() == 0:
+            try:
+                init(conn)
+            except BaseException as e:
+                send(conn, {"error": str(e) or type(e).__name__})
+                os._exit(1)
     except BaseException as e:
         try:
-            conn.sendall(json.dumps({"error": str(e) or type(e).__name__}).encode() + b"\n")
+            send(conn, {"error": str(e) or type(e).__name__})
         except BaseException:
             pass
-    os._exit(0)
+    os._exit(0)  # G's parent is now the zygote, which lets the kernel reap it
 
 
 def serve():

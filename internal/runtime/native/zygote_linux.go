@@ -67,7 +67,7 @@ func (c *creation) configureZygote(icfg *initConfig) {
 	}
 	icfg.Zygote = &zygoteInit{Modules: c.spec.Zygote.Modules, UID: c.r.cfg.UID, GID: c.r.cfg.GID,
 		NoFile: c.spec.NoFile, PTYs: PTYsPerSandbox, Masked: maskedPaths, ReadOnly: readOnlyPaths}
-	c.sb.zygote = true
+	c.sb.zygote = newZygotePool(ScratchFor(c.spec.ScratchBytes, 0))
 }
 
 // execZygote builds the zygote sandbox from inside and replaces the init with python3; it
@@ -191,7 +191,7 @@ type ZygoteEnd struct {
 	Processes                        int
 }
 
-// zygoteRequest is the JSON line a zygote's child reads.
+// zygoteRequest is the request line a prepared child's user process reads.
 type zygoteRequest struct {
 	Code        string            `json:"code"`
 	Env         map[string]string `json:"env"`
@@ -199,43 +199,226 @@ type zygoteRequest struct {
 	ScratchSize int64             `json:"scratch_size"`
 }
 
-// zygoteReply is one JSON line of the child's.
+// zygoteReply is one JSON line of a zygote child's.
 type zygoteReply struct {
-	Hello  int     `json:"hello"`
-	Status *uint32 `json:"status"`
-	Error  string  `json:"error"`
+	Hello   int     `json:"hello"`
+	Ready   int     `json:"ready"`
+	Started int     `json:"started"`
+	Status  *uint32 `json:"status"`
+	Error   string  `json:"error"`
 }
 
-// runPidsReserve is what a run's cgroup holds besides the program's processes: the zygote's
-// child and the run's PID 1.
-const runPidsReserve = 2
+// The prepared children a zygote sandbox keeps (zygotePrepared), and what a run's cgroup holds
+// besides the program's processes (its PID 1).
+const (
+	zygotePrepared = 4
+	runPidsReserve = 1
+)
 
-// RunZygote runs one program in a fresh child of the zygote and returns how it ended. The child
-// is in a cgroup of its own with run's limits before any of it proceeds past the fork; the
-// cgroup is killed at the time limit and removed before RunZygote returns.
-func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (_ *ZygoteEnd, err error) {
-	if !s.zygote {
+// prepared is a zygote child made ready for one run: in a cgroup of its own (no limits yet), in
+// namespaces of its own with its scratch and /proc mounted, its user process waiting for the
+// request. It serves one run, or none.
+type prepared struct {
+	g    *cgroup.Group
+	conn *net.UnixConn
+	r    *bufio.Reader
+}
+
+// zygotePool is a zygote sandbox's prepared children, refilled in the background by one filler
+// (started on the first run, stopped by Destroy, which waits for it and for the cleanups).
+type zygotePool struct {
+	scratch int64           // the scratch tmpfs's size while prepared; each run sizes its own
+	ready   chan *prepared  // capacity zygotePrepared
+	want    chan struct{}   // a child was taken: the filler makes another
+	quit    chan struct{}   // closed by close
+	ctx     context.Context // the first run's, without its cancellation: for the filler and cleanups
+	start   sync.Once
+	stop    sync.Once
+	wg      sync.WaitGroup // the filler and the cleanups of ended runs
+}
+
+func newZygotePool(scratch int64) *zygotePool {
+	return &zygotePool{scratch: scratch, ready: make(chan *prepared, zygotePrepared),
+		want: make(chan struct{}, 1), quit: make(chan struct{})}
+}
+
+// closeZygote stops the filler and lets the prepared children go; a no-op for other sandboxes.
+// Destroy calls it once PID 1 is gone (which took every child with it).
+func (s *Sandbox) closeZygote() {
+	p := s.zygote
+	if p == nil {
+		return
+	}
+	p.stop.Do(func() { close(p.quit) })
+	p.wg.Wait()
+	for {
+		select {
+		case c := <-p.ready:
+			c.conn.Close()
+		default:
+			return
+		}
+	}
+}
+
+// fill keeps the pool full until quit.
+func (s *Sandbox) fill(p *zygotePool) {
+	for {
+		for len(p.ready) < cap(p.ready) {
+			c, err := s.prepare(p)
+			if err != nil {
+				select {
+				case <-p.quit:
+					return // the zygote is being destroyed: that is why
+				case <-s.done:
+					return
+				default:
+				}
+				s.logger.WarnContext(p.ctx, "prepare zygote child", "err", err)
+				select {
+				case <-p.quit:
+					return
+				case <-s.done:
+					return
+				case <-time.After(time.Second):
+				}
+				continue
+			}
+			select {
+			case p.ready <- c:
+			case <-p.quit:
+				s.releaseChild(p, c)
+				return
+			}
+		}
+		select {
+		case <-p.want:
+		case <-p.quit:
+			return
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// prepare makes one prepared child: the zygote forks it on a new connection, the daemon moves
+// it (by the host pid its hello carries) into a cgroup below the zygote's, and it makes its
+// namespaces and mounts.
+func (s *Sandbox) prepare(p *zygotePool) (_ *prepared, err error) {
+	g, err := s.cg.CreateChild("r"+randomHex(8), cgroup.Limits{})
+	if err != nil {
+		return nil, fmt.Errorf("run cgroup: %w", err)
+	}
+	c := &prepared{g: g}
+	defer func() {
+		if err != nil {
+			s.releaseChild(p, c)
+		}
+	}()
+	if c.conn, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: s.sock, Net: "unix"}); err != nil {
+		return nil, fmt.Errorf("dial zygote: %w", err)
+	}
+	if err := passCred(c.conn); err != nil {
+		return nil, err
+	}
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	pid, r, err := readHello(c.conn)
+	if err != nil {
+		return nil, err
+	}
+	c.r = r
+	if err := g.Add(pid); err != nil {
+		return nil, fmt.Errorf("place child: %w", err)
+	}
+	prep, _ := json.Marshal(map[string]int64{"scratch_size": p.scratch})
+	if _, err := c.conn.Write(append(append([]byte("go\n"), prep...), '\n')); err != nil {
+		return nil, fmt.Errorf("start child: %w", err)
+	}
+	rep, err := readReply(c.r)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("wait for prepared child: %w", err)
+	case rep.Error != "":
+		return nil, errors.New(rep.Error)
+	case rep.Ready != 1:
+		return nil, errors.New("prepared child: unexpected answer")
+	}
+	c.conn.SetReadDeadline(time.Time{})
+	return c, nil
+}
+
+// releaseChild ends c in the background: its connection closed, its cgroup killed and removed.
+func (s *Sandbox) releaseChild(p *zygotePool, c *prepared) {
+	if c.conn != nil {
+		c.conn.Close()
+	}
+	p.wg.Go(func() {
+		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+		defer cancel()
+		// After a run its PID 1 is exiting on its own: Delete's retries on EBUSY wait for that,
+		// and the freezer's kill (costlier) is for what does not go.
+		if c.g.Delete() == nil {
+			return
+		}
+		if err := c.g.Kill(ctx); err != nil {
+			s.logger.WarnContext(ctx, "kill zygote run", "err", err)
+		}
+		if err := c.g.Delete(); err != nil {
+			s.logger.WarnContext(ctx, "delete zygote run cgroup", "err", err)
+		}
+	})
+}
+
+func readReply(r *bufio.Reader) (zygoteReply, error) {
+	var rep zygoteReply
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return rep, err
+	}
+	if err := json.Unmarshal(line, &rep); err != nil {
+		return rep, fmt.Errorf("zygote child: %w", err)
+	}
+	return rep, nil
+}
+
+// RunZygote runs one program in a prepared child of the zygote (one made on the spot when none
+// is ready) and returns how it ended. The child's cgroup gets run's limits before the request is
+// sent; it is killed at the time limit, and removed in the background after the run.
+func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, error) {
+	p := s.zygote
+	if p == nil {
 		return nil, ErrNotZygote
 	}
+	select {
+	case <-s.done:
+		return nil, fmt.Errorf("%w: the zygote has exited", ErrZygoteSetup)
+	default:
+	}
+	p.start.Do(func() {
+		p.ctx = context.WithoutCancel(ctx)
+		p.wg.Go(func() { s.fill(p) })
+	})
+	var c *prepared
+	select {
+	case c = <-p.ready:
+	default:
+		var err error
+		if c, err = s.prepare(p); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+		}
+	}
+	select {
+	case p.want <- struct{}{}:
+	default:
+	}
+	defer s.releaseChild(p, c)
 	lim := cgroup.Limits{MemoryBytes: run.MemoryBytes, CPU: run.CPU}
 	if run.Pids > 0 {
 		lim.Pids = run.Pids + runPidsReserve
 	}
-	name := "r" + randomHex(8)
-	g, err := s.cg.CreateChild(name, lim)
-	if err != nil {
-		return nil, fmt.Errorf("%w: run cgroup: %w", ErrZygoteSetup, err)
+	if err := c.g.SetLimits(lim); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
 	}
-	defer func() {
-		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if kerr := g.Kill(kctx); kerr != nil && err == nil {
-			err = kerr
-		}
-		if derr := g.Delete(); derr != nil && err == nil {
-			err = derr
-		}
-	}()
 
 	var ours, theirs []*os.File // our ends; the child's ends, closed once sent
 	defer func() {
@@ -243,33 +426,23 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (_ *ZygoteEnd, e
 			f.Close()
 		}
 	}()
-	var pipes [3][2]*os.File
-	for i := range pipes {
+	for i := range 3 {
 		r, w, err := os.Pipe()
 		if err != nil {
 			return nil, fmt.Errorf("%w: pipe: %w", ErrZygoteSetup, err)
 		}
-		pipes[i] = [2]*os.File{r, w}
 		if i == 0 {
 			ours, theirs = append(ours, w), append(theirs, r)
 		} else {
 			ours, theirs = append(ours, r), append(theirs, w)
 		}
 	}
-	conn, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: s.sock, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("%w: dial zygote: %w", ErrZygoteSetup, err)
-	}
-	defer conn.Close()
-	if err := passCred(conn); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
-	}
 	env := map[string]string{"PATH": defaultPath}
 	for k, v := range run.Env {
 		env[k] = v
 	}
 	env["LANG"], env["HOME"] = "C.UTF-8", layout.Workspace
-	for k, v := range run.Env { // a request may set LANG or HOME; PATH too (as the agent lets it)
+	for k, v := range run.Env { // a request may set LANG or HOME, as the agent lets it
 		if k == "LANG" || k == "HOME" {
 			env[k] = v
 		}
@@ -277,35 +450,20 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (_ *ZygoteEnd, e
 	req, _ := json.Marshal(zygoteRequest{Code: run.Code, Env: env, Files: run.Files,
 		ScratchSize: ScratchFor(run.ScratchBytes, run.MemoryBytes)})
 	rights := unix.UnixRights(int(theirs[0].Fd()), int(theirs[1].Fd()), int(theirs[2].Fd()))
-	if _, _, err := conn.WriteMsgUnix(append(req, '\n'), rights, nil); err != nil {
+	start := time.Now()
+	if _, _, err := c.conn.WriteMsgUnix(append(req, '\n'), rights, nil); err != nil {
 		return nil, fmt.Errorf("%w: send run: %w", ErrZygoteSetup, err)
 	}
 	for _, f := range theirs {
 		f.Close()
 	}
 	theirs = nil
-
-	// The hello carries the child's pid as the host sees it (SCM_CREDENTIALS).
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	pid, rest, err := readHello(conn)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
-	}
-	if err := g.Add(pid); err != nil {
-		return nil, fmt.Errorf("%w: place child: %w", ErrZygoteSetup, err)
-	}
-	conn.SetReadDeadline(time.Time{})
-	if _, err := conn.Write([]byte("go\n")); err != nil {
-		return nil, fmt.Errorf("%w: start child: %w", ErrZygoteSetup, err)
-	}
-	start := time.Now()
-	return s.superviseRun(ctx, run, g, conn, rest, ours, start)
+	return s.superviseRun(ctx, run, c, ours, start)
 }
 
-// superviseRun feeds stdin, reads output up to the limit, and waits for the child's report,
+// superviseRun feeds stdin, reads output up to the limit, and waits for the child's reports,
 // killing the run's cgroup at the time limit or when ctx ends.
-func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, g *cgroup.Group, conn *net.UnixConn,
-	rest *bufio.Reader, ours []*os.File, start time.Time) (*ZygoteEnd, error) {
+func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, ours []*os.File, start time.Time) (*ZygoteEnd, error) {
 	stdinW, outR, errR := ours[0], ours[1], ours[2]
 	type chunk struct {
 		stream int
@@ -342,14 +500,27 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, g *cgroup.Gro
 			}
 		})
 	}
-	replies := make(chan zygoteReply, 1)
+	// started: the program runs (or its setup failed: Error); status: U's end, nil if the run
+	// was killed with its cgroup (time limit, OOM of PID 1) before the report.
+	type outcome struct {
+		started bool
+		rep     zygoteReply
+	}
+	replies := make(chan outcome, 1)
 	wg.Go(func() {
-		var rep zygoteReply
-		line, err := rest.ReadBytes('\n')
-		if err != nil || json.Unmarshal(line, &rep) != nil {
-			rep = zygoteReply{} // EOF: the child was killed (time limit, OOM, cgroup kill)
+		var o outcome
+		for {
+			rep, err := readReply(c.r)
+			if err != nil {
+				break
+			}
+			if rep.Error != "" || rep.Status != nil {
+				o.rep = rep
+				break
+			}
+			o.started = o.started || rep.Started == 1
 		}
-		replies <- rep
+		replies <- o
 	})
 
 	end := &ZygoteEnd{}
@@ -357,45 +528,44 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, g *cgroup.Gro
 	limit := int(run.OutputLimit)
 	timer := time.NewTimer(run.Timeout)
 	defer timer.Stop()
-	var rep *zygoteReply
+	var res *outcome
 	var stopped time.Time
 	kill := func() {
 		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
-		if err := g.Kill(kctx); err != nil {
+		if err := c.g.Kill(kctx); err != nil {
 			s.logger.WarnContext(ctx, "kill zygote run", "err", err)
 		}
 	}
 	var ctxErr error
-	for open := 2; open > 0 || rep == nil; {
+	for open := 2; open > 0 || res == nil; {
 		select {
-		case c := <-chunks:
+		case ch := <-chunks:
 			buf, trunc := &out, &end.StdoutTruncated
-			if c.stream == 2 {
+			if ch.stream == 2 {
 				buf, trunc = &errb, &end.StderrTruncated
 			}
-			room := limit - buf.Len()
-			if limit <= 0 {
-				room = len(c.b)
+			room := len(ch.b)
+			if limit > 0 {
+				room = limit - buf.Len()
 			}
-			kept := c.b[:max(0, min(len(c.b), room))]
-			if len(kept) < len(c.b) {
+			kept := ch.b[:max(0, min(len(ch.b), room))]
+			if len(kept) < len(ch.b) {
 				*trunc = true
 			}
 			if len(kept) > 0 {
 				buf.Write(kept)
 				if run.Output != nil {
-					run.Output(c.stream, kept)
+					run.Output(ch.stream, kept)
 				}
 			}
 		case <-pumps:
 			open--
-		case r := <-replies:
-			rep = &r
-			stopped = time.Now()
-			// The run's PID 1 has exited, so nothing of the program is left to hold the
-			// pipes open; a kill makes sure of it.
-			kill()
+		case o := <-replies:
+			res, stopped = &o, time.Now()
+			if !o.started || o.rep.Error != "" {
+				kill() // nothing of the program runs: nothing may hold the pipes
+			}
 		case <-timer.C:
 			end.TimedOut = true
 			kill()
@@ -406,20 +576,23 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, g *cgroup.Gro
 			}
 		}
 	}
-	if ctxErr != nil {
+	switch {
+	case ctxErr != nil:
 		return nil, ctxErr
+	case res.rep.Error != "":
+		return nil, fmt.Errorf("%w: %s", ErrZygoteSetup, res.rep.Error)
+	case !res.started && !end.TimedOut:
+		return nil, fmt.Errorf("%w: the prepared child ended before its program started", ErrZygoteSetup)
 	}
 	end.Stdout, end.Stderr = out.Bytes(), errb.Bytes()
 	end.Duration = stopped.Sub(start)
 	switch {
-	case rep.Error != "":
-		return nil, fmt.Errorf("%w: %s", ErrZygoteSetup, rep.Error)
 	case end.TimedOut:
 		end.Duration, end.ExitCode = run.Timeout, 128+int(syscall.SIGKILL)
-	case rep.Status == nil:
-		end.ExitCode = 128 + int(syscall.SIGKILL) // killed with its cgroup (the OOM killer took the child)
+	case res.rep.Status == nil:
+		end.ExitCode = 128 + int(syscall.SIGKILL) // killed with its cgroup (the OOM killer took PID 1)
 	default:
-		ws := syscall.WaitStatus(*rep.Status)
+		ws := syscall.WaitStatus(*res.rep.Status)
 		switch {
 		case ws.Exited():
 			end.ExitCode = ws.ExitStatus()
@@ -427,7 +600,7 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, g *cgroup.Gro
 			end.ExitCode = 128 + int(ws.Signal())
 		}
 	}
-	st, err := g.Stats()
+	st, err := c.g.Stats()
 	if err != nil {
 		return nil, err
 	}
@@ -492,7 +665,7 @@ var _ engine.ZygoteInstance = engineZygote{}
 
 // engineInstance adapts sb to the engine: a zygote sandbox is an engine.ZygoteInstance.
 func engineInstance(sb *Sandbox) engine.Instance {
-	if sb.zygote {
+	if sb.zygote != nil {
 		return engineZygote{engineSandbox{sb}}
 	}
 	return engineSandbox{sb}
