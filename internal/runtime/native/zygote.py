@@ -13,10 +13,11 @@
 #     capability bounding set, sets no_new_privs and the seccomp filter, and waits for U; when U
 #     has exited it reports U's wait status and exits, which kills whatever U left behind
 #   U (the user program)
-#     says "ready" and waits for the request. With it: sizes the scratch and sets the rlimits,
-#     keeps only fds 0-2 (the run's pipes), becomes the sandbox user (no capabilities, empty
-#     bounding set, no_new_privs, the seccomp filter), gets a clean environment and freshly
-#     seeded generators, says "started", and runs the code as `python3 -c` would.
+#     empties its bounding set, sets the rlimits, seeds its generators from the OS, says "ready"
+#     and waits for the request. With it: sizes the scratch and the file-size limit, keeps only
+#     fds 0-2 (the run's pipes), becomes the sandbox user (no capabilities), no_new_privs, the
+#     sandbox's Landlock rules and seccomp filter, a clean environment, the request's files,
+#     says "started", and runs the code as `python3 -c` would.
 #
 # Wire format (JSON lines on the connection): C → {"hello":1}; daemon → "go" and the prepare
 # line {"scratch_size":…}; U → {"ready":1}; daemon → the request line with SCM_RIGHTS [stdin,
@@ -137,15 +138,41 @@ def proc():
         mount("remount " + p, None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def rlimits(req):
-    import resource
-    lim = [(resource.RLIMIT_NOFILE, CFG["nofile"]), (resource.RLIMIT_CORE, 0),
-           (resource.RLIMIT_FSIZE, req["scratch_size"] + (1 << 20))]
-    if req.get("nproc"):
-        lim.append((resource.RLIMIT_NPROC, req["nproc"]))
-    for res, val in lim:
-        if val or res == resource.RLIMIT_CORE:
-            resource.setrlimit(res, (val, val))
+LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
+LL_REFER, LL_TRUNCATE, LL_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
+LL_FILE = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV  # rights a file rule may hold
+
+
+def landlock():
+    """restrictFS's Landlock domain, best effort as there: everything readable and executable,
+    writable only the writable areas, /proc, the terminals and the devices."""
+    LIBC.syscall.restype = ctypes.c_long
+    abi = LIBC.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    if abi < 1:
+        return  # no Landlock in this kernel
+    handled = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}.get(abi, (1 << 16) - 1)
+    attr = struct.pack("Q", handled)
+    rs = LIBC.syscall(444, attr, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    check("landlock ruleset", 0 if rs >= 0 else -1)
+    ro = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
+    rw = handled & ~(LL_REFER | LL_IOCTL_DEV)
+    rules = [("/", ro)] + [(d, rw | LL_REFER) for d in ("/workspace", "/tmp", "/dev/shm")] + \
+            [("/proc", rw), ("/dev/pts", rw | LL_IOCTL_DEV)] + \
+            [("/dev/" + d, rw & LL_FILE | LL_IOCTL_DEV) for d in CFG["devices"]]
+    try:
+        for path, access in rules:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                beneath = struct.pack("=Qi", access & handled, fd)  # struct landlock_path_beneath_attr, packed
+                check("landlock rule " + path, LIBC.syscall(445, ctypes.c_int(rs), ctypes.c_int(1), beneath, ctypes.c_uint32(0)))
+            finally:
+                os.close(fd)
+        check("landlock restrict", LIBC.syscall(446, ctypes.c_int(rs), ctypes.c_uint32(0)))
+    finally:
+        os.close(rs)
 
 
 def install_seccomp():
@@ -207,15 +234,16 @@ def recv_line(conn):
     return json.loads(buf)
 
 
-def user(conn):
-    """U: waits for its request, then becomes the user program."""
+def user(conn, prep):
+    """U: made ready ahead of its request, then becomes the user program."""
+    prepare_user()
     send(conn, {"ready": 1})
     try:
         req, fds = recv_request(conn)
     except BaseException:
         os._exit(0)  # the daemon let the prepared sandbox go unused
     try:
-        setup_user(req, fds, conn)
+        setup_user(req, fds, conn, prep)
     except BaseException as e:
         try:
             send(conn, {"error": str(e) or type(e).__name__})
@@ -224,29 +252,41 @@ def user(conn):
     run_code(req["code"])
 
 
-def setup_user(req, fds, conn):
-    size = req["scratch_size"]
-    mount("size scratch", None, "/workspace", None, MS_REMOUNT | MS_NOSUID | MS_NODEV,
-          "size=%d,nr_inodes=%d" % (size, max(size // 4096, 1024)))
-    rlimits(req)
-    for i, fd in enumerate(fds):
-        os.dup2(fd, i)
-    close_from(3, keep=(conn.fileno(),))
+def prepare_user():
+    """What needs no request, done before the request so its run does not wait for it."""
+    import atexit, resource, threading, traceback  # noqa: F401 (imported for run_code's end)
     last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    uid, gid = CFG["uid"], CFG["gid"]
     for c in range(last + 1):
         prctl("drop bounding capability %d" % c, PR_CAPBSET_DROP, c)
     prctl("clear ambient capabilities", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (CFG["nofile"], CFG["nofile"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    reseed()
+
+
+def setup_user(req, fds, conn, prep):
+    import resource
+    size = req["scratch_size"]
+    if size != prep["scratch_size"]:
+        mount("size scratch", None, "/workspace", None, MS_REMOUNT | MS_NOSUID | MS_NODEV,
+              "size=%d,nr_inodes=%d" % (size, max(size // 4096, 1024)))
+    # A little above the writable layers' size, as setRlimits sets it for a cold sandbox.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + (1 << 20), size + (1 << 20)))
+    for i, fd in enumerate(fds):
+        os.dup2(fd, i)
+    close_from(3, keep=(conn.fileno(),))
+    uid, gid = CFG["uid"], CFG["gid"]
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)  # from root of the user namespace: every capability is gone
     prctl("set dumpable", PR_SET_DUMPABLE, 1)
+    prctl("set no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
+    landlock()
     install_seccomp()
     os.chdir("/workspace")
     os.environ.clear()
     os.environ.update(req["env"])
     os.umask(0o022)
-    reseed()
     new_stdio()
     for name, content in req.get("files", {}).items():
         d = os.path.dirname(name)
@@ -298,14 +338,14 @@ def run_code(source):
     os._exit(code)
 
 
-def init(conn):
+def init(conn, prep):
     """G: PID 1 of the run's PID namespace."""
     close_from(3, keep=(conn.fileno(),))
     proc()
     prctl("set not dumpable", PR_SET_DUMPABLE, 0)
     upid = os.fork()
     if upid == 0:
-        user(conn)
+        user(conn, prep)
     for fd in (0, 1, 2):
         os.close(fd)
     lock_down()
@@ -356,7 +396,7 @@ def child(conn):
         loopback_up()
         if os.fork() == 0:
             try:
-                init(conn)
+                init(conn, prep)
             except BaseException as e:
                 send(conn, {"error": str(e) or type(e).__name__})
                 os._exit(1)

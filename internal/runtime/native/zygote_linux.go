@@ -55,6 +55,7 @@ type zygoteInit struct {
 	GID      int      `json:"gid"`
 	NoFile   uint64   `json:"nofile"`
 	PTYs     int      `json:"ptys"`
+	Devices  []string `json:"devices"` // the /dev entries restrictFS lets be written
 	Masked   []string `json:"masked"`
 	ReadOnly []string `json:"read_only"`
 	Seccomp  string   `json:"seccomp"` // hex of the struct sock_filter array every user process runs under
@@ -66,7 +67,7 @@ func (c *creation) configureZygote(icfg *initConfig) {
 		return
 	}
 	icfg.Zygote = &zygoteInit{Modules: c.spec.Zygote.Modules, UID: c.r.cfg.UID, GID: c.r.cfg.GID,
-		NoFile: c.spec.NoFile, PTYs: PTYsPerSandbox, Masked: maskedPaths, ReadOnly: readOnlyPaths}
+		NoFile: c.spec.NoFile, PTYs: PTYsPerSandbox, Devices: devices, Masked: maskedPaths, ReadOnly: readOnlyPaths}
 	c.sb.zygote = newZygotePool(ScratchFor(c.spec.ScratchBytes, 0))
 }
 
@@ -272,7 +273,7 @@ func (s *Sandbox) fill(p *zygotePool) {
 					return // the zygote is being destroyed: that is why
 				case <-s.done:
 					return
-				default:
+				case <-time.After(200 * time.Millisecond):
 				}
 				s.logger.WarnContext(p.ctx, "prepare zygote child", "err", err)
 				select {
