@@ -38,6 +38,9 @@ const (
 // ZygoteSpec makes Spec a zygote sandbox (Runtime.Create then returns a ZygoteInstance).
 type ZygoteSpec struct {
 	Modules []string // imported besides numpy, pandas and matplotlib
+	// RunMemoryBytes is the usual run's memory limit (the engine's default): children are
+	// prepared with the scratch size a run of it gets, so that most runs need not resize it.
+	RunMemoryBytes int64
 }
 
 // ZygoteInstance is a zygote sandbox.
@@ -254,7 +257,7 @@ func (e *Engine) startZygoteLocked(ctx context.Context, owner string) {
 		defer cancel()
 		id, inst, err := e.create(ctx, KindZygote, Spec{
 			// The zygote's rlimits bound its children's: scratch is the largest a run's.
-			Image: "host", NoFile: e.cfg.NoFile, ScratchBytes: e.cfg.ScratchBytes, Zygote: &ZygoteSpec{Modules: e.cfg.ZygoteModules},
+			Image: "host", NoFile: e.cfg.NoFile, ScratchBytes: e.cfg.ScratchBytes, Zygote: &ZygoteSpec{Modules: e.cfg.ZygoteModules, RunMemoryBytes: e.cfg.DefaultMemory},
 		}, record{}, func() {})
 		zi, isZygote := inst.(ZygoteInstance)
 		e.zyg.mu.Lock()

@@ -46,6 +46,9 @@ type ZygoteConfig struct {
 	// Modules are imported besides numpy, pandas and matplotlib (Agg); one the image lacks is
 	// skipped (and logged in the sandbox's agent.log).
 	Modules []string
+	// RunMemoryBytes is the usual run's memory limit: children are prepared with the scratch
+	// size (ScratchFor) a run of it gets; a run of another limit resizes its own.
+	RunMemoryBytes int64
 }
 
 // zygoteInit is what a zygote sandbox's init passes on to the Python zygote (fd 3, JSON).
@@ -68,7 +71,7 @@ func (c *creation) configureZygote(icfg *initConfig) {
 	}
 	icfg.Zygote = &zygoteInit{Modules: c.spec.Zygote.Modules, UID: c.r.cfg.UID, GID: c.r.cfg.GID,
 		NoFile: c.spec.NoFile, PTYs: PTYsPerSandbox, Devices: devices, Masked: maskedPaths, ReadOnly: readOnlyPaths}
-	c.sb.zygote = newZygotePool(ScratchFor(c.spec.ScratchBytes, 0))
+	c.sb.zygote = newZygotePool(ScratchFor(c.spec.ScratchBytes, c.spec.Zygote.RunMemoryBytes))
 }
 
 // execZygote builds the zygote sandbox from inside and replaces the init with python3; it
@@ -677,7 +680,7 @@ func zygoteConfig(z *engine.ZygoteSpec) *ZygoteConfig {
 	if z == nil {
 		return nil
 	}
-	return &ZygoteConfig{Modules: z.Modules}
+	return &ZygoteConfig{Modules: z.Modules, RunMemoryBytes: z.RunMemoryBytes}
 }
 
 func (z engineZygote) RunZygote(ctx context.Context, r engine.ZygoteRun) (*engine.ZygoteEnd, error) {
