@@ -319,11 +319,8 @@ func (s *Sandbox) prepare(p *zygotePool) (_ *prepared, err error) {
 			s.releaseChild(p, c)
 		}
 	}()
-	if c.conn, err = net.DialUnix("unix", nil, &net.UnixAddr{Name: s.sock, Net: "unix"}); err != nil {
+	if c.conn, err = dialPassCred(s.sock); err != nil {
 		return nil, fmt.Errorf("dial zygote: %w", err)
-	}
-	if err := passCred(c.conn); err != nil {
-		return nil, err
 	}
 	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	pid, r, err := readHello(c.conn)
@@ -612,23 +609,28 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, 
 	return end, nil
 }
 
-// passCred asks the kernel to attach each message's sender credentials, pid included, as the
-// daemon's (the host's) PID namespace sees it.
-func passCred(conn *net.UnixConn) error {
-	rc, err := conn.SyscallConn()
+// dialPassCred connects to the unix socket path with SO_PASSCRED set before the connection
+// exists, so that the kernel attaches to every message the sender's credentials — its pid as
+// the daemon's (the host's) PID namespace sees it — even to one sent the instant the peer
+// accepts (set later, the first message could carry none: pid 0).
+func dialPassCred(path string) (*net.UnixConn, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1)
-	}); err != nil {
-		return err
+	f := os.NewFile(uintptr(fd), "zygote")
+	defer f.Close() // FileConn dups it
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		return nil, fmt.Errorf("SO_PASSCRED: %w", err)
 	}
-	if serr != nil {
-		return fmt.Errorf("SO_PASSCRED: %w", serr)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, err
 	}
-	return nil
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UnixConn), nil
 }
 
 // readHello reads the child's hello line and the pid its credentials carry; the reader returned
@@ -647,6 +649,9 @@ func readHello(conn *net.UnixConn) (int, *bufio.Reader, error) {
 	cred, err := unix.ParseUnixCredentials(&msgs[0])
 	if err != nil {
 		return 0, nil, fmt.Errorf("hello credentials: %w", err)
+	}
+	if cred.Pid <= 0 {
+		return 0, nil, errors.New("hello credentials without a pid")
 	}
 	line, after, ok := bytes.Cut(buf[:n], []byte("\n"))
 	var rep zygoteReply
