@@ -1,17 +1,16 @@
 # The Python zygote: PID 1 of a zygote sandbox (see zygote_linux.go). It imports the common
 # modules once, then forks one child per connection on the listening socket (fd 5). It never
 # runs user code itself. Each connection prepares one fresh sandbox ahead of a request, and the
-# request that takes it is the only one it ever runs:
+# request that takes it is the only one it ever runs (two processes per run, G and U):
 #
-#   C (the zygote's child, in the zygote's namespaces)
-#     says hello (the daemon reads C's host pid from the message's SCM_CREDENTIALS), waits
-#     for "go" (the daemon has moved C into a cgroup of its own), then unshares mount, IPC, UTS,
-#     network, cgroup and PID namespaces, mounts a fresh scratch tmpfs for /workspace, /tmp and
-#     /dev/shm and a devpts of its own, sets the hostname, brings loopback up, forks G and exits
-#   G (PID 1 of the new PID namespace)
-#     mounts the namespace's own /proc with the sandbox's masks and forks U; then empties its
-#     capability bounding set, sets no_new_privs and the seccomp filter, and waits for U; when U
-#     has exited it reports U's wait status and exits, which kills whatever U left behind
+#   G (the zygote's child, born PID 1 of a new PID namespace)
+#     says hello (the daemon reads G's host pid from the message's SCM_CREDENTIALS), waits
+#     for "go" (the daemon has moved G into a cgroup of its own), then unshares mount, IPC, UTS,
+#     network and cgroup namespaces, mounts a fresh scratch tmpfs for /workspace, /tmp and
+#     /dev/shm, a devpts and a /proc of its own (with the sandbox's masks), sets the hostname,
+#     brings loopback up and forks U; then empties its capability bounding set, sets
+#     no_new_privs and the seccomp filter, and waits for U; when U has exited it reports U's
+#     wait status and exits, which kills whatever U left behind
 #   U (the user program)
 #     empties its bounding set, sets the rlimits, seeds its generators from the OS, says "ready"
 #     and waits for the request. With it: sizes the scratch and the file-size limit, keeps only
@@ -19,7 +18,7 @@
 #     sandbox's Landlock rules and seccomp filter, a clean environment, the request's files,
 #     says "started", and runs the code as `python3 -c` would.
 #
-# Wire format (JSON lines on the connection): C → {"hello":1}; daemon → "go" and the prepare
+# Wire format (JSON lines on the connection): G → {"hello":1}; daemon → "go" and the prepare
 # line {"scratch_size":…}; U → {"ready":1}; daemon → the request line with SCM_RIGHTS [stdin,
 # stdout, stderr]; U → {"started":1} or {"error":"…"}; G → {"status": <U's wait status>}.
 import ctypes
@@ -376,7 +375,8 @@ def recv_request(conn):
 
 
 def child(conn):
-    """C: prepares one sandbox, from the zygote's fork to G."""
+    """G, from the zygote's fork: PID 1 of a new PID namespace (see serve) that prepares one
+    sandbox and runs it."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     conn.settimeout(None)
     try:
@@ -385,8 +385,8 @@ def child(conn):
         if conn.recv(3) != b"go\n":
             os._exit(0)  # the daemon could not place this child: prepare nothing
         prep = recv_line(conn)
-        check("unshare", LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET |
-                                      CLONE_NEWCGROUP | CLONE_NEWPID))
+        # The cgroup namespace now, not at the fork: rooted at the run's own cgroup.
+        check("unshare", LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP))
         mount("make mounts private", None, "/", None, MS_REC | MS_PRIVATE)
         scratch(prep)
         # Its own terminals: the zygote's devpts instance is shared, and every run has the same uid.
@@ -394,22 +394,20 @@ def child(conn):
               "newinstance,ptmxmode=0666,mode=0620,max=%d" % CFG["ptys"])
         socket.sethostname("sandbox")
         loopback_up()
-        if os.fork() == 0:
-            try:
-                init(conn, prep)
-            except BaseException as e:
-                send(conn, {"error": str(e) or type(e).__name__})
-                os._exit(1)
+        init(conn, prep)
     except BaseException as e:
         try:
             send(conn, {"error": str(e) or type(e).__name__})
         except BaseException:
             pass
-    os._exit(0)  # G's parent is now the zygote, which lets the kernel reap it
+    os._exit(1)
 
 
 def serve():
     listener = socket.socket(fileno=5)
+    # Each child is born PID 1 of a PID namespace of its own: before each fork the zygote goes
+    # back to its own namespace for its children (setns) and asks for a new one (unshare).
+    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) the zygote's objects
@@ -419,8 +417,10 @@ def serve():
     while True:
         conn, _ = listener.accept()
         try:
+            check("setns", LIBC.setns(own_pid_ns, CLONE_NEWPID))
+            check("unshare", LIBC.unshare(CLONE_NEWPID))
             pid = os.fork()
-        except OSError as e:
+        except (OSError, StepError) as e:
             print("zygote: fork: %s" % e, file=sys.stderr, flush=True)
             conn.close()
             continue
