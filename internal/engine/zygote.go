@@ -22,6 +22,26 @@ import (
 // change it safely (every existing object caches its hash), so the runs of one zygote share it.
 // Per key, no two tenants ever do. A zygote is recycled after zygoteMaxRuns runs, dropped after
 // zygoteIdle without runs, and replaced when it dies (runs go cold meanwhile).
+//
+// What a child shares with its zygote, and why that is safe:
+//   - the read-only root (the image's binds): nothing writable — /workspace, /tmp and /dev/shm
+//     are a new tmpfs per run, /dev/pts a new devpts instance, /proc a new procfs;
+//   - the zygote's memory as it was at the fork, copy-on-write: the imported modules' code and
+//     data and the interpreter's heap. A write copies the page into the writer (charged to the
+//     run's cgroup), so no run can change what another sees, and the zygote never runs user
+//     code, so those pages hold nothing of any run;
+//   - the zygote's user namespace and uid 1000: per-uid kernel counts (pipe buffers, inotify,
+//     message queue bytes, RLIMIT_NPROC's count) are shared by one key's concurrent runs, which
+//     is one more reason for a zygote per key; RLIMIT_NPROC is not set in children (the run's
+//     pids cgroup bounds its processes);
+//   - CPython's str hash secret (above): hash("x") is the same in every run of one key's zygote,
+//     so a tenant can predict its own runs' str hashes (and so set and dict orders), nothing
+//     of another tenant's.
+//
+// Not shared: PID, mount, IPC, UTS, network and cgroup namespaces, the cgroup and its limits,
+// descriptors (only 0–2, the run's pipes), credentials and capabilities, the environment,
+// random state (random and numpy's global generator are reseeded from the OS in each child;
+// os.urandom and secrets read the kernel).
 
 // KindZygote is the record kind of a zygote sandbox: owned by no key, never listed, destroyed
 // (not adopted) by a restarted daemon.
