@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
@@ -420,4 +421,78 @@ func BenchmarkZygote(b *testing.B) {
 	b.ReportMetric(z, "zygote-runs/s-8")
 	b.ReportMetric(bb, "bare-runs/s-8")
 	b.ReportMetric(z/bb, "zygote/bare-runs/s-8")
+}
+
+// TestZygoteLeavesNothing: a run's daemonized grandchildren end with it, whether the program
+// exits or hits its time limit.
+func TestZygoteLeavesNothing(t *testing.T) {
+	e := zygoteEngine(t)
+	for _, tc := range []struct {
+		name, marker, tail string
+		timeout            float64
+	}{
+		{"exit", "4242", "", 10},
+		{"timeout", "4343", "while True: pass", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := zrun(t, e, api.ExecuteRequest{Timeout: tc.timeout, Code: inZygote + `import os, signal
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        os.execvp("sleep", ["sleep", "` + tc.marker + `"])
+    os._exit(0)
+def running():
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and open("/proc/%s/cmdline" % p, "rb").read() == b"sleep\x00` + tc.marker + `\x00": return True
+        except OSError: pass
+while not running(): pass
+print("started", flush=True)
+` + tc.tail})
+			if !strings.Contains(res.Stdout, "started") {
+				t.Fatalf("run: %+v", res)
+			}
+			waitFor(t, "the run's grandchild to be gone", func() bool { return len(procsWithArgs("sleep\x00"+tc.marker)) == 0 })
+		})
+	}
+}
+
+// TestZygoteBurst: more runs at once than the zygote keeps prepared all succeed in zygote
+// children (the rest are prepared on the spot).
+func TestZygoteBurst(t *testing.T) {
+	e := zygoteEngine(t)
+	const n = 16
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for i := range n {
+		wg.Go(func() {
+			res, err := e.Execute(context.Background(), server.OneShot(api.ExecuteRequest{Timeout: 60,
+				Code: inZygote + "print(" + strconv.Itoa(i) + ")"}))
+			if err != nil || strings.TrimSpace(res.Stdout) != strconv.Itoa(i) {
+				errs <- fmt.Sprintf("run %d: %+v %v", i, res, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+// procsWithArgs are the host pids whose command line contains args.
+func procsWithArgs(args string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if b, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline"); strings.Contains(string(b), args) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }

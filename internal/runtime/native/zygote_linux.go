@@ -590,6 +590,9 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, 
 	switch {
 	case end.TimedOut:
 		end.Duration, end.ExitCode = run.Timeout, 128+int(syscall.SIGKILL)
+	case res.rep.Status == nil && s.exited():
+		// The zygote's death took the run with it: not the program's doing.
+		return nil, errors.New("the zygote exited during the run")
 	case res.rep.Status == nil:
 		end.ExitCode = 128 + int(syscall.SIGKILL) // killed with its cgroup (the OOM killer took PID 1)
 	default:
@@ -607,6 +610,17 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, 
 	}
 	end.Stats = st
 	return end, nil
+}
+
+// exited reports whether the sandbox's PID 1 has exited (waiting briefly: a PID namespace's
+// processes die before its init's exit is reported).
+func (s *Sandbox) exited() bool {
+	select {
+	case <-s.done:
+		return true
+	case <-time.After(100 * time.Millisecond):
+		return false
+	}
 }
 
 // dialPassCred connects to the unix socket path with SO_PASSCRED set before the connection
