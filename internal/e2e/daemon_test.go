@@ -114,7 +114,7 @@ func TestDaemonCrashLeavesNothingBehind(t *testing.T) {
 	cg := fmt.Sprintf("airlock-crash-%d", os.Getpid())
 	t.Cleanup(func() { removeCgroupRoot(cg) })
 	addr := freeAddr(t)
-	d := startDaemon(t, state, cg, addr)
+	d := startDaemon(t, state, cg, addr, zygoteOff)
 
 	var sb api.SandboxInfo
 	if code := postJSON(t, d.url+"/v1/sandboxes", `{"timeout":120}`, &sb); code != 201 {
@@ -144,7 +144,7 @@ func TestDaemonCrashLeavesNothingBehind(t *testing.T) {
 		t.Fatal("sandboxes should outlive a daemon crash (the restarted daemon adopts them)")
 	}
 
-	d = startDaemon(t, state, cg, addr)
+	d = startDaemon(t, state, cg, addr, zygoteOff)
 	var info api.SandboxInfo
 	r2, err := http.Get(d.url + "/v1/sandboxes/" + sb.ID)
 	if err != nil {

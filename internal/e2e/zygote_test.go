@@ -496,3 +496,64 @@ func procsWithArgs(args string) []int {
 	}
 	return out
 }
+
+// zygoteOff runs a test daemon with --zygote=false: for tests that count its sandboxes.
+func zygoteOff(cmd *exec.Cmd) { cmd.Env = append(cmd.Env, "AIRLOCK_ZYGOTE=false") }
+
+// TestZygoteDaemonCrash: a SIGKILLed daemon's zygote outlives it, like any sandbox; the
+// restarted daemon destroys it (a zygote is never adopted) and starts a new one.
+func TestZygoteDaemonCrash(t *testing.T) {
+	testutil.MustHaveRoot(t)
+	state, err := os.MkdirTemp("", "airlock-zcrash-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	cg := fmt.Sprintf("airlock-zcrash-%d", os.Getpid())
+	t.Cleanup(func() { removeCgroupRoot(cg) })
+	addr := freeAddr(t)
+	zygotesIn := func() []int {
+		var out []int
+		for _, pid := range testutil.ProcsInCgroup(cg) {
+			if b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline"); strings.Contains(string(b), "zygote.py") {
+				out = append(out, pid)
+			}
+		}
+		return out
+	}
+	execute := func(d *daemon, code string) string {
+		var res api.ExecuteResponse
+		if st := postJSON(t, d.url+"/v1/execute", `{"code":`+strconv.Quote(code)+`}`, &res); st != 200 {
+			t.Fatalf("execute: %d %+v", st, res)
+		}
+		return strings.TrimSpace(res.Stdout)
+	}
+	d := startDaemon(t, state, cg, addr)
+	if out := execute(d, "print(1)"); out != "1" { // cold; starts the zygote
+		t.Fatalf("got %q", out)
+	}
+	waitFor(t, "the zygote to start", func() bool { return len(zygotesIn()) > 0 })
+	old := zygotesIn()
+	d.kill()
+	if len(zygotesIn()) == 0 {
+		t.Fatal("the zygote did not outlive the daemon")
+	}
+	d = startDaemon(t, state, cg, addr)
+	waitFor(t, "the old zygote to be destroyed", func() bool {
+		for _, pid := range zygotesIn() {
+			for _, o := range old {
+				if pid == o {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	execute(d, "print(1)")
+	waitFor(t, "a new zygote", func() bool { return len(zygotesIn()) > 0 })
+	waitFor(t, "a run in the new zygote", func() bool { return execute(d, inZygote+"print('warm')") == "warm" })
+	d.stop()
+	if pids := testutil.ProcsInCgroup(cg); len(pids) != 0 {
+		t.Fatalf("processes left after the daemon stopped: %v", pids)
+	}
+}
