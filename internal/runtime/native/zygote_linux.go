@@ -237,8 +237,26 @@ type zygotePool struct {
 	quit    chan struct{}   // closed by close
 	ctx     context.Context // the first run's, without its cancellation: for the filler and cleanups
 	start   sync.Once
-	stop    sync.Once
-	wg      sync.WaitGroup // the filler and the cleanups of ended runs
+
+	mu     sync.Mutex     // guards closed and the additions to wg
+	closed bool           // closeZygote has begun: nothing more is started
+	wg     sync.WaitGroup // the filler and the cleanups of ended runs
+}
+
+// spawn runs fn in a goroutine closeZygote waits for; once it has begun, fn runs inline.
+func (p *zygotePool) spawn(fn func()) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		fn()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		fn()
+	}()
 }
 
 func newZygotePool(scratch int64) *zygotePool {
@@ -253,7 +271,12 @@ func (s *Sandbox) closeZygote() {
 	if p == nil {
 		return
 	}
-	p.stop.Do(func() { close(p.quit) })
+	p.mu.Lock()
+	if !p.closed {
+		p.closed = true
+		close(p.quit)
+	}
+	p.mu.Unlock()
 	p.wg.Wait()
 	for {
 		select {
@@ -353,7 +376,7 @@ func (s *Sandbox) releaseChild(p *zygotePool, c *prepared) {
 	if c.conn != nil {
 		c.conn.Close()
 	}
-	p.wg.Go(func() {
+	p.spawn(func() {
 		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 		defer cancel()
 		// After a run its PID 1 is exiting on its own: Delete's retries on EBUSY wait for that,
@@ -397,7 +420,13 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, err
 	}
 	p.start.Do(func() {
 		p.ctx = context.WithoutCancel(ctx)
-		p.wg.Go(func() { s.fill(p) })
+		p.spawn(func() {
+			select {
+			case <-p.quit: // closed before the first run: no filler
+			default:
+				s.fill(p)
+			}
+		})
 	})
 	var c *prepared
 	select {
