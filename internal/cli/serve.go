@@ -157,7 +157,7 @@ func serveCmd() *cobra.Command {
 		keyFile string
 		// auditPath and secretsKeyFile are --audit-log and --secrets-key-file.
 		auditPath, secretsKeyFile string
-		ec                        engine.Config
+		ec                        = engine.Config{Zygote: true}
 		rc                        runtimeConfig
 		sc                        = server.Config{ReadTimeout: time.Minute, WriteTimeout: time.Minute}
 		co                        = connOptions{idleTimeout: time.Minute}
@@ -357,6 +357,8 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &ec.PoolCPU, "pool-cpu", "AIRLOCK_POOL_CPU", "warm pool: the share of one core refills may use, in (0, 1]")
 	flagEnv(f, &ec.PoolIdle, "pool-idle", "AIRLOCK_POOL_IDLE", "warm pool: a class with no request for this long holds no ready sandbox")
 	flagEnv(f, &skipPreflight, "skip-preflight", "AIRLOCK_SKIP_PREFLIGHT", "start even where the host checks of airlock doctor FAIL (experts: sandboxes will fail instead)")
+	flagEnv(f, &ec.Zygote, "zygote", "AIRLOCK_ZYGOTE", "run Python one-shots (network block, host image, no output files) in children of a pre-imported Python zygote per API key; --zygote=false runs every one cold")
+	flagEnv(f, (*stringList)(&ec.ZygoteModules), "zygote-modules", "AIRLOCK_ZYGOTE_MODULES", "modules the zygote imports besides numpy, pandas and matplotlib, comma-separated")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	flagEnv(f, &sd.grace, "shutdown-grace", "AIRLOCK_SHUTDOWN_GRACE", "on SIGTERM or SIGINT, how long calls in flight (runs, cells, execs) may take to finish; past it they end with 503")
 	flagEnv(f, &sd.drain, "drain-on-stop", "AIRLOCK_DRAIN_ON_STOP", "on SIGTERM or SIGINT, destroy long-lived sandboxes and sessions instead of leaving them running for the next daemon to adopt")

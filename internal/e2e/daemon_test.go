@@ -118,7 +118,7 @@ func TestDaemonCrashLeavesNothingBehind(t *testing.T) {
 	addr := freeAddr(t)
 	// No warm pool: the test counts the sandboxes in the state directory (TestPoolDaemonRestart
 	// is the crash with pooled sandboxes).
-	d := startDaemon(t, state, cg, addr, noPool)
+	d := startDaemon(t, state, cg, addr, noPool, zygoteOff)
 
 	var sb api.SandboxInfo
 	if code := postJSON(t, d.url+"/v1/sandboxes", `{"timeout":120}`, &sb); code != 201 {
@@ -148,7 +148,7 @@ func TestDaemonCrashLeavesNothingBehind(t *testing.T) {
 		t.Fatal("sandboxes should outlive a daemon crash (the restarted daemon adopts them)")
 	}
 
-	d = startDaemon(t, state, cg, addr, noPool)
+	d = startDaemon(t, state, cg, addr, noPool, zygoteOff)
 	var info api.SandboxInfo
 	r2, err := http.Get(d.url + "/v1/sandboxes/" + sb.ID)
 	if err != nil {

@@ -39,12 +39,13 @@ def try_read(path):
 func TestIsolationAttacks(t *testing.T) {
 	mustEngine(t)
 	for _, image := range []struct{ name, ref string }{{"host", "host"}, {"pulled", pythonImage(t)}} {
-		t.Run(image.name, func(t *testing.T) { isolationAttacks(t, image.ref) })
+		t.Run(image.name, func(t *testing.T) { isolationAttacks(t, image.ref, run) })
 	}
 }
 
-// isolationAttacks runs the attacks in one-shot sandboxes of image.
-func isolationAttacks(t *testing.T, image string) {
+// isolationAttacks runs the attacks in one-shot sandboxes of image, each through runFn (run, or
+// a zygote engine's, see zygote_test.go).
+func isolationAttacks(t *testing.T, image string, runFn func(*testing.T, api.ExecuteRequest) *api.ExecuteResponse) {
 	exe, _ := os.Executable()
 	cases := []struct {
 		name string
@@ -171,7 +172,7 @@ except OSError: pass`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := run(t, api.ExecuteRequest{Image: image, Code: pyPrelude + tc.code + "\nprint('BLOCKED')\n"})
+			resp := runFn(t, api.ExecuteRequest{Image: image, Code: pyPrelude + tc.code + "\nprint('BLOCKED')\n"})
 			if strings.Contains(resp.Stdout, "ESCAPED") {
 				t.Fatalf("attack worked: %s\nstderr: %s", resp.Stdout, resp.Stderr)
 			}

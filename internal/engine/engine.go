@@ -59,6 +59,8 @@ type Spec struct {
 	// Workdir is a writable directory the runtime creates outside /workspace and /tmp; empty
 	// when the workdir lies inside them.
 	Workdir string
+	// Zygote, if set, asks for a zygote sandbox (zygote.go); the Instance is a ZygoteInstance.
+	Zygote *ZygoteSpec
 }
 
 // Usage is what a sandbox consumed, read from its cgroup.
@@ -152,6 +154,12 @@ type Config struct {
 	// Secrets resolves the named secrets runs, sandboxes and sessions ask for (secrets.go);
 	// nil refuses every request naming one (501). Flag --secrets-key-file.
 	Secrets Secrets
+	// Zygote sends Python one-shots with the network blocked, on the host image and without
+	// output files to a zygote child (zygote.go) instead of a cold sandbox. Flag --zygote.
+	Zygote bool
+	// ZygoteModules are what zygotes import besides numpy, pandas and matplotlib. Flag
+	// --zygote-modules.
+	ZygoteModules []string
 }
 
 func (c *Config) setDefaults() {
@@ -309,6 +317,8 @@ type Engine struct {
 	langs languageProbe // the languages the host image runs, probed once (language.go)
 
 	execs executions // one-shot runs in flight, listed and cancelled (executions.go)
+
+	zyg zygotes // the Python zygotes, one per owner (zygote.go)
 
 	// seedMu guards seed only; it is never held while a session is created (see SeedSession).
 	seedMu sync.Mutex

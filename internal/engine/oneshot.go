@@ -198,6 +198,13 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (res *Result, e
 	if err != nil {
 		return nil, err
 	}
+	if e.zygoteEligible(p, network) {
+		zrun := *p
+		zrun.Env = overlayEnv(secretEnv, p.Env) // in this run's copy only: p is audited
+		if res, ok, err := e.runZygote(ctx, &zrun); ok {
+			return res, err
+		}
+	}
 	root, lease, err := e.leaseImage(ctx, p.Image)
 	if err != nil {
 		return nil, err

@@ -27,6 +27,9 @@ type initConfig struct {
 	ShmSize int64    `json:"shm_size,omitempty"`
 	// WritableRoot (a build sandbox, Spec.Build) leaves the image root writable after pivot_root.
 	WritableRoot bool `json:"writable_root,omitempty"`
+	// Zygote, if set, makes the init execute the Python zygote instead of serving as the agent
+	// (zygote_linux.go).
+	Zygote *zygoteInit `json:"zygote,omitempty"`
 }
 
 // bindSpec is one read-only bind mount of a host path into the new root.

@@ -64,7 +64,7 @@ func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 	sb, err := n.r.Create(ctx, Spec{
 		ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
 		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Network: s.Network, Meta: s.Meta,
-		Workdir: s.Workdir, Image: imageRoot(s.ImageRoot), Build: s.Build,
+		Workdir: s.Workdir, Image: imageRoot(s.ImageRoot), Build: s.Build, Zygote: zygoteConfig(s.Zygote),
 	})
 	if errors.Is(err, ErrNoUIDRange) {
 		// Every uid range of the host is in use by live sandboxes: capacity, not a fault.
@@ -73,7 +73,7 @@ func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 	if err != nil {
 		return nil, err
 	}
-	return engineSandbox{sb}, nil
+	return engineInstance(sb), nil
 }
 
 func (n engineRuntime) Recover(ctx context.Context) ([]engine.Recovered, error) {

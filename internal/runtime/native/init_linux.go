@@ -53,6 +53,9 @@ func Init() (*Child, error) {
 	os.Unsetenv("AIRLOCK_SANDBOX_INIT")
 	status := os.NewFile(fdStatus, "status")
 	cfg, err := readConfig()
+	if err == nil && cfg.Zygote != nil {
+		err = execZygote(cfg) // returns only on failure
+	}
 	var spawn func(func())
 	if err == nil {
 		spawn, err = setup(cfg)

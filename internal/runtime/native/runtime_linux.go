@@ -118,6 +118,9 @@ type Spec struct {
 	// process the agent starts. Everything else (namespaces, cgroup, disk cap) is as for any
 	// sandbox: a build step is untrusted code.
 	Build bool
+	// Zygote, if set, makes a zygote sandbox: its PID 1 is the Python zygote, driven through
+	// RunZygote, not the agent (zygote_linux.go).
+	Zygote *ZygoteConfig
 }
 
 // ErrReservedWorkdir is returned for a workdir inside a system directory.
@@ -487,6 +490,7 @@ type Sandbox struct {
 	// came from, the user memory limit now, and the cgroup version. Zero in a recovered sandbox.
 	scratch, scratchReq, memory int64
 	v2                          bool
+	zygote                      *zygotePool // PID 1 is the Python zygote: its prepared children (zygote_linux.go)
 	destroy                     sync.Once
 	err                         error // result of Destroy
 }
@@ -769,6 +773,7 @@ func (c *creation) configure(context.Context) error {
 		UserCgroup: len(c.userFiles), CgroupV2: c.v2,
 	}
 	c.configureImage(&icfg)
+	c.configureZygote(&icfg)
 	if c.sb.resolv != "" {
 		// After /etc (or the image's contract files): the sandbox's own resolver wins.
 		icfg.Binds = append(icfg.Binds, bindSpec{Source: c.sb.resolv, Target: "/etc/resolv.conf", File: true})
@@ -957,6 +962,7 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		case <-wctx.Done():
 		}
 		wcancel()
+		s.closeZygote()
 		if pids, err := s.cg.Pids(); err != nil || len(pids) > 0 {
 			if err := s.cg.Kill(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("kill cgroup: %w", err))

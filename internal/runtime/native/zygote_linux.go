@@ -1,0 +1,748 @@
+package native
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/cgroup"
+	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/layout"
+	"github.com/airlockhq/airlock/internal/seccomp"
+)
+
+// A zygote sandbox is a sandbox like any other (its own user namespace and uid range, the
+// read-only root, its cgroup, its state directory, recovered and destroyed like any) whose PID 1
+// is not the agent but the Python zygote (zygote.py): the init builds the root as usual, then —
+// instead of locking itself down and serving the agent protocol — executes python3, which keeps
+// the capabilities of the sandbox's user namespace (it needs CAP_SYS_ADMIN there to unshare and
+// mount for each run) and never runs user code. Each run (Sandbox.RunZygote) is one connection
+// on the sandbox's socket: the zygote forks, and the child makes itself a fresh sandbox inside
+// the zygote's (see the wire sequence in zygote.py) after the daemon has moved it into a cgroup of
+// the run's own, below the zygote's.
+
+//go:embed zygote.py
+var zygoteScript []byte
+
+// ZygoteConfig makes Spec a zygote sandbox.
+type ZygoteConfig struct {
+	// Modules are imported besides numpy, pandas and matplotlib (Agg); one the image lacks is
+	// skipped (and logged in the sandbox's agent.log).
+	Modules []string
+	// RunMemoryBytes is the usual run's memory limit: children are prepared with the scratch
+	// size (ScratchFor) a run of it gets; a run of another limit resizes its own.
+	RunMemoryBytes int64
+}
+
+// zygoteInit is what a zygote sandbox's init passes on to the Python zygote (fd 3, JSON).
+type zygoteInit struct {
+	Modules  []string `json:"modules"`
+	UID      int      `json:"uid"`
+	GID      int      `json:"gid"`
+	NoFile   uint64   `json:"nofile"`
+	PTYs     int      `json:"ptys"`
+	Devices  []string `json:"devices"` // the /dev entries restrictFS lets be written
+	Masked   []string `json:"masked"`
+	ReadOnly []string `json:"read_only"`
+	Seccomp  string   `json:"seccomp"` // hex of the struct sock_filter array every user process runs under
+}
+
+// configureZygote marks a zygote spec's init config.
+func (c *creation) configureZygote(icfg *initConfig) {
+	if c.spec.Zygote == nil {
+		return
+	}
+	icfg.Zygote = &zygoteInit{Modules: c.spec.Zygote.Modules, UID: c.r.cfg.UID, GID: c.r.cfg.GID,
+		NoFile: c.spec.NoFile, PTYs: PTYsPerSandbox, Devices: devices, Masked: maskedPaths, ReadOnly: readOnlyPaths}
+	c.sb.zygote = newZygotePool(ScratchFor(c.spec.ScratchBytes, c.spec.Zygote.RunMemoryBytes))
+}
+
+// execZygote builds the zygote sandbox from inside and replaces the init with python3; it
+// returns only on failure. The status pipe (fd 4) and the listener (fd 5) stay open for the
+// zygote, which reports "ok" once its modules are imported.
+func execZygote(cfg *initConfig) error {
+	runtime.LockOSThread()
+	if err := buildRoot(cfg); err != nil {
+		return err
+	}
+	if err := step("sethostname", unix.Sethostname([]byte(cfg.Hostname))); err != nil {
+		return err
+	}
+	if err := step("loopback up", loopbackUp()); err != nil {
+		return err
+	}
+	if err := setRlimits(cfg); err != nil {
+		return err
+	}
+	if err := step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)); err != nil {
+		return err
+	}
+	// The filter every user process gets on cgroup v1 (the stricter one: no clone3); a run's
+	// user program installs it in its own process before it runs (see lock_down in zygote.py).
+	prog, err := seccomp.Program()
+	if err != nil {
+		return step("seccomp program", err)
+	}
+	var fb bytes.Buffer
+	for _, f := range prog {
+		binary.Write(&fb, binary.NativeEndian, f)
+	}
+	zc := *cfg.Zygote
+	zc.Seccomp = hex.EncodeToString(fb.Bytes())
+	b, err := json.Marshal(zc)
+	if err != nil {
+		return step("zygote config", err)
+	}
+	// Memory files, not arguments or environment: what a forked child could read back from
+	// its /proc/self/cmdline or environ is only the short bootstrap below.
+	if err := memfdAt(3, "zygote-config", b); err != nil {
+		return err
+	}
+	if err := memfdAt(6, "zygote.py", zygoteScript); err != nil {
+		return err
+	}
+	python, err := lookPython()
+	if err != nil {
+		return err
+	}
+	env := []string{"PATH=" + defaultPath, "LANG=C.UTF-8", "HOME=" + layout.Workspace}
+	for _, kv := range cfg.Env {
+		env = append(env, kv)
+	}
+	const boot = "import os;s=os.read(6,1<<22);os.close(6);exec(compile(s,'zygote.py','exec'))"
+	return step("exec python3", unix.Exec(python, []string{"python3", "-I", "-c", boot}, env))
+}
+
+// defaultPath is the PATH of every sandbox process (the agent's base environment).
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+func lookPython() (string, error) {
+	for _, d := range filepath.SplitList(defaultPath) {
+		p := filepath.Join(d, "python3")
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", &SetupError{Step: "find python3", Msg: "the image has no python3"}
+}
+
+// memfdAt puts b in a memory file at descriptor fd, inherited across exec.
+func memfdAt(fd int, name string, b []byte) error {
+	m, err := unix.MemfdCreate(name, 0)
+	if err != nil {
+		return step("memfd "+name, err)
+	}
+	if _, err := unix.Pwrite(m, b, 0); err != nil {
+		return step("write "+name, err)
+	}
+	if m != fd {
+		if err := unix.Dup3(m, fd, 0); err != nil {
+			return step("dup "+name, err)
+		}
+		unix.Close(m)
+	}
+	return nil
+}
+
+// ErrZygoteSetup wraps a run the zygote could not start: nothing of its program ran, so the
+// caller may run it elsewhere. It is the engine's sentinel.
+var ErrZygoteSetup = engine.ErrZygoteSetup
+
+// ErrNotZygote is returned by RunZygote on a sandbox that is not a zygote sandbox.
+var ErrNotZygote = errors.New("not a zygote sandbox")
+
+// ZygoteRun is one program for a zygote's child; zero limits are unlimited.
+type ZygoteRun struct {
+	Code, Stdin  string
+	Files        map[string]string // clean absolute path → content, written by the program's user
+	Env          map[string]string // over the sandbox's base environment (PATH, LANG, HOME)
+	Timeout      time.Duration
+	MemoryBytes  int64
+	CPU          float64
+	Pids         int64
+	ScratchBytes int64
+	OutputLimit  int64 // bytes per stream; past it output is read and dropped
+	// Output, if set, is called with each piece of output kept (stream 1 stdout, 2 stderr),
+	// from the calling goroutine only.
+	Output func(stream int, b []byte)
+}
+
+// ZygoteEnd is how a zygote run ended, as the agent reports a process's end.
+type ZygoteEnd struct {
+	Stdout, Stderr                   []byte
+	ExitCode                         int // 128+signal when killed
+	TimedOut                         bool
+	StdoutTruncated, StderrTruncated bool
+	Duration                         time.Duration
+	Stats                            cgroup.Stats // the run's own cgroup
+	Processes                        int
+}
+
+// zygoteRequest is the request line a prepared child's user process reads.
+type zygoteRequest struct {
+	Code        string            `json:"code"`
+	Env         map[string]string `json:"env"`
+	Files       map[string]string `json:"files,omitempty"`
+	ScratchSize int64             `json:"scratch_size"`
+}
+
+// zygoteReply is one JSON line of a zygote child's.
+type zygoteReply struct {
+	Hello   int     `json:"hello"`
+	Ready   int     `json:"ready"`
+	Started int     `json:"started"`
+	Status  *uint32 `json:"status"`
+	Error   string  `json:"error"`
+}
+
+// The prepared children a zygote sandbox keeps (zygotePrepared), and what a run's cgroup holds
+// besides the program's processes (its PID 1).
+const (
+	zygotePrepared = 4
+	runPidsReserve = 1
+)
+
+// prepared is a zygote child made ready for one run: in a cgroup of its own (no limits yet), in
+// namespaces of its own with its scratch and /proc mounted, its user process waiting for the
+// request. It serves one run, or none.
+type prepared struct {
+	g    *cgroup.Group
+	conn *net.UnixConn
+	r    *bufio.Reader
+}
+
+// zygotePool is a zygote sandbox's prepared children, refilled in the background by one filler
+// (started on the first run, stopped by Destroy, which waits for it and for the cleanups).
+type zygotePool struct {
+	scratch int64           // the scratch tmpfs's size while prepared; each run sizes its own
+	ready   chan *prepared  // capacity zygotePrepared
+	want    chan struct{}   // a child was taken: the filler makes another
+	quit    chan struct{}   // closed by close
+	ctx     context.Context // the first run's, without its cancellation: for the filler and cleanups
+	start   sync.Once
+
+	mu     sync.Mutex     // guards closed and the additions to wg
+	closed bool           // closeZygote has begun: nothing more is started
+	wg     sync.WaitGroup // the filler and the cleanups of ended runs
+}
+
+// spawn runs fn in a goroutine closeZygote waits for; once it has begun, fn runs inline.
+func (p *zygotePool) spawn(fn func()) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		fn()
+		return
+	}
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.wg.Done()
+		fn()
+	}()
+}
+
+func newZygotePool(scratch int64) *zygotePool {
+	return &zygotePool{scratch: scratch, ready: make(chan *prepared, zygotePrepared),
+		want: make(chan struct{}, 1), quit: make(chan struct{})}
+}
+
+// closeZygote stops the filler and lets the prepared children go; a no-op for other sandboxes.
+// Destroy calls it once PID 1 is gone (which took every child with it).
+func (s *Sandbox) closeZygote() {
+	p := s.zygote
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	if !p.closed {
+		p.closed = true
+		close(p.quit)
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+	for {
+		select {
+		case c := <-p.ready:
+			c.conn.Close()
+		default:
+			return
+		}
+	}
+}
+
+// fill keeps the pool full until quit.
+func (s *Sandbox) fill(p *zygotePool) {
+	for {
+		for len(p.ready) < cap(p.ready) {
+			c, err := s.prepare(p)
+			if err != nil {
+				select {
+				case <-p.quit:
+					return // the zygote is being destroyed: that is why
+				case <-s.done:
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+				s.logger.WarnContext(p.ctx, "prepare zygote child", "err", err)
+				select {
+				case <-p.quit:
+					return
+				case <-s.done:
+					return
+				case <-time.After(time.Second):
+				}
+				continue
+			}
+			select {
+			case p.ready <- c:
+			case <-p.quit:
+				s.releaseChild(p, c)
+				return
+			}
+		}
+		select {
+		case <-p.want:
+		case <-p.quit:
+			return
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// prepare makes one prepared child: the zygote forks it on a new connection, the daemon moves
+// it (by the host pid its hello carries) into a cgroup below the zygote's, and it makes its
+// namespaces and mounts.
+func (s *Sandbox) prepare(p *zygotePool) (_ *prepared, err error) {
+	g, err := s.cg.CreateChild("r"+randomHex(8), cgroup.Limits{})
+	if err != nil {
+		return nil, fmt.Errorf("run cgroup: %w", err)
+	}
+	c := &prepared{g: g}
+	defer func() {
+		if err != nil {
+			s.releaseChild(p, c)
+		}
+	}()
+	if c.conn, err = dialPassCred(s.sock); err != nil {
+		return nil, fmt.Errorf("dial zygote: %w", err)
+	}
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	pid, r, err := readHello(c.conn)
+	if err != nil {
+		return nil, err
+	}
+	c.r = r
+	if err := g.Add(pid); err != nil {
+		return nil, fmt.Errorf("place child: %w", err)
+	}
+	prep, _ := json.Marshal(map[string]int64{"scratch_size": p.scratch})
+	if _, err := c.conn.Write(append(append([]byte("go\n"), prep...), '\n')); err != nil {
+		return nil, fmt.Errorf("start child: %w", err)
+	}
+	rep, err := readReply(c.r)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("wait for prepared child: %w", err)
+	case rep.Error != "":
+		return nil, errors.New(rep.Error)
+	case rep.Ready != 1:
+		return nil, errors.New("prepared child: unexpected answer")
+	}
+	c.conn.SetReadDeadline(time.Time{})
+	return c, nil
+}
+
+// releaseChild ends c in the background: its connection closed, its cgroup killed and removed.
+func (s *Sandbox) releaseChild(p *zygotePool, c *prepared) {
+	if c.conn != nil {
+		c.conn.Close()
+	}
+	p.spawn(func() {
+		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
+		defer cancel()
+		// After a run its PID 1 is exiting on its own: Delete's retries on EBUSY wait for that,
+		// and the freezer's kill (costlier) is for what does not go.
+		if c.g.Delete() == nil {
+			return
+		}
+		if err := c.g.Kill(ctx); err != nil {
+			s.logger.WarnContext(ctx, "kill zygote run", "err", err)
+		}
+		if err := c.g.Delete(); err != nil {
+			s.logger.WarnContext(ctx, "delete zygote run cgroup", "err", err)
+		}
+	})
+}
+
+func readReply(r *bufio.Reader) (zygoteReply, error) {
+	var rep zygoteReply
+	line, err := r.ReadBytes('\n')
+	if err != nil {
+		return rep, err
+	}
+	if err := json.Unmarshal(line, &rep); err != nil {
+		return rep, fmt.Errorf("zygote child: %w", err)
+	}
+	return rep, nil
+}
+
+// RunZygote runs one program in a prepared child of the zygote (one made on the spot when none
+// is ready) and returns how it ended. The child's cgroup gets run's limits before the request is
+// sent; it is killed at the time limit, and removed in the background after the run.
+func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, error) {
+	p := s.zygote
+	if p == nil {
+		return nil, ErrNotZygote
+	}
+	select {
+	case <-s.done:
+		return nil, fmt.Errorf("%w: the zygote has exited", ErrZygoteSetup)
+	default:
+	}
+	p.start.Do(func() {
+		p.ctx = context.WithoutCancel(ctx)
+		p.spawn(func() {
+			select {
+			case <-p.quit: // closed before the first run: no filler
+			default:
+				s.fill(p)
+			}
+		})
+	})
+	var c *prepared
+	select {
+	case c = <-p.ready:
+	default:
+		var err error
+		if c, err = s.prepare(p); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+		}
+	}
+	select {
+	case p.want <- struct{}{}:
+	default:
+	}
+	defer s.releaseChild(p, c)
+	lim := cgroup.Limits{MemoryBytes: run.MemoryBytes, CPU: run.CPU}
+	if run.Pids > 0 {
+		lim.Pids = run.Pids + runPidsReserve
+	}
+	if err := c.g.SetLimits(lim); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+	}
+
+	var ours, theirs []*os.File // our ends; the child's ends, closed once sent
+	defer func() {
+		for _, f := range append(ours, theirs...) {
+			f.Close()
+		}
+	}()
+	for i := range 3 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, fmt.Errorf("%w: pipe: %w", ErrZygoteSetup, err)
+		}
+		if i == 0 {
+			ours, theirs = append(ours, w), append(theirs, r)
+		} else {
+			ours, theirs = append(ours, r), append(theirs, w)
+		}
+	}
+	env := map[string]string{"PATH": defaultPath}
+	for k, v := range run.Env {
+		env[k] = v
+	}
+	env["LANG"], env["HOME"] = "C.UTF-8", layout.Workspace
+	for k, v := range run.Env { // a request may set LANG or HOME, as the agent lets it
+		if k == "LANG" || k == "HOME" {
+			env[k] = v
+		}
+	}
+	req, _ := json.Marshal(zygoteRequest{Code: run.Code, Env: env, Files: run.Files,
+		ScratchSize: ScratchFor(run.ScratchBytes, run.MemoryBytes)})
+	rights := unix.UnixRights(int(theirs[0].Fd()), int(theirs[1].Fd()), int(theirs[2].Fd()))
+	start := time.Now()
+	if _, _, err := c.conn.WriteMsgUnix(append(req, '\n'), rights, nil); err != nil {
+		return nil, fmt.Errorf("%w: send run: %w", ErrZygoteSetup, err)
+	}
+	for _, f := range theirs {
+		f.Close()
+	}
+	theirs = nil
+	return s.superviseRun(ctx, run, c, ours, start)
+}
+
+// superviseRun feeds stdin, reads output up to the limit, and waits for the child's reports,
+// killing the run's cgroup at the time limit or when ctx ends.
+func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, ours []*os.File, start time.Time) (*ZygoteEnd, error) {
+	stdinW, outR, errR := ours[0], ours[1], ours[2]
+	type chunk struct {
+		stream int
+		b      []byte
+	}
+	// Unbuffered: a pump's last chunk is taken before its end is signalled on pumps.
+	chunks := make(chan chunk)
+	done := make(chan struct{}) // closed when superviseRun returns: pumps drop what they read
+	defer close(done)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		// The program may never read its stdin; EPIPE and a killed run end this write.
+		io.WriteString(stdinW, run.Stdin)
+		stdinW.Close()
+	})
+	pumps := make(chan struct{}, 2)
+	for i, r := range []*os.File{outR, errR} {
+		wg.Go(func() {
+			defer func() { pumps <- struct{}{} }()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := r.Read(buf)
+				if n > 0 {
+					select {
+					case chunks <- chunk{i + 1, bytes.Clone(buf[:n])}:
+					case <-done:
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		})
+	}
+	// started: the program runs (or its setup failed: Error); status: U's end, nil if the run
+	// was killed with its cgroup (time limit, OOM of PID 1) before the report.
+	type outcome struct {
+		started bool
+		rep     zygoteReply
+	}
+	replies := make(chan outcome, 1)
+	wg.Go(func() {
+		var o outcome
+		for {
+			rep, err := readReply(c.r)
+			if err != nil {
+				break
+			}
+			if rep.Error != "" || rep.Status != nil {
+				o.rep = rep
+				break
+			}
+			o.started = o.started || rep.Started == 1
+		}
+		replies <- o
+	})
+
+	end := &ZygoteEnd{}
+	var out, errb bytes.Buffer
+	limit := int(run.OutputLimit)
+	timer := time.NewTimer(run.Timeout)
+	defer timer.Stop()
+	var res *outcome
+	var stopped time.Time
+	kill := func() {
+		kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := c.g.Kill(kctx); err != nil {
+			s.logger.WarnContext(ctx, "kill zygote run", "err", err)
+		}
+	}
+	var ctxErr error
+	for open := 2; open > 0 || res == nil; {
+		select {
+		case ch := <-chunks:
+			buf, trunc := &out, &end.StdoutTruncated
+			if ch.stream == 2 {
+				buf, trunc = &errb, &end.StderrTruncated
+			}
+			room := len(ch.b)
+			if limit > 0 {
+				room = limit - buf.Len()
+			}
+			kept := ch.b[:max(0, min(len(ch.b), room))]
+			if len(kept) < len(ch.b) {
+				*trunc = true
+			}
+			if len(kept) > 0 {
+				buf.Write(kept)
+				if run.Output != nil {
+					run.Output(ch.stream, kept)
+				}
+			}
+		case <-pumps:
+			open--
+		case o := <-replies:
+			res, stopped = &o, time.Now()
+			if !o.started || o.rep.Error != "" {
+				kill() // nothing of the program runs: nothing may hold the pipes
+			}
+		case <-timer.C:
+			end.TimedOut = true
+			kill()
+		case <-ctx.Done():
+			if ctxErr == nil {
+				ctxErr = context.Cause(ctx)
+				kill()
+			}
+		}
+	}
+	switch {
+	case ctxErr != nil:
+		return nil, ctxErr
+	case res.rep.Error != "":
+		return nil, fmt.Errorf("%w: %s", ErrZygoteSetup, res.rep.Error)
+	case !res.started && !end.TimedOut:
+		return nil, fmt.Errorf("%w: the prepared child ended before its program started", ErrZygoteSetup)
+	}
+	end.Stdout, end.Stderr = out.Bytes(), errb.Bytes()
+	end.Duration = stopped.Sub(start)
+	switch {
+	case end.TimedOut:
+		end.Duration, end.ExitCode = run.Timeout, 128+int(syscall.SIGKILL)
+	case res.rep.Status == nil && s.exited():
+		// The zygote's death took the run with it: not the program's doing.
+		return nil, errors.New("the zygote exited during the run")
+	case res.rep.Status == nil:
+		end.ExitCode = 128 + int(syscall.SIGKILL) // killed with its cgroup (the OOM killer took PID 1)
+	default:
+		ws := syscall.WaitStatus(*res.rep.Status)
+		switch {
+		case ws.Exited():
+			end.ExitCode = ws.ExitStatus()
+		case ws.Signaled():
+			end.ExitCode = 128 + int(ws.Signal())
+		}
+	}
+	st, err := c.g.Stats()
+	if err != nil {
+		return nil, err
+	}
+	end.Stats = st
+	return end, nil
+}
+
+// exited reports whether the sandbox's PID 1 has exited (waiting briefly: a PID namespace's
+// processes die before its init's exit is reported).
+func (s *Sandbox) exited() bool {
+	select {
+	case <-s.done:
+		return true
+	case <-time.After(100 * time.Millisecond):
+		return false
+	}
+}
+
+// dialPassCred connects to the unix socket path with SO_PASSCRED set before the connection
+// exists, so that the kernel attaches to every message the sender's credentials — its pid as
+// the daemon's (the host's) PID namespace sees it — even to one sent the instant the peer
+// accepts (set later, the first message could carry none: pid 0).
+func dialPassCred(path string) (*net.UnixConn, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "zygote")
+	defer f.Close() // FileConn dups it
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		return nil, fmt.Errorf("SO_PASSCRED: %w", err)
+	}
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, err
+	}
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UnixConn), nil
+}
+
+// readHello reads the child's hello line and the pid its credentials carry; the reader returned
+// continues after it.
+func readHello(conn *net.UnixConn) (int, *bufio.Reader, error) {
+	buf := make([]byte, 64)
+	oob := make([]byte, unix.CmsgSpace(unix.SizeofUcred))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read hello: %w", err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) == 0 {
+		return 0, nil, fmt.Errorf("hello without credentials (%d bytes %q)", n, buf[:n])
+	}
+	cred, err := unix.ParseUnixCredentials(&msgs[0])
+	if err != nil {
+		return 0, nil, fmt.Errorf("hello credentials: %w", err)
+	}
+	if cred.Pid <= 0 {
+		return 0, nil, errors.New("hello credentials without a pid")
+	}
+	line, after, ok := bytes.Cut(buf[:n], []byte("\n"))
+	var rep zygoteReply
+	if !ok || json.Unmarshal(line, &rep) != nil || rep.Hello != 1 {
+		return 0, nil, fmt.Errorf("unexpected hello %q", buf[:n])
+	}
+	return int(cred.Pid), bufio.NewReader(io.MultiReader(bytes.NewReader(after), conn)), nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// engineZygote adapts a zygote Sandbox to engine.ZygoteInstance.
+type engineZygote struct{ engineSandbox }
+
+var _ engine.ZygoteInstance = engineZygote{}
+
+// engineInstance adapts sb to the engine: a zygote sandbox is an engine.ZygoteInstance.
+func engineInstance(sb *Sandbox) engine.Instance {
+	if sb.zygote != nil {
+		return engineZygote{engineSandbox{sb}}
+	}
+	return engineSandbox{sb}
+}
+
+// zygoteConfig converts the engine's zygote spec; nil is an ordinary sandbox.
+func zygoteConfig(z *engine.ZygoteSpec) *ZygoteConfig {
+	if z == nil {
+		return nil
+	}
+	return &ZygoteConfig{Modules: z.Modules, RunMemoryBytes: z.RunMemoryBytes}
+}
+
+func (z engineZygote) RunZygote(ctx context.Context, r engine.ZygoteRun) (*engine.ZygoteEnd, error) {
+	end, err := z.Sandbox.RunZygote(ctx, ZygoteRun{
+		Code: r.Code, Stdin: r.Stdin, Files: r.Files, Env: r.Env, Timeout: r.Timeout,
+		MemoryBytes: r.MemoryBytes, CPU: r.CPU, Pids: r.Pids, ScratchBytes: r.ScratchBytes,
+		OutputLimit: r.OutputLimit, Output: r.Output,
+	})
+	if err != nil {
+		return nil, err
+	}
+	st := end.Stats
+	return &engine.ZygoteEnd{Stdout: end.Stdout, Stderr: end.Stderr, ExitCode: end.ExitCode, TimedOut: end.TimedOut,
+		StdoutTruncated: end.StdoutTruncated, StderrTruncated: end.StderrTruncated, Duration: end.Duration,
+		Usage: engine.Usage{CPUTime: st.CPUTime, Memory: st.Memory, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
+			MemoryLimitHits: st.MemoryFailcnt}}, nil
+}
