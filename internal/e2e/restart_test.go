@@ -192,7 +192,10 @@ func (f *fleet) start(addr string, opts ...func(*exec.Cmd)) *daemon {
 	if f.ds == nil {
 		f.t.Cleanup(f.leaveNothing)
 	}
-	d := startDaemon(f.t, f.state, f.cg, addr, opts...)
+	// No warm pool and no zygote: these tests count the sandboxes in the state directory, and
+	// the pool's and the zygote's own restarts have tests of their own (TestPoolDaemonRestart,
+	// TestZygoteDaemonCrash).
+	d := startDaemon(f.t, f.state, f.cg, addr, append([]func(*exec.Cmd){noPool, zygoteOff}, opts...)...)
 	f.ds = append(f.ds, d)
 	return d
 }
