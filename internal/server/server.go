@@ -170,6 +170,7 @@ func (s *Server) routes() {
 	s.executionRoutes()
 	s.imageRoutes()
 	s.judgeRoutes()
+	s.playgroundRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		if s.underRest(p) {
