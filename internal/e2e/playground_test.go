@@ -77,9 +77,9 @@ func TestPlayground(t *testing.T) {
 	out, err := cmd.Output()
 	var seen struct {
 		URL, CSP, Error, OnceOutput, OnceStatus, Downloaded, UploadedReadBack string
-		Problems, OffOrigin, Steps, Files, Failed                            []string
-		KeyStored, Highlighted, Streamed                                     bool
-		Image                                                                struct {
+		Problems, OffOrigin, Steps, Files, Failed                             []string
+		KeyStored, Highlighted, Streamed                                      bool
+		Image                                                                 struct {
 			Src           string
 			Width, Height int
 		}
