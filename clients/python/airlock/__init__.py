@@ -5,6 +5,7 @@ daemon's HTTP API, with the standard library only. Shaped after Modal's Sandbox 
 Configuration comes from AIRLOCK_SERVER (default http://127.0.0.1:8080) and AIRLOCK_API_KEY,
 or pass client=Client(server, api_key) to any constructor."""
 
+from .aio import blocking
 from .client import Client, default_client
 from .errors import (AirlockError, AuthenticationError, ConflictError, ConnectionError, InternalError,
                      InvalidArgumentError, NotFoundError, PayloadTooLargeError, ResourceExhaustedError,
@@ -14,6 +15,7 @@ from .session import (CellError, Display, ExecuteResult, InstallResult, OutputFi
                       execute_batch)
 
 
+@blocking
 def info(client=None):
     """GET /v1/info: the daemon's version, languages and limits."""
     return (client or default_client()).json("GET", "/v1/info")

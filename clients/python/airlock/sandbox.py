@@ -6,6 +6,7 @@ import threading
 import urllib.parse
 
 from . import errors
+from .aio import blocking
 from .client import default_client
 
 
@@ -66,6 +67,7 @@ class Sandbox:
     def __exit__(self, *exc):
         self.terminate()
 
+    @blocking
     @classmethod
     def create(cls, *entrypoint, image=None, timeout=None, idle_timeout=None, memory=None, cpu=None,
                block_network=None, network=None, workdir=None, env=None, tags=None, ports=None,
@@ -93,11 +95,13 @@ class Sandbox:
             sb.exec(*entrypoint)
         return sb
 
+    @blocking
     @classmethod
     def from_id(cls, sandbox_id, client=None):
         c = client or default_client()
         return cls(c.json("GET", "/v1/sandboxes/" + _seg(sandbox_id)), c)
 
+    @blocking
     @classmethod
     def list(cls, tags=None, client=None):
         """The caller's live sandboxes (and sessions) having every tag in tags."""
@@ -108,6 +112,7 @@ class Sandbox:
     def _path(self, suffix=""):
         return "/v1/sandboxes/" + _seg(self.object_id) + suffix
 
+    @blocking
     def info(self):
         """The sandbox's SandboxInfo (status, usage, expires_at, …), fetched now."""
         self._info = self._client.json("GET", self._path())
@@ -117,6 +122,7 @@ class Sandbox:
     def usage(self):
         return self.info().get("usage")
 
+    @blocking
     def poll(self):
         """None while the sandbox runs, else 0."""
         try:
@@ -125,16 +131,19 @@ class Sandbox:
             return 0
         return None if st == "running" else 0
 
+    @blocking
     def terminate(self):
         try:
             self._info = self._client.json("DELETE", self._path())
         except (errors.SandboxTerminatedError, errors.NotFoundError):
             pass
 
+    @blocking
     def set_timeout(self, timeout):
         """Ends the sandbox timeout seconds from now."""
         self._info = self._client.json("POST", self._path("/timeout"), json_body={"timeout": timeout})
 
+    @blocking
     def exec(self, *cmd, timeout=None, workdir=None, env=None, text=True, tag=None):
         """Starts cmd (program and arguments, no shell) and returns its ContainerProcess once it
         runs. timeout (seconds) kills its process tree (returncode 124)."""
@@ -148,6 +157,7 @@ class Sandbox:
                                  headers={"Accept": "application/x-ndjson"}, stream=True)
         return ContainerProcess(self, resp, text)
 
+    @blocking
     def processes(self):
         return self._client.json("GET", self._path("/processes"))["processes"]
 
@@ -158,10 +168,12 @@ class Sandbox:
         bytes. Reading fetches the file whole; writes are sent on flush() and close()."""
         return SandboxFile(self, path, mode)
 
+    @blocking
     def read_file(self, path):
         """The file's bytes."""
         return self._client.raw("GET", self._path("/files"), {"path": path})
 
+    @blocking
     def write_file(self, path, data, mode=None):
         """Writes data (bytes or str) to path, creating parents; mode is permission bits."""
         if isinstance(data, str):
@@ -169,21 +181,26 @@ class Sandbox:
         q = {"path": path, "mode": "%o" % mode if mode is not None else None}
         return self._client.json("PUT", self._path("/files"), q, body=data)
 
+    @blocking
     def ls(self, path="."):
         """The names in directory path."""
         return [e["name"] for e in self.listdir(path)]
 
+    @blocking
     def listdir(self, path=".", depth=None):
         """The FileInfo dicts (name, path, type, size, mode, modified_at) of path's entries."""
         return self._client.json("GET", self._path("/files/list"), {"path": path, "depth": depth})["entries"]
 
+    @blocking
     def stat(self, path):
         return self._client.json("GET", self._path("/files/stat"), {"path": path})
 
+    @blocking
     def mkdir(self, path, parents=True):
         """Makes directory path, and its parents (the API's mkdir is mkdir -p)."""
         return self._client.json("POST", self._path("/files/mkdir"), {"path": path})
 
+    @blocking
     def rm(self, path, recursive=False):
         self._client.raw("DELETE", self._path("/files"), {"path": path, "recursive": "true" if recursive else None})
 
@@ -219,6 +236,7 @@ class StreamReader:
         self._buf = [s]
         return s
 
+    @blocking
     def read(self):
         with self._cv:
             self._cv.wait_for(lambda: self._done)
@@ -228,6 +246,7 @@ class StreamReader:
             raise self._err
         return out if self._text else out.encode()
 
+    @blocking
     def readline(self):
         with self._cv:
             while True:
@@ -262,6 +281,7 @@ class StreamWriter:
             raise ValueError("stdin is closed")
         self._pending += data.encode() if isinstance(data, str) else data
 
+    @blocking
     def drain(self, eof=False):
         data, self._pending = bytes(self._pending), bytearray()
         if not data and not eof:
@@ -276,6 +296,7 @@ class StreamWriter:
             if not eof:
                 raise BrokenPipeError("stdin of process %d: %s" % (p.pid, e.message)) from e
 
+    @blocking
     def write_eof(self):
         if self._closed:
             return
@@ -361,6 +382,7 @@ class ContainerProcess:
         """The exit status, or None while the command runs."""
         return None if self._thread.is_alive() else self._result()
 
+    @blocking
     def wait(self):
         """Waits for the command to end and returns its exit status (124 on its timeout)."""
         self._thread.join()
@@ -371,6 +393,7 @@ class ContainerProcess:
             raise self._err
         return self.returncode
 
+    @blocking
     def signal(self, signum):
         self._sandbox._client.raw("POST", self._sandbox._path("/processes/%d/signal" % self.pid),
                                   json_body={"signal": int(signum)})

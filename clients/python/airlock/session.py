@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional
 
 from . import errors
+from .aio import blocking
 from .client import default_client
 from .sandbox import Sandbox, _image_name, _seg
 
@@ -89,6 +90,7 @@ class Session:
     def __exit__(self, *exc):
         self.terminate()
 
+    @blocking
     @classmethod
     def create(cls, timeout=None, idle_timeout=None, memory=None, cpu=None, image=None, env=None,
                network=None, tags=None, client=None):
@@ -97,6 +99,7 @@ class Session:
                "image": _image_name(image), "env": env, "network": network, "tags": tags}
         return cls(c.json("POST", "/v1/sessions", json_body={k: v for k, v in req.items() if v is not None}), c)
 
+    @blocking
     @classmethod
     def from_id(cls, session_id, client=None):
         c = client or default_client()
@@ -110,6 +113,7 @@ class Session:
     def _path(self, suffix):
         return "/v1/sessions/" + _seg(self.id) + suffix
 
+    @blocking
     def run(self, code, timeout=None):
         """Runs a cell; at timeout (seconds, default the daemon's 30) it is interrupted."""
         req = {"code": code}
@@ -117,6 +121,7 @@ class Session:
             req["timeout"] = timeout
         return RunResult.from_json(self._client.json("POST", self._path("/run"), json_body=req))
 
+    @blocking
     def install(self, *packages, timeout=None):
         """pip-installs packages into the session (its network policy applies)."""
         req = {"packages": list(packages)}
@@ -124,10 +129,12 @@ class Session:
             req["timeout"] = timeout
         return _build(InstallResult, self._client.json("POST", self._path("/install"), json_body=req))
 
+    @blocking
     def interrupt(self):
         """Stops the running cell, keeping state; {"interrupted", "restarted"}."""
         return self._client.json("POST", self._path("/interrupt"))
 
+    @blocking
     def terminate(self):
         try:
             self.info = self._client.json("DELETE", self._path(""))
@@ -194,6 +201,7 @@ def _execute_request(code, **kw):
     return req
 
 
+@blocking
 def execute(code, language=None, timeout=None, memory=None, cpu=None, allow_network=None, network=None,
             env=None, files=None, stdin=None, image=None, output_files=None, on_output=None, client=None):
     """Runs code once in a fresh sandbox and returns its ExecuteResult. With on_output, output
@@ -222,6 +230,7 @@ def execute(code, language=None, timeout=None, memory=None, cpu=None, allow_netw
     raise errors.AirlockError("execute: stream ended without a result")
 
 
+@blocking
 def execute_batch(snippets, concurrency=None, client=None):
     """Runs each snippet (a code string, or a dict of execute's arguments with "code") in its own
     fresh sandbox, in parallel on the daemon; returns one ExecuteResult per snippet, in order. A

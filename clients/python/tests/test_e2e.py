@@ -86,6 +86,25 @@ class SandboxTest(unittest.TestCase):
 
 
 @unittest.skipUnless(SERVER, "needs AIRLOCK_SERVER")
+class AsyncTest(unittest.TestCase):
+    def test_concurrent_execs(self):
+        import asyncio
+
+        async def main():
+            sb = await airlock.Sandbox.create.aio(timeout=60)
+            try:
+                procs = await asyncio.gather(*(sb.exec.aio("sh", "-c", "sleep 0.5; echo %d" % i) for i in range(3)))
+                codes = await asyncio.gather(*(p.wait.aio() for p in procs))
+                outs = await asyncio.gather(*(p.stdout.read.aio() for p in procs))
+                return codes, outs
+            finally:
+                await sb.terminate.aio()
+
+        codes, outs = asyncio.run(main())
+        self.assertEqual((codes, outs), ([0, 0, 0], ["0\n", "1\n", "2\n"]))
+
+
+@unittest.skipUnless(SERVER, "needs AIRLOCK_SERVER")
 class LifecycleTest(unittest.TestCase):
     def test_terminate(self):
         sb = airlock.Sandbox.create(timeout=60)

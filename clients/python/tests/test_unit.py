@@ -177,6 +177,20 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(TypeError):
             airlock.execute_batch([{"code": "x", "bogus": 1}], client=self.c)
 
+    def test_aio(self):
+        import asyncio
+
+        async def main():
+            sb = await airlock.Sandbox.create.aio(timeout=5, client=self.c)
+            r = await airlock.execute.aio("x", client=self.c)
+            return sb, r
+
+        sb, r = asyncio.run(main())
+        self.assertEqual((sb.object_id, r.returncode), ("sb-1", 3))
+        # The blocking forms are unchanged, bound as methods.
+        self.assertEqual(airlock.Sandbox.create(client=self.c).object_id, "sb-1")
+        self.assertEqual(airlock.Sandbox.exec.__name__, "exec")
+
     def test_from_env(self):
         import os
         from unittest import mock
