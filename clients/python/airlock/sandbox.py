@@ -232,7 +232,11 @@ class StreamReader:
             self._cv.notify_all()
 
     def _joined(self):
+        # One string of what is buffered; the part already read is dropped once it is the
+        # larger half, so that reading line by line stays linear in the output's size.
         s = "".join(self._buf)
+        if self._pos > len(s) // 2:
+            s, self._pos = s[self._pos:], 0
         self._buf = [s]
         return s
 
