@@ -84,6 +84,7 @@ func TestPlayground(t *testing.T) {
 			Width, Height int
 		}
 		SandboxRows [][]string
+		OnceImages  []int
 	}
 	if jerr := json.Unmarshal(out, &seen); err != nil || jerr != nil {
 		t.Fatalf("drive.mjs: %v %v\nstdout:\n%s\nstderr:\n%s", err, jerr, out, stderr.String())
@@ -105,6 +106,7 @@ func TestPlayground(t *testing.T) {
 		{"output streams before the run ends", seen.Streamed},
 		{"the run's output", strings.Contains(seen.OnceOutput, "first line") && strings.Contains(seen.OnceOutput, "after 42")},
 		{"the run's exit status", strings.HasPrefix(seen.OnceStatus, "exit 0")},
+		{"the run's PNG output file is shown", slices.Equal(seen.OnceImages, []int{1})},
 		{"the plot is an inline PNG", seen.Image.Src == "data:image/png;base64," && seen.Image.Width > 100 && seen.Image.Height > 50},
 		{"the file panel lists the cell's file", slices.Contains(seen.Files, "result.txt")},
 		{"a download gives the file", seen.Downloaded == "answer 42"},

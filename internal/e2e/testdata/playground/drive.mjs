@@ -55,7 +55,9 @@ try {
     await page.keyboard.press("Delete");
     await page.keyboard.type(code);
   };
-  await setCode('import time\nprint("first line", flush=True)\ntime.sleep(2)\nprint("after", 6 * 7)\n');
+  // The PNG it writes in /workspace (a 1×1 dot) comes back as an output file and is shown.
+  await setCode('import base64, time\nprint("first line", flush=True)\ntime.sleep(2)\nprint("after", 6 * 7)\n' +
+    'open("dot.png", "wb").write(base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="))\n');
   seen.highlighted = await page.evaluate(() =>
     [...document.querySelector("#editor").shadowRoot.querySelectorAll(".cm-line span")].some((s) => s.textContent === "import" && getComputedStyle(s).color !== getComputedStyle(s.parentElement).color));
   await page.click("#run");
@@ -65,6 +67,7 @@ try {
   await page.waitForFunction(() => document.querySelector("#status").textContent.startsWith("exit"));
   seen.onceOutput = await page.textContent("#output");
   seen.onceStatus = await page.textContent("#status");
+  seen.onceImages = await page.$$eval("#output img", (imgs) => imgs.map((i) => i.naturalWidth));
   await page.screenshot({ path: outDir + "/playground-once.png" });
 
   // A session: state across runs, a matplotlib plot inline, the file panel.
