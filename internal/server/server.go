@@ -196,6 +196,7 @@ func (s *Server) routes() {
 	s.imageRoutes()
 	s.judgeRoutes()
 	s.secretRoutes()
+	s.playgroundRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		if s.underRest(p) {
