@@ -155,6 +155,7 @@ func serveCmd() *cobra.Command {
 		co      = connOptions{idleTimeout: time.Minute}
 		ic      image.Config
 		sd      = shutdownOptions{grace: 30 * time.Second}
+		llm     llmOptions
 	)
 	// The daemon pools by default (modestly: classes appear only once asked for, and empty
 	// after --pool-idle); the engine alone, as `airlock run` embeds it, does not.
@@ -222,6 +223,15 @@ func serveCmd() *cobra.Command {
 			// A quarter of the connection cap per key: one tenant's requests — streams and
 			// WebSockets included — can never hold every connection.
 			sc.MaxRequestsPerKey = max(co.maxConns/4, 16)
+			var ar *agentRunner // POST /v1/agent/runs, when an LLM is configured
+			if llm.configured() {
+				a, err := llm.agent(logger)
+				if err != nil {
+					return err
+				}
+				ar = &agentRunner{a: a}
+				sc.Agent = ar
+			}
 			srv, err := server.New(sc)
 			if err != nil {
 				return err
@@ -235,7 +245,12 @@ func serveCmd() *cobra.Command {
 			// server's own ReadTimeout and WriteTimeout stay unset: they would cut streams;
 			// the API sets per-request deadlines instead (server.Config).
 			ln = netutil.LimitListener(ln, co.maxConns)
-			hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
+			// /mcp and the agent call the API over the daemon's own listener, with each caller's key.
+			self := selfURL(ln.Addr())
+			if ar != nil {
+				ar.base = self
+			}
+			hs := &http.Server{Handler: mountMCP(srv.Handler(), self, logger), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys) > 0,
@@ -282,6 +297,7 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &ec.PoolIdle, "pool-idle", "AIRLOCK_POOL_IDLE", "warm pool: a class with no request for this long holds no ready sandbox")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	flagEnv(f, &sd.grace, "shutdown-grace", "AIRLOCK_SHUTDOWN_GRACE", "on SIGTERM or SIGINT, how long calls in flight (runs, cells, execs) may take to finish; past it they end with 503")
+	bindLLMFlags(f, &llm)
 	flagEnv(f, &sd.drain, "drain-on-stop", "AIRLOCK_DRAIN_ON_STOP", "on SIGTERM or SIGINT, destroy long-lived sandboxes and sessions instead of leaving them running for the next daemon to adopt")
 	return cmd
 }

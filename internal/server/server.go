@@ -50,6 +50,8 @@ type Config struct {
 	Images *image.Store
 	// BuildRunner runs the steps of POST /v1/images builds in sandboxes; nil answers 501.
 	BuildRunner image.StepRunner
+	// Agent runs POST /v1/agent/runs (the LLM code agent); nil answers 501.
+	Agent AgentRunner
 }
 
 // Validate reports a configuration that cannot work.
@@ -168,6 +170,7 @@ func (s *Server) routes() {
 	s.sessionRoutes()
 	s.executionRoutes()
 	s.imageRoutes()
+	s.agentRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		if s.underRest(p) {
