@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 )
 
@@ -195,12 +196,12 @@ func TestAgentRepairs(t *testing.T) {
 			decodeJSON(t, resp, out)
 			return resp.StatusCode
 		}
-		b, _ := json.Marshal(api.AgentRunRequest{Task: injectionTask, MaxAttempts: 3})
-		var run api.AgentRun
-		if st := post(mcpKeyA, string(b), &run); st != http.StatusOK {
-			t.Fatalf("status %d: %+v", st, run)
+		run, err := airlock.New(d.url, mcpKeyA).RunAgent(t.Context(), api.AgentRunRequest{Task: injectionTask, MaxAttempts: 3})
+		if err != nil {
+			t.Fatal(err)
 		}
-		checkRun(t, f, &run)
+		checkRun(t, f, run)
+		b, _ := json.Marshal(api.AgentRunRequest{Task: injectionTask})
 		for _, tc := range []struct{ name, key, body string }{
 			{"wrong key", "wrong-key-0123456789abcdef", string(b)},
 			{"no task", mcpKeyA, `{"task":"  "}`},

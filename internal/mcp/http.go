@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -45,6 +46,10 @@ func Handler(cfg HandlerConfig) http.Handler {
 		return New(client(r), cfg.Version)
 	}, &mcp.StreamableHTTPOptions{Stateless: true, JSONResponse: true, Logger: cfg.Logger})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The daemon's http.Server has no read timeout (it would cut the API's streams): the
+		// body of an MCP message, small and sent at once, must arrive within a minute. The
+		// answer has no such bound, as a tool call lasts as long as its program.
+		http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Minute))
 		if _, err := client(r).Info(r.Context()); err != nil {
 			status, code, msg := http.StatusBadGateway, api.CodeUnavailable, "the daemon's API is unavailable"
 			if airlock.IsAuth(err) {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -288,10 +289,11 @@ func (t *tools) sandbox(ctx context.Context, ref string) (*airlock.Sandbox, erro
 		if err != nil {
 			return nil, err
 		}
-		if len(list) == 0 {
+		i := slices.IndexFunc(list, func(sb api.SandboxInfo) bool { return sb.Status == "running" })
+		if i < 0 {
 			return nil, fmt.Errorf("no sandbox id or running session named %q", ref)
 		}
-		ref = list[0].ID
+		ref = list[i].ID
 	}
 	return t.c.Sandbox(ctx, ref)
 }
