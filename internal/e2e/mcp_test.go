@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"image/png"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,11 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/airlockhq/airlock"
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
+	airlockmcp "github.com/airlockhq/airlock/internal/mcp"
+	"github.com/airlockhq/airlock/internal/server"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
 
@@ -242,4 +248,59 @@ func TestMCP(t *testing.T) {
 			t.Fatalf("wrong key over stdio: error %v\n%s", isErr, text)
 		}
 	})
+}
+
+// mcpBench serves the API and /mcp (as airlock serve mounts it) on one test server and returns
+// an SDK client and an MCP client session, both with no key.
+func mcpBench(b *testing.B) (*airlock.Client, *mcp.ClientSession) {
+	a := newAPIServer(b, engine.Config{})
+	mux := http.NewServeMux()
+	ts := httptest.NewServer(mux)
+	b.Cleanup(ts.Close)
+	s, err := server.New(server.Config{Engine: a.e})
+	if err != nil {
+		b.Fatal(err)
+	}
+	mux.Handle("/", s.Handler())
+	mux.Handle("/mcp", airlockmcp.Handler(airlockmcp.HandlerConfig{Base: ts.URL}))
+	c := mcp.NewClient(&mcp.Implementation{Name: "bench", Version: "1"}, nil)
+	cs, err := c.Connect(b.Context(), &mcp.StreamableClientTransport{Endpoint: ts.URL + "/mcp", DisableStandaloneSSE: true}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { cs.Close() })
+	return airlock.New(ts.URL, ""), cs
+}
+
+func benchCall(b *testing.B, cs *mcp.ClientSession, tool string, args map[string]any) {
+	res, err := cs.CallTool(b.Context(), &mcp.CallToolParams{Name: tool, Arguments: args})
+	if err != nil || res.IsError {
+		b.Fatalf("%s: %v %+v", tool, err, res)
+	}
+}
+
+// BenchmarkMCPRunCode: run_code print(1) over /mcp, against the SDK's Execute of the same.
+func BenchmarkMCPRunCode(b *testing.B) {
+	c, cs := mcpBench(b)
+	samples(b, func() {
+		if _, err := c.Execute(b.Context(), api.ExecuteRequest{Code: "print(1)"}); err != nil {
+			b.Fatal(err)
+		}
+	}, func() { benchCall(b, cs, "run_code", map[string]any{"code": "print(1)"}) })
+}
+
+// BenchmarkMCPPythonRun: a python_run cell 1+1 over /mcp (the session found by name each
+// call), against the SDK's Session.Run of the same cell.
+func BenchmarkMCPPythonRun(b *testing.B) {
+	c, cs := mcpBench(b)
+	s, err := c.CreateSession(b.Context(), api.CreateSessionRequest{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	benchCall(b, cs, "python_run", map[string]any{"session": "bench", "code": "1+1"})
+	samples(b, func() {
+		if _, err := s.Run(b.Context(), api.RunRequest{Code: "1+1"}); err != nil {
+			b.Fatal(err)
+		}
+	}, func() { benchCall(b, cs, "python_run", map[string]any{"session": "bench", "code": "1+1"}) })
 }

@@ -42,8 +42,11 @@ func Handler(cfg HandlerConfig) http.Handler {
 		}
 		return c
 	}
+	// Stateless, the handler builds a server per request: the cache spares each one inferring
+	// and resolving the tools' schemas again.
+	cache := mcp.NewSchemaCache()
 	h := mcp.NewStreamableHTTPHandler(func(r *http.Request) *mcp.Server {
-		return New(client(r), cfg.Version)
+		return newServer(client(r), cfg.Version, cache)
 	}, &mcp.StreamableHTTPOptions{Stateless: true, JSONResponse: true, Logger: cfg.Logger})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The daemon's http.Server has no read timeout (it would cut the API's streams): the

@@ -34,8 +34,12 @@ const (
 const sessionTag = "mcp.session"
 
 // New returns an MCP server whose tools act through c, with c's API key.
-func New(c *airlock.Client, version string) *mcp.Server {
+func New(c *airlock.Client, version string) *mcp.Server { return newServer(c, version, nil) }
+
+// newServer is New with a cache of the tools' schemas, for a server made per request.
+func newServer(c *airlock.Client, version string, cache *mcp.SchemaCache) *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "airlock", Title: "Airlock sandboxes", Version: version}, &mcp.ServerOptions{
+		SchemaCache: cache,
 		Instructions: "Airlock runs untrusted code in isolated Linux sandboxes. Use run_code for a one-off program, " +
 			"python_run for stateful Python (variables, imports and plots persist within a named session), " +
 			"and sandbox_create/exec/read_file/write_file/list_files for a long-lived sandbox. " +
