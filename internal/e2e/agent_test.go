@@ -246,5 +246,10 @@ func TestAgentRepairs(t *testing.T) {
 		}
 		f.mu.Unlock()
 		checkRun(t, f, &run)
+		// The run's session ended with it.
+		left, err := airlock.New(d.url, mcpKeyA).ListSandboxes(t.Context(), map[string]string{"agent.run": "1"})
+		if err != nil || len(left) != 0 {
+			t.Errorf("the agent's session outlived the run: %v, %+v", err, left)
+		}
 	})
 }
