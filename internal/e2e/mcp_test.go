@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -168,6 +169,22 @@ func TestMCP(t *testing.T) {
 		}
 		if img, err := png.Decode(bytes.NewReader(images[0])); err != nil || img.Bounds().Dx() < 100 {
 			t.Fatalf("the plot is not a PNG image: %v", err)
+		}
+	})
+	t.Run("one session per name under concurrent first use", func(t *testing.T) {
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				res, err := cs.CallTool(t.Context(), &mcp.CallToolParams{Name: "python_run", Arguments: map[string]any{"session": "race", "code": "1"}})
+				if err != nil || res.IsError {
+					t.Errorf("python_run: %v %+v", err, res)
+				}
+			})
+		}
+		wg.Wait()
+		list, err := airlock.New(d.url, mcpKeyA).ListSandboxes(t.Context(), map[string]string{"mcp.session": "race"})
+		if err != nil || len(list) != 1 {
+			t.Fatalf("sessions named race: %v, %d, want 1", err, len(list))
 		}
 	})
 	t.Run("files and exec in a session's sandbox", func(t *testing.T) {

@@ -34,26 +34,29 @@ func Handler(cfg HandlerConfig) http.Handler {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	client := func(r *http.Request) *airlock.Client {
+	client := func(r *http.Request) (*airlock.Client, string) {
 		key, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		c := airlock.New(cfg.Base, strings.TrimSpace(key))
+		key = strings.TrimSpace(key)
+		c := airlock.New(cfg.Base, key)
 		if cfg.HTTPClient != nil {
 			c = c.WithHTTPClient(cfg.HTTPClient)
 		}
-		return c
+		return c, key
 	}
 	// Stateless, the handler builds a server per request: the cache spares each one inferring
 	// and resolving the tools' schemas again.
-	cache := mcp.NewSchemaCache()
+	cache, locks := mcp.NewSchemaCache(), new(nameLocks)
 	h := mcp.NewStreamableHTTPHandler(func(r *http.Request) *mcp.Server {
-		return newServer(client(r), cfg.Version, cache)
+		c, key := client(r)
+		return newServer(c, key, cfg.Version, cache, locks)
 	}, &mcp.StreamableHTTPOptions{Stateless: true, JSONResponse: true, Logger: cfg.Logger})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The daemon's http.Server has no read timeout (it would cut the API's streams): the
 		// body of an MCP message, small and sent at once, must arrive within a minute. The
 		// answer has no such bound, as a tool call lasts as long as its program.
 		http.NewResponseController(w).SetReadDeadline(time.Now().Add(time.Minute))
-		if _, err := client(r).Info(r.Context()); err != nil {
+		c, _ := client(r)
+		if _, err := c.Info(r.Context()); err != nil {
 			status, code, msg := http.StatusBadGateway, api.CodeUnavailable, "the daemon's API is unavailable"
 			if airlock.IsAuth(err) {
 				status, code, msg = http.StatusUnauthorized, api.CodeUnauthenticated, "a valid API key is required (Authorization: Bearer KEY)"

@@ -10,9 +10,11 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"slices"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
@@ -34,10 +36,13 @@ const (
 const sessionTag = "mcp.session"
 
 // New returns an MCP server whose tools act through c, with c's API key.
-func New(c *airlock.Client, version string) *mcp.Server { return newServer(c, version, nil) }
+func New(c *airlock.Client, version string) *mcp.Server {
+	return newServer(c, "", version, nil, new(nameLocks))
+}
 
-// newServer is New with a cache of the tools' schemas, for a server made per request.
-func newServer(c *airlock.Client, version string, cache *mcp.SchemaCache) *mcp.Server {
+// newServer is New with a cache of the tools' schemas and the session-name locks shared by
+// the servers made per request; key (c's) tells one caller's names from another's in locks.
+func newServer(c *airlock.Client, key, version string, cache *mcp.SchemaCache, locks *nameLocks) *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "airlock", Title: "Airlock sandboxes", Version: version}, &mcp.ServerOptions{
 		SchemaCache: cache,
 		Instructions: "Airlock runs untrusted code in isolated Linux sandboxes. Use run_code for a one-off program, " +
@@ -45,7 +50,7 @@ func newServer(c *airlock.Client, version string, cache *mcp.SchemaCache) *mcp.S
 			"and sandbox_create/exec/read_file/write_file/list_files for a long-lived sandbox. " +
 			"Network access is off unless you ask for it.",
 	})
-	t := &tools{c: c}
+	t := &tools{c: c, key: key, locks: locks}
 	mcp.AddTool(s, &mcp.Tool{Name: "run_code", Description: "Run a program once in a fresh sandbox that is destroyed afterwards. " +
 		"Returns its stdout, stderr and exit code (each stream cut at 32 KiB, with a note when cut). " +
 		"State does not persist between calls: use python_run for that."}, t.runCode)
@@ -68,7 +73,25 @@ func newServer(c *airlock.Client, version string, cache *mcp.SchemaCache) *mcp.S
 	return s
 }
 
-type tools struct{ c *airlock.Client }
+type tools struct {
+	c     *airlock.Client
+	key   string
+	locks *nameLocks
+}
+
+// nameLocks serialize finding-or-creating a session by name, so that two calls with a new
+// name at once make one session, not two. Striped, so memory stays fixed whatever the names.
+type nameLocks [64]sync.Mutex
+
+func (l *nameLocks) lock(key, name string) func() {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	h.Write([]byte{0})
+	h.Write([]byte(name))
+	mu := &l[h.Sum32()%uint32(len(l))]
+	mu.Lock()
+	return mu.Unlock
+}
 
 // RunCodeInput is run_code's arguments.
 type RunCodeInput struct {
@@ -122,6 +145,7 @@ func (t *tools) openSession(ctx context.Context, in SessionInput) (*airlock.Sess
 	if in.Name == "" {
 		return nil, false, errors.New("a session name is required")
 	}
+	defer t.locks.lock(t.key, in.Name)()
 	list, err := t.c.ListSandboxes(ctx, map[string]string{sessionTag: in.Name})
 	if err != nil {
 		return nil, false, err
