@@ -117,7 +117,15 @@ func mustCall(t *testing.T, cs *mcp.ClientSession, tool string, args map[string]
 // calls (and transports, under one key), a plot comes back as image content, long output is cut
 // with a note, one key cannot see another's session, and a wrong key is refused.
 func TestMCP(t *testing.T) {
-	d := startMCPDaemon(t, "mcp")
+	testutil.MustHaveRoot(t)
+	wheels, err := os.MkdirTemp("", "airlock-mcp-wheels-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(wheels) })
+	os.Chmod(wheels, 0o755)
+	writeWheel(t, filepath.Join(wheels, "airlock_testpkg-1.0-py3-none-any.whl"))
+	d := startMCPDaemon(t, "mcp", func(c *exec.Cmd) { c.Env = append(c.Env, "AIRLOCK_WHEEL_DIR="+wheels) })
 	cs, err := mcpHTTP(t, d, mcpKeyA)
 	if err != nil {
 		t.Fatalf("connect over HTTP: %v", err)
@@ -185,6 +193,13 @@ func TestMCP(t *testing.T) {
 		list, err := airlock.New(d.url, mcpKeyA).ListSandboxes(t.Context(), map[string]string{"mcp.session": "race"})
 		if err != nil || len(list) != 1 {
 			t.Fatalf("sessions named race: %v, %d, want 1", err, len(list))
+		}
+	})
+	t.Run("install package", func(t *testing.T) {
+		mustCall(t, cs, "install_package", map[string]any{"session": "pkg", "packages": []string{"airlock-testpkg==1.0"}}, "exit code 0")
+		mustCall(t, cs, "python_run", map[string]any{"session": "pkg", "code": "import airlock_testpkg; airlock_testpkg.VALUE"}, "42")
+		if text, _, isErr := call(t, cs, "install_package", map[string]any{"session": "pkg", "packages": []string{"--index-url=http://evil"}}); !isErr {
+			t.Fatalf("a pip option as a package was accepted:\n%s", text)
 		}
 	})
 	t.Run("files and exec in a session's sandbox", func(t *testing.T) {
