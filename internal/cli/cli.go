@@ -61,19 +61,8 @@ func newRoot() *cobra.Command {
 		// Flags bound by flagEnv not given on the command line take their AIRLOCK_* variable.
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error { return applyEnv(cmd.Flags()) },
 	}
-	root.AddCommand(runCmd(), serveCmd(), sandboxCmd(), psCmd(), replCmd(), imageCmd(), benchCmd(), versionCmd(), agentCmd(), doctorCmd(), secretCmd())
+	root.AddCommand(runCmd(), serveCmd(), sandboxCmd(), psCmd(), replCmd(), imageCmd(), benchCmd(), versionCmd(), agentCmd(), doctorCmd(), secretCmd(), mcpCmd())
 	return root
-}
-
-func agentCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:    "agent",
-		Hidden: true,
-		Short:  "In-sandbox agent (started by the runtime as PID 1; not for direct use)",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return errors.New("agent runs only as PID 1 of a sandbox started by the airlock runtime")
-		},
-	}
 }
 
 func versionCmd() *cobra.Command {

@@ -165,6 +165,7 @@ func serveCmd() *cobra.Command {
 		sd                        = shutdownOptions{grace: 30 * time.Second}
 		// skipPreflight starts serve even where doctor's checks FAIL.
 		skipPreflight bool
+		llm           llmOptions
 	)
 	// The daemon pools by default (modestly: classes appear only once asked for, and empty
 	// after --pool-idle); the engine alone, as `airlock run` embeds it, does not.
@@ -269,6 +270,15 @@ func serveCmd() *cobra.Command {
 			// A quarter of the connection cap per key: one tenant's requests — streams and
 			// WebSockets included — can never hold every connection.
 			sc.MaxRequestsPerKey = max(co.maxConns/4, 16)
+			var ar *agentRunner // POST /v1/agent/runs, when an LLM is configured
+			if llm.configured() {
+				a, err := llm.agent(logger)
+				if err != nil {
+					return err
+				}
+				ar = &agentRunner{a: a}
+				sc.Agent = ar
+			}
 			srv, err := server.New(sc)
 			if err != nil {
 				return err
@@ -309,7 +319,12 @@ func serveCmd() *cobra.Command {
 			var protocols http.Protocols
 			protocols.SetHTTP1(true)
 			protocols.SetUnencryptedHTTP2(true)
-			hs := &http.Server{Handler: msrv.Handler(esrv.Handler(srv.Handler())), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
+			// /mcp and the agent call the API over the daemon's own listener, with each caller's key.
+			self := selfURL(ln.Addr())
+			if ar != nil {
+				ar.base = self
+			}
+			hs := &http.Server{Handler: msrv.Handler(esrv.Handler(mountMCP(srv.Handler(), self, logger))), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys)+len(sc.Keys) > 0,
@@ -361,6 +376,7 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, (*stringList)(&ec.ZygoteModules), "zygote-modules", "AIRLOCK_ZYGOTE_MODULES", "modules the zygote imports besides numpy, pandas and matplotlib, comma-separated")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	flagEnv(f, &sd.grace, "shutdown-grace", "AIRLOCK_SHUTDOWN_GRACE", "on SIGTERM or SIGINT, how long calls in flight (runs, cells, execs) may take to finish; past it they end with 503")
+	bindLLMFlags(f, &llm)
 	flagEnv(f, &sd.drain, "drain-on-stop", "AIRLOCK_DRAIN_ON_STOP", "on SIGTERM or SIGINT, destroy long-lived sandboxes and sessions instead of leaving them running for the next daemon to adopt")
 	return cmd
 }

@@ -114,6 +114,8 @@ var routeDocs = []routeDoc{
 		desc: "Answers 301 to /v1/sandboxes/{id}/ports/{port}/, whoever asks; nothing is forwarded."},
 	{pattern: "GET /v1/sandboxes/{id}/tunnels/{port}", summary: "A TCP connection to a port in the sandbox (port-forward)", upgrades: true, noAuth: true,
 		desc: portAuthDoc + " Upgrade: airlock-tcp (HTTP/1.1) answers 101 and then carries the connection's bytes as they are; Upgrade: websocket carries them as binary messages. A port nothing listens on is 503 before the upgrade."},
+	{pattern: "POST /v1/agent/runs", summary: "Run the LLM code agent on a task", req: api.AgentRunRequest{}, resp: api.AgentRun{},
+		desc: "The daemon's configured model (airlock serve --llm-base-url, --llm-model) writes a Python program for the task, which runs in a sandbox under the caller's key; on an error the model sees the output and repairs the program, up to max_attempts runs. The answer holds every attempt and the final answer. The task is passed to the model as untrusted data between markers; the LLM key never enters a sandbox. 501 when no LLM is configured; 503 when the LLM endpoint fails."},
 	{pattern: "POST /v1/sessions", summary: "Create a stateful Python session", req: api.CreateSessionRequest{}, resp: api.SessionInfo{}, status: 201,
 		desc: "Starts a sandbox with a Python interpreter whose variables persist across cells. The answer is the session's sandbox description (see SessionInfo in the Go API)."},
 	{pattern: "GET /v1/sessions/{id}", summary: "Describe a session", resp: api.SessionInfo{},

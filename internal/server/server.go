@@ -60,6 +60,8 @@ type Config struct {
 	// Secrets stores named secrets, behind /v1/secrets; nil answers those routes 501. The
 	// engine resolves them through engine.Config.Secrets, normally the same store.
 	Secrets *secrets.Store
+	// Agent runs POST /v1/agent/runs (the LLM code agent); nil answers 501.
+	Agent AgentRunner
 }
 
 // Validate reports a configuration that cannot work.
@@ -197,6 +199,7 @@ func (s *Server) routes() {
 	s.judgeRoutes()
 	s.secretRoutes()
 	s.playgroundRoutes()
+	s.agentRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		if s.underRest(p) {
