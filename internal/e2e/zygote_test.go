@@ -187,7 +187,7 @@ print(random.random(), numpy.random.rand(), os.urandom(8).hex(), hash("x"))`
 
 // TestZygoteFreshness: two children of one zygote print different random, numpy and urandom
 // values; hash("x") is the same within one owner's zygote (CPython's hash secret is fixed at
-// the zygote's start, see DESIGN.md) and differs between owners, who never share a zygote.
+// the zygote's start, see docs/design.md) and differs between owners, who never share a zygote.
 func TestZygoteFreshness(t *testing.T) {
 	e := zygoteEngine(t)
 	fields := func(owner string) []string {

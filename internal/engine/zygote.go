@@ -10,7 +10,7 @@ import (
 	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
-// The Python zygote (DESIGN.md, "Warm start"): a daemon-internal sandbox whose PID 1 is a
+// The Python zygote (docs/design.md, "Warm start"): a daemon-internal sandbox whose PID 1 is a
 // Python interpreter with the common modules imported, which forks one child per run; the child
 // makes itself a fresh sandbox (namespaces, cgroup with the run's limits, writable layer, no
 // inherited descriptors, capabilities or environment, the sandbox's seccomp filter, reseeded
