@@ -85,7 +85,7 @@ func mcpStdio(t *testing.T, d *daemon, key string) *mcp.ClientSession {
 }
 
 // call calls a tool and returns its text and images; a protocol error fails the test.
-func call(t *testing.T, cs *mcp.ClientSession, tool string, args map[string]any) (text string, images [][]byte, isErr bool) {
+func mcpCall(t *testing.T, cs *mcp.ClientSession, tool string, args map[string]any) (text string, images [][]byte, isErr bool) {
 	t.Helper()
 	res, err := cs.CallTool(t.Context(), &mcp.CallToolParams{Name: tool, Arguments: args})
 	if err != nil {
@@ -105,7 +105,7 @@ func call(t *testing.T, cs *mcp.ClientSession, tool string, args map[string]any)
 
 func mustCall(t *testing.T, cs *mcp.ClientSession, tool string, args map[string]any, want string) string {
 	t.Helper()
-	text, _, isErr := call(t, cs, tool, args)
+	text, _, isErr := mcpCall(t, cs, tool, args)
 	if isErr || !strings.Contains(text, want) {
 		t.Fatalf("%s %v: got (error %v)\n%s\nwant it to contain %q", tool, args, isErr, text, want)
 	}
@@ -152,7 +152,7 @@ func TestMCP(t *testing.T) {
 	t.Run("run code", func(t *testing.T) {
 		mustCall(t, cs, "run_code", map[string]any{"code": "print(6*7)"}, "42")
 		mustCall(t, cs, "run_code", map[string]any{"language": "bash", "code": "echo $((6*7))"}, "42")
-		text, _, isErr := call(t, cs, "run_code", map[string]any{"code": "raise SystemExit(3)"})
+		text, _, isErr := mcpCall(t, cs, "run_code", map[string]any{"code": "raise SystemExit(3)"})
 		if !isErr || !strings.Contains(text, "exit code 3") {
 			t.Fatalf("a failing program: error %v\n%s", isErr, text)
 		}
@@ -166,11 +166,11 @@ func TestMCP(t *testing.T) {
 		mustCall(t, cs, "python_session", map[string]any{"name": "s1"}, "Reusing")
 		mustCall(t, cs, "python_run", map[string]any{"session": "s1", "code": "x = 41"}, "")
 		mustCall(t, cs, "python_run", map[string]any{"session": "s1", "code": "x + 1"}, "42")
-		text, _, isErr := call(t, cs, "python_run", map[string]any{"session": "s1", "code": "1/0"})
+		text, _, isErr := mcpCall(t, cs, "python_run", map[string]any{"session": "s1", "code": "1/0"})
 		if !isErr || !strings.Contains(text, "ZeroDivisionError") {
 			t.Fatalf("an exception: error %v\n%s", isErr, text)
 		}
-		_, images, isErr := call(t, cs, "python_run", map[string]any{"session": "s1", "timeout": 60,
+		_, images, isErr := mcpCall(t, cs, "python_run", map[string]any{"session": "s1", "timeout": 60,
 			"code": "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nNone"})
 		if isErr || len(images) != 1 {
 			t.Fatalf("plot: error %v, %d images", isErr, len(images))
@@ -198,7 +198,7 @@ func TestMCP(t *testing.T) {
 	t.Run("install package", func(t *testing.T) {
 		mustCall(t, cs, "install_package", map[string]any{"session": "pkg", "packages": []string{"airlock-testpkg==1.0"}}, "exit code 0")
 		mustCall(t, cs, "python_run", map[string]any{"session": "pkg", "code": "import airlock_testpkg; airlock_testpkg.VALUE"}, "42")
-		if text, _, isErr := call(t, cs, "install_package", map[string]any{"session": "pkg", "packages": []string{"--index-url=http://evil"}}); !isErr {
+		if text, _, isErr := mcpCall(t, cs, "install_package", map[string]any{"session": "pkg", "packages": []string{"--index-url=http://evil"}}); !isErr {
 			t.Fatalf("a pip option as a package was accepted:\n%s", text)
 		}
 	})
@@ -213,12 +213,12 @@ func TestMCP(t *testing.T) {
 		text := mustCall(t, cs, "sandbox_create", map[string]any{"timeout": 60}, "Created sandbox sb-")
 		id := strings.Fields(strings.TrimPrefix(text, "Created sandbox "))[0]
 		mustCall(t, cs, "sandbox_list", nil, id)
-		if text, _, isErr := call(t, cs, "exec", map[string]any{"sandbox": id, "command": "echo hi >&2; exit 2"}); !isErr ||
+		if text, _, isErr := mcpCall(t, cs, "exec", map[string]any{"sandbox": id, "command": "echo hi >&2; exit 2"}); !isErr ||
 			!strings.Contains(text, "exit code 2") || !strings.Contains(text, "hi") {
 			t.Fatalf("a failing command: error %v\n%s", isErr, text)
 		}
 		mustCall(t, cs, "sandbox_terminate", map[string]any{"sandbox": id}, "Terminated")
-		if text, _, _ := call(t, cs, "sandbox_list", nil); strings.Contains(text, id) {
+		if text, _, _ := mcpCall(t, cs, "sandbox_list", nil); strings.Contains(text, id) {
 			t.Fatalf("terminated sandbox still listed:\n%s", text)
 		}
 	})
@@ -227,12 +227,12 @@ func TestMCP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		text, _, isErr := call(t, csB, "python_run", map[string]any{"session": "s1", "code": "x"})
+		text, _, isErr := mcpCall(t, csB, "python_run", map[string]any{"session": "s1", "code": "x"})
 		if !isErr || !strings.Contains(text, "NameError") {
 			t.Fatalf("key B's session s1 knows key A's x: error %v\n%s", isErr, text)
 		}
-		textA, _, _ := call(t, cs, "sandbox_list", nil)
-		textB, _, _ := call(t, csB, "sandbox_list", nil)
+		textA, _, _ := mcpCall(t, cs, "sandbox_list", nil)
+		textB, _, _ := mcpCall(t, csB, "sandbox_list", nil)
 		for _, line := range strings.Split(strings.TrimSpace(textA), "\n") {
 			if id := strings.Fields(line)[0]; strings.Contains(textB, id) {
 				t.Fatalf("key B lists key A's %s:\n%s", id, textB)
@@ -269,13 +269,13 @@ func TestMCP(t *testing.T) {
 		mustCall(t, st, "python_run", map[string]any{"session": "s1", "code": "x * 2"}, "82")
 		mustCall(t, st, "python_run", map[string]any{"session": "s2", "code": "y = 'kept'"}, "")
 		mustCall(t, st, "python_run", map[string]any{"session": "s2", "code": "y"}, "'kept'")
-		_, images, isErr := call(t, st, "python_run", map[string]any{"session": "s2", "timeout": 60,
+		_, images, isErr := mcpCall(t, st, "python_run", map[string]any{"session": "s2", "timeout": 60,
 			"code": "import matplotlib.pyplot as plt\nplt.bar([1, 2], [3, 4])\nNone"})
 		if isErr || len(images) != 1 {
 			t.Fatalf("plot over stdio: error %v, %d images", isErr, len(images))
 		}
 		bad := mcpStdio(t, d, "wrong-key-0123456789abcdef")
-		text, _, isErr := call(t, bad, "run_code", map[string]any{"code": "print(1)"})
+		text, _, isErr := mcpCall(t, bad, "run_code", map[string]any{"code": "print(1)"})
 		if !isErr || !strings.Contains(strings.ToLower(text), "key") {
 			t.Fatalf("wrong key over stdio: error %v\n%s", isErr, text)
 		}
