@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -724,7 +725,7 @@ func (c *creation) spawnInit(context.Context) error {
 	cmd := &exec.Cmd{
 		Path:        c.r.cfg.Exe,
 		Args:        c.r.cfg.Args,
-		Env:         []string{"AIRLOCK_SANDBOX_INIT=1"},
+		Env:         append([]string{"AIRLOCK_SANDBOX_INIT=1"}, agentRuntimeEnv(c.spec.CPU)...),
 		Stdout:      c.logf,
 		Stderr:      c.logf,
 		ExtraFiles:  append([]*os.File{c.cfgR, c.statusW, c.lnFile}, c.userFiles...),
@@ -749,6 +750,23 @@ func (c *creation) spawnInit(context.Context) error {
 	})
 	c.sb = sb
 	return nil
+}
+
+// agentRuntimeEnv tunes the Go runtime of a sandbox's init — the agent — which reads these
+// variables before any of its code runs (the agent never passes its own environment on; see
+// agent.Config.Env). Each costs or saves memory in every idle sandbox (BENCHMARKS.md, "Idle
+// footprint"):
+//   - GOMAXPROCS: as many Ps as the sandbox's CPU limit lets the agent use, not the host's cores:
+//     the runtime cannot see a v1 cgroup's quota from inside the sandbox, and every P brings its
+//     caches and the threads that run it.
+//   - memprofilerate=0: no heap profiling, whose bucket table and records nothing in a sandbox
+//     reads.
+func agentRuntimeEnv(cpu float64) []string {
+	procs := runtime.NumCPU()
+	if cpu > 0 {
+		procs = min(procs, max(1, int(math.Ceil(cpu))))
+	}
+	return []string{"GOMAXPROCS=" + strconv.Itoa(procs), "GODEBUG=memprofilerate=0"}
 }
 
 // place moves the init into its cgroups: on v1 it joins the outer group; on v2 it moves from
