@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -292,6 +294,16 @@ func idleEngine(tb testing.TB, n int) *idleFleet {
 	return &idleFleet{e: e, rt: r, cgRoot: root}
 }
 
+// What an agent is built to hold (internal/agent): an idle one runs the Go runtime's few threads,
+// its fork thread and one file-system thread (at most 10 in all, where it ran 16 when it started
+// all eight file-system threads up front); busy, at most fsWorkers more, and its heap stays
+// within agentMemoryLimit (debug.SetMemoryLimit in agent.Serve).
+const (
+	idleAgentThreads = 10
+	fsWorkers        = 8
+	agentMemoryLimit = 64 << 20
+)
+
 // TestIdleSandboxesLeaveNothing creates 50 idle sandboxes, then destroys them: nothing of them
 // may stay behind — not a process, cgroup, uid claim, state directory, descriptor or goroutine
 // of the daemon — and each agent runs with the thread count and heap limit it is built for.
@@ -302,6 +314,46 @@ func TestIdleSandboxesLeaveNothing(t *testing.T) {
 	fds0, gs0 := openFDs(), runtime.NumGoroutine()
 	r := f.measure(t, n)
 	t.Log(r)
+	for _, id := range f.ids {
+		pid := f.agentPid(t, id)
+		if th := kvFile(fmt.Sprintf("/proc/%d/status", pid))["Threads"]; th > idleAgentThreads {
+			t.Errorf("idle agent of %s runs %d threads, want at most %d", id, th, idleAgentThreads)
+		}
+		env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		for _, kv := range []string{"GOMAXPROCS=1", "GODEBUG=memprofilerate=0"} {
+			if !slices.Contains(strings.Split(string(env), "\x00"), kv) {
+				t.Errorf("agent of %s started without %s (environment %q)", id, kv, env)
+			}
+		}
+	}
+	// Busy, an agent starts its other file-system threads and its heap grows; it must stay
+	// within the limit it sets itself, whatever the transfers.
+	pid := f.agentPid(t, f.ids[0])
+	sb, err := f.e.GetSandbox(t.Context(), f.ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("airlock!"), 512<<10) // 4 MiB
+	var g errgroup.Group
+	for i := range 8 {
+		g.Go(func() error {
+			p := fmt.Sprintf("/workspace/f%d", i)
+			if _, err := sb.WriteFile(t.Context(), p, bytes.NewReader(data), 0o644); err != nil {
+				return err
+			}
+			return sb.ReadFile(t.Context(), p, io.Discard, nil)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	st := kvFile(fmt.Sprintf("/proc/%d/status", pid))
+	if anon := st["RssAnon"] << 10; anon > agentMemoryLimit {
+		t.Errorf("busy agent holds %d MiB of anonymous memory, above its limit of %d MiB", anon>>20, agentMemoryLimit>>20)
+	}
+	if th := st["Threads"]; th > idleAgentThreads+fsWorkers {
+		t.Errorf("busy agent runs %d threads, want at most %d", th, idleAgentThreads+fsWorkers)
+	}
 	f.stop(t, 4)
 	if got := f.e.Live(); got != 0 {
 		t.Errorf("live sandboxes after terminating all: got %d, want 0", got)
