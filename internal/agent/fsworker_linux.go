@@ -25,10 +25,9 @@ var errFSPoolClosed = errors.New("the agent is shutting down")
 // …), so a job can open exactly what code in the sandbox could open, no more, and what it
 // creates is owned by the sandbox user.
 //
-// The pool starts its first worker with the agent and the others on demand, up to
-// fsWorkerCount: an idle sandbox holds one thread rather than eight (each an OS thread with a
-// kernel stack and a task in the pids budget, ≈ 30 KiB of host memory; see BENCHMARKS.md, "Idle
-// footprint"). A thread started later cannot be refused by user code: the agent's threads are
+// The pool starts its workers on demand, up to fsWorkerCount: an idle sandbox holds none of
+// these threads rather than eight (each an OS thread with a kernel stack and a task in the pids
+// budget, ≈ 30 KiB of host memory; see BENCHMARKS.md, "Idle footprint"). A thread started later cannot be refused by user code: the agent's threads are
 // counted in the sandbox's outer pids group, where the agent's reserve (native's
 // agentPidsReserve) lies beyond the user group's limit, and under its own uid for RLIMIT_NPROC
 // — except when user code runs as the agent's uid (a build sandbox: uid 0), where every worker
@@ -58,13 +57,13 @@ type fsJob struct {
 	done chan<- error // buffered (1)
 }
 
-// newFSPool starts the pool for the sandbox user uid:gid: one worker, or all of them when uid is
-// the agent's own (0; see fsPool). A worker's error is returned by every run rather than
+// newFSPool starts the pool for the sandbox user uid:gid: no worker yet, or all of them when uid
+// is the agent's own (0; see fsPool). A worker's error is returned by every run rather than
 // failing the agent's start: processes can still be served.
 func newFSPool(uid, gid int) *fsPool {
 	p := &fsPool{jobs: make(chan fsJob), quit: make(chan struct{}), calls: make(chan struct{}, fsWorkerCount),
 		uid: uid, gid: gid, lists: semaphore.NewWeighted(listBudget)}
-	n := 1
+	n := 0
 	if uid == 0 {
 		n = fsWorkerCount
 	}

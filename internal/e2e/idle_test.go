@@ -225,10 +225,17 @@ type idleReport struct {
 	DaemonHeapKiB      float64       // this process's Go heap growth / N
 }
 
+// parts is the sum of what the kernel reports each sandbox holds: its agent's private
+// memory, and the unreclaimable slab, page tables, kernel stacks and daemon heap it added. It
+// moves far less with other work on the machine than MemAvailable does.
+func (r idleReport) parts() float64 {
+	return float64(r.AgentAnon) + r.SlabKiB + r.PTEKiB + r.KStackKiB + r.DaemonHeapKiB
+}
+
 func (r idleReport) String() string {
 	return fmt.Sprintf("N=%d host %.0f KiB/sandbox (slab %.0f, page tables %.0f, kernel stacks %.0f, daemon heap %.0f); "+
-		"agent RSS %d KiB, PSS %d KiB, anon %d KiB, %d threads; cgroup %d KiB; create p50 %.1f ms",
-		r.N, r.HostKiB, r.SlabKiB, r.PTEKiB, r.KStackKiB, r.DaemonHeapKiB, r.AgentRSS, r.AgentPSS, r.AgentAnon,
+		"parts %.0f KiB; agent RSS %d KiB, PSS %d KiB, anon %d KiB, %d threads; cgroup %d KiB; create p50 %.1f ms",
+		r.N, r.HostKiB, r.SlabKiB, r.PTEKiB, r.KStackKiB, r.DaemonHeapKiB, r.parts(), r.AgentRSS, r.AgentPSS, r.AgentAnon,
 		r.AgentThreads, r.CgroupKiB, float64(r.CreateP50.Microseconds())/1000)
 }
 
@@ -305,9 +312,9 @@ func idleEngine(tb testing.TB, n int) *idleFleet {
 	return &idleFleet{e: e, rt: r, cgRoot: root}
 }
 
-// What an agent is built to hold (internal/agent): an idle one runs the Go runtime's few threads,
-// its fork thread and one file-system thread (at most 10 in all, where it ran 16 when it started
-// all eight file-system threads up front); busy, at most fsWorkers more, and its heap stays
+// What an agent is built to hold (internal/agent): an idle one runs the Go runtime's few threads
+// and its fork thread, and no file-system thread yet (at most 10 in all, where it ran 16 when it
+// started all eight file-system threads up front); busy, at most fsWorkers more, and its heap stays
 // within agentMemoryLimit (debug.SetMemoryLimit in agent.Serve).
 const (
 	idleAgentThreads = 10
@@ -402,6 +409,7 @@ func BenchmarkIdleSandboxes(b *testing.B) {
 	freed := f.release(b)
 	b.Logf("%v; MemAvailable rose by %.0f KiB/sandbox when they were destroyed", r, freed)
 	b.ReportMetric(r.HostKiB/1024, "host-MiB/sandbox")
+	b.ReportMetric(r.parts()/1024, "parts-MiB/sandbox")
 	b.ReportMetric(freed/1024, "freed-MiB/sandbox")
 	b.ReportMetric(float64(r.AgentRSS)/1024, "agent-RSS-MiB")
 	b.ReportMetric(float64(r.AgentPSS)/1024, "agent-PSS-MiB")
