@@ -289,7 +289,12 @@ func idleEngine(tb testing.TB, n int) *idleFleet {
 		tb.Fatal(err)
 	}
 	root := fmt.Sprintf("airlock-idle-%d", os.Getpid())
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// AIRLOCK_IDLE_DEBUG=1 logs each create's steps and their durations (native.Runtime.Create).
+	level := slog.LevelWarn
+	if os.Getenv("AIRLOCK_IDLE_DEBUG") == "1" {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	r, err := native.New(native.Config{Logger: logger, StateDir: state, CgroupRoot: root, Exe: exe, Args: args,
 		UIDSlots: max(4096, n+64)})
 	if err != nil {
