@@ -134,10 +134,9 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 	defer a.files.close()
 
 	mux := http.NewServeMux()
-	mux.Handle(agentpbconnect.NewProcessHandler(&processService{a}))
-	mux.Handle(agentpbconnect.NewAgentHandler(&agentService{a}))
-	mux.Handle(agentpbconnect.NewFilesystemHandler(&fsService{a: a}))
-	mux.Handle(agentpbconnect.NewReplHandler(&replService{a: a}))
+	for _, s := range a.services() {
+		mux.Handle("/"+s.name+"/", s.handler())
+	}
 	mux.HandleFunc("POST "+agentpb.TunnelPath+"{port}", a.handleTunnel)
 	var p http.Protocols
 	p.SetUnencryptedHTTP2(true)
@@ -164,6 +163,38 @@ func Serve(ctx context.Context, ln net.Listener, cfg Config) error {
 		a.procsWG.Wait()
 		return nil
 	}
+}
+
+// service is one Connect service of the agent: its full name and its generated constructor.
+type service struct {
+	name string
+	make func() (string, http.Handler)
+}
+
+// services are every Connect service the agent serves: the one place they are registered.
+func (a *Agent) services() []service {
+	return []service{
+		{agentpbconnect.ProcessName, func() (string, http.Handler) { return agentpbconnect.NewProcessHandler(&processService{a}) }},
+		{agentpbconnect.AgentName, func() (string, http.Handler) { return agentpbconnect.NewAgentHandler(&agentService{a}) }},
+		{agentpbconnect.FilesystemName, func() (string, http.Handler) { return agentpbconnect.NewFilesystemHandler(&fsService{a: a}) }},
+		{agentpbconnect.ReplName, func() (string, http.Handler) { return agentpbconnect.NewReplHandler(&replService{a: a}) }},
+	}
+}
+
+// handler builds the service on its first request. Building a Connect handler resolves the
+// service's protobuf descriptors, ≈ 280 KiB of heap for the four services, which a sandbox
+// that is never asked to use one (an idle or pooled sandbox; a one-shot uses Process only)
+// should not hold.
+func (s service) handler() http.Handler {
+	h := sync.OnceValue(func() http.Handler {
+		path, h := s.make()
+		if path != "/"+s.name+"/" {
+			// The generated code's path rule changed: serve nothing rather than misroute.
+			return http.NotFoundHandler()
+		}
+		return h
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h().ServeHTTP(w, r) })
 }
 
 // killAll kills every process the agent runs (their groups).

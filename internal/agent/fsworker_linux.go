@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -24,14 +25,28 @@ var errFSPoolClosed = errors.New("the agent is shutting down")
 // …), so a job can open exactly what code in the sandbox could open, no more, and what it
 // creates is owned by the sandbox user.
 //
-// The threads are started by newFSPool, while the sandbox is fresh, so user code that later
-// fills the pids budget cannot stop them from existing. A worker never unlocks its thread:
+// The pool starts its workers on demand, up to fsWorkerCount: an idle sandbox holds none of
+// these threads rather than eight (each an OS thread with a kernel stack and a task in the pids
+// budget, ≈ 30 KiB of host memory; see BENCHMARKS.md, "Idle footprint"). A thread started later cannot be refused by user code: the agent's threads are
+// counted in the sandbox's outer pids group, where the agent's reserve (native's
+// agentPidsReserve) lies beyond the user group's limit, and under its own uid for RLIMIT_NPROC
+// — except when user code runs as the agent's uid (a build sandbox: uid 0), where every worker
+// is started with the agent, while the sandbox is fresh. A worker never unlocks its thread:
 // when it returns, the Go runtime ends the thread instead of reusing its credentials.
 type fsPool struct {
-	jobs chan fsJob    // unbuffered: a send succeeds only when a worker is idle
-	quit chan struct{} // closed by close
-	err  error         // set by newFSPool if the workers could not become the sandbox user
-	wg   sync.WaitGroup
+	jobs     chan fsJob    // unbuffered; a caller sends only once it has reserved an idle worker
+	quit     chan struct{} // closed by close
+	calls    chan struct{} // a token per call in progress: at most fsWorkerCount at once
+	uid, gid int
+	wg       sync.WaitGroup
+
+	mu      sync.Mutex // guards started, idle, closed and err
+	started int        // workers started so far, at most fsWorkerCount
+	// idle counts the workers free for a job and not yet reserved by a caller. A worker counts
+	// itself free again before it hands back its result, so calls one after another find it.
+	idle   int
+	closed bool  // set by close: no worker starts after it
+	err    error // set when a worker could not become the sandbox user; returned by every run
 
 	// lists is the memory directory listings may hold at once, in bytes (see ListDir).
 	lists *semaphore.Weighted
@@ -42,20 +57,41 @@ type fsJob struct {
 	done chan<- error // buffered (1)
 }
 
-// newFSPool starts the workers for the sandbox user uid:gid. Its error, if any, is returned by
-// every run rather than failing the agent's start: processes can still be served.
+// newFSPool starts the pool for the sandbox user uid:gid: no worker yet, or all of them when uid
+// is the agent's own (0; see fsPool). A worker's error is returned by every run rather than
+// failing the agent's start: processes can still be served.
 func newFSPool(uid, gid int) *fsPool {
-	p := &fsPool{jobs: make(chan fsJob), quit: make(chan struct{}), lists: semaphore.NewWeighted(listBudget)}
-	ready := make(chan error, fsWorkerCount)
-	for range fsWorkerCount {
-		p.wg.Go(func() { p.work(uid, gid, ready) })
+	p := &fsPool{jobs: make(chan fsJob), quit: make(chan struct{}), calls: make(chan struct{}, fsWorkerCount),
+		uid: uid, gid: gid, lists: semaphore.NewWeighted(listBudget)}
+	n := 0
+	if uid == 0 {
+		n = fsWorkerCount
 	}
-	for range fsWorkerCount {
-		if err := <-ready; err != nil && p.err == nil {
-			p.err = err
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.grow(n)
+	return p
+}
+
+// grow starts n more workers (no more than fsWorkerCount in all) and waits until each has
+// become the sandbox user, counting it idle, or failed to. p.mu must be held.
+func (p *fsPool) grow(n int) {
+	if p.closed {
+		return
+	}
+	n = min(n, fsWorkerCount-p.started)
+	ready := make(chan error, n)
+	for range n {
+		p.wg.Go(func() { p.work(p.uid, p.gid, ready) })
+	}
+	p.started += n
+	for range n {
+		if err := <-ready; err != nil {
+			p.err = cmp.Or(p.err, err)
+		} else {
+			p.idle++
 		}
 	}
-	return p
 }
 
 func (p *fsPool) work(uid, gid int, ready chan<- error) {
@@ -73,7 +109,11 @@ func (p *fsPool) work(uid, gid int, ready chan<- error) {
 	for {
 		select {
 		case j := <-p.jobs:
-			j.done <- runJob(j.fn)
+			err := runJob(j.fn)
+			p.mu.Lock()
+			p.idle++
+			p.mu.Unlock()
+			j.done <- err
 		case <-p.quit:
 			return
 		}
@@ -90,20 +130,41 @@ func runJob(fn func() error) (err error) {
 	return fn()
 }
 
-// run runs fn on a worker thread as the sandbox user and returns its error. When every worker
-// is busy it waits for one (or for ctx); it never starts a thread. Once a worker has taken fn,
-// run waits for it to finish even if ctx ends: fn writes its results into the caller's
-// variables, and file-system calls here do not block indefinitely (FIFOs and devices are
-// opened non-blocking and refused).
+// run runs fn on a worker thread as the sandbox user and returns its error. At most
+// fsWorkerCount calls run at once; the others wait for a turn (or for ctx). A call whose turn
+// comes while every started worker is busy starts one more. Once it has a turn, run waits for
+// fn to finish even if ctx ends: fn writes its results into the caller's variables, and
+// file-system calls here do not block indefinitely (FIFOs and devices are opened non-blocking
+// and refused).
 func (p *fsPool) run(ctx context.Context, fn func() error) error {
-	if p.err != nil {
-		return p.err
+	select {
+	case p.calls <- struct{}{}:
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-p.quit:
+		return errFSPoolClosed
+	}
+	defer func() { <-p.calls }()
+	// Fewer than fsWorkerCount other calls hold a turn, so if no worker is idle, fewer than
+	// fsWorkerCount have been started.
+	p.mu.Lock()
+	if p.idle == 0 {
+		p.grow(1)
+	}
+	err := p.err
+	if p.closed {
+		err = errFSPoolClosed
+	}
+	if err == nil {
+		p.idle-- // reserved for this call
+	}
+	p.mu.Unlock()
+	if err != nil {
+		return err
 	}
 	done := make(chan error, 1)
 	select {
 	case p.jobs <- fsJob{fn: fn, done: done}:
-	case <-ctx.Done():
-		return context.Cause(ctx)
 	case <-p.quit:
 		return errFSPoolClosed
 	}
@@ -113,6 +174,9 @@ func (p *fsPool) run(ctx context.Context, fn func() error) error {
 // close stops the workers once they finish their current job and waits for them; their threads
 // end with them. Later runs fail with errFSPoolClosed.
 func (p *fsPool) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
 	close(p.quit)
 	p.wg.Wait()
 }

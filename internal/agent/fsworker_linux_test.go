@@ -78,6 +78,50 @@ func TestFSPool(t *testing.T) {
 	})
 }
 
+// TestFSPoolStartsThreadsOnDemand: an idle sandbox holds no file-system thread; calls one
+// after another share the first; only calls that find every worker busy start more, up to the cap;
+// and a pool for uid 0 (whose thread count user code shares) starts them all at once.
+func TestFSPoolStartsThreadsOnDemand(t *testing.T) {
+	testutil.MustHaveRoot(t)
+	started := func(p *fsPool) int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.started
+	}
+	p := newFSPool(65534, 65534)
+	defer p.close()
+	if got := started(p); got != 0 {
+		t.Fatalf("a new pool started %d workers, want 0", got)
+	}
+	for range 50 {
+		if err := p.run(t.Context(), func() error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := started(p); got != 1 {
+		t.Fatalf("after 50 calls one after another: %d workers, want 1", got)
+	}
+	release := make(chan struct{})
+	running := make(chan struct{}, fsWorkerCount)
+	var wg sync.WaitGroup
+	for range fsWorkerCount {
+		wg.Go(func() { p.run(t.Context(), func() error { running <- struct{}{}; <-release; return nil }) })
+	}
+	for range fsWorkerCount {
+		<-running
+	}
+	close(release)
+	wg.Wait()
+	if got := started(p); got != fsWorkerCount {
+		t.Fatalf("%d calls at once: %d workers, want %d", fsWorkerCount, got, fsWorkerCount)
+	}
+	root := newFSPool(0, 0)
+	defer root.close()
+	if got := started(root); got != fsWorkerCount {
+		t.Fatalf("a pool for uid 0 started %d workers, want all %d", got, fsWorkerCount)
+	}
+}
+
 func TestFSPoolClosed(t *testing.T) {
 	testutil.MustHaveRoot(t)
 	p := newFSPool(65534, 65534)

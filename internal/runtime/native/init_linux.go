@@ -123,7 +123,12 @@ func step(name string, err error) error {
 func setup(cfg *initConfig) (spawn func(func()), err error) {
 	// The mount namespace was created by clone, before the Go runtime started its threads, so
 	// every thread shares it; mount, pivot_root and chdir below act on the whole process.
+	// Every step that changes a thread's state does it on all threads (capabilities,
+	// Landlock, seccomp) or on a thread of its own (the spawner), so once they are done this
+	// thread is like any other and goes back to the runtime, which would otherwise start one
+	// more for the agent's work while this one sleeps under a blocked main goroutine.
 	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	steps := []func() error{
 		func() error { return buildRoot(cfg) },
 		func() error { return step("sethostname", unix.Sethostname([]byte(cfg.Hostname))) },

@@ -59,8 +59,7 @@ func buildRoot(cfg *initConfig) error {
 	// The host's /usr/local holds what its administrator installed by hand (other services'
 	// binaries and their configuration), not the image: an empty read-only directory instead.
 	if fi, err := os.Stat(filepath.Join(root, "usr/local")); err == nil && fi.IsDir() {
-		if err := step("hide /usr/local", unix.Mount("airlock-empty", filepath.Join(root, "usr/local"), "tmpfs",
-			unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=0,nr_inodes=1,mode=0755")); err != nil {
+		if err := hide(root, "/usr/local"); err != nil {
 			return err
 		}
 	}
@@ -208,6 +207,19 @@ func mountScratch(root string, cfg *initConfig) error {
 	return step("rmdir scratch", os.Remove(s))
 }
 
+// hide covers the directory dir of the sandbox's tree at root with the state directory's empty
+// directory (emptyDir), read-only. A bind rather than an empty tmpfs of its own: every
+// superblock is a memory-cgroup-aware shrinker, and each memory cgroup on the host keeps a map
+// sized by the highest shrinker id ever used (≈ 1 KiB per 64), so each tmpfs a sandbox mounts
+// costs every sandbox made after it memory (BENCHMARKS.md, "Idle footprint").
+func hide(root, dir string) error {
+	dst := filepath.Join(root, dir)
+	if err := step("hide "+dir, unix.Mount(emptyDir(root), dst, "", unix.MS_BIND, "")); err != nil {
+		return err
+	}
+	return remountReadOnly(dst, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC)
+}
+
 // mountProc mounts the sandbox PID namespace's own /proc and masks what leaks host information.
 func mountProc(root string) error {
 	proc := filepath.Join(root, "proc")
@@ -222,11 +234,10 @@ func mountProc(root string) error {
 			continue // not on this kernel
 		}
 		if fi.IsDir() {
-			err = unix.Mount("airlock-mask", dst, "tmpfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=0,nr_inodes=1")
-		} else {
-			err = unix.Mount(filepath.Join(root, "dev/null"), dst, "", unix.MS_BIND, "")
-		}
-		if err != nil {
+			if err := hide(root, p); err != nil {
+				return err
+			}
+		} else if err := unix.Mount(filepath.Join(root, "dev/null"), dst, "", unix.MS_BIND, ""); err != nil {
 			return step("mask "+p, err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -256,7 +257,7 @@ func New(cfg Config) (_ *Runtime, err error) {
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
-	}{{cfg.StateDir, 0o711}, {r.staging, 0o755}, {filepath.Join(cfg.StateDir, "sandboxes"), 0o700}} {
+	}{{cfg.StateDir, 0o711}, {r.staging, 0o755}, {emptyDir(r.staging), 0o555}, {filepath.Join(cfg.StateDir, "sandboxes"), 0o700}} {
 		if err := os.MkdirAll(d.path, d.mode); err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
@@ -273,6 +274,9 @@ func New(cfg Config) (_ *Runtime, err error) {
 	}
 	if err := checkTraversable(cfg.StateDir); err != nil {
 		return nil, err
+	}
+	if ents, err := os.ReadDir(emptyDir(r.staging)); err != nil || len(ents) > 0 {
+		return nil, fmt.Errorf("state directory: %s must be an empty directory (sandboxes see it where the host's tree is hidden)", emptyDir(r.staging))
 	}
 	if err := checkUIDRange(cfg.UIDBase, cfg.UIDSlots); err != nil {
 		return nil, err
@@ -302,6 +306,10 @@ func New(cfg Config) (_ *Runtime, err error) {
 	}
 	return r, nil
 }
+
+// emptyDir is the state directory's empty directory, beside the staging directory: the
+// sandbox's init binds it read-only over what it hides (hide).
+func emptyDir(staging string) string { return filepath.Join(filepath.Dir(staging), "empty") }
 
 // checkUIDRange refuses a sandbox uid range that overlaps host users or the subordinate ranges
 // handed to rootless containers (/etc/subuid, /etc/subgid): a host process running as one of
@@ -530,15 +538,23 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		{"network", c.network},
 		{"image root", c.imageRoot},
 		{"configure", c.configure},
+		// While the init builds the sandbox from its config (≈ 2 ms), not after: if a later
+		// step fails, the state directory's undo removes the state with everything else.
+		{"persist state", c.persist},
 		{"await ready", c.awaitReady},
 		{"release host root", c.releaseHostRoot},
-		{"persist state", c.persist},
 	}
+	// Each step's duration goes to the debug log: create latency is a target (BENCHMARKS.md), and
+	// this is where it is spent.
+	took := make([]any, 0, 2*len(steps))
 	for _, st := range steps {
+		t0 := time.Now()
 		if err := st.run(ctx); err != nil {
 			return nil, fmt.Errorf("%s: %w", st.name, err)
 		}
+		took = append(took, st.name, time.Since(t0))
 	}
+	r.cfg.Logger.DebugContext(ctx, "sandbox created", append([]any{"sandbox", spec.ID}, took...)...)
 	c.undo.release()
 	c.sb.client = agentClient(c.sock)
 	return c.sb, nil
@@ -723,7 +739,7 @@ func (c *creation) spawnInit(context.Context) error {
 	cmd := &exec.Cmd{
 		Path:        c.r.cfg.Exe,
 		Args:        c.r.cfg.Args,
-		Env:         []string{"AIRLOCK_SANDBOX_INIT=1"},
+		Env:         append([]string{"AIRLOCK_SANDBOX_INIT=1"}, agentRuntimeEnv(c.spec.CPU)...),
 		Stdout:      c.logf,
 		Stderr:      c.logf,
 		ExtraFiles:  append([]*os.File{c.cfgR, c.statusW, c.lnFile}, c.userFiles...),
@@ -749,6 +765,23 @@ func (c *creation) spawnInit(context.Context) error {
 	})
 	c.sb = sb
 	return nil
+}
+
+// agentRuntimeEnv tunes the Go runtime of a sandbox's init — the agent — which reads these
+// variables before any of its code runs (the agent never passes its own environment on; see
+// agent.Config.Env). Each costs or saves memory in every idle sandbox (BENCHMARKS.md, "Idle
+// footprint"):
+//   - GOMAXPROCS: as many Ps as the sandbox's CPU limit lets the agent use, not the host's cores:
+//     the runtime cannot see a v1 cgroup's quota from inside the sandbox, and every P brings its
+//     caches and the threads that run it.
+//   - memprofilerate=0: no heap profiling, whose bucket table and records nothing in a sandbox
+//     reads.
+func agentRuntimeEnv(cpu float64) []string {
+	procs := runtime.NumCPU()
+	if cpu > 0 {
+		procs = min(procs, max(1, int(math.Ceil(cpu))))
+	}
+	return []string{"GOMAXPROCS=" + strconv.Itoa(procs), "GODEBUG=memprofilerate=0"}
 }
 
 // place moves the init into its cgroups: on v1 it joins the outer group; on v2 it moves from
