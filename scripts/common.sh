@@ -59,6 +59,8 @@ go_wanted() { sed -n 's/^go \([0-9.]*\).*/\1/p' go.mod; }
 
 build() {
   check_go
-  echo "building bin/airlock (the first build also compiles the standard library: up to a minute)" >&2
+  echo "building bin/airlock and bin/airlock-sandbox (the first build also compiles the standard library: up to a minute)" >&2
   go build -trimpath -ldflags "-s -w" -o bin/airlock ./cmd/airlock
+  # What runs inside each sandbox (its init and agent): airlock uses it when it sits beside it.
+  go build -trimpath -ldflags "-s -w" -o bin/airlock-sandbox ./cmd/airlock-sandbox
 }

@@ -5,17 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
 
 	"github.com/airlockhq/airlock/api"
-	"github.com/airlockhq/airlock/internal/agent"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/sandboxmain"
 )
 
 // runtimeDef is one runtime the daemon can offer: how to build it from its configuration, and
@@ -30,7 +29,7 @@ type runtimeDef struct {
 	isInit func() bool
 	// init builds and locks down the sandbox from inside, and returns the listener and the
 	// agent configuration the runtime-neutral agent.Serve runs with.
-	init func() (net.Listener, agent.Config, error)
+	init sandboxmain.Init
 }
 
 // openedRuntime is a runtime built by runtimeDef.open.
@@ -45,6 +44,10 @@ type openedRuntime struct {
 type runtimeConfig struct {
 	Default string // the runtime of specs that name none
 	Native  native.Config
+	// SandboxBinary is --sandbox-binary: the program the native runtime starts as each
+	// sandbox's init and agent (sandboxbin.go); empty looks for airlock-sandbox beside this
+	// executable and falls back to this executable itself.
+	SandboxBinary string
 }
 
 var runtimeDefs = []runtimeDef{{
@@ -52,6 +55,13 @@ var runtimeDefs = []runtimeDef{{
 	open: func(logger *slog.Logger, c *runtimeConfig) (openedRuntime, error) {
 		cfg := c.Native
 		cfg.Logger = logger
+		if cfg.Exe == "" {
+			exe, err := sandboxBinary(logger, c.SandboxBinary)
+			if err != nil {
+				return openedRuntime{}, err
+			}
+			cfg.Exe = exe
+		}
 		rt, err := native.New(cfg)
 		if err != nil {
 			return openedRuntime{}, fmt.Errorf("native runtime: %w", err)
@@ -60,13 +70,7 @@ var runtimeDefs = []runtimeDef{{
 			noNetwork: native.Networks(rt)}, nil
 	},
 	isInit: native.IsInit,
-	init: func() (net.Listener, agent.Config, error) {
-		child, err := native.Init() // does its own descriptor sweep
-		if err != nil {
-			return nil, agent.Config{}, err
-		}
-		return child.Listener, agent.Config{UID: child.UID, GID: child.GID, Spawn: child.Spawn, CgroupFD: child.CgroupFD, Env: child.Env}, nil
-	},
+	init:   sandboxmain.NativeInit,
 }}
 
 // bindRuntimeFlags binds the runtimes' knobs, each with its AIRLOCK_* variable. stateUsage
@@ -82,6 +86,7 @@ func bindRuntimeFlags(fs *pflag.FlagSet, c *runtimeConfig, stateUsage string) {
 	flagEnv(fs, &c.Native.StateDir, "state-dir", "AIRLOCK_STATE_DIR", stateUsage)
 	flagEnv(fs, &c.Native.CgroupRoot, "cgroup-root", "AIRLOCK_CGROUP_ROOT", "parent cgroup of the sandboxes (default one derived from --state-dir)")
 	flagEnv(fs, &c.Native.WheelDir, "wheel-dir", "AIRLOCK_WHEEL_DIR", "directory of Python wheels sessions may pip-install from")
+	flagEnv(fs, &c.SandboxBinary, "sandbox-binary", "AIRLOCK_SANDBOX_BINARY", "the program run as each sandbox's init and agent (default airlock-sandbox beside this binary if it is there, else this binary)")
 	flagEnv(fs, &c.Native.UIDBase, "uid-base", "AIRLOCK_UID_BASE", "first host uid of the sandboxes' uid ranges (default 2000000; must not overlap host users or /etc/subuid)")
 }
 
@@ -100,18 +105,7 @@ func runInit(defs []runtimeDef) (code int, ok bool) {
 		if !d.isInit() {
 			continue
 		}
-		logger := warnLogger()
-		ln, cfg, err := d.init()
-		if err != nil {
-			logger.Error("sandbox init", "runtime", d.name, "err", err)
-			return 1, true
-		}
-		cfg.Logger = logger
-		if err := agent.Serve(context.Background(), ln, cfg); err != nil {
-			logger.Error("agent", "err", err)
-			return 1, true
-		}
-		return 0, true
+		return sandboxmain.Serve(d.name, d.init), true
 	}
 	return 0, false
 }

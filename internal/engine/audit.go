@@ -118,17 +118,17 @@ func (e *Engine) auditEnd(ctx context.Context, sb *Sandbox, reason string) {
 }
 
 // auditExec records one process started through the API; its code is its command line.
-func (sb *Sandbox) auditExec(ctx context.Context, x ExecSpec, start time.Time, end *End, err error) {
+func (sb *Sandbox) auditExec(ctx context.Context, cmd []string, timeout time.Duration, start time.Time, end *End, err error) {
 	e := sb.e
 	if e.cfg.Audit == nil {
 		return
 	}
 	r := audit.Record{Event: "sandbox.exec", SandboxID: sb.id, Kind: string(sb.kind), Image: sb.spec.Image,
 		DurationMS: ms(time.Since(start)), Owner: sb.owner}
-	if x.Timeout > 0 {
-		r.Limits = &audit.Limits{TimeoutS: x.Timeout.Seconds()}
+	if timeout > 0 {
+		r.Limits = &audit.Limits{TimeoutS: timeout.Seconds()}
 	}
-	r.CodeSHA256, r.CodeBytes = audit.Sum([]byte(strings.Join(x.Cmd, "\x00")))
+	r.CodeSHA256, r.CodeBytes = audit.Sum([]byte(strings.Join(cmd, "\x00")))
 	if err != nil {
 		auditError(&r, err)
 	} else {

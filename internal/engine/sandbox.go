@@ -357,8 +357,10 @@ func (sb *Sandbox) normalizeExec(x ExecSpec) (Process, error) {
 // Exec runs x in the sandbox, calling on for each event (start, output) until the process
 // ends. The End's exit code is the engine's (exitStatus: 124 after a timeout).
 func (sb *Sandbox) Exec(ctx context.Context, x ExecSpec, on func(Event)) (end *End, err error) {
-	start := time.Now()
-	defer func() { sb.auditExec(ctx, x, start, end, err) }()
+	// The audit record needs the command and timeout only: capturing x would keep its stdin
+	// (up to the body limit) alive for as long as the process runs.
+	start, cmd, timeout := time.Now(), x.Cmd, x.Timeout
+	defer func() { sb.auditExec(ctx, cmd, timeout, start, end, err) }()
 	p, err := sb.normalizeExec(x)
 	if err != nil {
 		return nil, err

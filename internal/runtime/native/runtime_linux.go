@@ -87,7 +87,7 @@ func (c *Config) setDefaults() {
 		c.UID, c.GID = 1000, 1000
 	}
 	if c.Exe == "" {
-		c.Exe = "/proc/self/exe"
+		c.Exe = selfExe
 	}
 	if c.Args == nil {
 		c.Args = []string{"airlock", "agent"}
@@ -274,6 +274,11 @@ func New(cfg Config) (_ *Runtime, err error) {
 	}
 	if err := checkTraversable(cfg.StateDir); err != nil {
 		return nil, err
+	}
+	if r.cfg.Exe != selfExe {
+		if r.cfg.Exe, err = copyInit(r.cfg.Exe, filepath.Join(cfg.StateDir, "airlock-sandbox")); err != nil {
+			return nil, err
+		}
 	}
 	if ents, err := os.ReadDir(emptyDir(r.staging)); err != nil || len(ents) > 0 {
 		return nil, fmt.Errorf("state directory: %s must be an empty directory (sandboxes see it where the host's tree is hidden)", emptyDir(r.staging))
