@@ -15,6 +15,7 @@ import (
 	"github.com/airlockhq/airlock/internal/agent"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/netpolicy"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
@@ -45,6 +46,7 @@ type openedRuntime struct {
 type runtimeConfig struct {
 	Default string // the runtime of specs that name none
 	Native  native.Config
+	Gvisor  gvisor.Config // its StateDir, CgroupRoot, WheelDir and Logger come from Native's
 }
 
 var runtimeDefs = []runtimeDef{{
@@ -67,7 +69,34 @@ var runtimeDefs = []runtimeDef{{
 		}
 		return child.Listener, agent.Config{UID: child.UID, GID: child.GID, Spawn: child.Spawn, CgroupFD: child.CgroupFD, Env: child.Env}, nil
 	},
+}, {
+	name: gvisor.Name,
+	open: func(logger *slog.Logger, c *runtimeConfig) (openedRuntime, error) {
+		if c.Native.Private {
+			return openedRuntime{}, errors.New("one-shot runs of `airlock run` use the native runtime only")
+		}
+		cfg := c.Gvisor
+		cfg.Logger = logger
+		cfg.StateDir = c.Native.StateDir
+		if cfg.StateDir == "" {
+			cfg.StateDir = "/var/lib/airlock"
+		}
+		if c.Native.CgroupRoot != "" {
+			cfg.CgroupRoot = c.Native.CgroupRoot + "-gvisor"
+		}
+		cfg.WheelDir = c.Native.WheelDir
+		rt, err := gvisor.New(cfg)
+		if err != nil {
+			return openedRuntime{}, fmt.Errorf("gvisor runtime: %w", err)
+		}
+		return openedRuntime{rt: gvisor.EngineRuntime(rt), close: rt.Close, noNetwork: errGvisorNoNetwork}, nil
+	},
+	isInit: gvisor.IsInit,
+	init:   gvisor.Init,
 }}
+
+// errGvisorNoNetwork is why a gvisor default runtime offers no network modes.
+var errGvisorNoNetwork = errors.New("gvisor sandboxes have no network")
 
 // bindRuntimeFlags binds the runtimes' knobs, each with its AIRLOCK_* variable. stateUsage
 // says what the state directory defaults to for the command.
@@ -83,6 +112,8 @@ func bindRuntimeFlags(fs *pflag.FlagSet, c *runtimeConfig, stateUsage string) {
 	flagEnv(fs, &c.Native.CgroupRoot, "cgroup-root", "AIRLOCK_CGROUP_ROOT", "parent cgroup of the sandboxes (default one derived from --state-dir)")
 	flagEnv(fs, &c.Native.WheelDir, "wheel-dir", "AIRLOCK_WHEEL_DIR", "directory of Python wheels sessions may pip-install from")
 	flagEnv(fs, &c.Native.UIDBase, "uid-base", "AIRLOCK_UID_BASE", "first host uid of the sandboxes' uid ranges (default 2000000; must not overlap host users or /etc/subuid)")
+	flagEnv(fs, &c.Gvisor.Platform, "gvisor-platform", "AIRLOCK_GVISOR_PLATFORM", "runsc platform of gvisor sandboxes ("+strings.Join(gvisor.Platforms, ", ")+"; default ptrace)")
+	flagEnv(fs, &c.Gvisor.Runsc, "gvisor-runsc", "AIRLOCK_GVISOR_RUNSC", "runsc binary of the gvisor runtime (default runsc on PATH)")
 }
 
 func runtimeNames(defs []runtimeDef) []string {

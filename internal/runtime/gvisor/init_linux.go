@@ -1,0 +1,46 @@
+package gvisor
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/airlockhq/airlock/internal/agent"
+	"github.com/airlockhq/airlock/internal/runtime/native"
+)
+
+// IsInit reports whether this process is PID 1 of a gvisor sandbox.
+func IsInit() bool { return os.Getpid() == 1 && os.Getenv(initEnv) != "" }
+
+// Init locks the agent down and opens its listener: the first thing the binary does as PID 1
+// of a gvisor sandbox. Errors go to runsc's log of the sandbox (stderr); the daemon sees the
+// agent never answering and the sandbox ending.
+func Init() (net.Listener, agent.Config, error) {
+	raw := os.Getenv(initEnv)
+	os.Unsetenv(initEnv)
+	if os.Getpid() != 1 {
+		return nil, agent.Config{}, errors.New("gvisor init must run as PID 1 of its sandbox")
+	}
+	// Nothing the sandbox's runsc handed PID 1 beyond stdio may reach user processes.
+	if err := native.CloseOnExecFrom(3); err != nil {
+		return nil, agent.Config{}, fmt.Errorf("close-on-exec inherited fds: %w", err)
+	}
+	var cfg initConfig
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		return nil, agent.Config{}, fmt.Errorf("decode %s: %w", initEnv, err)
+	}
+	// The listener before the lockdown: binding a host socket goes through the gofer, and the
+	// socket's directory stays root's after it.
+	ln, err := net.Listen("unix", guestSock)
+	if err != nil {
+		return nil, agent.Config{}, fmt.Errorf("agent socket: %w", err)
+	}
+	spawn, err := native.GuestLockdown(cfg.NoFile, cfg.NProc, cfg.Scratch)
+	if err != nil {
+		ln.Close()
+		return nil, agent.Config{}, fmt.Errorf("lock down the agent: %w", err)
+	}
+	return ln, agent.Config{UID: cfg.UID, GID: cfg.GID, Spawn: spawn, Env: cfg.Env}, nil
+}
