@@ -110,3 +110,49 @@ func waitGvisorClean(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestGvisorSentryUnprivileged checks the host side of a gvisor sandbox: the processes that
+// run the sandbox's code — gVisor's kernel (runsc-sandbox) and, on the ptrace platform, the stub
+// processes it runs user code in — are in a user namespace of their own, never the host's.
+// runsc's own helpers (the gofer, which serves files, and runsc's waiting parent) stay host
+// root by gVisor's design; no user code runs in them.
+func TestGvisorSentryUnprivileged(t *testing.T) {
+	e := mustGvisor(t)
+	done := make(chan *api.ExecuteResponse, 1)
+	go func() { done <- runOn(t, e, api.ExecuteRequest{Language: "bash", Code: "sleep 3; echo slept"}) }()
+	host, _ := os.Readlink("/proc/self/ns/user")
+	var pids []int
+	waitFor(t, "the sandbox's host processes", func() bool {
+		pids = testutil.ProcsInCgroup(gvisorCgRoot)
+		return len(pids) >= 3
+	})
+	sentries := 0
+	for _, pid := range pids {
+		ns, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
+		cmd, err2 := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err1 != nil || err2 != nil {
+			continue // gone meanwhile
+		}
+		// runsc rewrites its argv as one space-separated string.
+		f := strings.Fields(strings.ReplaceAll(string(cmd), "\x00", " "))
+		if len(f) == 0 {
+			continue
+		}
+		name := f[0]
+		if name == "runsc-gofer" || strings.HasSuffix(name, "/runsc") {
+			continue
+		}
+		if name == "runsc-sandbox" {
+			sentries++
+		}
+		if ns == host {
+			t.Errorf("host process %d (%s) of the sandbox runs in the host's user namespace", pid, name)
+		}
+	}
+	if sentries != 1 {
+		t.Errorf("found %d runsc-sandbox processes among %v, want 1", sentries, pids)
+	}
+	if r := <-done; !r.Success || r.Stdout != "slept\n" {
+		t.Fatalf("run: %+v", r)
+	}
+}

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor"
+	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
 
@@ -34,17 +37,31 @@ def try_read(path):
         pass
 `
 
-// TestIsolationAttacks runs every attack in a sandbox of the host image and of an image
-// pulled from a registry (pythonImage): the isolation must not depend on the root.
+// TestIsolationAttacks runs every attack in sandboxes of each runtime: of the host image and
+// of an image pulled from a registry (pythonImage), since the isolation must not depend on the
+// root. The gvisor runtime runs the host image only (it refuses images, by design for now).
 func TestIsolationAttacks(t *testing.T) {
-	mustEngine(t)
-	for _, image := range []struct{ name, ref string }{{"host", "host"}, {"pulled", pythonImage(t)}} {
-		t.Run(image.name, func(t *testing.T) { isolationAttacks(t, image.ref) })
+	for _, rt := range []struct {
+		name   string
+		engine func(testing.TB) *engine.Engine
+		images []string
+	}{{native.Name, mustEngine, []string{"host", "pulled"}}, {gvisor.Name, mustGvisor, []string{"host"}}} {
+		t.Run(rt.name, func(t *testing.T) {
+			e := rt.engine(t)
+			for _, image := range rt.images {
+				ref := image
+				if image == "pulled" {
+					ref = pythonImage(t)
+				}
+				t.Run(image, func(t *testing.T) { isolationAttacks(t, e, rt.name, ref) })
+			}
+		})
 	}
 }
 
-// isolationAttacks runs the attacks in one-shot sandboxes of image.
-func isolationAttacks(t *testing.T, image string) {
+// isolationAttacks runs the attacks in one-shot sandboxes of image on e, an engine of runtime
+// rt.
+func isolationAttacks(t *testing.T, e *engine.Engine, rt, image string) {
 	exe, _ := os.Executable()
 	cases := []struct {
 		name string
@@ -93,7 +110,14 @@ expect_fail("setns", sc(308, fd, 0))`},
 expect_fail("ptrace traceme", sc(101, 0, 0, 0, 0))
 expect_fail("ptrace attach pid 1", sc(101, 16, 1, 0, 0))
 expect_fail("process_vm_readv", sc(310, 1, 0, 0, 0, 0, 0))
-try_read("/proc/1/mem"); try_read("/proc/1/environ")`},
+try_read("/proc/1/mem")
+if RUNTIME == "gvisor":
+    # gVisor's /proc lets any task read PID 1's environ; the gvisor runtime starts the agent
+    # with an empty environment (runsc adds HOME), so there is nothing there to read.
+    env = open("/proc/1/environ", "rb").read()
+    if env not in (b"", b"HOME=/root\x00"): print("ESCAPED: PID 1 has an environment", env); sys.exit(0)
+else:
+    try_read("/proc/1/environ")`},
 		{"keyctl and add_key", `
 expect_fail("add_key", (libc.syscall(248, b"user", b"k", b"v", 1, -4), 0))
 expect_fail("keyctl", sc(250, 0, -3, 0, 0, 0))
@@ -129,12 +153,17 @@ expect_fail("open_by_handle_at", sc(304, -100, 0, 0))`},
 		{"capabilities and privileges", `
 st = open("/proc/self/status").read()
 caps = {l.split(":")[0]: l.split()[1] for l in st.splitlines() if l.startswith("Cap")}
-if int(caps["CapEff"], 16) or int(caps["CapPrm"], 16) or int(caps["CapBnd"], 16) or int(caps["CapAmb"], 16): print("ESCAPED: caps", caps); sys.exit(0)
-if "NoNewPrivs:\t1" not in st or "Seccomp:\t2" not in st: print("ESCAPED: no seccomp/nnp"); sys.exit(0)
+# gVisor's kernel has no ambient capabilities, so no CapAmb line either.
+if int(caps["CapEff"], 16) or int(caps["CapPrm"], 16) or int(caps["CapBnd"], 16) or int(caps.get("CapAmb", "0"), 16): print("ESCAPED: caps", caps); sys.exit(0)
+# gVisor's status has no NoNewPrivs line: ask prctl(PR_GET_NO_NEW_PRIVS) there.
+nnp = libc.prctl(39, 0, 0, 0, 0) == 1 if RUNTIME == "gvisor" else "NoNewPrivs:\t1" in st
+if not nnp or "Seccomp:\t2" not in st: print("ESCAPED: no seccomp/nnp"); sys.exit(0)
 if os.getuid() != 1000 or os.getgid() != 1000 or os.geteuid() == 0: print("ESCAPED: uid", os.getuid()); sys.exit(0)
 expect_fail("setuid 0", (libc.setuid(0), 0))
 m = open("/proc/self/uid_map").read().split()
-if m[1] == "0": print("ESCAPED: mapped to host root", m); sys.exit(0)`},
+# gVisor's uid_map is its own kernel's identity map, not the host's: no uid inside is a host
+# uid (TestGvisorSentryUnprivileged checks the host side).
+if m[1] == "0" and RUNTIME != "gvisor": print("ESCAPED: mapped to host root", m); sys.exit(0)`},
 		{"write outside tmp", `
 for p in ("/usr/pwned", "/etc/pwned", "/pwned", "/bin/pwned", "/lib/pwned", "/proc/sys/kernel/hostname", "/proc/sysrq-trigger"):
     try:
@@ -162,8 +191,11 @@ try:
 except OSError as e:
     if e.errno != errno.EPERM: print("ESCAPED: TIOCSETD reached the kernel:", e); sys.exit(0)`},
 		{"devices", `
+# gVisor's /dev also holds net/tun and fuse, its own virtual devices (no host device behind
+# them; tun is useless without CAP_NET_ADMIN, fuse without CAP_SYS_ADMIN to mount).
+extra = {"net", "fuse"} if RUNTIME == "gvisor" else set()
 for d in os.listdir("/dev"):
-    if d not in {"null","zero","full","random","urandom","tty","pts","shm","fd","stdin","stdout","stderr","ptmx"}:
+    if d not in {"null","zero","full","random","urandom","tty","pts","shm","fd","stdin","stdout","stderr","ptmx"} | extra:
         print("ESCAPED: device", d); sys.exit(0)
 try:
     os.mknod("/tmp/sda", 0o600 | 0o060000, os.makedev(8, 0)); print("ESCAPED: mknod"); sys.exit(0)
@@ -171,14 +203,16 @@ except OSError: pass`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := run(t, api.ExecuteRequest{Image: image, Code: pyPrelude + tc.code + "\nprint('BLOCKED')\n"})
+			// RUNTIME lets an attack say where a runtime differs by design.
+			code := fmt.Sprintf("RUNTIME = %q\n", rt) + pyPrelude + tc.code + "\nprint('BLOCKED')\n"
+			resp := runOn(t, e, api.ExecuteRequest{Image: image, Code: code})
 			if strings.Contains(resp.Stdout, "ESCAPED") {
 				t.Fatalf("attack worked: %s\nstderr: %s", resp.Stdout, resp.Stderr)
 			}
 			if !strings.Contains(resp.Stdout, "BLOCKED") {
 				t.Fatalf("attack program did not complete (cannot tell if blocked): rc=%d stdout=%q stderr=%q", resp.ReturnCode, resp.Stdout, resp.Stderr)
 			}
-			mustStillServe(t)
+			mustStillServeOn(t, e)
 		})
 	}
 }
@@ -373,5 +407,14 @@ func TestFreshness(t *testing.T) {
 	resp := py(t, `import os; print(os.path.exists("/tmp/leftover"), os.path.exists("/workspace/leftover"))`)
 	if strings.TrimSpace(resp.Stdout) != "False False" {
 		t.Fatalf("files of one run are visible to the next: %q", resp.Stdout)
+	}
+}
+
+// mustStillServeOn proves e still runs a normal program after an abuse test.
+func mustStillServeOn(t *testing.T, e *engine.Engine) {
+	t.Helper()
+	resp := runOn(t, e, api.ExecuteRequest{Code: "print(6*7)"})
+	if !resp.Success || strings.TrimSpace(resp.Stdout) != "42" {
+		t.Fatalf("engine no longer serves a normal run after the attack: %+v", resp)
 	}
 }

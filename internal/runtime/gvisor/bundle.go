@@ -48,6 +48,9 @@ func (b *bundle) spec() *specs.Spec {
 	rw := []string{"rbind", "rw", "nosuid", "nodev"}
 	mounts := []specs.Mount{
 		{Destination: "/proc", Type: "proc", Source: "proc", Options: []string{"nosuid", "noexec", "nodev"}},
+		// An empty read-only /sys over the one runsc would add: a native sandbox has no /sys
+		// (nor /sys/fs/cgroup, /sys/kernel) either.
+		{Destination: "/sys", Type: "tmpfs", Source: "tmpfs", Options: []string{"ro", "nosuid", "noexec", "nodev", "size=4k"}},
 	}
 	for _, bd := range b.binds {
 		mounts = append(mounts, specs.Mount{Destination: bd.Target, Type: "bind", Source: bd.Source, Options: ro})
@@ -69,7 +72,7 @@ func (b *bundle) spec() *specs.Spec {
 		Process: &specs.Process{
 			User: specs.User{UID: 0, GID: 0},
 			Args: []string{guestExe, "agent"},
-			Env:  []string{initEnv + "=" + b.init.encode()},
+			Env:  []string{},
 			Cwd:  "/",
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: agentCaps, Effective: agentCaps, Permitted: agentCaps,
@@ -91,7 +94,7 @@ func (b *bundle) spec() *specs.Spec {
 // mountPoints are the directories (and files) the read-only root must hold for the mounts of
 // spec to land on: runsc cannot create them in a read-only root.
 func (b *bundle) mountPoints() (dirs, files []string) {
-	dirs = []string{"/proc", "/dev", guestDir, filepath.Dir(guestSock)}
+	dirs = []string{"/proc", "/sys", "/dev", guestDir, filepath.Dir(guestSock)}
 	for _, bd := range b.binds {
 		if bd.File {
 			files = append(files, bd.Target)

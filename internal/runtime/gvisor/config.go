@@ -59,17 +59,16 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// initEnv carries the agent's configuration into the sandbox. It is the only variable of PID
-// 1's environment, which the agent removes before anything else runs; no user process ever
-// inherits the agent's environment (the agent builds each one's).
-const initEnv = "AIRLOCK_GVISOR_INIT"
-
 // Paths inside the sandbox. /.airlock is root's alone (mode 0700): the sandbox user can
 // neither list it nor reach the agent's binary or socket.
 const (
 	guestDir  = "/.airlock"
 	guestExe  = guestDir + "/airlock"
 	guestSock = guestDir + "/sock/agent.sock"
+	// guestConfig is the agent's configuration (initConfig as JSON), written by the daemon
+	// into the bundle's root. Not the environment: gVisor's /proc lets any task read PID 1's
+	// environ, so PID 1 starts with none.
+	guestConfig = guestDir + "/config.json"
 )
 
 // initConfig is what the agent needs inside, as JSON in initEnv.
@@ -82,7 +81,7 @@ type initConfig struct {
 	Env     []string `json:"env,omitempty"`
 }
 
-func (c initConfig) encode() string {
+func (c initConfig) encode() []byte {
 	b, _ := json.Marshal(c)
-	return string(b)
+	return b
 }

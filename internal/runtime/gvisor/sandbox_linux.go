@@ -225,8 +225,12 @@ func (r *Runtime) writeBundle(b *bundle, edit func(*specs.Spec)) error {
 			return err
 		}
 	}
-	// /.airlock is root's alone: the sandbox user cannot reach the agent's binary or socket.
+	// /.airlock is root's alone: the sandbox user cannot reach the agent's binary, its
+	// configuration or its socket.
 	if err := os.Chmod(filepath.Join(root, guestDir), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(root, guestConfig), b.init.encode(), 0o600); err != nil {
 		return err
 	}
 	for _, l := range r.links {
