@@ -250,3 +250,40 @@ func TestGvisorThroughDaemon(t *testing.T) {
 		t.Errorf("processes left in the gvisor cgroups: %v", pids)
 	}
 }
+
+// gvisorPoolEngine is an engine with a warm pool over the shared gvisor runtime; closed (its
+// ready sandboxes destroyed) when the test ends.
+func gvisorPoolEngine(t testing.TB, size int) *engine.Engine {
+	t.Helper()
+	mustGvisor(t)
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e, err := engine.New(engine.Config{Logger: logger, Runtime: gvisor.EngineRuntime(gvisorRT), ScratchBytes: 64 << 20,
+		MaxConcurrent: 4, PoolSize: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(t.Context()), 30*time.Second)
+		defer cancel()
+		e.Close(ctx)
+	})
+	return e
+}
+
+// TestGvisorPool: the warm pool prepares gvisor sandboxes and hands them out with the
+// request's limits (the cgroup's and the scratch layer's, resized), and nothing of them is
+// left once the engine closes.
+func TestGvisorPool(t *testing.T) {
+	e := gvisorPoolEngine(t, 1)
+	runOn(t, e, api.ExecuteRequest{Code: "1"}) // demand for the class
+	waitFor(t, "a ready gvisor sandbox", func() bool { return e.PoolReady() > 0 })
+	resp := runOn(t, e, api.ExecuteRequest{MemoryMB: 256, Code: "import os; s = os.statvfs('/tmp'); print(s.f_blocks * s.f_frsize >> 20)"})
+	// The e2e engine's 64 MiB scratch, which a 256 MiB limit leaves as it is (ScratchFor).
+	if !resp.Success || strings.TrimSpace(resp.Stdout) != "64" {
+		t.Fatalf("pooled run: %+v", resp)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	e.Close(ctx)
+	waitGvisorClean(t)
+}

@@ -57,6 +57,13 @@ func (n engineRuntime) Recover(ctx context.Context) ([]engine.Recovered, error) 
 
 type engineSandbox struct{ *Sandbox }
 
+// A gvisor sandbox takes limits and records after creation, so the warm pool keeps them.
+var _ engine.LimitSetter = engineSandbox{}
+
+func (s engineSandbox) SetLimits(l engine.Limits) error {
+	return s.Sandbox.SetLimits(l.MemoryBytes, l.CPU, l.Pids)
+}
+
 func (s engineSandbox) Agent() engine.Agent { return s.Sandbox.Agent() }
 
 // Usage is the whole sandbox's: gVisor's kernel shares the cgroup with the code it runs, and

@@ -92,6 +92,7 @@ func (r *Runtime) recoverOne(ctx context.Context, id, dir string) (Found, bool) 
 	if err != nil {
 		return Found{}, false
 	}
+	sb.scratchReq, sb.meta = st.ScratchReq, st.Meta
 	return Found{Sandbox: sb, Meta: st.Meta}, true
 }
 

@@ -105,8 +105,15 @@ func validPlatform(p string) bool {
 // Version is runsc's version line.
 func (r *Runtime) Version() string { return r.version }
 
-// Close releases nothing: sandboxes outlive the daemon (Recover adopts them).
-func (r *Runtime) Close() error { return nil }
+// Close removes the runtime's parent cgroup once no sandbox is left in it. Live sandboxes
+// outlive the daemon (Recover adopts them) and keep it.
+func (r *Runtime) Close() error {
+	if names, err := r.cg.List(); err != nil || len(names) > 0 {
+		return nil
+	}
+	r.removeV1Leftovers(r.cfg.CgroupRoot)
+	return r.cg.RemoveRoot()
+}
 
 // runsc runs one runsc command with the runtime's global flags.
 func (r *Runtime) runsc(ctx context.Context, args ...string) *exec.Cmd {

@@ -47,7 +47,13 @@ type Sandbox struct {
 	client *agentclient.Client
 	logger *slog.Logger
 
-	pidfd   *os.File      // the runsc sandbox process
+	pid     int           // the runsc sandbox process on the host
+	pidfd   *os.File      // the same, as a pidfd
+	// scratchReq is the scratch size asked for (before ScratchFor); SetLimits resizes the
+	// scratch layer from it. metaMu guards meta, rewritten by SetMeta.
+	scratchReq int64
+	metaMu     sync.Mutex
+	meta       []byte
 	done    chan struct{} // closed when the sandbox process has exited
 	watch   sync.WaitGroup
 	destroy sync.Once
@@ -56,9 +62,10 @@ type Sandbox struct {
 
 // state is persisted in the sandbox's directory for Recover.
 type state struct {
-	ID   string `json:"id"`
-	Pid  int    `json:"pid"`
-	Meta []byte `json:"meta,omitempty"`
+	ID         string `json:"id"`
+	Pid        int    `json:"pid"`
+	Meta       []byte `json:"meta,omitempty"`
+	ScratchReq int64  `json:"scratch_req,omitempty"`
 }
 
 // Create builds the sandbox's bundle, starts it under runsc and returns once its agent
@@ -70,8 +77,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	if spec.ScratchBytes <= 0 {
 		spec.ScratchBytes = defaultScratch
 	}
+	req := spec.ScratchBytes
 	spec.ScratchBytes = native.ScratchFor(spec.ScratchBytes, spec.MemoryBytes)
-	c := &creation{r: r, spec: spec, dir: filepath.Join(r.dir, "sandboxes", spec.ID)}
+	c := &creation{r: r, spec: spec, req: req, dir: filepath.Join(r.dir, "sandboxes", spec.ID)}
 	defer func() {
 		if err != nil {
 			for i := len(c.undo) - 1; i >= 0; i-- {
@@ -102,6 +110,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 type creation struct {
 	r    *Runtime
 	spec Spec
+	req  int64 // the scratch size asked for
 	dir  string
 	undo []func()
 	g    *cgroup.Group
@@ -158,7 +167,11 @@ func (c *creation) start(ctx context.Context) error {
 		return err
 	}
 	defer logf.Close()
-	cmd := c.r.runsc(ctx, "run", "--detach", "--bundle", c.dir, c.spec.ID)
+	// Not cut short by ctx: a runsc killed halfway leaves state that delete cannot find. It
+	// returns in well under a second; the undo removes the sandbox if ctx ended meanwhile.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	cmd := c.r.runsc(rctx, "run", "--detach", "--bundle", c.dir, c.spec.ID)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	c.undo = append(c.undo, func() { c.r.deleteContainer(c.spec.ID) })
 	if err := cmd.Run(); err != nil {
@@ -173,6 +186,7 @@ func (c *creation) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	sb.scratchReq, sb.meta = c.req, c.spec.Meta
 	c.sb = sb
 	c.undo = append(c.undo, func() { sb.stopWatch() })
 	return nil
@@ -198,13 +212,42 @@ func (c *creation) await(ctx context.Context) error {
 	}
 }
 
-func (c *creation) persist(context.Context) error {
-	b, _ := json.Marshal(state{ID: c.spec.ID, Pid: c.pid, Meta: c.spec.Meta})
-	tmp := filepath.Join(c.dir, "state.json.tmp")
+func (c *creation) persist(context.Context) error { return c.sb.persist() }
+
+// persist writes the state Recover adopts the sandbox from.
+func (s *Sandbox) persist() error {
+	s.metaMu.Lock()
+	defer s.metaMu.Unlock()
+	b, _ := json.Marshal(state{ID: s.id, Pid: s.pid, Meta: s.meta, ScratchReq: s.scratchReq})
+	tmp := filepath.Join(s.dir, "state.json.tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
 	}
-	return os.Rename(tmp, filepath.Join(c.dir, "state.json"))
+	return os.Rename(tmp, filepath.Join(s.dir, "state.json"))
+}
+
+// SetMeta replaces what the sandbox keeps for Recover.
+func (s *Sandbox) SetMeta(meta []byte) error {
+	s.metaMu.Lock()
+	s.meta = meta
+	s.metaMu.Unlock()
+	return s.persist()
+}
+
+// SetLimits changes the sandbox's cgroup limits and resizes its scratch layer to what a
+// sandbox made with memory would have had (a pooled sandbox at hand-out, before user code
+// runs). Shrinking the layer below what it holds fails.
+func (s *Sandbox) SetLimits(memory int64, cpu float64, pids int64) error {
+	req := s.scratchReq
+	if req <= 0 {
+		req = defaultScratch
+	}
+	size := native.ScratchFor(req, memory)
+	opts := "size=" + strconv.FormatInt(size, 10)
+	if err := unix.Mount("tmpfs", filepath.Join(s.dir, scratchDir), "tmpfs", unix.MS_REMOUNT|unixMountFlags, opts); err != nil {
+		return fmt.Errorf("resize the scratch layer: %w", err)
+	}
+	return s.cg.SetLimits(cgroup.Limits{MemoryBytes: memory, CPU: cpu, Pids: pids})
 }
 
 // writeBundle lays out b's directory: the root's mount points, the scratch layer's
@@ -308,7 +351,7 @@ func (r *Runtime) adopt(id, dir string, pid int, g *cgroup.Group) (*Sandbox, err
 		pf.Close()
 		return nil, fmt.Errorf("pidfd of the sandbox process: %w", err)
 	}
-	sb := &Sandbox{r: r, id: id, dir: dir, cg: g, pidfd: pf, done: make(chan struct{}),
+	sb := &Sandbox{r: r, id: id, dir: dir, cg: g, pid: pid, pidfd: pf, done: make(chan struct{}),
 		logger: r.cfg.Logger.With("sandbox", id, "runtime", Name),
 		client: agentclient.Dial(filepath.Join(dir, sockDir, filepath.Base(guestSock)))}
 	sb.watch.Add(1)
@@ -332,24 +375,24 @@ func (s *Sandbox) stopWatch() {
 	s.pidfd.Close()
 }
 
-// deleteContainer kills what runsc runs for id and removes runsc's state of it.
+// deleteContainer kills what runsc runs for id and removes runsc's state of it, the lock file
+// runsc leaves behind included.
 func (r *Runtime) deleteContainer(id string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	out, err := r.runsc(ctx, "delete", "--force", id).CombinedOutput()
-	if err != nil {
-		if _, serr := os.Stat(filepath.Join(r.runscDir, id+"_sandbox:"+id+".state")); errors.Is(serr, os.ErrNotExist) && !r.hasState(id) {
-			return nil // never created, or already gone
-		}
+	state := filepath.Join(r.runscDir, id+"_sandbox:"+id+".state")
+	_, serr := os.Stat(state)
+	if err != nil && !errors.Is(serr, os.ErrNotExist) {
 		return fmt.Errorf("runsc delete: %w: %s", err, lastLine(string(out)))
 	}
+	// Never created, already gone, or deleted: what runsc leaves is removed.
+	for _, f := range []string{state, filepath.Join(r.runscDir, id+"_sandbox:"+id+".lock")} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove runsc state: %w", err)
+		}
+	}
 	return nil
-}
-
-// hasState reports whether runsc keeps any state for container id.
-func (r *Runtime) hasState(id string) bool {
-	m, _ := filepath.Glob(filepath.Join(r.runscDir, "*"+id+"*"))
-	return len(m) > 0
 }
 
 // removeGroup kills whatever is left in g and removes it.
@@ -365,7 +408,18 @@ func (r *Runtime) removeGroup(ctx context.Context, g *cgroup.Group) error {
 	if err := g.Delete(); err != nil {
 		errs = append(errs, fmt.Errorf("remove cgroup: %w", err))
 	}
+	// runsc adds the group to the cgroup v1 hierarchies cgroup.Manager leaves alone (blkio,
+	// cpuset, devices, …), and leaves them when it dies or is killed.
+	r.removeV1Leftovers(filepath.Join(r.cfg.CgroupRoot, g.Name()))
 	return errors.Join(errs...)
+}
+
+// removeV1Leftovers removes the (empty) directory rel in every cgroup v1 hierarchy.
+func (r *Runtime) removeV1Leftovers(rel string) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", rel))
+	for _, d := range dirs {
+		os.Remove(d)
+	}
 }
 
 func readTail(path string) string {
