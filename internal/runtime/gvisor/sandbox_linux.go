@@ -47,17 +47,17 @@ type Sandbox struct {
 	client *agentclient.Client
 	logger *slog.Logger
 
-	pid     int           // the runsc sandbox process on the host
-	pidfd   *os.File      // the same, as a pidfd
+	pid   int      // the runsc sandbox process on the host
+	pidfd *os.File // the same, as a pidfd
 	// scratchReq is the scratch size asked for (before ScratchFor); SetLimits resizes the
 	// scratch layer from it. metaMu guards meta, rewritten by SetMeta.
 	scratchReq int64
 	metaMu     sync.Mutex
 	meta       []byte
-	done    chan struct{} // closed when the sandbox process has exited
-	watch   sync.WaitGroup
-	destroy sync.Once
-	err     error
+	done       chan struct{} // closed when the sandbox process has exited
+	watch      sync.WaitGroup
+	destroy    sync.Once
+	err        error
 }
 
 // state is persisted in the sandbox's directory for Recover.
