@@ -31,12 +31,13 @@ func (r *Runtime) Recover(ctx context.Context) ([]Found, error) {
 	for _, e := range entries {
 		id := e.Name()
 		dir := filepath.Join(r.dir, "sandboxes", id)
-		if f, ok := r.recoverOne(ctx, id, dir); ok {
+		f, err := r.recoverOne(ctx, id, dir)
+		if err == nil {
 			found = append(found, f)
 			known[id] = true
 			continue
 		}
-		r.cfg.Logger.Info("removing the remains of a gvisor sandbox", "sandbox", id)
+		r.cfg.Logger.Info("removing the remains of a gvisor sandbox", "sandbox", id, "why", err)
 		if err := r.removeRemains(ctx, id, dir); err != nil {
 			errs = append(errs, err)
 		}
@@ -70,30 +71,37 @@ func (r *Runtime) Recover(ctx context.Context) ([]Found, error) {
 	return found, errors.Join(errs...)
 }
 
-// recoverOne adopts the sandbox of dir if its runsc container still runs its recorded process.
-func (r *Runtime) recoverOne(ctx context.Context, id, dir string) (Found, bool) {
+// recoverOne adopts the sandbox of dir if its runsc container still runs its recorded
+// process; otherwise it says why not.
+func (r *Runtime) recoverOne(ctx context.Context, id, dir string) (Found, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
 	if err != nil {
-		return Found{}, false
+		return Found{}, err
 	}
 	var st state
-	if json.Unmarshal(b, &st) != nil || st.ID != id || !idPattern.MatchString(id) {
-		return Found{}, false
+	if err := json.Unmarshal(b, &st); err != nil {
+		return Found{}, fmt.Errorf("state: %w", err)
+	}
+	if st.ID != id || !idPattern.MatchString(id) {
+		return Found{}, fmt.Errorf("state names sandbox %q", st.ID)
 	}
 	pid, err := r.containerPid(ctx, id)
-	if err != nil || pid != st.Pid {
-		return Found{}, false
+	if err != nil {
+		return Found{}, err
+	}
+	if pid != st.Pid {
+		return Found{}, fmt.Errorf("runsc runs pid %d, not the recorded %d", pid, st.Pid)
 	}
 	g, err := r.cg.Load(id)
 	if err != nil {
-		return Found{}, false
+		return Found{}, err
 	}
 	sb, err := r.adopt(id, dir, pid, g)
 	if err != nil {
-		return Found{}, false
+		return Found{}, err
 	}
 	sb.scratchReq, sb.meta = st.ScratchReq, st.Meta
-	return Found{Sandbox: sb, Meta: st.Meta}, true
+	return Found{Sandbox: sb, Meta: st.Meta}, nil
 }
 
 // removeRemains removes everything of sandbox id: its runsc container, cgroup and directory.

@@ -36,6 +36,21 @@ type Spec struct {
 	Env          []string
 }
 
+// sentryPidsReserve is room in the host cgroup's pids limit for gVisor's own threads (the
+// sentry's and the gofer's, a few dozen each) beside the user's tasks, each of which is a host
+// task on the ptrace platform. gVisor's kernel (this runsc) enforces no RLIMIT_NPROC, so the
+// host limit is the only bound: a fork bomb that reaches it takes the sentry down with the
+// sandbox (the host, the daemon and other sandboxes are unharmed; see TestForkBombEndsAtPidsLimit).
+const sentryPidsReserve = 512
+
+// hostPids is the host cgroup's pids limit of a sandbox whose user may run pids tasks.
+func hostPids(pids int64) int64 {
+	if pids <= 0 {
+		return 0
+	}
+	return pids + sentryPidsReserve
+}
+
 // The scratch layer's default size, as the native host image's.
 const defaultScratch = 1 << 30
 
@@ -144,7 +159,7 @@ func (c *creation) scratch(context.Context) error {
 }
 
 func (c *creation) cgroup(ctx context.Context) error {
-	g, err := c.r.cg.Create(c.spec.ID, cgroup.Limits{MemoryBytes: c.spec.MemoryBytes, CPU: c.spec.CPU, Pids: c.spec.Pids})
+	g, err := c.r.cg.Create(c.spec.ID, cgroup.Limits{MemoryBytes: c.spec.MemoryBytes, CPU: c.spec.CPU, Pids: hostPids(c.spec.Pids)})
 	if err != nil {
 		return err
 	}
@@ -249,7 +264,7 @@ func (s *Sandbox) SetLimits(memory int64, cpu float64, pids int64) error {
 	if err := unix.Mount("tmpfs", filepath.Join(s.dir, scratchDir), "tmpfs", unix.MS_REMOUNT|unixMountFlags, opts); err != nil {
 		return fmt.Errorf("resize the scratch layer: %w", err)
 	}
-	return s.cg.SetLimits(cgroup.Limits{MemoryBytes: memory, CPU: cpu, Pids: pids})
+	return s.cg.SetLimits(cgroup.Limits{MemoryBytes: memory, CPU: cpu, Pids: hostPids(pids)})
 }
 
 // writeBundle lays out b's directory: the root's mount points, the scratch layer's
