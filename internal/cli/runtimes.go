@@ -73,7 +73,7 @@ var runtimeDefs = []runtimeDef{{
 	name: gvisor.Name,
 	open: func(logger *slog.Logger, c *runtimeConfig) (openedRuntime, error) {
 		if c.Native.Private {
-			return openedRuntime{}, errors.New("one-shot runs of `airlock run` use the native runtime only")
+			return openedRuntime{}, errRuntimeSkipped // `airlock run`: native only, no probe
 		}
 		cfg := c.Gvisor
 		cfg.Logger = logger
@@ -94,6 +94,10 @@ var runtimeDefs = []runtimeDef{{
 	isInit: gvisor.IsInit,
 	init:   gvisor.Init,
 }}
+
+// errRuntimeSkipped is what a runtime's open returns when the command does not offer it; it
+// is left out without a warning.
+var errRuntimeSkipped = errors.New("not offered by this command")
 
 // errGvisorNoNetwork is why a gvisor default runtime offers no network modes.
 var errGvisorNoNetwork = errors.New("gvisor sandboxes have no network")
@@ -179,6 +183,9 @@ func openRuntimes(logger *slog.Logger, c *runtimeConfig, defs []runtimeDef) (*ru
 		if err != nil && d.name == c.Default {
 			r.Close()
 			return nil, err
+		}
+		if errors.Is(err, errRuntimeSkipped) {
+			continue
 		}
 		if err != nil {
 			logger.Warn("runtime not available", "runtime", d.name, "err", err)
