@@ -287,3 +287,20 @@ func TestGvisorPool(t *testing.T) {
 	e.Close(ctx)
 	waitGvisorClean(t)
 }
+
+// TestGvisorSession: a session's interpreter lives in a gvisor sandbox as in a native one.
+func TestGvisorSession(t *testing.T) {
+	e := mustGvisor(t)
+	sb, err := e.CreateSession(t.Context(), engine.SessionSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.TerminateSandbox(context.WithoutCancel(t.Context()), sb.ID())
+	if _, err := sb.RunCell(t.Context(), "x = 41", 0); err != nil {
+		t.Fatal(err)
+	}
+	r, err := sb.RunCell(t.Context(), "x + 1", 0)
+	if err != nil || r.Result == nil || *r.Result != "42" {
+		t.Fatalf("cell: %+v %v", r, err)
+	}
+}
