@@ -38,6 +38,7 @@ type ExecuteRequest struct {
 	Env          map[string]string `json:"env,omitempty"`           // extra environment variables (NAME → value)
 	Files        map[string]string `json:"files,omitempty"`         // path → content, written before the run; paths inside /workspace or /tmp
 	Image        string            `json:"image,omitempty"`         // root file system: "host" (default) or an image of the daemon's store by name[:tag] or id
+	Runtime      string            `json:"runtime,omitempty"`       // sandbox runtime: native or gvisor (GET /v1/info lists those this daemon offers); default the operator's (airlock serve --runtime)
 	// OutputFiles are paths or globs (path.Match syntax: *, ?, [...], within one path component)
 	// of files to return after the run, relative to /workspace or absolute inside /workspace or
 	// /tmp; at most 32. Up to 64 files and 10 MiB in all come back in files.

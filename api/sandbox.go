@@ -39,6 +39,7 @@ var Statuses = []string{StatusRunning, StatusTerminated}
 // CreateSandboxRequest is the body of POST /v1/sandboxes. Zero values mean defaults.
 type CreateSandboxRequest struct {
 	Image        string            `json:"image,omitempty"`         // root file system: "host" (default) or an image of the daemon's store by name[:tag] or id
+	Runtime      string            `json:"runtime,omitempty"`       // sandbox runtime: native or gvisor (GET /v1/info lists those this daemon offers); default the operator's (airlock serve --runtime)
 	Timeout      float64           `json:"timeout,omitempty"`       // seconds of life; default 300
 	IdleTimeout  float64           `json:"idle_timeout,omitempty"`  // seconds without API activity before it ends; 0 = none; at most the timeout
 	CPU          float64           `json:"cpu,omitempty"`           // CPU cores; at most the host's cores (GET /v1/info, limits.max_cpu)
@@ -65,6 +66,7 @@ type SandboxInfo struct {
 	Status       string            `json:"status"`                 // running until it ends, then terminated
 	Image        string            `json:"image"`                  // root file system, as the request named it
 	ImageID      string            `json:"image_id,omitempty"`     // the image's id (sha256:…) it resolved to at creation; absent for the host image
+	Runtime      string            `json:"runtime,omitempty"`      // the runtime the request named; absent for the daemon's default
 	CreatedAt    time.Time         `json:"created_at"`             // when it started
 	ExpiresAt    time.Time         `json:"expires_at"`             // when its timeout ends it
 	LastActiveAt time.Time         `json:"last_active_at"`         // the last API call that used it (idle_timeout counts from here)

@@ -21,6 +21,7 @@ type CreateSessionRequest struct {
 	MemoryMB    int64             `json:"memory_mb,omitempty"`    // memory limit of the session's sandbox, in MiB
 	CPU         float64           `json:"cpu,omitempty"`          // CPU cores; at most the host's cores (GET /v1/info, limits.max_cpu)
 	Image       string            `json:"image,omitempty"`        // root file system: "host" (default) or an image of the daemon's store by name[:tag] or id; it needs python3
+	Runtime     string            `json:"runtime,omitempty"`      // sandbox runtime: native or gvisor (GET /v1/info lists those this daemon offers); default the operator's (airlock serve --runtime)
 	Env         map[string]string `json:"env,omitempty"`          // environment variables of the interpreter
 	Network     *Network          `json:"network,omitempty"`      // the session's network policy (installs use it); overrides the server's default
 	Tags        map[string]string `json:"tags,omitempty"`         // as a sandbox's tags; keys may not start with "airlock."

@@ -58,12 +58,42 @@ func splitPath(p string) (dir, name string) {
 	return path.Dir(p), path.Base(p)
 }
 
+// openat2 is unix.Openat2, falling back to openat on a kernel without openat2 (gVisor's, in
+// the gvisor runtime's sandboxes). The fallback keeps RESOLVE_NO_SYMLINKS and RESOLVE_NO_XDEV
+// for a single path component (O_NOFOLLOW; the device compared with dirfd's) and refuses them
+// for more. RESOLVE_NO_MAGICLINKS it cannot keep; there, /proc's links of the agent (PID 1,
+// root and not dumpable) are closed to the file API's threads by the kernel's own ptrace check.
+func openat2(dirfd int, name string, how *unix.OpenHow) (int, error) {
+	fd, err := unix.Openat2(dirfd, name, how)
+	if !errors.Is(err, unix.ENOSYS) {
+		return fd, err
+	}
+	flags := int(how.Flags)
+	if how.Resolve&(unix.RESOLVE_NO_SYMLINKS|unix.RESOLVE_NO_XDEV) != 0 {
+		if strings.Contains(name, "/") {
+			return -1, unix.ENOSYS
+		}
+		flags |= unix.O_NOFOLLOW
+	}
+	if fd, err = unix.Openat(dirfd, name, flags, uint32(how.Mode)); err != nil {
+		return -1, err
+	}
+	if how.Resolve&unix.RESOLVE_NO_XDEV != 0 {
+		var st, parent unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil || unix.Fstat(dirfd, &parent) != nil || st.Dev != parent.Dev {
+			unix.Close(fd)
+			return -1, unix.EXDEV
+		}
+	}
+	return fd, nil
+}
+
 // openDirAt opens the directory name relative to dirfd with openat2 and refuses it if it is on
 // a pseudo file system. resolve is ORed with RESOLVE_NO_MAGICLINKS: the user's own symlinks may
 // be followed, /proc's fd, exe, cwd and root links never. flags is O_PATH for a directory only
 // used as a base, O_RDONLY for one that is read.
 func openDirAt(dirfd int, name string, flags int, resolve uint64) (int, error) {
-	fd, err := unix.Openat2(dirfd, name, &unix.OpenHow{
+	fd, err := openat2(dirfd, name, &unix.OpenHow{
 		Flags:   uint64(flags | unix.O_DIRECTORY | unix.O_CLOEXEC),
 		Resolve: resolve | unix.RESOLVE_NO_MAGICLINKS,
 	})
@@ -212,7 +242,7 @@ func (a *Agent) openFile(ctx context.Context, p string, flags int, mode uint32, 
 func openUser(dirfd int, name string, flags int, mode uint32) (int, error) {
 	// O_NONBLOCK until the type is checked: opening a FIFO planted in the sandbox would
 	// otherwise block this thread forever (and a write-open with no reader fails at once).
-	fd, err := unix.Openat2(dirfd, name, &unix.OpenHow{
+	fd, err := openat2(dirfd, name, &unix.OpenHow{
 		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NONBLOCK | unix.O_NOCTTY),
 		Mode:    uint64(mode),
 		Resolve: unix.RESOLVE_NO_MAGICLINKS,

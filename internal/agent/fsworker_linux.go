@@ -102,8 +102,15 @@ func (p *fsPool) work(uid, gid int, ready chan<- error) {
 	gotUID, _ := unix.SetfsuidRetUid(-1)
 	gotGID, _ := unix.SetfsgidRetGid(-1)
 	if gotUID != uid || gotGID != gid {
-		ready <- fmt.Errorf("switch file-system credentials to %d:%d: still %d:%d", uid, gid, gotUID, gotGID)
-		return
+		// gVisor's kernel (the gvisor runtime) has no setfsuid: switch this thread's effective
+		// ids instead, which the file-system ids follow. Raw syscalls change this locked thread
+		// only; its saved uid stays 0, so it is never unlocked or reused for anything else.
+		_, _, e1 := unix.RawSyscall(unix.SYS_SETRESGID, ^uintptr(0), uintptr(gid), ^uintptr(0))
+		_, _, e2 := unix.RawSyscall(unix.SYS_SETRESUID, ^uintptr(0), uintptr(uid), ^uintptr(0))
+		if e1 != 0 || e2 != 0 || unix.Geteuid() != uid || unix.Getegid() != gid {
+			ready <- fmt.Errorf("switch file-system credentials to %d:%d: still %d:%d", uid, gid, gotUID, gotGID)
+			return
+		}
 	}
 	ready <- nil
 	for {

@@ -13,6 +13,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/netpolicy"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/sandboxmain"
 )
@@ -48,6 +49,7 @@ type runtimeConfig struct {
 	// sandbox's init and agent (sandboxbin.go); empty looks for airlock-sandbox beside this
 	// executable and falls back to this executable itself.
 	SandboxBinary string
+	Gvisor        gvisor.Config // its StateDir, CgroupRoot, WheelDir and Logger come from Native's
 }
 
 var runtimeDefs = []runtimeDef{{
@@ -71,7 +73,38 @@ var runtimeDefs = []runtimeDef{{
 	},
 	isInit: native.IsInit,
 	init:   sandboxmain.NativeInit,
+}, {
+	name: gvisor.Name,
+	open: func(logger *slog.Logger, c *runtimeConfig) (openedRuntime, error) {
+		if c.Native.Private {
+			return openedRuntime{}, errRuntimeSkipped // `airlock run`: native only, no probe
+		}
+		cfg := c.Gvisor
+		cfg.Logger = logger
+		cfg.StateDir = c.Native.StateDir
+		if cfg.StateDir == "" {
+			cfg.StateDir = "/var/lib/airlock"
+		}
+		if c.Native.CgroupRoot != "" {
+			cfg.CgroupRoot = c.Native.CgroupRoot + "-gvisor"
+		}
+		cfg.WheelDir = c.Native.WheelDir
+		rt, err := gvisor.New(cfg)
+		if err != nil {
+			return openedRuntime{}, fmt.Errorf("gvisor runtime: %w", err)
+		}
+		return openedRuntime{rt: gvisor.EngineRuntime(rt), close: rt.Close, noNetwork: errGvisorNoNetwork}, nil
+	},
+	isInit: gvisor.IsInit,
+	init:   gvisor.Init,
 }}
+
+// errRuntimeSkipped is what a runtime's open returns when the command does not offer it; it
+// is left out without a warning.
+var errRuntimeSkipped = errors.New("not offered by this command")
+
+// errGvisorNoNetwork is why a gvisor default runtime offers no network modes.
+var errGvisorNoNetwork = errors.New("gvisor sandboxes have no network")
 
 // bindRuntimeFlags binds the runtimes' knobs, each with its AIRLOCK_* variable. stateUsage
 // says what the state directory defaults to for the command.
@@ -88,6 +121,8 @@ func bindRuntimeFlags(fs *pflag.FlagSet, c *runtimeConfig, stateUsage string) {
 	flagEnv(fs, &c.Native.WheelDir, "wheel-dir", "AIRLOCK_WHEEL_DIR", "directory of Python wheels sessions may pip-install from")
 	flagEnv(fs, &c.SandboxBinary, "sandbox-binary", "AIRLOCK_SANDBOX_BINARY", "the program run as each sandbox's init and agent (default airlock-sandbox beside this binary if it is there, else this binary)")
 	flagEnv(fs, &c.Native.UIDBase, "uid-base", "AIRLOCK_UID_BASE", "first host uid of the sandboxes' uid ranges (default 2000000; must not overlap host users or /etc/subuid)")
+	flagEnv(fs, &c.Gvisor.Platform, "gvisor-platform", "AIRLOCK_GVISOR_PLATFORM", "runsc platform of gvisor sandboxes ("+strings.Join(gvisor.Platforms, ", ")+"; default ptrace)")
+	flagEnv(fs, &c.Gvisor.Runsc, "gvisor-runsc", "AIRLOCK_GVISOR_RUNSC", "runsc binary of the gvisor runtime (default runsc on PATH)")
 }
 
 func runtimeNames(defs []runtimeDef) []string {
@@ -142,6 +177,9 @@ func openRuntimes(logger *slog.Logger, c *runtimeConfig, defs []runtimeDef) (*ru
 		if err != nil && d.name == c.Default {
 			r.Close()
 			return nil, err
+		}
+		if errors.Is(err, errRuntimeSkipped) {
+			continue
 		}
 		if err != nil {
 			logger.Warn("runtime not available", "runtime", d.name, "err", err)

@@ -8,10 +8,21 @@ import (
 	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor"
+	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
+// TestExecuteContract holds every runtime to the one-shot contract.
 func TestExecuteContract(t *testing.T) {
-	mustEngine(t)
+	for _, rt := range []struct {
+		name   string
+		engine func(testing.TB) *engine.Engine
+	}{{native.Name, mustEngine}, {gvisor.Name, mustGvisor}} {
+		t.Run(rt.name, func(t *testing.T) { executeContract(t, rt.engine(t)) })
+	}
+}
+
+func executeContract(t *testing.T, e *engine.Engine) {
 	cases := []struct {
 		name  string
 		req   api.ExecuteRequest
@@ -51,7 +62,7 @@ func TestExecuteContract(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := run(t, tc.req)
+			resp := runOn(t, e, tc.req)
 			if !tc.check(resp) {
 				t.Fatalf("got %+v", resp)
 			}

@@ -225,6 +225,9 @@ var _ = context.Background
 // removeCgroupRoot removes a (by then empty) top-level cgroup a test's daemon used, in every
 // hierarchy.
 func removeCgroupRoot(name string) {
+	if !strings.HasSuffix(name, "-gvisor") {
+		defer removeCgroupRoot(name + "-gvisor") // the daemon's gvisor runtime's, beside it
+	}
 	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", name))
 	if d := filepath.Join("/sys/fs/cgroup", name); dirExists(d) {
 		dirs = append(dirs, d)

@@ -10,6 +10,10 @@ import (
 	"time"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor"
+	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/server"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
 
@@ -34,18 +38,33 @@ def try_read(path):
         pass
 `
 
-// TestIsolationAttacks runs every attack in a sandbox of the host image and of an image
-// pulled from a registry (pythonImage): the isolation must not depend on the root.
+// TestIsolationAttacks runs every attack in sandboxes of each runtime: of the host image and
+// of an image pulled from a registry (pythonImage), since the isolation must not depend on the
+// root. The gvisor runtime runs the host image only (it refuses images, by design for now).
 func TestIsolationAttacks(t *testing.T) {
-	mustEngine(t)
-	for _, image := range []struct{ name, ref string }{{"host", "host"}, {"pulled", pythonImage(t)}} {
-		t.Run(image.name, func(t *testing.T) { isolationAttacks(t, image.ref, run) })
+	for _, rt := range []struct {
+		name   string
+		engine func(testing.TB) *engine.Engine
+		images []string
+	}{{native.Name, mustEngine, []string{"host", "pulled"}}, {gvisor.Name, mustGvisor, []string{"host"}}} {
+		for _, image := range rt.images {
+			// One level, runtime_image (native_host, native_pulled, gvisor_host), so that a
+			// -skip pattern can name any of them (scripts/vm-cgroup2 does).
+			t.Run(rt.name+"_"+image, func(t *testing.T) {
+				e := rt.engine(t)
+				ref := image
+				if image == "pulled" {
+					ref = pythonImage(t)
+				}
+				isolationAttacks(t, rt.name, ref, func(t *testing.T, req api.ExecuteRequest) *api.ExecuteResponse { return runOn(t, e, req) })
+			})
+		}
 	}
 }
 
-// isolationAttacks runs the attacks in one-shot sandboxes of image, each through runFn (run, or
-// a zygote engine's, see zygote_test.go).
-func isolationAttacks(t *testing.T, image string, runFn func(*testing.T, api.ExecuteRequest) *api.ExecuteResponse) {
+// isolationAttacks runs the attacks in one-shot sandboxes of image under runtime rt, each
+// through runFn (runOn an engine, or a zygote engine's run, see zygote_test.go).
+func isolationAttacks(t *testing.T, rt, image string, runFn func(*testing.T, api.ExecuteRequest) *api.ExecuteResponse) {
 	exe, _ := os.Executable()
 	cases := []struct {
 		name string
@@ -94,7 +113,14 @@ expect_fail("setns", sc(308, fd, 0))`},
 expect_fail("ptrace traceme", sc(101, 0, 0, 0, 0))
 expect_fail("ptrace attach pid 1", sc(101, 16, 1, 0, 0))
 expect_fail("process_vm_readv", sc(310, 1, 0, 0, 0, 0, 0))
-try_read("/proc/1/mem"); try_read("/proc/1/environ")`},
+try_read("/proc/1/mem")
+if RUNTIME == "gvisor":
+    # gVisor's /proc lets any task read PID 1's environ; the gvisor runtime starts the agent
+    # with an empty environment (runsc adds HOME), so there is nothing there to read.
+    env = open("/proc/1/environ", "rb").read()
+    if env not in (b"", b"HOME=/root\x00"): print("ESCAPED: PID 1 has an environment", env); sys.exit(0)
+else:
+    try_read("/proc/1/environ")`},
 		{"keyctl and add_key", `
 expect_fail("add_key", (libc.syscall(248, b"user", b"k", b"v", 1, -4), 0))
 expect_fail("keyctl", sc(250, 0, -3, 0, 0, 0))
@@ -130,12 +156,17 @@ expect_fail("open_by_handle_at", sc(304, -100, 0, 0))`},
 		{"capabilities and privileges", `
 st = open("/proc/self/status").read()
 caps = {l.split(":")[0]: l.split()[1] for l in st.splitlines() if l.startswith("Cap")}
-if int(caps["CapEff"], 16) or int(caps["CapPrm"], 16) or int(caps["CapBnd"], 16) or int(caps["CapAmb"], 16): print("ESCAPED: caps", caps); sys.exit(0)
-if "NoNewPrivs:\t1" not in st or "Seccomp:\t2" not in st: print("ESCAPED: no seccomp/nnp"); sys.exit(0)
+# gVisor's kernel has no ambient capabilities, so no CapAmb line either.
+if int(caps["CapEff"], 16) or int(caps["CapPrm"], 16) or int(caps["CapBnd"], 16) or int(caps.get("CapAmb", "0"), 16): print("ESCAPED: caps", caps); sys.exit(0)
+# gVisor's status has no NoNewPrivs line: ask prctl(PR_GET_NO_NEW_PRIVS) there.
+nnp = libc.prctl(39, 0, 0, 0, 0) == 1 if RUNTIME == "gvisor" else "NoNewPrivs:\t1" in st
+if not nnp or "Seccomp:\t2" not in st: print("ESCAPED: no seccomp/nnp"); sys.exit(0)
 if os.getuid() != 1000 or os.getgid() != 1000 or os.geteuid() == 0: print("ESCAPED: uid", os.getuid()); sys.exit(0)
 expect_fail("setuid 0", (libc.setuid(0), 0))
 m = open("/proc/self/uid_map").read().split()
-if m[1] == "0": print("ESCAPED: mapped to host root", m); sys.exit(0)`},
+# gVisor's uid_map is its own kernel's identity map, not the host's: no uid inside is a host
+# uid (TestGvisorSentryUnprivileged checks the host side).
+if m[1] == "0" and RUNTIME != "gvisor": print("ESCAPED: mapped to host root", m); sys.exit(0)`},
 		{"write outside tmp", `
 for p in ("/usr/pwned", "/etc/pwned", "/pwned", "/bin/pwned", "/lib/pwned", "/proc/sys/kernel/hostname", "/proc/sysrq-trigger"):
     try:
@@ -163,8 +194,11 @@ try:
 except OSError as e:
     if e.errno != errno.EPERM: print("ESCAPED: TIOCSETD reached the kernel:", e); sys.exit(0)`},
 		{"devices", `
+# gVisor's /dev also holds net/tun and fuse, its own virtual devices (no host device behind
+# them; tun is useless without CAP_NET_ADMIN, fuse without CAP_SYS_ADMIN to mount).
+extra = {"net", "fuse"} if RUNTIME == "gvisor" else set()
 for d in os.listdir("/dev"):
-    if d not in {"null","zero","full","random","urandom","tty","pts","shm","fd","stdin","stdout","stderr","ptmx"}:
+    if d not in {"null","zero","full","random","urandom","tty","pts","shm","fd","stdin","stdout","stderr","ptmx"} | extra:
         print("ESCAPED: device", d); sys.exit(0)
 try:
     os.mknod("/tmp/sda", 0o600 | 0o060000, os.makedev(8, 0)); print("ESCAPED: mknod"); sys.exit(0)
@@ -172,20 +206,26 @@ except OSError: pass`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := runFn(t, api.ExecuteRequest{Image: image, Code: pyPrelude + tc.code + "\nprint('BLOCKED')\n"})
+			// RUNTIME lets an attack say where a runtime differs by design.
+			code := fmt.Sprintf("RUNTIME = %q\n", rt) + pyPrelude + tc.code + "\nprint('BLOCKED')\n"
+			resp := runFn(t, api.ExecuteRequest{Image: image, Code: code})
 			if strings.Contains(resp.Stdout, "ESCAPED") {
 				t.Fatalf("attack worked: %s\nstderr: %s", resp.Stdout, resp.Stderr)
 			}
 			if !strings.Contains(resp.Stdout, "BLOCKED") {
 				t.Fatalf("attack program did not complete (cannot tell if blocked): rc=%d stdout=%q stderr=%q", resp.ReturnCode, resp.Stdout, resp.Stderr)
 			}
-			mustStillServe(t)
+			// The same way in still serves a normal run after the attack.
+			if resp := runFn(t, api.ExecuteRequest{Image: image, Code: "print(6*7)"}); !resp.Success || strings.TrimSpace(resp.Stdout) != "42" {
+				t.Fatalf("no longer serves a normal run after the attack: %+v", resp)
+			}
 		})
 	}
 }
 
-func TestNetworkBlocked(t *testing.T) {
-	mustEngine(t)
+func TestNetworkBlocked(t *testing.T) { forEachRuntime(t, testNetworkBlocked) }
+
+func testNetworkBlocked(t *testing.T, e *engine.Engine, cgroupRoot string) {
 	// A service on the host's loopback: the sandbox must not reach it.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -225,19 +265,33 @@ srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
 c = socket.create_connection(srv.getsockname(), timeout=2); c.close()
 print("BLOCKED")
 `, port)
-	resp := py(t, code)
+	resp := pyOn(t, e, code)
 	if strings.Contains(resp.Stdout, "ESCAPED") || !strings.Contains(resp.Stdout, "BLOCKED") {
 		t.Fatalf("network isolation: stdout=%q stderr=%q", resp.Stdout, resp.Stderr)
 	}
 	if n := accepted.Load(); n != 0 {
 		t.Fatalf("host loopback service accepted %d connections from the sandbox", n)
 	}
-	mustStillServe(t)
+	mustStillServeOn(t, e)
 }
 
-func TestForkBombEndsAtPidsLimit(t *testing.T) {
-	resp := run(t, api.ExecuteRequest{Language: "bash", Timeout: 5,
-		Code: `bomb() { bomb | bomb & }; bomb; sleep 100`})
+func TestForkBombEndsAtPidsLimit(t *testing.T) { forEachRuntime(t, testForkBombEndsAtPidsLimit) }
+
+func testForkBombEndsAtPidsLimit(t *testing.T, e *engine.Engine, cgroupRoot string) {
+	req := api.ExecuteRequest{Language: "bash", Timeout: 5, Code: `bomb() { bomb | bomb & }; bomb; sleep 100`}
+	if cgroupRoot == gvisorCgRoot {
+		// A known difference: this runsc enforces no RLIMIT_NPROC, so the bomb meets the host
+		// cgroup's pids limit, where the sentry cannot make its own threads either and the
+		// sandbox dies — the run fails, and nothing of it may be left on the host.
+		res, err := e.Execute(t.Context(), server.OneShot(req))
+		if err == nil && server.ExecuteResponse(res).Success {
+			t.Fatalf("fork bomb succeeded: %+v", server.ExecuteResponse(res))
+		}
+		waitNoProcsIn(t, cgroupRoot)
+		mustStillServeOn(t, e)
+		return
+	}
+	resp := runOn(t, e, req)
 	if resp.Success {
 		t.Fatalf("fork bomb succeeded: %+v", resp)
 	}
@@ -245,12 +299,14 @@ func TestForkBombEndsAtPidsLimit(t *testing.T) {
 	if !strings.Contains(resp.Stderr, "fork") && !resp.TimedOut {
 		t.Fatalf("fork bomb ended without hitting the limit or the timeout: %+v", resp)
 	}
-	waitNoSandboxProcs(t)
-	mustStillServe(t)
+	waitNoProcsIn(t, cgroupRoot)
+	mustStillServeOn(t, e)
 }
 
-func TestMemoryBombIsOOMKilled(t *testing.T) {
-	resp := run(t, api.ExecuteRequest{MemoryMB: 128, Code: `
+func TestMemoryBombIsOOMKilled(t *testing.T) { forEachRuntime(t, testMemoryBombIsOOMKilled) }
+
+func testMemoryBombIsOOMKilled(t *testing.T, e *engine.Engine, cgroupRoot string) {
+	resp := runOn(t, e, api.ExecuteRequest{MemoryMB: 128, Code: `
 chunks = []
 while True:
     chunks.append(bytearray(16 << 20))
@@ -263,11 +319,13 @@ while True:
 	if resp.PeakMemoryMB < 100 || resp.PeakMemoryMB > 140 {
 		t.Errorf("peak_memory_mb = %v, want close to the 128 MiB limit", resp.PeakMemoryMB)
 	}
-	mustStillServe(t)
+	mustStillServeOn(t, e)
 }
 
-func TestDaemonizedProcessIsGone(t *testing.T) {
-	resp := py(t, `
+func TestDaemonizedProcessIsGone(t *testing.T) { forEachRuntime(t, testDaemonizedProcessIsGone) }
+
+func testDaemonizedProcessIsGone(t *testing.T, e *engine.Engine, cgroupRoot string) {
+	resp := pyOn(t, e, `
 import os, time
 if os.fork() == 0:
     os.setsid()
@@ -283,14 +341,8 @@ print("parent done")
 	if !resp.Success || !strings.Contains(resp.Stdout, "parent done") {
 		t.Fatalf("run: %+v", resp)
 	}
-	waitNoSandboxProcs(t)
-	mustStillServe(t)
-}
-
-// waitNoSandboxProcs fails if any process of this test's sandboxes survives on the host.
-func waitNoSandboxProcs(t *testing.T) {
-	t.Helper()
-	waitNoProcsIn(t, cgRoot)
+	waitNoProcsIn(t, cgroupRoot)
+	mustStillServeOn(t, e)
 }
 
 // waitNoProcsIn fails if a process stays in a cgroup under root.
@@ -309,9 +361,11 @@ func waitNoProcsIn(t *testing.T, root string) {
 	}
 }
 
-func TestTimeoutKillsTree(t *testing.T) {
+func TestTimeoutKillsTree(t *testing.T) { forEachRuntime(t, testTimeoutKillsTree) }
+
+func testTimeoutKillsTree(t *testing.T, e *engine.Engine, cgroupRoot string) {
 	start := time.Now()
-	resp := run(t, api.ExecuteRequest{Timeout: 1, Language: "bash",
+	resp := runOn(t, e, api.ExecuteRequest{Timeout: 1, Language: "bash",
 		Code: `(setsid sleep 1000 &) ; sleep 1000 & python3 -c 'while True: pass'`})
 	if !resp.TimedOut || resp.ReturnCode != 124 || resp.Success {
 		t.Fatalf("timeout: got timed_out=%v returncode=%d, want true/124: %+v", resp.TimedOut, resp.ReturnCode, resp)
@@ -320,14 +374,21 @@ func TestTimeoutKillsTree(t *testing.T) {
 	if el := time.Since(start); el > 3500*time.Millisecond {
 		t.Fatalf("a run with a 1 s limit answered after %v", el)
 	}
-	waitNoSandboxProcs(t)
-	mustStillServe(t)
+	waitNoProcsIn(t, cgroupRoot)
+	mustStillServeOn(t, e)
 }
 
-func TestStdoutFloodIsTruncated(t *testing.T) {
-	mustEngine(t)
+func TestStdoutFloodIsTruncated(t *testing.T) { forEachRuntime(t, testStdoutFloodIsTruncated) }
+
+func testStdoutFloodIsTruncated(t *testing.T, e *engine.Engine, cgroupRoot string) {
+	// 1 GiB; 128 MiB under gVisor, whose pipes on the ptrace platform move ~30 MB/s (a 1 GiB
+	// flood took 34 s there): still 128 times the output limit.
+	size := 1 << 30
+	if cgroupRoot == gvisorCgRoot {
+		size = 128 << 20
+	}
 	before := testutil.HeapInUse()
-	resp := run(t, api.ExecuteRequest{Timeout: 60, Language: "bash", Code: `head -c 1073741824 /dev/zero | tr '\0' 'a'; echo done >&2`})
+	resp := runOn(t, e, api.ExecuteRequest{Timeout: 60, Language: "bash", Code: fmt.Sprintf(`head -c %d /dev/zero | tr '\0' 'a'; echo done >&2`, size)})
 	after := testutil.HeapInUse()
 	if !resp.Truncated || len(resp.Stdout) != 1<<20 {
 		t.Fatalf("flood: truncated=%v len(stdout)=%d, want true and %d", resp.Truncated, len(resp.Stdout), 1<<20)
@@ -336,14 +397,16 @@ func TestStdoutFloodIsTruncated(t *testing.T) {
 		t.Fatalf("the flooding program must run to completion unhindered: %+v", resp.Stderr)
 	}
 	if grew := int64(after) - int64(before); grew > 64<<20 {
-		t.Fatalf("daemon heap grew by %d MiB during a 1 GiB flood", grew>>20)
+		t.Fatalf("daemon heap grew by %d MiB during a %d MiB flood", grew>>20, size>>20)
 	}
-	mustStillServe(t)
+	mustStillServeOn(t, e)
 }
 
-func TestDiskFillHitsCap(t *testing.T) {
+func TestDiskFillHitsCap(t *testing.T) { forEachRuntime(t, testDiskFillHitsCap) }
+
+func testDiskFillHitsCap(t *testing.T, e *engine.Engine, cgroupRoot string) {
 	// The e2e engine caps the writable layers at 64 MiB together.
-	resp := py(t, `
+	resp := pyOn(t, e, `
 import os, errno
 total = 0
 try:
@@ -366,13 +429,35 @@ except OSError as e:
 	if n < 32 || n > 64 {
 		t.Fatalf("wrote %d MiB before ENOSPC, want about the 64 MiB cap", n)
 	}
-	mustStillServe(t)
+	mustStillServeOn(t, e)
 }
 
-func TestFreshness(t *testing.T) {
-	py(t, `open("/tmp/leftover","w").write("x"); open("/workspace/leftover","w").write("x")`)
-	resp := py(t, `import os; print(os.path.exists("/tmp/leftover"), os.path.exists("/workspace/leftover"))`)
+func TestFreshness(t *testing.T) { forEachRuntime(t, testFreshness) }
+
+func testFreshness(t *testing.T, e *engine.Engine, cgroupRoot string) {
+	pyOn(t, e, `open("/tmp/leftover","w").write("x"); open("/workspace/leftover","w").write("x")`)
+	resp := pyOn(t, e, `import os; print(os.path.exists("/tmp/leftover"), os.path.exists("/workspace/leftover"))`)
 	if strings.TrimSpace(resp.Stdout) != "False False" {
 		t.Fatalf("files of one run are visible to the next: %q", resp.Stdout)
 	}
+}
+
+// mustStillServeOn proves e still runs a normal program after an abuse test.
+func mustStillServeOn(t *testing.T, e *engine.Engine) {
+	t.Helper()
+	resp := runOn(t, e, api.ExecuteRequest{Code: "print(6*7)"})
+	if !resp.Success || strings.TrimSpace(resp.Stdout) != "42" {
+		t.Fatalf("engine no longer serves a normal run after the attack: %+v", resp)
+	}
+}
+
+// forEachRuntime runs test on the engine of each runtime, with the runtime's cgroup root.
+func forEachRuntime(t *testing.T, test func(t *testing.T, e *engine.Engine, cgroupRoot string)) {
+	t.Run(native.Name, func(t *testing.T) { test(t, mustEngine(t), cgRoot) })
+	t.Run(gvisor.Name, func(t *testing.T) { test(t, mustGvisor(t), gvisorCgRoot) })
+}
+
+func pyOn(t *testing.T, e *engine.Engine, code string) *api.ExecuteResponse {
+	t.Helper()
+	return runOn(t, e, api.ExecuteRequest{Code: code})
 }

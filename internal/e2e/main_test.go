@@ -46,6 +46,11 @@ func TestMain(m *testing.M) {
 	k, v, _ := strings.Cut(fakeSecret, "=")
 	os.Setenv(k, v)
 	code := func() int {
+		defer func() {
+			if gvisorCleanup != nil { // the gvisor engine, if a test built one (gvisor_test.go)
+				gvisorCleanup()
+			}
+		}()
 		if os.Geteuid() == 0 {
 			var err error
 			stateDir, err = os.MkdirTemp("", "airlock-e2e-")

@@ -74,7 +74,7 @@ const inZygote = "import sys\nif 'numpy' not in sys.modules: raise SystemExit('n
 // program first proves it is one).
 func TestZygoteIsolationAttacks(t *testing.T) {
 	e := zygoteEngine(t)
-	isolationAttacks(t, "host", func(t *testing.T, req api.ExecuteRequest) *api.ExecuteResponse {
+	isolationAttacks(t, native.Name, "host", func(t *testing.T, req api.ExecuteRequest) *api.ExecuteResponse {
 		req.Code = inZygote + req.Code
 		return zrun(t, e, req)
 	})

@@ -45,6 +45,23 @@ type Snapshotter interface {
 	Snapshot(ctx context.Context, w io.Writer) error
 }
 
+// maxRuntimeName bounds a request's runtime name; which names exist is the Runtime's to say
+// (an unknown one is refused there, with the list of those the daemon offers).
+const maxRuntimeName = 32
+
+// checkRuntime refuses a runtime name that cannot name any runtime.
+func checkRuntime(name string) error {
+	if len(name) > maxRuntimeName {
+		return invalid("runtime: at most %d characters", maxRuntimeName)
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return invalid("runtime %q: not a runtime name", name)
+		}
+	}
+	return nil
+}
+
 // hostImage is the zero-set-up root file system: the host's own, read-only.
 const hostImage = "host"
 

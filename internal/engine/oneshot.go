@@ -31,6 +31,7 @@ type OneShot struct {
 	MemoryBytes int64
 	CPU         float64
 	Image       string
+	Runtime     string           // "" for the daemon's default; see checkRuntime
 	Network     netpolicy.Policy // zero = the engine's DefaultNetwork
 	// Output, when set, is called with each piece of output as the agent reports it (stream 1
 	// is stdout, 2 stderr), so a caller can show a long run's progress; the Result still holds
@@ -129,6 +130,9 @@ func (e *Engine) normalizeOneShot(o OneShot) (*oneShotPlan, error) {
 	if p.Image, err = checkImage(o.Image); err != nil {
 		return nil, err
 	}
+	if err := checkRuntime(o.Runtime); err != nil {
+		return nil, err
+	}
 	if err := checkEnv(o.Env); err != nil {
 		return nil, err
 	}
@@ -215,7 +219,7 @@ func (e *Engine) runOneShot(ctx context.Context, p *oneShotPlan) (res *Result, e
 		return nil, err
 	}
 	id, inst, err := e.oneShotInstance(ctx, p, Spec{
-		Image: p.Image, ImageRoot: root, MemoryBytes: p.MemoryBytes, CPU: p.CPU, Pids: e.cfg.Pids,
+		Runtime: p.Runtime, Image: p.Image, ImageRoot: root, MemoryBytes: p.MemoryBytes, CPU: p.CPU, Pids: e.cfg.Pids,
 		ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Network: network,
 	}, lease)
 	if err != nil {

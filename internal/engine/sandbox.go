@@ -58,6 +58,7 @@ type SandboxSpec struct {
 	CPU         float64           `json:"cpu"`
 	Image       string            `json:"image"`              // as the caller named it
 	ImageID     string            `json:"image_id,omitempty"` // what Image resolved to at creation; "" for the host image
+	Runtime     string            `json:"runtime,omitempty"`  // "" for the daemon's default; see checkRuntime
 	Workdir     string            `json:"workdir"`            // default layout.Workspace
 	Network     netpolicy.Policy  `json:"network,omitzero"`   // normalized; absent in records before networks (Block)
 	Env         map[string]string `json:"env,omitempty"`
@@ -96,6 +97,9 @@ func (e *Engine) normalizeSandbox(s SandboxSpec) (SandboxSpec, error) {
 		return s, err
 	}
 	if s.Image, err = checkImage(s.Image); err != nil {
+		return s, err
+	}
+	if err := checkRuntime(s.Runtime); err != nil {
 		return s, err
 	}
 	if s.Workdir == "" {
@@ -184,7 +188,7 @@ func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s San
 	if root != nil {
 		s.ImageID = root.ID
 	}
-	rs := Spec{Image: s.Image, ImageRoot: root, MemoryBytes: s.MemoryBytes, CPU: s.CPU,
+	rs := Spec{Runtime: s.Runtime, Image: s.Image, ImageRoot: root, MemoryBytes: s.MemoryBytes, CPU: s.CPU,
 		Pids: e.cfg.Pids, ScratchBytes: e.cfg.ScratchBytes, NoFile: e.cfg.NoFile, Network: s.Network}
 	if !layout.Writable(s.Workdir) {
 		rs.Workdir = s.Workdir // the runtime makes it; a writable one is made below

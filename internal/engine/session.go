@@ -31,6 +31,7 @@ type SessionSpec struct {
 	MemoryBytes int64
 	CPU         float64
 	Image       string // "" or "host" for the host image; else a name or id in Config.Images
+	Runtime     string // "" for the daemon's default; see checkRuntime
 	Env         map[string]string
 	Tags        map[string]string
 	Network     netpolicy.Policy // zero = the engine's DefaultNetwork; installs use it
@@ -49,7 +50,7 @@ func (e *Engine) normalizeSession(s SessionSpec) (SandboxSpec, error) {
 		idle = min(idle, life) // only the default follows a shorter life
 	}
 	return e.normalizeSandbox(SandboxSpec{Timeout: life, IdleTimeout: idle, MemoryBytes: s.MemoryBytes,
-		CPU: s.CPU, Image: s.Image, Env: s.Env, Tags: s.Tags, Network: s.Network, Secrets: s.Secrets})
+		CPU: s.CPU, Image: s.Image, Runtime: s.Runtime, Env: s.Env, Tags: s.Tags, Network: s.Network, Secrets: s.Secrets})
 }
 
 // CreateSession starts a sandbox with a long-lived Python interpreter in it.

@@ -61,7 +61,7 @@ func OneShot(r api.ExecuteRequest) engine.OneShot {
 		legacy = new(netpolicy.Internet)
 	}
 	return engine.OneShot{Language: r.Language, Code: r.Code, Stdin: r.Stdin, Files: r.Files, Env: r.Env,
-		Timeout: Seconds(r.Timeout), MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image,
+		Timeout: Seconds(r.Timeout), MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Runtime: r.Runtime,
 		Network: netPolicy(r.Network, legacy, "allow_network: true"), OutputFiles: r.OutputFiles, Secrets: r.Secrets}
 }
 
@@ -138,7 +138,7 @@ func batchResponse(items []engine.BatchItem) *api.BatchResponse {
 
 func sandboxSpec(r api.CreateSandboxRequest) engine.SandboxSpec {
 	return engine.SandboxSpec{Timeout: Seconds(r.Timeout), IdleTimeout: Seconds(r.IdleTimeout),
-		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Workdir: r.Workdir,
+		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Runtime: r.Runtime, Workdir: r.Workdir,
 		Network: blockNetwork(r.BlockNetwork, r.Network), Env: r.Env, Tags: r.Tags,
 		Ports: exposedPorts(r.Ports, r.UnauthenticatedPorts), Secrets: r.Secrets}
 }
@@ -159,7 +159,7 @@ func blockNetwork(block *bool, n *api.Network) netpolicy.Policy {
 // SessionSpec converts a session request.
 func SessionSpec(r api.CreateSessionRequest) engine.SessionSpec {
 	return engine.SessionSpec{Timeout: Seconds(r.Timeout), IdleTimeout: Seconds(r.IdleTimeout),
-		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Env: r.Env, Tags: r.Tags,
+		MemoryBytes: mebibytes(r.MemoryMB), CPU: r.CPU, Image: r.Image, Runtime: r.Runtime, Env: r.Env, Tags: r.Tags,
 		Network: netPolicy(r.Network, nil, ""), Secrets: r.Secrets}
 }
 
@@ -195,7 +195,7 @@ func wireTags(kind engine.Kind, seed string, tags map[string]string) map[string]
 
 func sandboxInfo(i engine.Info) api.SandboxInfo {
 	s := i.Spec
-	out := api.SandboxInfo{ID: i.ID, Status: api.StatusRunning, Image: s.Image, ImageID: s.ImageID, CreatedAt: i.Created,
+	out := api.SandboxInfo{ID: i.ID, Status: api.StatusRunning, Image: s.Image, ImageID: s.ImageID, Runtime: s.Runtime, CreatedAt: i.Created,
 		ExpiresAt: i.Expires, LastActiveAt: i.LastActive, IdleTimeout: s.IdleTimeout.Seconds(),
 		CPU: s.CPU, MemoryMB: s.MemoryBytes >> 20, Workdir: s.Workdir, BlockNetwork: !s.Network.Enabled(),
 		Network: api.Network{Mode: string(s.Network.Normalize().Mode), Allow: s.Network.Allow},

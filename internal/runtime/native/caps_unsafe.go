@@ -27,10 +27,14 @@ var agentCaps = []uintptr{
 // per thread; each AllThreadsSyscall stops the world once).
 func dropCapabilities() error {
 	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0); e != 0 {
-		if e == syscall.ENOTSUP {
+		switch {
+		case e == syscall.ENOTSUP:
 			return &SetupError{Step: "drop capabilities", Msg: "binary built with cgo; build with CGO_ENABLED=0"}
+		case e == syscall.EINVAL && noAmbientSet():
+			// A kernel without ambient capabilities (gVisor's) has none to clear.
+		default:
+			return step("clear ambient capabilities", e)
 		}
-		return step("clear ambient capabilities", e)
 	}
 	var data [2]unix.CapUserData
 	for _, c := range agentCaps {
@@ -45,8 +49,26 @@ func dropCapabilities() error {
 	return nil
 }
 
+// noAmbientSet reports whether the kernel lacks ambient capabilities: PR_CAP_AMBIENT_IS_SET
+// is refused too.
+func noAmbientSet() bool {
+	_, err := unix.PrctlRetInt(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_IS_SET, 0, 0, 0)
+	return err == unix.EINVAL
+}
+
 func lastCap() (uintptr, error) {
 	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if errors.Is(err, os.ErrNotExist) {
+		// gVisor's /proc has no cap_last_cap (the gvisor runtime's agent locks itself down
+		// with these steps): the last capability is the last one PR_CAPBSET_READ knows.
+		c := uintptr(0)
+		for ; c < 63; c++ {
+			if _, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, c+1, 0, 0, 0); err != nil {
+				break
+			}
+		}
+		return c, nil
+	}
 	if err != nil {
 		return 0, err
 	}

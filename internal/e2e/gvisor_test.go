@@ -1,0 +1,306 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor"
+	"github.com/airlockhq/airlock/internal/testutil"
+)
+
+// The gvisor engine is built on first use, in its own state directory and cgroup root, and
+// torn down by TestMain's cleanup (gvisorCleanup).
+var (
+	gvisorOnce    sync.Once
+	gvisorEng     *engine.Engine
+	gvisorRT      *gvisor.Runtime
+	gvisorState   string
+	gvisorCgRoot  string
+	gvisorErr     error
+	gvisorCleanup func()
+)
+
+// mustGvisor returns the shared gvisor engine, or fails (skips without runsc unless strict).
+func mustGvisor(t testing.TB) *engine.Engine {
+	t.Helper()
+	testutil.MustHaveRoot(t)
+	gvisorOnce.Do(func() {
+		gvisorState, gvisorErr = os.MkdirTemp("", "airlock-e2e-gvisor-")
+		if gvisorErr != nil {
+			return
+		}
+		gvisorCgRoot = fmt.Sprintf("airlock-e2e-gvisor-%d", os.Getpid())
+		logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		gvisorRT, gvisorErr = gvisor.New(gvisor.Config{Logger: logger, StateDir: gvisorState, CgroupRoot: gvisorCgRoot})
+		if gvisorErr != nil {
+			os.RemoveAll(gvisorState)
+			return
+		}
+		gvisorEng, gvisorErr = engine.New(engine.Config{Logger: logger, Runtime: gvisor.EngineRuntime(gvisorRT),
+			ScratchBytes: 64 << 20, MaxConcurrent: 4})
+		gvisorCleanup = func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if gvisorEng != nil {
+				gvisorEng.Close(ctx)
+			}
+			removeCgroupRoot(gvisorCgRoot)
+			os.RemoveAll(gvisorState)
+		}
+	})
+	if gvisorErr != nil {
+		if testutil.Strict() {
+			t.Fatalf("AIRLOCK_TEST_STRICT=1 and the gvisor runtime is not available: %v", gvisorErr)
+		}
+		t.Skipf("gvisor runtime not available: %v", gvisorErr)
+	}
+	return gvisorEng
+}
+
+func TestGvisorRunsPython(t *testing.T) {
+	e := mustGvisor(t)
+	resp := runOn(t, e, api.ExecuteRequest{Code: "import platform; print(6*7, platform.release())"})
+	// gVisor's kernel reports its own release (4.4.0), not the host's.
+	if !resp.Success || !strings.HasPrefix(resp.Stdout, "42 ") {
+		t.Fatalf("run: %+v", resp)
+	}
+	waitGvisorClean(t)
+}
+
+// waitGvisorClean fails unless nothing of a gvisor sandbox is left once its run has ended:
+// no sandbox directory, no runsc state, no scratch mount, no process in its cgroups.
+func waitGvisorClean(t *testing.T) {
+	t.Helper()
+	var left []string
+	clean := func() bool {
+		left = nil
+		m, _ := filepath.Glob(filepath.Join(gvisorState, "gvisor", "sandboxes", "*"))
+		left = append(left, m...)
+		m, _ = filepath.Glob(filepath.Join(gvisorState, "gvisor", "runsc", "*"))
+		left = append(left, m...)
+		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), gvisorState) {
+			left = append(left, "a mount under "+gvisorState)
+		}
+		if pids := testutil.ProcsInCgroup(gvisorCgRoot); len(pids) > 0 {
+			left = append(left, fmt.Sprintf("processes %v", pids))
+		}
+		if m, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", gvisorCgRoot, "*")); len(m) > 0 {
+			for _, d := range m {
+				if fi, err := os.Stat(d); err == nil && fi.IsDir() {
+					left = append(left, d)
+				}
+			}
+		}
+		return len(left) == 0
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !clean() {
+		if time.Now().After(deadline) {
+			t.Fatalf("left behind by a gvisor sandbox: %v", left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestGvisorSentryUnprivileged checks the host side of a gvisor sandbox: the processes that
+// run the sandbox's code — gVisor's kernel (runsc-sandbox) and, on the ptrace platform, the stub
+// processes it runs user code in — are in a user namespace of their own, never the host's.
+// runsc's own helpers (the gofer, which serves files, and runsc's waiting parent) stay host
+// root by gVisor's design; no user code runs in them.
+func TestGvisorSentryUnprivileged(t *testing.T) {
+	e := mustGvisor(t)
+	done := make(chan *api.ExecuteResponse, 1)
+	go func() { done <- runOn(t, e, api.ExecuteRequest{Language: "bash", Code: "sleep 3; echo slept"}) }()
+	host, _ := os.Readlink("/proc/self/ns/user")
+	var pids []int
+	waitFor(t, "the sandbox's host processes", func() bool {
+		pids = testutil.ProcsInCgroup(gvisorCgRoot)
+		return len(pids) >= 3
+	})
+	sentries := 0
+	for _, pid := range pids {
+		ns, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
+		cmd, err2 := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err1 != nil || err2 != nil {
+			continue // gone meanwhile
+		}
+		// runsc rewrites its argv as one space-separated string.
+		f := strings.Fields(strings.ReplaceAll(string(cmd), "\x00", " "))
+		if len(f) == 0 {
+			continue
+		}
+		name := f[0]
+		if name == "runsc-gofer" || strings.HasSuffix(name, "/runsc") {
+			continue
+		}
+		if name == "runsc-sandbox" {
+			sentries++
+		}
+		if ns == host {
+			t.Errorf("host process %d (%s) of the sandbox runs in the host's user namespace", pid, name)
+		}
+	}
+	if sentries != 1 {
+		t.Errorf("found %d runsc-sandbox processes among %v, want 1", sentries, pids)
+	}
+	if r := <-done; !r.Success || r.Stdout != "slept\n" {
+		t.Fatalf("run: %+v", r)
+	}
+}
+
+// TestGvisorThroughDaemon drives the gvisor runtime as an operator would: a daemon whose
+// default is native lists gvisor in /v1/info, runs a one-shot run and a sandbox in it when a
+// request names it, refuses what it cannot build with a 4xx, adopts the gvisor sandbox after
+// being killed (SIGKILL) and restarted, and leaves nothing behind once the sandbox is deleted.
+func TestGvisorThroughDaemon(t *testing.T) {
+	mustGvisor(t) // skips (or fails, strict) where runsc cannot run
+	state, err := os.MkdirTemp("", "airlock-gvisor-daemon-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(state)
+	cg := fmt.Sprintf("airlock-e2e-gvd-%d", os.Getpid())
+	defer removeCgroupRoot(cg)
+	defer removeCgroupRoot(cg + "-gvisor")
+	addr := freeAddr(t)
+	d := startDaemon(t, state, cg, addr, keepOnStop)
+
+	var info api.Info
+	resp, err := http.Get(d.url + "/v1/info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	decodeJSON(t, resp, &info)
+	if !slices.Contains(info.Runtimes, "gvisor") || !slices.Contains(info.Runtimes, "native") {
+		t.Fatalf("/v1/info runtimes = %v, want native and gvisor", info.Runtimes)
+	}
+
+	var ex api.ExecuteResponse
+	if st := postJSON(t, d.url+"/v1/execute", `{"code":"import platform; print(platform.release())","runtime":"gvisor"}`, &ex); st != 200 || !ex.Success {
+		t.Fatalf("gvisor one-shot: %d %+v", st, ex)
+	}
+	var native api.ExecuteResponse
+	postJSON(t, d.url+"/v1/execute", `{"code":"import platform; print(platform.release())"}`, &native)
+	if ex.Stdout == native.Stdout {
+		t.Fatalf("gvisor and native runs report the same kernel %q: the runtime field was not honoured", ex.Stdout)
+	}
+	for _, tc := range []struct {
+		body string
+		want int
+	}{
+		{`{"code":"1","runtime":"bogus"}`, 400},
+		{`{"code":"1","runtime":"` + strings.Repeat("x", 100) + `"}`, 400},
+		// As a native daemon without networking answers a networked request: not implemented.
+		{`{"code":"1","runtime":"gvisor","network":{"mode":"internet"}}`, 501},
+	} {
+		if st := postJSON(t, d.url+"/v1/execute", tc.body, nil); st != tc.want {
+			t.Errorf("%s: status %d, want %d", tc.body, st, tc.want)
+		}
+	}
+
+	var sb api.SandboxInfo
+	if st := postJSON(t, d.url+"/v1/sandboxes", `{"runtime":"gvisor"}`, &sb); st != 200 && st != 201 {
+		t.Fatalf("create gvisor sandbox: %d", st)
+	}
+	if sb.Runtime != "gvisor" {
+		t.Errorf("sandbox runtime = %q, want gvisor", sb.Runtime)
+	}
+	exec := func(d *daemon, code string) api.ExecResult {
+		t.Helper()
+		var r api.ExecResult
+		body := fmt.Sprintf(`{"cmd":["python3","-c",%q]}`, code)
+		if st := postJSON(t, d.url+"/v1/sandboxes/"+sb.ID+"/exec", body, &r); st != 200 {
+			t.Fatalf("exec: status %d %+v", st, r)
+		}
+		return r
+	}
+	exec(d, `open("/workspace/kept", "w").write("before")`)
+
+	d.kill()
+	d = startDaemon(t, state, cg, addr, keepOnStop)
+	if r := exec(d, `print(open("/workspace/kept").read())`); r.Stdout != "before\n" {
+		t.Fatalf("after the restart: %+v", r)
+	}
+	req, _ := http.NewRequest("DELETE", d.url+"/v1/sandboxes/"+sb.ID, nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode >= 300 {
+		t.Fatalf("delete: %v %v", resp, err)
+	}
+	d.stop()
+	gv := filepath.Join(state, "gvisor")
+	for _, pattern := range []string{"sandboxes/*", "runsc/*"} {
+		if m, _ := filepath.Glob(filepath.Join(gv, pattern)); len(m) != 0 {
+			t.Errorf("left in %s: %v", gv, m)
+		}
+	}
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), state) {
+		t.Errorf("a mount under %s is left", state)
+	}
+	if pids := testutil.ProcsInCgroup(cg + "-gvisor"); len(pids) != 0 {
+		t.Errorf("processes left in the gvisor cgroups: %v", pids)
+	}
+}
+
+// gvisorPoolEngine is an engine with a warm pool over the shared gvisor runtime; closed (its
+// ready sandboxes destroyed) when the test ends.
+func gvisorPoolEngine(t testing.TB, size int) *engine.Engine {
+	t.Helper()
+	mustGvisor(t)
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	e, err := engine.New(engine.Config{Logger: logger, Runtime: gvisor.EngineRuntime(gvisorRT), ScratchBytes: 64 << 20,
+		MaxConcurrent: 4, PoolSize: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(t.Context()), 30*time.Second)
+		defer cancel()
+		e.Close(ctx)
+	})
+	return e
+}
+
+// TestGvisorPool: the warm pool prepares gvisor sandboxes and hands them out with the
+// request's limits (the cgroup's and the scratch layer's, resized), and nothing of them is
+// left once the engine closes.
+func TestGvisorPool(t *testing.T) {
+	e := gvisorPoolEngine(t, 1)
+	runOn(t, e, api.ExecuteRequest{Code: "1"}) // demand for the class
+	waitFor(t, "a ready gvisor sandbox", func() bool { return e.PoolReady() > 0 })
+	resp := runOn(t, e, api.ExecuteRequest{MemoryMB: 256, Code: "import os; s = os.statvfs('/tmp'); print(s.f_blocks * s.f_frsize >> 20)"})
+	// The e2e engine's 64 MiB scratch, which a 256 MiB limit leaves as it is (ScratchFor).
+	if !resp.Success || strings.TrimSpace(resp.Stdout) != "64" {
+		t.Fatalf("pooled run: %+v", resp)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	e.Close(ctx)
+	waitGvisorClean(t)
+}
+
+// TestGvisorSession: a session's interpreter lives in a gvisor sandbox as in a native one.
+func TestGvisorSession(t *testing.T) {
+	e := mustGvisor(t)
+	sb, err := e.CreateSession(t.Context(), engine.SessionSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.TerminateSandbox(context.WithoutCancel(t.Context()), sb.ID())
+	if _, err := sb.RunCell(t.Context(), "x = 41", 0); err != nil {
+		t.Fatal(err)
+	}
+	r, err := sb.RunCell(t.Context(), "x + 1", 0)
+	if err != nil || r.Result == nil || *r.Result != "42" {
+		t.Fatalf("cell: %+v %v", r, err)
+	}
+}
