@@ -207,6 +207,7 @@ func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s San
 		}
 	}
 	e.register(sb)
+	e.hookLive(ctx, sb)
 	e.cfg.Logger.InfoContext(ctx, "sandbox created", "sandbox", id, "kind", kind, "expires", sb.expires, "pooled", pooled)
 	return sb, pooled && warmRepl, nil
 }
