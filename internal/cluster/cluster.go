@@ -235,7 +235,10 @@ func (n *Node) put(ctx context.Context, ev engine.SandboxEvent) {
 }
 
 // registerLive is the engine's Live hook.
-func (n *Node) registerLive(ctx context.Context, ev engine.SandboxEvent) { ev.Reason = ""; n.put(ctx, ev) }
+func (n *Node) registerLive(ctx context.Context, ev engine.SandboxEvent) {
+	ev.Reason = ""
+	n.put(ctx, ev)
+}
 
 // registerEnded is the engine's Ended hook: the entry stays (until registryTTL) so that every
 // node answers the id with 410 and the reason.
@@ -347,13 +350,15 @@ func (n *Node) peer(id string) (Heartbeat, bool, string) {
 	return p.hb, true, ""
 }
 
-// Close publishes a last heartbeat saying this node is leaving, so that the others answer its
-// sandboxes 410 at once rather than after GoneAfter, and disconnects. Stop Run first.
-func (n *Node) Close(ctx context.Context) error {
-	err := n.beat(context.WithoutCancel(ctx), true)
-	n.nc.Close()
-	return err
+// Leave publishes a last heartbeat saying this node is leaving, so that the others answer its
+// sandboxes 410 at once rather than after GoneAfter. Stop Run first; the registry stays
+// writable until Close.
+func (n *Node) Leave(ctx context.Context) error {
+	return n.beat(context.WithoutCancel(ctx), true)
 }
+
+// Close disconnects from NATS; idempotent.
+func (n *Node) Close() { n.nc.Close() }
 
 // Status reads every node's last heartbeat, for `airlock cluster status`: no node of its own.
 func Status(ctx context.Context, cfg Config) ([]NodeStatus, error) {
