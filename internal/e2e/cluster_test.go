@@ -1,0 +1,157 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/cluster"
+)
+
+// startNATS runs a NATS server with JetStream in this process, on 127.0.0.1 with its store in
+// a temporary directory, until the test ends; it returns its client URL.
+func startNATS(t *testing.T) string {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("the embedded NATS server did not come up")
+	}
+	return ns.ClientURL()
+}
+
+// registryNode reads which node the cluster registry says holds id.
+func registryNode(t *testing.T, natsURL, id string) string {
+	t.Helper()
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(t.Context(), cluster.SandboxesBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ent, err := kv.Get(t.Context(), id)
+	if err != nil {
+		t.Fatalf("registry entry of %s: %v", id, err)
+	}
+	var e cluster.Entry
+	json.Unmarshal(ent.Value(), &e)
+	return e.Node
+}
+
+// clusterUp waits until `cluster status` shows exactly the nodes want up.
+func clusterUp(t *testing.T, natsURL string, want ...string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("nodes %v up", want), func() bool {
+		nodes, err := cluster.Status(t.Context(), cluster.Config{URL: natsURL, GoneAfter: time.Second})
+		if err != nil {
+			return false
+		}
+		var up []string
+		for _, n := range nodes {
+			if n.State == "up" {
+				up = append(up, n.Node)
+			}
+		}
+		return strings.Join(up, ",") == strings.Join(want, ",")
+	})
+}
+
+// TestClusterThreeNodes: three daemons on one embedded NATS. Node A, full, forwards a sandbox
+// and a session to B; both are usable through A, B and C (exec, files, a session cell, a
+// WebSocket exec). B killed, its sandbox answers 410 with the reason through A (404 to another
+// key); B restarted on its state directory re-registers what it adopted, usable through A again.
+func TestClusterThreeNodes(t *testing.T) {
+	natsURL := startNATS(t)
+	owner, other := "cluster-key-owner-0123456789", "cluster-key-other-0123456789"
+	node := func(id, extra string) (*fleet, string, func(*exec.Cmd)) {
+		return newFleet(t, "cl"+strings.ToLower(id)), freeAddr(t), withArgs(fmt.Sprintf(
+			"--cluster %s --cluster-node-id %s --cluster-heartbeat 200ms %s", natsURL, id, extra))
+	}
+	fa, addrA, argsA := node("A", "--max-sandboxes 1")
+	fb, addrB, argsB := node("B", "")
+	fc, addrC, argsC := node("C", "")
+	keys := withKeys(owner, other)
+	a := fa.start(addrA, argsA, keys)
+	b := fb.start(addrB, argsB, keys)
+	c := fc.start(addrC, argsC, keys)
+	clusterUp(t, natsURL, "A", "B", "C")
+
+	viaA := tenant{t, a.url, owner}
+	filler := viaA.mustCreate("/v1/sandboxes", `{}`) // A is full from now on
+	if got := registryNode(t, natsURL, filler.ID); got != "A" {
+		t.Fatalf("the first sandbox is on node %q, want A (it had room)", got)
+	}
+	sb := viaA.mustCreate("/v1/sandboxes", `{"timeout":600}`)
+	sess := viaA.mustCreate("/v1/sessions", `{"timeout":600}`)
+	for _, id := range []string{sb.ID, sess.ID} {
+		if got := registryNode(t, natsURL, id); got != "B" {
+			t.Fatalf("%s created through the full node A is on node %q, want B (the node with the most room, lowest id)", id, got)
+		}
+	}
+	tenant{t, c.url, owner}.mustCell(sess.ID, "x = 41")
+
+	for _, d := range []*daemon{a, b, c} {
+		via := tenant{t, d.url, owner}
+		t.Run("through "+d.addr, func(t *testing.T) {
+			via.t = t
+			if got := strings.TrimSpace(via.mustExec(sb.ID, "echo", "hi")); got != "hi" {
+				t.Errorf("exec: got %q, want hi", got)
+			}
+			if st, body := via.raw("PUT", "/v1/sandboxes/"+sb.ID+"/files?path=/workspace/f", "from "+d.addr); st != 200 {
+				t.Errorf("write file: %d %s", st, body)
+			}
+			if st, body := via.raw("GET", "/v1/sandboxes/"+sb.ID+"/files?path=/workspace/f", ""); st != 200 || string(body) != "from "+d.addr {
+				t.Errorf("read file: %d %q, want 200 %q", st, body, "from "+d.addr)
+			}
+			if got := strings.TrimSpace(via.mustCell(sess.ID, "print(x + 1)")); got != "42" {
+				t.Errorf("session cell: got %q, want 42", got)
+			}
+			if got := wsExec(t.Context(), d.url, owner, sb.ID, `{"cmd":["echo","ws"]}`); got != "ws\n exit 0" {
+				t.Errorf("WebSocket exec: got %q, want %q", got, "ws\n exit 0")
+			}
+		})
+	}
+
+	b.kill()
+	var e api.ErrorBody
+	waitFor(t, "B's sandbox to answer 410 through A", func() bool {
+		return viaA.call("GET", "/v1/sandboxes/"+sb.ID, "", &e) == 410
+	})
+	if !strings.Contains(e.Error.Message, "node B is gone") {
+		t.Errorf("410 through A says %q, want the reason (node B is gone)", e.Error.Message)
+	}
+	if st := (tenant{t, c.url, other}).call("GET", "/v1/sandboxes/"+sb.ID, "", &e); st != 404 {
+		t.Errorf("another key asking C for B's gone sandbox: %d %+v, want 404 (no sign it exists)", st, e)
+	}
+
+	fb.start(addrB, argsB, keys) // on B's state directory: adopts and re-registers
+	waitFor(t, "B's adopted sandbox to be served through A", func() bool {
+		return viaA.call("GET", "/v1/sandboxes/"+sb.ID, "", nil) == 200
+	})
+	if got := strings.TrimSpace(viaA.mustExec(sb.ID, "cat", "/workspace/f")); got != "from "+c.addr {
+		t.Errorf("after B's restart, the file written through C reads %q, want %q", got, "from "+c.addr)
+	}
+	if got := strings.TrimSpace(viaA.mustCell(sess.ID, "print(x)")); got != "41" {
+		t.Errorf("after B's restart, the session's variable through A: got %q, want 41", got)
+	}
+	for _, f := range []*fleet{fa, fb, fc} {
+		f.ds[len(f.ds)-1].stop() // --drain-on-stop: the fleets' cleanups find nothing left
+	}
+}
