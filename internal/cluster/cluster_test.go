@@ -1,0 +1,176 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+
+	"github.com/airlockhq/airlock/internal/engine"
+)
+
+// noRuntime is a Runtime these tests never reach: they create no sandbox.
+type noRuntime struct{}
+
+func (noRuntime) Create(context.Context, engine.Spec) (engine.Instance, error) {
+	return nil, errors.New("no sandboxes in this test")
+}
+
+func startNATS(t *testing.T) string {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
+		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("the embedded NATS server did not come up")
+	}
+	return ns.ClientURL()
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	ok := Config{URL: "nats://127.0.0.1:4222", NodeID: "a"}
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		want string // in the error; "" for none
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"no URL", func(c *Config) { c.URL = "" }, "no NATS URL"},
+		{"bad node id", func(c *Config) { c.NodeID = "a.b" }, "node id"},
+		{"cert without key", func(c *Config) { c.TLSCert = "c.pem" }, "TLS client certificate"},
+		{"heartbeat too fast", func(c *Config) { c.Heartbeat = time.Millisecond }, "at least 100ms"},
+		{"gone before one missed beat", func(c *Config) { c.Heartbeat, c.GoneAfter = time.Second, time.Second }, "more than one heartbeat"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ok
+			tc.edit(&c)
+			c.setDefaults()
+			err := c.Validate()
+			if got := ""; err != nil {
+				got = err.Error()
+				if tc.want == "" || !strings.Contains(got, tc.want) {
+					t.Errorf("Validate: %q, want %q", got, tc.want)
+				}
+			} else if tc.want != "" {
+				t.Errorf("Validate: nil, want %q", tc.want)
+			}
+		})
+	}
+}
+
+// TestLocateAndPlace: a node routes by the registry and the heartbeats it follows: its own ids
+// locally, a live peer's to that peer's API, a silent or departed peer's and an ended
+// sandbox's as gone with the reason, unknown and malformed ids locally; placement picks the
+// live peer with the most room.
+func TestLocateAndPlace(t *testing.T) {
+	url := startNATS(t)
+	e, err := engine.New(engine.Config{Runtime: noRuntime{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close(context.WithoutCancel(t.Context()))
+	n, err := Join(t.Context(), Config{URL: url, NodeID: "self", APIURL: "http://127.0.0.1:1", Engine: e,
+		Heartbeat: 100 * time.Millisecond, GoneAfter: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan error, 1)
+	go func() { ran <- n.Run(ctx) }()
+	defer func() { cancel(); <-ran }()
+
+	put := func(bucket interface {
+		Put(context.Context, string, []byte) (uint64, error)
+	}, key string, v any) {
+		b, _ := json.Marshal(v)
+		if _, err := bucket.Put(t.Context(), key, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	put(n.nodes, "live", Heartbeat{Node: "live", API: "http://127.0.0.1:2", Room: 3, Time: now})
+	put(n.nodes, "roomy", Heartbeat{Node: "roomy", API: "http://127.0.0.1:3", Room: 9, Time: now})
+	put(n.nodes, "left", Heartbeat{Node: "left", API: "http://127.0.0.1:4", Room: 50, Leaving: true, Time: now})
+	for id, node := range map[string]string{"sb-mine": "self", "sb-live": "live", "sb-left": "left", "sb-never": "silent"} {
+		put(n.sandboxes, id, Entry{Node: node, Owner: "o1", Kind: "sandbox"})
+	}
+	put(n.sandboxes, "sb-ended", Entry{Node: "live", Owner: "o1", Kind: "sandbox", Ended: "terminated"})
+	// The peers' heartbeats reach the watcher asynchronously.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, alive, _ := n.peer("roomy"); alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node never saw its peers' heartbeats")
+		}
+	}
+
+	for _, tc := range []struct {
+		id        string
+		known     bool
+		local     bool
+		api, gone string
+	}{
+		{"sb-mine", true, true, "", ""},
+		{"sb-live", true, false, "http://127.0.0.1:2", ""},
+		{"sb-left", true, false, "", "node left has shut down"},
+		{"sb-never", true, false, "", "node silent is not in the cluster"},
+		{"sb-ended", true, false, "", "it has ended (terminated) on node live"},
+		{"sb-unknown", false, false, "", ""},
+		{"../etc", false, false, "", ""},
+	} {
+		t.Run(tc.id, func(t *testing.T) {
+			loc, err := n.Locate(t.Context(), tc.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			api := ""
+			if loc.API != nil {
+				api = loc.API.String()
+			}
+			if loc.Known != tc.known || loc.Local != tc.local || api != tc.api || loc.Gone != tc.gone {
+				t.Errorf("Locate: known %v local %v api %q gone %q, want %v %v %q %q", loc.Known, loc.Local, api, loc.Gone,
+					tc.known, tc.local, tc.api, tc.gone)
+			}
+			if tc.known && loc.Owner != "o1" {
+				t.Errorf("owner %q, want o1", loc.Owner)
+			}
+		})
+	}
+	if loc, ok := n.Place(t.Context()); !ok || loc.Node != "roomy" {
+		t.Errorf("Place: %q %v, want roomy (most room among the live peers; left has shut down)", loc.Node, ok)
+	}
+
+	// A peer that stops heartbeating is gone once GoneAfter has passed.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		loc, _ := n.Locate(t.Context(), "sb-live")
+		if strings.HasPrefix(loc.Gone, "node live is gone: no heartbeat for") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a silent peer's sandbox is still routed: %+v", loc)
+		}
+	}
+	nodes, err := Status(t.Context(), Config{URL: url, GoneAfter: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]string{}
+	for _, s := range nodes {
+		states[s.Node] = s.State
+	}
+	if want := map[string]string{"self": "up", "live": "gone", "roomy": "gone", "left": "left"}; len(states) != 4 ||
+		states["self"] != want["self"] || states["live"] != want["live"] || states["left"] != want["left"] {
+		t.Errorf("Status: %v, want %v", states, want)
+	}
+}
