@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -129,6 +130,8 @@ func TestClusterThreeNodes(t *testing.T) {
 		})
 	}
 
+	logRoutingOverhead(t, tenant{t, a.url, owner}, tenant{t, b.url, owner}, sb.ID)
+
 	b.kill()
 	var e api.ErrorBody
 	waitFor(t, "B's sandbox to answer 410 through A", func() bool {
@@ -154,4 +157,28 @@ func TestClusterThreeNodes(t *testing.T) {
 	for _, f := range []*fleet{fa, fb, fc} {
 		f.ds[len(f.ds)-1].stop() // --drain-on-stop: the fleets' cleanups find nothing left
 	}
+}
+
+// logRoutingOverhead logs the median of a request for B's sandbox served by B itself against
+// the same request through A (registry lookup plus proxy), paired and interleaved; a
+// measurement for BENCHMARKS.md, not an assertion.
+func logRoutingOverhead(t *testing.T, viaA, viaB tenant, id string) {
+	const n = 200
+	var local, routed []time.Duration
+	for range n {
+		for _, c := range []struct {
+			via tenant
+			to  *[]time.Duration
+		}{{viaB, &local}, {viaA, &routed}} {
+			start := time.Now()
+			if st := c.via.call("GET", "/v1/sandboxes/"+id, "", nil); st != 200 {
+				t.Fatalf("GET through %s: %d", c.via.url, st)
+			}
+			*c.to = append(*c.to, time.Since(start))
+		}
+	}
+	slices.Sort(local)
+	slices.Sort(routed)
+	t.Logf("GET /v1/sandboxes/{id}, %d pairs: served locally median %v p90 %v; through another node median %v p90 %v",
+		n, local[n/2], local[n*9/10], routed[n/2], routed[n*9/10])
 }
