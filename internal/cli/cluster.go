@@ -76,6 +76,20 @@ func joinCluster(ctx context.Context, logger *slog.Logger, cc cluster.Config, ad
 	return n, nil
 }
 
+// reconcile marks ended the registry's entries of this node that Recover did not adopt; a
+// failure only leaves them to answer 404 from here rather than 410.
+func reconcile(ctx context.Context, logger *slog.Logger, n *cluster.Node) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	lost, err := n.Reconcile(ctx)
+	if err != nil {
+		logger.WarnContext(ctx, "reconciling the cluster registry", "err", err)
+	}
+	if lost > 0 {
+		logger.InfoContext(ctx, "marked the registry's sandboxes of this node that did not survive its restart as ended", "sandboxes", lost)
+	}
+}
+
 // imageNames are the names of the store's images, for the heartbeats.
 func imageNames(st *image.Store) []string {
 	if st == nil {

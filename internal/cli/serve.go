@@ -275,6 +275,9 @@ func serveCmd() *cobra.Command {
 			if adopted+destroyed > 0 {
 				logger.InfoContext(ctx, "recovered sandboxes of a previous daemon", "adopted", adopted, "destroyed", destroyed)
 			}
+			if node != nil {
+				reconcile(ctx, logger, node)
+			}
 			sc.Logger, sc.Engine, sc.APIKeys, sc.Version = logger, e, keys, Version
 			sc.CgroupVersion, sc.Runtimes = rts.cgroupVersion(), rts.Names()
 			// POST /v1/images runs its steps through the engine: its funnel, limits and modes.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"os"
 	"regexp"
@@ -159,8 +160,13 @@ type Node struct {
 	nodes     jetstream.KeyValue
 	sandboxes jetstream.KeyValue
 
-	mu   sync.Mutex // guards seen
-	seen map[string]peer
+	// writeMu serializes registry writes, so that a retried old entry never overwrites a
+	// newer one of the same id.
+	writeMu sync.Mutex
+
+	mu      sync.Mutex // guards seen and pending
+	seen    map[string]peer
+	pending map[string]Entry // registry writes that failed (NATS away), retried by Run
 }
 
 // peer is the last heartbeat of a node and when it was seen.
@@ -210,7 +216,7 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, nc: nc, nodes: nodes, sandboxes: sbs, seen: map[string]peer{}}
+	n := &Node{cfg: cfg, nc: nc, nodes: nodes, sandboxes: sbs, seen: map[string]peer{}, pending: map[string]Entry{}}
 	cfg.Engine.SetHooks(engine.Hooks{Live: n.registerLive, Ended: n.registerEnded})
 	return n, nil
 }
@@ -219,19 +225,67 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 func (n *Node) ID() string { return n.cfg.NodeID }
 
 // registryTimeout bounds one registry write: a create is not held up long by a slow NATS.
-const registryTimeout = 5 * time.Second
+const registryTimeout = 2 * time.Second
 
-func (n *Node) put(ctx context.Context, ev engine.SandboxEvent) {
-	b, err := json.Marshal(Entry{Node: n.cfg.NodeID, Owner: ev.Owner, Kind: string(ev.Kind), Expires: ev.Expires, Ended: ev.Reason})
+// errDisconnected is a registry operation attempted while the connection to NATS is down; it
+// fails at once rather than waiting for a reconnection.
+var errDisconnected = errors.New("not connected to NATS")
+
+// write puts e under id in the registry.
+func (n *Node) write(ctx context.Context, id string, e Entry) error {
+	if n.nc.Status() != nats.CONNECTED {
+		return errDisconnected
+	}
+	b, err := json.Marshal(e)
 	if err != nil {
-		return // a struct of strings and a time: cannot fail
+		return fmt.Errorf("encode registry entry: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), registryTimeout)
 	defer cancel()
-	if _, err := n.sandboxes.Put(ctx, ev.ID, b); err != nil {
-		// The sandbox works locally; only other nodes cannot find it until it is written again.
-		n.cfg.Logger.WarnContext(ctx, "cluster registry write", "sandbox", ev.ID, "err", err)
+	if _, err := n.sandboxes.Put(ctx, id, b); err != nil {
+		return fmt.Errorf("registry put %s: %w", id, err)
 	}
+	return nil
+}
+
+// put records ev in the registry; a write that fails is kept and retried with every
+// heartbeat (retryPending), as the sandbox works locally meanwhile and only other nodes cannot
+// find it.
+func (n *Node) put(ctx context.Context, ev engine.SandboxEvent) {
+	e := Entry{Node: n.cfg.NodeID, Owner: ev.Owner, Kind: string(ev.Kind), Expires: ev.Expires, Ended: ev.Reason}
+	n.writeMu.Lock()
+	defer n.writeMu.Unlock()
+	err := n.write(ctx, ev.ID, e)
+	n.mu.Lock()
+	if err != nil {
+		n.pending[ev.ID] = e
+	} else {
+		delete(n.pending, ev.ID)
+	}
+	n.mu.Unlock()
+	if err != nil {
+		n.cfg.Logger.WarnContext(ctx, "cluster registry write: retrying with the next heartbeat", "sandbox", ev.ID, "err", err)
+	}
+}
+
+// retryPending writes again what put could not; it returns how many are still pending.
+func (n *Node) retryPending(ctx context.Context) int {
+	n.writeMu.Lock()
+	defer n.writeMu.Unlock()
+	n.mu.Lock()
+	todo := maps.Clone(n.pending)
+	n.mu.Unlock()
+	left := 0
+	for id, e := range todo {
+		if err := n.write(ctx, id, e); err != nil {
+			left++
+			continue
+		}
+		n.mu.Lock()
+		delete(n.pending, id) // writeMu held: no newer entry of id came meanwhile
+		n.mu.Unlock()
+	}
+	return left
 }
 
 // registerLive is the engine's Live hook.
@@ -267,6 +321,9 @@ func (n *Node) heartbeat(leaving bool) Heartbeat {
 }
 
 func (n *Node) beat(ctx context.Context, leaving bool) error {
+	if n.nc.Status() != nats.CONNECTED {
+		return errDisconnected
+	}
 	b, err := json.Marshal(n.heartbeat(leaving))
 	if err != nil {
 		return fmt.Errorf("encode heartbeat: %w", err)
@@ -279,38 +336,75 @@ func (n *Node) beat(ctx context.Context, leaving bool) error {
 	return nil
 }
 
-// Run publishes heartbeats and follows the other nodes' until ctx ends; it returns then, or
-// with the error that stops it from watching. The caller waits for it before Close.
+// Run publishes heartbeats and follows the other nodes' until ctx ends. NATS going away stops
+// neither: heartbeats and registry writes resume, and the watch is made again, once it is
+// back. The caller waits for it before Close.
 func (n *Node) Run(ctx context.Context) error {
-	w, err := n.nodes.WatchAll(ctx)
-	if err != nil {
-		return fmt.Errorf("watch %s: %w", NodesBucket, err)
-	}
-	defer w.Stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	// Its own goroutine: making a watch can wait for JetStream for seconds after a reconnect,
+	// and the heartbeats must not wait with it.
+	wg.Go(func() { n.follow(ctx) })
 	if err := n.beat(ctx, false); err != nil {
 		n.cfg.Logger.WarnContext(ctx, "cluster heartbeat", "err", err)
 	}
 	t := time.NewTicker(n.cfg.Heartbeat)
 	defer t.Stop()
-	replayed := false // the watcher sends what is stored, then nil, then updates
+	failing := false // logged once when the heartbeats stop, once when they resume
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			if err := n.beat(ctx, false); err != nil && ctx.Err() == nil {
-				n.cfg.Logger.WarnContext(ctx, "cluster heartbeat", "err", err)
-			}
-		case ent, ok := <-w.Updates():
-			if !ok {
-				return nil // the watcher stopped: ctx ended
-			}
-			if ent == nil {
-				replayed = true
-				continue
-			}
-			n.observe(ent, replayed)
 		}
+		if err := n.beat(ctx, false); err != nil {
+			if !failing && ctx.Err() == nil {
+				n.cfg.Logger.WarnContext(ctx, "cluster heartbeats failing: the other nodes will mark this one gone", "err", err)
+			}
+			failing = true
+			continue
+		}
+		if failing {
+			n.cfg.Logger.InfoContext(ctx, "cluster heartbeats resumed")
+			failing = false
+		}
+		n.retryPending(ctx)
+	}
+}
+
+// follow watches the nodes bucket until ctx ends, making the watch again whenever it ends with
+// the connection.
+func (n *Node) follow(ctx context.Context) {
+	for ctx.Err() == nil {
+		w, err := n.nodes.WatchAll(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				n.cfg.Logger.WarnContext(ctx, "cluster: watch the heartbeats: retrying", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(n.cfg.Heartbeat):
+			}
+			continue
+		}
+		replayed := false // the watch sends what is stored, then nil, then updates
+	updates:
+		for {
+			select {
+			case <-ctx.Done():
+				break updates
+			case ent, ok := <-w.Updates():
+				switch {
+				case !ok:
+					break updates
+				case ent == nil:
+					replayed = true
+				default:
+					n.observe(ent, replayed)
+				}
+			}
+		}
+		w.Stop()
 	}
 }
 
@@ -348,6 +442,37 @@ func (n *Node) peer(id string) (Heartbeat, bool, string) {
 		return p.hb, false, fmt.Sprintf("node %s is gone: no heartbeat for %s", id, time.Since(p.at).Round(time.Second))
 	}
 	return p.hb, true, ""
+}
+
+// Reconcile marks ended the registry's live entries of this node that its engine does not
+// hold: sandboxes of a previous daemon on this state directory that Recover could not adopt
+// (or that died while no daemon ran), so that every node answers them 410 rather than
+// proxying to a node that answers 404. Call it after Recover; it returns how many it marked.
+// It reads the whole registry: O(sandboxes in the cluster), once per start.
+func (n *Node) Reconcile(ctx context.Context) (int, error) {
+	w, err := n.sandboxes.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return 0, fmt.Errorf("read the registry: %w", err)
+	}
+	defer w.Stop()
+	lost := map[string]Entry{}
+	for ent := range w.Updates() {
+		if ent == nil {
+			break // every stored entry has been seen
+		}
+		var e Entry
+		if json.Unmarshal(ent.Value(), &e) != nil || e.Node != n.cfg.NodeID || e.Ended != "" {
+			continue
+		}
+		if _, err := n.cfg.Engine.GetSandbox(engine.WithOwner(ctx, e.Owner), ent.Key()); err != nil {
+			lost[ent.Key()] = e
+		}
+	}
+	for id, e := range lost {
+		n.put(ctx, engine.SandboxEvent{ID: id, Kind: engine.Kind(e.Kind), Owner: e.Owner, Expires: e.Expires,
+			Reason: "lost: not recovered when node " + n.cfg.NodeID + " restarted"})
+	}
+	return len(lost), ctx.Err()
 }
 
 // Leave publishes a last heartbeat saying this node is leaving, so that the others answer its

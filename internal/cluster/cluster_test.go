@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/airlockhq/airlock/internal/engine"
 )
@@ -22,8 +24,15 @@ func (noRuntime) Create(context.Context, engine.Spec) (engine.Instance, error) {
 
 func startNATS(t *testing.T) string {
 	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	return runNATS(t, -1, t.TempDir()).ClientURL()
+}
+
+// runNATS runs a NATS server with JetStream in this process, on 127.0.0.1:port (-1 for any)
+// with its store in dir, until the test ends or it is shut down.
+func runNATS(t *testing.T, port int, dir string) *natsserver.Server {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true,
+		StoreDir: dir, NoLog: true, NoSigs: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +41,54 @@ func startNATS(t *testing.T) string {
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("the embedded NATS server did not come up")
 	}
-	return ns.ClientURL()
+	return ns
+}
+
+// poll waits for cond, failing the test with what after 15 s.
+func poll(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// joinTest joins a node "self" over an engine without sandboxes and runs it until the test
+// ends.
+func joinTest(t *testing.T, url string) *Node {
+	t.Helper()
+	e, err := engine.New(engine.Config{Runtime: noRuntime{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Join(t.Context(), Config{URL: url, NodeID: "self", APIURL: "http://127.0.0.1:1", Engine: e,
+		Heartbeat: 100 * time.Millisecond, GoneAfter: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan error, 1)
+	go func() { ran <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-ran
+		n.Close()
+		e.Close(context.WithoutCancel(t.Context()))
+	})
+	return n
+}
+
+// entry reads id's registry entry.
+func entry(t *testing.T, n *Node, id string) (Entry, error) {
+	t.Helper()
+	ent, err := n.sandboxes.Get(t.Context(), id)
+	if err != nil {
+		return Entry{}, err
+	}
+	var e Entry
+	err = json.Unmarshal(ent.Value(), &e)
+	return e, err
 }
 
 func TestValidate(t *testing.T) {
@@ -72,22 +128,7 @@ func TestValidate(t *testing.T) {
 // sandbox's as gone with the reason, unknown and malformed ids locally; placement picks the
 // live peer with the most room.
 func TestLocateAndPlace(t *testing.T) {
-	url := startNATS(t)
-	e, err := engine.New(engine.Config{Runtime: noRuntime{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close(context.WithoutCancel(t.Context()))
-	n, err := Join(t.Context(), Config{URL: url, NodeID: "self", APIURL: "http://127.0.0.1:1", Engine: e,
-		Heartbeat: 100 * time.Millisecond, GoneAfter: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	ctx, cancel := context.WithCancel(t.Context())
-	ran := make(chan error, 1)
-	go func() { ran <- n.Run(ctx) }()
-	defer func() { cancel(); <-ran }()
+	n := joinTest(t, startNATS(t))
 
 	put := func(bucket interface {
 		Put(context.Context, string, []byte) (uint64, error)
@@ -161,7 +202,7 @@ func TestLocateAndPlace(t *testing.T) {
 			t.Fatalf("a silent peer's sandbox is still routed: %+v", loc)
 		}
 	}
-	nodes, err := Status(t.Context(), Config{URL: url, GoneAfter: 2 * time.Second})
+	nodes, err := Status(t.Context(), Config{URL: n.cfg.URL, GoneAfter: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,5 +213,62 @@ func TestLocateAndPlace(t *testing.T) {
 	if want := map[string]string{"self": "up", "live": "gone", "roomy": "gone", "left": "left"}; len(states) != 4 ||
 		states["self"] != want["self"] || states["live"] != want["live"] || states["left"] != want["left"] {
 		t.Errorf("Status: %v, want %v", states, want)
+	}
+}
+
+// TestReconcile: after a restart, the registry's live entries of this node that its engine did
+// not adopt are marked ended, so that other nodes answer them 410; other nodes' entries and
+// entries already ended are left alone.
+func TestReconcile(t *testing.T) {
+	n := joinTest(t, startNATS(t))
+	for id, e := range map[string]Entry{
+		"sb-lost":  {Node: "self", Owner: "o1", Kind: "sandbox"},
+		"sb-other": {Node: "peer", Owner: "o1", Kind: "sandbox"},
+		"sb-done":  {Node: "self", Owner: "o1", Kind: "session", Ended: "terminated"},
+	} {
+		b, _ := json.Marshal(e)
+		if _, err := n.sandboxes.Put(t.Context(), id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lost, err := n.Reconcile(t.Context())
+	if err != nil || lost != 1 {
+		t.Fatalf("Reconcile: %d, %v; want 1, nil", lost, err)
+	}
+	for id, want := range map[string]string{"sb-lost": "lost: not recovered when node self restarted", "sb-other": "", "sb-done": "terminated"} {
+		if e, err := entry(t, n, id); err != nil || e.Ended != want {
+			t.Errorf("%s: ended %q (%v), want %q", id, e.Ended, err, want)
+		}
+	}
+}
+
+// TestNATSOutage: with NATS away, a lookup fails at once (the server then serves locally,
+// never hangs) and a registry write is kept; once NATS is back, the write lands.
+func TestNATSOutage(t *testing.T) {
+	dir := t.TempDir()
+	ns := runNATS(t, -1, dir)
+	port := ns.Addr().(*net.TCPAddr).Port
+	n := joinTest(t, ns.ClientURL())
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	poll(t, "the node to notice NATS is gone", func() bool { return n.nc.Status() != nats.CONNECTED })
+
+	if _, err := n.Locate(t.Context(), "sb-x"); !errors.Is(err, errDisconnected) {
+		t.Errorf("Locate with NATS down: %v, want %v", err, errDisconnected)
+	}
+	n.put(t.Context(), engine.SandboxEvent{ID: "sb-x", Kind: engine.KindSandbox, Owner: "o1"})
+	if n.mu.Lock(); len(n.pending) != 1 {
+		t.Errorf("pending writes: %d, want 1", len(n.pending))
+	}
+	n.mu.Unlock()
+
+	runNATS(t, port, dir)
+	poll(t, "the kept write to land", func() bool {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return len(n.pending) == 0
+	})
+	if e, err := entry(t, n, "sb-x"); err != nil || e.Node != "self" {
+		t.Errorf("entry after the outage: %+v, %v; want node self", e, err)
 	}
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/airlockhq/airlock/internal/server"
@@ -18,11 +20,19 @@ var _ server.Cluster = (*Node)(nil)
 // validKey is what a registry key may be (NATS KV keys); any other id was never registered.
 var validKey = regexp.MustCompile(`^[-_=.A-Za-z0-9]{1,128}$`)
 
+// lookupTimeout bounds one registry lookup; past it the request is served locally.
+const lookupTimeout = 2 * time.Second
+
 // Locate says where sandbox or session id lives, from the registry and the heartbeats.
 func (n *Node) Locate(ctx context.Context, id string) (server.ClusterLocation, error) {
 	if !validKey.MatchString(id) {
 		return server.ClusterLocation{}, nil
 	}
+	if n.nc.Status() != nats.CONNECTED {
+		return server.ClusterLocation{}, errDisconnected // served locally: never a hang
+	}
+	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
 	ent, err := n.sandboxes.Get(ctx, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return server.ClusterLocation{}, nil

@@ -77,7 +77,8 @@ func clusterUp(t *testing.T, natsURL string, want ...string) {
 // TestClusterThreeNodes: three daemons on one embedded NATS. Node A, full, forwards a sandbox
 // and a session to B; both are usable through A, B and C (exec, files, a session cell, a
 // WebSocket exec). B killed, its sandbox answers 410 with the reason through A (404 to another
-// key); B restarted on its state directory re-registers what it adopted, usable through A again.
+// key); B restarted on its state directory re-registers what it adopted, usable through A again;
+// B stopped with --drain-on-stop, its sandbox answers 410 "ended (shutdown)" through A at once.
 func TestClusterThreeNodes(t *testing.T) {
 	natsURL := startNATS(t)
 	owner, other := "cluster-key-owner-0123456789", "cluster-key-other-0123456789"
@@ -154,7 +155,16 @@ func TestClusterThreeNodes(t *testing.T) {
 	if got := strings.TrimSpace(viaA.mustCell(sess.ID, "print(x)")); got != "41" {
 		t.Errorf("after B's restart, the session's variable through A: got %q, want 41", got)
 	}
-	for _, f := range []*fleet{fa, fb, fc} {
+	if st := (tenant{t, a.url, ""}).call("GET", "/v1/sandboxes/"+sb.ID, "", nil); st != 401 {
+		t.Errorf("no key, through A, for B's sandbox: %d, want 401 (answered by A, no lookup, no hop)", st)
+	}
+
+	// B stopped cleanly (--drain-on-stop): its sandboxes end, and every node says so at once.
+	fb.ds[len(fb.ds)-1].stop()
+	if st := viaA.call("GET", "/v1/sandboxes/"+sb.ID, "", &e); st != 410 || !strings.Contains(e.Error.Message, "ended (shutdown)") {
+		t.Errorf("B's drained sandbox through A: %d %q, want 410 saying it ended (shutdown)", st, e.Error.Message)
+	}
+	for _, f := range []*fleet{fa, fc} {
 		f.ds[len(f.ds)-1].stop() // --drain-on-stop: the fleets' cleanups find nothing left
 	}
 }

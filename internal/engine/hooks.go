@@ -14,8 +14,8 @@ import (
 // place before the create's answer reaches the caller. Each must return quickly (bound its own
 // I/O); a nil field is skipped.
 type Hooks struct {
-	// Live is called once a sandbox is registered: created, handed out of the pool, or adopted
-	// by Recover from a previous daemon.
+	// Live is called once a sandbox is registered (created, handed out of the pool, or adopted
+	// by Recover from a previous daemon), and again whenever SetTimeout moves its expiry.
 	Live func(ctx context.Context, ev SandboxEvent)
 	// Ended is called once a sandbox has ended and been destroyed.
 	Ended func(ctx context.Context, ev SandboxEvent)

@@ -250,6 +250,7 @@ func (sb *Sandbox) SetTimeout(ctx context.Context, d time.Duration) (Info, error
 		// The new expiry holds until a restart; the old one would come back then.
 		sb.e.cfg.Logger.WarnContext(ctx, "persisting a sandbox's new expiry", "sandbox", sb.id, "err", err)
 	}
+	sb.e.hookLive(ctx, sb) // its new expiry
 	sb.e.cfg.Logger.InfoContext(ctx, "sandbox timeout set", "sandbox", sb.id, "expires", expires)
 	return sb.Info(), nil
 }

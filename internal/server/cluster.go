@@ -79,8 +79,14 @@ func (s *Server) clusterRoute(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		id := routedID(r.URL.Path)
+		id, keyed := routedID(r.URL.Path)
 		if id == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		// A caller without a valid key costs no registry lookup and no hop: this node answers
+		// its 401. Port and tunnel routes carry their own token, checked where the sandbox is.
+		if _, ok := s.authorize(r); keyed && !ok {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -107,15 +113,16 @@ func (s *Server) clusterRoute(next http.Handler) http.Handler {
 }
 
 // routedID is the sandbox or session id of a path under /v1/sandboxes/{id} or
-// /v1/sessions/{id}; "" for any other path.
-func routedID(p string) string {
+// /v1/sessions/{id} ("" for any other path), and whether its route needs an API key (all but
+// a sandbox's ports and tunnels).
+func routedID(p string) (id string, keyed bool) {
 	for _, prefix := range []string{"/v1/sandboxes/", "/v1/sessions/"} {
 		if rest, ok := strings.CutPrefix(p, prefix); ok {
-			id, _, _ := strings.Cut(rest, "/")
-			return id
+			id, sub, _ := strings.Cut(rest, "/")
+			return id, !strings.HasPrefix(sub, "ports/") && sub != "ports" && !strings.HasPrefix(sub, "tunnels/")
 		}
 	}
-	return ""
+	return "", false
 }
 
 // proxyTo hands r to the node at loc.API and copies its answer back unchanged, WebSocket
