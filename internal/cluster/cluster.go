@@ -175,30 +175,60 @@ type peer struct {
 	at time.Time
 }
 
-// connect dials NATS and binds (creating them if need be) both buckets.
-func connect(ctx context.Context, cfg *Config, name string) (*nats.Conn, jetstream.KeyValue, jetstream.KeyValue, error) {
+// dial connects to NATS as name.
+func dial(cfg *Config, name string) (*nats.Conn, jetstream.JetStream, error) {
 	nc, err := nats.Connect(cfg.URL, cfg.options(name)...)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("connect to NATS at %s: %w", cfg.URL, err)
+		return nil, nil, fmt.Errorf("connect to NATS at %s: %w", cfg.URL, err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return nil, nil, nil, fmt.Errorf("JetStream: %w", err)
+		return nil, nil, fmt.Errorf("JetStream: %w", err)
 	}
-	nodes, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: NodesBucket, History: 1,
-		Description: "Airlock nodes: heartbeats"})
+	return nc, js, nil
+}
+
+// connect dials NATS and binds both buckets, creating those that do not exist yet.
+func connect(ctx context.Context, cfg *Config, name string) (*nats.Conn, jetstream.KeyValue, jetstream.KeyValue, error) {
+	nc, js, err := dial(cfg, name)
 	if err != nil {
-		nc.Close()
-		return nil, nil, nil, fmt.Errorf("bucket %s: %w", NodesBucket, err)
+		return nil, nil, nil, err
 	}
-	sbs, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: SandboxesBucket, History: 1,
-		TTL: registryTTL, Description: "Airlock registry: sandbox and session id to node"})
+	var kvs [2]jetstream.KeyValue
+	for i, kc := range []jetstream.KeyValueConfig{
+		{Bucket: NodesBucket, History: 1, Description: "Airlock nodes: heartbeats"},
+		{Bucket: SandboxesBucket, History: 1, TTL: registryTTL, Description: "Airlock registry: sandbox and session id to node"},
+	} {
+		if kvs[i], err = bucket(ctx, js, kc, true); err != nil {
+			nc.Close()
+			return nil, nil, nil, err
+		}
+	}
+	return nc, kvs[0], kvs[1], nil
+}
+
+// ErrNoCluster is Status on a NATS server where no node has ever joined.
+var ErrNoCluster = errors.New("no Airlock node has joined this NATS server (its buckets do not exist)")
+
+// bucket binds the bucket of kc, creating it when it does not exist and create is set. An
+// existing bucket is never reconfigured: an operator may have made it with replicas (see
+// docs/cluster.md), which a default configuration would undo.
+func bucket(ctx context.Context, js jetstream.JetStream, kc jetstream.KeyValueConfig, create bool) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, kc.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		if !create {
+			return nil, ErrNoCluster
+		}
+		kv, err = js.CreateKeyValue(ctx, kc)
+		if errors.Is(err, jetstream.ErrBucketExists) { // another node made it meanwhile
+			kv, err = js.KeyValue(ctx, kc.Bucket)
+		}
+	}
 	if err != nil {
-		nc.Close()
-		return nil, nil, nil, fmt.Errorf("bucket %s: %w", SandboxesBucket, err)
+		return nil, fmt.Errorf("bucket %s: %w", kc.Bucket, err)
 	}
-	return nc, nodes, sbs, nil
+	return kv, nil
 }
 
 // Join connects cfg's node to the cluster and installs the engine hooks that keep the
@@ -485,17 +515,22 @@ func (n *Node) Leave(ctx context.Context) error {
 // Close disconnects from NATS; idempotent.
 func (n *Node) Close() { n.nc.Close() }
 
-// Status reads every node's last heartbeat, for `airlock cluster status`: no node of its own.
+// Status reads every node's last heartbeat, for `airlock cluster status`: no node of its own,
+// and nothing created (ErrNoCluster where no node ever joined).
 func Status(ctx context.Context, cfg Config) ([]NodeStatus, error) {
 	cfg.setDefaults()
 	if cfg.URL == "" {
 		return nil, errors.New("cluster: no NATS URL")
 	}
-	nc, nodes, _, err := connect(ctx, &cfg, "airlock cluster status")
+	nc, js, err := dial(&cfg, "airlock cluster status")
 	if err != nil {
 		return nil, err
 	}
 	defer nc.Close()
+	nodes, err := bucket(ctx, js, jetstream.KeyValueConfig{Bucket: NodesBucket}, false)
+	if err != nil {
+		return nil, err
+	}
 	keys, err := nodes.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", NodesBucket, err)

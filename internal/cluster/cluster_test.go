@@ -11,6 +11,7 @@ import (
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/airlockhq/airlock/internal/engine"
 )
@@ -270,5 +271,36 @@ func TestNATSOutage(t *testing.T) {
 	})
 	if e, err := entry(t, n, "sb-x"); err != nil || e.Node != "self" {
 		t.Errorf("entry after the outage: %+v, %v; want node self", e, err)
+	}
+}
+
+// TestJoinKeepsBuckets: a bucket the operator made beforehand (with replicas, say; here a TTL
+// and a size bound) is bound as it is, never reconfigured to the defaults.
+func TestJoinKeepsBuckets(t *testing.T) {
+	url := startNATS(t)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	want := jetstream.KeyValueConfig{Bucket: SandboxesBucket, TTL: time.Hour, MaxBytes: 1 << 20}
+	if _, err := js.CreateKeyValue(t.Context(), want); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Status(t.Context(), Config{URL: url}); !errors.Is(err, ErrNoCluster) {
+		t.Errorf("Status before any node joined: %v, want %v", err, ErrNoCluster)
+	}
+	joinTest(t, url)
+	kv, err := js.KeyValue(t.Context(), SandboxesBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config; got.MaxAge != want.TTL || got.MaxBytes != want.MaxBytes {
+		t.Errorf("after Join: TTL %v, max bytes %d; want the operator's %v, %d", got.MaxAge, got.MaxBytes, want.TTL, want.MaxBytes)
 	}
 }
