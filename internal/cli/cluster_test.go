@@ -5,29 +5,19 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/airlockhq/airlock/internal/cluster"
+	"github.com/airlockhq/airlock/internal/cluster/natstest"
 )
 
 // TestClusterStatus: `airlock cluster status` lists every node of the heartbeats bucket with
 // its state, capacity, load, runtimes, images and version, as a table and as JSON.
 func TestClusterStatus(t *testing.T) {
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	defer func() { ns.Shutdown(); ns.WaitForShutdown() }()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("the embedded NATS server did not come up")
-	}
-	nc, err := nats.Connect(ns.ClientURL())
+	url := natstest.Start(t)
+	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +42,7 @@ func TestClusterStatus(t *testing.T) {
 		var out bytes.Buffer
 		root := newRoot()
 		root.SetOut(&out)
-		root.SetArgs(append([]string{"cluster", "status", "--cluster", ns.ClientURL()}, args...))
+		root.SetArgs(append([]string{"cluster", "status", "--cluster", url}, args...))
 		if err := root.ExecuteContext(t.Context()); err != nil {
 			t.Fatalf("cluster status %v: %v", args, err)
 		}

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/airlockhq/airlock/internal/cluster/natstest"
 	"github.com/airlockhq/airlock/internal/engine"
 )
 
@@ -21,28 +21,6 @@ type noRuntime struct{}
 
 func (noRuntime) Create(context.Context, engine.Spec) (engine.Instance, error) {
 	return nil, errors.New("no sandboxes in this test")
-}
-
-func startNATS(t *testing.T) string {
-	t.Helper()
-	return runNATS(t, -1, t.TempDir()).ClientURL()
-}
-
-// runNATS runs a NATS server with JetStream in this process, on 127.0.0.1:port (-1 for any)
-// with its store in dir, until the test ends or it is shut down.
-func runNATS(t *testing.T, port int, dir string) *natsserver.Server {
-	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, JetStream: true,
-		StoreDir: dir, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("the embedded NATS server did not come up")
-	}
-	return ns
 }
 
 // poll waits for cond, failing the test with what after 15 s.
@@ -129,7 +107,7 @@ func TestValidate(t *testing.T) {
 // sandbox's as gone with the reason, unknown and malformed ids locally; placement picks the
 // live peer with the most room.
 func TestLocateAndPlace(t *testing.T) {
-	n := joinTest(t, startNATS(t))
+	n := joinTest(t, natstest.Start(t))
 
 	put := func(bucket interface {
 		Put(context.Context, string, []byte) (uint64, error)
@@ -221,7 +199,7 @@ func TestLocateAndPlace(t *testing.T) {
 // not adopt are marked ended, so that other nodes answer them 410; other nodes' entries and
 // entries already ended are left alone.
 func TestReconcile(t *testing.T) {
-	n := joinTest(t, startNATS(t))
+	n := joinTest(t, natstest.Start(t))
 	for id, e := range map[string]Entry{
 		"sb-lost":  {Node: "self", Owner: "o1", Kind: "sandbox"},
 		"sb-other": {Node: "peer", Owner: "o1", Kind: "sandbox"},
@@ -247,7 +225,7 @@ func TestReconcile(t *testing.T) {
 // never hangs) and a registry write is kept; once NATS is back, the write lands.
 func TestNATSOutage(t *testing.T) {
 	dir := t.TempDir()
-	ns := runNATS(t, -1, dir)
+	ns := natstest.Run(t, -1, dir)
 	port := ns.Addr().(*net.TCPAddr).Port
 	n := joinTest(t, ns.ClientURL())
 	ns.Shutdown()
@@ -263,7 +241,7 @@ func TestNATSOutage(t *testing.T) {
 	}
 	n.mu.Unlock()
 
-	runNATS(t, port, dir)
+	natstest.Run(t, port, dir)
 	poll(t, "the kept write to land", func() bool {
 		n.mu.Lock()
 		defer n.mu.Unlock()
@@ -277,7 +255,7 @@ func TestNATSOutage(t *testing.T) {
 // TestJoinKeepsBuckets: a bucket the operator made beforehand (with replicas, say; here a TTL
 // and a size bound) is bound as it is, never reconfigured to the defaults.
 func TestJoinKeepsBuckets(t *testing.T) {
-	url := startNATS(t)
+	url := natstest.Start(t)
 	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)

@@ -9,30 +9,13 @@ import (
 	"testing"
 	"time"
 
-	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/cluster"
+	"github.com/airlockhq/airlock/internal/cluster/natstest"
 )
-
-// startNATS runs a NATS server with JetStream in this process, on 127.0.0.1 with its store in
-// a temporary directory, until the test ends; it returns its client URL.
-func startNATS(t *testing.T) string {
-	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, JetStream: true,
-		StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("the embedded NATS server did not come up")
-	}
-	return ns.ClientURL()
-}
 
 // registryNode reads which node the cluster registry says holds id.
 func registryNode(t *testing.T, natsURL, id string) string {
@@ -80,7 +63,7 @@ func clusterUp(t *testing.T, natsURL string, want ...string) {
 // key); B restarted on its state directory re-registers what it adopted, usable through A again;
 // B stopped with --drain-on-stop, its sandbox answers 410 "ended (shutdown)" through A at once.
 func TestClusterThreeNodes(t *testing.T) {
-	natsURL := startNATS(t)
+	natsURL := natstest.Start(t)
 	owner, other := "cluster-key-owner-0123456789", "cluster-key-other-0123456789"
 	node := func(id, extra string) (*fleet, string, func(*exec.Cmd)) {
 		return newFleet(t, "cl"+strings.ToLower(id)), freeAddr(t), withArgs(fmt.Sprintf(
