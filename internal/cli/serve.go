@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/audit"
+	"github.com/airlockhq/airlock/internal/cluster"
 	"github.com/airlockhq/airlock/internal/compat/e2b"
 	"github.com/airlockhq/airlock/internal/compat/modal"
 	"github.com/airlockhq/airlock/internal/engine"
@@ -166,6 +168,7 @@ func serveCmd() *cobra.Command {
 		// skipPreflight starts serve even where doctor's checks FAIL.
 		skipPreflight bool
 		llm           llmOptions
+		cc            cluster.Config // --cluster…: off unless --cluster names a NATS server
 	)
 	// The daemon pools by default (modestly: classes appear only once asked for, and empty
 	// after --pool-idle); the engine alone, as `airlock run` embeds it, does not.
@@ -256,12 +259,24 @@ func serveCmd() *cobra.Command {
 			if err := native.CheckPTYPool(2 * e.MaxSandboxesPerOwner()); err != nil {
 				logger.WarnContext(ctx, "one API key's sandboxes can take more than half of the PTY pool: raise kernel.pty.max with the sysctl in err, or lower --max-sandboxes-per-key", "err", err)
 			}
+			// Before Recover: the sandboxes adopted from a previous daemon are re-registered.
+			node, err := joinCluster(ctx, logger, cc, addr, e, sc.Images, rts.Names())
+			if err != nil {
+				return err
+			}
+			if node != nil {
+				defer node.Close()
+				sc.Cluster = node
+			}
 			adopted, destroyed, err := e.Recover(ctx)
 			if err != nil {
 				logger.WarnContext(ctx, "recovering sandboxes", "err", err)
 			}
 			if adopted+destroyed > 0 {
 				logger.InfoContext(ctx, "recovered sandboxes of a previous daemon", "adopted", adopted, "destroyed", destroyed)
+			}
+			if node != nil {
+				reconcile(ctx, logger, node)
 			}
 			sc.Logger, sc.Engine, sc.APIKeys, sc.Version = logger, e, keys, Version
 			sc.CgroupVersion, sc.Runtimes = rts.cgroupVersion(), rts.Names()
@@ -342,10 +357,30 @@ func serveCmd() *cobra.Command {
 			reaped := make(chan struct{})
 			go func() { e.Run(rctx); close(reaped) }()
 			defer func() { stopReaper(); <-reaped }()
+			stopNode := func() {}
+			if node != nil {
+				nctx, cancel := context.WithCancel(ctx)
+				ran := make(chan struct{})
+				go func() {
+					if err := node.Run(nctx); err != nil {
+						logger.ErrorContext(nctx, "cluster membership stopped", "err", err)
+					}
+					close(ran)
+				}()
+				stopNode = sync.OnceFunc(func() {
+					cancel()
+					<-ran
+					if err := node.Leave(ctx); err != nil {
+						logger.WarnContext(ctx, "leaving the cluster", "err", err)
+					}
+				})
+				defer stopNode() // on every return; once
+			}
 			select {
 			case err = <-errc:
 			case <-ctx.Done():
 			}
+			stopNode() // first: the other nodes stop sending this one work
 			kept = shutdown(ctx, logger, sd, srv, hs, cancelCalls, e)
 			stopReaper()
 			if errors.Is(err, http.ErrServerClosed) {
@@ -360,6 +395,7 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &auditPath, "audit-log", "AIRLOCK_AUDIT_LOG", "append one JSON line per execution and lifecycle event to this file (created 0600), or - for stdout")
 	flagEnv(f, &secretsKeyFile, "secrets-key-file", "AIRLOCK_SECRETS_KEY_FILE", "file with the 32-byte key (raw, hex or base64; mode 0600) that encrypts named secrets at rest; without it /v1/secrets is disabled")
 	bindEngineFlags(f, &ec)
+	bindClusterNodeFlags(f, &cc)
 	bindRuntimeFlags(f, &rc, "state directory (default /var/lib/airlock)")
 	bindNetworkFlags(f, &ec, rc.Native.Network)
 	flagEnv(f, &co.idleTimeout, "idle-timeout", "AIRLOCK_IDLE_TIMEOUT", "close a keep-alive connection idle this long")

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
@@ -323,6 +324,8 @@ type Engine struct {
 	// seedMu guards seed only; it is never held while a session is created (see SeedSession).
 	seedMu sync.Mutex
 	seed   map[string]*seedEntry // owner + "\x00" + seed session_id → its session
+
+	hooks atomic.Pointer[Hooks] // SetHooks (hooks.go); nil until set
 }
 
 // New returns an engine over cfg.Runtime.

@@ -203,6 +203,7 @@ func (e *Engine) adopt(ctx context.Context, r Recovered) bool {
 		}
 	}
 	e.register(sb)
+	e.hookLive(ctx, sb)
 	if rec.Kind == KindSeedSession && rec.Seed != "" {
 		// The seed routes find it by its name again (per owner, as SeedSession keys it).
 		ent := &seedEntry{ready: make(chan struct{}), id: r.ID}

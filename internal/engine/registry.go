@@ -197,6 +197,7 @@ func (e *Engine) end(ctx context.Context, sb *Sandbox, reason string) {
 	e.destroy(ctx, sb.id, sb.inst)
 	sb.release()
 	e.cfg.Logger.InfoContext(ctx, "sandbox ended", "sandbox", sb.id, "kind", sb.kind, "reason", reason)
+	e.hookEnded(ctx, sb, reason)
 }
 
 // goneEntry remembers an ended sandbox so its id answers 410, not 404.

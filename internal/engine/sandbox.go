@@ -211,6 +211,7 @@ func (e *Engine) startSandbox(ctx context.Context, kind Kind, seed string, s San
 		}
 	}
 	e.register(sb)
+	e.hookLive(ctx, sb)
 	e.cfg.Logger.InfoContext(ctx, "sandbox created", "sandbox", id, "kind", kind, "expires", sb.expires, "pooled", pooled)
 	return sb, pooled && warmRepl, nil
 }
@@ -253,6 +254,7 @@ func (sb *Sandbox) SetTimeout(ctx context.Context, d time.Duration) (Info, error
 		// The new expiry holds until a restart; the old one would come back then.
 		sb.e.cfg.Logger.WarnContext(ctx, "persisting a sandbox's new expiry", "sandbox", sb.id, "err", err)
 	}
+	sb.e.hookLive(ctx, sb) // its new expiry
 	sb.e.cfg.Logger.InfoContext(ctx, "sandbox timeout set", "sandbox", sb.id, "expires", expires)
 	return sb.Info(), nil
 }

@@ -62,6 +62,8 @@ type Config struct {
 	Secrets *secrets.Store
 	// Agent runs POST /v1/agent/runs (the LLM code agent); nil answers 501.
 	Agent AgentRunner
+	// Cluster routes requests across nodes (cluster.go); nil is single-node mode.
+	Cluster Cluster
 }
 
 // Validate reports a configuration that cannot work.
@@ -177,7 +179,7 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Handler is the API's root handler.
-func (s *Server) Handler() http.Handler { return withRequestID(s.mux) }
+func (s *Server) Handler() http.Handler { return withRequestID(s.clusterRoute(s.mux)) }
 
 // AuditSink consumes the engine's audit records for the server: per-key CPU accounting and
 // the metrics of runs, creations, OOM kills and timeouts. Hand it to engine.Config.Audit

@@ -1,0 +1,284 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/airlockhq/airlock/internal/cluster/natstest"
+	"github.com/airlockhq/airlock/internal/engine"
+)
+
+// noRuntime is a Runtime these tests never reach: they create no sandbox.
+type noRuntime struct{}
+
+func (noRuntime) Create(context.Context, engine.Spec) (engine.Instance, error) {
+	return nil, errors.New("no sandboxes in this test")
+}
+
+// poll waits for cond, failing the test with what after 15 s.
+func poll(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// joinTest joins a node "self" over an engine without sandboxes and runs it until the test
+// ends.
+func joinTest(t *testing.T, url string) *Node {
+	t.Helper()
+	e, err := engine.New(engine.Config{Runtime: noRuntime{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := Join(t.Context(), Config{URL: url, NodeID: "self", APIURL: "http://127.0.0.1:1", Engine: e,
+		Heartbeat: 100 * time.Millisecond, GoneAfter: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	ran := make(chan error, 1)
+	go func() { ran <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-ran
+		n.Close()
+		e.Close(context.WithoutCancel(t.Context()))
+	})
+	return n
+}
+
+// entry reads id's registry entry.
+func entry(t *testing.T, n *Node, id string) (Entry, error) {
+	t.Helper()
+	ent, err := n.sandboxes.Get(t.Context(), id)
+	if err != nil {
+		return Entry{}, err
+	}
+	var e Entry
+	err = json.Unmarshal(ent.Value(), &e)
+	return e, err
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	ok := Config{URL: "nats://127.0.0.1:4222", NodeID: "a"}
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		want string // in the error; "" for none
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"no URL", func(c *Config) { c.URL = "" }, "no NATS URL"},
+		{"bad node id", func(c *Config) { c.NodeID = "a.b" }, "node id"},
+		{"cert without key", func(c *Config) { c.TLSCert = "c.pem" }, "TLS client certificate"},
+		{"heartbeat too fast", func(c *Config) { c.Heartbeat = time.Millisecond }, "at least 100ms"},
+		{"gone before one missed beat", func(c *Config) { c.Heartbeat, c.GoneAfter = time.Second, time.Second }, "more than one heartbeat"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ok
+			tc.edit(&c)
+			c.setDefaults()
+			err := c.Validate()
+			if got := ""; err != nil {
+				got = err.Error()
+				if tc.want == "" || !strings.Contains(got, tc.want) {
+					t.Errorf("Validate: %q, want %q", got, tc.want)
+				}
+			} else if tc.want != "" {
+				t.Errorf("Validate: nil, want %q", tc.want)
+			}
+		})
+	}
+}
+
+// TestLocateAndPlace: a node routes by the registry and the heartbeats it follows: its own ids
+// locally, a live peer's to that peer's API, a silent or departed peer's and an ended
+// sandbox's as gone with the reason, unknown and malformed ids locally; placement picks the
+// live peer with the most room.
+func TestLocateAndPlace(t *testing.T) {
+	n := joinTest(t, natstest.Start(t))
+
+	put := func(bucket interface {
+		Put(context.Context, string, []byte) (uint64, error)
+	}, key string, v any) {
+		b, _ := json.Marshal(v)
+		if _, err := bucket.Put(t.Context(), key, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now()
+	put(n.nodes, "live", Heartbeat{Node: "live", API: "http://127.0.0.1:2", Room: 3, Time: now})
+	put(n.nodes, "roomy", Heartbeat{Node: "roomy", API: "http://127.0.0.1:3", Room: 9, Time: now})
+	put(n.nodes, "left", Heartbeat{Node: "left", API: "http://127.0.0.1:4", Room: 50, Leaving: true, Time: now})
+	for id, node := range map[string]string{"sb-mine": "self", "sb-live": "live", "sb-left": "left", "sb-never": "silent"} {
+		put(n.sandboxes, id, Entry{Node: node, Owner: "o1", Kind: "sandbox"})
+	}
+	put(n.sandboxes, "sb-ended", Entry{Node: "live", Owner: "o1", Kind: "sandbox", Ended: "terminated"})
+	// The peers' heartbeats reach the watcher asynchronously.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, alive, _ := n.peer("roomy"); alive {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node never saw its peers' heartbeats")
+		}
+	}
+
+	for _, tc := range []struct {
+		id        string
+		known     bool
+		local     bool
+		api, gone string
+	}{
+		{"sb-mine", true, true, "", ""},
+		{"sb-live", true, false, "http://127.0.0.1:2", ""},
+		{"sb-left", true, false, "", "node left has shut down"},
+		{"sb-never", true, false, "", "node silent is not in the cluster"},
+		{"sb-ended", true, false, "", "it has ended (terminated) on node live"},
+		{"sb-unknown", false, false, "", ""},
+		{"../etc", false, false, "", ""},
+	} {
+		t.Run(tc.id, func(t *testing.T) {
+			loc, err := n.Locate(t.Context(), tc.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			api := ""
+			if loc.API != nil {
+				api = loc.API.String()
+			}
+			if loc.Known != tc.known || loc.Local != tc.local || api != tc.api || loc.Gone != tc.gone {
+				t.Errorf("Locate: known %v local %v api %q gone %q, want %v %v %q %q", loc.Known, loc.Local, api, loc.Gone,
+					tc.known, tc.local, tc.api, tc.gone)
+			}
+			if tc.known && loc.Owner != "o1" {
+				t.Errorf("owner %q, want o1", loc.Owner)
+			}
+		})
+	}
+	if loc, ok := n.Place(t.Context()); !ok || loc.Node != "roomy" {
+		t.Errorf("Place: %q %v, want roomy (most room among the live peers; left has shut down)", loc.Node, ok)
+	}
+
+	// A peer that stops heartbeating is gone once GoneAfter has passed.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		loc, _ := n.Locate(t.Context(), "sb-live")
+		if strings.HasPrefix(loc.Gone, "node live is gone: no heartbeat for") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a silent peer's sandbox is still routed: %+v", loc)
+		}
+	}
+	nodes, err := Status(t.Context(), Config{URL: n.cfg.URL, GoneAfter: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]string{}
+	for _, s := range nodes {
+		states[s.Node] = s.State
+	}
+	if want := map[string]string{"self": "up", "live": "gone", "roomy": "gone", "left": "left"}; len(states) != 4 ||
+		states["self"] != want["self"] || states["live"] != want["live"] || states["left"] != want["left"] {
+		t.Errorf("Status: %v, want %v", states, want)
+	}
+}
+
+// TestReconcile: after a restart, the registry's live entries of this node that its engine did
+// not adopt are marked ended, so that other nodes answer them 410; other nodes' entries and
+// entries already ended are left alone.
+func TestReconcile(t *testing.T) {
+	n := joinTest(t, natstest.Start(t))
+	for id, e := range map[string]Entry{
+		"sb-lost":  {Node: "self", Owner: "o1", Kind: "sandbox"},
+		"sb-other": {Node: "peer", Owner: "o1", Kind: "sandbox"},
+		"sb-done":  {Node: "self", Owner: "o1", Kind: "session", Ended: "terminated"},
+	} {
+		b, _ := json.Marshal(e)
+		if _, err := n.sandboxes.Put(t.Context(), id, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lost, err := n.Reconcile(t.Context())
+	if err != nil || lost != 1 {
+		t.Fatalf("Reconcile: %d, %v; want 1, nil", lost, err)
+	}
+	for id, want := range map[string]string{"sb-lost": "lost: not recovered when node self restarted", "sb-other": "", "sb-done": "terminated"} {
+		if e, err := entry(t, n, id); err != nil || e.Ended != want {
+			t.Errorf("%s: ended %q (%v), want %q", id, e.Ended, err, want)
+		}
+	}
+}
+
+// TestNATSOutage: with NATS away, a lookup fails at once (the server then serves locally,
+// never hangs) and a registry write is kept; once NATS is back, the write lands.
+func TestNATSOutage(t *testing.T) {
+	dir := t.TempDir()
+	ns := natstest.Run(t, -1, dir)
+	port := ns.Addr().(*net.TCPAddr).Port
+	n := joinTest(t, ns.ClientURL())
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	poll(t, "the node to notice NATS is gone", func() bool { return n.nc.Status() != nats.CONNECTED })
+
+	if _, err := n.Locate(t.Context(), "sb-x"); !errors.Is(err, errDisconnected) {
+		t.Errorf("Locate with NATS down: %v, want %v", err, errDisconnected)
+	}
+	n.put(t.Context(), engine.SandboxEvent{ID: "sb-x", Kind: engine.KindSandbox, Owner: "o1"})
+	if n.mu.Lock(); len(n.pending) != 1 {
+		t.Errorf("pending writes: %d, want 1", len(n.pending))
+	}
+	n.mu.Unlock()
+
+	natstest.Run(t, port, dir)
+	poll(t, "the kept write to land", func() bool {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return len(n.pending) == 0
+	})
+	if e, err := entry(t, n, "sb-x"); err != nil || e.Node != "self" {
+		t.Errorf("entry after the outage: %+v, %v; want node self", e, err)
+	}
+}
+
+// TestJoinKeepsBuckets: a bucket the operator made beforehand (with replicas, say; here a TTL
+// and a size bound) is bound as it is, never reconfigured to the defaults.
+func TestJoinKeepsBuckets(t *testing.T) {
+	url := natstest.Start(t)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	want := jetstream.KeyValueConfig{Bucket: SandboxesBucket, TTL: time.Hour, MaxBytes: 1 << 20}
+	if _, err := js.CreateKeyValue(t.Context(), want); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Status(t.Context(), Config{URL: url}); !errors.Is(err, ErrNoCluster) {
+		t.Errorf("Status before any node joined: %v, want %v", err, ErrNoCluster)
+	}
+	joinTest(t, url)
+	kv, err := js.KeyValue(t.Context(), SandboxesBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config; got.MaxAge != want.TTL || got.MaxBytes != want.MaxBytes {
+		t.Errorf("after Join: TTL %v, max bytes %d; want the operator's %v, %d", got.MaxAge, got.MaxBytes, want.TTL, want.MaxBytes)
+	}
+}

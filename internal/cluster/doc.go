@@ -1,0 +1,27 @@
+// Package cluster joins Airlock daemons into one cluster over NATS (`airlock serve --cluster
+// nats://…`), with no cluster protocol of Airlock's own: every node answers any request.
+//
+// Two JetStream key-value buckets hold the shared state:
+//
+//	airlock_nodes      node id → Heartbeat (JSON), written by the node every Config.Heartbeat:
+//	                   its API address, capacity (engine limits and live counts), runtimes,
+//	                   image names and version. A node whose heartbeat is older than
+//	                   Config.GoneAfter, or whose last heartbeat says it is leaving, is gone.
+//	airlock_sandboxes  sandbox or session id → Entry (JSON): the node that holds it, the
+//	                   owner (the engine's hash of the API key), the kind and the expiry;
+//	                   written through engine.Hooks when a sandbox becomes live (created or
+//	                   adopted by Recover after a restart) and when it ends.
+//
+// The sequence of one node:
+//
+//	Join     connect (TLS, credentials), create or bind both buckets, install the engine hooks
+//	         (before engine.Recover, so that adopted sandboxes are re-registered)
+//	Run      first heartbeat at once, then one per Config.Heartbeat; watch airlock_nodes
+//	Locate   id → where it lives (server.Cluster): local, another live node's API, or gone
+//	Place    the live node with the most room for one more long-lived sandbox
+//	Close    a last heartbeat that says the node is leaving, then disconnect
+//
+// The server (internal/server/cluster.go) proxies a request for an id held elsewhere to that
+// node, answers 410 for one whose node is gone, and forwards a create to a node with room when
+// this one is full.
+package cluster

@@ -1,0 +1,174 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/airlockhq/airlock/internal/engine"
+)
+
+// fakeCluster answers Locate from a table and Place with one node.
+type fakeCluster struct {
+	locs  map[string]ClusterLocation
+	place *ClusterLocation
+}
+
+func (f *fakeCluster) ID() string { return "self" }
+
+func (f *fakeCluster) Locate(_ context.Context, id string) (ClusterLocation, error) {
+	return f.locs[id], nil
+}
+
+func (f *fakeCluster) Place(context.Context) (ClusterLocation, bool) {
+	if f.place == nil {
+		return ClusterLocation{}, false
+	}
+	return *f.place, true
+}
+
+// seen is what the peer node of TestClusterRouting was asked.
+type seen struct {
+	Method, Path, Query, Auth, Hop, Body string
+}
+
+// TestClusterRouting: the routing middleware proxies an id another live node holds (path,
+// query, body and the caller's key unchanged, marked as a hop), serves a hop and unknown ids
+// locally, answers a gone node's id 410 to its owner only (404 to another key, 401 without
+// one), 503 when the holder cannot be reached, and forwards a create only when this node is
+// full.
+func TestClusterRouting(t *testing.T) {
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		json.NewEncoder(w).Encode(seen{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("Authorization"),
+			r.Header.Get(ClusterHopHeader), string(b)})
+	}))
+	defer peer.Close()
+	peerURL, _ := url.Parse(peer.URL)
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closedURL, _ := url.Parse(closed.URL)
+	closed.Close()
+
+	const otherKey = "other-key-0123456789abcdef"
+	owner := newKeyState(PlainKey(testKey)).owner
+	fc := &fakeCluster{locs: map[string]ClusterLocation{
+		"sb-peer":  {Known: true, Node: "peer", Owner: owner, API: peerURL},
+		"sb-gone":  {Known: true, Node: "b", Owner: owner, Gone: "node b is gone: no heartbeat for 9s"},
+		"sb-dead":  {Known: true, Node: "c", Owner: owner, API: closedURL},
+		"sb-local": {Known: true, Local: true, Node: "self", Owner: owner},
+	}, place: &ClusterLocation{Known: true, Node: "peer", API: peerURL}}
+	rt := &blockingRuntime{release: make(chan struct{}), entered: make(chan struct{}, 1)}
+	e, err := engine.New(engine.Config{Runtime: rt, MaxSandboxes: 1, MaxSandboxesPerOwner: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Engine: e, APIKeys: []string{testKey, otherKey}, Cluster: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	bearer := func(k string) map[string]string { return map[string]string{"Authorization": "Bearer " + k} }
+
+	for _, tc := range []struct {
+		name, method, path, key string
+		hop                     bool
+		status                  int
+		proxied                 bool   // the peer answered
+		msg                     string // in the error message
+	}{
+		{"proxied", "POST", "/v1/sandboxes/sb-peer/exec?x=1", testKey, false, 200, true, ""},
+		{"session proxied", "POST", "/v1/sessions/sb-peer/run", testKey, false, 200, true, ""},
+		{"port route proxied without a key", "GET", "/v1/sandboxes/sb-peer/ports/8000/", "", false, 200, true, ""},
+		{"a hop is served here", "GET", "/v1/sandboxes/sb-peer", testKey, true, 404, false, "no sandbox"},
+		{"unknown id is served here", "GET", "/v1/sandboxes/sb-unknown", testKey, false, 404, false, "no sandbox"},
+		{"own id is served here", "GET", "/v1/sandboxes/sb-local", testKey, false, 404, false, "no sandbox"},
+		{"gone node: 410 to its owner", "GET", "/v1/sandboxes/sb-gone/files?path=/x", testKey, false, 410, false, "node b is gone"},
+		{"gone node: 404 to another key", "GET", "/v1/sandboxes/sb-gone", otherKey, false, 404, false, "no sandbox"},
+		{"gone node: 401 without a key", "GET", "/v1/sandboxes/sb-gone", "", false, 401, false, ""},
+		{"no key: 401 here, never proxied", "POST", "/v1/sandboxes/sb-peer/exec", "", false, 401, false, ""},
+		{"holder unreachable: 503", "GET", "/v1/sandboxes/sb-dead", testKey, false, 503, false, "node c"},
+		{"the list is local", "GET", "/v1/sandboxes", testKey, false, 200, false, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hdr := map[string]string{}
+			if tc.key != "" {
+				hdr = bearer(tc.key)
+			}
+			if tc.hop {
+				hdr[ClusterHopHeader] = "other"
+			}
+			resp, eb := do(t, ts, tc.method, tc.path, `{"cmd":["true"]}`, hdr)
+			if resp.StatusCode != tc.status || !strings.Contains(eb.Error.Message, tc.msg) {
+				t.Fatalf("%s %s: %d %q, want %d %q", tc.method, tc.path, resp.StatusCode, eb.Error.Message, tc.status, tc.msg)
+			}
+		})
+	}
+
+	// What the peer got, through a request of our own (do discards 200 bodies).
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", ts.URL+"/v1/sandboxes/sb-peer/exec?x=1", strings.NewReader(`{"cmd":["true"]}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	got := doSeen(t, req)
+	if want := (seen{"POST", "/v1/sandboxes/sb-peer/exec", "x=1", "Bearer " + testKey, "self", `{"cmd":["true"]}`}); got != want {
+		t.Errorf("the peer got %+v, want %+v", got, want)
+	}
+
+	// Full (one slot, held by a create in flight): a create goes to the node Place names.
+	filled := make(chan struct{})
+	go func() {
+		defer close(filled)
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", ts.URL+"/v1/sandboxes", strings.NewReader(`{}`))
+		req.Header.Set("Authorization", "Bearer "+otherKey)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-rt.entered
+	defer func() { close(rt.release); <-filled }()
+	req, _ = http.NewRequestWithContext(t.Context(), "POST", ts.URL+"/v1/sandboxes", strings.NewReader(`{"timeout":60}`))
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	if got := doSeen(t, req); got.Path != "/v1/sandboxes" || got.Body != `{"timeout":60}` || got.Hop != "self" {
+		t.Errorf("create on a full node: the peer got %+v, want the create forwarded whole", got)
+	}
+}
+
+// doSeen does req and decodes what the peer saw.
+func doSeen(t *testing.T, req *http.Request) seen {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got seen
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%s %s: %d %v, want the peer's 200", req.Method, req.URL.Path, resp.StatusCode, err)
+	}
+	return got
+}
+
+func TestRoutedID(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		path, id string
+		keyed    bool
+	}{
+		{"/v1/sandboxes/sb-1", "sb-1", true},
+		{"/v1/sandboxes/sb-1/exec/ws", "sb-1", true},
+		{"/v1/sessions/sb-2/run", "sb-2", true},
+		{"/v1/sandboxes/sb-1/ports/80/x", "sb-1", false},
+		{"/v1/sandboxes/sb-1/tunnels/80", "sb-1", false},
+		{"/v1/sandboxes", "", false},
+		{"/v1/sandboxes/", "", true},
+		{"/v1/execute", "", false},
+	} {
+		if id, keyed := routedID(tc.path); id != tc.id || (id != "" && keyed != tc.keyed) {
+			t.Errorf("routedID(%q) = %q, %v; want %q, %v", tc.path, id, keyed, tc.id, tc.keyed)
+		}
+	}
+}
