@@ -468,3 +468,16 @@ func keyInfo(k *keyState) *api.KeyInfo {
 	k.mu.Unlock()
 	return out
 }
+
+// AdmitOwner applies the rate of the key whose owner is owner to one call of a front end that
+// authenticates on its own (Modal's gRPC, E2B's planes, the judge APIs): nil, or a
+// resource-exhausted error saying when to retry (RetryAfter). An owner of no key (no keys
+// configured) is always admitted.
+func (s *Server) AdmitOwner(owner string) error {
+	for _, k := range s.keys {
+		if k.owner == owner {
+			return s.allowRate(k)
+		}
+	}
+	return nil
+}

@@ -454,3 +454,32 @@ func TestKeyCPUBudget(t *testing.T) {
 		t.Fatalf("bob's run: %d", st)
 	}
 }
+
+// TestKeyRateCoversFrontEnds: the judge APIs authenticate on their own (X-Auth-Token here), and
+// a key's rate binds them as it binds /v1 (AdmitOwner; Modal and E2B call the same).
+func TestKeyRateCoversFrontEnds(t *testing.T) {
+	t.Parallel()
+	ks := newKeyedServer(t, agentRuntime{}, false,
+		limitedKey("alice", aliceKey, KeyLimits{Rate: 0.01, Burst: 2}), limitedKey("bob", bobKey, KeyLimits{}))
+	get := func(key string) int {
+		req, _ := http.NewRequest("GET", ks.ts.URL+"/judge0/languages", nil)
+		req.Header.Set("X-Auth-Token", key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i := range 2 {
+		if st := get(aliceKey); st != 200 {
+			t.Fatalf("alice's Judge0 request %d: %d, want 200 within her burst", i, st)
+		}
+	}
+	if st := get(aliceKey); st != http.StatusTooManyRequests {
+		t.Fatalf("alice past her burst through Judge0: %d, want 429", st)
+	}
+	if st := get(bobKey); st != 200 {
+		t.Fatalf("bob through Judge0: %d, want 200: alice's rate is hers", st)
+	}
+}

@@ -241,6 +241,9 @@ func (s *Server) judgeAuthorize(r *http.Request, key string) (context.Context, f
 	}
 	release := func() {}
 	if len(s.keys) > 0 {
+		if err := s.AdmitOwner(owner); err != nil {
+			return nil, nil, err
+		}
 		if !s.enter(owner) {
 			return nil, nil, errTooManyRequests
 		}

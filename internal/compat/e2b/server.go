@@ -53,6 +53,9 @@ type Config struct {
 	// and data plane together, as the REST API's bound of the same name; past it, 429. 0 is no
 	// bound; it applies only with Authenticate.
 	MaxRequestsPerKey int
+	// Admit applies the owner's per-key request rate to each request, control and data
+	// plane (the REST API's Server.AdmitOwner); nil admits every request.
+	Admit func(owner string) error
 }
 
 // Server serves E2B's control and data planes.
@@ -176,6 +179,11 @@ func (s *Server) Close() {
 // enter counts one more request in flight for owner and returns its release, or refuses it
 // past Config.MaxRequestsPerKey.
 func (s *Server) enter(owner string) (leave func(), err error) {
+	if s.cfg.Admit != nil {
+		if err := s.cfg.Admit(owner); err != nil {
+			return nil, err
+		}
+	}
 	if s.cfg.MaxRequestsPerKey <= 0 || s.cfg.Authenticate == nil {
 		return func() {}, nil
 	}

@@ -48,6 +48,9 @@ type Config struct {
 	// flight, as the REST API's bound of the same name; past it, RESOURCE_EXHAUSTED. 0 is no
 	// bound; it applies only with Authenticate.
 	MaxRequestsPerKey int
+	// Admit applies the owner's per-key request rate to each call (the REST API's
+	// Server.AdmitOwner); nil admits every call.
+	Admit func(owner string) error
 }
 
 // Server serves Modal's two gRPC services. Its ServeHTTP runs inside net/http (h2c on the
@@ -177,6 +180,11 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 // enter counts one more call in flight for ctx's owner and returns its release, or refuses
 // it past Config.MaxRequestsPerKey.
 func (s *Server) enter(ctx context.Context) (leave func(), err error) {
+	if s.cfg.Admit != nil {
+		if err := s.cfg.Admit(engine.Owner(ctx)); err != nil {
+			return nil, grpcError(err)
+		}
+	}
 	if s.cfg.MaxRequestsPerKey <= 0 || s.cfg.Authenticate == nil {
 		return func() {}, nil
 	}
