@@ -10,18 +10,15 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/bench"
-	"github.com/airlockhq/airlock/internal/testutil"
 )
 
 // The stock npm `e2b` and `@e2b/code-interpreter` SDKs, pinned in
@@ -32,53 +29,11 @@ const (
 	e2bKey2 = "e2b-e2e-key-00000000000002"
 )
 
-var e2bJS struct {
-	once sync.Once
-	dir  string
-	err  error
-}
-
-// e2bSDK installs the pinned SDKs (npm ci from the committed lockfile) once per test binary
-// and returns the directory holding them and checks.mjs.
+// e2bSDK installs the pinned SDK (npm ci from the committed lockfile) once per test binary and
+// returns the directory holding it and checks.mjs.
 func e2bSDK(t testing.TB) string {
 	t.Helper()
-	for _, tool := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if testutil.Strict() {
-				t.Fatalf("%s is not installed (apt-get install -y nodejs npm)", tool)
-			}
-			t.Skipf("needs %s", tool)
-		}
-	}
-	e2bJS.once.Do(func() {
-		dir, err := os.MkdirTemp("", "airlock-e2b-js-")
-		if err != nil {
-			e2bJS.err = err
-			return
-		}
-		e2bJS.dir = dir
-		for _, f := range []string{"package.json", "package-lock.json", "checks.mjs"} {
-			b, err := os.ReadFile(filepath.Join("testdata/npm/e2b", f))
-			if err == nil {
-				err = os.WriteFile(filepath.Join(dir, f), b, 0o644)
-			}
-			if err != nil {
-				e2bJS.err = err
-				return
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			e2bJS.err = fmt.Errorf("npm ci: %v\n%s", err, out)
-		}
-	})
-	if e2bJS.err != nil {
-		t.Fatalf("installing the E2B SDKs: %v", e2bJS.err)
-	}
-	return e2bJS.dir
+	return npmInstall(t, "e2b", "checks.mjs")
 }
 
 // e2bDaemon starts a daemon with two API keys.

@@ -15,14 +15,12 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/image"
-	"github.com/airlockhq/airlock/internal/testutil"
 )
 
 // The stock npm `modal` SDK, pinned in testdata/npm/modal/package-lock.json, against a real
@@ -36,55 +34,11 @@ const (
 	modalImage = "python:3.11-slim"
 )
 
-var modalJS struct {
-	once sync.Once
-	dir  string
-	err  error
-}
-
-// modalSDK installs the pinned SDK (npm ci from the committed lockfile) once per test binary
-// and returns the directory holding it and checks.mjs.
+// modalSDK installs the pinned SDK (npm ci from the committed lockfile) once per test binary and
+// returns the directory holding it and checks.mjs.
 func modalSDK(t testing.TB) string {
 	t.Helper()
-	for _, tool := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if testutil.Strict() {
-				t.Fatalf("%s is not installed (apt-get install -y nodejs npm)", tool)
-			}
-			t.Skipf("needs %s", tool)
-		}
-	}
-	modalJS.once.Do(func() {
-		dir, err := os.MkdirTemp("", "airlock-modal-js-")
-		if err != nil {
-			modalJS.err = err
-			return
-		}
-		modalJS.dir = dir
-		for _, f := range []string{"package.json", "package-lock.json", "checks.mjs"} {
-			b, err := os.ReadFile(filepath.Join("testdata/npm/modal", f))
-			if err == nil {
-				err = os.WriteFile(filepath.Join(dir, f), b, 0o644)
-			}
-			if err != nil {
-				modalJS.err = err
-				return
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		// --ignore-scripts: cbor-extract's optional native build is not needed (cbor-x
-		// falls back to JavaScript).
-		cmd := exec.CommandContext(ctx, "npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			modalJS.err = fmt.Errorf("npm ci: %v\n%s", err, out)
-		}
-	})
-	if modalJS.err != nil {
-		t.Fatalf("installing the modal SDK: %v", modalJS.err)
-	}
-	return modalJS.dir
+	return npmInstall(t, "modal", "checks.mjs")
 }
 
 // modalDaemon starts a daemon with two API keys whose image store holds the e2e python image
