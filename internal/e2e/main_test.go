@@ -51,6 +51,7 @@ func TestMain(m *testing.M) {
 				gvisorCleanup()
 			}
 		}()
+		defer removeNPMProjects() // the npm projects tests installed (npm_test.go)
 		if os.Geteuid() == 0 {
 			var err error
 			stateDir, err = os.MkdirTemp("", "airlock-e2e-")

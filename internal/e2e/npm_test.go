@@ -81,3 +81,14 @@ func npmInstall(t testing.TB, name string, scripts ...string) string {
 	}
 	return p.dir
 }
+
+// removeNPMProjects removes every npm project npmInstall made; TestMain calls it at the end.
+func removeNPMProjects() {
+	npmProjects.mu.Lock()
+	defer npmProjects.mu.Unlock()
+	for _, p := range npmProjects.done {
+		if p.dir != "" {
+			os.RemoveAll(p.dir)
+		}
+	}
+}
