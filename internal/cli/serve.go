@@ -313,7 +313,7 @@ func serveCmd() *cobra.Command {
 			// the REST API's.
 			mc := modal.Config{Logger: logger, Engine: e, Authenticate: srv.Authenticate,
 				Images: sc.Images, Builder: &image.Builder{Store: sc.Images, Runner: sc.BuildRunner, Logger: logger},
-				MaxRequestsPerKey: sc.MaxRequestsPerKey, Admit: srv.AdmitOwner}
+				MaxRequestsPerKey: sc.MaxRequestsPerKey, Admit: srv.AdmitOwner, HoldCreate: srv.HoldCreate}
 			if ec.Secrets != nil { // Modal's secrets.fromName is a named secret of the key's
 				mc.Secrets = func(ctx context.Context, owner, name string) (map[string]string, error) {
 					return ec.Secrets.Resolve(ctx, owner, []string{name})
@@ -326,7 +326,7 @@ func serveCmd() *cobra.Command {
 			defer msrv.Close()
 			// E2B's API: the control plane at /e2b, the envd data plane at /e2b/sandbox.
 			esrv, err := e2b.New(e2b.Config{Logger: logger, Engine: e, Authenticate: srv.Authenticate,
-				MaxRequestsPerKey: sc.MaxRequestsPerKey, Admit: srv.AdmitOwner})
+				MaxRequestsPerKey: sc.MaxRequestsPerKey, Admit: srv.AdmitOwner, HoldCreate: srv.HoldCreate})
 			if err != nil {
 				return err
 			}

@@ -481,3 +481,25 @@ func (s *Server) AdmitOwner(owner string) error {
 	}
 	return nil
 }
+
+// HoldCreate applies the owner's key's quotas to a sandbox (or, with session, a session) that a
+// front end authenticating on its own (Modal, E2B) is about to create, as POST /v1/sandboxes
+// and POST /v1/sessions have them: its CPU seconds per period and its live sandboxes or
+// sessions. It returns the release to call once the creation has returned, or the refusal
+// (resource exhausted, with RetryAfterOf). ctx carries the owner (engine.WithOwner).
+func (s *Server) HoldCreate(ctx context.Context, owner string, session bool) (release func(), err error) {
+	for _, k := range s.keys {
+		if k.owner != owner {
+			continue
+		}
+		if err := s.checkCPU(k); err != nil {
+			return nil, err
+		}
+		kind := "sandbox"
+		if session {
+			kind = "session"
+		}
+		return s.holdLive(ctx, k, kind)
+	}
+	return func() {}, nil
+}

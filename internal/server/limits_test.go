@@ -43,6 +43,7 @@ func (b *syncBuffer) String() string {
 // keyedServer is a server with the given keys over rt, its logs, audit log and (with a
 // secrets store) secrets captured.
 type keyedServer struct {
+	srv         *Server
 	ts          *httptest.Server
 	logs, audit *syncBuffer
 	secretsDir  string
@@ -75,6 +76,7 @@ func newKeyedServer(t *testing.T, rt engine.Runtime, withSecrets bool, keys ...K
 		t.Fatal(err)
 	}
 	fan.Add(s.AuditSink())
+	ks.srv = s
 	ks.ts = httptest.NewServer(s.Handler())
 	t.Cleanup(func() {
 		ks.ts.Close()
@@ -481,5 +483,33 @@ func TestKeyRateCoversFrontEnds(t *testing.T) {
 	}
 	if st := get(bobKey); st != 200 {
 		t.Fatalf("bob through Judge0: %d, want 200: alice's rate is hers", st)
+	}
+}
+
+// TestHoldCreateAppliesKeyQuotas: the quotas front ends apply through HoldCreate (Modal's and
+// E2B's creates) are the key's: its live-sandbox cap counts what /v1 made too, and another key
+// is not bound by it.
+func TestHoldCreateAppliesKeyQuotas(t *testing.T) {
+	t.Parallel()
+	ks := newKeyedServer(t, agentRuntime{}, false,
+		limitedKey("alice", aliceKey, KeyLimits{MaxSandboxes: 1}), limitedKey("bob", bobKey, KeyLimits{}))
+	if st, _, b, _ := ks.call(t, aliceKey, "POST", "/v1/sandboxes", `{}`); st != http.StatusCreated {
+		t.Fatalf("alice's first sandbox: %d %s", st, b)
+	}
+	alice, bob := ks.srv.keys[0].owner, ks.srv.keys[1].owner
+	if _, err := ks.srv.HoldCreate(engine.WithOwner(t.Context(), alice), alice, false); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("a front end's create for alice at her cap: %v, want a refusal naming the limit", err)
+	} else if retryAfter(err) < 1 {
+		t.Errorf("the refusal carries no Retry-After: %v", err)
+	}
+	release, err := ks.srv.HoldCreate(engine.WithOwner(t.Context(), bob), bob, false)
+	if err != nil {
+		t.Fatalf("bob's create: %v, want held: alice's cap is hers", err)
+	}
+	release()
+	if release, err := ks.srv.HoldCreate(engine.WithOwner(t.Context(), alice), alice, true); err != nil {
+		t.Errorf("alice's session (no session cap): %v, want held", err)
+	} else {
+		release()
 	}
 }

@@ -172,6 +172,14 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ctx := r.Context()
+	if s.cfg.HoldCreate != nil {
+		session := req.TemplateID == templateInterpreter || req.TemplateID == "code-interpreter"
+		release, err := s.cfg.HoldCreate(ctx, engine.Owner(ctx), session)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
 	var sb *engine.Sandbox
 	switch req.TemplateID {
 	case templateInterpreter, "code-interpreter":

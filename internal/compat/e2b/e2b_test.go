@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect"
 
 	pb "github.com/airlockhq/airlock/internal/agent/agentpb"
+	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/engine/fakeagent"
@@ -58,7 +59,7 @@ func newServer(t *testing.T, max int) string {
 }
 
 // newServerEngine is newServer that also returns the engine under it.
-func newServerEngine(t *testing.T, max int) (string, *engine.Engine) {
+func newServerEngine(t *testing.T, max int, opts ...func(*Config)) (string, *engine.Engine) {
 	t.Helper()
 	e, err := engine.New(engine.Config{Runtime: fakeRuntime{}})
 	if err != nil {
@@ -73,7 +74,11 @@ func newServerEngine(t *testing.T, max int) (string, *engine.Engine) {
 		}
 		return "", false
 	}
-	s, err := New(Config{Engine: e, Authenticate: auth, MaxRequestsPerKey: max})
+	cfg := Config{Engine: e, Authenticate: auth, MaxRequestsPerKey: max}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -558,5 +563,30 @@ func TestV1SandboxConnect(t *testing.T) {
 	}
 	if connect.CodeOf(err) != connect.CodeNotFound {
 		t.Errorf("connect to an ended command: got %v, want not_found", err)
+	}
+}
+
+// TestHoldCreateRefusal: a create the key's quotas refuse (Config.HoldCreate, the REST API's
+// live-sandbox and CPU quotas) is a 429 in E2B's shape, and nothing is created; a code
+// interpreter is held as a session.
+func TestHoldCreateRefusal(t *testing.T) {
+	var asked []bool
+	base, e := newServerEngine(t, 0, func(c *Config) {
+		c.HoldCreate = func(ctx context.Context, owner string, session bool) (func(), error) {
+			asked = append(asked, session)
+			return nil, api.Errorf(api.ErrResourceExhausted, "this API key has 1 live sandboxes, its limit; end some first")
+		}
+	})
+	for _, body := range []string{`{"templateID":"base"}`, `{"templateID":"code-interpreter-v1"}`} {
+		code, _, b := call(t, "POST", base+"/e2b/v2/sandboxes", key1, body)
+		if code != http.StatusTooManyRequests || !strings.Contains(string(b), "limit") {
+			t.Errorf("create %s past the key's quota: %d %s, want 429 naming the limit", body, code, b)
+		}
+	}
+	if len(asked) != 2 || asked[0] || !asked[1] {
+		t.Errorf("held as sessions: %v, want [false true]", asked)
+	}
+	if n := len(e.ListSandboxes(engine.WithOwner(t.Context(), "o1"))); n != 0 {
+		t.Errorf("%d sandboxes made past the quota, want 0", n)
 	}
 }

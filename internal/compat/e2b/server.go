@@ -56,6 +56,9 @@ type Config struct {
 	// Admit applies the owner's per-key request rate to each request, control and data
 	// plane (the REST API's Server.AdmitOwner); nil admits every request.
 	Admit func(owner string) error
+	// HoldCreate applies the owner's per-key quotas (CPU seconds, live sandboxes or sessions)
+	// to a sandbox about to be created (the REST API's Server.HoldCreate); nil holds nothing.
+	HoldCreate func(ctx context.Context, owner string, session bool) (release func(), err error)
 }
 
 // Server serves E2B's control and data planes.

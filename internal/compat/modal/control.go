@@ -254,6 +254,13 @@ func (s *Server) create(ctx context.Context, appID string, def *pb.Sandbox, tags
 			return nil, errorf(codes.AlreadyExists, "a sandbox named %q is running in this app already", def.GetName())
 		}
 	}
+	if s.cfg.HoldCreate != nil {
+		release, err := s.cfg.HoldCreate(ctx, engine.Owner(ctx), false)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	sb, err := s.cfg.Engine.CreateSandbox(ctx, sp)
 	if err != nil {
 		return nil, err

@@ -779,3 +779,31 @@ func TestPanicIsInternal(t *testing.T) {
 		t.Errorf("a panicking handler: got %v, want INTERNAL without its text", err)
 	}
 }
+
+// TestHoldCreateRefusal: a sandbox create the key's quotas refuse (Config.HoldCreate, the REST
+// API's live-sandbox and CPU quotas) is RESOURCE_EXHAUSTED, and nothing is created.
+func TestHoldCreateRefusal(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.HoldCreate = func(ctx context.Context, owner string, session bool) (func(), error) {
+			if owner != "owner1" || session {
+				return nil, fmt.Errorf("hold for %q (session %v)", owner, session)
+			}
+			return nil, api.Errorf(api.ErrResourceExhausted, "this API key has 1 live sandboxes, its limit; end some first")
+		}
+	})
+	ctx := as(t.Context(), key1)
+	app, err := h.cp.AppGetOrCreate(ctx, pb.AppGetOrCreateRequest_builder{AppName: "a",
+		ObjectCreationType: pb.ObjectCreationType_OBJECT_CREATION_TYPE_CREATE_IF_MISSING}.Build())
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := pb.Sandbox_builder{TimeoutSecs: 60}.Build()
+	def.SetImageId(imageID(pyID))
+	_, err = h.cp.SandboxCreateV2(ctx, pb.SandboxCreateV2Request_builder{AppId: app.GetAppId(), Definition: def}.Build())
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("create past the key's quota: %v, want RESOURCE_EXHAUSTED naming the limit", err)
+	}
+	if n := len(h.e.ListSandboxes(engine.WithOwner(t.Context(), "owner1"))); n != 0 {
+		t.Errorf("%d sandboxes made past the quota, want 0", n)
+	}
+}

@@ -51,6 +51,9 @@ type Config struct {
 	// Admit applies the owner's per-key request rate to each call (the REST API's
 	// Server.AdmitOwner); nil admits every call.
 	Admit func(owner string) error
+	// HoldCreate applies the owner's per-key quotas (CPU seconds, live sandboxes) to a sandbox
+	// about to be created (the REST API's Server.HoldCreate); nil holds nothing.
+	HoldCreate func(ctx context.Context, owner string, session bool) (release func(), err error)
 }
 
 // Server serves Modal's two gRPC services. Its ServeHTTP runs inside net/http (h2c on the
