@@ -15,8 +15,8 @@ import (
 
 	"connectrpc.com/connect"
 
-	pb "github.com/airlockhq/airlock/internal/agent/agentpb"
 	"github.com/airlockhq/airlock/api"
+	pb "github.com/airlockhq/airlock/internal/agent/agentpb"
 	"github.com/airlockhq/airlock/internal/agent/agentpb/agentpbconnect"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/engine/fakeagent"
