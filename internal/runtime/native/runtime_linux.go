@@ -555,6 +555,10 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	for _, st := range steps {
 		t0 := time.Now()
 		if err := st.run(ctx); err != nil {
+			var se *stepError
+			if errors.As(err, &se) { // a step that found a later step's failure
+				return nil, fmt.Errorf("%s: %w", se.step, se.err)
+			}
 			return nil, fmt.Errorf("%s: %w", st.name, err)
 		}
 		took = append(took, st.name, time.Since(t0))
@@ -826,10 +830,24 @@ func (c *creation) configure(context.Context) error {
 // awaitReady waits for the init's report on fd 4 that the agent serves.
 func (c *creation) awaitReady(ctx context.Context) error { return waitReady(ctx, c.statusR) }
 
+// stepError is a creation step's failure that belongs to another step, named step.
+type stepError struct {
+	step string
+	err  error
+}
+
+func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
 // persist writes the state a restarted daemon recovers the sandbox from.
-func (c *creation) persist(context.Context) error {
+func (c *creation) persist(ctx context.Context) error {
 	start, err := procStartTime(c.sb.pid)
 	if err != nil {
+		// The init is gone already (it runs while this step does): what it reported on its
+		// way out, which await ready reads, is the reason, not the missing /proc entry.
+		if rerr := waitReady(ctx, c.statusR); rerr != nil {
+			return &stepError{step: "await ready", err: rerr}
+		}
 		return fmt.Errorf("sandbox init: %w", err)
 	}
 	return writeState(c.dir, state{ID: c.spec.ID, Pid: c.sb.pid, Start: start, Meta: c.spec.Meta, Slot: c.slot,
