@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 )
 
 // Languages accepted by one-shot execution. Python and bash always run; the others run where
@@ -202,7 +203,7 @@ type ErrorDetail struct {
 // one the daemon used.
 const RequestIDHeader = "X-Request-Id"
 
-// Error codes. Each maps to exactly one HTTP status in internal/server.
+// Error codes. Each maps to exactly one HTTP status (HTTPStatus).
 const (
 	CodeInvalidArgument   = "invalid_argument"   // 400
 	CodeUnauthenticated   = "unauthenticated"    // 401
@@ -220,6 +221,34 @@ const (
 // Codes lists every public error code (the router adds its own method_not_allowed for a 405).
 var Codes = []string{CodeInvalidArgument, CodeUnauthenticated, CodeNotFound, CodeGone, CodeConflict,
 	CodeTooLarge, CodeResourceExhausted, CodeTimeout, CodeUnimplemented, CodeUnavailable, CodeInternal}
+
+// HTTPStatus is the one HTTP status of an error code; 500 for any other code.
+func HTTPStatus(code string) int {
+	switch code {
+	case CodeInvalidArgument:
+		return http.StatusBadRequest
+	case CodeUnauthenticated:
+		return http.StatusUnauthorized
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeConflict:
+		return http.StatusConflict
+	case CodeGone:
+		return http.StatusGone
+	case CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case CodeResourceExhausted:
+		return http.StatusTooManyRequests
+	case CodeUnimplemented:
+		return http.StatusNotImplemented
+	case CodeUnavailable:
+		return http.StatusServiceUnavailable
+	case CodeTimeout:
+		return http.StatusGatewayTimeout
+	default:
+		return http.StatusInternalServerError
+	}
+}
 
 // Sentinel errors for each code. Internal packages wrap these
 // (fmt.Errorf("sandbox %q: %w", id, api.ErrNotFound)) and the edges map them once.

@@ -370,34 +370,13 @@ func (s *Server) keyFor(key string) (*keyState, bool) {
 	return match, match != nil
 }
 
-// statusOf maps each error code to its one HTTP status.
+// statusOf maps each error code to its one HTTP status: the API's (api.HTTPStatus), and 405
+// for the router's own method_not_allowed.
 func statusOf(code string) int {
-	switch code {
-	case api.CodeInvalidArgument:
-		return http.StatusBadRequest
-	case api.CodeUnauthenticated:
-		return http.StatusUnauthorized
-	case api.CodeNotFound:
-		return http.StatusNotFound
-	case errMethod.Code:
+	if code == errMethod.Code {
 		return http.StatusMethodNotAllowed
-	case api.CodeConflict:
-		return http.StatusConflict
-	case api.CodeGone:
-		return http.StatusGone
-	case api.CodeTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case api.CodeResourceExhausted:
-		return http.StatusTooManyRequests
-	case api.CodeUnimplemented:
-		return http.StatusNotImplemented
-	case api.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	case api.CodeTimeout:
-		return http.StatusGatewayTimeout
-	default:
-		return http.StatusInternalServerError
 	}
+	return api.HTTPStatus(code)
 }
 
 // writeError writes err as {"error":{code,message}}. A 5xx never carries internal detail.

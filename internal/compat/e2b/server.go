@@ -320,28 +320,12 @@ func statusOf(err error) int {
 	if errors.As(err, &se) {
 		return se.status
 	}
-	switch api.PublicDetail(err).Code {
-	case api.CodeInvalidArgument:
-		return http.StatusBadRequest
-	case api.CodeUnauthenticated:
-		return http.StatusUnauthorized
-	case api.CodeNotFound, api.CodeGone:
+	// The REST API's status otherwise (api.HTTPStatus).
+	code := api.PublicDetail(err).Code
+	if code == api.CodeGone {
 		return http.StatusNotFound
-	case api.CodeConflict:
-		return http.StatusConflict
-	case api.CodeTooLarge:
-		return http.StatusRequestEntityTooLarge
-	case api.CodeResourceExhausted:
-		return http.StatusTooManyRequests
-	case api.CodeUnimplemented:
-		return http.StatusNotImplemented
-	case api.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	case api.CodeTimeout:
-		return http.StatusGatewayTimeout
-	default:
-		return http.StatusInternalServerError
 	}
+	return api.HTTPStatus(code)
 }
 
 // errorBody is E2B's REST error: an integer code (the HTTP status; the SDK compares it to 404
