@@ -56,6 +56,13 @@ func TestSandboxBinary(t *testing.T) {
 	if st := postJSON(t, d.url+"/v1/execute", `{"code":"print(6*7)"}`, &run); st != 200 || run.Stdout != "42\n" {
 		t.Fatalf("one-shot through the sandbox binary: %d %+v", st, run)
 	}
+	// The daemon holds the sandbox binary open: that descriptor, and the daemon's environment,
+	// must not reach the program (listdir's own descriptor is the 3).
+	probe := `import os; print(sorted(os.listdir('/proc/self/fd')), sorted(k for k in os.environ if k.startswith('AIRLOCK')))`
+	body, _ := json.Marshal(api.ExecuteRequest{Code: probe})
+	if st := postJSON(t, d.url+"/v1/execute", string(body), &run); st != 200 || run.Stdout != "['0', '1', '2', '3'] []\n" {
+		t.Fatalf("descriptors and AIRLOCK_* variables in a sandbox started from the sandbox binary: %d %q %q, want only 0-2 (and listdir's) and none", st, run.Stdout, run.Stderr)
+	}
 	var sb api.SandboxInfo
 	if st := postJSON(t, d.url+"/v1/sandboxes", `{}`, &sb); st != 201 {
 		t.Fatalf("create sandbox: %d", st)
