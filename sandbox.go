@@ -95,6 +95,18 @@ func (s *Sandbox) Terminate(ctx context.Context) error {
 	return s.c.do(ctx, http.MethodDelete, s.path(""), nil, nil)
 }
 
+// Snapshot turns the sandbox's writable layer into a new image on top of the sandbox's own
+// (Modal's snapshot_filesystem) and returns it; name ("name[:tag]") may be empty, and then
+// the image is known by its id alone. The sandbox keeps running. Sandboxes and sessions
+// start from the image by passing its name or id as their image.
+func (s *Sandbox) Snapshot(ctx context.Context, name string) (*api.ImageInfo, error) {
+	var img api.ImageInfo
+	if err := s.c.do(ctx, http.MethodPost, s.path("/snapshot"), api.SnapshotRequest{Name: name}, &img); err != nil {
+		return nil, err
+	}
+	return &img, nil
+}
+
 // Run runs req.Cmd to completion and returns its collected output (each stream cut at 1 MiB,
 // with Truncated set). A non-zero exit is not an error: check ExitCode and TimedOut. Use
 // [Sandbox.Exec] to stream output or to write stdin while the process runs.

@@ -35,7 +35,7 @@ func sandboxCmd() *cobra.Command {
 	pf := cmd.PersistentFlags()
 	bindClientFlags(pf, o, "airlock daemon URL")
 	cmd.AddCommand(sandboxCreateCmd(o), sandboxListCmd(o), sandboxExecCmd(o), sandboxCpCmd(o),
-		sandboxRmCmd(o), sandboxInfoCmd(o), sandboxExtendCmd(o), sandboxPortForwardCmd(o))
+		sandboxRmCmd(o), sandboxInfoCmd(o), sandboxExtendCmd(o), sandboxPortForwardCmd(o), sandboxSnapshotCmd(o))
 	return cmd
 }
 
@@ -400,6 +400,35 @@ func sandboxExtendCmd(o *clientOptions) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func sandboxSnapshotCmd(o *clientOptions) *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "snapshot ID",
+		Short: "Turn a sandbox's files into a new image; prints the image's id",
+		Long: "Turn a sandbox's writable layer into a new image on top of the sandbox's own; the\n" +
+			"sandbox keeps running. Start sandboxes or sessions from it with --image NAME or ID.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			sb, err := o.client().Sandbox(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			img, err := sb.Snapshot(cmd.Context(), name)
+			if err != nil {
+				return err
+			}
+			out := img.ID
+			if len(img.Names) > 0 {
+				out += " " + strings.Join(img.Names, " ")
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "name[:tag] for the new image (default: known by its id only)")
+	return cmd
 }
 
 func sandboxInfoCmd(o *clientOptions) *cobra.Command {

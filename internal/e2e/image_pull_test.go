@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
@@ -359,6 +360,32 @@ func TestImageSnapshotThroughAPI(t *testing.T) {
 	c := a.create(`{"image":"` + ref + `"}`)
 	if r := a.exec(c, "sh", "-c", "test -e /workspace/a.txt || test -e /workspace/tool/x || echo absent"); r.Stdout != "absent\n" {
 		t.Errorf("C of the base image sees A's files: %+v", r)
+	}
+	// The SDK's Snapshot and `airlock sandbox snapshot` take the same route: B's own file goes
+	// into an image of B's, named by the CLI, which a fourth sandbox then starts from.
+	if r := a.exec(b, "sh", "-c", "echo from-b > /workspace/b.txt"); r.ExitCode != 0 {
+		t.Fatalf("write in B: %+v", r)
+	}
+	sb, err := airlock.New(a.url, "").Sandbox(t.Context(), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sdkSnap, err := sb.Snapshot(t.Context(), "")
+	if err != nil || len(sdkSnap.Layers) != len(snap.Layers)+1 || len(sdkSnap.Names) != 0 {
+		t.Fatalf("SDK snapshot of B: %+v %v, want an unnamed image one layer above A's", sdkSnap, err)
+	}
+	t.Cleanup(func() { images.Remove(sdkSnap.ID) })
+	out, errOut, code := runCLI(t, "", "sandbox --server "+a.url+" snapshot --name e2e/snap:b "+b)
+	if code != 0 || !strings.HasPrefix(out, "sha256:") || !strings.Contains(out, "e2e/snap:b") {
+		t.Fatalf("airlock sandbox snapshot: exit %d stdout %q stderr %q, want the new image's id and name", code, out, errOut)
+	}
+	t.Cleanup(func() { images.Remove(strings.Fields(out)[0]) })
+	d := a.create(`{"image":"e2e/snap:b"}`)
+	if r := a.exec(d, "cat", "/workspace/a.txt", "/workspace/b.txt"); r.Stdout != "from-a\nfrom-b\n" {
+		t.Errorf("a sandbox of the CLI's snapshot: %+v, want A's and B's files", r)
+	}
+	if _, errOut, code := runCLI(t, "", "sandbox --server "+a.url+" snapshot sb-nosuch"); code == 0 || !strings.Contains(errOut, "sb-nosuch") {
+		t.Errorf("snapshot of a missing sandbox: exit %d stderr %q, want a failure naming it", code, errOut)
 	}
 	host := a.create(`{}`)
 	var eb api.ErrorBody

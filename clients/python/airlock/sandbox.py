@@ -139,6 +139,16 @@ class Sandbox:
             pass
 
     @blocking
+    def snapshot_filesystem(self, name=None):
+        """Commits the sandbox's writable layer on top of its image as a new image (Modal's
+        snapshot_filesystem) and returns it as an Image that Sandbox.create and Session take;
+        name ("name[:tag]") names it in the daemon's store. The sandbox keeps running. A sandbox
+        of the host image cannot be snapshotted (InvalidArgumentError)."""
+        body = {"name": name} if name else {}
+        img = self._client.json("POST", self._path("/snapshot"), json_body=body)
+        return Image(img["id"])
+
+    @blocking
     def set_timeout(self, timeout):
         """Ends the sandbox timeout seconds from now."""
         self._info = self._client.json("POST", self._path("/timeout"), json_body={"timeout": timeout})

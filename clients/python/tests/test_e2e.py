@@ -114,6 +114,15 @@ class LifecycleTest(unittest.TestCase):
         with self.assertRaises(airlock.SandboxTerminatedError):
             sb.exec("true")
 
+    def test_snapshot_of_a_host_sandbox_is_refused(self):
+        sb = airlock.Sandbox.create(timeout=60)
+        try:
+            with self.assertRaises(airlock.InvalidArgumentError) as cm:
+                sb.snapshot_filesystem("pyclient:snap")
+            self.assertIn("host image", str(cm.exception))
+        finally:
+            sb.terminate()
+
     def test_wrong_key(self):
         if not os.environ.get("AIRLOCK_API_KEY"):
             self.skipTest("the daemon has no keys")

@@ -70,6 +70,8 @@ class Fake(BaseHTTPRequestHandler):
             if method == "PUT":
                 srv.files[path] = body
                 return self._send(200, {"name": path, "path": path, "type": "file", "size": len(body)})
+        if (method, u.path) == ("POST", "/v1/sandboxes/sb-1/snapshot"):
+            return self._send(201, {"id": "sha256:" + "ab" * 32, "names": [json.loads(body or b"{}").get("name", "")]})
         if (method, u.path) == ("POST", "/v1/execute"):
             return self._send(200, {"success": False, "stdout": "", "stderr": "", "exit_code": 3, "returncode": 3})
         return self._send(404, {"error": {"code": "not_found", "message": "no route"}})
@@ -111,6 +113,15 @@ class ClientTest(unittest.TestCase):
         self.assertEqual((method, path, auth), ("POST", "/v1/sandboxes", "Bearer k1"))
         self.assertEqual(json.loads(body), {"image": "host", "timeout": 30, "memory_mb": 512, "cpu": 1.5,
                                             "block_network": False, "workdir": "/w", "env": {"A": "b"}})
+
+    def test_snapshot_filesystem_returns_an_image_by_id(self):
+        sb = airlock.Sandbox.create(client=self.c)
+        img = sb.snapshot_filesystem("ds:warm")
+        self.assertEqual(img.name, "sha256:" + "ab" * 32)
+        method, path, _, body, _ = self.srv.calls[-1]
+        self.assertEqual((method, path, json.loads(body)), ("POST", "/v1/sandboxes/sb-1/snapshot", {"name": "ds:warm"}))
+        sb.snapshot_filesystem()
+        self.assertEqual(json.loads(self.srv.calls[-1][3]), {})
 
     def test_errors_map_to_types(self):
         cases = [
