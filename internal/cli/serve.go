@@ -168,7 +168,8 @@ func serveCmd() *cobra.Command {
 		// skipPreflight starts serve even where doctor's checks FAIL.
 		skipPreflight bool
 		llm           llmOptions
-		cc            cluster.Config // --cluster…: off unless --cluster names a NATS server
+		cc            cluster.Config      // --cluster…: off unless --cluster names a NATS server
+		qc            cluster.QueueConfig // the async batch queue's flags (cluster mode)
 	)
 	// The daemon pools by default (modestly: classes appear only once asked for, and empty
 	// after --pool-idle); the engine alone, as `airlock run` embeds it, does not.
@@ -275,8 +276,14 @@ func serveCmd() *cobra.Command {
 			if adopted+destroyed > 0 {
 				logger.InfoContext(ctx, "recovered sandboxes of a previous daemon", "adopted", adopted, "destroyed", destroyed)
 			}
+			var queue *cluster.Queue // /v1/batches, over the cluster's JetStream
 			if node != nil {
 				reconcile(ctx, logger, node)
+				qc.Logger = logger
+				if queue, err = node.Queue(ctx, qc); err != nil {
+					return err
+				}
+				sc.Batches = queue
 			}
 			sc.Logger, sc.Engine, sc.APIKeys, sc.Version = logger, e, keys, Version
 			sc.CgroupVersion, sc.Runtimes = rts.cgroupVersion(), rts.Names()
@@ -367,7 +374,13 @@ func serveCmd() *cobra.Command {
 					}
 					close(ran)
 				}()
+				qctx, stopQueue := context.WithCancel(ctx)
+				pulled := make(chan struct{})
+				go func() { queue.Run(qctx, srv.RunQueued); close(pulled) }()
 				stopNode = sync.OnceFunc(func() {
+					// The queue first: snippets cut short go back to it for the other nodes.
+					stopQueue()
+					<-pulled
 					cancel()
 					<-ran
 					if err := node.Leave(ctx); err != nil {
@@ -396,6 +409,9 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &secretsKeyFile, "secrets-key-file", "AIRLOCK_SECRETS_KEY_FILE", "file with the 32-byte key (raw, hex or base64; mode 0600) that encrypts named secrets at rest; without it /v1/secrets is disabled")
 	bindEngineFlags(f, &ec)
 	bindClusterNodeFlags(f, &cc)
+	flagEnv(f, &qc.WebhookAllowPrivate, "webhook-allow-private", "AIRLOCK_WEBHOOK_ALLOW_PRIVATE", "let async batches' webhooks target loopback, private and link-local addresses (refused by default: webhook URLs are user input)")
+	flagEnv(f, &qc.AckWait, "batch-ack-wait", "AIRLOCK_BATCH_ACK_WAIT", "async batches: how long a snippet pulled by a node may go without a sign of life from it before another node takes it (default 30s; set by the first node)")
+	flagEnv(f, &qc.Slots, "batch-slots", "AIRLOCK_BATCH_SLOTS", "async batches: snippets this node runs at once (default --max-concurrent)")
 	bindRuntimeFlags(f, &rc, "state directory (default /var/lib/airlock)")
 	bindNetworkFlags(f, &ec, rc.Native.Network)
 	flagEnv(f, &co.idleTimeout, "idle-timeout", "AIRLOCK_IDLE_TIMEOUT", "close a keep-alive connection idle this long")

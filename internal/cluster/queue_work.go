@@ -1,0 +1,267 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/airlockhq/airlock/api"
+)
+
+// RunFunc runs one snippet for owner as a one-shot (server.Server.RunQueued). An
+// api.ErrResourceExhausted error is a refusal that passes: the snippet is retried later.
+type RunFunc func(ctx context.Context, owner string, req api.ExecuteRequest) (*api.ExecuteResponse, error)
+
+// hookSlots is how many webhook events a node delivers at once.
+const hookSlots = 32
+
+// Run pulls snippets and runs them with run, and pulls webhook events and delivers them,
+// until ctx ends; then it waits for what it started (a snippet cut short by ctx is handed
+// back to the queue at once, for another node). The caller waits for Run before closing the
+// node.
+func (q *Queue) Run(ctx context.Context, run RunFunc) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		q.pull(ctx, q.work, q.cfg.Slots, q.busy, func(msg jetstream.Msg) { q.runSnippet(ctx, msg, run) })
+	})
+	q.pull(ctx, q.hooks, hookSlots, nil, func(msg jetstream.Msg) { q.deliver(ctx, msg) })
+}
+
+// pull fetches from c only as many messages as it has free slots, and handles each in its own
+// goroutine, until ctx ends. While busy says so (sandbox slots taken by synchronous runs) it
+// fetches nothing.
+func (q *Queue) pull(ctx context.Context, c jetstream.Consumer, slots int, busy func() bool, handle func(jetstream.Msg)) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, slots)
+	pause := func(d time.Duration) {
+		select {
+		case <-ctx.Done():
+		case <-time.After(d):
+		}
+	}
+	for ctx.Err() == nil {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		free := 1
+	more:
+		for free < slots {
+			select {
+			case sem <- struct{}{}:
+				free++
+			default:
+				break more
+			}
+		}
+		giveBack := func(n int) {
+			for range n {
+				<-sem
+			}
+		}
+		if (busy != nil && busy()) || q.nc.Status() != nats.CONNECTED {
+			giveBack(free)
+			pause(100 * time.Millisecond)
+			continue
+		}
+		batch, err := c.Fetch(free, jetstream.FetchMaxWait(time.Second), jetstream.FetchContext(ctx))
+		if err != nil {
+			giveBack(free)
+			if ctx.Err() == nil {
+				q.cfg.Logger.WarnContext(ctx, "batch queue: fetch", "err", err)
+				pause(time.Second)
+			}
+			continue
+		}
+		got := 0
+		for msg := range batch.Messages() {
+			got++
+			wg.Go(func() {
+				defer func() { <-sem }()
+				handle(msg)
+			})
+		}
+		giveBack(free - got)
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.Canceled) &&
+			!errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			q.cfg.Logger.WarnContext(ctx, "batch queue: fetch", "err", err)
+			pause(time.Second)
+		}
+	}
+}
+
+// keepAlive tells JetStream every AckWait/3 that msg is still being worked on, until the
+// returned stop is called: a long snippet is not redelivered while its node lives.
+func (q *Queue) keepAlive(ctx context.Context, msg jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		t := time.NewTicker(q.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				msg.InProgress()
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// runSnippet runs one snippet of the work stream and stores its result, acking only then.
+func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) {
+	var w workMsg
+	if err := json.Unmarshal(msg.Data(), &w); err != nil || !validBatchID(w.Batch) {
+		q.cfg.Logger.WarnContext(ctx, "batch queue: dropping a message that is no snippet", "subject", msg.Subject())
+		msg.Term()
+		return
+	}
+	log := q.cfg.Logger.With("batch", w.Batch, "index", w.Index)
+	retry := func(why string, err error) {
+		if ctx.Err() != nil {
+			msg.Nak() // shutting down: another node takes it now
+			return
+		}
+		log.WarnContext(ctx, "batch snippet: retrying later", "why", why, "err", err)
+		msg.NakWithDelay(time.Second)
+	}
+	m, err := q.loadMeta(ctx, w.Batch)
+	if err != nil {
+		retry("read the batch", err)
+		return
+	}
+	if m == nil || w.Index < 0 || w.Index >= m.Total {
+		msg.Ack() // expired (or never was): nobody can ask for its result
+		return
+	}
+	if old, err := q.get(ctx, resKey(m.ID, w.Index)); err != nil {
+		retry("read the result", err)
+		return
+	} else if old != nil { // redelivered after its result was stored: never run twice
+		var it api.BatchItem
+		if json.Unmarshal(old, &it) == nil {
+			q.finish(ctx, m, it, msg)
+			return
+		}
+	}
+	if _, err := q.create(ctx, m, m.ID+".run."+strconv.Itoa(w.Index), []byte(q.node)); err != nil {
+		retry("mark started", err)
+		return
+	}
+	if c, err := q.get(ctx, m.ID+".cancel"); err != nil {
+		retry("read the cancel mark", err)
+		return
+	} else if c != nil {
+		q.finish(ctx, m, canceledResult(w.Index, q.node), msg)
+		return
+	}
+	stop := q.keepAlive(ctx, msg)
+	resp, err := run(ctx, w.Owner, w.Request)
+	stop()
+	if ctx.Err() != nil {
+		msg.Nak()
+		return
+	}
+	if api.CodeOf(err) == api.CodeResourceExhausted {
+		retry("no room", err)
+		return
+	}
+	it := api.BatchItem{Index: w.Index, Node: q.node}
+	if err != nil {
+		d := api.PublicDetail(err)
+		it.Result.Error = &d
+	} else {
+		it.Result.ExecuteResponse = resp
+	}
+	q.finish(ctx, m, it, msg)
+}
+
+// finish stores it (once), queues its webhook event and acks msg; a failure to store leaves
+// msg to be redelivered.
+func (q *Queue) finish(ctx context.Context, m *batchMeta, it api.BatchItem, msg jetstream.Msg) {
+	// The result is stored even while the node shuts down: the run is done.
+	sctx := context.WithoutCancel(ctx)
+	it, err := q.store(sctx, m, it)
+	if err == nil {
+		err = q.completed(sctx, m, it)
+	}
+	if err != nil {
+		q.cfg.Logger.WarnContext(ctx, "batch snippet: storing its result, retrying later", "batch", m.ID, "index", it.Index, "err", err)
+		msg.NakWithDelay(time.Second)
+		return
+	}
+	ackCtx, cancel := context.WithTimeout(sctx, opTimeout)
+	defer cancel()
+	if err := msg.DoubleAck(ackCtx); err != nil {
+		// The result is stored: a redelivery finds it and acks without running.
+		q.cfg.Logger.WarnContext(ctx, "batch snippet: ack", "batch", m.ID, "index", it.Index, "err", err)
+	}
+}
+
+// completed queues the webhook event of a stored result (none for a canceled snippet) and the
+// batch-done event if it was the last.
+func (q *Queue) completed(ctx context.Context, m *batchMeta, it api.BatchItem) error {
+	if m.Webhook == nil {
+		return nil
+	}
+	if e := it.Result.Error; e == nil || e.Code != api.CodeCanceled {
+		if err := q.publishHook(ctx, hookMsg{Batch: m.ID, Index: it.Index,
+			Event: api.WebhookEvent{Type: api.WebhookSnippet, Batch: m.ID, Item: &it}}); err != nil {
+			return err
+		}
+	}
+	return q.checkDone(ctx, m)
+}
+
+// hookMsg is one webhook event on the hook stream; Index -1 is the batch-done event.
+type hookMsg struct {
+	Batch string           `json:"batch"`
+	Index int              `json:"index"`
+	Event api.WebhookEvent `json:"event"`
+}
+
+// deliveryID is the event's idempotency id (api.WebhookDeliveryHeader).
+func (h hookMsg) deliveryID() string {
+	if h.Index < 0 {
+		return h.Batch + "/done"
+	}
+	return h.Batch + "/" + strconv.Itoa(h.Index)
+}
+
+// hookKey is the event's delivery record in the bucket.
+func (h hookMsg) hookKey() string {
+	if h.Index < 0 {
+		return h.Batch + ".hook.done"
+	}
+	return h.Batch + ".hook." + strconv.Itoa(h.Index)
+}
+
+// publishHook queues a webhook event, de-duplicated by its delivery id (a redelivered snippet
+// queues its event again).
+func (q *Queue) publishHook(ctx context.Context, h hookMsg) error {
+	b, err := json.Marshal(h)
+	if err != nil {
+		return fmt.Errorf("encode webhook event: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	if _, err := q.js.PublishMsg(ctx, &nats.Msg{Subject: hookSubject + "." + h.Batch, Data: b,
+		Header: nats.Header{jetstream.MsgIDHeader: []string{h.deliveryID()}}}); err != nil {
+		return fmt.Errorf("queue webhook event %s: %w", h.deliveryID(), err)
+	}
+	return nil
+}
