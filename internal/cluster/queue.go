@@ -402,9 +402,17 @@ func (q *Queue) scan(ctx context.Context, m *batchMeta, after, limit int) (*api.
 		if ent == nil {
 			break
 		}
-		kind, idx, ok := strings.Cut(strings.TrimPrefix(ent.Key(), m.ID+"."), ".")
+		kind, idx, _ := strings.Cut(strings.TrimPrefix(ent.Key(), m.ID+"."), ".")
+		if kind == "hook" { // <batch>.hook.<i> and <batch>.hook.done
+			if string(ent.Value()) == "failed" {
+				st.WebhooksFailed++
+			} else {
+				st.WebhooksDelivered++
+			}
+			continue
+		}
 		i, err := strconv.Atoi(idx)
-		if !ok || err != nil {
+		if err != nil {
 			continue
 		}
 		switch kind {
@@ -422,12 +430,6 @@ func (q *Queue) scan(ctx context.Context, m *batchMeta, after, limit int) (*api.
 			st.Counts.Failed++
 		case "cxl":
 			st.Counts.Canceled++
-		case "hook":
-			if string(ent.Value()) == "failed" {
-				st.WebhooksFailed++
-			} else {
-				st.WebhooksDelivered++
-			}
 		}
 	}
 	if ctx.Err() != nil {

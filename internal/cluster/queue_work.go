@@ -74,8 +74,10 @@ func (q *Queue) pull(ctx context.Context, c jetstream.Consumer, slots int, busy 
 			pause(100 * time.Millisecond)
 			continue
 		}
-		batch, err := c.Fetch(free, jetstream.FetchMaxWait(time.Second), jetstream.FetchContext(ctx))
+		fctx, cancel := context.WithTimeout(ctx, time.Second)
+		batch, err := c.Fetch(free, jetstream.FetchContext(fctx))
 		if err != nil {
+			cancel()
 			giveBack(free)
 			if ctx.Err() == nil {
 				q.cfg.Logger.WarnContext(ctx, "batch queue: fetch", "err", err)
@@ -91,6 +93,7 @@ func (q *Queue) pull(ctx context.Context, c jetstream.Consumer, slots int, busy 
 				handle(msg)
 			})
 		}
+		cancel()
 		giveBack(free - got)
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.Canceled) &&
 			!errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
