@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/server"
 )
 
@@ -88,6 +89,7 @@ type Queue struct {
 	hooks jetstream.Consumer
 	hook  *hookSender
 	busy  func() bool // the engine queues one-shots: no slot is free now
+	close func()
 
 	metaMu sync.Mutex
 	metas  map[string]*batchMeta // batches seen by the workers; their metadata never changes
@@ -119,8 +121,16 @@ func (n *Node) Queue(ctx context.Context, cfg QueueConfig) (*Queue, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = n.cfg.Logger
 	}
+	return newQueue(ctx, n.nc, n.cfg.NodeID, n.cfg.Engine, cfg)
+}
+
+// newQueue is the queue over the JetStream of nc, for node id on engine e.
+func newQueue(ctx context.Context, nc *nats.Conn, node string, e *engine.Engine, cfg QueueConfig) (*Queue, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
 	if cfg.Slots <= 0 {
-		cfg.Slots = max(1, n.cfg.Engine.Limits().MaxConcurrent)
+		cfg.Slots = max(1, e.Limits().MaxConcurrent)
 	}
 	if cfg.AckWait == 0 {
 		cfg.AckWait = 30 * time.Second
@@ -131,12 +141,12 @@ func (n *Node) Queue(ctx context.Context, cfg QueueConfig) (*Queue, error) {
 	if cfg.WebhookRetryFor == 0 {
 		cfg.WebhookRetryFor = 10 * time.Minute
 	}
-	js, err := jetstream.New(n.nc)
+	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("JetStream: %w", err)
 	}
-	q := &Queue{cfg: cfg, node: n.cfg.NodeID, nc: n.nc, js: js, metas: map[string]*batchMeta{},
-		busy: func() bool { return n.cfg.Engine.Waiting() > 0 }}
+	q := &Queue{cfg: cfg, node: node, nc: nc, js: js, metas: map[string]*batchMeta{},
+		busy: func() bool { return e.Waiting() > 0 }, close: func() {}}
 	q.hook = newHookSender(cfg.WebhookAllowPrivate)
 	if q.kv, err = bucket(ctx, js, jetstream.KeyValueConfig{Bucket: BatchesBucket, History: 1,
 		TTL: MaxRetention + time.Hour, LimitMarkerTTL: time.Minute,
@@ -151,6 +161,10 @@ func (n *Node) Queue(ctx context.Context, cfg QueueConfig) (*Queue, error) {
 	}
 	return q, nil
 }
+
+// Close releases what the queue holds of its own (LocalQueue's NATS server); a cluster node's
+// queue shares the node's connection, which Node.Close closes. Call it after Run has returned.
+func (q *Queue) Close() { q.close() }
 
 // workQueue binds (or creates) the work-queue stream name on subject.> and its shared durable
 // consumer.

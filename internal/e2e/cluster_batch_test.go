@@ -441,3 +441,52 @@ func resultsBy(c tenant, id, node string) []api.BatchItem {
 	}
 	return out
 }
+
+// TestBatchSingleNode: without --cluster, /v1/batches is the same queue over a NATS server
+// embedded in the daemon, stored in its state directory. A batch completes exactly once in
+// order with its webhook events; a daemon SIGKILLed mid-batch and restarted on its state
+// directory completes the rest.
+func TestBatchSingleNode(t *testing.T) {
+	key := "batch-key-single-0123456789"
+	f := newFleet(t, "batchsingle")
+	addr := freeAddr(t)
+	args := withArgs("--webhook-allow-private --batch-ack-wait 2s --zygote=true")
+	d := f.start(addr, withKeys(key), args)
+	via := tenant{t, d.url, key}
+	sink := newWebhookSink(t, "")
+
+	var st api.BatchStatus
+	if code := via.call("POST", "/v1/batches", printBatch(20, "", fmt.Sprintf(`{"url":%q}`, sink.srv.URL)), &st); code != 202 {
+		t.Fatalf("submit: %d %+v", code, st)
+	}
+	if st.WebhookSecret == "" {
+		t.Fatalf("submit without a webhook secret answered %+v, want the secret it made", st)
+	}
+	sink.mu.Lock()
+	sink.secret = st.WebhookSecret
+	sink.mu.Unlock()
+	checkExactlyOnce(t, "streamed", streamResults(t, via, st.ID), 20, false)
+	checkExactlyOnce(t, "paged", allPages(t, via, st.ID, 7), 20, true)
+	waitFor(t, "every webhook event", func() bool {
+		items, done, _, _ := sink.snapshot()
+		return items == 20 && done
+	})
+	if _, _, _, bad := sink.snapshot(); bad != 0 {
+		t.Errorf("%d webhook deliveries did not verify with the secret the submission returned", bad)
+	}
+
+	const m = 12
+	if code := via.call("POST", "/v1/batches", printBatch(m, "1", ""), &st); code != 202 {
+		t.Fatalf("submit: %d", code)
+	}
+	waitFor(t, "a first result", func() bool {
+		var s api.BatchStatus
+		via.call("GET", "/v1/batches/"+st.ID+"?limit=0", "", &s)
+		return s.Counts.Done > 0
+	})
+	d.kill()
+	d = f.start(addr, withKeys(key), args)
+	via = tenant{t, d.url, key}
+	checkExactlyOnce(t, "after a SIGKILL and a restart", streamResults(t, via, st.ID), m, false)
+	d.stop()
+}
