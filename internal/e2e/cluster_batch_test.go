@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -106,13 +107,13 @@ func (s *webhookSink) snapshot() (items int, done bool, dups, badSig int) {
 	return len(s.items), s.done != nil, s.dups, s.badSig
 }
 
-// batchNodes starts n cluster nodes (A, B, C…) on one embedded NATS server, with webhooks to
+// batchNodes starts n cluster nodes (A, B, C…; fleets name+a, name+b…) on one embedded NATS server, with webhooks to
 // 127.0.0.1 allowed and a short ack wait, so that a killed node's snippets come back quickly.
-func batchNodes(t *testing.T, natsURL string, n int, keys ...string) []*daemon {
+func batchNodes(t *testing.T, name, natsURL string, n int, keys ...string) []*daemon {
 	var ds []*daemon
 	for i := range n {
 		id := string(rune('A' + i))
-		f := newFleet(t, "clb"+strings.ToLower(id))
+		f := newFleet(t, name+strings.ToLower(id))
 		d := f.start(freeAddr(t), withKeys(keys...), withArgs(fmt.Sprintf(
 			"--cluster %s --cluster-node-id %s --cluster-heartbeat 200ms --webhook-allow-private --batch-ack-wait 2s --zygote=true",
 			natsURL, id)))
@@ -256,7 +257,7 @@ func batchSize(t *testing.T) int {
 func TestClusterBatch(t *testing.T) {
 	natsURL := natstest.Start(t)
 	owner, other := "batch-key-owner-0123456789", "batch-key-other-0123456789"
-	ds := batchNodes(t, natsURL, 3, owner, other)
+	ds := batchNodes(t, "clb", natsURL, 3, owner, other)
 	clusterUp(t, natsURL, "A", "B", "C")
 	viaA, viaB, viaC := tenant{t, ds[0].url, owner}, tenant{t, ds[1].url, owner}, tenant{t, ds[2].url, owner}
 
@@ -489,4 +490,61 @@ func TestBatchSingleNode(t *testing.T) {
 	via = tenant{t, d.url, key}
 	checkExactlyOnce(t, "after a SIGKILL and a restart", streamResults(t, via, st.ID), m, false)
 	d.stop()
+}
+
+// TestClusterBatchThroughput measures snippets/s of one batch on clusters of 1, 2 and 3 nodes
+// (each its own embedded NATS server; all six daemons up throughout), rounds alternating the
+// order; a measurement for BENCHMARKS.md, run only with AIRLOCK_BENCH_BATCH=N (snippets per
+// batch), never in the suite.
+func TestClusterBatchThroughput(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("AIRLOCK_BENCH_BATCH"))
+	if n <= 0 {
+		t.Skip("a measurement: set AIRLOCK_BENCH_BATCH=N snippets per batch")
+	}
+	const rounds = 3
+	key := "batch-key-bench-0123456789"
+	var entry [3]tenant // a node of the cluster of 1, 2 and 3 nodes
+	for size := 1; size <= 3; size++ {
+		natsURL := natstest.Start(t)
+		ds := batchNodes(t, fmt.Sprintf("clt%d", size), natsURL, size, key)
+		entry[size-1] = tenant{t, ds[0].url, key}
+		// Warm up every node (its zygote for the key) with a first batch.
+		var st api.BatchStatus
+		if code := entry[size-1].call("POST", "/v1/batches", printBatch(16*size, "", ""), &st); code != 202 {
+			t.Fatalf("warm-up: %d", code)
+		}
+		streamResults(t, entry[size-1], st.ID)
+	}
+	rates := map[int][]float64{}
+	for r := range rounds {
+		for k := range 3 {
+			size := (r+k)%3 + 1
+			via := entry[size-1]
+			start := time.Now()
+			var st api.BatchStatus
+			if code := via.call("POST", "/v1/batches", printBatch(n, "", ""), &st); code != 202 {
+				t.Fatalf("submit: %d", code)
+			}
+			items := streamResults(t, via, st.ID)
+			el := time.Since(start)
+			checkExactlyOnce(t, "bench", items, n, false)
+			rates[size] = append(rates[size], float64(n)/el.Seconds())
+			t.Logf("round %d: %d nodes: %d snippets in %v (%.1f/s), by node %v", r, size, n, el.Round(time.Millisecond), float64(n)/el.Seconds(), byNode(items))
+		}
+		// The same snippets through the synchronous POST /v1/execute/batch of the 1-node
+		// cluster's node, for the queue's own cost.
+		start := time.Now()
+		var br api.BatchResponse
+		if code := entry[0].call("POST", "/v1/execute/batch", printBatch(min(n, 1000), "", ""), &br); code != 200 {
+			t.Fatalf("sync batch: %d", code)
+		}
+		el := time.Since(start)
+		rates[0] = append(rates[0], float64(len(br.Results))/el.Seconds())
+		t.Logf("round %d: POST /v1/execute/batch on one node: %d snippets in %v (%.1f/s)", r, len(br.Results), el.Round(time.Millisecond), float64(len(br.Results))/el.Seconds())
+	}
+	for size := 0; size <= 3; size++ {
+		rs := rates[size]
+		slices.Sort(rs)
+		t.Logf("%d node(s) (0: the synchronous batch): median %.1f snippets/s (min %.1f, max %.1f) over %d rounds", size, rs[len(rs)/2], rs[0], rs[len(rs)-1], len(rs))
+	}
 }
