@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/cluster"
 	"github.com/airlockhq/airlock/internal/cluster/natstest"
@@ -474,6 +475,26 @@ func TestBatchSingleNode(t *testing.T) {
 	})
 	if _, _, _, bad := sink.snapshot(); bad != 0 {
 		t.Errorf("%d webhook deliveries did not verify with the secret the submission returned", bad)
+	}
+
+	// The CLI: submit from stdin, wait for the results (through the SDK's BatchResults).
+	out, errOut, code := runCLI(t, `[{"language":"bash","code":"echo cli"},{"code":"print(2)"}]`,
+		"batch submit - --server "+d.url+" --api-key "+key)
+	var cst api.BatchStatus
+	if code != 0 || json.Unmarshal([]byte(out), &cst) != nil || cst.Total != 2 {
+		t.Fatalf("airlock batch submit: %d %q %q", code, out, errOut)
+	}
+	out, errOut, code = runCLI(t, "", "batch wait "+cst.ID+" --server "+d.url+" --api-key "+key)
+	if code != 0 || strings.Count(out, "\n") != 2 || !strings.Contains(out, `"stdout":"cli\n"`) || !strings.Contains(errOut, "2 done") {
+		t.Errorf("airlock batch wait: %d %q %q, want two NDJSON results and 2 done", code, out, errOut)
+	}
+	sdk := airlock.New(d.url, key)
+	page, err := sdk.Batch(t.Context(), cst.ID, 0, 10)
+	if err != nil || len(page.Results) != 1 || page.Results[0].Index != 1 || strings.TrimSpace(page.Results[0].Result.Stdout) != "2" {
+		t.Errorf("SDK Batch(after 0): %+v %v, want snippet 1's result", page, err)
+	}
+	if _, err := sdk.Batch(t.Context(), "batch_nosuch", -1, 0); !airlock.IsNotFound(err) {
+		t.Errorf("SDK Batch of an unknown id: %v, want not found", err)
 	}
 
 	const m = 12
