@@ -282,3 +282,34 @@ func TestQueueCancel(t *testing.T) {
 		t.Errorf("%s snippets ran, want 4 (the canceled never run)", got)
 	}
 }
+
+// TestFitResult: a result too large for one NATS message loses its files, then has its
+// output cut, and says so; one that fits is kept whole.
+func TestFitResult(t *testing.T) {
+	big := strings.Repeat("x\n\"", 400<<10)
+	files := []api.OutputFile{{Name: "f", Data: make([]byte, 900<<10)}}
+	for _, tt := range []struct {
+		name                      string
+		r                         api.ExecuteResponse
+		wantTruncated, wantNoFile bool
+	}{
+		{"small", api.ExecuteResponse{Stdout: "hi", Files: []api.OutputFile{{Name: "f", Data: []byte("d")}}}, false, false},
+		{"big files", api.ExecuteResponse{Stdout: "hi", Files: files}, false, true},
+		{"big output", api.ExecuteResponse{Stdout: big, Stderr: big}, true, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := tt.r
+			got := fitResult(api.BatchItem{Index: 1, Result: api.BatchResult{ExecuteResponse: &r}}, 1<<20-resultSlack)
+			b, _ := json.Marshal(got)
+			g := got.Result.ExecuteResponse
+			if len(b) > 1<<20-resultSlack || g.Truncated != tt.wantTruncated || (len(g.Files) == 0) != tt.wantNoFile ||
+				g.FilesTruncated != (tt.wantNoFile && len(tt.r.Files) > 0) {
+				t.Errorf("%d bytes, truncated %v, %d files (files_truncated %v); want at most 1 MiB less the slack, truncated %v, no files %v",
+					len(b), g.Truncated, len(g.Files), g.FilesTruncated, tt.wantTruncated, tt.wantNoFile)
+			}
+			if len(tt.r.Stdout) != len(r.Stdout) {
+				t.Errorf("fitResult changed the caller's result")
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -198,6 +199,7 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 func (q *Queue) finish(ctx context.Context, m *batchMeta, it api.BatchItem, msg jetstream.Msg) {
 	// The result is stored even while the node shuts down: the run is done.
 	sctx := context.WithoutCancel(ctx)
+	it = fitResult(it, int(q.nc.MaxPayload())-resultSlack)
 	it, err := q.store(sctx, m, it)
 	if err == nil {
 		err = q.completed(sctx, m, it)
@@ -213,6 +215,38 @@ func (q *Queue) finish(ctx context.Context, m *batchMeta, it api.BatchItem, msg 
 		// The result is stored: a redelivery finds it and acks without running.
 		q.cfg.Logger.WarnContext(ctx, "batch snippet: ack", "batch", m.ID, "index", it.Index, "err", err)
 	}
+}
+
+// resultSlack is the room a result leaves in a NATS message for the webhook event around it.
+const resultSlack = 8 << 10
+
+// fitResult cuts a result whose JSON would not fit in limit bytes (one NATS message: the
+// server's max_payload, 1 MiB by default, less resultSlack), rather than fail to store it and
+// run the snippet again forever: output files go first (files_truncated), then stdout and
+// stderr are cut (truncated).
+func fitResult(it api.BatchItem, limit int) api.BatchItem {
+	size := func() int { b, _ := json.Marshal(it); return len(b) }
+	r := it.Result.ExecuteResponse
+	if r == nil || size() <= limit {
+		return it
+	}
+	c := *r
+	it.Result.ExecuteResponse = &c
+	if len(c.Files) > 0 {
+		c.Files, c.FilesTruncated = nil, true
+		if size() <= limit {
+			return it
+		}
+	}
+	// JSON escaping can grow text up to 6×: cut each stream to a sixth of half the room.
+	keep := max(0, limit/12-1024)
+	for _, s := range []*string{&c.Stdout, &c.Stderr} {
+		if len(*s) > keep {
+			*s = strings.ToValidUTF8((*s)[:keep], "")
+			c.Truncated = true
+		}
+	}
+	return it
 }
 
 // completed queues the webhook event of a stored result (none for a canceled snippet) and the
