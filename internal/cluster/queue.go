@@ -30,9 +30,10 @@ import (
 //	                     consumer airlock_batch_workers only as it has free slots, and acks once
 //	                     the result is stored. A node that dies never acks: after AckWait
 //	                     JetStream hands the snippet to another node.
-//	AIRLOCK_BATCH_HOOKS  work-queue stream, one message per webhook event (hookMsg); any node
-//	                     pulls, POSTs with retries and acks once delivered or given up on, so a
-//	                     delivery outlives the node that was sending it.
+//	AIRLOCK_BATCH_HOOKS  work-queue stream of the webhook events (hookMsg) whose first attempt,
+//	                     made by the node that completed the snippet before its ack, failed (and
+//	                     of the batch-done events); any node pulls, POSTs with back-off and acks
+//	                     once delivered or given up on, so the retries outlive any one node.
 //	airlock_batches      key-value bucket, every key with the batch's retention as its TTL:
 //	                     <batch>.meta      batchMeta: owner, total, expiry, webhook
 //	                     <batch>.res.<i>   the result (api.BatchItem), written create-only: a

@@ -162,6 +162,13 @@ func (q *Queue) deliver(ctx context.Context, msg jetstream.Msg) {
 		msg.Ack() // expired: nobody to tell
 		return
 	}
+	if rec, err := q.get(ctx, h.hookKey()); err != nil {
+		msg.NakWithDelay(time.Second)
+		return
+	} else if rec != nil {
+		msg.Ack() // delivered (or given up on) already
+		return
+	}
 	queued := time.Now()
 	if md, err := msg.Metadata(); err == nil {
 		queued = md.Timestamp

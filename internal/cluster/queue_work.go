@@ -249,20 +249,50 @@ func fitResult(it api.BatchItem, limit int) api.BatchItem {
 	return it
 }
 
-// completed queues the webhook event of a stored result (none for a canceled snippet) and the
-// batch-done event if it was the last.
+// completed sends the webhook event of a stored result (none for a canceled snippet) and the
+// batch-done event if it was the last. This node sends the event itself, once, before the
+// snippet is acked: delivered, it records so in the bucket; not, it queues the event on the
+// hook stream, where any node retries it with back-off. A node that dies before the ack
+// leaves the snippet to be redelivered, and the node that gets it finds the stored result,
+// and sends the event unless the record says it was delivered.
 func (q *Queue) completed(ctx context.Context, m *batchMeta, it api.BatchItem) error {
 	if m.Webhook == nil {
 		return nil
 	}
 	if e := it.Result.Error; e == nil || e.Code != api.CodeCanceled {
-		if err := q.publishHook(ctx, hookMsg{Batch: m.ID, Index: it.Index,
-			Event: api.WebhookEvent{Type: api.WebhookSnippet, Batch: m.ID, Item: &it}}); err != nil {
+		h := hookMsg{Batch: m.ID, Index: it.Index, Event: api.WebhookEvent{Type: api.WebhookSnippet, Batch: m.ID, Item: &it}}
+		rec, err := q.get(ctx, h.hookKey())
+		if err != nil {
 			return err
+		}
+		if rec == nil && !q.sendOnce(ctx, m, h) {
+			if err := q.publishHook(ctx, h); err != nil {
+				return err
+			}
 		}
 	}
 	return q.checkDone(ctx, m)
 }
+
+// sendOnce makes one delivery attempt of h, bounded by hookDirectTimeout, and records it
+// delivered; false when it failed (or the record could not be written).
+func (q *Queue) sendOnce(ctx context.Context, m *batchMeta, h hookMsg) bool {
+	body, err := json.Marshal(h.Event)
+	if err != nil {
+		return false
+	}
+	actx, cancel := context.WithTimeout(ctx, hookDirectTimeout)
+	defer cancel()
+	if err := q.hook.post(actx, m.Webhook, h.deliveryID(), body); err != nil {
+		q.cfg.Logger.DebugContext(ctx, "webhook: first attempt failed, queued for retries", "delivery", h.deliveryID(), "err", err)
+		return false
+	}
+	_, err = q.create(ctx, m, h.hookKey(), []byte("delivered"))
+	return err == nil
+}
+
+// hookDirectTimeout bounds the completing node's own attempt, which holds the snippet's slot.
+const hookDirectTimeout = 5 * time.Second
 
 // hookMsg is one webhook event on the hook stream; Index -1 is the batch-done event.
 type hookMsg struct {
