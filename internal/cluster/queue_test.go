@@ -313,3 +313,50 @@ func TestFitResult(t *testing.T) {
 		})
 	}
 }
+
+// TestQueueWebhookOutlivesItsSender: n1 runs a whole batch while the receiver answers 503, so
+// its first attempts fail and its hook consumer is retrying when n1 dies. n2, started after,
+// delivers every event (JetStream redelivers what n1 held): none is lost.
+func TestQueueWebhookOutlivesItsSender(t *testing.T) {
+	url := natstest.Start(t)
+	q1, nc1 := testQueue(t, url, "n1", true)
+	q2, _ := testQueue(t, url, "n2", true)
+	var healthy atomic.Bool
+	var mu sync.Mutex
+	got := map[string]bool{}
+	var refused atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !healthy.Load() {
+			refused.Add(1)
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		mu.Lock()
+		got[r.Header.Get(api.WebhookDeliveryHeader)] = true
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	const n = 10
+	st, err := q1.Submit(t.Context(), "owner", api.SubmitBatchRequest{Snippets: snippets(n), Webhook: &api.Webhook{URL: srv.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop1 := runQueue(t, q1, echoRun)
+	poll(t, "the batch to complete and its retries to begin", func() bool {
+		s, err := q1.Status(t.Context(), "owner", st.ID, -1, 0)
+		return err == nil && s.Status == api.BatchComplete && refused.Load() > n+1
+	})
+	nc1.Close() // n1 dies mid-retry: the events it holds are never acked
+	stop1()
+	healthy.Store(true)
+	runQueue(t, q2, echoRun)
+	poll(t, "every event delivered by n2", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == n+1
+	})
+	s, err := q2.Status(t.Context(), "owner", st.ID, -1, 0)
+	if err != nil || s.WebhooksDelivered != n+1 {
+		t.Errorf("status %+v %v, want %d deliveries recorded", s, err, n+1)
+	}
+}
