@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/airlockhq/airlock/api"
+	"github.com/airlockhq/airlock/internal/audit"
 )
 
 // RunFunc runs one snippet for owner as a one-shot (server.Server.RunQueued). An
@@ -174,7 +175,8 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 		return
 	}
 	stop := q.keepAlive(ctx, msg)
-	resp, err := run(ctx, w.Owner, w.Request)
+	// The run's log lines and audit record carry the snippet as their request id.
+	resp, err := run(audit.WithRequestID(ctx, w.Batch+":"+strconv.Itoa(w.Index)), w.Owner, w.Request)
 	stop()
 	if ctx.Err() != nil {
 		msg.Nak()
