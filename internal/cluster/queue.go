@@ -40,6 +40,7 @@ import (
 //	                                       snippet redelivered after its result was stored is
 //	                                       acked without running, so it is reported once
 //	                     <batch>.run.<i>   the node that started snippet i
+//	                     <batch>.try.<i>.<n> start n of snippet i (1…maxAttempts)
 //	                     <batch>.fail.<i>  snippet i could not run (its result is an error)
 //	                     <batch>.cxl.<i>   snippet i was canceled before it started
 //	                     <batch>.cancel    DELETE /v1/batches/{id} was called

@@ -360,3 +360,42 @@ func TestQueueWebhookOutlivesItsSender(t *testing.T) {
 		t.Errorf("status %+v %v, want %d deliveries recorded", s, err, n+1)
 	}
 }
+
+// TestQueueGivesUpOnASnippetThatKillsItsNode: a snippet whose every start ends with its node
+// gone is given an error result after maxAttempts starts, and the batch completes; refusals
+// (no room) are not counted as starts.
+func TestQueueGivesUpOnASnippetThatKillsItsNode(t *testing.T) {
+	url := natstest.Start(t)
+	q0, _ := testQueue(t, url, "submitter", true)
+	st, err := q0.Submit(t.Context(), "owner", api.SubmitBatchRequest{Snippets: snippets(1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refusals atomic.Int32
+	for i := range maxAttempts {
+		q, nc := testQueue(t, url, fmt.Sprintf("n%d", i), true)
+		var started atomic.Bool
+		stop := runQueue(t, q, func(ctx context.Context, _ string, _ api.ExecuteRequest) (*api.ExecuteResponse, error) {
+			if refusals.Add(1) <= 1 {
+				return nil, api.Errorf(api.ErrResourceExhausted, "busy")
+			}
+			started.Store(true)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})
+		poll(t, "the snippet to start", started.Load)
+		nc.Close() // the node dies with it
+		stop()
+	}
+	q, _ := testQueue(t, url, "last", true)
+	runQueue(t, q, echoRun)
+	var items []api.BatchItem
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if err := q.Results(ctx, "owner", st.ID, true, func(it api.BatchItem) error { items = append(items, it); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != 1 || items[0].Result.Error == nil || items[0].Result.Error.Code != api.CodeInternal {
+		t.Errorf("results %+v, want one internal error after %d starts", items, maxAttempts)
+	}
+}

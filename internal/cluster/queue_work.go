@@ -174,6 +174,19 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 		q.finish(ctx, m, canceledResult(w.Index, q.node), msg)
 		return
 	}
+	try, err := q.attempt(ctx, m, w.Index)
+	if err != nil {
+		retry("count the attempt", err)
+		return
+	}
+	if try == 0 {
+		// Started maxAttempts times and never stored: a snippet that takes its node down with
+		// it would otherwise take down every node in turn.
+		log.WarnContext(ctx, "batch snippet: giving up", "attempts", maxAttempts)
+		q.finish(ctx, m, api.BatchItem{Index: w.Index, Node: q.node, Result: api.BatchResult{Error: &api.ErrorDetail{
+			Code: api.CodeInternal, Message: fmt.Sprintf("started %d times, and each time its node stopped or died before the result was stored", maxAttempts)}}}, msg)
+		return
+	}
 	stop := q.keepAlive(ctx, msg)
 	// The run's log lines and audit record carry the snippet as their request id.
 	resp, err := run(audit.WithRequestID(ctx, w.Batch+":"+strconv.Itoa(w.Index)), w.Owner, w.Request)
@@ -183,6 +196,8 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 		return
 	}
 	if api.CodeOf(err) == api.CodeResourceExhausted {
+		// A refusal is no attempt: it must not count towards giving up.
+		q.kv.Delete(context.WithoutCancel(ctx), tryKey(m.ID, w.Index, try))
 		retry("no room", err)
 		return
 	}
@@ -194,6 +209,23 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 		it.Result.ExecuteResponse = resp
 	}
 	q.finish(ctx, m, it, msg)
+}
+
+// maxAttempts bounds how often one snippet is started without its result being stored.
+const maxAttempts = 5
+
+func tryKey(id string, i, n int) string { return id + ".try." + strconv.Itoa(i) + "." + strconv.Itoa(n) }
+
+// attempt numbers this start of snippet i from 1, create-only so that two nodes never share a
+// number; 0 once maxAttempts are taken.
+func (q *Queue) attempt(ctx context.Context, m *batchMeta, i int) (int, error) {
+	for n := 1; n <= maxAttempts; n++ {
+		ok, err := q.create(ctx, m, tryKey(m.ID, i, n), []byte(q.node))
+		if err != nil || ok {
+			return n, err
+		}
+	}
+	return 0, nil
 }
 
 // finish stores it (once), queues its webhook event and acks msg; a failure to store leaves
