@@ -214,7 +214,9 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 // maxAttempts bounds how often one snippet is started without its result being stored.
 const maxAttempts = 5
 
-func tryKey(id string, i, n int) string { return id + ".try." + strconv.Itoa(i) + "." + strconv.Itoa(n) }
+func tryKey(id string, i, n int) string {
+	return id + ".try." + strconv.Itoa(i) + "." + strconv.Itoa(n)
+}
 
 // attempt numbers this start of snippet i from 1, create-only so that two nodes never share a
 // number; 0 once maxAttempts are taken.
