@@ -314,12 +314,31 @@ func (q *Queue) Submit(ctx context.Context, owner string, req api.SubmitBatchReq
 	if _, err := q.create(ctx, m, m.ID+".meta", mb); err != nil {
 		return nil, err
 	}
+	if err := q.publishWork(ctx, m, msgs); err != nil {
+		// Part of it may be queued: cancel the whole batch, so that it completes (canceled)
+		// rather than waits forever for snippets that never were queued.
+		q.cfg.Logger.WarnContext(ctx, "queueing a batch failed: canceling it", "batch", m.ID, "err", err)
+		if _, cerr := q.Cancel(context.WithoutCancel(ctx), owner, m.ID); cerr != nil {
+			q.cfg.Logger.WarnContext(ctx, "canceling a batch that could not be queued", "batch", m.ID, "err", cerr)
+		}
+		return nil, api.Errorf(api.ErrUnavailable, "the batch could not be queued (NATS); retry")
+	}
+	q.cfg.Logger.InfoContext(ctx, "batch queued", "batch", m.ID, "snippets", m.Total, "webhook", m.Webhook != nil)
+	st := status(m)
+	st.Counts.Queued = m.Total
+	st.WebhookSecret = made
+	return st, nil
+}
+
+// publishWork puts one message per snippet of m on the work stream and waits for JetStream
+// to have stored them all.
+func (q *Queue) publishWork(ctx context.Context, m *batchMeta, msgs [][]byte) error {
 	futs := make([]jetstream.PubAckFuture, len(msgs))
 	for i, b := range msgs {
 		f, err := q.js.PublishMsgAsync(&nats.Msg{Subject: workSubject + "." + m.ID, Data: b,
 			Header: nats.Header{jetstream.MsgIDHeader: []string{m.ID + "/" + strconv.Itoa(i)}}})
 		if err != nil {
-			return nil, fmt.Errorf("queue snippet %d: %w", i, err)
+			return fmt.Errorf("queue snippet %d: %w", i, err)
 		}
 		futs[i] = f
 	}
@@ -329,16 +348,12 @@ func (q *Queue) Submit(ctx context.Context, owner string, req api.SubmitBatchReq
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			return nil, fmt.Errorf("queue snippet %d of %s: %w", i, m.ID, err)
+			return fmt.Errorf("queue snippet %d of %s: %w", i, m.ID, err)
 		case <-pctx.Done():
-			return nil, fmt.Errorf("queue snippet %d of %s: %w", i, m.ID, pctx.Err())
+			return fmt.Errorf("queue snippet %d of %s: %w", i, m.ID, pctx.Err())
 		}
 	}
-	q.cfg.Logger.InfoContext(ctx, "batch queued", "batch", m.ID, "snippets", m.Total, "webhook", m.Webhook != nil)
-	st := status(m)
-	st.Counts.Queued = m.Total
-	st.WebhookSecret = made
-	return st, nil
+	return nil
 }
 
 // status is m's status without counts.
