@@ -44,7 +44,9 @@ import (
 //	                     <batch>.fail.<i>  snippet i could not run (its result is an error)
 //	                     <batch>.cxl.<i>   snippet i was canceled before it started
 //	                     <batch>.cancel    DELETE /v1/batches/{id} was called
-//	                     <batch>.hook.<i>  webhook event i delivered (or given up on: "failed")
+//	                     <batch>.hook.<i>  webhook event i delivered or given up on (value
+//	                                       "delivered" or "failed"; <i> "done" for batch.done)
+//	                     <batch>.hookfail.<i> webhook event i given up on (for the counts)
 const (
 	WorkStream    = "AIRLOCK_BATCH_WORK"
 	HookStream    = "AIRLOCK_BATCH_HOOKS"
@@ -433,13 +435,14 @@ func (q *Queue) scan(ctx context.Context, m *batchMeta, after, limit int) (*api.
 		if ent == nil {
 			break
 		}
+		// Kinds are told by key alone: the counts-only read (limit 0) has no values.
 		kind, idx, _ := strings.Cut(strings.TrimPrefix(ent.Key(), m.ID+"."), ".")
-		if kind == "hook" { // <batch>.hook.<i> and <batch>.hook.done
-			if string(ent.Value()) == "failed" {
-				st.WebhooksFailed++
-			} else {
-				st.WebhooksDelivered++
-			}
+		switch kind {
+		case "hook": // <batch>.hook.<i> and <batch>.hook.done, delivered or given up on
+			st.WebhooksDelivered++
+			continue
+		case "hookfail":
+			st.WebhooksFailed++
 			continue
 		}
 		i, err := strconv.Atoi(idx)
@@ -466,6 +469,7 @@ func (q *Queue) scan(ctx context.Context, m *batchMeta, after, limit int) (*api.
 	if ctx.Err() != nil {
 		return nil, fmt.Errorf("read batch %s: %w", m.ID, ctx.Err())
 	}
+	st.WebhooksDelivered -= st.WebhooksFailed
 	st.Counts.Done = len(res) - st.Counts.Failed - st.Counts.Canceled
 	for i := range run {
 		if !res[i] {

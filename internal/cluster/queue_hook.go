@@ -207,8 +207,14 @@ func (q *Queue) deliver(ctx context.Context, msg jetstream.Msg) {
 		backoff = min(2*backoff, hookMaxBackoff)
 	}
 	sctx := context.WithoutCancel(ctx)
-	if _, err := q.create(sctx, m, h.hookKey(), []byte(outcome)); err != nil && !errors.Is(err, context.Canceled) {
-		q.cfg.Logger.WarnContext(ctx, "webhook: recording the delivery", "delivery", h.deliveryID(), "err", err)
+	keys := []string{h.hookKey()}
+	if outcome == "failed" {
+		keys = append(keys, strings.Replace(h.hookKey(), ".hook.", ".hookfail.", 1))
+	}
+	for _, k := range keys {
+		if _, err := q.create(sctx, m, k, []byte(outcome)); err != nil && !errors.Is(err, context.Canceled) {
+			q.cfg.Logger.WarnContext(ctx, "webhook: recording the delivery", "delivery", h.deliveryID(), "err", err)
+		}
 	}
 	ackCtx, cancel := context.WithTimeout(sctx, opTimeout)
 	defer cancel()

@@ -399,3 +399,29 @@ func TestQueueGivesUpOnASnippetThatKillsItsNode(t *testing.T) {
 		t.Errorf("results %+v, want one internal error after %d starts", items, maxAttempts)
 	}
 }
+
+// TestQueueWebhookGivesUp: a receiver that never accepts is retried for WebhookRetryFor, then
+// each event is recorded failed, and the counts say so.
+func TestQueueWebhookGivesUp(t *testing.T) {
+	q, _ := testQueue(t, natstest.Start(t), "n1", true)
+	q.cfg.WebhookRetryFor = 1500 * time.Millisecond
+	var attempts atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		attempts.Add(1)
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	defer srv.Close()
+	st, err := q.Submit(t.Context(), "owner", api.SubmitBatchRequest{Snippets: snippets(2), Webhook: &api.Webhook{URL: srv.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runQueue(t, q, echoRun)
+	var s *api.BatchStatus
+	poll(t, "every event given up on", func() bool {
+		s, err = q.Status(t.Context(), "owner", st.ID, -1, 0)
+		return err == nil && s.WebhooksFailed == 3
+	})
+	if s.WebhooksDelivered != 0 || attempts.Load() < 6 {
+		t.Errorf("status %+v after %d attempts; want 0 delivered and retries (2 at least per event)", s, attempts.Load())
+	}
+}
