@@ -496,6 +496,9 @@ func TestBatchSingleNode(t *testing.T) {
 	if _, err := sdk.Batch(t.Context(), "batch_nosuch", -1, 0); !airlock.IsNotFound(err) {
 		t.Errorf("SDK Batch of an unknown id: %v, want not found", err)
 	}
+	if cs, err := sdk.CancelBatch(t.Context(), cst.ID); err != nil || cs.Status != api.BatchComplete || cs.Counts.Canceled != 0 {
+		t.Errorf("SDK CancelBatch of a complete batch: %+v %v, want it complete with nothing canceled", cs, err)
+	}
 
 	const m = 12
 	if code := via.call("POST", "/v1/batches", printBatch(m, "1", ""), &st); code != 202 {
