@@ -61,7 +61,7 @@ func newRoot() *cobra.Command {
 		// Flags bound by flagEnv not given on the command line take their AIRLOCK_* variable.
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error { return applyEnv(cmd.Flags()) },
 	}
-	root.AddCommand(runCmd(), serveCmd(), sandboxCmd(), psCmd(), replCmd(), imageCmd(), benchCmd(), versionCmd(), agentCmd(), doctorCmd(), secretCmd(), mcpCmd(), clusterCmd())
+	root.AddCommand(runCmd(), serveCmd(), sandboxCmd(), psCmd(), replCmd(), imageCmd(), benchCmd(), versionCmd(), agentCmd(), doctorCmd(), secretCmd(), mcpCmd(), clusterCmd(), batchCmd())
 	return root
 }
 

@@ -168,7 +168,8 @@ func serveCmd() *cobra.Command {
 		// skipPreflight starts serve even where doctor's checks FAIL.
 		skipPreflight bool
 		llm           llmOptions
-		cc            cluster.Config // --cluster…: off unless --cluster names a NATS server
+		cc            cluster.Config      // --cluster…: off unless --cluster names a NATS server
+		qc            cluster.QueueConfig // the async batch queue's flags
 	)
 	// The daemon pools by default (modestly: classes appear only once asked for, and empty
 	// after --pool-idle); the engine alone, as `airlock run` embeds it, does not.
@@ -278,6 +279,20 @@ func serveCmd() *cobra.Command {
 			if node != nil {
 				reconcile(ctx, logger, node)
 			}
+			// /v1/batches: over the cluster's JetStream, or without --cluster the same queue
+			// over an embedded NATS server storing in the state directory.
+			qc.Logger = logger
+			var queue *cluster.Queue
+			if node != nil {
+				queue, err = node.Queue(ctx, qc)
+			} else {
+				queue, err = cluster.LocalQueue(ctx, batchesDir(rc.Native.StateDir), e, qc)
+			}
+			if err != nil {
+				return err
+			}
+			defer queue.Close() // after the node's stop below (defers run last first)
+			sc.Batches = queue
 			sc.Logger, sc.Engine, sc.APIKeys, sc.Version = logger, e, keys, Version
 			sc.CgroupVersion, sc.Runtimes = rts.cgroupVersion(), rts.Names()
 			// POST /v1/images runs its steps through the engine: its funnel, limits and modes.
@@ -357,7 +372,14 @@ func serveCmd() *cobra.Command {
 			reaped := make(chan struct{})
 			go func() { e.Run(rctx); close(reaped) }()
 			defer func() { stopReaper(); <-reaped }()
-			stopNode := func() {}
+			qctx, stopQueue := context.WithCancel(ctx)
+			pulled := make(chan struct{})
+			go func() { queue.Run(qctx, srv.RunQueued); close(pulled) }()
+			// The queue stops first: snippets cut short go back to it, for the other nodes
+			// (or this daemon's next start).
+			haltQueue := sync.OnceFunc(func() { stopQueue(); <-pulled })
+			defer haltQueue()
+			stopNode := haltQueue
 			if node != nil {
 				nctx, cancel := context.WithCancel(ctx)
 				ran := make(chan struct{})
@@ -368,6 +390,7 @@ func serveCmd() *cobra.Command {
 					close(ran)
 				}()
 				stopNode = sync.OnceFunc(func() {
+					haltQueue()
 					cancel()
 					<-ran
 					if err := node.Leave(ctx); err != nil {
@@ -396,6 +419,9 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &secretsKeyFile, "secrets-key-file", "AIRLOCK_SECRETS_KEY_FILE", "file with the 32-byte key (raw, hex or base64; mode 0600) that encrypts named secrets at rest; without it /v1/secrets is disabled")
 	bindEngineFlags(f, &ec)
 	bindClusterNodeFlags(f, &cc)
+	flagEnv(f, &qc.WebhookAllowPrivate, "webhook-allow-private", "AIRLOCK_WEBHOOK_ALLOW_PRIVATE", "let async batches' webhooks target loopback, private and link-local addresses (refused by default: webhook URLs are user input)")
+	flagEnv(f, &qc.AckWait, "batch-ack-wait", "AIRLOCK_BATCH_ACK_WAIT", "async batches: how long a snippet pulled by a node may go without a sign of life from it before another node takes it (or, without --cluster, this daemon retries it; default 30s; set by the first node)")
+	flagEnv(f, &qc.Slots, "batch-slots", "AIRLOCK_BATCH_SLOTS", "async batches: snippets this node runs at once (default --max-concurrent)")
 	bindRuntimeFlags(f, &rc, "state directory (default /var/lib/airlock)")
 	bindNetworkFlags(f, &ec, rc.Native.Network)
 	flagEnv(f, &co.idleTimeout, "idle-timeout", "AIRLOCK_IDLE_TIMEOUT", "close a keep-alive connection idle this long")
@@ -439,6 +465,14 @@ func keyIDs(keys []server.Key) []string {
 		ids[i] = k.ID
 	}
 	return ids
+}
+
+// batchesDir is where a daemon without --cluster keeps its async batch queue (LocalQueue).
+func batchesDir(stateDir string) string {
+	if stateDir == "" {
+		stateDir = defaultStateDir
+	}
+	return filepath.Join(stateDir, "batches")
 }
 
 // secretsDir is where named secrets are stored, under the state directory.

@@ -51,6 +51,14 @@ var routeDocs = []routeDoc{
 		desc: "The same as POST /v1/execute, kept for clients of the seed API (which read returncode)."},
 	{pattern: "POST /v1/execute/batch", summary: "Run many snippets, each in a fresh sandbox, with bounded concurrency; results in input order", req: api.BatchRequest{}, resp: api.BatchResponse{},
 		desc: "A snippet that cannot run has an error in its result and does not fail the batch; an invalid snippet fails the whole request with 400."},
+	{pattern: "POST /v1/batches", summary: "Queue an async batch of up to 10,000 snippets; answers 202 with its id at once", req: api.SubmitBatchRequest{}, resp: api.BatchStatus{}, status: 202,
+		desc: "The snippets go on a JetStream work queue (in cluster mode, airlock serve --cluster, the cluster's; else one embedded in the daemon, stored in its state directory) and every node runs them as it has room, each exactly as POST /v1/execute (same limits, per-key bounds, audit). A snippet whose node dies is run by another; each result is stored and reported once. With webhook, each completion and then a batch.done event is POSTed to webhook.url as a WebhookEvent, signed (X-Airlock-Signature: t=<unix>,v1=<hex HMAC-SHA256 of \"<t>.<body>\"> with webhook.secret, or the webhook_secret this answer returns), with X-Airlock-Delivery <batch>/<index> (or <batch>/done) to de-duplicate, retried with back-off for 10 minutes. 400 for no snippets, more than 10,000, a bad retention, or a webhook URL that is not http(s) or names a loopback, private or link-local address (unless the operator allows them)."},
+	{pattern: "GET /v1/batches/{id}", summary: "An async batch's status, counts and results in the batch's order (paged with after and limit)", resp: api.BatchStatus{}, query: []string{"after", "limit"},
+		desc: "Results of indexes after+1 … after+limit (after default -1, limit default 100, at most 1000; 0 for counts only) that have one, in index order; next is the after of the next page. 404 for an unknown id, another key's batch, or one past its retention."},
+	{pattern: "GET /v1/batches/{id}/results", summary: "An async batch's results as NDJSON BatchItem lines in completion order; with stream=1, until the batch is complete", resp: api.BatchItem{}, query: []string{"stream"},
+		desc: "The answer is application/x-ndjson, one BatchItem per line: the results stored now, and with stream=1 each one as it completes, ending when every snippet has a result. 404 for an unknown id or another key's batch."},
+	{pattern: "DELETE /v1/batches/{id}", summary: "Cancel an async batch's snippets not started yet", resp: api.BatchStatus{},
+		desc: "Snippets not started get a result with error code canceled (no webhook event each; batch.done follows once every snippet has a result); those running finish. Answers the batch's status."},
 	{pattern: "GET /v1/executions", summary: "List the caller's one-shot runs in flight", resp: api.ExecutionList{},
 		desc: "Each run of POST /v1/execute while it runs, with its id (the X-Airlock-Execution header of its answer), key, age, language and usage so far; another key's runs are not listed."},
 	{pattern: "DELETE /v1/executions/{id}", summary: "Cancel a one-shot run in flight", resp: api.Execution{},
@@ -146,7 +154,10 @@ const portAuthDoc = "Authenticated by the owner's API key (Bearer), or the port'
 // paramDocs describes every path and query parameter by name; the generator refuses a
 // parameter missing here.
 var paramDocs = map[string]string{
-	"id":         "The sandbox's (or session's) id.",
+	"id":         "The sandbox's (or session's, or async batch's) id.",
+	"after":      "Async batch results: only indexes after this one; default -1 (from the first).",
+	"limit":      "Async batch results: at most this many indexes, 0…1000; default 100, 0 for counts only.",
+	"stream":     "1 follows the batch: each result as it completes, until every snippet has one.",
 	"ref":        "An image: name[:tag], name@sha256:…, its id, or at least 12 hex digits of its id (slashes included, unescaped).",
 	"pid":        "The process's id inside the sandbox, from the exec's start event or the process list.",
 	"tag":        "key:value; only sandboxes having this tag. Repeatable: all must match.",

@@ -64,6 +64,8 @@ type Config struct {
 	Agent AgentRunner
 	// Cluster routes requests across nodes (cluster.go); nil is single-node mode.
 	Cluster Cluster
+	// Batches is the async batch queue behind /v1/batches (batches.go); nil answers 501.
+	Batches BatchQueue
 }
 
 // Validate reports a configuration that cannot work.
@@ -202,6 +204,7 @@ func (s *Server) routes() {
 	s.secretRoutes()
 	s.playgroundRoutes()
 	s.agentRoutes()
+	s.batchRoutes()
 	// Everything else: JSON errors rather than the mux's plain-text ones.
 	for p := range s.paths {
 		if s.underRest(p) {
