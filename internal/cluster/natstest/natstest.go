@@ -1,5 +1,6 @@
-// Package natstest runs an embedded NATS server with JetStream for tests of cluster mode. Only
-// tests import it, so the daemon's binary carries no NATS server.
+// Package natstest runs an embedded NATS server with JetStream, listening on 127.0.0.1, for tests
+// of cluster mode. (The daemon embeds one of its own only for single-node async batches, with
+// no listener: cluster.LocalQueue.)
 package natstest
 
 import (
