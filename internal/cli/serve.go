@@ -339,7 +339,8 @@ func serveCmd() *cobra.Command {
 			if ar != nil {
 				ar.base = self
 			}
-			hs := &http.Server{Handler: msrv.Handler(esrv.Handler(mountMCP(srv.Handler(), self, logger))), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
+			// In cluster mode, E2B's planes are routed by sandbox id before its front end (ClusterFront).
+			hs := &http.Server{Handler: srv.ClusterFront(msrv.Handler(esrv.Handler(mountMCP(srv.Handler(), self, logger)))), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys)+len(sc.Keys) > 0,

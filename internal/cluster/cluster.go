@@ -164,9 +164,10 @@ type Node struct {
 	// newer one of the same id.
 	writeMu sync.Mutex
 
-	mu      sync.Mutex // guards seen and pending
+	mu      sync.Mutex // guards seen, pending and live
 	seen    map[string]peer
 	pending map[string]Entry // registry writes that failed (NATS away), retried by Run
+	live    map[string]bool  // ids this node registered live and has not yet ended
 }
 
 // peer is the last heartbeat of a node and when it was seen.
@@ -246,7 +247,8 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, nc: nc, nodes: nodes, sandboxes: sbs, seen: map[string]peer{}, pending: map[string]Entry{}}
+	n := &Node{cfg: cfg, nc: nc, nodes: nodes, sandboxes: sbs, seen: map[string]peer{}, pending: map[string]Entry{},
+		live: map[string]bool{}}
 	cfg.Engine.SetHooks(engine.Hooks{Live: n.registerLive, Ended: n.registerEnded})
 	return n, nil
 }
@@ -275,8 +277,31 @@ func (n *Node) write(ctx context.Context, id string, e Entry) error {
 	if _, err := n.sandboxes.Put(ctx, id, b); err != nil {
 		return fmt.Errorf("registry put %s: %w", id, err)
 	}
+	// The owner's index (ownerKey): what LiveOf counts, written after the entry so that a
+	// create is counted once it is reachable, and removed once it has ended.
+	if e.Owner == "" || !validKey.MatchString(e.Owner) {
+		return nil // no API keys: no per-key limits to count for
+	}
+	k := ownerKey(e.Owner, e.Node, e.Kind, id)
+	if e.Ended == "" {
+		_, err = n.sandboxes.Put(ctx, k, nil)
+	} else if err = n.sandboxes.Purge(ctx, k); errors.Is(err, jetstream.ErrKeyNotFound) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("registry owner index %s: %w", id, err)
+	}
 	return nil
 }
+
+// ownerKey is the registry key that indexes id, live on node, under its owner; LiveOf lists
+// an owner's with one filtered read (ownerKeys) rather than reading the whole registry.
+func ownerKey(owner, node, kind, id string) string {
+	return ownerKeys(owner) + "." + node + "." + kind + "." + id
+}
+
+// ownerKeys is the prefix of owner's index keys.
+func ownerKeys(owner string) string { return "own." + owner }
 
 // put records ev in the registry; a write that fails is kept and retried with every
 // heartbeat (retryPending), as the sandbox works locally meanwhile and only other nodes cannot
@@ -287,6 +312,11 @@ func (n *Node) put(ctx context.Context, ev engine.SandboxEvent) {
 	defer n.writeMu.Unlock()
 	err := n.write(ctx, ev.ID, e)
 	n.mu.Lock()
+	if e.Ended == "" {
+		n.live[ev.ID] = true
+	} else {
+		delete(n.live, ev.ID)
+	}
 	if err != nil {
 		n.pending[ev.ID] = e
 	} else {

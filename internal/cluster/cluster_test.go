@@ -14,6 +14,7 @@ import (
 
 	"github.com/airlockhq/airlock/internal/cluster/natstest"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/server"
 )
 
 // noRuntime is a Runtime these tests never reach: they create no sandbox.
@@ -167,8 +168,8 @@ func TestLocateAndPlace(t *testing.T) {
 			}
 		})
 	}
-	if loc, ok := n.Place(t.Context()); !ok || loc.Node != "roomy" {
-		t.Errorf("Place: %q %v, want roomy (most room among the live peers; left has shut down)", loc.Node, ok)
+	if c := n.Candidates(server.ClusterNeed{}); len(c) != 2 || c[0].Node != "roomy" || c[1].Node != "live" {
+		t.Errorf("Candidates: %+v, want roomy then live (most room first; left has shut down)", c)
 	}
 
 	// A peer that stops heartbeating is gone once GoneAfter has passed.

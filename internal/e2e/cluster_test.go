@@ -1,13 +1,30 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -176,4 +193,245 @@ func logRoutingOverhead(t *testing.T, viaA, viaB tenant, id string) {
 	slices.Sort(routed)
 	t.Logf("GET /v1/sandboxes/{id}, %d pairs: served locally median %v p90 %v; through another node median %v p90 %v",
 		n, local[n/2], local[n*9/10], routed[n/2], routed[n*9/10])
+}
+
+// clusterImage serves, on a registry on 127.0.0.1 until the test ends, an image of one layer
+// (the host's static busybox as /bin/sh and a marker file) and returns its reference.
+func clusterImage(t *testing.T) string {
+	t.Helper()
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		t.Skip("needs /bin/busybox (busybox-static)")
+	}
+	var buf bytes.Buffer
+	lw := &layerWriter{tw: tar.NewWriter(&buf), seen: map[string]bool{}}
+	for _, err := range []error{lw.file("/bin/busybox", "/bin/busybox", nil), lw.symlink("/bin/sh", "busybox"),
+		lw.file("", imageMarker, []byte("only-c\n")), lw.tw.Close()} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf.Bytes())), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/e2e/only-c:1"
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img, remote.WithContext(t.Context())); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+// metricOf is the sum of the samples of metric (with every label in labels) in d's /metrics.
+func metricOf(t *testing.T, d *daemon, key, metric string, labels ...string) float64 {
+	t.Helper()
+	_, b := tenant{t, d.url, key}.raw("GET", "/metrics", "")
+	sum := 0.0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, metric) || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, value, _ := strings.Cut(line, " ")
+		if !strings.HasPrefix(name, metric+"{") && name != metric {
+			continue
+		}
+		match := true
+		for _, l := range labels {
+			match = match && strings.Contains(name, l)
+		}
+		if v, err := strconv.ParseFloat(value, 64); err == nil && match {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// burst runs n one-shot runs at once through via, each printing its index after a second,
+// and returns how many answered 429 and the outputs of those that answered 200 (by index).
+func burst(t *testing.T, via tenant, n int) (refused int, out map[int]string) {
+	t.Helper()
+	var (
+		mu sync.Mutex
+		wg sync.WaitGroup
+	)
+	out = map[int]string{}
+	for i := range n {
+		wg.Go(func() {
+			body := fmt.Sprintf(`{"code":"import time; time.sleep(1); print(%d * 7)","timeout":30}`, i)
+			req, _ := http.NewRequest("POST", via.url+"/v1/execute", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+via.key)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Errorf("run %d: %v", i, err)
+				return
+			}
+			defer resp.Body.Close()
+			var res api.ExecuteResponse
+			json.NewDecoder(resp.Body).Decode(&res)
+			mu.Lock()
+			defer mu.Unlock()
+			switch resp.StatusCode {
+			case 200:
+				out[i] = strings.TrimSpace(res.Stdout)
+			case 429:
+				refused++
+			default:
+				t.Errorf("run %d: %d %+v", i, resp.StatusCode, res)
+			}
+		})
+	}
+	wg.Wait()
+	return refused, out
+}
+
+// TestClusterPlacement: three nodes of two one-shot slots and a queue of one each. A burst of
+// three times one node's capacity through node A completes with no 429 (A alone refuses
+// some); a create naming an image only node C has, or a runtime only C offers (gvisor: A and B
+// have no runsc), made through A, lands on C; a key allowed 2 live sandboxes cannot hold a
+// third by creating through another node; E2B's control plane and envd data plane reach, through
+// A, a sandbox on B; once B is killed and gone, a burst through A avoids it.
+func TestClusterPlacement(t *testing.T) {
+	natsURL := natstest.Start(t)
+	user, limited := "cluster-place-user-0123456789", "cluster-place-limited-0123456789"
+	keyFile := filepath.Join(t.TempDir(), "keys.json")
+	kb, _ := json.Marshal(map[string]any{"keys": []map[string]any{{"id": "user", "key": user}, {"id": "limited", "key": limited, "max_sandboxes": 2}}})
+	if err := os.WriteFile(keyFile, kb, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const slots = "--max-concurrent 2 --max-queue 1 --max-concurrent-per-key 2 --max-queue-per-key 1"
+	node := func(id, extra string) (*fleet, *daemon) {
+		f := newFleet(t, "pl"+strings.ToLower(id))
+		d := f.start(freeAddr(t), withArgs(fmt.Sprintf("--cluster %s --cluster-node-id %s --cluster-heartbeat 200ms --api-key-file %s %s %s",
+			natsURL, id, keyFile, slots, extra)))
+		return f, d
+	}
+	noGvisor := "--gvisor-runsc /nonexistent/runsc"
+	fa, a := node("A", noGvisor)
+	_, b := node("B", noGvisor) // killed below: its fleet's cleanup destroys what it left
+	fc, c := node("C", "")
+	clusterUp(t, natsURL, "A", "B", "C")
+	viaA := tenant{t, a.url, user}
+
+	refused, out := burst(t, viaA, 6)
+	if refused != 0 || len(out) != 6 {
+		t.Errorf("a burst of 6 through A over three nodes of 2 slots: %d answered 429, %d answered 200; want 0 and 6", refused, len(out))
+	}
+	for i, got := range out {
+		if want := strconv.Itoa(i * 7); got != want {
+			t.Errorf("run %d printed %q, want %q", i, got, want)
+		}
+	}
+	if n := metricOf(t, a, user, "airlock_cluster_forwarded_total", `reason="full"`, `outcome="served"`); n < 3 {
+		t.Errorf("A forwarded %v runs for want of room, want at least 3 (it has 2 slots and 1 queue place)", n)
+	}
+
+	t.Run("image only C has", func(t *testing.T) {
+		ref := clusterImage(t)
+		if st, body := (tenant{t, c.url, user}).raw("POST", "/v1/images/pull", fmt.Sprintf(`{"ref":%q}`, ref)); st != 200 {
+			t.Fatalf("pull through C: %d %s", st, body)
+		}
+		waitFor(t, "C's heartbeat to list the image", func() bool {
+			nodes, _ := cluster.Status(t.Context(), cluster.Config{URL: natsURL})
+			for _, n := range nodes {
+				if n.Node == "C" && slices.Contains(n.Images, ref) {
+					return true
+				}
+			}
+			return false
+		})
+		sb := (tenant{t, a.url, user}).mustCreate("/v1/sandboxes", fmt.Sprintf(`{"image":%q}`, ref))
+		if got := registryNode(t, natsURL, sb.ID); got != "C" {
+			t.Errorf("a sandbox of an image only C has, created through A, is on %q, want C", got)
+		}
+		if got := strings.TrimSpace((tenant{t, b.url, user}).mustExec(sb.ID, "/bin/busybox", "cat", imageMarker)); got != "only-c" {
+			t.Errorf("its marker through B: %q, want only-c", got)
+		}
+	})
+	t.Run("runtime only C offers", func(t *testing.T) {
+		sb := (tenant{t, a.url, user}).mustCreate("/v1/sandboxes", `{"runtime":"gvisor"}`)
+		if got := registryNode(t, natsURL, sb.ID); got != "C" {
+			t.Errorf("a gvisor sandbox created through A is on %q, want C (the one node with runsc)", got)
+		}
+		var e api.ErrorBody
+		if st := (tenant{t, a.url, user}).call("POST", "/v1/sandboxes", `{"runtime":"nope"}`, &e); st != 400 {
+			t.Errorf("a runtime no node offers: %d %+v, want 400", st, e)
+		}
+	})
+	t.Run("live sandboxes per key are counted cluster-wide", func(t *testing.T) {
+		var ids []string
+		for _, d := range []*daemon{a, b} {
+			ids = append(ids, (tenant{t, d.url, limited}).mustCreate("/v1/sandboxes", `{}`).ID)
+		}
+		var e api.ErrorBody
+		if st := (tenant{t, c.url, limited}).call("POST", "/v1/sandboxes", `{}`, &e); st != 429 || !strings.Contains(e.Error.Message, "2 live sandboxes") {
+			t.Errorf("a third sandbox of a key allowed 2, through C: %d %q, want 429 (the key holds 2 on A and B)", st, e.Error.Message)
+		}
+		if st := (tenant{t, c.url, limited}).call("DELETE", "/v1/sandboxes/"+ids[0], "", nil); st != 200 && st != 204 {
+			t.Errorf("terminate through C: %d", st)
+		}
+		(tenant{t, c.url, limited}).mustCreate("/v1/sandboxes", `{}`) // room again
+	})
+	t.Run("E2B through another node", func(t *testing.T) {
+		e2bCall := func(d *daemon, method, path, body string, hdr map[string]string, out any) int {
+			req, _ := http.NewRequest(method, d.url+path, strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			for k, v := range hdr {
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if out != nil {
+				json.Unmarshal(b, out)
+			}
+			if resp.StatusCode >= 300 {
+				t.Logf("%s %s: %d %s", method, path, resp.StatusCode, b)
+			}
+			return resp.StatusCode
+		}
+		key := map[string]string{"X-API-KEY": user}
+		var sb struct{ SandboxID, EnvdAccessToken string }
+		if st := e2bCall(b, "POST", "/e2b/sandboxes", `{"templateID":"base","timeout":120}`, key, &sb); st != 201 {
+			t.Fatalf("E2B create through B: %d", st)
+		}
+		var got struct{ SandboxID string }
+		if st := e2bCall(a, "GET", "/e2b/sandboxes/"+sb.SandboxID, "", key, &got); st != 200 || got.SandboxID != sb.SandboxID {
+			t.Errorf("E2B get through A of B's sandbox: %d %+v", st, got)
+		}
+		data := map[string]string{"E2b-Sandbox-Id": sb.SandboxID, "X-Access-Token": sb.EnvdAccessToken}
+		if st := e2bCall(a, "POST", "/e2b/sandbox/files?path=/workspace/e2b.txt", "via A", data, nil); st != 200 {
+			t.Errorf("envd upload through A: %d", st)
+		}
+		if got := strings.TrimSpace((tenant{t, b.url, user}).mustExec(sb.SandboxID, "cat", "/workspace/e2b.txt")); got != "via A" {
+			t.Errorf("the file uploaded through A reads %q on B, want %q", got, "via A")
+		}
+		if st := e2bCall(a, "DELETE", "/e2b/sandboxes/"+sb.SandboxID, "", key, nil); st != 204 {
+			t.Errorf("E2B kill through A: %d, want 204", st)
+		}
+	})
+
+	b.kill()
+	clusterUp(t, natsURL, "A", "C")
+	before := metricOf(t, a, user, "airlock_cluster_forwarded_total", `outcome="unreachable"`)
+	if refused, out := burst(t, viaA, 4); refused != 0 || len(out) != 4 {
+		t.Errorf("a burst of 4 through A with B gone: %d answered 429, %d answered 200; want 0 and 4", refused, len(out))
+	}
+	if after := metricOf(t, a, user, "airlock_cluster_forwarded_total", `outcome="unreachable"`); after != before {
+		t.Errorf("A tried the gone node B %v times, want 0", after-before)
+	}
+	for _, f := range []*fleet{fa, fc} {
+		f.ds[len(f.ds)-1].stop() // --drain-on-stop: the fleets' cleanups find nothing left
+	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,7 +14,7 @@ import (
 	"github.com/airlockhq/airlock/internal/engine"
 )
 
-// fakeCluster answers Locate from a table and Place with one node.
+// fakeCluster answers Locate from a table and Candidates with place, for every need.
 type fakeCluster struct {
 	locs  map[string]ClusterLocation
 	place *ClusterLocation
@@ -25,12 +26,24 @@ func (f *fakeCluster) Locate(_ context.Context, id string) (ClusterLocation, err
 	return f.locs[id], nil
 }
 
-func (f *fakeCluster) Place(context.Context) (ClusterLocation, bool) {
+func (f *fakeCluster) Offers(ClusterNeed) bool { return true }
+
+func (f *fakeCluster) Candidates(ClusterNeed) []ClusterLocation {
 	if f.place == nil {
-		return ClusterLocation{}, false
+		return nil
 	}
-	return *f.place, true
+	return []ClusterLocation{*f.place}
 }
+
+func (f *fakeCluster) LiveOf(context.Context, string, bool) (int, error) {
+	return 0, errors.New("no registry")
+}
+
+func (f *fakeCluster) Claim(context.Context, string) (ClusterLocation, error) {
+	return ClusterLocation{}, errors.New("no registry")
+}
+
+func (f *fakeCluster) View() ClusterView { return ClusterView{Node: "self"} }
 
 // seen is what the peer node of TestClusterRouting was asked.
 type seen struct {
@@ -61,7 +74,7 @@ func TestClusterRouting(t *testing.T) {
 		"sb-gone":  {Known: true, Node: "b", Owner: owner, Gone: "node b is gone: no heartbeat for 9s"},
 		"sb-dead":  {Known: true, Node: "c", Owner: owner, API: closedURL},
 		"sb-local": {Known: true, Local: true, Node: "self", Owner: owner},
-	}, place: &ClusterLocation{Known: true, Node: "peer", API: peerURL}}
+	}, place: &ClusterLocation{Known: true, Node: "peer", API: peerURL, Free: 1}}
 	rt := &blockingRuntime{release: make(chan struct{}), entered: make(chan struct{}, 1)}
 	e, err := engine.New(engine.Config{Runtime: rt, MaxSandboxes: 1, MaxSandboxesPerOwner: 1})
 	if err != nil {

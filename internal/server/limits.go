@@ -291,8 +291,16 @@ func capped(pattern string) string {
 	return ""
 }
 
-// liveOf counts the owner's (ctx's) live sandboxes of the capped kind.
-func (s *Server) liveOf(ctx context.Context, kind string) int {
+// liveOf counts the owner's (ctx's, k's) live sandboxes of the capped kind: in cluster mode on
+// every live node, from the registry (cluster.go); here only when the registry cannot answer.
+func (s *Server) liveOf(ctx context.Context, k *keyState, kind string) int {
+	if c := s.cfg.Cluster; c != nil {
+		n, err := c.LiveOf(ctx, k.owner, kind == "session")
+		if err == nil {
+			return n
+		}
+		s.cfg.Logger.WarnContext(ctx, "cluster registry: counting this node's sandboxes only", "err", err)
+	}
 	n := 0
 	for _, sb := range s.cfg.Engine.ListSandboxes(ctx) {
 		if (kind == "session") == sb.Kind().IsSession() {
@@ -316,7 +324,7 @@ func (s *Server) holdLive(ctx context.Context, k *keyState, kind string) (func()
 	}
 	for {
 		k.mu.Lock()
-		n := s.liveOf(ctx, kind) + k.pending[kind]
+		n := s.liveOf(ctx, k, kind) + k.pending[kind]
 		if n < limit {
 			k.pending[kind]++
 			k.mu.Unlock()

@@ -96,6 +96,8 @@ type Server struct {
 
 	draining atomic.Bool  // Drain was called: /healthz answers 503 "draining"
 	calls    atomic.Int64 // handlers running, WebSocket execs included (see Wait)
+
+	cl *clusterState // cluster mode's routing state (cluster.go); nil in single-node mode
 }
 
 // Wait returns once no call is running, or with ctx's error when ctx ends first. It covers
@@ -173,6 +175,9 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.keys = append(s.keys, ks)
 		s.byOwner[ks.owner] = ks
+	}
+	if cfg.Cluster != nil {
+		s.cl = newClusterState(s.metrics.reg, cfg.Cluster)
 	}
 	s.routes()
 	return s, nil
