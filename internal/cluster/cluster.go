@@ -137,11 +137,16 @@ type Heartbeat struct {
 	MaxSandboxes int            `json:"max_sandboxes"`
 	Room         int            `json:"room"`
 	Sandboxes    map[string]int `json:"sandboxes"`
-	// MaxConcurrent is its bound on one-shot runs at once; Waiting the runs queued for a slot.
-	MaxConcurrent int       `json:"max_concurrent"`
-	Waiting       int       `json:"waiting"`
-	Leaving       bool      `json:"leaving,omitempty"` // its last heartbeat: it shut down
-	Time          time.Time `json:"time"`
+	// MaxConcurrent is its bound on one-shot runs at once; Running the runs holding a slot
+	// (every route's), Waiting those queued for one.
+	MaxConcurrent int `json:"max_concurrent"`
+	Running       int `json:"running"`
+	Waiting       int `json:"waiting"`
+	// GPUs is how many GPUs it offers sandboxes: none yet (the API has no GPU field), published
+	// so that placement by GPU needs no new heartbeat format.
+	GPUs    int       `json:"gpus"`
+	Leaving bool      `json:"leaving,omitempty"` // its last heartbeat: it shut down
+	Time    time.Time `json:"time"`
 }
 
 // Entry is the registry's record of one sandbox or session, its value in SandboxesBucket.
@@ -377,7 +382,7 @@ func (n *Node) heartbeat(leaving bool) Heartbeat {
 	}
 	return Heartbeat{Node: n.cfg.NodeID, API: n.cfg.APIURL, Version: n.cfg.Version, Runtimes: n.cfg.Runtimes,
 		Images: images, MaxSandboxes: lim.MaxSandboxes, Room: e.SandboxRoom(), Sandboxes: counts,
-		MaxConcurrent: lim.MaxConcurrent, Waiting: e.Waiting(), Leaving: leaving, Time: time.Now().UTC()}
+		MaxConcurrent: lim.MaxConcurrent, Running: e.Running(), Waiting: e.Waiting(), Leaving: leaving, Time: time.Now().UTC()}
 }
 
 func (n *Node) beat(ctx context.Context, leaving bool) error {
@@ -593,4 +598,50 @@ type NodeStatus struct {
 	Heartbeat
 	Seen  time.Time `json:"seen"`  // when its last heartbeat was stored
 	State string    `json:"state"` // up, gone (missed its heartbeats) or left (shut down)
+}
+
+// Totals sums a cluster's nodes for `airlock cluster status`: how many are up and gone (or
+// left), and the capacity and load of those up.
+type Totals struct {
+	Up   int `json:"up"`
+	Gone int `json:"gone"` // gone or left
+	// MaxSandboxes, Sandboxes and Room: long-lived sandboxes and sessions admitted, alive and
+	// admissible now; MaxConcurrent, Running and Waiting: one-shot slots, runs holding one and
+	// runs queued.
+	MaxSandboxes  int `json:"max_sandboxes"`
+	Sandboxes     int `json:"sandboxes"`
+	Room          int `json:"room"`
+	MaxConcurrent int `json:"max_concurrent"`
+	Running       int `json:"running"`
+	Waiting       int `json:"waiting"`
+}
+
+// Sum is the totals of nodes.
+func Sum(nodes []NodeStatus) Totals {
+	var t Totals
+	for _, n := range nodes {
+		if n.State != "up" {
+			t.Gone++
+			continue
+		}
+		t.Up++
+		t.MaxSandboxes += n.MaxSandboxes
+		t.Sandboxes += n.LongLived()
+		t.Room += n.Room
+		t.MaxConcurrent += n.MaxConcurrent
+		t.Running += n.Running
+		t.Waiting += n.Waiting
+	}
+	return t
+}
+
+// LongLived is how many long-lived sandboxes and sessions the heartbeat counts.
+func (hb Heartbeat) LongLived() int {
+	n := 0
+	for k, v := range hb.Sandboxes {
+		if k != string(engine.KindOneShot) {
+			n += v
+		}
+	}
+	return n
 }

@@ -103,7 +103,7 @@ func (n *Node) Candidates(need server.ClusterNeed) []server.ClusterLocation {
 		}
 		free := hb.Room
 		if need.OneShot {
-			free = hb.MaxConcurrent - hb.Sandboxes[string(engine.KindOneShot)] - hb.Waiting
+			free = hb.MaxConcurrent - hb.Running - hb.Waiting
 		}
 		out = append(out, server.ClusterLocation{Known: true, Node: id, API: u, Free: free})
 	}
@@ -243,7 +243,7 @@ func (n *Node) View() server.ClusterView {
 		}
 		v.Nodes = append(v.Nodes, server.ClusterNodeView{Node: id, State: st, API: hb.API, Version: hb.Version,
 			Runtimes: hb.Runtimes, Images: hb.Images, MaxSandboxes: hb.MaxSandboxes, Room: hb.Room,
-			MaxConcurrent: hb.MaxConcurrent, Waiting: hb.Waiting, Sandboxes: hb.Sandboxes, Seen: at})
+			MaxConcurrent: hb.MaxConcurrent, Running: hb.Running, Waiting: hb.Waiting, Sandboxes: hb.Sandboxes, Seen: at})
 		if !alive {
 			v.Gone++
 			continue
@@ -252,7 +252,7 @@ func (n *Node) View() server.ClusterView {
 		v.MaxSandboxes += hb.MaxSandboxes
 		v.Room += hb.Room
 		v.MaxConcurrent += hb.MaxConcurrent
-		v.Running += hb.Sandboxes[string(engine.KindOneShot)]
+		v.Running += hb.Running
 		v.Waiting += hb.Waiting
 		for k, c := range hb.Sandboxes {
 			v.Sandboxes[k] += c

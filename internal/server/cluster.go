@@ -20,7 +20,6 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/audit"
-	"github.com/airlockhq/airlock/internal/engine"
 )
 
 // Cluster is what the server needs of cluster mode (internal/cluster's Node): where an id
@@ -103,6 +102,7 @@ type ClusterNodeView struct {
 	MaxSandboxes  int            `json:"max_sandboxes"`  // its bound on long-lived sandboxes and sessions
 	Room          int            `json:"room"`           // how many more of those it admits
 	MaxConcurrent int            `json:"max_concurrent"` // its one-shot slots
+	Running       int            `json:"running"`        // one-shot runs holding a slot
 	Waiting       int            `json:"waiting"`        // one-shot runs queued for a slot
 	Sandboxes     map[string]int `json:"sandboxes"`      // live sandboxes by kind (one-shot runs included)
 	Seen          time.Time      `json:"seen"`           // when its last heartbeat was seen
@@ -317,7 +317,9 @@ func (s *Server) reserveHere(oneShot bool) (release func(), ok bool) {
 		return func() {}, s.cfg.Engine.SandboxRoom() > 0
 	}
 	e, cs := s.cfg.Engine, s.cl
-	busy := e.SandboxCounts()[engine.KindOneShot] + e.Waiting()
+	// The engine's count covers every route's runs (batches, the judge APIs); this node's own
+	// covers runs admitted here that have not reached the engine yet.
+	busy := e.Running() + e.Waiting()
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if max(busy, cs.oneShots) >= e.Limits().MaxConcurrent {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/airlockhq/airlock/internal/engine"
@@ -16,8 +17,10 @@ import (
 
 // fakeCluster answers Locate from a table and Candidates with place, for every need.
 type fakeCluster struct {
-	locs  map[string]ClusterLocation
-	place *ClusterLocation
+	locs   map[string]ClusterLocation
+	place  *ClusterLocation
+	cands  []ClusterLocation      // when set, Candidates' answer instead of place
+	offers func(ClusterNeed) bool // nil offers everything
 }
 
 func (f *fakeCluster) ID() string { return "self" }
@@ -26,9 +29,12 @@ func (f *fakeCluster) Locate(_ context.Context, id string) (ClusterLocation, err
 	return f.locs[id], nil
 }
 
-func (f *fakeCluster) Offers(ClusterNeed) bool { return true }
+func (f *fakeCluster) Offers(need ClusterNeed) bool { return f.offers == nil || f.offers(need) }
 
 func (f *fakeCluster) Candidates(ClusterNeed) []ClusterLocation {
+	if f.cands != nil {
+		return f.cands
+	}
 	if f.place == nil {
 		return nil
 	}
@@ -183,5 +189,109 @@ func TestRoutedID(t *testing.T) {
 		if id, keyed := routedID(tc.path); id != tc.id || (id != "" && keyed != tc.keyed) {
 			t.Errorf("routedID(%q) = %q, %v; want %q, %v", tc.path, id, keyed, tc.id, tc.keyed)
 		}
+	}
+}
+
+// TestClusterPlacement: a node with no free one-shot slot refuses a hop at once (429 marked
+// refused, nothing started) and, as the entry node, tries the next candidate after a refusal
+// and skips one with no room; a run naming an image this node lacks goes to a node that has
+// it, or is a 429 when every such node refuses.
+func TestClusterPlacement(t *testing.T) {
+	var asked []string
+	var mu sync.Mutex
+	peer := func(name string, refuse bool) ClusterLocation {
+		ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			asked = append(asked, name)
+			mu.Unlock()
+			if refuse {
+				w.Header().Set(ClusterRefusedHeader, "full")
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			}
+			json.NewEncoder(w).Encode(seen{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("Authorization"), r.Header.Get(ClusterHopHeader), string(b)})
+		}))
+		t.Cleanup(ts.Close)
+		u, _ := url.Parse(ts.URL)
+		return ClusterLocation{Known: true, Node: name, API: u, Free: 1}
+	}
+	full, roomy, busy := peer("full", true), peer("roomy", false), peer("busy", false)
+	busy.Free = 0
+	fc := &fakeCluster{cands: []ClusterLocation{busy, full, roomy}}
+	rt := &blockingRuntime{release: make(chan struct{}), entered: make(chan struct{}, 1)}
+	e, err := engine.New(engine.Config{Runtime: rt, MaxConcurrent: 1, MaxConcurrentPerOwner: 1, MaxSandboxes: 1, MaxSandboxesPerOwner: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Engine: e, APIKeys: []string{testKey}, Cluster: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	request := func(path, body string, hop bool) *http.Request {
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", ts.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		if hop {
+			req.Header.Set(ClusterHopHeader, "other")
+		}
+		return req
+	}
+	post := func(path, body string, hop bool) *http.Response {
+		resp, err := http.DefaultClient.Do(request(path, body, hop))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+
+	// A run in flight holds the one slot (a hop: served here, never forwarded).
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		resp := post("/v1/execute", `{"code":"print(1)"}`, true)
+		resp.Body.Close()
+	}()
+	<-rt.entered
+	defer func() { close(rt.release); <-held }()
+
+	for _, tc := range []struct {
+		name, path, body string
+		hop              bool
+		status           int
+		refused          bool
+		asked            string // the peers asked, in order
+	}{
+		{"hop run on a full node: refused at once", "/v1/execute", `{"code":"print(1)"}`, true, 429, true, ""},
+		{"run on a full node: the next node with room after a refusal", "/v1/execute", `{"code":"print(2)"}`, false, 200, false, "full roomy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			asked = nil
+			resp := post(tc.path, tc.body, tc.hop)
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status || (resp.Header.Get(ClusterRefusedHeader) != "") != tc.refused {
+				t.Errorf("%d (refused %q) %s, want %d (refused %v)", resp.StatusCode, resp.Header.Get(ClusterRefusedHeader), b, tc.status, tc.refused)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if got := strings.Join(asked, " "); got != tc.asked {
+				t.Errorf("peers asked: %q, want %q", got, tc.asked)
+			}
+		})
+	}
+	// This node lacks the image: a node that has it takes the run even though this one has
+	// room; when all of those refuse, 429 rather than this node's "no such image".
+	fc.offers = func(n ClusterNeed) bool { return n.Image == "" }
+	fc.cands = []ClusterLocation{roomy}
+	if got := doSeen(t, request("/v1/sandboxes", `{"image":"elsewhere:1"}`, false)); got.Path != "/v1/sandboxes" || got.Hop != "self" || got.Body != `{"image":"elsewhere:1"}` {
+		t.Errorf("a create of an image only a peer has: the peer got %+v", got)
+	}
+	fc.cands = []ClusterLocation{full}
+	resp := post("/v1/sandboxes", `{"image":"elsewhere:1"}`, false)
+	resp.Body.Close()
+	if resp.StatusCode != 429 {
+		t.Errorf("every node with the image refused: %d, want 429", resp.StatusCode)
 	}
 }
