@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -25,6 +26,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	pb "github.com/modal-labs/modal-client/go/proto/modal_proto"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -297,8 +302,9 @@ func burst(t *testing.T, via tenant, n int) (refused int, out map[int]string) {
 // three times one node's capacity through node A completes with no 429 (A alone refuses
 // some); a create naming an image only node C has, or a runtime only C offers (gvisor: A and B
 // have no runsc), made through A, lands on C; a key allowed 2 live sandboxes cannot hold a
-// third by creating through another node; E2B's control plane and envd data plane reach, through
-// A, a sandbox on B; once B is killed and gone, a burst through A avoids it.
+// third by creating through another node; E2B's control plane and envd data plane, and Modal's
+// control and router calls (an exec), reach through A a sandbox on B; once B is killed and gone,
+// a burst through A avoids it.
 func TestClusterPlacement(t *testing.T) {
 	natsURL := natstest.Start(t)
 	user, limited := "cluster-place-user-0123456789", "cluster-place-limited-0123456789"
@@ -419,6 +425,53 @@ func TestClusterPlacement(t *testing.T) {
 		}
 		if st := e2bCall(a, "DELETE", "/e2b/sandboxes/"+sb.SandboxID, "", key, nil); st != 204 {
 			t.Errorf("E2B kill through A: %d, want 204", st)
+		}
+	})
+	t.Run("Modal through another node", func(t *testing.T) {
+		id := (tenant{t, b.url, user}).mustCreate("/v1/sandboxes", `{"timeout":120}`).ID
+		conn, err := grpc.NewClient(strings.TrimPrefix(a.url, "http://"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx := metadata.AppendToOutgoingContext(t.Context(), "x-modal-token-id", "any", "x-modal-token-secret", user, "x-modal-client-type", "9")
+		cp := pb.NewModalClientClient(conn)
+		task, err := cp.SandboxGetTaskId(ctx, pb.SandboxGetTaskIdRequest_builder{SandboxId: id}.Build())
+		if err != nil || task.GetTaskId() != id {
+			t.Fatalf("SandboxGetTaskId through A of B's sandbox: %v, %v", task, err)
+		}
+		acc, err := cp.TaskGetCommandRouterAccess(ctx, pb.TaskGetCommandRouterAccessRequest_builder{TaskId: id}.Build())
+		if err != nil {
+			t.Fatalf("TaskGetCommandRouterAccess through A: %v", err)
+		}
+		rc := pb.NewTaskCommandRouterClient(conn) // the router URL is the host the client used: A
+		rctx := metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer "+acc.GetJwt())
+		if _, err := rc.TaskExecStart(rctx, pb.TaskExecStartRequest_builder{TaskId: id, ExecId: "x1", CommandArgs: []string{"cat", "/proc/sys/kernel/hostname"},
+			StdoutConfig: pb.TaskExecStdoutConfig_TASK_EXEC_STDOUT_CONFIG_PIPE}.Build()); err != nil {
+			t.Fatalf("TaskExecStart through A: %v", err)
+		}
+		if w, err := rc.TaskExecWait(rctx, pb.TaskExecWaitRequest_builder{TaskId: id, ExecId: "x1"}.Build()); err != nil || w.GetCode() != 0 {
+			t.Fatalf("TaskExecWait through A: %v, %v", w, err)
+		}
+		st, err := rc.TaskExecStdioRead(rctx, pb.TaskExecStdioReadRequest_builder{TaskId: id, ExecId: "x1",
+			FileDescriptor: pb.TaskExecStdioFileDescriptor_TASK_EXEC_STDIO_FILE_DESCRIPTOR_STDOUT}.Build())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		for {
+			m, err := st.Recv()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("TaskExecStdioRead through A: %v", err)
+			}
+			out.Write(m.GetData())
+		}
+		want := strings.TrimSpace(strings.Join(strings.Fields((tenant{t, b.url, user}).mustExec(id, "cat", "/proc/sys/kernel/hostname")), " "))
+		if got := strings.TrimSpace(out.String()); got != want || got == "" {
+			t.Errorf("a Modal exec through A in B's sandbox printed %q, want %q (its hostname, as B's REST exec reads it)", got, want)
 		}
 	})
 

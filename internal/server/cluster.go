@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -513,7 +515,8 @@ const (
 	e2bSandboxHeader = "E2b-Sandbox-Id" // the data plane's sandbox id (E2B SDKs send it)
 )
 
-// ClusterFront routes the front ends mounted outside Handler — E2B's control plane
+// ClusterFront routes the front ends mounted outside Handler — Modal's gRPC calls (by the
+// sandbox or task id in the call's first message), E2B's control plane
 // (/e2b/sandboxes/{id}…, /e2b/v2/sandboxes/{id}…) and its envd data plane (/e2b/sandbox, the
 // id in the E2b-Sandbox-Id header) — to the node that holds the sandbox, and places an E2B
 // create this node has no room for on a node that has, as clusterRoute does for /v1. In
@@ -524,12 +527,20 @@ func (s *Server) ClusterFront(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hop := r.Header.Get(ClusterHopHeader) != ""
+		if isGRPC(r) {
+			if !hop {
+				s.routeGRPC(w, r, next)
+				return
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
 		rest, ok := strings.CutPrefix(r.URL.Path, e2bPrefix+"/")
 		if !ok {
 			next.ServeHTTP(w, r)
 			return
 		}
-		hop := r.Header.Get(ClusterHopHeader) != ""
 		control, _ := strings.CutPrefix(rest, "v2/")
 		if r.Method == http.MethodPost && control == "sandboxes" {
 			s.placeRun(w, r, next, hop, false)
@@ -567,4 +578,117 @@ func (s *Server) ClusterFront(next http.Handler) http.Handler {
 		}
 		s.proxyTo(w, r, loc, "owner")
 	})
+}
+
+// isGRPC reports whether r is a gRPC call (Modal's front end, internal/compat/modal).
+func isGRPC(r *http.Request) bool {
+	return r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}
+
+// clusterGRPCTransport carries gRPC calls between nodes: HTTP/2 without TLS (h2c), as the
+// nodes' listeners serve it, with trailers (a call's status) passed through.
+var clusterGRPCTransport = func() *http.Transport {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	return &http.Transport{Protocols: &p, DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		IdleConnTimeout: 90 * time.Second}
+}()
+
+// maxGRPCPeek bounds the first message of a gRPC call read for its sandbox id; a larger one
+// (a file upload, say) is served here.
+const maxGRPCPeek = 1 << 20
+
+// routeGRPC sends a gRPC call naming a sandbox another live node holds (a Modal control call
+// with its sandbox_id, a router call with its task_id: the same id) to that node, the whole
+// HTTP/2 stream proxied; any other call is served here. The holding node checks the caller's
+// key or router token.
+func (s *Server) routeGRPC(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	first, id := peekGRPC(r.Body)
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(first), r.Body), r.Body}
+	if id == "" {
+		next.ServeHTTP(w, r)
+		return
+	}
+	loc, err := s.cfg.Cluster.Locate(r.Context(), id)
+	if err != nil || !loc.Known || loc.Local || loc.API == nil {
+		next.ServeHTTP(w, r) // gone: the front end answers as for any id it does not hold
+		return
+	}
+	rp := s.proxy(loc, "owner")
+	rp.Transport = clusterGRPCTransport
+	rp.ServeHTTP(w, r)
+}
+
+// sandboxIDRE is an engine sandbox id (engine.newID).
+var sandboxIDRE = regexp.MustCompile(`^sb-[a-z2-7]{20}$`)
+
+// peekGRPC reads the first message of a gRPC stream and returns the bytes read and the first
+// sandbox id among its string fields (nested messages included); "" when there is none, the
+// message is compressed or too large, or the stream ended first.
+func peekGRPC(body io.Reader) ([]byte, string) {
+	hdr := make([]byte, 5)
+	if n, err := io.ReadFull(body, hdr); err != nil {
+		return hdr[:n], ""
+	}
+	size := binary.BigEndian.Uint32(hdr[1:])
+	if hdr[0] != 0 || size > maxGRPCPeek {
+		return hdr, ""
+	}
+	msg := make([]byte, size)
+	n, err := io.ReadFull(body, msg)
+	first := append(hdr, msg[:n]...)
+	if err != nil {
+		return first, ""
+	}
+	return first, protoSandboxID(msg, 0)
+}
+
+// protoSandboxID is the first string field of the protobuf message b (or of a message nested
+// in it, to depth 3) that is a sandbox id; "" if none, or b is not a message.
+func protoSandboxID(b []byte, depth int) string {
+	for len(b) > 0 {
+		tag, n := binary.Uvarint(b)
+		if n <= 0 {
+			return ""
+		}
+		b = b[n:]
+		switch tag & 7 {
+		case 0: // varint
+			if _, n = binary.Uvarint(b); n <= 0 {
+				return ""
+			}
+			b = b[n:]
+		case 1: // 64-bit
+			if len(b) < 8 {
+				return ""
+			}
+			b = b[8:]
+		case 5: // 32-bit
+			if len(b) < 4 {
+				return ""
+			}
+			b = b[4:]
+		case 2: // bytes, string or message
+			l, n := binary.Uvarint(b)
+			if n <= 0 || l > uint64(len(b)-n) {
+				return ""
+			}
+			v := b[n : n+int(l)]
+			b = b[n+int(l):]
+			if sandboxIDRE.Match(v) {
+				return string(v)
+			}
+			if depth < 3 {
+				if id := protoSandboxID(v, depth+1); id != "" {
+					return id
+				}
+			}
+		default: // groups: not in Modal's messages
+			return ""
+		}
+	}
+	return ""
 }

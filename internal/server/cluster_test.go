@@ -1,7 +1,9 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"io"
@@ -11,6 +13,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	pb "github.com/modal-labs/modal-client/go/proto/modal_proto"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/airlockhq/airlock/internal/engine"
 )
@@ -293,5 +298,44 @@ func TestClusterPlacement(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 429 {
 		t.Errorf("every node with the image refused: %d, want 429", resp.StatusCode)
+	}
+}
+
+// TestPeekGRPC: the sandbox id of a gRPC call's first message is found in a top-level field
+// and in a nested message; the bytes read are given back whole; a compressed or id-less
+// message has none.
+func TestPeekGRPC(t *testing.T) {
+	t.Parallel()
+	const id = "sb-abcdefghij234567klmn"
+	frame := func(m proto.Message, flag byte) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append(binary.BigEndian.AppendUint32([]byte{flag}, uint32(len(b))), b...)
+	}
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		want  string
+	}{
+		{"top level", frame(pb.SandboxGetTaskIdRequest_builder{SandboxId: id}.Build(), 0), id},
+		{"after other fields", frame(pb.TaskExecStartRequest_builder{ExecId: "x", CommandArgs: []string{"echo"}, TaskId: id}.Build(), 0), id},
+		{"nested", frame(pb.TaskExecStdinWriteStreamRequest_builder{Start: pb.TaskExecStdinWriteStreamStart_builder{TaskId: id, ExecId: "e"}.Build()}.Build(), 0), id},
+		{"no id", frame(pb.AppGetOrCreateRequest_builder{AppName: "sb-notanid"}.Build(), 0), ""},
+		{"compressed", frame(pb.SandboxGetTaskIdRequest_builder{SandboxId: id}.Build(), 1), ""},
+		{"truncated", frame(pb.SandboxGetTaskIdRequest_builder{SandboxId: id}.Build(), 0)[:9], ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rest := []byte("more frames")
+			body := io.MultiReader(bytes.NewReader(tc.frame), bytes.NewReader(rest))
+			read, got := peekGRPC(body)
+			if got != tc.want {
+				t.Errorf("id %q, want %q", got, tc.want)
+			}
+			if after, _ := io.ReadAll(body); !bytes.Equal(append(read, after...), append(tc.frame, rest...)) {
+				t.Errorf("the bytes read and the rest are not the stream")
+			}
+		})
 	}
 }
