@@ -340,6 +340,45 @@ func TestClusterPlacement(t *testing.T) {
 		t.Errorf("A forwarded %v runs for want of room, want at least 3 (it has 2 slots and 1 queue place)", n)
 	}
 
+	t.Run("seed sessions by name per key", func(t *testing.T) {
+		cell := func(d *daemon, key, code string) string {
+			var res struct{ Stdout, Stderr string }
+			body, _ := json.Marshal(api.SeedREPLRequest{SessionID: "shared", Code: code})
+			if st := (tenant{t, d.url, key}).call("POST", "/repl/execute", string(body), &res); st != 200 {
+				t.Fatalf("/repl/execute through %s: %d %+v", d.addr, st, res)
+			}
+			return strings.TrimSpace(res.Stdout + res.Stderr)
+		}
+		cell(a, user, "x = 6")
+		if got := cell(b, user, "print(x * 7)"); got != "42" {
+			t.Errorf("the seed session named through A, through B: %q, want 42", got)
+		}
+		if got := cell(c, limited, "print('x' in globals())"); got != "False" {
+			t.Errorf("another key's session of the same name sees %q, want False (names are per key)", got)
+		}
+	})
+	t.Run("a Piston run on a full node goes elsewhere", func(t *testing.T) {
+		var wg sync.WaitGroup
+		codes := make([]int, 5)
+		for i := range codes {
+			wg.Go(func() {
+				body := fmt.Sprintf(`{"language":"python","version":"*","files":[{"content":"import time; time.sleep(1); print(%d)"}]}`, i)
+				req, _ := http.NewRequest("POST", a.url+"/piston/api/v2/execute", strings.NewReader(body))
+				req.Header.Set("Authorization", "Bearer "+user)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				resp.Body.Close()
+				codes[i] = resp.StatusCode
+			})
+		}
+		wg.Wait()
+		if slices.ContainsFunc(codes, func(c int) bool { return c != 200 }) {
+			t.Errorf("5 Piston runs at once through A (2 slots, 1 queued): %v, want every one 200", codes)
+		}
+	})
 	t.Run("image only C has", func(t *testing.T) {
 		ref := clusterImage(t)
 		if st, body := (tenant{t, c.url, user}).raw("POST", "/v1/images/pull", fmt.Sprintf(`{"ref":%q}`, ref)); st != 200 {

@@ -178,7 +178,9 @@ func (s *Server) clusterRoute(next http.Handler) http.Handler {
 		hop := r.Header.Get(ClusterHopHeader) != ""
 		if r.Method == http.MethodPost {
 			switch r.URL.Path {
-			case "/v1/execute", "/execute":
+			// The judge APIs whose runs keep nothing on the node (Judge0's tokens and go-judge's
+			// cached files do: those stay where they were asked).
+			case "/v1/execute", "/execute", "/piston/api/v2/execute", "/codapi/v1/exec":
 				s.placeRun(w, r, next, hop, true)
 				return
 			case "/v1/sandboxes", "/v1/sessions":
