@@ -105,7 +105,10 @@ func (n *Node) Candidates(need server.ClusterNeed) []server.ClusterLocation {
 		if need.OneShot {
 			free = hb.MaxConcurrent - hb.Running - hb.Waiting
 		}
-		out = append(out, server.ClusterLocation{Known: true, Node: id, API: u, Free: free})
+		n.mu.Lock()
+		at := n.seen[id].at // this node's clock: the server compares its own times with it
+		n.mu.Unlock()
+		out = append(out, server.ClusterLocation{Known: true, Node: id, API: u, Free: free, At: at})
 	}
 	slices.SortFunc(out, func(a, b server.ClusterLocation) int {
 		if a.Free != b.Free {

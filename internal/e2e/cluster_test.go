@@ -3,6 +3,7 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +38,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/cluster"
 	"github.com/airlockhq/airlock/internal/cluster/natstest"
+	"github.com/airlockhq/airlock/internal/server"
 )
 
 // registryNode reads which node the cluster registry says holds id.
@@ -525,5 +527,111 @@ func TestClusterPlacement(t *testing.T) {
 	}
 	for _, f := range []*fleet{fa, fc} {
 		f.ds[len(f.ds)-1].stop() // --drain-on-stop: the fleets' cleanups find nothing left
+	}
+}
+
+// TestClusterBenchPlacement measures placement for BENCHMARKS.md: a burst of one-shot runs
+// through node A alone and then with B and C joined (runs per second, 429s), for a run that
+// waits (sleep 0.5 s: slots bound it) and one that computes (print: the CPU bounds it); then,
+// paired and interleaved, a one-shot served by B itself against the same run sent through a
+// full A to B. Every node has 2 slots. It runs only when asked (AIRLOCK_BENCH_CLUSTER=RUNS per
+// burst, e.g. 60):
+//
+//	CGO_ENABLED=0 AIRLOCK_TEST_VM=0 AIRLOCK_BENCH_CLUSTER=60 go test -count=1 -v -run TestClusterBenchPlacement ./internal/e2e/
+func TestClusterBenchPlacement(t *testing.T) {
+	n := os.Getenv("AIRLOCK_BENCH_CLUSTER")
+	if n == "" {
+		t.Skip("a measurement: set AIRLOCK_BENCH_CLUSTER=RUNS to run it")
+	}
+	runs, err := strconv.Atoi(n)
+	if err != nil || runs < 1 {
+		t.Fatalf("AIRLOCK_BENCH_CLUSTER=%q: want a number of runs", n)
+	}
+	natsURL := natstest.Start(t)
+	key := "cluster-bench-key-0123456789"
+	var fleets []*fleet
+	node := func(id string) *daemon {
+		f := newFleet(t, "cb"+strings.ToLower(id))
+		fleets = append(fleets, f)
+		return f.start(freeAddr(t), withKeys(key), withArgs(fmt.Sprintf(
+			"--cluster %s --cluster-node-id %s --cluster-heartbeat 200ms --max-concurrent 2 --max-concurrent-per-key 2 --max-queue 1000 --max-queue-per-key 1000",
+			natsURL, id)))
+	}
+	a := node("A")
+	clusterUp(t, natsURL, "A")
+	viaA := tenant{t, a.url, key}
+	measure := func(nodes string) {
+		for _, w := range []struct{ name, code string }{{"sleep 0.5 s", "import time; time.sleep(0.5); print(1)"}, {"print", "print(1)"}} {
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			codes := map[int]int{}
+			start := time.Now()
+			for range runs {
+				wg.Go(func() {
+					st, _ := viaA.raw("POST", "/v1/execute", fmt.Sprintf(`{"code":%q,"timeout":120}`, w.code))
+					mu.Lock()
+					codes[st]++
+					mu.Unlock()
+				})
+			}
+			wg.Wait()
+			el := time.Since(start)
+			t.Logf("%s, %d runs (%s) at once through A: %.1f s, %.2f runs/s, answers %v", nodes, runs, w.name, el.Seconds(), float64(runs)/el.Seconds(), codes)
+		}
+	}
+	measure("1 node")
+	b, _ := node("B"), node("C")
+	clusterUp(t, natsURL, "A", "B", "C")
+	measure("3 nodes")
+
+	// A full: two long runs held on A itself (as hops, which are never forwarded).
+	hold, cancel := context.WithCancel(t.Context())
+	var held sync.WaitGroup
+	for range 2 {
+		held.Go(func() {
+			// Refused (429) while the bursts' last sandboxes are torn down: again.
+			for hold.Err() == nil {
+				req, _ := http.NewRequestWithContext(hold, "POST", a.url+"/v1/execute", strings.NewReader(`{"code":"import time; time.sleep(100)","timeout":120}`))
+				req.Header.Set("Authorization", "Bearer "+key)
+				req.Header.Set(server.ClusterHopHeader, "bench")
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode != 429 {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		})
+	}
+	waitFor(t, "A's slots to be held", func() bool {
+		return metricOf(t, a, key, "airlock_sandboxes_live") >= 2
+	})
+	var local, crossed []time.Duration
+	for range runs {
+		for _, p := range []struct {
+			via tenant
+			to  *[]time.Duration
+		}{{tenant{t, b.url, key}, &local}, {viaA, &crossed}} {
+			t0 := time.Now()
+			if st, body := p.via.raw("POST", "/v1/execute", `{"code":"print(1)"}`); st != 200 {
+				t.Fatalf("run through %s: %d %s", p.via.url, st, body)
+			}
+			*p.to = append(*p.to, time.Since(t0))
+		}
+	}
+	cancel()
+	held.Wait()
+	slices.Sort(local)
+	slices.Sort(crossed)
+	t.Logf("one-shot print(1), %d pairs: served by B itself median %v p90 %v; through a full A to another node median %v p90 %v",
+		runs, local[runs/2], local[runs*9/10], crossed[runs/2], crossed[runs*9/10])
+	if got := metricOf(t, a, key, "airlock_cluster_forwarded_total", `reason="full"`, `outcome="served"`); got < float64(runs) {
+		t.Errorf("A forwarded %v runs, want at least %d (it was full)", got, runs)
+	}
+	for _, f := range fleets {
+		f.ds[len(f.ds)-1].stop()
 	}
 }

@@ -67,8 +67,10 @@ type ClusterLocation struct {
 	API  *url.URL
 	Gone string
 	// Free is, for Candidates, the room the node's last heartbeat advertised for the need's
-	// kind: one-shot slots free (less its queue), or long-lived sandboxes it admits.
+	// kind: one-shot slots free (less its queue), or long-lived sandboxes it admits; At is
+	// when that heartbeat was made.
 	Free int
+	At   time.Time
 }
 
 // ClusterView is the cluster as GET /v1/cluster shows it: every node's last heartbeat, and
@@ -133,15 +135,19 @@ var clusterProxyTransport = &http.Transport{
 // forwarded to each node and not yet had answered (heartbeats lag a burst), and its metrics.
 type clusterState struct {
 	mu        sync.Mutex
-	oneShots  int            // one-shot requests served here now (entered here or hops)
-	forwarded map[string]int // node → requests forwarded there, unanswered
+	oneShots  int                             // one-shot requests served here now (entered here or hops)
+	waiting   int                             // one-shot runs waiting for room (placeRun)
+	changed   chan struct{}                   // closed (and replaced) when room may have come
+	seq       uint64                          // ids of forwarded
+	forwarded map[string]map[uint64]time.Time // node → requests sent there, unanswered: when
+	answered  map[string][]forward            // node → requests sent there and answered lately
 
 	routed   *prometheus.CounterVec
 	refusals *prometheus.CounterVec
 }
 
 func newClusterState(reg *prometheus.Registry, c Cluster) *clusterState {
-	cs := &clusterState{forwarded: map[string]int{},
+	cs := &clusterState{forwarded: map[string]map[uint64]time.Time{}, answered: map[string][]forward{}, changed: make(chan struct{}),
 		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_cluster_forwarded_total",
 			Help: "Requests this node sent to another node, by reason (owner: the id lives there; full, image, runtime: placement) and outcome (served, refused, unreachable).",
@@ -274,13 +280,6 @@ func (s *Server) placeRun(w http.ResponseWriter, r *http.Request, next http.Hand
 		return
 	}
 	offered := s.cfg.Cluster.Offers(need)
-	if offered {
-		if release, ok := s.reserveHere(oneShot); ok {
-			defer release()
-			next.ServeHTTP(w, withBody(r, body))
-			return
-		}
-	}
 	reason := "full"
 	switch {
 	case offered:
@@ -289,22 +288,70 @@ func (s *Server) placeRun(w http.ResponseWriter, r *http.Request, next http.Hand
 	default:
 		reason = "image"
 	}
-	cands := s.cfg.Cluster.Candidates(need)
-	for _, loc := range cands {
-		if s.roomOf(loc) <= 0 {
-			continue
+	// A one-shot run waits for room anywhere (here, or a node that had none a moment ago),
+	// rather than in this node's queue, from which no other node could take it; a create
+	// does not wait (a sandbox lives for minutes: a full cluster is a 429 at once).
+	deadline := time.Now().Add(clusterWait)
+	waiting := false
+	defer func() {
+		if waiting {
+			cs.mu.Lock()
+			cs.waiting--
+			cs.mu.Unlock()
 		}
-		if s.tryForward(w, r, body, loc, reason) {
+	}()
+	for {
+		cs.mu.Lock()
+		changed := cs.changed
+		cs.mu.Unlock()
+		if offered {
+			if release, ok := s.reserveHere(oneShot); ok {
+				defer release()
+				next.ServeHTTP(w, withBody(r, body))
+				return
+			}
+		}
+		cands := s.cfg.Cluster.Candidates(need)
+		for _, loc := range cands {
+			if s.roomOf(loc) <= 0 {
+				continue
+			}
+			if s.tryForward(w, r, body, loc, reason) {
+				return
+			}
+		}
+		if !offered && len(cands) == 0 {
+			break // no node offers it: this node's answer says why
+		}
+		if !oneShot || !time.Now().Before(deadline) {
+			cs.refusals.WithLabelValues("none").Inc()
+			if !offered {
+				s.writeError(w, r, api.Errorf(api.ErrResourceExhausted, "every node that offers image %q and runtime %q is full; retry", need.Image, need.Runtime))
+				return
+			}
+			break // this node's own answer: its queue, or its 429
+		}
+		if !waiting {
+			cs.mu.Lock()
+			waiting = cs.waiting < s.cfg.Engine.Limits().MaxQueue
+			if waiting {
+				cs.waiting++
+			}
+			cs.mu.Unlock()
+			if !waiting {
+				break // as many wait here as this node's queue holds: its queue decides
+			}
+		}
+		t := time.NewTimer(clusterPoll)
+		select {
+		case <-changed: // a slot here, or an answer from a node this one sent work to
+		case <-t.C: // newer heartbeats
+		case <-r.Context().Done():
+			t.Stop()
+			s.writeError(w, r, api.Errorf(api.ErrUnavailable, "the caller went away while waiting for room"))
 			return
 		}
-	}
-	if !offered && len(cands) > 0 {
-		cs.refusals.WithLabelValues("none").Inc()
-		s.writeError(w, r, api.Errorf(api.ErrResourceExhausted, "every node that offers image %q and runtime %q is full; retry", need.Image, need.Runtime))
-		return
-	}
-	if offered {
-		cs.refusals.WithLabelValues("none").Inc()
+		t.Stop()
 	}
 	// Here: queued for a slot (a one-shot), or this node's own answer — a 429 when full, or
 	// why no node offers what it asks.
@@ -312,6 +359,14 @@ func (s *Server) placeRun(w http.ResponseWriter, r *http.Request, next http.Hand
 	defer release()
 	next.ServeHTTP(w, withBody(r, body))
 }
+
+// clusterWait bounds how long a one-shot run waits for room in the cluster before this node's
+// own queue takes it (the engine's queue timeout, 30 s by default, then applies there);
+// clusterPoll is how often a waiting run looks at the heartbeats again.
+const (
+	clusterWait = 30 * time.Second
+	clusterPoll = 50 * time.Millisecond
+)
 
 // reserveHere takes room for one request of the kind on this node now, or reports that it has
 // none: for one-shot runs, a slot free beyond those running, queued and admitted here; for
@@ -330,7 +385,7 @@ func (s *Server) reserveHere(oneShot bool) (release func(), ok bool) {
 		return nil, false
 	}
 	cs.oneShots++
-	return sync.OnceFunc(func() { cs.mu.Lock(); cs.oneShots--; cs.mu.Unlock() }), true
+	return sync.OnceFunc(cs.doneHere), true
 }
 
 // countHere counts a one-shot served here without room of its own (it queues).
@@ -342,14 +397,79 @@ func (s *Server) countHere(oneShot bool) func() {
 	cs.mu.Lock()
 	cs.oneShots++
 	cs.mu.Unlock()
-	return func() { cs.mu.Lock(); cs.oneShots--; cs.mu.Unlock() }
+	return cs.doneHere
 }
 
-// roomOf is loc's advertised room less what this node has sent it since, unanswered.
+// doneHere ends a one-shot served here and wakes the runs waiting for room.
+func (cs *clusterState) doneHere() {
+	cs.mu.Lock()
+	cs.oneShots--
+	cs.wake()
+	cs.mu.Unlock()
+}
+
+// wake tells the runs waiting for room to look again. cs.mu must be held.
+func (cs *clusterState) wake() {
+	close(cs.changed)
+	cs.changed = make(chan struct{})
+}
+
+// roomOf is loc's advertised room corrected by what this node knows better than that
+// heartbeat: less the requests it sent there since (not in the heartbeat's counts), plus those
+// sent before it that have been answered since (in its counts, but over).
 func (s *Server) roomOf(loc ClusterLocation) int {
-	s.cl.mu.Lock()
-	defer s.cl.mu.Unlock()
-	return loc.Free - s.cl.forwarded[loc.Node]
+	cs := s.cl
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	room := loc.Free
+	for _, start := range cs.forwarded[loc.Node] {
+		if start.After(loc.At) {
+			room--
+		}
+	}
+	for _, f := range cs.answered[loc.Node] {
+		if !f.start.After(loc.At) && f.end.After(loc.At) {
+			room++
+		}
+	}
+	return room
+}
+
+// forward is one request sent to another node and answered.
+type forward struct{ start, end time.Time }
+
+// answeredKeep is how long this node remembers an answered forward for roomOf: longer than
+// any heartbeat interval, after which the heartbeats say it all.
+const answeredKeep = 30 * time.Second
+
+// sent records a request sent to node now; the returned func records its answer.
+func (cs *clusterState) sent(node string) func() {
+	start := time.Now()
+	cs.mu.Lock()
+	id := cs.seq
+	cs.seq++
+	if cs.forwarded[node] == nil {
+		cs.forwarded[node] = map[uint64]time.Time{}
+	}
+	cs.forwarded[node][id] = start
+	cs.mu.Unlock()
+	return func() {
+		now := time.Now()
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		delete(cs.forwarded[node], id)
+		if len(cs.forwarded[node]) == 0 {
+			delete(cs.forwarded, node)
+		}
+		kept := cs.answered[node][:0]
+		for _, f := range cs.answered[node] {
+			if now.Sub(f.end) < answeredKeep {
+				kept = append(kept, f)
+			}
+		}
+		cs.answered[node] = append(kept, forward{start, now})
+		cs.wake()
+	}
 }
 
 // peekNeed reads r's body (up to the server's bound) and what it asks of a node.
@@ -399,16 +519,7 @@ var errRefused = errors.New("refused")
 // before anything was sent (w untouched: the caller tries elsewhere).
 func (s *Server) tryForward(w http.ResponseWriter, r *http.Request, body []byte, loc ClusterLocation, reason string) bool {
 	cs := s.cl
-	cs.mu.Lock()
-	cs.forwarded[loc.Node]++
-	cs.mu.Unlock()
-	defer func() {
-		cs.mu.Lock()
-		if cs.forwarded[loc.Node]--; cs.forwarded[loc.Node] <= 0 {
-			delete(cs.forwarded, loc.Node)
-		}
-		cs.mu.Unlock()
-	}()
+	defer cs.sent(loc.Node)()
 	refused := false
 	rp := s.proxy(loc, reason)
 	served := rp.ModifyResponse
