@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -422,4 +423,48 @@ func TestClaim(t *testing.T) {
 	if loc, err := n.Locate(t.Context(), "seed.bb"); err != nil || loc.Known {
 		t.Errorf("Locate of a claim key: %+v, %v; want unknown (it is no sandbox)", loc, err)
 	}
+}
+
+// BenchmarkRegistryOps measures what cluster-wide per-key limits cost on the embedded NATS
+// server (file store, same process, 127.0.0.1): LiveOf (one filtered read of an owner's index,
+// 5 live sandboxes) as every create pays it, and a compare-and-set increment of one shared
+// counter, what a cluster-wide request rate would pay per request (not built; see
+// docs/cluster.md):
+//
+//	go test -run '^$' -bench BenchmarkRegistryOps -benchtime 2000x ./internal/cluster/
+func BenchmarkRegistryOps(b *testing.B) {
+	e, err := engine.New(engine.Config{Runtime: noRuntime{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	n, err := Join(b.Context(), Config{URL: natstest.Start(b), NodeID: "self", APIURL: "http://127.0.0.1:1", Engine: e})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	for i := range 5 {
+		n.registerLive(b.Context(), engine.SandboxEvent{ID: fmt.Sprintf("sb-%d", i), Kind: engine.KindSandbox, Owner: "0123abcd"})
+	}
+	n.beat(b.Context(), false)
+	b.Run("LiveOf", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := n.LiveOf(b.Context(), "0123abcd", false); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("CASIncrement", func(b *testing.B) {
+		rev, err := n.sandboxes.Create(b.Context(), "rate.0123abcd", []byte("0"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		v := 0
+		for b.Loop() {
+			v++
+			if rev, err = n.sandboxes.Update(b.Context(), "rate.0123abcd", []byte(strconv.Itoa(v)), rev); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
