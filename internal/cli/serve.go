@@ -299,6 +299,9 @@ func serveCmd() *cobra.Command {
 				return err
 			}
 			fan.Add(srv.AuditSink())
+			if node != nil {
+				node.SetCPUCharges(srv.CPUCharges) // a key's CPU seconds bound it over the cluster
+			}
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				return err

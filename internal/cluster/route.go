@@ -263,3 +263,27 @@ func (n *Node) View() server.ClusterView {
 	}
 	return v
 }
+
+// CPUElsewhere sums the CPU seconds the other live nodes' last heartbeats say they charged
+// owner's key in the period that started at window. A charge is as old as its heartbeat: a key
+// may overshoot its bound by what it used elsewhere within one heartbeat interval.
+func (n *Node) CPUElsewhere(owner string, window time.Time) float64 {
+	n.mu.Lock()
+	ids := make([]string, 0, len(n.seen))
+	for id := range n.seen {
+		ids = append(ids, id)
+	}
+	n.mu.Unlock()
+	sum := 0.0
+	for _, id := range ids {
+		if id == n.cfg.NodeID {
+			continue
+		}
+		if hb, alive, _ := n.peer(id); alive {
+			if c, ok := hb.CPU[owner]; ok && c.Window.Equal(window) {
+				sum += c.Seconds
+			}
+		}
+	}
+	return sum
+}

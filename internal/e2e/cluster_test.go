@@ -304,14 +304,16 @@ func burst(t *testing.T, via tenant, n int) (refused int, out map[int]string) {
 // three times one node's capacity through node A completes with no 429 (A alone refuses
 // some); a create naming an image only node C has, or a runtime only C offers (gvisor: A and B
 // have no runsc), made through A, lands on C; a key allowed 2 live sandboxes cannot hold a
-// third by creating through another node; E2B's control plane and envd data plane, and Modal's
+// third by creating through another node, nor spend its CPU seconds again on another node;
+// E2B's control plane and envd data plane, and Modal's
 // control and router calls (an exec), reach through A a sandbox on B; once B is killed and gone,
 // a burst through A avoids it.
 func TestClusterPlacement(t *testing.T) {
 	natsURL := natstest.Start(t)
-	user, limited := "cluster-place-user-0123456789", "cluster-place-limited-0123456789"
+	user, limited, cpu := "cluster-place-user-0123456789", "cluster-place-limited-0123456789", "cluster-place-cpu-0123456789"
 	keyFile := filepath.Join(t.TempDir(), "keys.json")
-	kb, _ := json.Marshal(map[string]any{"keys": []map[string]any{{"id": "user", "key": user}, {"id": "limited", "key": limited, "max_sandboxes": 2}}})
+	kb, _ := json.Marshal(map[string]any{"keys": []map[string]any{{"id": "user", "key": user}, {"id": "limited", "key": limited, "max_sandboxes": 2},
+		{"id": "cpu", "key": cpu, "cpu_seconds": 0.1, "cpu_period": "24h"}}})
 	if err := os.WriteFile(keyFile, kb, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -426,6 +428,21 @@ func TestClusterPlacement(t *testing.T) {
 			t.Errorf("terminate through C: %d", st)
 		}
 		(tenant{t, c.url, limited}).mustCreate("/v1/sandboxes", `{}`) // room again
+	})
+	t.Run("CPU seconds per key are counted cluster-wide", func(t *testing.T) {
+		var res api.ExecuteResponse
+		if st := (tenant{t, b.url, cpu}).call("POST", "/v1/execute", `{"code":"x = 0\nfor i in range(4000000): x += i\nprint(x > 0)","timeout":60}`, &res); st != 200 {
+			t.Fatalf("a run that burns CPU through B: %d %+v", st, res)
+		}
+		// The probe is a cell for a session that does not exist: refused (429) once the key's
+		// CPU seconds are spent, else a 404 that charges nothing.
+		var e api.ErrorBody
+		waitFor(t, "C to refuse the key B charged past its CPU seconds", func() bool {
+			return (tenant{t, c.url, cpu}).call("POST", "/v1/sessions/sb-none/run", `{"code":"1"}`, &e) == 429
+		})
+		if !strings.Contains(e.Error.Message, "CPU seconds") {
+			t.Errorf("C's refusal says %q, want it to name the CPU seconds", e.Error.Message)
+		}
 	})
 	t.Run("E2B through another node", func(t *testing.T) {
 		e2bCall := func(d *daemon, method, path, body string, hdr map[string]string, out any) int {

@@ -45,8 +45,36 @@ type Cluster interface {
 	// Claim binds a name (a seed-route session's, per key) to this node unless a live node
 	// holds it already: that node's location, or Local when this node holds it now.
 	Claim(ctx context.Context, name string) (ClusterLocation, error)
-	// View is the cluster from the heartbeats, for GET /v1/cluster and the metrics.
+	// View is the cluster from the heartbeats, for the metrics.
 	View() ClusterView
+	// CPUElsewhere sums the CPU seconds the other live nodes have charged owner's key in the
+	// period that started at window (Server.CPUCharges, published in their heartbeats).
+	CPUElsewhere(owner string, window time.Time) float64
+}
+
+// CPUCharge is what one node has charged a key's CPU seconds in one period.
+type CPUCharge struct {
+	Window  time.Time `json:"window"` // the period's start (a multiple of the period, UTC)
+	Seconds float64   `json:"seconds"`
+}
+
+// CPUCharges are this node's charges of the keys with a CPU bound, by owner, for its heartbeat:
+// the other nodes add them to their own when they check the key (CPUElsewhere).
+func (s *Server) CPUCharges() map[string]CPUCharge {
+	out := map[string]CPUCharge{}
+	now := time.Now()
+	for _, k := range s.keys {
+		if k.Limits.CPUSeconds == 0 {
+			continue
+		}
+		k.mu.Lock()
+		k.rollPeriod(now)
+		if k.cpuUsed > 0 {
+			out[k.owner] = CPUCharge{Window: k.cpuStart, Seconds: k.cpuUsed}
+		}
+		k.mu.Unlock()
+	}
+	return out
 }
 
 // ClusterNeed is what a request asks of the node that serves it.
@@ -73,8 +101,8 @@ type ClusterLocation struct {
 	At   time.Time
 }
 
-// ClusterView is the cluster as GET /v1/cluster shows it: every node's last heartbeat, and
-// their sums over the nodes that are up.
+// ClusterView is the cluster from this node's side: every node's last heartbeat, and their
+// sums over the nodes that are up.
 type ClusterView struct {
 	Node  string            `json:"node"`  // the node that answered
 	Nodes []ClusterNodeView `json:"nodes"` // every node known, by id

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	pb "github.com/modal-labs/modal-client/go/proto/modal_proto"
 	"google.golang.org/protobuf/proto"
@@ -55,6 +56,8 @@ func (f *fakeCluster) Claim(context.Context, string) (ClusterLocation, error) {
 }
 
 func (f *fakeCluster) View() ClusterView { return ClusterView{Node: "self"} }
+
+func (f *fakeCluster) CPUElsewhere(string, time.Time) float64 { return 0 }
 
 // seen is what the peer node of TestClusterRouting was asked.
 type seen struct {

@@ -201,6 +201,9 @@ type keyState struct {
 	changed  chan struct{}  // closed (and replaced) whenever pending drops
 	cpuUsed  float64        // CPU seconds charged in the current period
 	cpuStart time.Time      // start of the current period
+	// aligned starts periods at multiples of the period (UTC), in cluster mode: every node's
+	// period of a key is then the same window, and their charges add up (ClusterCPU).
+	aligned bool
 }
 
 func newKeyState(k Key) *keyState {
@@ -377,18 +380,25 @@ func (s *Server) checkCPU(k *keyState) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.rollPeriod(time.Now())
-	if k.cpuUsed < k.Limits.CPUSeconds {
+	used := k.cpuUsed
+	if c := s.cfg.Cluster; c != nil {
+		used += c.CPUElsewhere(k.owner, k.cpuStart) // the other nodes' charges, per their heartbeats
+	}
+	if used < k.Limits.CPUSeconds {
 		return nil
 	}
 	left := time.Until(k.cpuStart.Add(k.period()))
 	return s.refuse(k, "cpu", left, "this API key has used %.1f of its %g CPU seconds per %s; retry after %.0f s",
-		k.cpuUsed, k.Limits.CPUSeconds, k.period(), math.Ceil(left.Seconds()))
+		used, k.Limits.CPUSeconds, k.period(), math.Ceil(left.Seconds()))
 }
 
 // rollPeriod starts a new CPU period once the current one is over. k.mu must be held.
 func (k *keyState) rollPeriod(now time.Time) {
 	if p := k.period(); k.cpuStart.IsZero() || now.Sub(k.cpuStart) >= p {
 		k.cpuStart, k.cpuUsed = now, 0
+		if k.aligned {
+			k.cpuStart = now.Truncate(p)
+		}
 	}
 }
 

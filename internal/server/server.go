@@ -178,6 +178,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Cluster != nil {
 		s.cl = newClusterState(s.metrics.reg, cfg.Cluster)
+		for _, k := range s.keys {
+			k.aligned = true
+		}
 	}
 	s.routes()
 	return s, nil
