@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -14,6 +15,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -164,9 +166,10 @@ var clusterProxyTransport = &http.Transport{
 type clusterState struct {
 	mu        sync.Mutex
 	oneShots  int                             // one-shot requests served here now (entered here or hops)
-	waiting   int                             // one-shot runs waiting for room (placeRun)
+	line      []*clusterWaiter                // one-shot runs waiting for room, in arrival order
+	under     map[string]int                  // owner → its runs under way from this node (placeRun)
 	changed   chan struct{}                   // closed (and replaced) when room may have come
-	seq       uint64                          // ids of forwarded
+	seq       uint64                          // ids of forwarded and of waiters
 	forwarded map[string]map[uint64]time.Time // node → requests sent there, unanswered: when
 	answered  map[string][]forward            // node → requests sent there and answered lately
 
@@ -175,7 +178,7 @@ type clusterState struct {
 }
 
 func newClusterState(reg *prometheus.Registry, c Cluster) *clusterState {
-	cs := &clusterState{forwarded: map[string]map[uint64]time.Time{}, answered: map[string][]forward{}, changed: make(chan struct{}),
+	cs := &clusterState{forwarded: map[string]map[uint64]time.Time{}, answered: map[string][]forward{}, under: map[string]int{}, changed: make(chan struct{}),
 		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "airlock_cluster_forwarded_total",
 			Help: "Requests this node sent to another node, by reason (owner: the id lives there; full, image, runtime: placement) and outcome (served, refused, unreachable).",
@@ -319,37 +322,45 @@ func (s *Server) placeRun(w http.ResponseWriter, r *http.Request, next http.Hand
 	// A one-shot run waits for room anywhere (here, or a node that had none a moment ago),
 	// rather than in this node's queue, from which no other node could take it; a create
 	// does not wait (a sandbox lives for minutes: a full cluster is a 429 at once).
+	// Runs take their turn as the engine's queue gives it: the waiting run of the key that has
+	// fewest runs under way from this node first, the earliest among equals, so that a key
+	// flooding this node cannot starve one that asks once.
 	deadline := time.Now().Add(clusterWait)
-	waiting := false
-	defer func() {
-		if waiting {
-			cs.mu.Lock()
-			cs.waiting--
-			cs.mu.Unlock()
+	var me *clusterWaiter
+	if oneShot {
+		owner, _ := s.authorize(r)
+		if me = cs.join(owner, s.cfg.Engine.Limits().MaxQueue); me == nil {
+			s.serveQueued(w, r, next, body) // as many wait here as this node's queue holds
+			return
 		}
-	}()
+		defer cs.leave(me)
+	}
 	for {
 		cs.mu.Lock()
-		changed := cs.changed
+		changed, turn := cs.changed, me == nil || cs.first() == me
 		cs.mu.Unlock()
-		if offered {
-			if release, ok := s.reserveHere(oneShot); ok {
-				defer release()
-				next.ServeHTTP(w, withBody(r, body))
-				return
+		if turn {
+			if offered {
+				if release, ok := s.reserveHere(oneShot); ok {
+					defer cs.started(me)()
+					defer release()
+					cs.leave(me) // the next run's turn, while this one runs
+					next.ServeHTTP(w, withBody(r, body))
+					return
+				}
 			}
-		}
-		cands := s.cfg.Cluster.Candidates(need)
-		for _, loc := range cands {
-			if s.roomOf(loc) <= 0 {
-				continue
+			cands := s.cfg.Cluster.Candidates(need)
+			for _, loc := range cands {
+				if s.roomOf(loc) <= 0 {
+					continue
+				}
+				if s.tryForward(w, r, body, loc, reason, me) {
+					return
+				}
 			}
-			if s.tryForward(w, r, body, loc, reason) {
-				return
+			if !offered && len(cands) == 0 {
+				break // no node offers it: this node's answer says why
 			}
-		}
-		if !offered && len(cands) == 0 {
-			break // no node offers it: this node's answer says why
 		}
 		if !oneShot || !time.Now().Before(deadline) {
 			cs.refusals.WithLabelValues("none").Inc()
@@ -359,20 +370,9 @@ func (s *Server) placeRun(w http.ResponseWriter, r *http.Request, next http.Hand
 			}
 			break // this node's own answer: its queue, or its 429
 		}
-		if !waiting {
-			cs.mu.Lock()
-			waiting = cs.waiting < s.cfg.Engine.Limits().MaxQueue
-			if waiting {
-				cs.waiting++
-			}
-			cs.mu.Unlock()
-			if !waiting {
-				break // as many wait here as this node's queue holds: its queue decides
-			}
-		}
 		t := time.NewTimer(clusterPoll)
 		select {
-		case <-changed: // a slot here, or an answer from a node this one sent work to
+		case <-changed: // a slot here, an answer from a node this one sent work to, a turn
 		case <-t.C: // newer heartbeats
 		case <-r.Context().Done():
 			t.Stop()
@@ -381,11 +381,109 @@ func (s *Server) placeRun(w http.ResponseWriter, r *http.Request, next http.Hand
 		}
 		t.Stop()
 	}
-	// Here: queued for a slot (a one-shot), or this node's own answer — a 429 when full, or
-	// why no node offers what it asks.
-	release := s.countHere(oneShot)
-	defer release()
+	cs.leave(me)
+	s.serveQueued(w, r, next, body)
+}
+
+// serveQueued serves a request here without room of its own: a one-shot queued for a slot,
+// or this node's own answer — a 429 when full, or why no node offers what it asks.
+func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, next http.Handler, body []byte) {
+	cs := s.cl
+	cs.mu.Lock()
+	cs.oneShots++
+	cs.mu.Unlock()
+	defer cs.doneHere()
 	next.ServeHTTP(w, withBody(r, body))
+}
+
+// clusterWaiter is a one-shot run waiting at its entry node for room in the cluster.
+type clusterWaiter struct {
+	owner string
+	seq   uint64
+	gone  bool // left the line
+}
+
+// join puts a run of owner in the line, unless max are waiting already (nil then).
+func (cs *clusterState) join(owner string, max int) *clusterWaiter {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if len(cs.line) >= max {
+		return nil
+	}
+	w := &clusterWaiter{owner: owner, seq: cs.seq}
+	cs.seq++
+	cs.line = append(cs.line, w)
+	return w
+}
+
+// leave takes w out of the line (idempotent; nil is no waiter) and gives the next its turn.
+func (cs *clusterState) leave(w *clusterWaiter) {
+	if w == nil {
+		return
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if w.gone {
+		return
+	}
+	w.gone = true
+	cs.line = slices.DeleteFunc(cs.line, func(x *clusterWaiter) bool { return x == w })
+	cs.wake()
+}
+
+// aside takes w out of the line for now (rejoin puts it back in its place).
+func (cs *clusterState) aside(w *clusterWaiter) {
+	if w == nil {
+		return
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.line = slices.DeleteFunc(cs.line, func(x *clusterWaiter) bool { return x == w })
+	cs.wake()
+}
+
+// rejoin puts w back in the line in its place of arrival, unless it has left.
+func (cs *clusterState) rejoin(w *clusterWaiter) {
+	if w == nil {
+		return
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if w.gone || slices.Contains(cs.line, w) {
+		return
+	}
+	i, _ := slices.BinarySearchFunc(cs.line, w, func(a, b *clusterWaiter) int { return cmp.Compare(a.seq, b.seq) })
+	cs.line = slices.Insert(cs.line, i, w)
+}
+
+// first is the waiter whose turn it is: of the owner with fewest runs under way from this
+// node, the earliest. cs.mu must be held.
+func (cs *clusterState) first() *clusterWaiter {
+	var best *clusterWaiter
+	for _, w := range cs.line {
+		if best == nil || cs.under[w.owner] < cs.under[best.owner] {
+			best = w // the line is in arrival order: the first of each count wins
+		}
+	}
+	return best
+}
+
+// started counts a run of w's owner under way from this node (here or sent elsewhere) until
+// the returned func is called.
+func (cs *clusterState) started(w *clusterWaiter) func() {
+	if w == nil {
+		return func() {}
+	}
+	cs.mu.Lock()
+	cs.under[w.owner]++
+	cs.mu.Unlock()
+	return func() {
+		cs.mu.Lock()
+		if cs.under[w.owner]--; cs.under[w.owner] <= 0 {
+			delete(cs.under, w.owner)
+		}
+		cs.mu.Unlock()
+	}
 }
 
 // clusterWait bounds how long a one-shot run waits for room in the cluster before this node's
@@ -414,18 +512,6 @@ func (s *Server) reserveHere(oneShot bool) (release func(), ok bool) {
 	}
 	cs.oneShots++
 	return sync.OnceFunc(cs.doneHere), true
-}
-
-// countHere counts a one-shot served here without room of its own (it queues).
-func (s *Server) countHere(oneShot bool) func() {
-	if !oneShot {
-		return func() {}
-	}
-	cs := s.cl
-	cs.mu.Lock()
-	cs.oneShots++
-	cs.mu.Unlock()
-	return cs.doneHere
 }
 
 // doneHere ends a one-shot served here and wakes the runs waiting for room.
@@ -545,9 +631,13 @@ var errRefused = errors.New("refused")
 
 // tryForward sends r, with body, to loc; false when loc refused it or could not be reached
 // before anything was sent (w untouched: the caller tries elsewhere).
-func (s *Server) tryForward(w http.ResponseWriter, r *http.Request, body []byte, loc ClusterLocation, reason string) bool {
+func (s *Server) tryForward(w http.ResponseWriter, r *http.Request, body []byte, loc ClusterLocation, reason string, me *clusterWaiter) bool {
 	cs := s.cl
 	defer cs.sent(loc.Node)()
+	defer cs.started(me)()
+	// The next run's turn while this one is on its way: a refusal comes at once, an
+	// acceptance only with the run's answer.
+	cs.aside(me)
 	refused := false
 	rp := s.proxy(loc, reason)
 	served := rp.ModifyResponse
@@ -572,6 +662,9 @@ func (s *Server) tryForward(w http.ResponseWriter, r *http.Request, body []byte,
 		onError(w, r, err)
 	}
 	rp.ServeHTTP(w, withBody(r, body))
+	if refused {
+		cs.rejoin(me)
+	}
 	return !refused
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	pb "github.com/modal-labs/modal-client/go/proto/modal_proto"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/airlockhq/airlock/internal/engine"
@@ -340,5 +341,41 @@ func TestPeekGRPC(t *testing.T) {
 				t.Errorf("the bytes read and the rest are not the stream")
 			}
 		})
+	}
+}
+
+// TestClusterLine: runs waiting for room take their turn as the engine's queue gives it — the
+// key with fewest runs under way from this node first, the earliest among equals — so a key
+// that floods the line cannot starve one that asks once; a run sent to another node steps
+// aside, and back into its place when refused.
+func TestClusterLine(t *testing.T) {
+	t.Parallel()
+	cs := newClusterState(prometheus.NewRegistry(), &fakeCluster{})
+	x1, x2, _ := cs.join("x", 10), cs.join("x", 10), cs.join("x", 10)
+	first := func() *clusterWaiter { cs.mu.Lock(); defer cs.mu.Unlock(); return cs.first() }
+	if first() != x1 {
+		t.Fatal("the first in line is not the earliest")
+	}
+	done := cs.started(x1) // x1 runs
+	cs.leave(x1)
+	y := cs.join("y", 10)
+	if first() != y {
+		t.Errorf("with a run of x under way, the turn is x's, not y's (who has none)")
+	}
+	cs.aside(y)
+	if first() != x2 {
+		t.Errorf("y sent elsewhere: the turn is not x2's")
+	}
+	cs.rejoin(y)
+	if first() != y {
+		t.Errorf("y refused and back in line: the turn is not y's")
+	}
+	cs.leave(y)
+	done()
+	if first() != x2 {
+		t.Errorf("the turn after y is not x2's")
+	}
+	if cs.join("z", 2) != nil {
+		t.Errorf("a third waiter joined a line bounded at 2 (x2 and x3 wait)")
 	}
 }
