@@ -422,13 +422,12 @@ func (cs *clusterState) leave(w *clusterWaiter) {
 		return
 	}
 	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	if w.gone {
-		return
-	}
+	left := w.gone
 	w.gone = true
-	cs.line = slices.DeleteFunc(cs.line, func(x *clusterWaiter) bool { return x == w })
-	cs.wake()
+	cs.mu.Unlock()
+	if !left {
+		cs.aside(w)
+	}
 }
 
 // aside takes w out of the line for now (rejoin puts it back in its place).
