@@ -300,7 +300,7 @@ func serveCmd() *cobra.Command {
 			}
 			fan.Add(srv.AuditSink())
 			if node != nil {
-				node.SetCPUCharges(srv.CPUCharges) // a key's CPU seconds bound it over the cluster
+				node.SetKeyUsage(srv.KeyUsage) // a key's CPU seconds and rate bound it over the cluster
 			}
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {

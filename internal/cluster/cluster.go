@@ -147,11 +147,11 @@ type Heartbeat struct {
 	// GPUs is how many GPUs it offers sandboxes: none yet (the API has no GPU field), published
 	// so that placement by GPU needs no new heartbeat format.
 	GPUs int `json:"gpus"`
-	// CPU is what it has charged the keys with a CPU bound in their current period, by owner
-	// (server.CPUCharges), so that every node bounds a key's CPU seconds over the cluster.
-	CPU     map[string]server.CPUCharge `json:"cpu,omitempty"`
-	Leaving bool                        `json:"leaving,omitempty"` // its last heartbeat: it shut down
-	Time    time.Time                   `json:"time"`
+	// KeyUsage is what it has used of the per-key limits that hold over the cluster: CPU
+	// seconds in the current period and requests per second lately, by owner.
+	server.KeyUsage
+	Leaving bool      `json:"leaving,omitempty"` // its last heartbeat: it shut down
+	Time    time.Time `json:"time"`
 }
 
 // Entry is the registry's record of one sandbox or session, its value in SandboxesBucket.
@@ -179,12 +179,12 @@ type Node struct {
 	pending map[string]Entry // registry writes that failed (NATS away), retried by Run
 	live    map[string]bool  // ids this node registered live and has not yet ended
 
-	cpuCharges atomic.Pointer[func() map[string]server.CPUCharge] // SetCPUCharges
+	keyUsage atomic.Pointer[func() server.KeyUsage] // SetKeyUsage
 }
 
-// SetCPUCharges names what the heartbeats publish of this node's per-key CPU charges (the
-// server's CPUCharges: the server is made after the node joins).
-func (n *Node) SetCPUCharges(f func() map[string]server.CPUCharge) { n.cpuCharges.Store(&f) }
+// SetKeyUsage names what the heartbeats publish of this node's use of the per-key limits (the
+// server's KeyUsage: the server is made after the node joins).
+func (n *Node) SetKeyUsage(f func() server.KeyUsage) { n.keyUsage.Store(&f) }
 
 // peer is the last heartbeat of a node and when it was seen.
 type peer struct {
@@ -391,11 +391,11 @@ func (n *Node) heartbeat(leaving bool) Heartbeat {
 	if n.cfg.Images != nil {
 		images = n.cfg.Images()
 	}
-	var cpu map[string]server.CPUCharge
-	if f := n.cpuCharges.Load(); f != nil {
-		cpu = (*f)()
+	var usage server.KeyUsage
+	if f := n.keyUsage.Load(); f != nil {
+		usage = (*f)()
 	}
-	return Heartbeat{CPU: cpu, Node: n.cfg.NodeID, API: n.cfg.APIURL, Version: n.cfg.Version, Runtimes: n.cfg.Runtimes,
+	return Heartbeat{KeyUsage: usage, Node: n.cfg.NodeID, API: n.cfg.APIURL, Version: n.cfg.Version, Runtimes: n.cfg.Runtimes,
 		Images: images, MaxSandboxes: lim.MaxSandboxes, Room: e.SandboxRoom(), Sandboxes: counts,
 		MaxConcurrent: lim.MaxConcurrent, Running: e.Running(), Waiting: e.Waiting(), Leaving: leaving, Time: time.Now().UTC()}
 }

@@ -428,8 +428,8 @@ func TestClaim(t *testing.T) {
 // BenchmarkRegistryOps measures what cluster-wide per-key limits cost on the embedded NATS
 // server (file store, same process, 127.0.0.1): LiveOf (one filtered read of an owner's index,
 // 5 live sandboxes) as every create pays it, and a compare-and-set increment of one shared
-// counter, what a cluster-wide request rate would pay per request (not built; see
-// docs/cluster.md):
+// counter, what an exact cluster-wide request rate would pay per request (not built: the rate
+// is shared through the heartbeats; see docs/cluster.md):
 //
 //	go test -run '^$' -bench BenchmarkRegistryOps -benchtime 2000x ./internal/cluster/
 func BenchmarkRegistryOps(b *testing.B) {

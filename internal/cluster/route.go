@@ -287,3 +287,26 @@ func (n *Node) CPUElsewhere(owner string, window time.Time) float64 {
 	}
 	return sum
 }
+
+// RateElsewhere sums the requests per second the other live nodes' last heartbeats say they
+// admitted for owner's key, and counts the nodes up (this one included).
+func (n *Node) RateElsewhere(owner string) (float64, int) {
+	n.mu.Lock()
+	ids := make([]string, 0, len(n.seen))
+	for id := range n.seen {
+		ids = append(ids, id)
+	}
+	n.mu.Unlock()
+	sum, up := 0.0, 0
+	for _, id := range ids {
+		hb, alive, _ := n.peer(id)
+		if !alive {
+			continue
+		}
+		up++
+		if id != n.cfg.NodeID {
+			sum += hb.Rates[owner]
+		}
+	}
+	return sum, max(up, 1)
+}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/audit"
@@ -50,8 +51,19 @@ type Cluster interface {
 	// View is the cluster from the heartbeats, for the metrics.
 	View() ClusterView
 	// CPUElsewhere sums the CPU seconds the other live nodes have charged owner's key in the
-	// period that started at window (Server.CPUCharges, published in their heartbeats).
+	// period that started at window (KeyUsage.CPU, published in their heartbeats).
 	CPUElsewhere(owner string, window time.Time) float64
+	// RateElsewhere sums the requests per second the other live nodes admitted lately for
+	// owner's key (KeyUsage.Rates), and says how many nodes are up, this one included.
+	RateElsewhere(owner string) (perSecond float64, up int)
+}
+
+// KeyUsage is what this node publishes, in its heartbeats, of its use of the per-key limits
+// that hold over the cluster: CPU seconds charged in the current period, and requests per
+// second admitted since the last heartbeat, by owner.
+type KeyUsage struct {
+	CPU   map[string]CPUCharge `json:"cpu,omitempty"`
+	Rates map[string]float64   `json:"rates,omitempty"`
 }
 
 // CPUCharge is what one node has charged a key's CPU seconds in one period.
@@ -60,23 +72,40 @@ type CPUCharge struct {
 	Seconds float64   `json:"seconds"`
 }
 
-// CPUCharges are this node's charges of the keys with a CPU bound, by owner, for its heartbeat:
-// the other nodes add them to their own when they check the key (CPUElsewhere).
-func (s *Server) CPUCharges() map[string]CPUCharge {
-	out := map[string]CPUCharge{}
+// KeyUsage reads this node's use of the keys' cluster-wide limits, for its heartbeat: the
+// other nodes add it to their own when they check a key (CPUElsewhere, RateElsewhere). Each
+// call measures the request rates since the previous one.
+func (s *Server) KeyUsage() KeyUsage {
+	u := KeyUsage{CPU: map[string]CPUCharge{}, Rates: map[string]float64{}}
 	now := time.Now()
 	for _, k := range s.keys {
-		if k.Limits.CPUSeconds == 0 {
-			continue
-		}
 		k.mu.Lock()
-		k.rollPeriod(now)
-		if k.cpuUsed > 0 {
-			out[k.owner] = CPUCharge{Window: k.cpuStart, Seconds: k.cpuUsed}
+		if k.Limits.CPUSeconds > 0 {
+			k.rollPeriod(now)
+			if k.cpuUsed > 0 {
+				u.CPU[k.owner] = CPUCharge{Window: k.cpuStart, Seconds: k.cpuUsed}
+			}
+		}
+		if k.limit != nil {
+			n := k.admitted.Load()
+			if el := now.Sub(k.rateAt).Seconds(); !k.rateAt.IsZero() && el > 0 && n > k.rateSeen {
+				u.Rates[k.owner] = float64(n-k.rateSeen) / el
+			}
+			k.rateSeen, k.rateAt = n, now
 		}
 		k.mu.Unlock()
 	}
-	return out
+	return u
+}
+
+// clusterRate sets the key's rate on this node to what the other nodes leave of it: its rate
+// less what they admitted lately, never less than an equal share of it.
+func (s *Server) clusterRate(k *keyState) {
+	elsewhere, up := s.cfg.Cluster.RateElsewhere(k.owner)
+	l := max(k.Limits.Rate-elsewhere, k.Limits.Rate/float64(max(up, 1)))
+	if rate.Limit(l) != k.limit.Limit() {
+		k.limit.SetLimit(rate.Limit(l))
+	}
 }
 
 // ClusterNeed is what a request asks of the node that serves it.

@@ -28,6 +28,9 @@ type fakeCluster struct {
 	place  *ClusterLocation
 	cands  []ClusterLocation      // when set, Candidates' answer instead of place
 	offers func(ClusterNeed) bool // nil offers everything
+	// rateElsewhere and up are RateElsewhere's answer.
+	rateElsewhere float64
+	up            int
 }
 
 func (f *fakeCluster) ID() string { return "self" }
@@ -59,6 +62,8 @@ func (f *fakeCluster) Claim(context.Context, string) (ClusterLocation, error) {
 func (f *fakeCluster) View() ClusterView { return ClusterView{Node: "self"} }
 
 func (f *fakeCluster) CPUElsewhere(string, time.Time) float64 { return 0 }
+
+func (f *fakeCluster) RateElsewhere(string) (float64, int) { return f.rateElsewhere, max(f.up, 1) }
 
 // seen is what the peer node of TestClusterRouting was asked.
 type seen struct {
@@ -377,5 +382,49 @@ func TestClusterLine(t *testing.T) {
 	}
 	if cs.join("z", 2) != nil {
 		t.Errorf("a third waiter joined a line bounded at 2 (x2 and x3 wait)")
+	}
+}
+
+// TestClusterRate: a key's rate on a node is what the other nodes leave of it — its rate less
+// what they admitted lately — and never less than an equal share; KeyUsage reports what this
+// node admitted since its last call.
+func TestClusterRate(t *testing.T) {
+	t.Parallel()
+	fc := &fakeCluster{}
+	e, err := engine.New(engine.Config{Runtime: &blockingRuntime{release: make(chan struct{}), entered: make(chan struct{}, 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := PlainKey(testKey)
+	k.Limits.Rate = 10
+	s, err := New(Config{Engine: e, Keys: []Key{k}, Cluster: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := s.keys[0]
+	for _, tc := range []struct {
+		elsewhere float64
+		up        int
+		want      float64
+	}{
+		{0, 3, 10},        // nobody else uses it: the whole rate here
+		{6, 3, 4},         // the rest of what the others use
+		{9.5, 3, 10. / 3}, // at least an equal share
+		{0, 1, 10},
+	} {
+		fc.rateElsewhere, fc.up = tc.elsewhere, tc.up
+		if err := s.allowRate(ks); err != nil {
+			t.Fatal(err)
+		}
+		if got := float64(ks.limit.Limit()); got != tc.want {
+			t.Errorf("others admit %g/s, %d nodes up: rate here %g, want %g", tc.elsewhere, tc.up, got, tc.want)
+		}
+	}
+	s.KeyUsage() // the start of a measurement
+	for range 3 {
+		s.allowRate(ks)
+	}
+	if got := s.KeyUsage().Rates[ks.owner]; got <= 0 {
+		t.Errorf("KeyUsage after 3 requests: rate %g, want > 0", got)
 	}
 }

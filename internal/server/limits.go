@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -204,6 +205,11 @@ type keyState struct {
 	// aligned starts periods at multiples of the period (UTC), in cluster mode: every node's
 	// period of a key is then the same window, and their charges add up (ClusterCPU).
 	aligned bool
+	// admitted counts the requests the key's rate let through here; rateSeen and rateAt are
+	// the count and time of the last KeyUsage (guarded by mu).
+	admitted atomic.Int64
+	rateSeen int64
+	rateAt   time.Time
 }
 
 func newKeyState(k Key) *keyState {
@@ -247,6 +253,9 @@ func (s *Server) allowRate(k *keyState) error {
 	if k.limit == nil {
 		return nil
 	}
+	if s.cfg.Cluster != nil {
+		s.clusterRate(k) // the share of the key's rate the other nodes leave
+	}
 	now := time.Now()
 	r := k.limit.ReserveN(now, 1)
 	if !r.OK() {
@@ -256,6 +265,7 @@ func (s *Server) allowRate(k *keyState) error {
 		r.CancelAt(now)
 		return s.refuse(k, "rate", d, "this API key is over its rate of %g requests per second; retry after %.1f s", k.Limits.Rate, d.Seconds())
 	}
+	k.admitted.Add(1)
 	return nil
 }
 
