@@ -334,6 +334,13 @@ func (s *Server) placeRun(w http.ResponseWriter, r *http.Request, next http.Hand
 		next.ServeHTTP(w, r)
 		return
 	}
+	// A caller without a valid key is placed nowhere and waits for nothing: this node answers
+	// its 401.
+	owner, ok := s.callerOwner(r)
+	if !ok {
+		next.ServeHTTP(w, r)
+		return
+	}
 	body, need, ok := s.peekNeed(r, oneShot)
 	if !ok { // unreadable, too large or not JSON: this node answers why
 		next.ServeHTTP(w, r)
@@ -357,8 +364,8 @@ func (s *Server) placeRun(w http.ResponseWriter, r *http.Request, next http.Hand
 	deadline := time.Now().Add(clusterWait)
 	var me *clusterWaiter
 	if oneShot {
-		owner, _ := s.authorize(r)
-		if me = cs.join(owner, s.cfg.Engine.Limits().MaxQueue); me == nil {
+		lim := s.cfg.Engine.Limits()
+		if me = cs.join(owner, lim.MaxQueue, lim.MaxQueuePerKey); me == nil {
 			s.serveQueued(w, r, next, body) // as many wait here as this node's queue holds
 			return
 		}
@@ -432,11 +439,18 @@ type clusterWaiter struct {
 	gone  bool // left the line
 }
 
-// join puts a run of owner in the line, unless max are waiting already (nil then).
-func (cs *clusterState) join(owner string, max int) *clusterWaiter {
+// join puts a run of owner in the line, unless max are waiting already, or perOwner of
+// owner's (nil then; without keys, owner "" is the one tenant, bound by max only).
+func (cs *clusterState) join(owner string, max, perOwner int) *clusterWaiter {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if len(cs.line) >= max {
+	mine := 0
+	for _, w := range cs.line {
+		if w.owner == owner {
+			mine++
+		}
+	}
+	if len(cs.line) >= max || (owner != "" && mine >= perOwner) {
 		return nil
 	}
 	w := &clusterWaiter{owner: owner, seq: cs.seq}
@@ -521,6 +535,21 @@ const (
 	clusterWait = 30 * time.Second
 	clusterPoll = 50 * time.Millisecond
 )
+
+// callerOwner authenticates r as the route it is for does: a bearer key (the /v1 and seed
+// routes, codapi, Piston), Piston's HTTP Basic password, or E2B's X-API-KEY.
+func (s *Server) callerOwner(r *http.Request) (string, bool) {
+	if owner, ok := s.authorize(r); ok {
+		return owner, true
+	}
+	if strings.HasPrefix(r.URL.Path, e2bPrefix+"/") {
+		return s.Authenticate(r.Header.Get("X-API-KEY"))
+	}
+	if _, pw, ok := r.BasicAuth(); ok && strings.HasPrefix(r.URL.Path, "/piston/") {
+		return s.Authenticate(pw)
+	}
+	return "", false
+}
 
 // reserveHere takes room for one request of the kind on this node now, or reports that it has
 // none: for one-shot runs, a slot free beyond those running, queued and admitted here; for

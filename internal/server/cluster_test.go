@@ -295,6 +295,19 @@ func TestClusterPlacement(t *testing.T) {
 			}
 		})
 	}
+	// No valid key: this node's 401, never a hop nor a wait.
+	asked = nil
+	req := request("/v1/execute", `{"code":"print(3)"}`, false)
+	req.Header.Del("Authorization")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if mu.Lock(); resp.StatusCode != 401 || len(asked) != 0 {
+		t.Errorf("a run without a key on a full node: %d, peers asked %q; want 401 and none", resp.StatusCode, asked)
+	}
+	mu.Unlock()
 	// This node lacks the image: a node that has it takes the run even though this one has
 	// room; when all of those refuse, 429 rather than this node's "no such image".
 	fc.offers = func(n ClusterNeed) bool { return n.Image == "" }
@@ -303,7 +316,7 @@ func TestClusterPlacement(t *testing.T) {
 		t.Errorf("a create of an image only a peer has: the peer got %+v", got)
 	}
 	fc.cands = []ClusterLocation{full}
-	resp := post("/v1/sandboxes", `{"image":"elsewhere:1"}`, false)
+	resp = post("/v1/sandboxes", `{"image":"elsewhere:1"}`, false)
 	resp.Body.Close()
 	if resp.StatusCode != 429 {
 		t.Errorf("every node with the image refused: %d, want 429", resp.StatusCode)
@@ -356,14 +369,14 @@ func TestPeekGRPC(t *testing.T) {
 func TestClusterLine(t *testing.T) {
 	t.Parallel()
 	cs := newClusterState(prometheus.NewRegistry(), &fakeCluster{})
-	x1, x2, _ := cs.join("x", 10), cs.join("x", 10), cs.join("x", 10)
+	x1, x2, _ := cs.join("x", 10, 10), cs.join("x", 10, 10), cs.join("x", 10, 10)
 	first := func() *clusterWaiter { cs.mu.Lock(); defer cs.mu.Unlock(); return cs.first() }
 	if first() != x1 {
 		t.Fatal("the first in line is not the earliest")
 	}
 	done := cs.started(x1) // x1 runs
 	cs.leave(x1)
-	y := cs.join("y", 10)
+	y := cs.join("y", 10, 10)
 	if first() != y {
 		t.Errorf("with a run of x under way, the turn is x's, not y's (who has none)")
 	}
@@ -380,8 +393,14 @@ func TestClusterLine(t *testing.T) {
 	if first() != x2 {
 		t.Errorf("the turn after y is not x2's")
 	}
-	if cs.join("z", 2) != nil {
+	if cs.join("z", 2, 10) != nil {
 		t.Errorf("a third waiter joined a line bounded at 2 (x2 and x3 wait)")
+	}
+	if cs.join("x", 10, 2) != nil {
+		t.Errorf("a third waiter of x joined with x bound to 2 waiting")
+	}
+	if cs.join("z", 10, 2) == nil {
+		t.Errorf("z could not join: x's bound is not z's")
 	}
 }
 
