@@ -598,11 +598,17 @@ func (s *Server) roomOf(loc ClusterLocation) int {
 			room--
 		}
 	}
+	kept := cs.answered[loc.Node][:0]
 	for _, f := range cs.answered[loc.Node] {
-		if !f.start.After(loc.At) && f.end.After(loc.At) {
+		if !f.end.After(loc.At) {
+			continue // answered before this heartbeat (heartbeats only get newer): forgotten
+		}
+		kept = append(kept, f)
+		if !f.start.After(loc.At) {
 			room++
 		}
 	}
+	cs.answered[loc.Node] = kept
 	return room
 }
 
@@ -739,8 +745,11 @@ func (s *Server) proxy(loc ClusterLocation, reason string) *httputil.ReverseProx
 			pr.SetURL(loc.API)
 			pr.SetXForwarded()
 			pr.Out.Header.Set(ClusterHopHeader, s.cfg.Cluster.ID())
-			// One request id on both nodes' log lines and in the answer.
-			pr.Out.Header.Set(api.RequestIDHeader, audit.RequestID(pr.In.Context()))
+			// One request id on both nodes' log lines and in the answer (the front ends
+			// routed by ClusterFront have none yet: the holding node makes one).
+			if id := audit.RequestID(pr.In.Context()); id != "" {
+				pr.Out.Header.Set(api.RequestIDHeader, id)
+			}
 		},
 		Transport:     clusterProxyTransport,
 		FlushInterval: -1, // NDJSON streams flow as they are written
