@@ -4,8 +4,10 @@
 // Two JetStream key-value buckets hold the shared state:
 //
 //	airlock_nodes      node id → Heartbeat (JSON), written by the node every Config.Heartbeat:
-//	                   its API address, capacity (engine limits and live counts), runtimes,
-//	                   image names and version. A node whose heartbeat is older than
+//	                   its API address, capacity (engine limits, live counts, runs holding a
+//	                   slot and queued), runtimes, image names, version, and its use of the
+//	                   per-key limits (server.KeyUsage: CPU seconds in the period, requests
+//	                   per second). A node whose heartbeat is older than
 //	                   Config.GoneAfter, or whose last heartbeat says it is leaving, is gone.
 //	airlock_sandboxes  sandbox or session id → Entry (JSON): the node that holds it, the
 //	                   owner (the engine's hash of the API key), the kind and the expiry;
@@ -14,9 +16,9 @@
 //
 // The sequence of one node:
 //
-//	Join     connect (TLS, credentials), create or bind both buckets, install the engine hooks
-//	         (before engine.Recover, so that adopted sandboxes are re-registered)
-//	Run      first heartbeat at once, then one per Config.Heartbeat; watch airlock_nodes
+//	Join       connect (TLS, credentials), create or bind both buckets, install the engine
+//	           hooks (before engine.Recover, so that adopted sandboxes are re-registered)
+//	Run        first heartbeat at once, then one per Config.Heartbeat; watch airlock_nodes
 //	Locate     id → where it lives (server.Cluster): local, another live node's API, or gone
 //	Candidates the live nodes that offer a request's image and runtime, the most room first
 //	LiveOf     an owner's live sandboxes or sessions on every live node (the owner index)
