@@ -135,7 +135,7 @@ func clusterStatusCmd() *cobra.Command {
 			if asJSON {
 				enc := json.NewEncoder(cmd.OutOrStdout())
 				enc.SetIndent("", "  ")
-				return enc.Encode(nodes)
+				return enc.Encode(clusterJSON{Nodes: nodes, Total: cluster.Sum(nodes)})
 			}
 			printNodes(cmd.OutOrStdout(), nodes)
 			return nil
@@ -148,21 +148,26 @@ func clusterStatusCmd() *cobra.Command {
 	return cmd
 }
 
-// printNodes writes nodes as a table.
+// clusterJSON is `airlock cluster status --json`: every node, and the sums over those up.
+type clusterJSON struct {
+	Nodes []cluster.NodeStatus `json:"nodes"`
+	Total cluster.Totals       `json:"total"`
+}
+
+// printNodes writes nodes as a table, with a last row of the sums over the nodes up.
 func printNodes(w io.Writer, nodes []cluster.NodeStatus) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tAPI\tSANDBOXES\tROOM\tONE-SHOT\tWAITING\tRUNTIMES\tIMAGES\tVERSION\tSEEN")
 	for _, n := range nodes {
-		long := 0
-		for k, v := range n.Sandboxes {
-			if k != string(engine.KindOneShot) {
-				long += v
-			}
-		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%d/%d\t%d\t%s\t%s\t%s\t%s ago\n", n.Node, n.State, n.API,
-			long, n.MaxSandboxes, n.Room, n.Sandboxes[string(engine.KindOneShot)], n.MaxConcurrent, n.Waiting,
+			n.LongLived(), n.MaxSandboxes, n.Room, n.Running, n.MaxConcurrent, n.Waiting,
 			strings.Join(n.Runtimes, ","), orDash(strings.Join(n.Images, ",")), n.Version,
 			time.Since(n.Seen).Round(time.Second))
+	}
+	if len(nodes) > 0 {
+		t := cluster.Sum(nodes)
+		fmt.Fprintf(tw, "TOTAL\t%d up, %d gone\t-\t%d/%d\t%d\t%d/%d\t%d\t\t\t\t\n", t.Up, t.Gone,
+			t.Sandboxes, t.MaxSandboxes, t.Room, t.Running, t.MaxConcurrent, t.Waiting)
 	}
 	tw.Flush()
 	if len(nodes) == 0 {

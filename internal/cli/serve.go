@@ -314,6 +314,9 @@ func serveCmd() *cobra.Command {
 				return err
 			}
 			fan.Add(srv.AuditSink())
+			if node != nil {
+				node.SetKeyUsage(srv.KeyUsage) // a key's CPU seconds and rate bound it over the cluster
+			}
 			ln, err := net.Listen("tcp", addr)
 			if err != nil {
 				return err
@@ -354,7 +357,8 @@ func serveCmd() *cobra.Command {
 			if ar != nil {
 				ar.base = self
 			}
-			hs := &http.Server{Handler: msrv.Handler(esrv.Handler(mountMCP(srv.Handler(), self, logger))), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
+			// In cluster mode, E2B's planes are routed by sandbox id before its front end (ClusterFront).
+			hs := &http.Server{Handler: srv.ClusterFront(msrv.Handler(esrv.Handler(mountMCP(srv.Handler(), self, logger)))), Protocols: &protocols, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: co.idleTimeout,
 				ConnState: shedIdle(co.maxConns), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 			lim := e.Limits()
 			logger.InfoContext(ctx, "airlock serving", "addr", ln.Addr().String(), "auth", len(keys)+len(sc.Keys) > 0,

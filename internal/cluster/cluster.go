@@ -13,12 +13,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/server"
 )
 
 // The buckets every node shares (doc.go).
@@ -137,11 +139,19 @@ type Heartbeat struct {
 	MaxSandboxes int            `json:"max_sandboxes"`
 	Room         int            `json:"room"`
 	Sandboxes    map[string]int `json:"sandboxes"`
-	// MaxConcurrent is its bound on one-shot runs at once; Waiting the runs queued for a slot.
-	MaxConcurrent int       `json:"max_concurrent"`
-	Waiting       int       `json:"waiting"`
-	Leaving       bool      `json:"leaving,omitempty"` // its last heartbeat: it shut down
-	Time          time.Time `json:"time"`
+	// MaxConcurrent is its bound on one-shot runs at once; Running the runs holding a slot
+	// (every route's), Waiting those queued for one.
+	MaxConcurrent int `json:"max_concurrent"`
+	Running       int `json:"running"`
+	Waiting       int `json:"waiting"`
+	// GPUs is how many GPUs it offers sandboxes: none yet (the API has no GPU field), published
+	// so that placement by GPU needs no new heartbeat format.
+	GPUs int `json:"gpus"`
+	// KeyUsage is what it has used of the per-key limits that hold over the cluster: CPU
+	// seconds in the current period and requests per second lately, by owner.
+	server.KeyUsage
+	Leaving bool      `json:"leaving,omitempty"` // its last heartbeat: it shut down
+	Time    time.Time `json:"time"`
 }
 
 // Entry is the registry's record of one sandbox or session, its value in SandboxesBucket.
@@ -164,10 +174,17 @@ type Node struct {
 	// newer one of the same id.
 	writeMu sync.Mutex
 
-	mu      sync.Mutex // guards seen and pending
+	mu      sync.Mutex // guards seen, pending and live
 	seen    map[string]peer
 	pending map[string]Entry // registry writes that failed (NATS away), retried by Run
+	live    map[string]bool  // ids this node registered live and has not yet ended
+
+	keyUsage atomic.Pointer[func() server.KeyUsage] // SetKeyUsage
 }
+
+// SetKeyUsage names what the heartbeats publish of this node's use of the per-key limits (the
+// server's KeyUsage: the server is made after the node joins).
+func (n *Node) SetKeyUsage(f func() server.KeyUsage) { n.keyUsage.Store(&f) }
 
 // peer is the last heartbeat of a node and when it was seen.
 type peer struct {
@@ -246,7 +263,8 @@ func Join(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, nc: nc, nodes: nodes, sandboxes: sbs, seen: map[string]peer{}, pending: map[string]Entry{}}
+	n := &Node{cfg: cfg, nc: nc, nodes: nodes, sandboxes: sbs, seen: map[string]peer{}, pending: map[string]Entry{},
+		live: map[string]bool{}}
 	cfg.Engine.SetHooks(engine.Hooks{Live: n.registerLive, Ended: n.registerEnded})
 	return n, nil
 }
@@ -275,8 +293,31 @@ func (n *Node) write(ctx context.Context, id string, e Entry) error {
 	if _, err := n.sandboxes.Put(ctx, id, b); err != nil {
 		return fmt.Errorf("registry put %s: %w", id, err)
 	}
+	// The owner's index (ownerKey): what LiveOf counts, written after the entry so that a
+	// create is counted once it is reachable, and removed once it has ended.
+	if e.Owner == "" || !validKey.MatchString(e.Owner) {
+		return nil // no API keys: no per-key limits to count for
+	}
+	k := ownerKey(e.Owner, e.Node, e.Kind, id)
+	if e.Ended == "" {
+		_, err = n.sandboxes.Put(ctx, k, nil)
+	} else if err = n.sandboxes.Purge(ctx, k); errors.Is(err, jetstream.ErrKeyNotFound) {
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("registry owner index %s: %w", id, err)
+	}
 	return nil
 }
+
+// ownerKey is the registry key that indexes id, live on node, under its owner; LiveOf lists
+// an owner's with one filtered read (ownerKeys) rather than reading the whole registry.
+func ownerKey(owner, node, kind, id string) string {
+	return ownerKeys(owner) + "." + node + "." + kind + "." + id
+}
+
+// ownerKeys is the prefix of owner's index keys.
+func ownerKeys(owner string) string { return "own." + owner }
 
 // put records ev in the registry; a write that fails is kept and retried with every
 // heartbeat (retryPending), as the sandbox works locally meanwhile and only other nodes cannot
@@ -287,6 +328,11 @@ func (n *Node) put(ctx context.Context, ev engine.SandboxEvent) {
 	defer n.writeMu.Unlock()
 	err := n.write(ctx, ev.ID, e)
 	n.mu.Lock()
+	if e.Ended == "" {
+		n.live[ev.ID] = true
+	} else {
+		delete(n.live, ev.ID)
+	}
 	if err != nil {
 		n.pending[ev.ID] = e
 	} else {
@@ -345,9 +391,13 @@ func (n *Node) heartbeat(leaving bool) Heartbeat {
 	if n.cfg.Images != nil {
 		images = n.cfg.Images()
 	}
-	return Heartbeat{Node: n.cfg.NodeID, API: n.cfg.APIURL, Version: n.cfg.Version, Runtimes: n.cfg.Runtimes,
+	var usage server.KeyUsage
+	if f := n.keyUsage.Load(); f != nil {
+		usage = (*f)()
+	}
+	return Heartbeat{KeyUsage: usage, Node: n.cfg.NodeID, API: n.cfg.APIURL, Version: n.cfg.Version, Runtimes: n.cfg.Runtimes,
 		Images: images, MaxSandboxes: lim.MaxSandboxes, Room: e.SandboxRoom(), Sandboxes: counts,
-		MaxConcurrent: lim.MaxConcurrent, Waiting: e.Waiting(), Leaving: leaving, Time: time.Now().UTC()}
+		MaxConcurrent: lim.MaxConcurrent, Running: e.Running(), Waiting: e.Waiting(), Leaving: leaving, Time: time.Now().UTC()}
 }
 
 func (n *Node) beat(ctx context.Context, leaving bool) error {
@@ -563,4 +613,50 @@ type NodeStatus struct {
 	Heartbeat
 	Seen  time.Time `json:"seen"`  // when its last heartbeat was stored
 	State string    `json:"state"` // up, gone (missed its heartbeats) or left (shut down)
+}
+
+// Totals sums a cluster's nodes for `airlock cluster status`: how many are up and gone (or
+// left), and the capacity and load of those up.
+type Totals struct {
+	Up   int `json:"up"`
+	Gone int `json:"gone"` // gone or left
+	// MaxSandboxes, Sandboxes and Room: long-lived sandboxes and sessions admitted, alive and
+	// admissible now; MaxConcurrent, Running and Waiting: one-shot slots, runs holding one and
+	// runs queued.
+	MaxSandboxes  int `json:"max_sandboxes"`
+	Sandboxes     int `json:"sandboxes"`
+	Room          int `json:"room"`
+	MaxConcurrent int `json:"max_concurrent"`
+	Running       int `json:"running"`
+	Waiting       int `json:"waiting"`
+}
+
+// Sum is the totals of nodes.
+func Sum(nodes []NodeStatus) Totals {
+	var t Totals
+	for _, n := range nodes {
+		if n.State != "up" {
+			t.Gone++
+			continue
+		}
+		t.Up++
+		t.MaxSandboxes += n.MaxSandboxes
+		t.Sandboxes += n.LongLived()
+		t.Room += n.Room
+		t.MaxConcurrent += n.MaxConcurrent
+		t.Running += n.Running
+		t.Waiting += n.Waiting
+	}
+	return t
+}
+
+// LongLived is how many long-lived sandboxes and sessions the heartbeat counts.
+func (hb Heartbeat) LongLived() int {
+	n := 0
+	for k, v := range hb.Sandboxes {
+		if k != string(engine.KindOneShot) {
+			n += v
+		}
+	}
+	return n
 }

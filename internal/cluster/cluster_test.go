@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/airlockhq/airlock/internal/cluster/natstest"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/server"
 )
 
 // noRuntime is a Runtime these tests never reach: they create no sandbox.
@@ -167,8 +170,8 @@ func TestLocateAndPlace(t *testing.T) {
 			}
 		})
 	}
-	if loc, ok := n.Place(t.Context()); !ok || loc.Node != "roomy" {
-		t.Errorf("Place: %q %v, want roomy (most room among the live peers; left has shut down)", loc.Node, ok)
+	if c := n.Candidates(server.ClusterNeed{}); len(c) != 2 || c[0].Node != "roomy" || c[1].Node != "live" {
+		t.Errorf("Candidates: %+v, want roomy then live (most room first; left has shut down)", c)
 	}
 
 	// A peer that stops heartbeating is gone once GoneAfter has passed.
@@ -281,4 +284,187 @@ func TestJoinKeepsBuckets(t *testing.T) {
 	if got := st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config; got.MaxAge != want.TTL || got.MaxBytes != want.MaxBytes {
 		t.Errorf("after Join: TTL %v, max bytes %d; want the operator's %v, %d", got.MaxAge, got.MaxBytes, want.TTL, want.MaxBytes)
 	}
+}
+
+// putHeartbeats stores hbs in the nodes bucket and waits until n follows every one of them.
+func putHeartbeats(t *testing.T, n *Node, hbs ...Heartbeat) {
+	t.Helper()
+	for _, hb := range hbs {
+		hb.Time = time.Now()
+		b, _ := json.Marshal(hb)
+		if _, err := n.nodes.Put(t.Context(), hb.Node, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll(t, "the node to see the heartbeats", func() bool {
+		for _, hb := range hbs {
+			if got, _, _ := n.peer(hb.Node); got.Time.IsZero() || got.Room != hb.Room || got.Running != hb.Running {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestCandidates: placement offers only live nodes that have the need's runtime and image
+// (by name, name:tag, or name with the implied :latest), the most room first: one-shot slots
+// free less the queue for a run, room for a create.
+func TestCandidates(t *testing.T) {
+	n := joinTest(t, natstest.Start(t))
+	n.cfg.Runtimes = []string{"native"}
+	n.cfg.Images = func() []string { return []string{"local/py:3"} }
+	putHeartbeats(t, n,
+		Heartbeat{Node: "a", API: "http://127.0.0.1:2", Runtimes: []string{"native"}, Room: 5, MaxConcurrent: 4, Running: 4},
+		Heartbeat{Node: "b", API: "http://127.0.0.1:3", Runtimes: []string{"native", "gvisor"}, Images: []string{"only-b:latest", "local/py:3"},
+			Room: 1, MaxConcurrent: 4, Running: 1, Waiting: 1},
+		Heartbeat{Node: "left", API: "http://127.0.0.1:4", Runtimes: []string{"native", "gvisor"}, Images: []string{"only-b:latest"},
+			Room: 50, MaxConcurrent: 50, Leaving: true},
+	)
+	for _, tc := range []struct {
+		name   string
+		need   server.ClusterNeed
+		want   string // nodes:free, best first
+		offers bool   // this node offers it
+	}{
+		{"a create: most room first", server.ClusterNeed{}, "a:5 b:1", true},
+		{"a run: most slots free first", server.ClusterNeed{OneShot: true}, "b:2 a:0", true},
+		{"the host image is everyone's", server.ClusterNeed{Image: "host"}, "a:5 b:1", true},
+		{"an image only b has, :latest implied", server.ClusterNeed{Image: "only-b"}, "b:1", false},
+		{"an image by name:tag", server.ClusterNeed{Image: "local/py:3"}, "b:1", true},
+		{"an image nobody has", server.ClusterNeed{Image: "nope:1"}, "", false},
+		{"an image id is left to the entry node", server.ClusterNeed{Image: "sha256:0123"}, "a:5 b:1", true},
+		{"a runtime only b offers", server.ClusterNeed{Runtime: "gvisor"}, "b:1", false},
+		{"both", server.ClusterNeed{Runtime: "gvisor", Image: "only-b:latest"}, "b:1", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			for _, c := range n.Candidates(tc.need) {
+				got = append(got, fmt.Sprintf("%s:%d", c.Node, c.Free))
+			}
+			if strings.Join(got, " ") != tc.want {
+				t.Errorf("Candidates(%+v): %q, want %q", tc.need, strings.Join(got, " "), tc.want)
+			}
+			if got := n.Offers(tc.need); got != tc.offers {
+				t.Errorf("Offers(%+v): %v, want %v", tc.need, got, tc.offers)
+			}
+		})
+	}
+	v, self := n.View(), n.cfg.Engine.Limits()
+	if v.Up != 3 || v.Gone != 1 || v.Room != 6+self.MaxSandboxes || v.MaxConcurrent != 8+self.MaxConcurrent || v.Running != 5 {
+		t.Errorf("View: %d up %d gone, room %d, slots %d, running %d; want 3 (self, a, b), 1 (left), %d, %d, 5",
+			v.Up, v.Gone, v.Room, v.MaxConcurrent, v.Running, 6+self.MaxSandboxes, 8+self.MaxConcurrent)
+	}
+}
+
+// TestLiveOf: an owner's live sandboxes and sessions are counted from the registry over every
+// live node; ended ones, other owners' and those of a node that is gone are not.
+func TestLiveOf(t *testing.T) {
+	n := joinTest(t, natstest.Start(t))
+	putHeartbeats(t, n, Heartbeat{Node: "peer", API: "http://127.0.0.1:2", Room: 1})
+	ev := func(id string, kind engine.Kind, owner string) engine.SandboxEvent {
+		return engine.SandboxEvent{ID: id, Kind: kind, Owner: owner, Expires: time.Now().Add(time.Hour)}
+	}
+	n.registerLive(t.Context(), ev("sb-1", engine.KindSandbox, "0123abcd"))
+	n.registerLive(t.Context(), ev("sb-2", engine.KindSandbox, "0123abcd"))
+	n.registerLive(t.Context(), ev("sb-3", engine.KindSession, "0123abcd"))
+	n.registerLive(t.Context(), ev("sb-4", engine.KindSeedSession, "0123abcd"))
+	n.registerLive(t.Context(), ev("sb-5", engine.KindSandbox, "ffff0000"))
+	n.registerEnded(t.Context(), ev("sb-2", engine.KindSandbox, "0123abcd"))
+	// Another node's, written as that node would.
+	peer := &Node{cfg: Config{NodeID: "peer"}, nc: n.nc, sandboxes: n.sandboxes, pending: map[string]Entry{}, live: map[string]bool{}}
+	peer.registerLive(t.Context(), ev("sb-6", engine.KindSandbox, "0123abcd"))
+	peer.registerLive(t.Context(), ev("sb-7", engine.KindSession, "0123abcd"))
+
+	count := func(session bool) int {
+		t.Helper()
+		c, err := n.LiveOf(t.Context(), "0123abcd", session)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if got, want := count(false), 2; got != want {
+		t.Errorf("sandboxes: %d, want %d (sb-1 here, sb-6 on peer; sb-2 ended)", got, want)
+	}
+	if got, want := count(true), 3; got != want {
+		t.Errorf("sessions: %d, want %d (sb-3 and the seed session sb-4 here, sb-7 on peer)", got, want)
+	}
+	if got := n.View().Registered; got != 4 {
+		t.Errorf("registered here: %d, want 4 (sb-1, sb-3, sb-4, sb-5)", got)
+	}
+	// The peer stops heartbeating: its sandboxes no longer count once it is gone.
+	poll(t, "peer to be gone", func() bool { _, alive, _ := n.peer("peer"); return !alive })
+	if got, want := count(false), 1; got != want {
+		t.Errorf("sandboxes with peer gone: %d, want %d", got, want)
+	}
+}
+
+// TestClaim: a seed-session name is claimed by the first node to ask; a live holder is
+// routed to; a gone holder's name is taken over.
+func TestClaim(t *testing.T) {
+	n := joinTest(t, natstest.Start(t))
+	putHeartbeats(t, n, Heartbeat{Node: "peer", API: "http://127.0.0.1:2", Room: 1})
+	if loc, err := n.Claim(t.Context(), "seed.aa"); err != nil || !loc.Local {
+		t.Fatalf("first claim: %+v, %v; want local", loc, err)
+	}
+	if loc, err := n.Claim(t.Context(), "seed.aa"); err != nil || !loc.Local {
+		t.Fatalf("claim again: %+v, %v; want local", loc, err)
+	}
+	if _, err := n.sandboxes.Put(t.Context(), "seed.bb", []byte("peer")); err != nil {
+		t.Fatal(err)
+	}
+	if loc, err := n.Claim(t.Context(), "seed.bb"); err != nil || loc.Local || loc.API == nil || loc.API.Host != "127.0.0.1:2" {
+		t.Fatalf("claim of a live peer's name: %+v, %v; want the peer's API", loc, err)
+	}
+	poll(t, "peer to be gone", func() bool { _, alive, _ := n.peer("peer"); return !alive })
+	if loc, err := n.Claim(t.Context(), "seed.bb"); err != nil || !loc.Local {
+		t.Fatalf("claim of a gone peer's name: %+v, %v; want it taken over", loc, err)
+	}
+	if loc, err := n.Locate(t.Context(), "seed.bb"); err != nil || loc.Known {
+		t.Errorf("Locate of a claim key: %+v, %v; want unknown (it is no sandbox)", loc, err)
+	}
+}
+
+// BenchmarkRegistryOps measures what cluster-wide per-key limits cost on the embedded NATS
+// server (file store, same process, 127.0.0.1): LiveOf (one filtered read of an owner's index,
+// 5 live sandboxes) as every create pays it, and a compare-and-set increment of one shared
+// counter, what an exact cluster-wide request rate would pay per request (not built: the rate
+// is shared through the heartbeats; see docs/cluster.md):
+//
+//	go test -run '^$' -bench BenchmarkRegistryOps -benchtime 2000x ./internal/cluster/
+func BenchmarkRegistryOps(b *testing.B) {
+	e, err := engine.New(engine.Config{Runtime: noRuntime{}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close(context.Background())
+	n, err := Join(b.Context(), Config{URL: natstest.Start(b), NodeID: "self", APIURL: "http://127.0.0.1:1", Engine: e})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	for i := range 5 {
+		n.registerLive(b.Context(), engine.SandboxEvent{ID: fmt.Sprintf("sb-%d", i), Kind: engine.KindSandbox, Owner: "0123abcd"})
+	}
+	n.beat(b.Context(), false)
+	b.Run("LiveOf", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := n.LiveOf(b.Context(), "0123abcd", false); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("CASIncrement", func(b *testing.B) {
+		rev, err := n.sandboxes.Create(b.Context(), "rate.0123abcd", []byte("0"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		v := 0
+		for b.Loop() {
+			v++
+			if rev, err = n.sandboxes.Update(b.Context(), "rate.0123abcd", []byte(strconv.Itoa(v)), rev); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -171,6 +171,14 @@ func (e *Engine) acquireSandbox(owner string) (release func(), err error) {
 	}
 }
 
+// Running is the number of one-shot runs holding a slot now (the warm pool's ready sandboxes
+// are not runs), for placement across nodes.
+func (e *Engine) Running() int {
+	e.adm.mu.Lock()
+	defer e.adm.mu.Unlock()
+	return e.adm.running
+}
+
 // Waiting is the number of requests queued for a sandbox slot.
 func (e *Engine) Waiting() int {
 	e.adm.mu.Lock()

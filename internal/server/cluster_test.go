@@ -1,22 +1,36 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	pb "github.com/modal-labs/modal-client/go/proto/modal_proto"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/airlockhq/airlock/internal/engine"
 )
 
-// fakeCluster answers Locate from a table and Place with one node.
+// fakeCluster answers Locate from a table and Candidates with place, for every need.
 type fakeCluster struct {
-	locs  map[string]ClusterLocation
-	place *ClusterLocation
+	locs   map[string]ClusterLocation
+	place  *ClusterLocation
+	cands  []ClusterLocation      // when set, Candidates' answer instead of place
+	offers func(ClusterNeed) bool // nil offers everything
+	// rateElsewhere and up are RateElsewhere's answer.
+	rateElsewhere float64
+	up            int
 }
 
 func (f *fakeCluster) ID() string { return "self" }
@@ -25,12 +39,31 @@ func (f *fakeCluster) Locate(_ context.Context, id string) (ClusterLocation, err
 	return f.locs[id], nil
 }
 
-func (f *fakeCluster) Place(context.Context) (ClusterLocation, bool) {
-	if f.place == nil {
-		return ClusterLocation{}, false
+func (f *fakeCluster) Offers(need ClusterNeed) bool { return f.offers == nil || f.offers(need) }
+
+func (f *fakeCluster) Candidates(ClusterNeed) []ClusterLocation {
+	if f.cands != nil {
+		return f.cands
 	}
-	return *f.place, true
+	if f.place == nil {
+		return nil
+	}
+	return []ClusterLocation{*f.place}
 }
+
+func (f *fakeCluster) LiveOf(context.Context, string, bool) (int, error) {
+	return 0, errors.New("no registry")
+}
+
+func (f *fakeCluster) Claim(context.Context, string) (ClusterLocation, error) {
+	return ClusterLocation{}, errors.New("no registry")
+}
+
+func (f *fakeCluster) View() ClusterView { return ClusterView{Node: "self"} }
+
+func (f *fakeCluster) CPUElsewhere(string, time.Time) float64 { return 0 }
+
+func (f *fakeCluster) RateElsewhere(string) (float64, int) { return f.rateElsewhere, max(f.up, 1) }
 
 // seen is what the peer node of TestClusterRouting was asked.
 type seen struct {
@@ -61,7 +94,7 @@ func TestClusterRouting(t *testing.T) {
 		"sb-gone":  {Known: true, Node: "b", Owner: owner, Gone: "node b is gone: no heartbeat for 9s"},
 		"sb-dead":  {Known: true, Node: "c", Owner: owner, API: closedURL},
 		"sb-local": {Known: true, Local: true, Node: "self", Owner: owner},
-	}, place: &ClusterLocation{Known: true, Node: "peer", API: peerURL}}
+	}, place: &ClusterLocation{Known: true, Node: "peer", API: peerURL, Free: 1}}
 	rt := &blockingRuntime{release: make(chan struct{}), entered: make(chan struct{}, 1)}
 	e, err := engine.New(engine.Config{Runtime: rt, MaxSandboxes: 1, MaxSandboxesPerOwner: 1})
 	if err != nil {
@@ -170,5 +203,247 @@ func TestRoutedID(t *testing.T) {
 		if id, keyed := routedID(tc.path); id != tc.id || (id != "" && keyed != tc.keyed) {
 			t.Errorf("routedID(%q) = %q, %v; want %q, %v", tc.path, id, keyed, tc.id, tc.keyed)
 		}
+	}
+}
+
+// TestClusterPlacement: a node with no free one-shot slot refuses a hop at once (429 marked
+// refused, nothing started) and, as the entry node, tries the next candidate after a refusal
+// and skips one with no room; a run naming an image this node lacks goes to a node that has
+// it, or is a 429 when every such node refuses.
+func TestClusterPlacement(t *testing.T) {
+	var asked []string
+	var mu sync.Mutex
+	peer := func(name string, refuse bool) ClusterLocation {
+		ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			asked = append(asked, name)
+			mu.Unlock()
+			if refuse {
+				w.Header().Set(ClusterRefusedHeader, "full")
+				w.WriteHeader(http.StatusTooManyRequests)
+				return
+			}
+			json.NewEncoder(w).Encode(seen{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("Authorization"), r.Header.Get(ClusterHopHeader), string(b)})
+		}))
+		t.Cleanup(ts.Close)
+		u, _ := url.Parse(ts.URL)
+		return ClusterLocation{Known: true, Node: name, API: u, Free: 1}
+	}
+	full, roomy, busy := peer("full", true), peer("roomy", false), peer("busy", false)
+	busy.Free = 0
+	fc := &fakeCluster{cands: []ClusterLocation{busy, full, roomy}}
+	rt := &blockingRuntime{release: make(chan struct{}), entered: make(chan struct{}, 1)}
+	e, err := engine.New(engine.Config{Runtime: rt, MaxConcurrent: 1, MaxConcurrentPerOwner: 1, MaxSandboxes: 1, MaxSandboxesPerOwner: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{Engine: e, APIKeys: []string{testKey}, Cluster: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(s.Handler())
+	defer ts.Close()
+	request := func(path, body string, hop bool) *http.Request {
+		req, _ := http.NewRequestWithContext(t.Context(), "POST", ts.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+testKey)
+		if hop {
+			req.Header.Set(ClusterHopHeader, "other")
+		}
+		return req
+	}
+	post := func(path, body string, hop bool) *http.Response {
+		resp, err := http.DefaultClient.Do(request(path, body, hop))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+
+	// A run in flight holds the one slot (a hop: served here, never forwarded).
+	held := make(chan struct{})
+	go func() {
+		defer close(held)
+		resp := post("/v1/execute", `{"code":"print(1)"}`, true)
+		resp.Body.Close()
+	}()
+	<-rt.entered
+	defer func() { close(rt.release); <-held }()
+
+	for _, tc := range []struct {
+		name, path, body string
+		hop              bool
+		status           int
+		refused          bool
+		asked            string // the peers asked, in order
+	}{
+		{"hop run on a full node: refused at once", "/v1/execute", `{"code":"print(1)"}`, true, 429, true, ""},
+		{"run on a full node: the next node with room after a refusal", "/v1/execute", `{"code":"print(2)"}`, false, 200, false, "full roomy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			asked = nil
+			resp := post(tc.path, tc.body, tc.hop)
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tc.status || (resp.Header.Get(ClusterRefusedHeader) != "") != tc.refused {
+				t.Errorf("%d (refused %q) %s, want %d (refused %v)", resp.StatusCode, resp.Header.Get(ClusterRefusedHeader), b, tc.status, tc.refused)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if got := strings.Join(asked, " "); got != tc.asked {
+				t.Errorf("peers asked: %q, want %q", got, tc.asked)
+			}
+		})
+	}
+	// No valid key: this node's 401, never a hop nor a wait.
+	asked = nil
+	req := request("/v1/execute", `{"code":"print(3)"}`, false)
+	req.Header.Del("Authorization")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if mu.Lock(); resp.StatusCode != 401 || len(asked) != 0 {
+		t.Errorf("a run without a key on a full node: %d, peers asked %q; want 401 and none", resp.StatusCode, asked)
+	}
+	mu.Unlock()
+	// This node lacks the image: a node that has it takes the run even though this one has
+	// room; when all of those refuse, 429 rather than this node's "no such image".
+	fc.offers = func(n ClusterNeed) bool { return n.Image == "" }
+	fc.cands = []ClusterLocation{roomy}
+	if got := doSeen(t, request("/v1/sandboxes", `{"image":"elsewhere:1"}`, false)); got.Path != "/v1/sandboxes" || got.Hop != "self" || got.Body != `{"image":"elsewhere:1"}` {
+		t.Errorf("a create of an image only a peer has: the peer got %+v", got)
+	}
+	fc.cands = []ClusterLocation{full}
+	resp = post("/v1/sandboxes", `{"image":"elsewhere:1"}`, false)
+	resp.Body.Close()
+	if resp.StatusCode != 429 {
+		t.Errorf("every node with the image refused: %d, want 429", resp.StatusCode)
+	}
+}
+
+// TestPeekGRPC: the sandbox id of a gRPC call's first message is found in a top-level field
+// and in a nested message; the bytes read are given back whole; a compressed or id-less
+// message has none.
+func TestPeekGRPC(t *testing.T) {
+	t.Parallel()
+	const id = "sb-abcdefghij234567klmn"
+	frame := func(m proto.Message, flag byte) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append(binary.BigEndian.AppendUint32([]byte{flag}, uint32(len(b))), b...)
+	}
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		want  string
+	}{
+		{"top level", frame(pb.SandboxGetTaskIdRequest_builder{SandboxId: id}.Build(), 0), id},
+		{"after other fields", frame(pb.TaskExecStartRequest_builder{ExecId: "x", CommandArgs: []string{"echo"}, TaskId: id}.Build(), 0), id},
+		{"nested", frame(pb.TaskExecStdinWriteStreamRequest_builder{Start: pb.TaskExecStdinWriteStreamStart_builder{TaskId: id, ExecId: "e"}.Build()}.Build(), 0), id},
+		{"no id", frame(pb.AppGetOrCreateRequest_builder{AppName: "sb-notanid"}.Build(), 0), ""},
+		{"compressed", frame(pb.SandboxGetTaskIdRequest_builder{SandboxId: id}.Build(), 1), ""},
+		{"truncated", frame(pb.SandboxGetTaskIdRequest_builder{SandboxId: id}.Build(), 0)[:9], ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rest := []byte("more frames")
+			body := io.MultiReader(bytes.NewReader(tc.frame), bytes.NewReader(rest))
+			read, got := peekGRPC(body)
+			if got != tc.want {
+				t.Errorf("id %q, want %q", got, tc.want)
+			}
+			if after, _ := io.ReadAll(body); !bytes.Equal(append(read, after...), append(tc.frame, rest...)) {
+				t.Errorf("the bytes read and the rest are not the stream")
+			}
+		})
+	}
+}
+
+// TestClusterLine: runs waiting for room take their turn as the engine's queue gives it — the
+// key with fewest runs under way from this node first, the earliest among equals — so a key
+// that floods the line cannot starve one that asks once; a run sent to another node steps
+// aside, and back into its place when refused.
+func TestClusterLine(t *testing.T) {
+	t.Parallel()
+	cs := newClusterState(prometheus.NewRegistry(), &fakeCluster{})
+	x1, x2, _ := cs.join("x", 10, 10), cs.join("x", 10, 10), cs.join("x", 10, 10)
+	first := func() *clusterWaiter { cs.mu.Lock(); defer cs.mu.Unlock(); return cs.first() }
+	if first() != x1 {
+		t.Fatal("the first in line is not the earliest")
+	}
+	done := cs.started(x1) // x1 runs
+	cs.leave(x1)
+	y := cs.join("y", 10, 10)
+	if first() != y {
+		t.Errorf("with a run of x under way, the turn is x's, not y's (who has none)")
+	}
+	cs.aside(y)
+	if first() != x2 {
+		t.Errorf("y sent elsewhere: the turn is not x2's")
+	}
+	cs.rejoin(y)
+	if first() != y {
+		t.Errorf("y refused and back in line: the turn is not y's")
+	}
+	cs.leave(y)
+	done()
+	if first() != x2 {
+		t.Errorf("the turn after y is not x2's")
+	}
+	if cs.join("z", 2, 10) != nil {
+		t.Errorf("a third waiter joined a line bounded at 2 (x2 and x3 wait)")
+	}
+	if cs.join("x", 10, 2) != nil {
+		t.Errorf("a third waiter of x joined with x bound to 2 waiting")
+	}
+	if cs.join("z", 10, 2) == nil {
+		t.Errorf("z could not join: x's bound is not z's")
+	}
+}
+
+// TestClusterRate: a key's rate on a node is what the other nodes leave of it — its rate less
+// what they admitted lately — and never less than an equal share; KeyUsage reports what this
+// node admitted since its last call.
+func TestClusterRate(t *testing.T) {
+	t.Parallel()
+	fc := &fakeCluster{}
+	e, err := engine.New(engine.Config{Runtime: &blockingRuntime{release: make(chan struct{}), entered: make(chan struct{}, 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := PlainKey(testKey)
+	k.Limits.Rate = 10
+	s, err := New(Config{Engine: e, Keys: []Key{k}, Cluster: fc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks := s.keys[0]
+	for _, tc := range []struct {
+		elsewhere float64
+		up        int
+		want      float64
+	}{
+		{0, 3, 10},        // nobody else uses it: the whole rate here
+		{6, 3, 4},         // the rest of what the others use
+		{9.5, 3, 10. / 3}, // at least an equal share
+		{0, 1, 10},
+	} {
+		fc.rateElsewhere, fc.up = tc.elsewhere, tc.up
+		if err := s.allowRate(ks); err != nil {
+			t.Fatal(err)
+		}
+		if got := float64(ks.limit.Limit()); got != tc.want {
+			t.Errorf("others admit %g/s, %d nodes up: rate here %g, want %g", tc.elsewhere, tc.up, got, tc.want)
+		}
+	}
+	s.KeyUsage() // the start of a measurement
+	for range 3 {
+		s.allowRate(ks)
+	}
+	if got := s.KeyUsage().Rates[ks.owner]; got <= 0 {
+		t.Errorf("KeyUsage after 3 requests: rate %g, want > 0", got)
 	}
 }

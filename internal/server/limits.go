@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -201,6 +202,14 @@ type keyState struct {
 	changed  chan struct{}  // closed (and replaced) whenever pending drops
 	cpuUsed  float64        // CPU seconds charged in the current period
 	cpuStart time.Time      // start of the current period
+	// aligned starts periods at multiples of the period (UTC), in cluster mode: every node's
+	// period of a key is then the same window, and their charges add up (ClusterCPU).
+	aligned bool
+	// admitted counts the requests the key's rate let through here; rateSeen and rateAt are
+	// the count and time of the last KeyUsage (guarded by mu).
+	admitted atomic.Int64
+	rateSeen int64
+	rateAt   time.Time
 }
 
 func newKeyState(k Key) *keyState {
@@ -244,6 +253,9 @@ func (s *Server) allowRate(k *keyState) error {
 	if k.limit == nil {
 		return nil
 	}
+	if s.cfg.Cluster != nil {
+		s.clusterRate(k) // the share of the key's rate the other nodes leave
+	}
 	now := time.Now()
 	r := k.limit.ReserveN(now, 1)
 	if !r.OK() {
@@ -253,6 +265,7 @@ func (s *Server) allowRate(k *keyState) error {
 		r.CancelAt(now)
 		return s.refuse(k, "rate", d, "this API key is over its rate of %g requests per second; retry after %.1f s", k.Limits.Rate, d.Seconds())
 	}
+	k.admitted.Add(1)
 	return nil
 }
 
@@ -291,8 +304,16 @@ func capped(pattern string) string {
 	return ""
 }
 
-// liveOf counts the owner's (ctx's) live sandboxes of the capped kind.
-func (s *Server) liveOf(ctx context.Context, kind string) int {
+// liveOf counts the owner's (ctx's, k's) live sandboxes of the capped kind: in cluster mode on
+// every live node, from the registry (cluster.go); here only when the registry cannot answer.
+func (s *Server) liveOf(ctx context.Context, k *keyState, kind string) int {
+	if c := s.cfg.Cluster; c != nil {
+		n, err := c.LiveOf(ctx, k.owner, kind == "session")
+		if err == nil {
+			return n
+		}
+		s.cfg.Logger.WarnContext(ctx, "cluster registry: counting this node's sandboxes only", "err", err)
+	}
 	n := 0
 	for _, sb := range s.cfg.Engine.ListSandboxes(ctx) {
 		if (kind == "session") == sb.Kind().IsSession() {
@@ -316,7 +337,7 @@ func (s *Server) holdLive(ctx context.Context, k *keyState, kind string) (func()
 	}
 	for {
 		k.mu.Lock()
-		n := s.liveOf(ctx, kind) + k.pending[kind]
+		n := s.liveOf(ctx, k, kind) + k.pending[kind]
 		if n < limit {
 			k.pending[kind]++
 			k.mu.Unlock()
@@ -369,18 +390,25 @@ func (s *Server) checkCPU(k *keyState) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.rollPeriod(time.Now())
-	if k.cpuUsed < k.Limits.CPUSeconds {
+	used := k.cpuUsed
+	if c := s.cfg.Cluster; c != nil {
+		used += c.CPUElsewhere(k.owner, k.cpuStart) // the other nodes' charges, per their heartbeats
+	}
+	if used < k.Limits.CPUSeconds {
 		return nil
 	}
 	left := time.Until(k.cpuStart.Add(k.period()))
 	return s.refuse(k, "cpu", left, "this API key has used %.1f of its %g CPU seconds per %s; retry after %.0f s",
-		k.cpuUsed, k.Limits.CPUSeconds, k.period(), math.Ceil(left.Seconds()))
+		used, k.Limits.CPUSeconds, k.period(), math.Ceil(left.Seconds()))
 }
 
 // rollPeriod starts a new CPU period once the current one is over. k.mu must be held.
 func (k *keyState) rollPeriod(now time.Time) {
 	if p := k.period(); k.cpuStart.IsZero() || now.Sub(k.cpuStart) >= p {
 		k.cpuStart, k.cpuUsed = now, 0
+		if k.aligned {
+			k.cpuStart = now.Truncate(p)
+		}
 	}
 }
 

@@ -98,6 +98,8 @@ type Server struct {
 
 	draining atomic.Bool  // Drain was called: /healthz answers 503 "draining"
 	calls    atomic.Int64 // handlers running, WebSocket execs included (see Wait)
+
+	cl *clusterState // cluster mode's routing state (cluster.go); nil in single-node mode
 }
 
 // Wait returns once no call is running, or with ctx's error when ctx ends first. It covers
@@ -175,6 +177,12 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.keys = append(s.keys, ks)
 		s.byOwner[ks.owner] = ks
+	}
+	if cfg.Cluster != nil {
+		s.cl = newClusterState(s.metrics.reg, cfg.Cluster)
+		for _, k := range s.keys {
+			k.aligned = true
+		}
 	}
 	s.routes()
 	return s, nil
