@@ -138,6 +138,23 @@ func TestClusterThreeNodes(t *testing.T) {
 			if got := wsExec(t.Context(), d.url, owner, sb.ID, `{"cmd":["echo","ws"]}`); got != "ws\n exit 0" {
 				t.Errorf("WebSocket exec: got %q, want %q", got, "ws\n exit 0")
 			}
+			// A list through any node is the cluster's: A's filler and B's sandbox and session.
+			var list api.SandboxList
+			if st := via.call("GET", "/v1/sandboxes", "", &list); st != 200 {
+				t.Fatalf("list: %d", st)
+			}
+			var ids []string
+			for _, sb := range list.Sandboxes {
+				ids = append(ids, sb.ID)
+			}
+			for _, want := range []string{filler.ID, sb.ID, sess.ID} {
+				if !slices.Contains(ids, want) {
+					t.Errorf("list: got %v, want it to hold %s", ids, want)
+				}
+			}
+			if st := (tenant{t, d.url, other}).call("GET", "/v1/sandboxes", "", &list); st != 200 || len(list.Sandboxes) != 0 {
+				t.Errorf("another key's list: %d %+v, want 200 and nothing of the owner's", st, list.Sandboxes)
+			}
 		})
 	}
 
@@ -150,6 +167,11 @@ func TestClusterThreeNodes(t *testing.T) {
 	})
 	if !strings.Contains(e.Error.Message, "node B is gone") {
 		t.Errorf("410 through A says %q, want the reason (node B is gone)", e.Error.Message)
+	}
+	// With B gone, a list through A still answers: A's and C's sandboxes, none of B's.
+	var list api.SandboxList
+	if st := viaA.call("GET", "/v1/sandboxes", "", &list); st != 200 || len(list.Sandboxes) != 1 || list.Sandboxes[0].ID != filler.ID {
+		t.Errorf("list through A with B gone: %d %+v, want 200 with only A's sandbox", st, list.Sandboxes)
 	}
 	if st := (tenant{t, c.url, other}).call("GET", "/v1/sandboxes/"+sb.ID, "", &e); st != 404 {
 		t.Errorf("another key asking C for B's gone sandbox: %d %+v, want 404 (no sign it exists)", st, e)

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -763,6 +764,75 @@ func (s *Server) proxy(loc ClusterLocation, reason string) *httputil.ReverseProx
 			s.writeError(w, r, api.Errorf(api.ErrUnavailable, "node %s, which holds this, cannot be reached; retry", loc.Node))
 		},
 	}
+}
+
+// ClusterPartialHeader names, on a cluster-wide list, the live nodes that did not answer in
+// time: the list holds every other node's sandboxes but theirs.
+const ClusterPartialHeader = "Airlock-Cluster-Partial"
+
+// listElsewhere adds to list the caller's sandboxes on every other live node (GET
+// /v1/sandboxes with the same query and key, asked of them all at once as a hop, so that they
+// answer only their own), and sorts the whole by creation. A node that does not answer within
+// 5 s is left out and named in ClusterPartialHeader: one slow node must not fail every list.
+func (s *Server) listElsewhere(w http.ResponseWriter, r *http.Request, list *api.SandboxList) {
+	peers := s.cfg.Cluster.Candidates(ClusterNeed{})
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	type answer struct {
+		node string
+		list api.SandboxList
+		err  error
+	}
+	answers := make(chan answer, len(peers))
+	for _, loc := range peers {
+		go func() {
+			a := answer{node: loc.Node}
+			a.err = s.askPeer(ctx, r, loc, &a.list)
+			answers <- a
+		}()
+	}
+	var missing []string
+	for range peers {
+		a := <-answers
+		if a.err != nil {
+			s.cl.routed.WithLabelValues("list", "unreachable").Inc()
+			s.cfg.Logger.WarnContext(r.Context(), "cluster list: a node did not answer", "node", a.node, "err", a.err)
+			missing = append(missing, a.node)
+			continue
+		}
+		s.cl.routed.WithLabelValues("list", "served").Inc()
+		list.Sandboxes = append(list.Sandboxes, a.list.Sandboxes...)
+	}
+	slices.SortStableFunc(list.Sandboxes, func(a, b api.SandboxInfo) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		w.Header().Set(ClusterPartialHeader, strings.Join(missing, ","))
+	}
+}
+
+// askPeer sends r's method, path and query to the node at loc as a hop, with the caller's
+// key, and decodes its 200 answer into v.
+func (s *Server) askPeer(ctx context.Context, r *http.Request, loc ClusterLocation, v any) error {
+	u := loc.API.JoinPath(r.URL.Path)
+	u.RawQuery = r.URL.RawQuery
+	req, err := http.NewRequestWithContext(ctx, r.Method, u.String(), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", r.Header.Get("Authorization"))
+	req.Header.Set(ClusterHopHeader, s.cfg.Cluster.ID())
+	if id := audit.RequestID(r.Context()); id != "" {
+		req.Header.Set(api.RequestIDHeader, id)
+	}
+	resp, err := clusterProxyTransport.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("node %s answered %s", loc.Node, resp.Status)
+	}
+	return json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v)
 }
 
 // routeSeed sends a seed-route call (POST /repl/execute or /repl/install, a session by name

@@ -69,6 +69,9 @@ func (s *Server) handleListSandboxes(w http.ResponseWriter, r *http.Request) err
 			list.Sandboxes = append(list.Sandboxes, sandboxInfo(sb.Info()))
 		}
 	}
+	if s.cfg.Cluster != nil && r.Header.Get(ClusterHopHeader) == "" {
+		s.listElsewhere(w, r, &list)
+	}
 	writeJSON(w, http.StatusOK, list)
 	return nil
 }
