@@ -15,6 +15,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/runtime/gvisor"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
@@ -34,7 +35,7 @@ var (
 // mustGvisor returns the shared gvisor engine, or fails (skips without runsc unless strict).
 func mustGvisor(t testing.TB) *engine.Engine {
 	t.Helper()
-	testutil.MustHaveRoot(t)
+	mustEngine(t) // the image store, shared with the native engine
 	gvisorOnce.Do(func() {
 		gvisorState, gvisorErr = os.MkdirTemp("", "airlock-e2e-gvisor-")
 		if gvisorErr != nil {
@@ -48,7 +49,7 @@ func mustGvisor(t testing.TB) *engine.Engine {
 			return
 		}
 		gvisorEng, gvisorErr = engine.New(engine.Config{Logger: logger, Runtime: gvisor.EngineRuntime(gvisorRT),
-			ScratchBytes: 64 << 20, MaxConcurrent: 4})
+			Images: image.EngineImages(images), ScratchBytes: 64 << 20, MaxConcurrent: 4})
 		gvisorCleanup = func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -56,6 +57,7 @@ func mustGvisor(t testing.TB) *engine.Engine {
 				gvisorEng.Close(ctx)
 			}
 			removeCgroupRoot(gvisorCgRoot)
+			gvisorRT.Close()
 			os.RemoveAll(gvisorState)
 		}
 	})
@@ -79,18 +81,21 @@ func TestGvisorRunsPython(t *testing.T) {
 }
 
 // waitGvisorClean fails unless nothing of a gvisor sandbox is left once its run has ended:
-// no sandbox directory, no runsc state, no scratch mount, no process in its cgroups.
+// no sandbox directory, no runsc state, no scratch, root or writable-layer mount, no writable
+// layer, no process in its cgroups. (The layers directory itself stays mounted until the
+// runtime closes.)
 func waitGvisorClean(t *testing.T) {
 	t.Helper()
 	var left []string
+	gv := filepath.Join(gvisorState, "gvisor")
 	clean := func() bool {
 		left = nil
-		m, _ := filepath.Glob(filepath.Join(gvisorState, "gvisor", "sandboxes", "*"))
-		left = append(left, m...)
-		m, _ = filepath.Glob(filepath.Join(gvisorState, "gvisor", "runsc", "*"))
-		left = append(left, m...)
-		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), gvisorState) {
-			left = append(left, "a mount under "+gvisorState)
+		for _, pattern := range []string{"sandboxes/*", "runsc/*", "layers/*"} {
+			m, _ := filepath.Glob(filepath.Join(gv, pattern))
+			left = append(left, m...)
+		}
+		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), gv+"/sandboxes/") || strings.Contains(string(b), gv+"/layers/") {
+			left = append(left, "a mount under "+gv)
 		}
 		if pids := testutil.ProcsInCgroup(gvisorCgRoot); len(pids) > 0 {
 			left = append(left, fmt.Sprintf("processes %v", pids))
@@ -303,4 +308,63 @@ func TestGvisorSession(t *testing.T) {
 	if err != nil || r.Result == nil || *r.Result != "42" {
 		t.Fatalf("cell: %+v %v", r, err)
 	}
+}
+
+// gvisorAPIServer is an API server over the shared gvisor runtime and image store, its
+// writable layers capped at scratch bytes.
+func gvisorAPIServer(t *testing.T, scratch int64) *apiServer {
+	t.Helper()
+	mustGvisor(t)
+	return newAPIServer(t, engine.Config{Runtime: gvisor.EngineRuntime(gvisorRT), Images: image.EngineImages(images), ScratchBytes: scratch})
+}
+
+// TestGvisorPulledImage: a gvisor one-shot run, sandbox and session of an image pulled from a
+// registry stand on the image's root (its marker, python3 and PATH, none of the host's tree),
+// its workdir and user are the contract's, its writable layer's cap gives ENOSPC inside and 413
+// through the files API, and nothing of it (root, layer, loop mount) is left once it is gone.
+func TestGvisorPulledImage(t *testing.T) {
+	ref := pythonImage(t)
+	a := gvisorAPIServer(t, 16<<20)
+	var ex api.ExecuteResponse
+	code := a.call("POST", "/v1/execute", strings.NewReader(fmt.Sprintf(`{"image":%q,"code":%q}`, ref, `
+import os
+print(6 * 7)
+print(open("`+imageMarker+`").read().strip())
+print(os.environ["PATH"], os.getcwd(), os.getuid())
+print(os.path.exists("/usr/bin/go"), os.path.exists("/usr/lib/python3/dist-packages"), os.path.exists("/etc/debian_version"))
+`)), &ex)
+	want := "42\npulled\n/usr/local/bin:/usr/bin:/bin /workspace 1000\nFalse False False"
+	if got := strings.TrimSpace(ex.Stdout); code != 200 || got != want {
+		t.Fatalf("one-shot: %d, got %q (stderr %q), want %q", code, got, ex.Stderr, want)
+	}
+
+	id := a.create(`{"image":"` + ref + `"}`)
+	if r := a.exec(id, "sh", "-c", "cat "+imageMarker+"; id -un; echo x > /workspace/a && cat /workspace/a"); r.Stdout != "pulled\nsandbox\nx\n" {
+		t.Errorf("sandbox of the image: %+v", r)
+	}
+	if r := a.exec(id, "sh", "-c", "echo y > /usr/bin/y || echo refused"); !strings.Contains(r.Stdout, "refused") {
+		t.Errorf("the image's /usr is writable: %+v", r)
+	}
+	r := a.exec(id, "sh", "-c", "dd if=/dev/zero of=/workspace/big bs=1M count=64")
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "No space left on device") {
+		t.Errorf("dd past the cap: exit %d stderr %q, want ENOSPC", r.ExitCode, r.Stderr)
+	}
+	var eb api.ErrorBody
+	if code := a.call("PUT", "/v1/sandboxes/"+id+"/files?path=/workspace/more", strings.NewReader(strings.Repeat("y", 4<<20)), &eb); code != 413 {
+		t.Errorf("PUT into a full layer: %d %+v, want 413", code, eb)
+	}
+	if r := a.exec(id, "sh", "-c", "rm /workspace/big && echo ok"); r.Stdout != "ok\n" {
+		t.Errorf("after filling the layer: %+v", r)
+	}
+
+	sess := a.session(`{"image":"` + ref + `"}`)
+	if c := a.cell(sess, "print(open('"+imageMarker+"').read().strip())", 30); strings.TrimSpace(c.Stdout) != "pulled" {
+		t.Errorf("session of the image: %+v", c)
+	}
+	for _, p := range []string{"/v1/sandboxes/" + id, "/v1/sessions/" + sess} {
+		if code := a.call("DELETE", p, nil, nil); code >= 300 {
+			t.Errorf("DELETE %s: %d", p, code)
+		}
+	}
+	waitGvisorClean(t)
 }

@@ -40,15 +40,15 @@ def try_read(path):
 
 // TestIsolationAttacks runs every attack in sandboxes of each runtime: of the host image and
 // of an image pulled from a registry (pythonImage), since the isolation must not depend on the
-// root. The gvisor runtime runs the host image only (it refuses images, by design for now).
+// root.
 func TestIsolationAttacks(t *testing.T) {
 	for _, rt := range []struct {
 		name   string
 		engine func(testing.TB) *engine.Engine
 		images []string
-	}{{native.Name, mustEngine, []string{"host", "pulled"}}, {gvisor.Name, mustGvisor, []string{"host"}}} {
+	}{{native.Name, mustEngine, []string{"host", "pulled"}}, {gvisor.Name, mustGvisor, []string{"host", "pulled"}}} {
 		for _, image := range rt.images {
-			// One level, runtime_image (native_host, native_pulled, gvisor_host), so that a
+			// One level, runtime_image (native_host, native_pulled, gvisor_host, gvisor_pulled), so that a
 			// -skip pattern can name any of them (scripts/vm-cgroup2 does).
 			t.Run(rt.name+"_"+image, func(t *testing.T) {
 				e := rt.engine(t)

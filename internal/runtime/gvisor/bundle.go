@@ -18,12 +18,17 @@ var agentCaps = []string{
 
 // bundle is what one sandbox's OCI bundle is built from.
 type bundle struct {
-	dir     string // the sandbox's host directory: rootfs/, scratch/, sock/
+	dir     string // the sandbox's host directory: rootfs/, scratch/, sock/, guest/
 	exe     string // the agent's binary on the host
 	binds   []native.Bind
 	cgroup  string // cgroupsPath, absolute
 	init    initConfig
-	workdir string // Spec.Workdir, on the scratch layer; "" for none
+	workdir string // the writable working directory; "" for none
+	// image is set when rootfs/ is the overlay of an image's layers below the sandbox's
+	// capped writable layer (mounted by the "image root" step): /tmp, /workspace and the
+	// workdir are then that layer's directories, as in a native image sandbox, and only
+	// /dev/shm is on the scratch tmpfs.
+	image bool
 }
 
 // Host paths of a bundle, relative to its directory.
@@ -31,6 +36,10 @@ const (
 	rootfsDir  = "rootfs"
 	scratchDir = "scratch"
 	sockDir    = "sock"
+	// guestHostDir is bound read-only at guestDir: the agent's configuration and the mount
+	// points of its binary and socket directory, outside the root — nothing is written into an
+	// image's tree but mount points.
+	guestHostDir = "guest"
 )
 
 // scratchBinds are the writable directories, all on the sandbox's one scratch tmpfs so that
@@ -40,9 +49,9 @@ var scratchBinds = []struct{ sub, target string }{
 }
 
 // spec is the OCI runtime spec of b: the agent as PID 1, uid 0 of gVisor's own user namespace
-// with the agent's capabilities only, a read-only root of empty mount points, the image's
-// binds read-only, the scratch layer's directories writable, no network devices (runsc's
-// --network=none), and the sandbox's cgroup.
+// with the agent's capabilities only, a read-only root (of empty mount points, or an image's
+// overlay), the binds read-only, the writable directories writable, no network devices
+// (runsc's --network=none), and the sandbox's cgroup.
 func (b *bundle) spec() *specs.Spec {
 	ro := []string{"rbind", "ro", "nosuid", "nodev"}
 	rw := []string{"rbind", "rw", "nosuid", "nodev"}
@@ -55,13 +64,11 @@ func (b *bundle) spec() *specs.Spec {
 	for _, bd := range b.binds {
 		mounts = append(mounts, specs.Mount{Destination: bd.Target, Type: "bind", Source: bd.Source, Options: ro})
 	}
-	for _, s := range scratchBinds {
-		mounts = append(mounts, specs.Mount{Destination: s.target, Type: "bind", Source: filepath.Join(b.dir, scratchDir, s.sub), Options: rw})
-	}
-	if b.workdir != "" {
-		mounts = append(mounts, specs.Mount{Destination: b.workdir, Type: "bind", Source: filepath.Join(b.dir, scratchDir, "workdir"), Options: rw})
+	for _, w := range b.writable() {
+		mounts = append(mounts, specs.Mount{Destination: w[1], Type: "bind", Source: w[0], Options: rw})
 	}
 	mounts = append(mounts,
+		specs.Mount{Destination: guestDir, Type: "bind", Source: filepath.Join(b.dir, guestHostDir), Options: ro},
 		specs.Mount{Destination: guestExe, Type: "bind", Source: b.exe, Options: ro},
 		specs.Mount{Destination: filepath.Dir(guestSock), Type: "bind", Source: filepath.Join(b.dir, sockDir), Options: rw},
 	)
@@ -91,10 +98,31 @@ func (b *bundle) spec() *specs.Spec {
 	}
 }
 
+// writable are the [host source, target] pairs of the sandbox's writable directories: on the
+// scratch tmpfs, or (an image's root) /dev/shm there and the rest in the image's writable layer.
+func (b *bundle) writable() [][2]string {
+	var out [][2]string
+	for _, s := range scratchBinds {
+		src := filepath.Join(b.dir, scratchDir, s.sub)
+		if b.image && s.target != layout.DevShm {
+			src = filepath.Join(b.dir, rootfsDir, s.target)
+		}
+		out = append(out, [2]string{src, s.target})
+	}
+	if b.workdir != "" {
+		src := filepath.Join(b.dir, scratchDir, "workdir")
+		if b.image {
+			src = filepath.Join(b.dir, rootfsDir, b.workdir)
+		}
+		out = append(out, [2]string{src, b.workdir})
+	}
+	return out
+}
+
 // mountPoints are the directories (and files) the read-only root must hold for the mounts of
 // spec to land on: runsc cannot create them in a read-only root.
 func (b *bundle) mountPoints() (dirs, files []string) {
-	dirs = []string{"/proc", "/sys", "/dev", guestDir, filepath.Dir(guestSock)}
+	dirs = []string{"/proc", "/sys", "/dev", guestDir}
 	for _, bd := range b.binds {
 		if bd.File {
 			files = append(files, bd.Target)
@@ -108,7 +136,6 @@ func (b *bundle) mountPoints() (dirs, files []string) {
 	if b.workdir != "" {
 		dirs = append(dirs, b.workdir)
 	}
-	files = append(files, guestExe)
 	return dirs, files
 }
 

@@ -1,6 +1,7 @@
 package gvisor
 
 import (
+	"maps"
 	"slices"
 	"testing"
 
@@ -44,7 +45,7 @@ func TestBundleSpec(t *testing.T) {
 		dest string
 		opt  string // "" for a mount that must be absent
 	}{
-		{"/usr", "ro"}, {"/etc", "ro"}, {guestExe, "ro"}, {"/sys", "ro"},
+		{"/usr", "ro"}, {"/etc", "ro"}, {guestExe, "ro"}, {guestDir, "ro"}, {"/sys", "ro"},
 		{"/tmp", "rw"}, {"/workspace", "rw"}, {"/dev/shm", "rw"}, {"/app", "rw"}, {"/.airlock/sock", "rw"},
 	} {
 		opts, ok := mounts[tc.dest]
@@ -58,8 +59,23 @@ func TestBundleSpec(t *testing.T) {
 			t.Errorf("mount points lack %s: %v", want, dirs)
 		}
 	}
-	if !slices.Contains(files, guestExe) {
-		t.Errorf("file mount points %v lack %s", files, guestExe)
+	if len(files) != 0 {
+		t.Errorf("file mount points %v, want none (the agent's binary lands in the guest directory)", files)
+	}
+}
+
+// TestBundleImageWritable: in an image sandbox /tmp, /workspace and the workdir are the image's
+// writable layer (the overlay root's directories), /dev/shm the scratch tmpfs.
+func TestBundleImageWritable(t *testing.T) {
+	b := &bundle{dir: "/s/x", workdir: "/app", image: true}
+	want := map[string]string{"/tmp": "/s/x/rootfs/tmp", "/workspace": "/s/x/rootfs/workspace",
+		"/dev/shm": "/s/x/scratch/shm", "/app": "/s/x/rootfs/app"}
+	got := map[string]string{}
+	for _, w := range b.writable() {
+		got[w[1]] = w[0]
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("writable = %v, want %v", got, want)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
 // EngineRuntime adapts r to engine.Runtime (and engine.Recoverer); it alone decides which
@@ -24,8 +25,8 @@ func honours(s engine.Spec) error {
 	switch {
 	case s.Runtime != "" && s.Runtime != Name:
 		return api.Errorf(api.ErrInvalidArgument, "runtime %q asked of the %s runtime", s.Runtime, Name)
-	case s.Image != "" && s.Image != "host" || s.ImageRoot != nil:
-		return api.Errorf(api.ErrUnimplemented, "the %s runtime runs the host image only; image %q needs the native runtime", Name, s.Image)
+	case s.Image != "" && s.Image != "host" && s.ImageRoot == nil:
+		return api.Errorf(api.ErrInvalidArgument, "image %q reached the %s runtime unresolved", s.Image, Name)
 	case s.Build:
 		return api.Errorf(api.ErrUnimplemented, "the %s runtime does not run image builds", Name)
 	case s.Network.Enabled():
@@ -39,11 +40,19 @@ func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 		return nil, err
 	}
 	sb, err := n.r.Create(ctx, Spec{ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
-		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Meta: s.Meta, Workdir: s.Workdir})
+		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Meta: s.Meta, Workdir: s.Workdir, Image: imageRoot(s.ImageRoot)})
 	if err != nil {
 		return nil, err
 	}
 	return engineSandbox{sb}, nil
+}
+
+// imageRoot converts the engine's resolved image; nil is the host image.
+func imageRoot(r *engine.ImageRoot) *native.ImageRoot {
+	if r == nil {
+		return nil
+	}
+	return &native.ImageRoot{Layers: r.Layers, Env: r.Env, Workdir: r.Workdir}
 }
 
 func (n engineRuntime) Recover(ctx context.Context) ([]engine.Recovered, error) {

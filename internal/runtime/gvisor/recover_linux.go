@@ -56,6 +56,14 @@ func (r *Runtime) Recover(ctx context.Context) ([]Found, error) {
 			}
 		}
 	}
+	// Writable layers of sandboxes with no directory (a crash between making one and removing it).
+	for _, id := range r.layers.IDs() {
+		if !known[id] {
+			if err := r.removeImage(id, filepath.Join(r.dir, "sandboxes", id)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	if names, err := r.cg.List(); err == nil {
 		for _, id := range names {
 			if known[id] {
@@ -115,7 +123,7 @@ func (r *Runtime) removeRemains(ctx context.Context, id, dir string) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := r.removeDir(dir); err != nil {
+	if err := r.removeDir(id, dir); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -28,7 +28,11 @@ type Runtime struct {
 	cg       *cgroup.Manager
 	binds    []native.Bind
 	links    [][2]string
-	version  string // runsc's, for doctor and the logs
+	// imageBinds are an image sandbox's read-only binds: the contract's files of the daemon's
+	// /etc over the image's (as the native runtime binds them) and the operator's wheels.
+	imageBinds []native.Bind
+	layers     *native.Layers // image sandboxes' writable layers, in StateDir/gvisor/layers
+	version    string         // runsc's, for doctor and the logs
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -86,7 +90,12 @@ func New(cfg Config) (_ *Runtime, err error) {
 			return nil, err
 		}
 		r.binds = append(r.binds, native.Bind{Source: w, Target: layout.WheelDir})
+		r.imageBinds = append(r.imageBinds, native.Bind{Source: w, Target: layout.WheelDir})
 	}
+	for _, f := range native.ContractEtc() {
+		r.imageBinds = append(r.imageBinds, native.Bind{Source: filepath.Join(r.dir, "etc", f), Target: "/etc/" + f, File: true})
+	}
+	r.layers = native.NewLayers(r.dir)
 	if err := r.probe(); err != nil {
 		return nil, fmt.Errorf("runsc (%s, platform %s) cannot run a sandbox here: %w", r.version, cfg.Platform, err)
 	}
@@ -112,7 +121,7 @@ func (r *Runtime) Close() error {
 		return nil
 	}
 	r.removeV1Leftovers(r.cfg.CgroupRoot)
-	return r.cg.RemoveRoot()
+	return errors.Join(r.layers.Close(), r.cg.RemoveRoot())
 }
 
 // runsc runs one runsc command with the runtime's global flags.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/cgroup"
+	"github.com/airlockhq/airlock/internal/layout"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
@@ -34,6 +35,10 @@ type Spec struct {
 	Meta         []byte
 	Workdir      string
 	Env          []string
+	// Image, if set, is the sandbox's root: the overlay of the image's layers below a writable
+	// layer capped at ScratchBytes as asked (native.DiskBytes), mounted on the host as the
+	// bundle's root; nil is the host image.
+	Image *native.ImageRoot
 }
 
 // sentryPidsReserve is room in the host cgroup's pids limit for gVisor's own threads (the
@@ -91,6 +96,13 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	if !idPattern.MatchString(spec.ID) {
 		return nil, fmt.Errorf("sandbox id %q: invalid", spec.ID)
 	}
+	if spec.Image != nil {
+		if err := native.CheckImage(spec.Image); err != nil {
+			return nil, err
+		}
+		spec.Workdir = native.ImageWorkdir(spec.Workdir, spec.Image)
+		spec.Env = spec.Image.Env
+	}
 	if spec.ScratchBytes <= 0 {
 		spec.ScratchBytes = defaultScratch
 	}
@@ -110,6 +122,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	}{
 		{"sandbox directory", c.mkdir},
 		{"scratch layer", c.scratch},
+		{"image root", c.imageRoot},
 		{"cgroup", c.cgroup},
 		{"bundle", c.bundle},
 		{"start", c.start},
@@ -158,6 +171,20 @@ func (c *creation) scratch(context.Context) error {
 	return nil
 }
 
+// imageRoot mounts an image sandbox's root at the bundle's rootfs: the image's layers below its
+// capped writable layer, made by the native runtime's code.
+func (c *creation) imageRoot(context.Context) error {
+	if c.spec.Image == nil {
+		return nil
+	}
+	root := filepath.Join(c.dir, rootfsDir)
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return err
+	}
+	c.undo = append(c.undo, func() { c.r.removeImage(c.spec.ID, c.dir) })
+	return c.r.layers.Mount(c.spec.ID, native.DiskBytes(c.req), c.spec.Image.Layers, root)
+}
+
 func (c *creation) cgroup(ctx context.Context) error {
 	g, err := c.r.cg.Create(c.spec.ID, cgroup.Limits{MemoryBytes: c.spec.MemoryBytes, CPU: c.spec.CPU, Pids: hostPids(c.spec.Pids)})
 	if err != nil {
@@ -169,8 +196,12 @@ func (c *creation) cgroup(ctx context.Context) error {
 }
 
 func (c *creation) bundle(context.Context) error {
-	b := &bundle{dir: c.dir, exe: c.r.cfg.Exe, binds: c.r.binds, cgroup: c.r.cgroupPath(c.spec.ID),
-		workdir: c.spec.Workdir,
+	binds := c.r.binds
+	if c.spec.Image != nil {
+		binds = c.r.imageBinds
+	}
+	b := &bundle{dir: c.dir, exe: c.r.cfg.Exe, binds: binds, cgroup: c.r.cgroupPath(c.spec.ID),
+		workdir: c.spec.Workdir, image: c.spec.Image != nil,
 		init: initConfig{UID: c.r.cfg.UID, GID: c.r.cfg.GID, NoFile: c.spec.NoFile, NProc: uint64(c.spec.Pids),
 			Scratch: c.spec.ScratchBytes, Env: c.spec.Env}}
 	return c.r.writeBundle(b, nil)
@@ -267,43 +298,19 @@ func (s *Sandbox) SetLimits(memory int64, cpu float64, pids int64) error {
 	return s.cg.SetLimits(cgroup.Limits{MemoryBytes: memory, CPU: cpu, Pids: hostPids(pids)})
 }
 
-// writeBundle lays out b's directory: the root's mount points, the scratch layer's
-// directories, the socket's directory and config.json; edit, if set, changes the spec first.
+// writeBundle lays out b's directory: the root's mount points, the writable directories, the
+// guest directory with the agent's configuration, the socket's directory and config.json;
+// edit, if set, changes the spec first.
 func (r *Runtime) writeBundle(b *bundle, edit func(*specs.Spec)) error {
-	root := filepath.Join(b.dir, rootfsDir)
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	if err := r.rootMountPoints(b); err != nil {
 		return err
-	}
-	dirs, files := b.mountPoints()
-	for _, d := range dirs {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return err
-		}
-	}
-	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(root, f), nil, 0o644); err != nil {
-			return err
-		}
-	}
-	// /.airlock is root's alone: the sandbox user cannot reach the agent's binary, its
-	// configuration or its socket.
-	if err := os.Chmod(filepath.Join(root, guestDir), 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(root, guestConfig), b.init.encode(), 0o600); err != nil {
-		return err
-	}
-	for _, l := range r.links {
-		if err := os.Symlink(l[1], filepath.Join(root, l[0])); err != nil && !errors.Is(err, os.ErrExist) {
-			return err
-		}
 	}
 	for _, d := range []struct {
 		sub   string
 		mode  os.FileMode
 		owned bool
-	}{{"tmp", 0o1777, false}, {"shm", 0o1777, false}, {"workspace", 0o755, true}, {"workdir", 0o755, true}} {
-		if d.sub == "workdir" && b.workdir == "" {
+	}{{"tmp", 0o777 | os.ModeSticky, false}, {"shm", 0o777 | os.ModeSticky, false}, {"workspace", 0o755, true}, {"workdir", 0o755, true}} {
+		if d.sub == "workdir" && b.workdir == "" || b.image && d.sub != "shm" {
 			continue
 		}
 		p := filepath.Join(b.dir, scratchDir, d.sub)
@@ -319,7 +326,18 @@ func (r *Runtime) writeBundle(b *bundle, edit func(*specs.Spec)) error {
 			}
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(b.dir, sockDir), 0o700); err != nil {
+	// The guest directory is root's alone (0700): the sandbox user cannot reach the agent's
+	// binary, its configuration or its socket.
+	guest := filepath.Join(b.dir, guestHostDir)
+	for _, d := range []string{guest, filepath.Join(guest, filepath.Base(filepath.Dir(guestSock))), filepath.Join(b.dir, sockDir)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(guest, filepath.Base(guestExe)), nil, 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(guest, filepath.Base(guestConfig)), b.init.encode(), 0o600); err != nil {
 		return err
 	}
 	s := b.spec()
@@ -331,6 +349,69 @@ func (r *Runtime) writeBundle(b *bundle, edit func(*specs.Spec)) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(b.dir, "config.json"), out, 0o600)
+}
+
+// rootMountPoints makes the mount points of b's mounts in its root. The host image's root is
+// a directory of the bundle's own; an image's is its overlay, whose paths are the image's, so
+// they are made with the native runtime's checks (a symlink is refused, never followed out of
+// the tree), and its /tmp, /workspace and workdir are given the contract's modes and owners.
+func (r *Runtime) rootMountPoints(b *bundle) error {
+	root := filepath.Join(b.dir, rootfsDir)
+	dirs, files := b.mountPoints()
+	if !b.image {
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return err
+		}
+		for _, d := range dirs {
+			if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+				return err
+			}
+		}
+		for _, f := range files {
+			if err := os.WriteFile(filepath.Join(root, f), nil, 0o644); err != nil {
+				return err
+			}
+		}
+		for _, l := range r.links {
+			if err := os.Symlink(l[1], filepath.Join(root, l[0])); err != nil && !errors.Is(err, os.ErrExist) {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, d := range dirs {
+		if err := native.ImageMountPoint(root, native.Bind{Target: d}); err != nil {
+			return err
+		}
+	}
+	for _, f := range files {
+		if err := native.ImageMountPoint(root, native.Bind{Target: f, File: true}); err != nil {
+			return err
+		}
+	}
+	owned := []string{layout.Workspace}
+	if b.workdir != "" {
+		owned = append(owned, b.workdir)
+	}
+	for _, d := range append([]string{layout.Tmp}, owned...) {
+		p, err := native.ImageDir(root, d)
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(0o755)
+		if d == layout.Tmp {
+			mode = 0o777 | os.ModeSticky
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			return err
+		}
+		if d != layout.Tmp {
+			if err := os.Chown(p, r.cfg.UID, r.cfg.GID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // cgroupPath is the sandbox's cgroupsPath for runsc: the group cgroup.Manager made.
@@ -507,7 +588,7 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		s.client.CloseIdleConnections()
-		if err := s.r.removeDir(s.dir); err != nil {
+		if err := s.r.removeDir(s.id, s.dir); err != nil {
 			errs = append(errs, err)
 		}
 		s.err = errors.Join(errs...)
@@ -523,8 +604,13 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	return s.err
 }
 
-// removeDir unmounts a sandbox directory's scratch layer and removes the directory.
-func (r *Runtime) removeDir(dir string) error {
+// removeDir unmounts a sandbox directory's image root and scratch layer, removes the image's
+// writable layer and the directory. A mount that stays keeps the directory: RemoveAll must
+// never walk into a root.
+func (r *Runtime) removeDir(id, dir string) error {
+	if err := r.removeImage(id, dir); err != nil {
+		return err
+	}
 	if err := unix.Unmount(filepath.Join(dir, scratchDir), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount scratch: %w", err)
 	}
@@ -532,4 +618,13 @@ func (r *Runtime) removeDir(dir string) error {
 		return fmt.Errorf("remove sandbox directory: %w", err)
 	}
 	return nil
+}
+
+// removeImage unmounts an image sandbox's root and removes its writable layer (what exists of
+// either; nothing for a host-image sandbox).
+func (r *Runtime) removeImage(id, dir string) error {
+	if err := unix.Unmount(filepath.Join(dir, rootfsDir), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount image root: %w", err)
+	}
+	return r.layers.Remove(id)
 }
