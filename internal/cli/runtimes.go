@@ -89,11 +89,14 @@ var runtimeDefs = []runtimeDef{{
 			cfg.CgroupRoot = c.Native.CgroupRoot + "-gvisor"
 		}
 		cfg.WheelDir = c.Native.WheelDir
+		// The native runtime's network configuration and host-wide claims: a networked gvisor
+		// sandbox is attached as a native one is, its slot claimed among theirs.
+		cfg.Network, cfg.HostDir, cfg.UIDBase, cfg.UIDSlots = c.Native.Network, c.Native.HostDir, c.Native.UIDBase, c.Native.UIDSlots
 		rt, err := gvisor.New(cfg)
 		if err != nil {
 			return openedRuntime{}, fmt.Errorf("gvisor runtime: %w", err)
 		}
-		return openedRuntime{rt: gvisor.EngineRuntime(rt), close: rt.Close, noNetwork: errGvisorNoNetwork}, nil
+		return openedRuntime{rt: gvisor.EngineRuntime(rt), close: rt.Close, noNetwork: gvisor.Networks(rt)}, nil
 	},
 	isInit: gvisor.IsInit,
 	init:   gvisor.Init,
@@ -102,9 +105,6 @@ var runtimeDefs = []runtimeDef{{
 // errRuntimeSkipped is what a runtime's open returns when the command does not offer it; it
 // is left out without a warning.
 var errRuntimeSkipped = errors.New("not offered by this command")
-
-// errGvisorNoNetwork is why a gvisor default runtime offers no network modes.
-var errGvisorNoNetwork = errors.New("gvisor sandboxes have no network")
 
 // bindRuntimeFlags binds the runtimes' knobs, each with its AIRLOCK_* variable. stateUsage
 // says what the state directory defaults to for the command.

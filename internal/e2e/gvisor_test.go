@@ -165,15 +165,17 @@ func TestGvisorSentryUnprivileged(t *testing.T) {
 }
 
 // TestGvisorThroughDaemon drives the gvisor runtime as an operator would: a daemon whose
-// default is native lists gvisor in /v1/info, runs a one-shot run and a sandbox in it when a
-// request names it, refuses what it cannot build with a 4xx, adopts the gvisor sandbox after
-// being killed (SIGKILL) and restarted, and leaves nothing behind once the sandbox is deleted.
+// default is native lists gvisor in /v1/info, runs a one-shot run and sandboxes in it when a
+// request names it, refuses what it cannot build with a 4xx, adopts the gvisor sandboxes (one
+// networked, whose network works again) after being killed (SIGKILL) and restarted, and leaves
+// nothing behind — directories, mounts, processes, veths, nftables objects — once they are deleted.
 func TestGvisorThroughDaemon(t *testing.T) {
 	mustGvisor(t) // skips (or fails, strict) where runsc cannot run
 	state, err := os.MkdirTemp("", "airlock-gvisor-daemon-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	gv := filepath.Join(state, "gvisor")
 	defer os.RemoveAll(state)
 	cg := fmt.Sprintf("airlock-e2e-gvd-%d", os.Getpid())
 	defer removeCgroupRoot(cg)
@@ -206,8 +208,6 @@ func TestGvisorThroughDaemon(t *testing.T) {
 	}{
 		{`{"code":"1","runtime":"bogus"}`, 400},
 		{`{"code":"1","runtime":"` + strings.Repeat("x", 100) + `"}`, 400},
-		// As a native daemon without networking answers a networked request: not implemented.
-		{`{"code":"1","runtime":"gvisor","network":{"mode":"internet"}}`, 501},
 	} {
 		if st := postJSON(t, d.url+"/v1/execute", tc.body, nil); st != tc.want {
 			t.Errorf("%s: status %d, want %d", tc.body, st, tc.want)
@@ -231,18 +231,43 @@ func TestGvisorThroughDaemon(t *testing.T) {
 		return r
 	}
 	exec(d, `open("/workspace/kept", "w").write("before")`)
+	// A networked one too: its forwarder answers it (an allowlist refuses the unlisted name
+	// itself, without asking upstream) before and after the restart.
+	var nsb api.SandboxInfo
+	if st := postJSON(t, d.url+"/v1/sandboxes", `{"runtime":"gvisor","network":{"mode":"allowlist","allow":["203.0.113.10/32:80"]}}`, &nsb); st != 201 {
+		t.Fatalf("create a networked gvisor sandbox: %d", st)
+	}
+	dnsProbe := func(d *daemon) string {
+		t.Helper()
+		var r api.ExecResult
+		body := fmt.Sprintf(`{"cmd":["python3","-c",%q]}`, gvisorDNSProbe)
+		if st := postJSON(t, d.url+"/v1/sandboxes/"+nsb.ID+"/exec", body, &r); st != 200 {
+			t.Fatalf("exec: status %d %+v", st, r)
+		}
+		return r.Stdout + r.Stderr
+	}
+	if out := dnsProbe(d); out != "answered\n" {
+		t.Fatalf("the networked sandbox's forwarder: %q", out)
+	}
 
 	d.kill()
 	d = startDaemon(t, state, cg, addr, keepOnStop)
 	if r := exec(d, `print(open("/workspace/kept").read())`); r.Stdout != "before\n" {
 		t.Fatalf("after the restart: %+v", r)
 	}
-	req, _ := http.NewRequest("DELETE", d.url+"/v1/sandboxes/"+sb.ID, nil)
-	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode >= 300 {
-		t.Fatalf("delete: %v %v", resp, err)
+	if out := dnsProbe(d); out != "answered\n" {
+		t.Fatalf("the networked sandbox's forwarder after the restart: %q", out)
+	}
+	for _, id := range []string{sb.ID, nsb.ID} {
+		req, _ := http.NewRequest("DELETE", d.url+"/v1/sandboxes/"+id, nil)
+		if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode >= 300 {
+			t.Fatalf("delete: %v %v", resp, err)
+		}
 	}
 	d.stop()
-	gv := filepath.Join(state, "gvisor")
+	if left := netLeftovers(t, cg+"-gvisor", gv, false); len(left) != 0 {
+		t.Errorf("left of the gvisor sandboxes' networks: %v", left)
+	}
 	for _, pattern := range []string{"sandboxes/*", "runsc/*"} {
 		if m, _ := filepath.Glob(filepath.Join(gv, pattern)); len(m) != 0 {
 			t.Errorf("left in %s: %v", gv, m)
@@ -255,6 +280,18 @@ func TestGvisorThroughDaemon(t *testing.T) {
 		t.Errorf("processes left in the gvisor cgroups: %v", pids)
 	}
 }
+
+// gvisorDNSProbe asks the sandbox's resolver (its forwarder on the gateway) for a name over
+// UDP and prints "answered" when an answer to that query comes back.
+const gvisorDNSProbe = `
+import socket, struct
+gw = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
+q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0) + b'\x08unlisted\x04test\x00' + struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(q, (gw, 53))
+print('answered' if s.recv(512)[:2] == b'\x12\x34' else 'other')
+`
 
 // gvisorPoolEngine is an engine with a warm pool over the shared gvisor runtime; closed (its
 // ready sandboxes destroyed) when the test ends.

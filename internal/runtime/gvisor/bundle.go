@@ -29,6 +29,9 @@ type bundle struct {
 	// workdir are then that layer's directories, as in a native image sandbox, and only
 	// /dev/shm is on the scratch tmpfs.
 	image bool
+	// netns, if set, is the path of the network namespace made for the sandbox (runsc's
+	// --network=sandbox takes its interfaces); "" gives the sandbox one of runsc's own.
+	netns string
 }
 
 // Host paths of a bundle, relative to its directory.
@@ -92,7 +95,7 @@ func (b *bundle) spec() *specs.Spec {
 			CgroupsPath: b.cgroup,
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
-				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace},
+				{Type: specs.MountNamespace}, {Type: specs.NetworkNamespace, Path: b.netns},
 			},
 		},
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+
+	"github.com/airlockhq/airlock/internal/netpolicy"
 )
 
 // Name is the runtime's name in engine.Spec.Runtime and in /v1/info.
@@ -34,6 +36,14 @@ type Config struct {
 	// WheelDir, if set, is a host directory of Python wheels bound at /opt/airlock/wheels.
 	WheelDir string
 	UID, GID int // the sandbox user inside; default 1000
+	// Network, if set, gives sandboxes the internet and allowlist modes, built as the native
+	// runtime builds them (netpolicy: a veth into the sandbox's network namespace, nftables,
+	// a DNS forwarder), in a table of the runtime's own (native.NetTable of CgroupRoot).
+	Network *netpolicy.Config
+	// HostDir, UIDBase and UIDSlots are the native runtime's host-wide claims (native.Slots):
+	// a networked sandbox claims its slot there. Zero values are the native defaults.
+	HostDir           string
+	UIDBase, UIDSlots int
 }
 
 func (c *Config) setDefaults() error {

@@ -20,7 +20,7 @@ var (
 )
 
 // honours refuses what the gvisor runtime cannot build rather than dropping it: a sandbox
-// silently without its image or network is worse than none.
+// silently without its image is worse than none.
 func honours(s engine.Spec) error {
 	switch {
 	case s.Runtime != "" && s.Runtime != Name:
@@ -29,8 +29,6 @@ func honours(s engine.Spec) error {
 		return api.Errorf(api.ErrInvalidArgument, "image %q reached the %s runtime unresolved", s.Image, Name)
 	case s.Build:
 		return api.Errorf(api.ErrUnimplemented, "the %s runtime does not run image builds", Name)
-	case s.Network.Enabled():
-		return api.Errorf(api.ErrUnimplemented, "network mode %s is not available with the %s runtime (its sandboxes have no network)", s.Network.Mode, Name)
 	}
 	return nil
 }
@@ -39,8 +37,11 @@ func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 	if err := honours(s); err != nil {
 		return nil, err
 	}
+	if s.Network.Enabled() && n.r.cfg.Network == nil {
+		return nil, api.Errorf(api.ErrUnimplemented, "network mode %s is not available: this daemon runs without sandbox networking", s.Network.Mode)
+	}
 	sb, err := n.r.Create(ctx, Spec{ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
-		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Meta: s.Meta, Workdir: s.Workdir, Image: imageRoot(s.ImageRoot)})
+		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Meta: s.Meta, Workdir: s.Workdir, Image: imageRoot(s.ImageRoot), Network: s.Network})
 	if err != nil {
 		return nil, err
 	}

@@ -76,6 +76,9 @@ func (r *Runtime) Recover(ctx context.Context) ([]Found, error) {
 			}
 		}
 	}
+	if err := r.sweepNetworks(ctx, known); err != nil {
+		errs = append(errs, err)
+	}
 	return found, errors.Join(errs...)
 }
 
@@ -108,7 +111,12 @@ func (r *Runtime) recoverOne(ctx context.Context, id, dir string) (Found, error)
 	if err != nil {
 		return Found{}, err
 	}
-	sb.scratchReq, sb.meta = st.ScratchReq, st.Meta
+	sb.scratchReq, sb.meta, sb.policy = st.ScratchReq, st.Meta, st.Network
+	if err := r.adoptNetwork(ctx, sb, st.Slot, st.Network); err != nil {
+		// A sandbox without the network it had is not the sandbox its owner made.
+		sb.Destroy(ctx)
+		return Found{}, fmt.Errorf("network: %w", err)
+	}
 	return Found{Sandbox: sb, Meta: st.Meta}, nil
 }
 

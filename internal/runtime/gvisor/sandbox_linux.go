@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/cgroup"
 	"github.com/airlockhq/airlock/internal/layout"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
@@ -39,6 +41,8 @@ type Spec struct {
 	// layer capped at ScratchBytes as asked (native.DiskBytes), mounted on the host as the
 	// bundle's root; nil is the host image.
 	Image *native.ImageRoot
+	// Network is the sandbox's network policy; block (the zero value) is a loopback only.
+	Network netpolicy.Policy
 }
 
 // sentryPidsReserve is room in the host cgroup's pids limit for gVisor's own threads (the
@@ -76,7 +80,10 @@ type Sandbox struct {
 	scratchReq int64
 	metaMu     sync.Mutex
 	meta       []byte
-	done       chan struct{} // closed when the sandbox process has exited
+	net        *netpolicy.Attachment // nil: no network
+	policy     netpolicy.Policy      // net's
+	slot       int                   // the host-wide slot of net
+	done       chan struct{}         // closed when the sandbox process has exited
 	watch      sync.WaitGroup
 	destroy    sync.Once
 	err        error
@@ -88,6 +95,9 @@ type state struct {
 	Pid        int    `json:"pid"`
 	Meta       []byte `json:"meta,omitempty"`
 	ScratchReq int64  `json:"scratch_req,omitempty"`
+	// Slot and Network are a networked sandbox's, for Recover to adopt its network.
+	Slot    int              `json:"slot,omitempty"`
+	Network netpolicy.Policy `json:"network,omitzero"`
 }
 
 // Create builds the sandbox's bundle, starts it under runsc and returns once its agent
@@ -124,6 +134,7 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 		{"scratch layer", c.scratch},
 		{"image root", c.imageRoot},
 		{"cgroup", c.cgroup},
+		{"network", c.network},
 		{"bundle", c.bundle},
 		{"start", c.start},
 		{"await agent", c.await},
@@ -146,6 +157,10 @@ type creation struct {
 	g    *cgroup.Group
 	sb   *Sandbox
 	pid  int
+	// A networked sandbox's: its slot, attachment, and namespace, held open until runsc runs.
+	slot  int
+	att   *netpolicy.Attachment
+	netns *os.File
 }
 
 func (c *creation) mkdir(context.Context) error {
@@ -200,8 +215,13 @@ func (c *creation) bundle(context.Context) error {
 	if c.spec.Image != nil {
 		binds = c.r.imageBinds
 	}
+	if c.att != nil {
+		// The sandbox's own resolv.conf (its forwarder) over the daemon's /etc one.
+		binds = append(slices.DeleteFunc(slices.Clone(binds), func(b native.Bind) bool { return b.Target == "/etc/resolv.conf" }),
+			native.Bind{Source: filepath.Join(c.dir, resolvFile), Target: "/etc/resolv.conf", File: true})
+	}
 	b := &bundle{dir: c.dir, exe: c.r.cfg.Exe, binds: binds, cgroup: c.r.cgroupPath(c.spec.ID),
-		workdir: c.spec.Workdir, image: c.spec.Image != nil,
+		workdir: c.spec.Workdir, image: c.spec.Image != nil, netns: c.netnsPath(),
 		init: initConfig{UID: c.r.cfg.UID, GID: c.r.cfg.GID, NoFile: c.spec.NoFile, NProc: uint64(c.spec.Pids),
 			Scratch: c.spec.ScratchBytes, Env: c.spec.Env}}
 	return c.r.writeBundle(b, nil)
@@ -219,10 +239,24 @@ func (c *creation) start(ctx context.Context) error {
 	// returns in well under a second; the undo removes the sandbox if ctx ended meanwhile.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	cmd := c.r.runsc(rctx, "run", "--detach", "--bundle", c.dir, c.spec.ID)
+	network := "none"
+	if c.netns != nil {
+		network = "sandbox"
+	}
+	cmd := c.r.runscNet(rctx, network, "run", "--detach", "--bundle", c.dir, c.spec.ID)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	c.undo = append(c.undo, func() { c.r.deleteContainer(c.spec.ID) })
-	if err := cmd.Run(); err != nil {
+	if c.netns != nil {
+		err = runNetworked(cmd)
+	} else {
+		err = cmd.Run()
+	}
+	if c.netns != nil {
+		// runsc's processes have joined the namespace (or failed): theirs keep it alive now.
+		c.netns.Close()
+		c.netns = nil
+	}
+	if err != nil {
 		return fmt.Errorf("runsc run: %w (%s)", err, lastLine(readTail(logf.Name())))
 	}
 	pid, err := c.r.containerPid(ctx, c.spec.ID)
@@ -235,6 +269,7 @@ func (c *creation) start(ctx context.Context) error {
 		return err
 	}
 	sb.scratchReq, sb.meta = c.req, c.spec.Meta
+	sb.net, sb.slot, sb.policy = c.att, c.slot, c.spec.Network
 	c.sb = sb
 	c.undo = append(c.undo, func() { sb.stopWatch() })
 	return nil
@@ -262,11 +297,19 @@ func (c *creation) await(ctx context.Context) error {
 
 func (c *creation) persist(context.Context) error { return c.sb.persist() }
 
+// netnsPath is the spec's path of the sandbox's network namespace; "" for one of runsc's own.
+func (c *creation) netnsPath() string {
+	if c.netns == nil {
+		return ""
+	}
+	return netnsPath(c.netns)
+}
+
 // persist writes the state Recover adopts the sandbox from.
 func (s *Sandbox) persist() error {
 	s.metaMu.Lock()
 	defer s.metaMu.Unlock()
-	b, _ := json.Marshal(state{ID: s.id, Pid: s.pid, Meta: s.meta, ScratchReq: s.scratchReq})
+	b, _ := json.Marshal(state{ID: s.id, Pid: s.pid, Meta: s.meta, ScratchReq: s.scratchReq, Slot: s.slot, Network: s.policy})
 	tmp := filepath.Join(s.dir, "state.json.tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
@@ -585,6 +628,9 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		}
 		cancel()
 		if err := s.r.forgetContainer(s.id); err != nil {
+			errs = append(errs, err)
+		}
+		if err := s.closeNetwork(); err != nil {
 			errs = append(errs, err)
 		}
 		s.client.CloseIdleConnections()

@@ -2,6 +2,7 @@ package native
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -149,4 +150,44 @@ func (l *Layers) Close() error {
 		return fmt.Errorf("unmount %s: %w", p, err)
 	}
 	return nil
+}
+
+// Slots are host-wide sandbox slots for another runtime's sandboxes: the native runtime's uid
+// range claims (in HostDir/uids, which every airlock process on the host honours). A slot
+// picks a networked sandbox's addresses and host veth (netpolicy.Sandbox.Slot), so no two live
+// sandboxes of any runtime or daemon share them. A claim names the runtime's state directory,
+// whose sandboxes/<id> keeps it live after its daemon dies (the next one adopts the sandbox).
+type Slots struct{ r *Runtime }
+
+// NewSlots opens the claims of cfg.HostDir for the runtime keeping its sandboxes in
+// cfg.StateDir/sandboxes; cfg.UIDBase and cfg.UIDSlots as the native runtime's (defaults the same).
+func NewSlots(cfg Config) (*Slots, error) {
+	cfg.setDefaults()
+	start, err := procStartTime(os.Getpid())
+	if err != nil {
+		return nil, fmt.Errorf("own start time: %w", err)
+	}
+	r := &Runtime{cfg: cfg, selfStart: start, slots: map[int]string{}}
+	if err := r.prepareHostDir(); err != nil {
+		return nil, err
+	}
+	return &Slots{r: r}, nil
+}
+
+// Claim claims a free slot for sandbox id.
+func (s *Slots) Claim(id string) (int, error) { return s.r.allocSlot(id) }
+
+// Keep holds on to the slot of a sandbox a previous daemon left running.
+func (s *Slots) Keep(slot int, id string) { s.r.keepSlot(slot, id) }
+
+// Free releases a slot.
+func (s *Slots) Free(slot int) { s.r.freeSlot(slot) }
+
+// Close releases the claims' lock (the claims of live sandboxes stay).
+func (s *Slots) Close() { releaseLock(s.r.uidLock, false) }
+
+// ResolvConf is a networked sandbox's resolv.conf: its forwarder on the gateway.
+func ResolvConf(gateway netip.Addr) []byte {
+	// ndots:1 and no search domains: a sandbox resolves exactly the names it asks for.
+	return fmt.Appendf(nil, "nameserver %s\noptions ndots:1 timeout:2 attempts:2\n", gateway)
 }
