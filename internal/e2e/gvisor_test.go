@@ -405,3 +405,47 @@ print(os.path.exists("/usr/bin/go"), os.path.exists("/usr/lib/python3/dist-packa
 	}
 	waitGvisorClean(t)
 }
+
+// TestGvisorForkBombLeavesSandboxUsable: a fork bomb in a gvisor sandbox meets the sandbox's
+// pids limit inside gVisor (forks fail with EAGAIN, counted in gVisor's own pids cgroup), not
+// the host cgroup's, so the sentry survives: once the bomb's exec is over, the same sandbox
+// runs the next exec, and its host cgroup never reached its own limit.
+func TestGvisorForkBombLeavesSandboxUsable(t *testing.T) {
+	a := gvisorAPIServer(t, 64<<20)
+	id := a.create(`{}`)
+	var r api.ExecResult
+	// Its timeout ends the bomb's whole tree, as any exec's.
+	code := a.call("POST", "/v1/sandboxes/"+id+"/exec", strings.NewReader(`{"cmd":["bash","-c","bomb() { bomb | bomb & }; bomb; sleep 100"],"timeout":5}`), &r)
+	if code != 200 || !r.TimedOut {
+		t.Fatalf("fork bomb: %d %+v", code, r)
+	}
+	if !strings.Contains(r.Stderr, "fork") {
+		t.Errorf("the bomb's forks did not fail at the limit: stderr %q", r.Stderr)
+	}
+	if r := a.exec(id, "echo", "alive"); r.ExitCode != 0 || r.Stdout != "alive\n" {
+		t.Fatalf("exec after the bomb: %+v", r)
+	}
+	events, err := pidsMaxEvents(gvisorCgRoot, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if events > 0 {
+		t.Errorf("the sandbox's host cgroup hit its pids limit %d times: the limit inside gVisor did not hold", events)
+	}
+}
+
+// pidsMaxEvents is how often cgroup root/id (v1 or v2) refused a fork at its pids.max.
+func pidsMaxEvents(root, id string) (int, error) {
+	for _, p := range []string{filepath.Join("/sys/fs/cgroup/pids", root, id, "pids.events"), filepath.Join("/sys/fs/cgroup", root, id, "pids.events")} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var n int
+		if _, err := fmt.Sscanf(string(b), "max %d", &n); err != nil {
+			return 0, fmt.Errorf("%s: %q: %w", p, b, err)
+		}
+		return n, nil
+	}
+	return 0, fmt.Errorf("no pids.events of cgroup %s/%s", root, id)
+}

@@ -11,9 +11,11 @@ import (
 )
 
 // agentCaps are the agent's capabilities on entry: the native agent's set plus CAP_SETPCAP,
-// which the lockdown spends emptying the spawner's bounding set and then drops with the rest.
+// which the lockdown spends emptying the spawner's bounding set and then drops with the rest,
+// and CAP_SYS_ADMIN, which the init spends mounting gVisor's cgroupfs (userCgroup) and drops
+// from every set before anything else runs. All of them are gVisor's kernel's, none the host's.
 var agentCaps = []string{
-	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP",
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_SYS_ADMIN",
 }
 
 // bundle is what one sandbox's OCI bundle is built from.

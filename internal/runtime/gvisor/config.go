@@ -79,6 +79,10 @@ const (
 	// into the bundle's root. Not the environment: gVisor's /proc lets any task read PID 1's
 	// environ, so PID 1 starts with none.
 	guestConfig = guestDir + "/config.json"
+	// guestCgroup is gVisor's own cgroupfs (its pids controller), where the init makes the
+	// user processes' group: gVisor's kernel enforces its pids.max on every fork and clone,
+	// which this runsc's RLIMIT_NPROC does not.
+	guestCgroup = guestDir + "/cgroup"
 )
 
 // initConfig is what the agent needs inside, as JSON in initEnv.

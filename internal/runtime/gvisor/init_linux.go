@@ -6,6 +6,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/airlockhq/airlock/internal/agent"
 	"github.com/airlockhq/airlock/internal/runtime/native"
@@ -40,10 +45,48 @@ func Init() (net.Listener, agent.Config, error) {
 	if err != nil {
 		return nil, agent.Config{}, fmt.Errorf("agent socket: %w", err)
 	}
-	spawn, err := native.GuestLockdown(cfg.NoFile, cfg.NProc, cfg.Scratch)
+	tasks, err := userCgroup(cfg.NProc)
+	if err != nil {
+		ln.Close()
+		return nil, agent.Config{}, err
+	}
+	spawn, err := native.GuestLockdown(cfg.NoFile, cfg.NProc, cfg.Scratch, tasks)
 	if err != nil {
 		ln.Close()
 		return nil, agent.Config{}, fmt.Errorf("lock down the agent: %w", err)
 	}
 	return ln, agent.Config{UID: cfg.UID, GID: cfg.GID, Spawn: spawn, Env: cfg.Env}, nil
+}
+
+// userCgroup makes the user processes' group in gVisor's cgroupfs, its pids.max the sandbox's
+// pids limit (0: none), and returns its tasks file open for the spawner thread to join: every
+// user process is forked from that thread, so it and all its descendants count against the
+// limit, while the agent's own threads stay outside it — a fork bomb gets EAGAIN, and the
+// agent, the sentry and the host go on. (The host cgroup's pids limit, above it by
+// sentryPidsReserve, is the backstop should the sentry itself run away.)
+func userCgroup(nproc uint64) (*os.File, error) {
+	// gVisor's own cgroupfs (this runsc ignores a cgroup mount in the spec), over the mount
+	// point in the read-only guest directory: root's alone, as the rest of it.
+	if err := unix.Mount("cgroup", guestCgroup, "cgroup", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "pids"); err != nil {
+		return nil, fmt.Errorf("user cgroup: mount gVisor's cgroupfs: %w", err)
+	}
+	// CAP_SYS_ADMIN was for that mount alone: gone from every thread's bounding set now (the
+	// lockdown's capset takes it from the others).
+	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_CAPBSET_DROP, unix.CAP_SYS_ADMIN, 0); e != 0 {
+		return nil, fmt.Errorf("user cgroup: drop CAP_SYS_ADMIN: %w", e)
+	}
+	dir := filepath.Join(guestCgroup, "user")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("user cgroup: %w", err)
+	}
+	if nproc > 0 {
+		if err := os.WriteFile(filepath.Join(dir, "pids.max"), []byte(strconv.FormatUint(nproc, 10)), 0); err != nil {
+			return nil, fmt.Errorf("user cgroup: pids.max: %w", err)
+		}
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "tasks"), os.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("user cgroup: %w", err)
+	}
+	return f, nil
 }

@@ -45,19 +45,29 @@ type Spec struct {
 	Network netpolicy.Policy
 }
 
-// sentryPidsReserve is room in the host cgroup's pids limit for gVisor's own threads (the
-// sentry's and the gofer's, a few dozen each) beside the user's tasks, each of which is a host
-// task on the ptrace platform. gVisor's kernel (this runsc) enforces no RLIMIT_NPROC, so the
-// host limit is the only bound: a fork bomb that reaches it takes the sentry down with the
-// sandbox (the host, the daemon and other sandboxes are unharmed; see TestForkBombEndsAtPidsLimit).
-const sentryPidsReserve = 512
+// The host cgroup's pids limit is a backstop for the host, not the sandbox's limit: the user's
+// limit is gVisor's own (the init puts every user process in a group of gVisor's pids cgroup
+// with the sandbox's limit, userCgroup), where a fork bomb gets EAGAIN and the sentry goes on.
+// The host limit must stay above what that many gVisor tasks cost the host, or the sentry
+// meets it first and dies with the sandbox. On the ptrace platform a gVisor process costs far
+// more than one host task: a stub process with a thread for every sentry thread that ran it,
+// so the cost grows faster than the number of processes (measured here, fork bombs held 6 s at
+// gVisor's limit: 32 → 521 host tasks at the peak, 64 → 992, 128 → 2538, 256 → 4366; and 200
+// processes sleeping side by side, 10323). hostTasksPerTask and sentryPidsReserve (the
+// sentry's and the gofer's own threads, ≈60 idle) size the backstop at about twice a bomb's
+// peak — 8704 host tasks for the default 256 — not for hundreds of long-lived processes, which
+// on ptrace may meet it and end the sandbox (the host stays within its bound either way).
+const (
+	hostTasksPerTask  = 32
+	sentryPidsReserve = 512
+)
 
 // hostPids is the host cgroup's pids limit of a sandbox whose user may run pids tasks.
 func hostPids(pids int64) int64 {
 	if pids <= 0 {
 		return 0
 	}
-	return pids + sentryPidsReserve
+	return pids*hostTasksPerTask + sentryPidsReserve
 }
 
 // The scratch layer's default size, as the native host image's.
@@ -372,7 +382,8 @@ func (r *Runtime) writeBundle(b *bundle, edit func(*specs.Spec)) error {
 	// The guest directory is root's alone (0700): the sandbox user cannot reach the agent's
 	// binary, its configuration or its socket.
 	guest := filepath.Join(b.dir, guestHostDir)
-	for _, d := range []string{guest, filepath.Join(guest, filepath.Base(filepath.Dir(guestSock))), filepath.Join(b.dir, sockDir)} {
+	for _, d := range []string{guest, filepath.Join(guest, filepath.Base(filepath.Dir(guestSock))),
+		filepath.Join(guest, filepath.Base(guestCgroup)), filepath.Join(b.dir, sockDir)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return err
 		}

@@ -41,11 +41,14 @@ func HostImage(etcDir string, uid, gid int) ([]Bind, [][2]string, error) {
 // empty capability bounding set that every user process is forked from, the agent's own
 // capabilities cut to what it needs, and the seccomp filter. It returns the spawner for
 // agent.Config.Spawn. The order is setup's, which it must stay.
-func GuestLockdown(noFile, nproc uint64, scratch int64) (spawn func(func()), err error) {
+//
+// tasks are cgroup "tasks" files, open for writing, that the spawner thread joins (closing
+// them) before the first user process is forked from it: the user processes' cgroup.
+func GuestLockdown(noFile, nproc uint64, scratch int64, tasks ...*os.File) (spawn func(func()), err error) {
 	steps := []func() error{
 		func() error { return setRlimits(&initConfig{NoFile: noFile, NProc: nproc, ScratchSize: scratch}) },
 		func() error { return step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)) },
-		func() (err error) { spawn, err = startSpawner(nil); return err },
+		func() (err error) { spawn, err = startSpawner(tasks); return err },
 		dropCapabilities,
 		func() error { return step("seccomp", seccomp.Install(seccomp.Options{})) },
 	}
