@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -448,4 +450,67 @@ func pidsMaxEvents(root, id string) (int, error) {
 		return n, nil
 	}
 	return 0, fmt.Errorf("no pids.events of cgroup %s/%s", root, id)
+}
+
+// TestGvisorSandboxBinary: with --sandbox-binary a gvisor sandbox's PID 1 is the small
+// airlock-sandbox, as a native one's: the bundle binds the runtime's copy of it (the same
+// build id as the binary built, and not the daemon's), and runs, execs and sessions work.
+func TestGvisorSandboxBinary(t *testing.T) {
+	mustGvisor(t)
+	bin := buildSandboxBinary(t)
+	state := mkdirTraversable(t, "airlock-gvsbbin-state-")
+	cg := fmt.Sprintf("airlock-gvsbbin-%d", os.Getpid())
+	t.Cleanup(func() { removeCgroupRoot(cg); removeCgroupRoot(cg + "-gvisor") })
+	d := startDaemon(t, state, cg, freeAddr(t), noPool, zygoteOff, func(c *exec.Cmd) {
+		c.Env = append(c.Env, "AIRLOCK_SANDBOX_BINARY="+bin)
+	})
+	t.Cleanup(d.stop)
+
+	var run api.ExecuteResponse
+	if st := postJSON(t, d.url+"/v1/execute", `{"code":"print(6*7)","runtime":"gvisor"}`, &run); st != 200 || run.Stdout != "42\n" {
+		t.Fatalf("gvisor one-shot through the sandbox binary: %d %+v", st, run)
+	}
+	var sb api.SandboxInfo
+	if st := postJSON(t, d.url+"/v1/sandboxes", `{"runtime":"gvisor"}`, &sb); st != 201 {
+		t.Fatalf("create sandbox: %d", st)
+	}
+	var res api.ExecResult
+	if st := postJSON(t, d.url+"/v1/sandboxes/"+sb.ID+"/exec", `{"cmd":["sh","-c","echo hi > /workspace/f; cat /workspace/f"]}`, &res); st != 200 || res.Stdout != "hi\n" {
+		t.Fatalf("exec through the sandbox binary: %d %+v", st, res)
+	}
+	raw, err := os.ReadFile(filepath.Join(state, "gvisor", "sandboxes", sb.ID, "config.json"))
+	var spec struct {
+		Mounts []struct{ Destination, Source string }
+	}
+	if err != nil || json.Unmarshal(raw, &spec) != nil {
+		t.Fatalf("bundle of %s: %v", sb.ID, err)
+	}
+	var agentSrc string
+	for _, m := range spec.Mounts {
+		if m.Destination == "/.airlock/airlock" {
+			agentSrc = m.Source
+		}
+	}
+	copied := filepath.Join(state, "gvisor", "airlock-sandbox")
+	if agentSrc != copied {
+		t.Fatalf("the sandbox's PID 1 is bound from %q, want the runtime's copy of the sandbox binary %s", agentSrc, copied)
+	}
+	buildID := func(p string) string {
+		out, err := exec.Command(p, "build-id").Output()
+		if err != nil {
+			t.Fatalf("%s build-id: %v", p, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got, want := buildID(copied), buildID(bin); got != want || fileSize(t, copied) != fileSize(t, bin) {
+		t.Errorf("the bound copy has build id %q (%d bytes), the sandbox binary %q (%d bytes)", got, fileSize(t, copied), want, fileSize(t, bin))
+	}
+	var sess api.SessionInfo
+	if code := postJSON(t, d.url+"/v1/sessions", `{"runtime":"gvisor"}`, &sess); code != 201 {
+		t.Fatalf("create session: %d", code)
+	}
+	var cell api.RunResult
+	if code := postJSON(t, d.url+"/v1/sessions/"+sess.ID+"/run", `{"code":"6 * 7"}`, &cell); code != 200 || cell.Result == nil || *cell.Result != "42" {
+		t.Fatalf("session cell through the sandbox binary: %d %+v", code, cell)
+	}
 }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor/guest"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
@@ -83,3 +84,9 @@ func (s engineSandbox) Usage() (engine.Usage, error) {
 	return engine.Usage{CPUTime: st.CPUTime, Memory: st.Memory, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
 		MemoryLimitHits: st.MemoryFailcnt}, err
 }
+
+// IsInit and Init are the sandbox's init (package guest), for the binaries that start as one.
+var (
+	IsInit = guest.IsInit
+	Init   = guest.Init
+)

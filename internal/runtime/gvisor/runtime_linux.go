@@ -43,6 +43,7 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // platform (the probe), and prepares the state directory and cgroup root. An error says why
 // the runtime cannot be offered, for the start-up log and airlock doctor.
 func New(cfg Config) (_ *Runtime, err error) {
+	separate := cfg.Exe != ""
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -73,6 +74,13 @@ func New(cfg Config) (_ *Runtime, err error) {
 	for _, d := range []string{r.dir, r.runscDir, filepath.Join(r.dir, "sandboxes")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
+		}
+	}
+	if separate {
+		// A separate sandbox binary (airlock-sandbox) is bound into sandboxes from a copy of
+		// the runtime's own, as the native runtime starts its sandboxes from one.
+		if r.cfg.Exe, err = native.CopyInit(cfg.Exe, filepath.Join(r.dir, "airlock-sandbox")); err != nil {
+			return nil, err
 		}
 	}
 	out, err := exec.Command(cfg.Runsc, "--version").Output()

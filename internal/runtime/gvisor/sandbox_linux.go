@@ -391,7 +391,7 @@ func (r *Runtime) writeBundle(b *bundle, edit func(*specs.Spec)) error {
 	if err := os.WriteFile(filepath.Join(guest, filepath.Base(guestExe)), nil, 0o600); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(guest, filepath.Base(guestConfig)), b.init.encode(), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(guest, filepath.Base(guestConfig)), b.init.Encode(), 0o600); err != nil {
 		return err
 	}
 	s := b.spec()

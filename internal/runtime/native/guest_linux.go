@@ -194,3 +194,9 @@ func ResolvConf(gateway netip.Addr) []byte {
 	// ndots:1 and no search domains: a sandbox resolves exactly the names it asks for.
 	return fmt.Appendf(nil, "nameserver %s\noptions ndots:1 timeout:2 attempts:2\n", gateway)
 }
+
+// CopyInit copies a separate init program (the airlock-sandbox binary the daemon checked) to
+// dst in the runtime's state directory and returns dst, as the native runtime does for its
+// own sandboxes: replacing the original while the runtime lives (an upgrade) changes no
+// sandbox it starts.
+func CopyInit(src, dst string) (string, error) { return copyInit(src, dst) }

@@ -1,4 +1,4 @@
-package gvisor
+package guest
 
 import (
 	"encoding/json"
@@ -16,9 +16,8 @@ import (
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
-// IsInit reports whether this process is PID 1 of a gvisor sandbox: the binary bound at
-// guestExe (a native sandbox's PID 1 runs as /proc/self/exe, and with AIRLOCK_SANDBOX_INIT).
-func IsInit() bool { return os.Getpid() == 1 && len(os.Args) > 0 && os.Args[0] == guestExe }
+// IsInit reports whether this process is PID 1 of a gvisor sandbox: the binary bound at Exe (a native sandbox's PID 1 runs as /proc/self/exe, and with AIRLOCK_SANDBOX_INIT).
+func IsInit() bool { return os.Getpid() == 1 && len(os.Args) > 0 && os.Args[0] == Exe }
 
 // Init locks the agent down and opens its listener: the first thing the binary does as PID 1
 // of a gvisor sandbox. Errors go to runsc's log of the sandbox (stderr); the daemon sees the
@@ -31,17 +30,17 @@ func Init() (net.Listener, agent.Config, error) {
 	if err := native.CloseOnExecFrom(3); err != nil {
 		return nil, agent.Config{}, fmt.Errorf("close-on-exec inherited fds: %w", err)
 	}
-	raw, err := os.ReadFile(guestConfig)
+	raw, err := os.ReadFile(ConfigPath)
 	if err != nil {
 		return nil, agent.Config{}, fmt.Errorf("read config: %w", err)
 	}
-	var cfg initConfig
+	var cfg Config
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return nil, agent.Config{}, fmt.Errorf("decode config: %w", err)
 	}
 	// The listener before the lockdown: binding a host socket goes through the gofer, and the
 	// socket's directory stays root's after it.
-	ln, err := net.Listen("unix", guestSock)
+	ln, err := net.Listen("unix", Sock)
 	if err != nil {
 		return nil, agent.Config{}, fmt.Errorf("agent socket: %w", err)
 	}
@@ -67,7 +66,7 @@ func Init() (net.Listener, agent.Config, error) {
 func userCgroup(nproc uint64) (*os.File, error) {
 	// gVisor's own cgroupfs (this runsc ignores a cgroup mount in the spec), over the mount
 	// point in the read-only guest directory: root's alone, as the rest of it.
-	if err := unix.Mount("cgroup", guestCgroup, "cgroup", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "pids"); err != nil {
+	if err := unix.Mount("cgroup", Cgroup, "cgroup", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "pids"); err != nil {
 		return nil, fmt.Errorf("user cgroup: mount gVisor's cgroupfs: %w", err)
 	}
 	// CAP_SYS_ADMIN was for that mount alone: gone from every thread's bounding set now (the
@@ -75,7 +74,7 @@ func userCgroup(nproc uint64) (*os.File, error) {
 	if _, _, e := syscall.AllThreadsSyscall(syscall.SYS_PRCTL, unix.PR_CAPBSET_DROP, unix.CAP_SYS_ADMIN, 0); e != 0 {
 		return nil, fmt.Errorf("user cgroup: drop CAP_SYS_ADMIN: %w", e)
 	}
-	dir := filepath.Join(guestCgroup, "user")
+	dir := filepath.Join(Cgroup, "user")
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("user cgroup: %w", err)
 	}
