@@ -19,6 +19,7 @@ import (
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/runtime/gvisor"
+	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
 
@@ -513,4 +514,17 @@ func TestGvisorSandboxBinary(t *testing.T) {
 	if code := postJSON(t, d.url+"/v1/sessions/"+sess.ID+"/run", `{"code":"6 * 7"}`, &cell); code != 200 || cell.Result == nil || *cell.Result != "42" {
 		t.Fatalf("session cell through the sandbox binary: %d %+v", code, cell)
 	}
+}
+
+// forEachAPIRuntime runs test on an API server of each runtime built from cfg (its Runtime the
+// runtime's), with the runtime's name: the API contract holds for both, and a test says where a
+// behaviour differs by design.
+func forEachAPIRuntime(t *testing.T, cfg engine.Config, test func(t *testing.T, a *apiServer, rt string)) {
+	t.Run(native.Name, func(t *testing.T) { test(t, newAPIServer(t, cfg), native.Name) })
+	t.Run(gvisor.Name, func(t *testing.T) {
+		mustGvisor(t)
+		c := cfg
+		c.Runtime = gvisor.EngineRuntime(gvisorRT)
+		test(t, newAPIServer(t, c), gvisor.Name)
+	})
 }
