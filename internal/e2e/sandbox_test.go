@@ -100,7 +100,9 @@ func (a *apiServer) exec(id string, cmd ...string) api.ExecResult {
 
 func q(p string) string { return url.QueryEscape(p) }
 
-func TestFileAPIConfinement(t *testing.T) { forEachAPIRuntime(t, engine.Config{ScratchBytes: 64 << 20}, testFileAPIConfinement) }
+func TestFileAPIConfinement(t *testing.T) {
+	forEachAPIRuntime(t, engine.Config{ScratchBytes: 64 << 20}, testFileAPIConfinement)
+}
 
 func testFileAPIConfinement(t *testing.T, a *apiServer, rt string) {
 	id := a.create(`{}`)
@@ -214,7 +216,9 @@ func heapMB() int64 {
 	return int64(ms.HeapInuse >> 20)
 }
 
-func TestSandboxLifecycleAndReaping(t *testing.T) { forEachAPIRuntime(t, engine.Config{ReapInterval: 100 * time.Millisecond}, testSandboxLifecycleAndReaping) }
+func TestSandboxLifecycleAndReaping(t *testing.T) {
+	forEachAPIRuntime(t, engine.Config{ReapInterval: 100 * time.Millisecond}, testSandboxLifecycleAndReaping)
+}
 
 func testSandboxLifecycleAndReaping(t *testing.T, a *apiServer, rt string) {
 	var eb api.ErrorBody
@@ -261,7 +265,9 @@ func testSandboxLifecycleAndReaping(t *testing.T, a *apiServer, rt string) {
 	}
 }
 
-func TestConcurrentExecsInOneSandbox(t *testing.T) { forEachAPIRuntime(t, engine.Config{}, testConcurrentExecsInOneSandbox) }
+func TestConcurrentExecsInOneSandbox(t *testing.T) {
+	forEachAPIRuntime(t, engine.Config{}, testConcurrentExecsInOneSandbox)
+}
 
 func testConcurrentExecsInOneSandbox(t *testing.T, a *apiServer, rt string) {
 	id := a.create(`{}`)

@@ -114,7 +114,9 @@ func hasDisplay(r api.RunResult, mime, sub string) bool {
 	return false
 }
 
-func TestSessionInterruptsAndCrashes(t *testing.T) { forEachAPIRuntime(t, engine.Config{}, testSessionInterruptsAndCrashes) }
+func TestSessionInterruptsAndCrashes(t *testing.T) {
+	forEachAPIRuntime(t, engine.Config{}, testSessionInterruptsAndCrashes)
+}
 
 func testSessionInterruptsAndCrashes(t *testing.T, a *apiServer, rt string) {
 	id := a.session(`{}`)
