@@ -6,18 +6,21 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/gvisor"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/testutil"
@@ -526,5 +529,77 @@ func forEachAPIRuntime(t *testing.T, cfg engine.Config, test func(t *testing.T, 
 		c := cfg
 		c.Runtime = gvisor.EngineRuntime(gvisorRT)
 		test(t, newAPIServer(t, c), gvisor.Name)
+	})
+}
+
+// TestGvisorRecoverRemovesDeadSandbox: a daemon dies and, meanwhile, its networked sandbox of a
+// pulled image dies too (its sentry SIGKILLed); the next runtime on the state directory removes
+// all of it — the image root and writable layer (loop-mounted ext4), the veth and nftables
+// objects, the directory, the cgroup and runsc's state — and keeps nothing running.
+func TestGvisorRecoverRemovesDeadSandbox(t *testing.T) {
+	ref := pythonImage(t)
+	mustGvisor(t)
+	img, err := images.Resolve(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := os.MkdirTemp("", "airlock-e2e-gvrecover-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	cg := cgRoot + "-gvrecover"
+	open := func() *gvisor.Runtime {
+		r, err := gvisor.New(gvisor.Config{StateDir: state, CgroupRoot: cg,
+			Network: &netpolicy.Config{Pool: netTestPool, Upstreams: []netip.AddrPort{netip.AddrPortFrom(pubAddr, 53)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r1 := open() // never closed: the daemon that died
+	release := images.Lease(img)
+	defer release()
+	sb, err := r1.Create(t.Context(), gvisor.Spec{ID: "gvrecover1", ScratchBytes: 16 << 20,
+		Image:   &native.ImageRoot{Layers: img.LayerDirs(), Env: img.Config.Env},
+		Network: netpolicy.Policy{Mode: netpolicy.Internet}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gv := filepath.Join(state, "gvisor")
+	if m, _ := filepath.Glob(filepath.Join(gv, "layers", "gvrecover1*")); len(m) == 0 {
+		t.Fatal("no writable layer for the image sandbox")
+	}
+	if left := netLeftovers(t, cg, state, true); len(left) == 0 {
+		t.Fatal("no veth for the networked sandbox: the leak check below would prove nothing")
+	}
+	raw, err := os.ReadFile(filepath.Join(gv, "sandboxes", "gvrecover1", "state.json"))
+	var st struct{ Pid int }
+	if err != nil || json.Unmarshal(raw, &st) != nil || st.Pid <= 0 {
+		t.Fatalf("state: %v %s", err, raw)
+	}
+	if err := syscall.Kill(st.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-sb.Done()
+
+	r2 := open()
+	// The dead daemon's runtime is closed only now (its DNS forwarder, in this process, stops).
+	t.Cleanup(func() { r1.Close(); r2.Close(); removeCgroupRoot(cg) })
+	found, err := r2.Recover(t.Context())
+	if err != nil || len(found) != 0 {
+		t.Fatalf("recover: %v found %d, want nothing adopted", err, len(found))
+	}
+	var left []string
+	waitFor(t, "nothing left of the dead sandbox", func() bool {
+		left = netLeftovers(t, cg, state, true)
+		for _, pattern := range []string{"sandboxes/*", "runsc/*", "layers/*"} {
+			m, _ := filepath.Glob(filepath.Join(gv, pattern))
+			left = append(left, m...)
+		}
+		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), gv+"/sandboxes/") || strings.Contains(string(b), gv+"/layers/") {
+			left = append(left, "a mount under "+gv)
+		}
+		return len(left) == 0
 	})
 }
