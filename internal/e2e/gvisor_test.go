@@ -135,23 +135,19 @@ func TestGvisorSentryUnprivileged(t *testing.T) {
 	go func() { done <- runOn(t, e, api.ExecuteRequest{Language: "bash", Code: "sleep 3; echo slept"}) }()
 	host, _ := os.Readlink("/proc/self/ns/user")
 	var pids []int
-	waitFor(t, "the sandbox's host processes", func() bool {
+	// Until gVisor's kernel runs under its own name: before, runsc's processes are still
+	// starting (a slow host, an emulated one) and the sandbox's is not yet told apart.
+	waitFor(t, "the sandbox's host processes, gVisor's kernel among them", func() bool {
 		pids = testutil.ProcsInCgroup(gvisorCgRoot)
-		return len(pids) >= 3
+		return slices.ContainsFunc(pids, func(pid int) bool { return procName(pid) == "runsc-sandbox" })
 	})
 	sentries := 0
 	for _, pid := range pids {
-		ns, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
-		cmd, err2 := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err1 != nil || err2 != nil {
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
+		name := procName(pid)
+		if err != nil || name == "" {
 			continue // gone meanwhile
 		}
-		// runsc rewrites its argv as one space-separated string.
-		f := strings.Fields(strings.ReplaceAll(string(cmd), "\x00", " "))
-		if len(f) == 0 {
-			continue
-		}
-		name := f[0]
 		if name == "runsc-gofer" || strings.HasSuffix(name, "/runsc") {
 			continue
 		}
@@ -285,6 +281,19 @@ func TestGvisorThroughDaemon(t *testing.T) {
 	if pids := testutil.ProcsInCgroup(cg + "-gvisor"); len(pids) != 0 {
 		t.Errorf("processes left in the gvisor cgroups: %v", pids)
 	}
+}
+
+// procName is the first word of process pid's command line ("" if it is gone): runsc rewrites
+// its argv as one space-separated string.
+func procName(pid int) string {
+	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	if f := strings.Fields(strings.ReplaceAll(string(cmd), "\x00", " ")); len(f) > 0 {
+		return f[0]
+	}
+	return ""
 }
 
 // gvisorDNSProbe asks the sandbox's resolver (its forwarder on the gateway) for a name over
