@@ -1,4 +1,4 @@
-// Command airlock-sandbox is what runs inside a native sandbox: its init, then the agent. The
+// Command airlock-sandbox is what runs inside a native or gvisor sandbox: its init, then the agent. The
 // daemon (airlock serve, airlock run) uses it when it sits beside the airlock binary or
 // --sandbox-binary names it; without it airlock re-executes itself, which works the same but
 // pays the daemon's own start-up in every sandbox.
@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/airlockhq/airlock/internal/runtime/gvisor/guest"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/sandboxmain"
 )
@@ -15,6 +16,9 @@ import (
 func main() {
 	if native.IsInit() {
 		os.Exit(sandboxmain.Serve(native.Name, sandboxmain.NativeInit))
+	}
+	if guest.IsInit() {
+		os.Exit(sandboxmain.Serve(guest.Runtime, guest.Init))
 	}
 	if len(os.Args) == 2 && os.Args[1] == "build-id" {
 		fmt.Println(sandboxmain.BuildID()) // the daemon's check that it is of the same build

@@ -50,6 +50,22 @@ type runtimeConfig struct {
 	// executable and falls back to this executable itself.
 	SandboxBinary string
 	Gvisor        gvisor.Config // its StateDir, CgroupRoot, WheelDir and Logger come from Native's
+
+	// The sandbox binary as sandboxBinary checked it, once for every runtime (sandboxExe;
+	// openRuntimes opens the runtimes one after the other).
+	exeDone bool
+	exe     string
+	exeErr  error
+}
+
+// sandboxExe is the program every runtime starts its sandboxes from (sandboxBinary): "" for
+// this executable itself. It is checked and opened once, whichever runtime asks first.
+func (c *runtimeConfig) sandboxExe(logger *slog.Logger) (string, error) {
+	if !c.exeDone {
+		c.exe, c.exeErr = sandboxBinary(logger, c.SandboxBinary)
+		c.exeDone = true
+	}
+	return c.exe, c.exeErr
 }
 
 var runtimeDefs = []runtimeDef{{
@@ -58,7 +74,7 @@ var runtimeDefs = []runtimeDef{{
 		cfg := c.Native
 		cfg.Logger = logger
 		if cfg.Exe == "" {
-			exe, err := sandboxBinary(logger, c.SandboxBinary)
+			exe, err := c.sandboxExe(logger)
 			if err != nil {
 				return openedRuntime{}, err
 			}
@@ -89,11 +105,22 @@ var runtimeDefs = []runtimeDef{{
 			cfg.CgroupRoot = c.Native.CgroupRoot + "-gvisor"
 		}
 		cfg.WheelDir = c.Native.WheelDir
+		if cfg.Exe == "" {
+			// The same small airlock-sandbox as native sandboxes start, when there is one.
+			exe, err := c.sandboxExe(logger)
+			if err != nil {
+				return openedRuntime{}, err
+			}
+			cfg.Exe = exe
+		}
+		// The native runtime's network configuration and host-wide claims: a networked gvisor
+		// sandbox is attached as a native one is, its slot claimed among theirs.
+		cfg.Network, cfg.HostDir, cfg.UIDBase, cfg.UIDSlots = c.Native.Network, c.Native.HostDir, c.Native.UIDBase, c.Native.UIDSlots
 		rt, err := gvisor.New(cfg)
 		if err != nil {
 			return openedRuntime{}, fmt.Errorf("gvisor runtime: %w", err)
 		}
-		return openedRuntime{rt: gvisor.EngineRuntime(rt), close: rt.Close, noNetwork: errGvisorNoNetwork}, nil
+		return openedRuntime{rt: gvisor.EngineRuntime(rt), close: rt.Close, noNetwork: gvisor.Networks(rt)}, nil
 	},
 	isInit: gvisor.IsInit,
 	init:   gvisor.Init,
@@ -102,9 +129,6 @@ var runtimeDefs = []runtimeDef{{
 // errRuntimeSkipped is what a runtime's open returns when the command does not offer it; it
 // is left out without a warning.
 var errRuntimeSkipped = errors.New("not offered by this command")
-
-// errGvisorNoNetwork is why a gvisor default runtime offers no network modes.
-var errGvisorNoNetwork = errors.New("gvisor sandboxes have no network")
 
 // bindRuntimeFlags binds the runtimes' knobs, each with its AIRLOCK_* variable. stateUsage
 // says what the state directory defaults to for the command.

@@ -2,16 +2,20 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/netpolicy"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/server"
 	"github.com/airlockhq/airlock/internal/testutil"
@@ -64,19 +68,7 @@ func BenchmarkGvisorVsNative(b *testing.B) {
 		return sb
 	}
 	b.Run("create", func(b *testing.B) {
-		create := func(e *engine.Engine) func() time.Duration {
-			return func() time.Duration {
-				t := time.Now()
-				sb, err := e.CreateSandbox(b.Context(), engine.SandboxSpec{})
-				d := time.Since(t)
-				if err != nil {
-					b.Fatal(err)
-				}
-				e.TerminateSandbox(b.Context(), sb.ID())
-				return d
-			}
-		}
-		paired(b, create(ne), create(ge))
+		paired(b, benchCreate(b, ne, engine.SandboxSpec{}), benchCreate(b, ge, engine.SandboxSpec{}))
 	})
 	b.Run("exec-true", func(b *testing.B) {
 		execTrue := func(sb *engine.Sandbox) func() time.Duration {
@@ -134,6 +126,47 @@ func BenchmarkGvisorVsNative(b *testing.B) {
 			})
 		}
 		paired(b, down(nsb), down(gsb))
+	})
+}
+
+// benchCreate is an operation of paired: a sandbox of spec created on e (timed) and terminated
+// (untimed).
+func benchCreate(b *testing.B, e *engine.Engine, spec engine.SandboxSpec) func() time.Duration {
+	return func() time.Duration {
+		t := time.Now()
+		sb, err := e.CreateSandbox(b.Context(), spec)
+		d := time.Since(t)
+		if err != nil {
+			b.Fatal(err)
+		}
+		e.TerminateSandbox(b.Context(), sb.ID())
+		return d
+	}
+}
+
+// BenchmarkGvisorCreates: a pulled image's sandbox and a networked (internet) sandbox created
+// on native and gvisor, paired (terminate untimed).
+func BenchmarkGvisorCreates(b *testing.B) {
+	b.Run("pulled-image", func(b *testing.B) {
+		ref := pythonImage(b)
+		spec := engine.SandboxSpec{Image: ref}
+		paired(b, benchCreate(b, mustEngine(b), spec), benchCreate(b, mustGvisor(b), spec))
+	})
+	b.Run("internet", func(b *testing.B) {
+		// No test internet: a create attaches the network whatever its upstream answers.
+		up := netip.AddrPortFrom(pubAddr, 53)
+		nr, _ := newNetRuntime(b, up, "gvbench-n")
+		gr, _, _ := newGvisorNetRuntime(b, up, "gvbench-g")
+		engineOf := func(r engine.Runtime) *engine.Engine {
+			e, err := engine.New(engine.Config{Runtime: r})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { e.Close(context.Background()) })
+			return e
+		}
+		spec := engine.SandboxSpec{Network: netpolicy.Policy{Mode: netpolicy.Internet}}
+		paired(b, benchCreate(b, engineOf(native.EngineRuntime(nr)), spec), benchCreate(b, engineOf(gvisor.EngineRuntime(gr)), spec))
 	})
 }
 

@@ -2,20 +2,27 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/image"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/gvisor"
+	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/testutil"
 )
 
@@ -34,7 +41,7 @@ var (
 // mustGvisor returns the shared gvisor engine, or fails (skips without runsc unless strict).
 func mustGvisor(t testing.TB) *engine.Engine {
 	t.Helper()
-	testutil.MustHaveRoot(t)
+	mustEngine(t) // the image store, shared with the native engine
 	gvisorOnce.Do(func() {
 		gvisorState, gvisorErr = os.MkdirTemp("", "airlock-e2e-gvisor-")
 		if gvisorErr != nil {
@@ -48,7 +55,7 @@ func mustGvisor(t testing.TB) *engine.Engine {
 			return
 		}
 		gvisorEng, gvisorErr = engine.New(engine.Config{Logger: logger, Runtime: gvisor.EngineRuntime(gvisorRT),
-			ScratchBytes: 64 << 20, MaxConcurrent: 4})
+			Images: image.EngineImages(images), ScratchBytes: 64 << 20, MaxConcurrent: 4})
 		gvisorCleanup = func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
@@ -56,6 +63,7 @@ func mustGvisor(t testing.TB) *engine.Engine {
 				gvisorEng.Close(ctx)
 			}
 			removeCgroupRoot(gvisorCgRoot)
+			gvisorRT.Close()
 			os.RemoveAll(gvisorState)
 		}
 	})
@@ -79,18 +87,21 @@ func TestGvisorRunsPython(t *testing.T) {
 }
 
 // waitGvisorClean fails unless nothing of a gvisor sandbox is left once its run has ended:
-// no sandbox directory, no runsc state, no scratch mount, no process in its cgroups.
+// no sandbox directory, no runsc state, no scratch, root or writable-layer mount, no writable
+// layer, no process in its cgroups. (The layers directory itself stays mounted until the
+// runtime closes.)
 func waitGvisorClean(t *testing.T) {
 	t.Helper()
 	var left []string
+	gv := filepath.Join(gvisorState, "gvisor")
 	clean := func() bool {
 		left = nil
-		m, _ := filepath.Glob(filepath.Join(gvisorState, "gvisor", "sandboxes", "*"))
-		left = append(left, m...)
-		m, _ = filepath.Glob(filepath.Join(gvisorState, "gvisor", "runsc", "*"))
-		left = append(left, m...)
-		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), gvisorState) {
-			left = append(left, "a mount under "+gvisorState)
+		for _, pattern := range []string{"sandboxes/*", "runsc/*", "layers/*"} {
+			m, _ := filepath.Glob(filepath.Join(gv, pattern))
+			left = append(left, m...)
+		}
+		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), gv+"/sandboxes/") || strings.Contains(string(b), gv+"/layers/") {
+			left = append(left, "a mount under "+gv)
 		}
 		if pids := testutil.ProcsInCgroup(gvisorCgRoot); len(pids) > 0 {
 			left = append(left, fmt.Sprintf("processes %v", pids))
@@ -124,23 +135,19 @@ func TestGvisorSentryUnprivileged(t *testing.T) {
 	go func() { done <- runOn(t, e, api.ExecuteRequest{Language: "bash", Code: "sleep 3; echo slept"}) }()
 	host, _ := os.Readlink("/proc/self/ns/user")
 	var pids []int
-	waitFor(t, "the sandbox's host processes", func() bool {
+	// Until gVisor's kernel runs under its own name: before, runsc's processes are still
+	// starting (a slow host, an emulated one) and the sandbox's is not yet told apart.
+	waitFor(t, "the sandbox's host processes, gVisor's kernel among them", func() bool {
 		pids = testutil.ProcsInCgroup(gvisorCgRoot)
-		return len(pids) >= 3
+		return slices.ContainsFunc(pids, func(pid int) bool { return procName(pid) == "runsc-sandbox" })
 	})
 	sentries := 0
 	for _, pid := range pids {
-		ns, err1 := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
-		cmd, err2 := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		if err1 != nil || err2 != nil {
+		ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/user", pid))
+		name := procName(pid)
+		if err != nil || name == "" {
 			continue // gone meanwhile
 		}
-		// runsc rewrites its argv as one space-separated string.
-		f := strings.Fields(strings.ReplaceAll(string(cmd), "\x00", " "))
-		if len(f) == 0 {
-			continue
-		}
-		name := f[0]
 		if name == "runsc-gofer" || strings.HasSuffix(name, "/runsc") {
 			continue
 		}
@@ -160,15 +167,17 @@ func TestGvisorSentryUnprivileged(t *testing.T) {
 }
 
 // TestGvisorThroughDaemon drives the gvisor runtime as an operator would: a daemon whose
-// default is native lists gvisor in /v1/info, runs a one-shot run and a sandbox in it when a
-// request names it, refuses what it cannot build with a 4xx, adopts the gvisor sandbox after
-// being killed (SIGKILL) and restarted, and leaves nothing behind once the sandbox is deleted.
+// default is native lists gvisor in /v1/info, runs a one-shot run and sandboxes in it when a
+// request names it, refuses what it cannot build with a 4xx, adopts the gvisor sandboxes (one
+// networked, whose network works again) after being killed (SIGKILL) and restarted, and leaves
+// nothing behind — directories, mounts, processes, veths, nftables objects — once they are deleted.
 func TestGvisorThroughDaemon(t *testing.T) {
 	mustGvisor(t) // skips (or fails, strict) where runsc cannot run
 	state, err := os.MkdirTemp("", "airlock-gvisor-daemon-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	gv := filepath.Join(state, "gvisor")
 	defer os.RemoveAll(state)
 	cg := fmt.Sprintf("airlock-e2e-gvd-%d", os.Getpid())
 	defer removeCgroupRoot(cg)
@@ -201,8 +210,6 @@ func TestGvisorThroughDaemon(t *testing.T) {
 	}{
 		{`{"code":"1","runtime":"bogus"}`, 400},
 		{`{"code":"1","runtime":"` + strings.Repeat("x", 100) + `"}`, 400},
-		// As a native daemon without networking answers a networked request: not implemented.
-		{`{"code":"1","runtime":"gvisor","network":{"mode":"internet"}}`, 501},
 	} {
 		if st := postJSON(t, d.url+"/v1/execute", tc.body, nil); st != tc.want {
 			t.Errorf("%s: status %d, want %d", tc.body, st, tc.want)
@@ -226,18 +233,43 @@ func TestGvisorThroughDaemon(t *testing.T) {
 		return r
 	}
 	exec(d, `open("/workspace/kept", "w").write("before")`)
+	// A networked one too: its forwarder answers it (an allowlist refuses the unlisted name
+	// itself, without asking upstream) before and after the restart.
+	var nsb api.SandboxInfo
+	if st := postJSON(t, d.url+"/v1/sandboxes", `{"runtime":"gvisor","network":{"mode":"allowlist","allow":["203.0.113.10/32:80"]}}`, &nsb); st != 201 {
+		t.Fatalf("create a networked gvisor sandbox: %d", st)
+	}
+	dnsProbe := func(d *daemon) string {
+		t.Helper()
+		var r api.ExecResult
+		body := fmt.Sprintf(`{"cmd":["python3","-c",%q]}`, gvisorDNSProbe)
+		if st := postJSON(t, d.url+"/v1/sandboxes/"+nsb.ID+"/exec", body, &r); st != 200 {
+			t.Fatalf("exec: status %d %+v", st, r)
+		}
+		return r.Stdout + r.Stderr
+	}
+	if out := dnsProbe(d); out != "answered\n" {
+		t.Fatalf("the networked sandbox's forwarder: %q", out)
+	}
 
 	d.kill()
 	d = startDaemon(t, state, cg, addr, keepOnStop)
 	if r := exec(d, `print(open("/workspace/kept").read())`); r.Stdout != "before\n" {
 		t.Fatalf("after the restart: %+v", r)
 	}
-	req, _ := http.NewRequest("DELETE", d.url+"/v1/sandboxes/"+sb.ID, nil)
-	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode >= 300 {
-		t.Fatalf("delete: %v %v", resp, err)
+	if out := dnsProbe(d); out != "answered\n" {
+		t.Fatalf("the networked sandbox's forwarder after the restart: %q", out)
+	}
+	for _, id := range []string{sb.ID, nsb.ID} {
+		req, _ := http.NewRequest("DELETE", d.url+"/v1/sandboxes/"+id, nil)
+		if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode >= 300 {
+			t.Fatalf("delete: %v %v", resp, err)
+		}
 	}
 	d.stop()
-	gv := filepath.Join(state, "gvisor")
+	if left := netLeftovers(t, cg+"-gvisor", gv, false); len(left) != 0 {
+		t.Errorf("left of the gvisor sandboxes' networks: %v", left)
+	}
 	for _, pattern := range []string{"sandboxes/*", "runsc/*"} {
 		if m, _ := filepath.Glob(filepath.Join(gv, pattern)); len(m) != 0 {
 			t.Errorf("left in %s: %v", gv, m)
@@ -250,6 +282,31 @@ func TestGvisorThroughDaemon(t *testing.T) {
 		t.Errorf("processes left in the gvisor cgroups: %v", pids)
 	}
 }
+
+// procName is the first word of process pid's command line ("" if it is gone): runsc rewrites
+// its argv as one space-separated string.
+func procName(pid int) string {
+	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	if f := strings.Fields(strings.ReplaceAll(string(cmd), "\x00", " ")); len(f) > 0 {
+		return f[0]
+	}
+	return ""
+}
+
+// gvisorDNSProbe asks the sandbox's resolver (its forwarder on the gateway) for a name over
+// UDP and prints "answered" when an answer to that query comes back.
+const gvisorDNSProbe = `
+import socket, struct
+gw = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
+q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0) + b'\x08unlisted\x04test\x00' + struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(q, (gw, 53))
+print('answered' if s.recv(512)[:2] == b'\x12\x34' else 'other')
+`
 
 // gvisorPoolEngine is an engine with a warm pool over the shared gvisor runtime; closed (its
 // ready sandboxes destroyed) when the test ends.
@@ -303,4 +360,255 @@ func TestGvisorSession(t *testing.T) {
 	if err != nil || r.Result == nil || *r.Result != "42" {
 		t.Fatalf("cell: %+v %v", r, err)
 	}
+}
+
+// gvisorAPIServer is an API server over the shared gvisor runtime and image store, its
+// writable layers capped at scratch bytes.
+func gvisorAPIServer(t *testing.T, scratch int64) *apiServer {
+	t.Helper()
+	mustGvisor(t)
+	return newAPIServer(t, engine.Config{Runtime: gvisor.EngineRuntime(gvisorRT), Images: image.EngineImages(images), ScratchBytes: scratch})
+}
+
+// TestGvisorPulledImage: a gvisor one-shot run, sandbox and session of an image pulled from a
+// registry stand on the image's root (its marker, python3 and PATH, none of the host's tree),
+// its workdir and user are the contract's, its writable layer's cap gives ENOSPC inside and 413
+// through the files API, and nothing of it (root, layer, loop mount) is left once it is gone.
+func TestGvisorPulledImage(t *testing.T) {
+	ref := pythonImage(t)
+	a := gvisorAPIServer(t, 16<<20)
+	var ex api.ExecuteResponse
+	code := a.call("POST", "/v1/execute", strings.NewReader(fmt.Sprintf(`{"image":%q,"code":%q}`, ref, `
+import os
+print(6 * 7)
+print(open("`+imageMarker+`").read().strip())
+print(os.environ["PATH"], os.getcwd(), os.getuid())
+print(os.path.exists("/usr/bin/go"), os.path.exists("/usr/lib/python3/dist-packages"), os.path.exists("/etc/debian_version"))
+`)), &ex)
+	want := "42\npulled\n/usr/local/bin:/usr/bin:/bin /workspace 1000\nFalse False False"
+	if got := strings.TrimSpace(ex.Stdout); code != 200 || got != want {
+		t.Fatalf("one-shot: %d, got %q (stderr %q), want %q", code, got, ex.Stderr, want)
+	}
+
+	id := a.create(`{"image":"` + ref + `"}`)
+	if r := a.exec(id, "sh", "-c", "cat "+imageMarker+"; id -un; echo x > /workspace/a && cat /workspace/a"); r.Stdout != "pulled\nsandbox\nx\n" {
+		t.Errorf("sandbox of the image: %+v", r)
+	}
+	if r := a.exec(id, "sh", "-c", "echo y > /usr/bin/y || echo refused"); !strings.Contains(r.Stdout, "refused") {
+		t.Errorf("the image's /usr is writable: %+v", r)
+	}
+	r := a.exec(id, "sh", "-c", "dd if=/dev/zero of=/workspace/big bs=1M count=64")
+	if r.ExitCode == 0 || !strings.Contains(r.Stderr, "No space left on device") {
+		t.Errorf("dd past the cap: exit %d stderr %q, want ENOSPC", r.ExitCode, r.Stderr)
+	}
+	var eb api.ErrorBody
+	if code := a.call("PUT", "/v1/sandboxes/"+id+"/files?path=/workspace/more", strings.NewReader(strings.Repeat("y", 4<<20)), &eb); code != 413 {
+		t.Errorf("PUT into a full layer: %d %+v, want 413", code, eb)
+	}
+	if r := a.exec(id, "sh", "-c", "rm /workspace/big && echo ok"); r.Stdout != "ok\n" {
+		t.Errorf("after filling the layer: %+v", r)
+	}
+
+	sess := a.session(`{"image":"` + ref + `"}`)
+	if c := a.cell(sess, "print(open('"+imageMarker+"').read().strip())", 30); strings.TrimSpace(c.Stdout) != "pulled" {
+		t.Errorf("session of the image: %+v", c)
+	}
+	for _, p := range []string{"/v1/sandboxes/" + id, "/v1/sessions/" + sess} {
+		if code := a.call("DELETE", p, nil, nil); code >= 300 {
+			t.Errorf("DELETE %s: %d", p, code)
+		}
+	}
+	waitGvisorClean(t)
+}
+
+// TestGvisorForkBombLeavesSandboxUsable: a fork bomb in a gvisor sandbox meets the sandbox's
+// pids limit inside gVisor (forks fail with EAGAIN, counted in gVisor's own pids cgroup), not
+// the host cgroup's, so the sentry survives: once the bomb's exec is over, the same sandbox
+// runs the next exec, and its host cgroup never reached its own limit.
+func TestGvisorForkBombLeavesSandboxUsable(t *testing.T) {
+	a := gvisorAPIServer(t, 64<<20)
+	id := a.create(`{}`)
+	var r api.ExecResult
+	// Its timeout ends the bomb's whole tree, as any exec's.
+	code := a.call("POST", "/v1/sandboxes/"+id+"/exec", strings.NewReader(`{"cmd":["bash","-c","bomb() { bomb | bomb & }; bomb; sleep 100"],"timeout":5}`), &r)
+	if code != 200 || !r.TimedOut {
+		t.Fatalf("fork bomb: %d %+v", code, r)
+	}
+	if !strings.Contains(r.Stderr, "fork") {
+		t.Errorf("the bomb's forks did not fail at the limit: stderr %q", r.Stderr)
+	}
+	if r := a.exec(id, "echo", "alive"); r.ExitCode != 0 || r.Stdout != "alive\n" {
+		t.Fatalf("exec after the bomb: %+v", r)
+	}
+	events, err := pidsMaxEvents(gvisorCgRoot, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if events > 0 {
+		t.Errorf("the sandbox's host cgroup hit its pids limit %d times: the limit inside gVisor did not hold", events)
+	}
+}
+
+// pidsMaxEvents is how often cgroup root/id (v1 or v2) refused a fork at its pids.max.
+func pidsMaxEvents(root, id string) (int, error) {
+	for _, p := range []string{filepath.Join("/sys/fs/cgroup/pids", root, id, "pids.events"), filepath.Join("/sys/fs/cgroup", root, id, "pids.events")} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var n int
+		if _, err := fmt.Sscanf(string(b), "max %d", &n); err != nil {
+			return 0, fmt.Errorf("%s: %q: %w", p, b, err)
+		}
+		return n, nil
+	}
+	return 0, fmt.Errorf("no pids.events of cgroup %s/%s", root, id)
+}
+
+// TestGvisorSandboxBinary: with --sandbox-binary a gvisor sandbox's PID 1 is the small
+// airlock-sandbox, as a native one's: the bundle binds the runtime's copy of it (the same
+// build id as the binary built, and not the daemon's), and runs, execs and sessions work.
+func TestGvisorSandboxBinary(t *testing.T) {
+	mustGvisor(t)
+	bin := buildSandboxBinary(t)
+	state := mkdirTraversable(t, "airlock-gvsbbin-state-")
+	cg := fmt.Sprintf("airlock-gvsbbin-%d", os.Getpid())
+	t.Cleanup(func() { removeCgroupRoot(cg); removeCgroupRoot(cg + "-gvisor") })
+	d := startDaemon(t, state, cg, freeAddr(t), noPool, zygoteOff, func(c *exec.Cmd) {
+		c.Env = append(c.Env, "AIRLOCK_SANDBOX_BINARY="+bin)
+	})
+	t.Cleanup(d.stop)
+
+	var run api.ExecuteResponse
+	if st := postJSON(t, d.url+"/v1/execute", `{"code":"print(6*7)","runtime":"gvisor"}`, &run); st != 200 || run.Stdout != "42\n" {
+		t.Fatalf("gvisor one-shot through the sandbox binary: %d %+v", st, run)
+	}
+	var sb api.SandboxInfo
+	if st := postJSON(t, d.url+"/v1/sandboxes", `{"runtime":"gvisor"}`, &sb); st != 201 {
+		t.Fatalf("create sandbox: %d", st)
+	}
+	var res api.ExecResult
+	if st := postJSON(t, d.url+"/v1/sandboxes/"+sb.ID+"/exec", `{"cmd":["sh","-c","echo hi > /workspace/f; cat /workspace/f"]}`, &res); st != 200 || res.Stdout != "hi\n" {
+		t.Fatalf("exec through the sandbox binary: %d %+v", st, res)
+	}
+	raw, err := os.ReadFile(filepath.Join(state, "gvisor", "sandboxes", sb.ID, "config.json"))
+	var spec struct {
+		Mounts []struct{ Destination, Source string }
+	}
+	if err != nil || json.Unmarshal(raw, &spec) != nil {
+		t.Fatalf("bundle of %s: %v", sb.ID, err)
+	}
+	var agentSrc string
+	for _, m := range spec.Mounts {
+		if m.Destination == "/.airlock/airlock" {
+			agentSrc = m.Source
+		}
+	}
+	copied := filepath.Join(state, "gvisor", "airlock-sandbox")
+	if agentSrc != copied {
+		t.Fatalf("the sandbox's PID 1 is bound from %q, want the runtime's copy of the sandbox binary %s", agentSrc, copied)
+	}
+	buildID := func(p string) string {
+		out, err := exec.Command(p, "build-id").Output()
+		if err != nil {
+			t.Fatalf("%s build-id: %v", p, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if got, want := buildID(copied), buildID(bin); got != want || fileSize(t, copied) != fileSize(t, bin) {
+		t.Errorf("the bound copy has build id %q (%d bytes), the sandbox binary %q (%d bytes)", got, fileSize(t, copied), want, fileSize(t, bin))
+	}
+	var sess api.SessionInfo
+	if code := postJSON(t, d.url+"/v1/sessions", `{"runtime":"gvisor"}`, &sess); code != 201 {
+		t.Fatalf("create session: %d", code)
+	}
+	var cell api.RunResult
+	if code := postJSON(t, d.url+"/v1/sessions/"+sess.ID+"/run", `{"code":"6 * 7"}`, &cell); code != 200 || cell.Result == nil || *cell.Result != "42" {
+		t.Fatalf("session cell through the sandbox binary: %d %+v", code, cell)
+	}
+}
+
+// forEachAPIRuntime runs test on an API server of each runtime built from cfg (its Runtime the
+// runtime's), with the runtime's name: the API contract holds for both, and a test says where a
+// behaviour differs by design.
+func forEachAPIRuntime(t *testing.T, cfg engine.Config, test func(t *testing.T, a *apiServer, rt string)) {
+	t.Run(native.Name, func(t *testing.T) { test(t, newAPIServer(t, cfg), native.Name) })
+	t.Run(gvisor.Name, func(t *testing.T) {
+		mustGvisor(t)
+		c := cfg
+		c.Runtime = gvisor.EngineRuntime(gvisorRT)
+		test(t, newAPIServer(t, c), gvisor.Name)
+	})
+}
+
+// TestGvisorRecoverRemovesDeadSandbox: a daemon dies and, meanwhile, its networked sandbox of a
+// pulled image dies too (its sentry SIGKILLed); the next runtime on the state directory removes
+// all of it — the image root and writable layer (loop-mounted ext4), the veth and nftables
+// objects, the directory, the cgroup and runsc's state — and keeps nothing running.
+func TestGvisorRecoverRemovesDeadSandbox(t *testing.T) {
+	ref := pythonImage(t)
+	mustGvisor(t)
+	img, err := images.Resolve(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := os.MkdirTemp("", "airlock-e2e-gvrecover-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	cg := cgRoot + "-gvrecover"
+	open := func() *gvisor.Runtime {
+		r, err := gvisor.New(gvisor.Config{StateDir: state, CgroupRoot: cg,
+			Network: &netpolicy.Config{Pool: netTestPool, Upstreams: []netip.AddrPort{netip.AddrPortFrom(pubAddr, 53)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r1 := open() // never closed: the daemon that died
+	release := images.Lease(img)
+	defer release()
+	sb, err := r1.Create(t.Context(), gvisor.Spec{ID: "gvrecover1", ScratchBytes: 16 << 20,
+		Image:   &native.ImageRoot{Layers: img.LayerDirs(), Env: img.Config.Env},
+		Network: netpolicy.Policy{Mode: netpolicy.Internet}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gv := filepath.Join(state, "gvisor")
+	if m, _ := filepath.Glob(filepath.Join(gv, "layers", "gvrecover1*")); len(m) == 0 {
+		t.Fatal("no writable layer for the image sandbox")
+	}
+	if left := netLeftovers(t, cg, state, true); len(left) == 0 {
+		t.Fatal("no veth for the networked sandbox: the leak check below would prove nothing")
+	}
+	raw, err := os.ReadFile(filepath.Join(gv, "sandboxes", "gvrecover1", "state.json"))
+	var st struct{ Pid int }
+	if err != nil || json.Unmarshal(raw, &st) != nil || st.Pid <= 0 {
+		t.Fatalf("state: %v %s", err, raw)
+	}
+	if err := syscall.Kill(st.Pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-sb.Done()
+
+	r2 := open()
+	// The dead daemon's runtime is closed only now (its DNS forwarder, in this process, stops).
+	t.Cleanup(func() { r1.Close(); r2.Close(); removeCgroupRoot(cg) })
+	found, err := r2.Recover(t.Context())
+	if err != nil || len(found) != 0 {
+		t.Fatalf("recover: %v found %d, want nothing adopted", err, len(found))
+	}
+	var left []string
+	waitFor(t, "nothing left of the dead sandbox", func() bool {
+		left = netLeftovers(t, cg, state, true)
+		for _, pattern := range []string{"sandboxes/*", "runsc/*", "layers/*"} {
+			m, _ := filepath.Glob(filepath.Join(gv, pattern))
+			left = append(left, m...)
+		}
+		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), gv+"/sandboxes/") || strings.Contains(string(b), gv+"/layers/") {
+			left = append(left, "a mount under "+gv)
+		}
+		return len(left) == 0
+	})
 }

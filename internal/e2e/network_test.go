@@ -30,6 +30,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/netpolicy"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/testutil"
 	"github.com/airlockhq/airlock/internal/testutil/testnet"
@@ -335,7 +336,49 @@ func randomName(prefix string) string {
 func TestNetworkModes(t *testing.T) {
 	n := newNetInternet(t)
 	r, _ := newNetRuntime(t, n.upstream, "netmodes")
-	a := newAPIServer(t, engine.Config{Runtime: native.EngineRuntime(r), Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	networkModes(t, n, native.EngineRuntime(r))
+}
+
+// TestGvisorNetworkModes: the same attacks from gvisor sandboxes (runsc's netstack on the veth
+// netpolicy attaches to the namespace the runtime makes), and nothing of their networks —
+// veth, nftables object, sandbox directory, process — is left once they are gone.
+func TestGvisorNetworkModes(t *testing.T) {
+	n := newNetInternet(t)
+	r, state, cg := newGvisorNetRuntime(t, n.upstream, "gvnetmodes")
+	networkModes(t, n, gvisor.EngineRuntime(r))
+	var left []string
+	waitFor(t, "nothing left of the gvisor sandboxes' networks", func() bool {
+		left = netLeftovers(t, cg, state, true)
+		m, _ := filepath.Glob(filepath.Join(state, "gvisor", "sandboxes", "*"))
+		left = append(left, m...)
+		return len(left) == 0
+	})
+}
+
+// newGvisorNetRuntime is a gvisor runtime with sandbox networking in netTestPool, as
+// newNetRuntime's native one; its state directory and cgroup root.
+func newGvisorNetRuntime(t testing.TB, upstream netip.AddrPort, name string) (*gvisor.Runtime, string, string) {
+	t.Helper()
+	mustGvisor(t)
+	state, err := os.MkdirTemp("", "airlock-e2e-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	cg := cgRoot + "-" + name
+	r, err := gvisor.New(gvisor.Config{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		StateDir: state, CgroupRoot: cg,
+		Network: &netpolicy.Config{Pool: netTestPool, Upstreams: []netip.AddrPort{upstream}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); removeCgroupRoot(cg) })
+	return r, state, cg
+}
+
+// networkModes runs TestNetworkModes' attacks on sandboxes of rt.
+func networkModes(t *testing.T, n *netInternet, rt engine.Runtime) {
+	a := newAPIServer(t, engine.Config{Runtime: rt, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	ctx := t.Context()
 	c := airlock.New(a.url, "")
 	apiPort, _ := strconv.Atoi(a.url[strings.LastIndex(a.url, ":")+1:])

@@ -19,6 +19,7 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 	"github.com/airlockhq/airlock/internal/server"
 )
@@ -42,8 +43,9 @@ func (a *apiServer) cell(id, code string, timeout float64) api.RunResult {
 	return res
 }
 
-func TestSessionCells(t *testing.T) {
-	a := newAPIServer(t, engine.Config{})
+func TestSessionCells(t *testing.T) { forEachAPIRuntime(t, engine.Config{}, testSessionCells) }
+
+func testSessionCells(t *testing.T, a *apiServer, rt string) {
 	id := a.session(`{}`)
 	if r := a.cell(id, "x = 41", 0); !r.Success || r.Result != nil {
 		t.Fatalf("assignment: %+v", r)
@@ -87,7 +89,13 @@ func TestSessionCells(t *testing.T) {
 		t.Fatalf("state lost: %+v", r)
 	}
 	// The interpreter is started like any user process: no capabilities, none to regain.
-	r = a.cell(id, "[l for l in open('/proc/self/status') if l.startswith(('CapBnd', 'CapEff', 'NoNewPrivs'))]", 0)
+	status := "[l for l in open('/proc/self/status') if l.startswith(('CapBnd', 'CapEff', 'NoNewPrivs'))]"
+	if rt == gvisor.Name {
+		// By design of gVisor's kernel: its /proc/self/status has no NoNewPrivs line; prctl
+		// (PR_GET_NO_NEW_PRIVS) says the same there.
+		status += " + ['NoNewPrivs:\\t%d' % __import__('ctypes').CDLL(None).prctl(39, 0, 0, 0, 0)]"
+	}
+	r = a.cell(id, status, 0)
 	if r.Result == nil || !strings.Contains(*r.Result, `CapBnd:\t0000000000000000`) || !strings.Contains(*r.Result, `CapEff:\t0000000000000000`) || !strings.Contains(*r.Result, `NoNewPrivs:\t1`) {
 		t.Fatalf("interpreter privileges: %+v", r.Result)
 	}
@@ -107,7 +115,10 @@ func hasDisplay(r api.RunResult, mime, sub string) bool {
 }
 
 func TestSessionInterruptsAndCrashes(t *testing.T) {
-	a := newAPIServer(t, engine.Config{})
+	forEachAPIRuntime(t, engine.Config{}, testSessionInterruptsAndCrashes)
+}
+
+func testSessionInterruptsAndCrashes(t *testing.T, a *apiServer, rt string) {
 	id := a.session(`{}`)
 	a.cell(id, "kept = 'yes'", 0)
 	// Interrupt of a busy loop, from another request.

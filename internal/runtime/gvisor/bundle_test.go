@@ -1,6 +1,7 @@
 package gvisor
 
 import (
+	"maps"
 	"slices"
 	"testing"
 
@@ -24,7 +25,8 @@ func TestBundleSpec(t *testing.T) {
 		t.Errorf("process = %+v", s.Process)
 	}
 	for _, c := range s.Process.Capabilities.Bounding {
-		if c == "CAP_SYS_ADMIN" || c == "CAP_NET_ADMIN" || c == "CAP_SYS_PTRACE" {
+		// CAP_SYS_ADMIN is the init's, for gVisor's cgroupfs, and dropped before the agent serves.
+		if c == "CAP_NET_ADMIN" || c == "CAP_SYS_PTRACE" || c == "CAP_SYS_MODULE" {
 			t.Errorf("the agent may start with %s", c)
 		}
 	}
@@ -44,7 +46,7 @@ func TestBundleSpec(t *testing.T) {
 		dest string
 		opt  string // "" for a mount that must be absent
 	}{
-		{"/usr", "ro"}, {"/etc", "ro"}, {guestExe, "ro"}, {"/sys", "ro"},
+		{"/usr", "ro"}, {"/etc", "ro"}, {guestExe, "ro"}, {guestDir, "ro"}, {"/sys", "ro"},
 		{"/tmp", "rw"}, {"/workspace", "rw"}, {"/dev/shm", "rw"}, {"/app", "rw"}, {"/.airlock/sock", "rw"},
 	} {
 		opts, ok := mounts[tc.dest]
@@ -58,13 +60,28 @@ func TestBundleSpec(t *testing.T) {
 			t.Errorf("mount points lack %s: %v", want, dirs)
 		}
 	}
-	if !slices.Contains(files, guestExe) {
-		t.Errorf("file mount points %v lack %s", files, guestExe)
+	if len(files) != 0 {
+		t.Errorf("file mount points %v, want none (the agent's binary lands in the guest directory)", files)
+	}
+}
+
+// TestBundleImageWritable: in an image sandbox /tmp, /workspace and the workdir are the image's
+// writable layer (the overlay root's directories), /dev/shm the scratch tmpfs.
+func TestBundleImageWritable(t *testing.T) {
+	b := &bundle{dir: "/s/x", workdir: "/app", image: true}
+	want := map[string]string{"/tmp": "/s/x/rootfs/tmp", "/workspace": "/s/x/rootfs/workspace",
+		"/dev/shm": "/s/x/scratch/shm", "/app": "/s/x/rootfs/app"}
+	got := map[string]string{}
+	for _, w := range b.writable() {
+		got[w[1]] = w[0]
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("writable = %v, want %v", got, want)
 	}
 }
 
 func TestHostPids(t *testing.T) {
-	for _, tc := range []struct{ in, want int64 }{{0, 0}, {256, 256 + sentryPidsReserve}} {
+	for _, tc := range []struct{ in, want int64 }{{0, 0}, {256, 256*hostTasksPerTask + sentryPidsReserve}} {
 		if got := hostPids(tc.in); got != tc.want {
 			t.Errorf("hostPids(%d) = %d, want %d", tc.in, got, tc.want)
 		}

@@ -1,14 +1,16 @@
 package gvisor
 
 import (
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
+
+	"github.com/airlockhq/airlock/internal/netpolicy"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor/guest"
 )
 
 // Name is the runtime's name in engine.Spec.Runtime and in /v1/info.
-const Name = "gvisor"
+const Name = guest.Runtime
 
 // Platforms are the runsc platforms an operator may choose. ptrace works everywhere; kvm needs
 // /dev/kvm (bare metal or nested virtualization); systrap comes with newer runsc releases.
@@ -29,11 +31,20 @@ type Config struct {
 	// Platform is runsc's --platform; default ptrace.
 	Platform string
 	// Exe is the binary that becomes each sandbox's PID 1 (bound read-only into it); default
-	// this process's executable. It must call IsInit and Init first thing.
+	// this process's executable. It must call IsInit and Init first thing. One that is set (the
+	// airlock-sandbox binary) is copied into the state directory and bound from the copy.
 	Exe string
 	// WheelDir, if set, is a host directory of Python wheels bound at /opt/airlock/wheels.
 	WheelDir string
 	UID, GID int // the sandbox user inside; default 1000
+	// Network, if set, gives sandboxes the internet and allowlist modes, built as the native
+	// runtime builds them (netpolicy: a veth into the sandbox's network namespace, nftables,
+	// a DNS forwarder), in a table of the runtime's own (native.NetTable of CgroupRoot).
+	Network *netpolicy.Config
+	// HostDir, UIDBase and UIDSlots are the native runtime's host-wide claims (native.Slots):
+	// a networked sandbox claims its slot there. Zero values are the native defaults.
+	HostDir           string
+	UIDBase, UIDSlots int
 }
 
 func (c *Config) setDefaults() error {
@@ -59,29 +70,15 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Paths inside the sandbox. /.airlock is root's alone (mode 0700): the sandbox user can
-// neither list it nor reach the agent's binary or socket.
+// Paths inside the sandbox (package guest: what the sandbox's init needs, and no more, so that
+// airlock-sandbox links it without the runtime).
 const (
-	guestDir  = "/.airlock"
-	guestExe  = guestDir + "/airlock"
-	guestSock = guestDir + "/sock/agent.sock"
-	// guestConfig is the agent's configuration (initConfig as JSON), written by the daemon
-	// into the bundle's root. Not the environment: gVisor's /proc lets any task read PID 1's
-	// environ, so PID 1 starts with none.
-	guestConfig = guestDir + "/config.json"
+	guestDir    = guest.Dir
+	guestExe    = guest.Exe
+	guestSock   = guest.Sock
+	guestConfig = guest.ConfigPath
+	guestCgroup = guest.Cgroup
 )
 
-// initConfig is what the agent needs inside, as JSON in initEnv.
-type initConfig struct {
-	UID     int      `json:"uid"`
-	GID     int      `json:"gid"`
-	NoFile  uint64   `json:"nofile,omitempty"`
-	NProc   uint64   `json:"nproc,omitempty"`
-	Scratch int64    `json:"scratch,omitempty"`
-	Env     []string `json:"env,omitempty"`
-}
-
-func (c initConfig) encode() []byte {
-	b, _ := json.Marshal(c)
-	return b
-}
+// initConfig is what the agent needs inside.
+type initConfig = guest.Config

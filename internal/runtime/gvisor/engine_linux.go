@@ -5,6 +5,8 @@ import (
 
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/runtime/gvisor/guest"
+	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
 // EngineRuntime adapts r to engine.Runtime (and engine.Recoverer); it alone decides which
@@ -19,17 +21,15 @@ var (
 )
 
 // honours refuses what the gvisor runtime cannot build rather than dropping it: a sandbox
-// silently without its image or network is worse than none.
+// silently without its image is worse than none.
 func honours(s engine.Spec) error {
 	switch {
 	case s.Runtime != "" && s.Runtime != Name:
 		return api.Errorf(api.ErrInvalidArgument, "runtime %q asked of the %s runtime", s.Runtime, Name)
-	case s.Image != "" && s.Image != "host" || s.ImageRoot != nil:
-		return api.Errorf(api.ErrUnimplemented, "the %s runtime runs the host image only; image %q needs the native runtime", Name, s.Image)
+	case s.Image != "" && s.Image != "host" && s.ImageRoot == nil:
+		return api.Errorf(api.ErrInvalidArgument, "image %q reached the %s runtime unresolved", s.Image, Name)
 	case s.Build:
 		return api.Errorf(api.ErrUnimplemented, "the %s runtime does not run image builds", Name)
-	case s.Network.Enabled():
-		return api.Errorf(api.ErrUnimplemented, "network mode %s is not available with the %s runtime (its sandboxes have no network)", s.Network.Mode, Name)
 	}
 	return nil
 }
@@ -38,12 +38,23 @@ func (n engineRuntime) Create(ctx context.Context, s engine.Spec) (engine.Instan
 	if err := honours(s); err != nil {
 		return nil, err
 	}
+	if s.Network.Enabled() && n.r.cfg.Network == nil {
+		return nil, api.Errorf(api.ErrUnimplemented, "network mode %s is not available: this daemon runs without sandbox networking", s.Network.Mode)
+	}
 	sb, err := n.r.Create(ctx, Spec{ID: s.ID, MemoryBytes: s.MemoryBytes, CPU: s.CPU, Pids: s.Pids,
-		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Meta: s.Meta, Workdir: s.Workdir})
+		ScratchBytes: s.ScratchBytes, NoFile: s.NoFile, Meta: s.Meta, Workdir: s.Workdir, Image: imageRoot(s.ImageRoot), Network: s.Network})
 	if err != nil {
 		return nil, err
 	}
 	return engineSandbox{sb}, nil
+}
+
+// imageRoot converts the engine's resolved image; nil is the host image.
+func imageRoot(r *engine.ImageRoot) *native.ImageRoot {
+	if r == nil {
+		return nil
+	}
+	return &native.ImageRoot{Layers: r.Layers, Env: r.Env, Workdir: r.Workdir}
 }
 
 func (n engineRuntime) Recover(ctx context.Context) ([]engine.Recovered, error) {
@@ -73,3 +84,9 @@ func (s engineSandbox) Usage() (engine.Usage, error) {
 	return engine.Usage{CPUTime: st.CPUTime, Memory: st.Memory, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
 		MemoryLimitHits: st.MemoryFailcnt}, err
 }
+
+// IsInit and Init are the sandbox's init (package guest), for the binaries that start as one.
+var (
+	IsInit = guest.IsInit
+	Init   = guest.Init
+)

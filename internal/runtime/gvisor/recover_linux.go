@@ -56,6 +56,14 @@ func (r *Runtime) Recover(ctx context.Context) ([]Found, error) {
 			}
 		}
 	}
+	// Writable layers of sandboxes with no directory (a crash between making one and removing it).
+	for _, id := range r.layers.IDs() {
+		if !known[id] {
+			if err := r.removeImage(id, filepath.Join(r.dir, "sandboxes", id)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	if names, err := r.cg.List(); err == nil {
 		for _, id := range names {
 			if known[id] {
@@ -67,6 +75,9 @@ func (r *Runtime) Recover(ctx context.Context) ([]Found, error) {
 				}
 			}
 		}
+	}
+	if err := r.sweepNetworks(ctx, known); err != nil {
+		errs = append(errs, err)
 	}
 	return found, errors.Join(errs...)
 }
@@ -100,7 +111,12 @@ func (r *Runtime) recoverOne(ctx context.Context, id, dir string) (Found, error)
 	if err != nil {
 		return Found{}, err
 	}
-	sb.scratchReq, sb.meta = st.ScratchReq, st.Meta
+	sb.scratchReq, sb.meta, sb.policy = st.ScratchReq, st.Meta, st.Network
+	if err := r.adoptNetwork(ctx, sb, st.Slot, st.Network); err != nil {
+		// A sandbox without the network it had is not the sandbox its owner made.
+		sb.Destroy(ctx)
+		return Found{}, fmt.Errorf("network: %w", err)
+	}
 	return Found{Sandbox: sb, Meta: st.Meta}, nil
 }
 
@@ -115,7 +131,7 @@ func (r *Runtime) removeRemains(ctx context.Context, id, dir string) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := r.removeDir(dir); err != nil {
+	if err := r.removeDir(id, dir); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -28,7 +28,13 @@ type Runtime struct {
 	cg       *cgroup.Manager
 	binds    []native.Bind
 	links    [][2]string
-	version  string // runsc's, for doctor and the logs
+	// imageBinds are an image sandbox's read-only binds: the contract's files of the daemon's
+	// /etc over the image's (as the native runtime binds them) and the operator's wheels.
+	imageBinds []native.Bind
+	layers     *native.Layers     // image sandboxes' writable layers, in StateDir/gvisor/layers
+	slots      *native.Slots      // networked sandboxes' host-wide slots; nil without Network
+	net        native.LazyNetwork // made on first use (netManager)
+	version    string             // runsc's, for doctor and the logs
 }
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
@@ -37,6 +43,7 @@ var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // platform (the probe), and prepares the state directory and cgroup root. An error says why
 // the runtime cannot be offered, for the start-up log and airlock doctor.
 func New(cfg Config) (_ *Runtime, err error) {
+	separate := cfg.Exe != ""
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -69,6 +76,13 @@ func New(cfg Config) (_ *Runtime, err error) {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
 	}
+	if separate {
+		// A separate sandbox binary (airlock-sandbox) is bound into sandboxes from a copy of
+		// the runtime's own, as the native runtime starts its sandboxes from one.
+		if r.cfg.Exe, err = native.CopyInit(cfg.Exe, filepath.Join(r.dir, "airlock-sandbox")); err != nil {
+			return nil, err
+		}
+	}
 	out, err := exec.Command(cfg.Runsc, "--version").Output()
 	if err != nil {
 		return nil, fmt.Errorf("runsc --version: %w", err)
@@ -86,6 +100,16 @@ func New(cfg Config) (_ *Runtime, err error) {
 			return nil, err
 		}
 		r.binds = append(r.binds, native.Bind{Source: w, Target: layout.WheelDir})
+		r.imageBinds = append(r.imageBinds, native.Bind{Source: w, Target: layout.WheelDir})
+	}
+	for _, f := range native.ContractEtc() {
+		r.imageBinds = append(r.imageBinds, native.Bind{Source: filepath.Join(r.dir, "etc", f), Target: "/etc/" + f, File: true})
+	}
+	r.layers = native.NewLayers(r.dir)
+	if cfg.Network != nil {
+		if r.slots, err = native.NewSlots(native.Config{StateDir: r.dir, HostDir: cfg.HostDir, UIDBase: cfg.UIDBase, UIDSlots: cfg.UIDSlots}); err != nil {
+			return nil, fmt.Errorf("host claims: %w", err)
+		}
 	}
 	if err := r.probe(); err != nil {
 		return nil, fmt.Errorf("runsc (%s, platform %s) cannot run a sandbox here: %w", r.version, cfg.Platform, err)
@@ -112,12 +136,22 @@ func (r *Runtime) Close() error {
 		return nil
 	}
 	r.removeV1Leftovers(r.cfg.CgroupRoot)
-	return r.cg.RemoveRoot()
+	if r.slots != nil {
+		r.slots.Close()
+	}
+	return errors.Join(r.net.Close(), r.layers.Close(), r.cg.RemoveRoot())
 }
 
-// runsc runs one runsc command with the runtime's global flags.
+// runsc runs one runsc command with the runtime's global flags, the network none.
 func (r *Runtime) runsc(ctx context.Context, args ...string) *exec.Cmd {
-	global := []string{"--root", r.runscDir, "--platform", r.cfg.Platform, "--network", "none", "--host-uds", "create"}
+	return r.runscNet(ctx, "none", args...)
+}
+
+// runscNet runs one runsc command with the global flags and network mode network: "none" (a
+// loopback only), or "sandbox" (the sentry's netstack on the interfaces of the namespace the
+// spec names).
+func (r *Runtime) runscNet(ctx context.Context, network string, args ...string) *exec.Cmd {
+	global := []string{"--root", r.runscDir, "--platform", r.cfg.Platform, "--network", network, "--host-uds", "create"}
 	return exec.CommandContext(ctx, r.cfg.Runsc, append(global, args...)...)
 }
 

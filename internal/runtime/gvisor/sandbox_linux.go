@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -20,6 +21,8 @@ import (
 
 	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/cgroup"
+	"github.com/airlockhq/airlock/internal/layout"
+	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
@@ -34,21 +37,37 @@ type Spec struct {
 	Meta         []byte
 	Workdir      string
 	Env          []string
+	// Image, if set, is the sandbox's root: the overlay of the image's layers below a writable
+	// layer capped at ScratchBytes as asked (native.DiskBytes), mounted on the host as the
+	// bundle's root; nil is the host image.
+	Image *native.ImageRoot
+	// Network is the sandbox's network policy; block (the zero value) is a loopback only.
+	Network netpolicy.Policy
 }
 
-// sentryPidsReserve is room in the host cgroup's pids limit for gVisor's own threads (the
-// sentry's and the gofer's, a few dozen each) beside the user's tasks, each of which is a host
-// task on the ptrace platform. gVisor's kernel (this runsc) enforces no RLIMIT_NPROC, so the
-// host limit is the only bound: a fork bomb that reaches it takes the sentry down with the
-// sandbox (the host, the daemon and other sandboxes are unharmed; see TestForkBombEndsAtPidsLimit).
-const sentryPidsReserve = 512
+// The host cgroup's pids limit is a backstop for the host, not the sandbox's limit: the user's
+// limit is gVisor's own (the init puts every user process in a group of gVisor's pids cgroup
+// with the sandbox's limit, userCgroup), where a fork bomb gets EAGAIN and the sentry goes on.
+// The host limit must stay above what that many gVisor tasks cost the host, or the sentry
+// meets it first and dies with the sandbox. On the ptrace platform a gVisor process costs far
+// more than one host task: a stub process with a thread for every sentry thread that ran it,
+// so the cost grows faster than the number of processes (measured here, fork bombs held 6 s at
+// gVisor's limit: 32 → 521 host tasks at the peak, 64 → 992, 128 → 2538, 256 → 4366; and 200
+// processes sleeping side by side, 10323). hostTasksPerTask and sentryPidsReserve (the
+// sentry's and the gofer's own threads, ≈60 idle) size the backstop at about twice a bomb's
+// peak — 8704 host tasks for the default 256 — not for hundreds of long-lived processes, which
+// on ptrace may meet it and end the sandbox (the host stays within its bound either way).
+const (
+	hostTasksPerTask  = 32
+	sentryPidsReserve = 512
+)
 
 // hostPids is the host cgroup's pids limit of a sandbox whose user may run pids tasks.
 func hostPids(pids int64) int64 {
 	if pids <= 0 {
 		return 0
 	}
-	return pids + sentryPidsReserve
+	return pids*hostTasksPerTask + sentryPidsReserve
 }
 
 // The scratch layer's default size, as the native host image's.
@@ -71,7 +90,10 @@ type Sandbox struct {
 	scratchReq int64
 	metaMu     sync.Mutex
 	meta       []byte
-	done       chan struct{} // closed when the sandbox process has exited
+	net        *netpolicy.Attachment // nil: no network
+	policy     netpolicy.Policy      // net's
+	slot       int                   // the host-wide slot of net
+	done       chan struct{}         // closed when the sandbox process has exited
 	watch      sync.WaitGroup
 	destroy    sync.Once
 	err        error
@@ -83,6 +105,9 @@ type state struct {
 	Pid        int    `json:"pid"`
 	Meta       []byte `json:"meta,omitempty"`
 	ScratchReq int64  `json:"scratch_req,omitempty"`
+	// Slot and Network are a networked sandbox's, for Recover to adopt its network.
+	Slot    int              `json:"slot,omitempty"`
+	Network netpolicy.Policy `json:"network,omitzero"`
 }
 
 // Create builds the sandbox's bundle, starts it under runsc and returns once its agent
@@ -90,6 +115,13 @@ type state struct {
 func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error) {
 	if !idPattern.MatchString(spec.ID) {
 		return nil, fmt.Errorf("sandbox id %q: invalid", spec.ID)
+	}
+	if spec.Image != nil {
+		if err := native.CheckImage(spec.Image); err != nil {
+			return nil, err
+		}
+		spec.Workdir = native.ImageWorkdir(spec.Workdir, spec.Image)
+		spec.Env = spec.Image.Env
 	}
 	if spec.ScratchBytes <= 0 {
 		spec.ScratchBytes = defaultScratch
@@ -110,7 +142,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (_ *Sandbox, err error)
 	}{
 		{"sandbox directory", c.mkdir},
 		{"scratch layer", c.scratch},
+		{"image root", c.imageRoot},
 		{"cgroup", c.cgroup},
+		{"network", c.network},
 		{"bundle", c.bundle},
 		{"start", c.start},
 		{"await agent", c.await},
@@ -133,6 +167,10 @@ type creation struct {
 	g    *cgroup.Group
 	sb   *Sandbox
 	pid  int
+	// A networked sandbox's: its slot, attachment, and namespace, held open until runsc runs.
+	slot  int
+	att   *netpolicy.Attachment
+	netns *os.File
 }
 
 func (c *creation) mkdir(context.Context) error {
@@ -158,6 +196,20 @@ func (c *creation) scratch(context.Context) error {
 	return nil
 }
 
+// imageRoot mounts an image sandbox's root at the bundle's rootfs: the image's layers below its
+// capped writable layer, made by the native runtime's code.
+func (c *creation) imageRoot(context.Context) error {
+	if c.spec.Image == nil {
+		return nil
+	}
+	root := filepath.Join(c.dir, rootfsDir)
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return err
+	}
+	c.undo = append(c.undo, func() { c.r.removeImage(c.spec.ID, c.dir) })
+	return c.r.layers.Mount(c.spec.ID, native.DiskBytes(c.req), c.spec.Image.Layers, root)
+}
+
 func (c *creation) cgroup(ctx context.Context) error {
 	g, err := c.r.cg.Create(c.spec.ID, cgroup.Limits{MemoryBytes: c.spec.MemoryBytes, CPU: c.spec.CPU, Pids: hostPids(c.spec.Pids)})
 	if err != nil {
@@ -169,8 +221,17 @@ func (c *creation) cgroup(ctx context.Context) error {
 }
 
 func (c *creation) bundle(context.Context) error {
-	b := &bundle{dir: c.dir, exe: c.r.cfg.Exe, binds: c.r.binds, cgroup: c.r.cgroupPath(c.spec.ID),
-		workdir: c.spec.Workdir,
+	binds := c.r.binds
+	if c.spec.Image != nil {
+		binds = c.r.imageBinds
+	}
+	if c.att != nil {
+		// The sandbox's own resolv.conf (its forwarder) over the daemon's /etc one.
+		binds = append(slices.DeleteFunc(slices.Clone(binds), func(b native.Bind) bool { return b.Target == "/etc/resolv.conf" }),
+			native.Bind{Source: filepath.Join(c.dir, resolvFile), Target: "/etc/resolv.conf", File: true})
+	}
+	b := &bundle{dir: c.dir, exe: c.r.cfg.Exe, binds: binds, cgroup: c.r.cgroupPath(c.spec.ID),
+		workdir: c.spec.Workdir, image: c.spec.Image != nil, netns: c.netnsPath(),
 		init: initConfig{UID: c.r.cfg.UID, GID: c.r.cfg.GID, NoFile: c.spec.NoFile, NProc: uint64(c.spec.Pids),
 			Scratch: c.spec.ScratchBytes, Env: c.spec.Env}}
 	return c.r.writeBundle(b, nil)
@@ -188,10 +249,24 @@ func (c *creation) start(ctx context.Context) error {
 	// returns in well under a second; the undo removes the sandbox if ctx ended meanwhile.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	cmd := c.r.runsc(rctx, "run", "--detach", "--bundle", c.dir, c.spec.ID)
+	network := "none"
+	if c.netns != nil {
+		network = "sandbox"
+	}
+	cmd := c.r.runscNet(rctx, network, "run", "--detach", "--bundle", c.dir, c.spec.ID)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	c.undo = append(c.undo, func() { c.r.deleteContainer(c.spec.ID) })
-	if err := cmd.Run(); err != nil {
+	if c.netns != nil {
+		err = runNetworked(cmd)
+	} else {
+		err = cmd.Run()
+	}
+	if c.netns != nil {
+		// runsc's processes have joined the namespace (or failed): theirs keep it alive now.
+		c.netns.Close()
+		c.netns = nil
+	}
+	if err != nil {
 		return fmt.Errorf("runsc run: %w (%s)", err, lastLine(readTail(logf.Name())))
 	}
 	pid, err := c.r.containerPid(ctx, c.spec.ID)
@@ -204,6 +279,7 @@ func (c *creation) start(ctx context.Context) error {
 		return err
 	}
 	sb.scratchReq, sb.meta = c.req, c.spec.Meta
+	sb.net, sb.slot, sb.policy = c.att, c.slot, c.spec.Network
 	c.sb = sb
 	c.undo = append(c.undo, func() { sb.stopWatch() })
 	return nil
@@ -231,11 +307,19 @@ func (c *creation) await(ctx context.Context) error {
 
 func (c *creation) persist(context.Context) error { return c.sb.persist() }
 
+// netnsPath is the spec's path of the sandbox's network namespace; "" for one of runsc's own.
+func (c *creation) netnsPath() string {
+	if c.netns == nil {
+		return ""
+	}
+	return netnsPath(c.netns)
+}
+
 // persist writes the state Recover adopts the sandbox from.
 func (s *Sandbox) persist() error {
 	s.metaMu.Lock()
 	defer s.metaMu.Unlock()
-	b, _ := json.Marshal(state{ID: s.id, Pid: s.pid, Meta: s.meta, ScratchReq: s.scratchReq})
+	b, _ := json.Marshal(state{ID: s.id, Pid: s.pid, Meta: s.meta, ScratchReq: s.scratchReq, Slot: s.slot, Network: s.policy})
 	tmp := filepath.Join(s.dir, "state.json.tmp")
 	if err := os.WriteFile(tmp, b, 0o600); err != nil {
 		return err
@@ -267,43 +351,19 @@ func (s *Sandbox) SetLimits(memory int64, cpu float64, pids int64) error {
 	return s.cg.SetLimits(cgroup.Limits{MemoryBytes: memory, CPU: cpu, Pids: hostPids(pids)})
 }
 
-// writeBundle lays out b's directory: the root's mount points, the scratch layer's
-// directories, the socket's directory and config.json; edit, if set, changes the spec first.
+// writeBundle lays out b's directory: the root's mount points, the writable directories, the
+// guest directory with the agent's configuration, the socket's directory and config.json;
+// edit, if set, changes the spec first.
 func (r *Runtime) writeBundle(b *bundle, edit func(*specs.Spec)) error {
-	root := filepath.Join(b.dir, rootfsDir)
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	if err := r.rootMountPoints(b); err != nil {
 		return err
-	}
-	dirs, files := b.mountPoints()
-	for _, d := range dirs {
-		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
-			return err
-		}
-	}
-	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(root, f), nil, 0o644); err != nil {
-			return err
-		}
-	}
-	// /.airlock is root's alone: the sandbox user cannot reach the agent's binary, its
-	// configuration or its socket.
-	if err := os.Chmod(filepath.Join(root, guestDir), 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(root, guestConfig), b.init.encode(), 0o600); err != nil {
-		return err
-	}
-	for _, l := range r.links {
-		if err := os.Symlink(l[1], filepath.Join(root, l[0])); err != nil && !errors.Is(err, os.ErrExist) {
-			return err
-		}
 	}
 	for _, d := range []struct {
 		sub   string
 		mode  os.FileMode
 		owned bool
-	}{{"tmp", 0o1777, false}, {"shm", 0o1777, false}, {"workspace", 0o755, true}, {"workdir", 0o755, true}} {
-		if d.sub == "workdir" && b.workdir == "" {
+	}{{"tmp", 0o777 | os.ModeSticky, false}, {"shm", 0o777 | os.ModeSticky, false}, {"workspace", 0o755, true}, {"workdir", 0o755, true}} {
+		if d.sub == "workdir" && b.workdir == "" || b.image && d.sub != "shm" {
 			continue
 		}
 		p := filepath.Join(b.dir, scratchDir, d.sub)
@@ -319,7 +379,19 @@ func (r *Runtime) writeBundle(b *bundle, edit func(*specs.Spec)) error {
 			}
 		}
 	}
-	if err := os.MkdirAll(filepath.Join(b.dir, sockDir), 0o700); err != nil {
+	// The guest directory is root's alone (0700): the sandbox user cannot reach the agent's
+	// binary, its configuration or its socket.
+	guest := filepath.Join(b.dir, guestHostDir)
+	for _, d := range []string{guest, filepath.Join(guest, filepath.Base(filepath.Dir(guestSock))),
+		filepath.Join(guest, filepath.Base(guestCgroup)), filepath.Join(b.dir, sockDir)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(filepath.Join(guest, filepath.Base(guestExe)), nil, 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(guest, filepath.Base(guestConfig)), b.init.Encode(), 0o600); err != nil {
 		return err
 	}
 	s := b.spec()
@@ -331,6 +403,69 @@ func (r *Runtime) writeBundle(b *bundle, edit func(*specs.Spec)) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(b.dir, "config.json"), out, 0o600)
+}
+
+// rootMountPoints makes the mount points of b's mounts in its root. The host image's root is
+// a directory of the bundle's own; an image's is its overlay, whose paths are the image's, so
+// they are made with the native runtime's checks (a symlink is refused, never followed out of
+// the tree), and its /tmp, /workspace and workdir are given the contract's modes and owners.
+func (r *Runtime) rootMountPoints(b *bundle) error {
+	root := filepath.Join(b.dir, rootfsDir)
+	dirs, files := b.mountPoints()
+	if !b.image {
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return err
+		}
+		for _, d := range dirs {
+			if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+				return err
+			}
+		}
+		for _, f := range files {
+			if err := os.WriteFile(filepath.Join(root, f), nil, 0o644); err != nil {
+				return err
+			}
+		}
+		for _, l := range r.links {
+			if err := os.Symlink(l[1], filepath.Join(root, l[0])); err != nil && !errors.Is(err, os.ErrExist) {
+				return err
+			}
+		}
+		return nil
+	}
+	for _, d := range dirs {
+		if err := native.ImageMountPoint(root, native.Bind{Target: d}); err != nil {
+			return err
+		}
+	}
+	for _, f := range files {
+		if err := native.ImageMountPoint(root, native.Bind{Target: f, File: true}); err != nil {
+			return err
+		}
+	}
+	owned := []string{layout.Workspace}
+	if b.workdir != "" {
+		owned = append(owned, b.workdir)
+	}
+	for _, d := range append([]string{layout.Tmp}, owned...) {
+		p, err := native.ImageDir(root, d)
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(0o755)
+		if d == layout.Tmp {
+			mode = 0o777 | os.ModeSticky
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			return err
+		}
+		if d != layout.Tmp {
+			if err := os.Chown(p, r.cfg.UID, r.cfg.GID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // cgroupPath is the sandbox's cgroupsPath for runsc: the group cgroup.Manager made.
@@ -506,8 +641,11 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		if err := s.r.forgetContainer(s.id); err != nil {
 			errs = append(errs, err)
 		}
+		if err := s.closeNetwork(); err != nil {
+			errs = append(errs, err)
+		}
 		s.client.CloseIdleConnections()
-		if err := s.r.removeDir(s.dir); err != nil {
+		if err := s.r.removeDir(s.id, s.dir); err != nil {
 			errs = append(errs, err)
 		}
 		s.err = errors.Join(errs...)
@@ -523,8 +661,13 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 	return s.err
 }
 
-// removeDir unmounts a sandbox directory's scratch layer and removes the directory.
-func (r *Runtime) removeDir(dir string) error {
+// removeDir unmounts a sandbox directory's image root and scratch layer, removes the image's
+// writable layer and the directory. A mount that stays keeps the directory: RemoveAll must
+// never walk into a root.
+func (r *Runtime) removeDir(id, dir string) error {
+	if err := r.removeImage(id, dir); err != nil {
+		return err
+	}
 	if err := unix.Unmount(filepath.Join(dir, scratchDir), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("unmount scratch: %w", err)
 	}
@@ -532,4 +675,13 @@ func (r *Runtime) removeDir(dir string) error {
 		return fmt.Errorf("remove sandbox directory: %w", err)
 	}
 	return nil
+}
+
+// removeImage unmounts an image sandbox's root and removes its writable layer (what exists of
+// either; nothing for a host-image sandbox).
+func (r *Runtime) removeImage(id, dir string) error {
+	if err := unix.Unmount(filepath.Join(dir, rootfsDir), unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount image root: %w", err)
+	}
+	return r.layers.Remove(id)
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/airlockhq/airlock/internal/netpolicy"
 )
@@ -23,8 +25,11 @@ const resolvDir = "resolv"
 
 // netTable is the runtime's nftables table: one per cgroup root, which is one per state
 // directory, so that daemons of different state directories never touch each other's rules.
-func (r *Runtime) netTable() string {
-	name := strings.NewReplacer("/", "_", ".", "_").Replace(r.cfg.CgroupRoot)
+func (r *Runtime) netTable() string { return NetTable(r.cfg.CgroupRoot) }
+
+// NetTable is the nftables table of the runtime whose sandboxes' cgroups are under cgroupRoot.
+func NetTable(cgroupRoot string) string {
+	name := strings.NewReplacer("/", "_", ".", "_").Replace(cgroupRoot)
 	if len(name) > 60 {
 		name = name[:60]
 	}
@@ -35,23 +40,68 @@ func (r *Runtime) netTable() string {
 // forwarding) on first use, so that a daemon that never networks a sandbox changes nothing on
 // the host.
 func (r *Runtime) netManager() (*netpolicy.Manager, error) {
-	if r.cfg.Network == nil {
+	return r.net.Manager(r.cfg.Network, r.netTable(), r.cfg.Logger)
+}
+
+// LazyNetwork is a runtime's network manager, made on first use; its zero value has none.
+// The gvisor runtime keeps its own the same way.
+type LazyNetwork struct {
+	mu sync.Mutex
+	m  *netpolicy.Manager
+}
+
+// Manager returns the manager of table, making it from cfg (nil: ErrNetworkUnsupported) on
+// first use.
+func (l *LazyNetwork) Manager(cfg *netpolicy.Config, table string, logger *slog.Logger) (*netpolicy.Manager, error) {
+	if cfg == nil {
 		return nil, ErrNetworkUnsupported
 	}
-	r.netMu.Lock()
-	defer r.netMu.Unlock()
-	if r.net != nil {
-		return r.net, nil
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m != nil {
+		return l.m, nil
 	}
-	cfg := *r.cfg.Network
-	cfg.Table = r.netTable()
-	cfg.Logger = r.cfg.Logger
-	m, err := netpolicy.New(cfg)
+	c := *cfg
+	c.Table, c.Logger = table, logger
+	m, err := netpolicy.New(c)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox networking: %w", err)
 	}
-	r.net = m
+	l.m = m
 	return m, nil
+}
+
+// Sweep removes the network objects of table's sandboxes that live does not hold, if the
+// table exists (a previous daemon's): making no table where there is none.
+func (l *LazyNetwork) Sweep(ctx context.Context, cfg *netpolicy.Config, table string, logger *slog.Logger, live map[string]bool) error {
+	if cfg == nil {
+		return nil
+	}
+	l.mu.Lock()
+	m := l.m
+	l.mu.Unlock()
+	if m == nil {
+		exists, err := netpolicy.TableExists(table)
+		if err != nil || !exists {
+			return nil // no table: nothing to sweep (or no nftables at all, found out on first use)
+		}
+		if m, err = l.Manager(cfg, table, logger); err != nil {
+			return err
+		}
+	}
+	return m.Sweep(ctx, func(id string) bool { return live[id] })
+}
+
+// Close stops the forwarders and drops the table when no sandbox has objects left in it.
+func (l *LazyNetwork) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		return nil
+	}
+	err := l.m.Close()
+	l.m = nil
+	return err
 }
 
 // network attaches the sandbox to the network its policy asks for, once its init (and with it
@@ -86,9 +136,7 @@ func (r *Runtime) writeResolv(id string, att *netpolicy.Attachment) (string, err
 	if err := os.Mkdir(filepath.Dir(file), 0o711); err != nil && !errors.Is(err, os.ErrExist) {
 		return "", fmt.Errorf("resolv.conf directory: %w", err)
 	}
-	// ndots:1 and no search domains: a sandbox resolves exactly the names it asks for.
-	content := fmt.Sprintf("nameserver %s\noptions ndots:1 timeout:2 attempts:2\n", att.Gateway())
-	if err := os.WriteFile(file, []byte(content), 0o644); err != nil {
+	if err := os.WriteFile(file, ResolvConf(att.Gateway()), 0o644); err != nil {
 		return "", fmt.Errorf("resolv.conf: %w", err)
 	}
 	return file, nil
@@ -140,29 +188,8 @@ func (r *Runtime) sweepNetworks(ctx context.Context, live map[string]bool) error
 			}
 		}
 	}
-	r.netMu.Lock()
-	m := r.net
-	r.netMu.Unlock()
-	if m == nil {
-		exists, err := netpolicy.TableExists(r.netTable())
-		if err != nil || !exists {
-			return nil // no table: nothing to sweep (or no nftables at all, found out on first use)
-		}
-		if m, err = r.netManager(); err != nil {
-			return err
-		}
-	}
-	return m.Sweep(ctx, func(id string) bool { return live[id] })
+	return r.net.Sweep(ctx, r.cfg.Network, r.netTable(), r.cfg.Logger, live)
 }
 
 // closeNetworks stops the forwarders and drops the table when no sandbox has objects left in it.
-func (r *Runtime) closeNetworks() error {
-	r.netMu.Lock()
-	defer r.netMu.Unlock()
-	if r.net == nil {
-		return nil
-	}
-	err := r.net.Close()
-	r.net = nil
-	return err
-}
+func (r *Runtime) closeNetworks() error { return r.net.Close() }

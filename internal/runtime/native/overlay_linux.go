@@ -199,12 +199,18 @@ func detachMount(dir string) error {
 // mountOverlay mounts at target an overlay of layers (lowest first), each an idmapped
 // read-only clone mapped through the user namespace of process pid — so that the image's uid
 // N is uid N inside the sandbox, with no copy or chown of the layers — below w's upper layer.
+// With pid 0 the clones are not idmapped: the image's uid N stays host uid N (the gvisor
+// runtime's sandboxes, whose file ownership is the host's as its gofer sees it).
 func mountOverlay(layers []string, w writable, pid int, target string) error {
-	userns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("sandbox user namespace: %w", err)
+	userns := -1
+	if pid > 0 {
+		fd, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("sandbox user namespace: %w", err)
+		}
+		defer unix.Close(fd)
+		userns = fd
 	}
-	defer unix.Close(userns)
 	fsfd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("overlay: fsopen: %w", err)
@@ -259,15 +265,19 @@ func mountOverlay(layers []string, w writable, pid int, target string) error {
 	return nil
 }
 
-// idmappedLayer attaches at target a read-only clone of layer mapped through userns.
+// idmappedLayer attaches at target a read-only clone of layer mapped through userns (-1: not
+// idmapped).
 func idmappedLayer(layer string, userns int, target string) error {
 	fd, err := unix.OpenTree(unix.AT_FDCWD, layer, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("clone: %w", err)
 	}
 	defer unix.Close(fd)
-	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | unix.MOUNT_ATTR_RDONLY |
-		unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV, Userns_fd: uint64(userns)}
+	attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	if userns >= 0 {
+		attr.Attr_set |= unix.MOUNT_ATTR_IDMAP
+		attr.Userns_fd = uint64(userns)
+	}
 	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &attr); err != nil {
 		if errors.Is(err, unix.EINVAL) {
 			// The usual cause: the state directory's file system cannot be idmapped (9p, NFS,

@@ -199,8 +199,7 @@ type Runtime struct {
 
 	images imageState // image sandboxes' writable layers and roots (overlay_linux.go)
 
-	netMu sync.Mutex         // guards net
-	net   *netpolicy.Manager // made on first use (network_linux.go)
+	net LazyNetwork // made on first use (network_linux.go)
 }
 
 // idPattern is compiled on first use: this binary is also every sandbox's PID 1, whose
