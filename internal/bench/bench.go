@@ -46,6 +46,9 @@ type Config struct {
 	// GoJudge, if set, is a go-judge binary the operator provides: started on 127.0.0.1 with
 	// directories of its own for the run, measured as a paired baseline, stopped after.
 	GoJudge string
+	// Only, if set, measures only these end-to-end target keys (bare python always, as every
+	// ratio's base) and of the other sections only those it names: "pool", "snippet", "phases".
+	Only []string
 	// SnippetN is the sequential samples of the numpy/pandas snippet per row; default N/5, at
 	// least 3 (each sample costs the imports, ≈ 0.5 s bare).
 	SnippetN int
@@ -252,6 +255,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			run: env.HTTPPrint1},
 	}
 	targets = append(targets, pooledTargets(env)...)
+	targets = append(targets, zygoteTargets(env)...)
 	if _, err := exec.LookPath(cfg.Bwrap); err != nil {
 		targets[1].Skipped = fmt.Sprintf("%s not available: %v", cfg.Bwrap, err)
 	}
@@ -264,31 +268,48 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		targets = append(targets, &target{Target: Target{Key: KeyGoJudge, Name: "go-judge /run (pre-forked containers), python3"},
 			run: gj.run})
 	}
+	targets = cfg.only(targets)
 	if err := measureTargets(ctx, cfg, targets); err != nil {
 		return nil, err
 	}
 	for _, t := range targets {
 		rep.Targets = append(rep.Targets, t.Target)
 	}
-	if rep.Pool, err = measurePool(ctx, cfg, env); err != nil {
-		return nil, err
+	if cfg.wants("pool") {
+		if rep.Pool, err = measurePool(ctx, cfg, env); err != nil {
+			return nil, err
+		}
 	}
-	snippet := snippetTargets(ctx, cfg, env)
-	scfg := cfg
-	scfg.N, scfg.Warmup, scfg.Concurrency = cfg.SnippetN, 1, nil
-	if err := measureTargets(ctx, scfg, snippet); err != nil {
-		return nil, err
+	if cfg.wants("snippet") {
+		snippet := snippetTargets(ctx, cfg, env)
+		scfg := cfg
+		scfg.N, scfg.Warmup, scfg.Concurrency = cfg.SnippetN, 1, nil
+		if err := measureTargets(ctx, scfg, snippet); err != nil {
+			return nil, err
+		}
+		for _, t := range snippet {
+			rep.Snippet = append(rep.Snippet, t.Target)
+		}
 	}
-	for _, t := range snippet {
-		rep.Snippet = append(rep.Snippet, t.Target)
+	if cfg.wants("phases") {
+		if rep.Phases, err = measurePhases(ctx, cfg, env); err != nil {
+			return nil, err
+		}
+		rep.Breakdown = breakdown(rep)
 	}
-	rep.Phases, err = measurePhases(ctx, cfg, env)
-	if err != nil {
-		return nil, err
-	}
-	rep.Breakdown = breakdown(rep)
 	rep.Machine.Seconds, rep.Machine.OtherCPU = cpu0.since()
 	return rep, nil
+}
+
+// wants says whether the run measures the section or target key (Config.Only).
+func (c *Config) wants(key string) bool {
+	return len(c.Only) == 0 || key == KeyBare || slices.Contains(c.Only, key)
+}
+
+// only keeps the targets that Only names (all without it); go-judge, measured only when
+// asked for, is always kept.
+func (c *Config) only(ts []*target) []*target {
+	return slices.DeleteFunc(ts, func(t *target) bool { return t.Key != KeyGoJudge && !c.wants(t.Key) })
 }
 
 // Target returns the end-to-end target with key, or nil.

@@ -126,15 +126,17 @@ func (r *Report) WriteText(w io.Writer) error {
 		return err
 	}
 
-	fmt.Fprintf(&b, "\nwhere the time goes: each phase alone, n=%d\n", s.N)
-	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "phase\tp50 ms\tp90 ms\tp99 ms\tmean ms\t")
-	for _, p := range r.Phases {
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t\n", p.Name, p.Latency.P50, p.Latency.P90, p.Latency.P99,
-			p.Latency.Mean)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
+	if len(r.Phases) > 0 { // left out with --only
+		fmt.Fprintf(&b, "\nwhere the time goes: each phase alone, n=%d\n", s.N)
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "phase\tp50 ms\tp90 ms\tp99 ms\tmean ms\t")
+		for _, p := range r.Phases {
+			fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t\n", p.Name, p.Latency.P50, p.Latency.P90, p.Latency.P99,
+				p.Latency.Mean)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 
 	if len(r.Breakdown) > 0 {

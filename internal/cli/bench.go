@@ -61,6 +61,7 @@ func benchCmd() *cobra.Command {
 	f.IntVar(&cfg.Warmup, "warmup", 3, "unrecorded runs per target before measuring")
 	f.StringVar(&cfg.Python, "python", "/usr/bin/python3", "host interpreter for the baselines (also the sandbox's /usr/bin/python3)")
 	f.StringVar(&cfg.GoJudge, "gojudge", "", "a go-judge binary to measure as a paired baseline: started on 127.0.0.1 with its own directories, stopped after (none by default)")
+	f.StringSliceVar(&cfg.Only, "only", nil, "measure only these end-to-end target keys (bare_python always) and of the sections pool, snippet and phases only those named (default everything)")
 	f.IntVar(&cfg.SnippetN, "snippet-n", 0, "sequential samples per row of the numpy/pandas snippet (default n/5, at least 3)")
 	f.StringVar(&cfg.Bwrap, "bwrap", "/usr/bin/bwrap", "bubblewrap binary for the bubblewrap baseline (skipped if missing)")
 	flagEnv(f, &cfg.Env.StateDir, "state-dir", "AIRLOCK_BENCH_STATE_DIR", "runtime state directory (default a fresh temporary directory)")
