@@ -212,10 +212,12 @@ type zygoteReply struct {
 	Error   string  `json:"error"`
 }
 
-// The prepared children a zygote sandbox keeps (zygotePrepared), and what a run's cgroup holds
-// besides the program's processes (its PID 1).
+// The prepared children a zygote sandbox keeps (zygotePrepared: one per concurrent run of a
+// daemon's default admission on two cores, 4 per core, so that a burst of 8 clients finds each
+// a child; each costs ≈ 1.5 MiB of private memory), and what a run's cgroup holds besides the
+// program's processes (its PID 1).
 const (
-	zygotePrepared = 4
+	zygotePrepared = 8
 	runPidsReserve = 1
 )
 
