@@ -40,6 +40,10 @@ type Config struct {
 	Warmup      int   // unrecorded runs per target before measuring; default 3
 	Concurrency []int // client counts for throughput; default 2, 8 and 32
 	Runs        int   // runs per target and client count for throughput; default 100
+	// Rounds splits each target's Runs into this many rounds, the targets taking turns round by
+	// round (as the sequential samples do), so that load from outside that comes and goes
+	// during a throughput measurement touches every target alike; default 4 (at most Runs).
+	Rounds int
 
 	Python string // host interpreter for the baselines; default /usr/bin/python3
 	Bwrap  string // bubblewrap; default /usr/bin/bwrap; if missing, its row is skipped with the reason
@@ -82,6 +86,10 @@ func (c *Config) setDefaults() {
 	if c.Runs == 0 {
 		c.Runs = 100
 	}
+	if c.Rounds == 0 {
+		c.Rounds = 4
+	}
+	c.Rounds = min(c.Rounds, c.Runs)
 	if c.Python == "" {
 		c.Python = "/usr/bin/python3"
 	}
@@ -105,6 +113,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("bench: warmup must be ≥ 0, got %d", c.Warmup)
 	case c.Runs < 1:
 		return fmt.Errorf("bench: runs must be ≥ 1, got %d", c.Runs)
+	case c.Rounds < 1:
+		return fmt.Errorf("bench: rounds must be ≥ 1, got %d", c.Rounds)
 	case c.Env.EngineRuntime == nil:
 		return errors.New("bench: no EngineRuntime adapter")
 	}
@@ -155,6 +165,7 @@ type Settings struct {
 	Warmup      int   `json:"warmup"`
 	Concurrency []int `json:"concurrency"`
 	Runs        int   `json:"runs_per_throughput"`
+	Rounds      int   `json:"throughput_rounds"`
 }
 
 // Target is one end-to-end way of running print(1).
@@ -240,7 +251,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{
 		Machine: describeMachine(ctx, cfg, env),
 		Settings: Settings{N: cfg.N, Warmup: cfg.Warmup, Concurrency: slices.Clone(cfg.Concurrency),
-			Runs: cfg.Runs},
+			Runs: cfg.Runs, Rounds: cfg.Rounds},
 	}
 	targets := []*target{
 		{Target: Target{Key: KeyBare, Name: "bare python3 -c 'print(1)' (host)"},

@@ -91,8 +91,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "run: %s, %.0f s; load average %s at the start; CPU outside this process tree during the run: %.2f cores (kernel threads included)\n",
 		m.Time, m.Seconds, m.LoadBefore, m.OtherCPU)
 	s := r.Settings
-	fmt.Fprintf(&b, "settings: n=%d sequential samples per row (interleaved), %d warm-up runs, throughput %d runs per client count\n\n",
-		s.N, s.Warmup, s.Runs)
+	fmt.Fprintf(&b, "settings: n=%d sequential samples per row (interleaved), %d warm-up runs, throughput %d runs per client count in %d interleaved rounds\n\n",
+		s.N, s.Warmup, s.Runs, s.Rounds)
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	head := "print(1), end to end\tp50 ms\tp90 ms\tp99 ms\t×bare p50\t"
