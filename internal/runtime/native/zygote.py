@@ -12,10 +12,13 @@
 #     for U; when U has exited it reports U's wait status and exits, which kills whatever U left
 #     behind
 #   U (the user program)
-#     seeds its generators from the OS, says "ready" and waits for the request. With it: sizes the scratch and the file-size limit, keeps only
-#     fds 0-2 (the run's pipes), becomes the sandbox user (no capabilities), no_new_privs, the
-#     sandbox's Landlock rules and seccomp filter, a clean environment, the request's files,
-#     says "started", and runs the code as `python3 -c` would.
+#     seeds its generators from the OS, sets the file-size limit of its scratch size, becomes
+#     the sandbox user (no capabilities), sets no_new_privs, the sandbox's Landlock rules and
+#     seccomp filter, says "ready" and waits for the request — locked down as the program it
+#     becomes. With the request: keeps only fds 0-2 (the run's pipes), a clean environment,
+#     the request's files, says "started", and runs the code as `python3 -c` would. A child
+#     serves only a request of the scratch size it was prepared with (the daemon prepares one
+#     for another size on the spot).
 #
 # What every child inherits from the zygote instead of doing it per run (each Python step a
 # child takes copies the pages it touches, so per-run work is kept to what must be per run):
@@ -255,7 +258,7 @@ def recv_line(conn):
 
 def user(conn, prep):
     """U: made ready ahead of its request, then becomes the user program."""
-    prepare_user()
+    prepare_user(prep)
     send(conn, {"ready": 1})
     try:
         req, fds = recv_request(conn)
@@ -271,23 +274,17 @@ def user(conn, prep):
     run_code(req["code"])
 
 
-def prepare_user():
-    """What needs no request, done before the request so its run does not wait for it. The
-    bounding set (drop_bounding_set) and RLIMIT_NOFILE and RLIMIT_CORE (the init's setRlimits,
-    before it executed the zygote) are the zygote's, inherited."""
+def prepare_user(prep):
+    """What needs no request, done before the request so its run does not wait for it: the
+    generators reseeded, the file-size limit of the prepared scratch size, and the whole lock-
+    down — the sandbox user (no capabilities), no_new_privs, Landlock and seccomp — so that the
+    process waits for its request as unprivileged as the program it becomes. The bounding set
+    (drop_bounding_set) and RLIMIT_NOFILE and RLIMIT_CORE (the init's setRlimits, before it
+    executed the zygote) are the zygote's, inherited."""
     reseed()
-
-
-def setup_user(req, fds, conn, prep):
-    size = req["scratch_size"]
-    if size != prep["scratch_size"]:
-        mount("size scratch", None, "/workspace", None, MS_REMOUNT | MS_NOSUID | MS_NODEV,
-              "size=%d,nr_inodes=%d" % (size, max(size // 4096, 1024)))
+    size = prep["scratch_size"]
     # A little above the writable layers' size, as setRlimits sets it for a cold sandbox.
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + (1 << 20), size + (1 << 20)))
-    for i, fd in enumerate(fds):
-        os.dup2(fd, i)
-    close_from(3, keep=(conn.fileno(),))
     uid, gid = CFG["uid"], CFG["gid"]
     os.setgroups([])
     os.setresgid(gid, gid, gid)
@@ -296,6 +293,15 @@ def setup_user(req, fds, conn, prep):
     prctl("set no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
     landlock()
     install_seccomp()
+
+
+def setup_user(req, fds, conn, prep):
+    if req["scratch_size"] != prep["scratch_size"]:
+        # The daemon sends a run only to a child prepared with its scratch size.
+        raise StepError("scratch size %d, prepared for %d" % (req["scratch_size"], prep["scratch_size"]))
+    for i, fd in enumerate(fds):
+        os.dup2(fd, i)
+    close_from(3, keep=(conn.fileno(),))
     os.chdir("/workspace")
     os.environ.clear()
     os.environ.update(req["env"])

@@ -47,7 +47,8 @@ type ZygoteConfig struct {
 	// skipped (and logged in the sandbox's agent.log).
 	Modules []string
 	// RunMemoryBytes is the usual run's memory limit: children are prepared with the scratch
-	// size (ScratchFor) a run of it gets; a run of another limit resizes its own.
+	// size (ScratchFor) a run of it gets; a run whose scratch size differs gets a child
+	// prepared for it on the spot.
 	RunMemoryBytes int64
 }
 
@@ -233,7 +234,7 @@ type prepared struct {
 // zygotePool is a zygote sandbox's prepared children, refilled in the background by one filler
 // (started on the first run, stopped by Destroy, which waits for it and for the cleanups).
 type zygotePool struct {
-	scratch int64           // the scratch tmpfs's size while prepared; each run sizes its own
+	scratch int64           // the scratch size children are prepared with (the usual run's; another run gets a child of its own)
 	ready   chan *prepared  // capacity zygotePrepared
 	want    chan struct{}   // a child was taken: the filler makes another
 	quit    chan struct{}   // closed by close
@@ -294,7 +295,7 @@ func (s *Sandbox) closeZygote() {
 func (s *Sandbox) fill(p *zygotePool) {
 	for {
 		for len(p.ready) < cap(p.ready) {
-			c, err := s.prepare(p)
+			c, err := s.prepare(p, p.scratch)
 			if err != nil {
 				select {
 				case <-p.quit:
@@ -330,10 +331,10 @@ func (s *Sandbox) fill(p *zygotePool) {
 	}
 }
 
-// prepare makes one prepared child: the zygote forks it on a new connection, the daemon moves
-// it (by the host pid its hello carries) into a cgroup below the zygote's, and it makes its
-// namespaces and mounts.
-func (s *Sandbox) prepare(p *zygotePool) (_ *prepared, err error) {
+// prepare makes one prepared child with a scratch tmpfs of scratch bytes: the zygote forks it
+// on a new connection, the daemon moves it (by the host pid its hello carries) into a cgroup
+// below the zygote's, and it makes its namespaces and mounts and locks its user process down.
+func (s *Sandbox) prepare(p *zygotePool, scratch int64) (_ *prepared, err error) {
 	g, err := s.cg.CreateChild("r"+randomHex(8), cgroup.Limits{})
 	if err != nil {
 		return nil, fmt.Errorf("run cgroup: %w", err)
@@ -356,7 +357,7 @@ func (s *Sandbox) prepare(p *zygotePool) (_ *prepared, err error) {
 	if err := g.Add(pid); err != nil {
 		return nil, fmt.Errorf("place child: %w", err)
 	}
-	prep, _ := json.Marshal(map[string]int64{"scratch_size": p.scratch})
+	prep, _ := json.Marshal(map[string]int64{"scratch_size": scratch})
 	if _, err := c.conn.Write(append(append([]byte("go\n"), prep...), '\n')); err != nil {
 		return nil, fmt.Errorf("start child: %w", err)
 	}
@@ -430,18 +431,26 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, err
 			}
 		})
 	})
+	// A prepared child's user process is locked down before its request (it could no longer
+	// resize its scratch): a run of another scratch size than the usual gets a child made on
+	// the spot with its own, as does a run that finds none ready.
+	scratch := ScratchFor(run.ScratchBytes, run.MemoryBytes)
 	var c *prepared
-	select {
-	case c = <-p.ready:
-	default:
-		var err error
-		if c, err = s.prepare(p); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+	if scratch == p.scratch {
+		select {
+		case c = <-p.ready:
+			select {
+			case p.want <- struct{}{}:
+			default:
+			}
+		default:
 		}
 	}
-	select {
-	case p.want <- struct{}{}:
-	default:
+	if c == nil {
+		var err error
+		if c, err = s.prepare(p, scratch); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+		}
 	}
 	defer s.releaseChild(p, c)
 	lim := cgroup.Limits{MemoryBytes: run.MemoryBytes, CPU: run.CPU}
@@ -479,8 +488,7 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, err
 			env[k] = v
 		}
 	}
-	req, _ := json.Marshal(zygoteRequest{Code: run.Code, Env: env, Files: run.Files,
-		ScratchSize: ScratchFor(run.ScratchBytes, run.MemoryBytes)})
+	req, _ := json.Marshal(zygoteRequest{Code: run.Code, Env: env, Files: run.Files, ScratchSize: scratch})
 	rights := unix.UnixRights(int(theirs[0].Fd()), int(theirs[1].Fd()), int(theirs[2].Fd()))
 	start := time.Now()
 	if _, _, err := c.conn.WriteMsgUnix(append(req, '\n'), rights, nil); err != nil {
