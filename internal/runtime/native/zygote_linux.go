@@ -57,7 +57,6 @@ type zygoteInit struct {
 	Modules  []string `json:"modules"`
 	UID      int      `json:"uid"`
 	GID      int      `json:"gid"`
-	NoFile   uint64   `json:"nofile"`
 	PTYs     int      `json:"ptys"`
 	Devices  []string `json:"devices"` // the /dev entries restrictFS lets be written
 	Masked   []string `json:"masked"`
@@ -71,7 +70,7 @@ func (c *creation) configureZygote(icfg *initConfig) {
 		return
 	}
 	icfg.Zygote = &zygoteInit{Modules: c.spec.Zygote.Modules, UID: c.r.cfg.UID, GID: c.r.cfg.GID,
-		NoFile: c.spec.NoFile, PTYs: PTYsPerSandbox, Devices: devices, Masked: maskedPaths, ReadOnly: readOnlyPaths}
+		PTYs: PTYsPerSandbox, Devices: devices, Masked: maskedPaths, ReadOnly: readOnlyPaths}
 	c.sb.zygote = newZygotePool(ScratchFor(c.spec.ScratchBytes, c.spec.Zygote.RunMemoryBytes))
 }
 
