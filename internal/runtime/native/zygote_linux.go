@@ -438,10 +438,14 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, err
 	if scratch == p.scratch {
 		select {
 		case c = <-p.ready:
-			select {
-			case p.want <- struct{}{}:
-			default:
-			}
+			// Its replacement is made once this run has ended, not beside it: a refill is
+			// a fork of the zygote and a child's set-up, which would take CPU from the run.
+			defer func() {
+				select {
+				case p.want <- struct{}{}:
+				default:
+				}
+			}()
 		default:
 		}
 	}
