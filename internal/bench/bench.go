@@ -40,12 +40,19 @@ type Config struct {
 	Warmup      int   // unrecorded runs per target before measuring; default 3
 	Concurrency []int // client counts for throughput; default 2, 8 and 32
 	Runs        int   // runs per target and client count for throughput; default 100
+	// Rounds splits each target's Runs into this many rounds, the targets taking turns round by
+	// round (as the sequential samples do), so that load from outside that comes and goes
+	// during a throughput measurement touches every target alike; default 4 (at most Runs).
+	Rounds int
 
 	Python string // host interpreter for the baselines; default /usr/bin/python3
 	Bwrap  string // bubblewrap; default /usr/bin/bwrap; if missing, its row is skipped with the reason
 	// GoJudge, if set, is a go-judge binary the operator provides: started on 127.0.0.1 with
 	// directories of its own for the run, measured as a paired baseline, stopped after.
 	GoJudge string
+	// Only, if set, measures only these end-to-end target keys (bare python always, as every
+	// ratio's base) and of the other sections only those it names: "pool", "snippet", "phases".
+	Only []string
 	// SnippetN is the sequential samples of the numpy/pandas snippet per row; default N/5, at
 	// least 3 (each sample costs the imports, ≈ 0.5 s bare).
 	SnippetN int
@@ -79,6 +86,10 @@ func (c *Config) setDefaults() {
 	if c.Runs == 0 {
 		c.Runs = 100
 	}
+	if c.Rounds == 0 {
+		c.Rounds = 4
+	}
+	c.Rounds = min(c.Rounds, c.Runs)
 	if c.Python == "" {
 		c.Python = "/usr/bin/python3"
 	}
@@ -102,6 +113,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("bench: warmup must be ≥ 0, got %d", c.Warmup)
 	case c.Runs < 1:
 		return fmt.Errorf("bench: runs must be ≥ 1, got %d", c.Runs)
+	case c.Rounds < 1:
+		return fmt.Errorf("bench: rounds must be ≥ 1, got %d", c.Rounds)
 	case c.Env.EngineRuntime == nil:
 		return errors.New("bench: no EngineRuntime adapter")
 	}
@@ -152,6 +165,7 @@ type Settings struct {
 	Warmup      int   `json:"warmup"`
 	Concurrency []int `json:"concurrency"`
 	Runs        int   `json:"runs_per_throughput"`
+	Rounds      int   `json:"throughput_rounds"`
 }
 
 // Target is one end-to-end way of running print(1).
@@ -237,7 +251,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{
 		Machine: describeMachine(ctx, cfg, env),
 		Settings: Settings{N: cfg.N, Warmup: cfg.Warmup, Concurrency: slices.Clone(cfg.Concurrency),
-			Runs: cfg.Runs},
+			Runs: cfg.Runs, Rounds: cfg.Rounds},
 	}
 	targets := []*target{
 		{Target: Target{Key: KeyBare, Name: "bare python3 -c 'print(1)' (host)"},
@@ -252,6 +266,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			run: env.HTTPPrint1},
 	}
 	targets = append(targets, pooledTargets(env)...)
+	targets = append(targets, zygoteTargets(env)...)
 	if _, err := exec.LookPath(cfg.Bwrap); err != nil {
 		targets[1].Skipped = fmt.Sprintf("%s not available: %v", cfg.Bwrap, err)
 	}
@@ -264,31 +279,48 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		targets = append(targets, &target{Target: Target{Key: KeyGoJudge, Name: "go-judge /run (pre-forked containers), python3"},
 			run: gj.run})
 	}
+	targets = cfg.only(targets)
 	if err := measureTargets(ctx, cfg, targets); err != nil {
 		return nil, err
 	}
 	for _, t := range targets {
 		rep.Targets = append(rep.Targets, t.Target)
 	}
-	if rep.Pool, err = measurePool(ctx, cfg, env); err != nil {
-		return nil, err
+	if cfg.wants("pool") {
+		if rep.Pool, err = measurePool(ctx, cfg, env); err != nil {
+			return nil, err
+		}
 	}
-	snippet := snippetTargets(ctx, cfg, env)
-	scfg := cfg
-	scfg.N, scfg.Warmup, scfg.Concurrency = cfg.SnippetN, 1, nil
-	if err := measureTargets(ctx, scfg, snippet); err != nil {
-		return nil, err
+	if cfg.wants("snippet") {
+		snippet := snippetTargets(ctx, cfg, env)
+		scfg := cfg
+		scfg.N, scfg.Warmup, scfg.Concurrency = cfg.SnippetN, 1, nil
+		if err := measureTargets(ctx, scfg, snippet); err != nil {
+			return nil, err
+		}
+		for _, t := range snippet {
+			rep.Snippet = append(rep.Snippet, t.Target)
+		}
 	}
-	for _, t := range snippet {
-		rep.Snippet = append(rep.Snippet, t.Target)
+	if cfg.wants("phases") {
+		if rep.Phases, err = measurePhases(ctx, cfg, env); err != nil {
+			return nil, err
+		}
+		rep.Breakdown = breakdown(rep)
 	}
-	rep.Phases, err = measurePhases(ctx, cfg, env)
-	if err != nil {
-		return nil, err
-	}
-	rep.Breakdown = breakdown(rep)
 	rep.Machine.Seconds, rep.Machine.OtherCPU = cpu0.since()
 	return rep, nil
+}
+
+// wants says whether the run measures the section or target key (Config.Only).
+func (c *Config) wants(key string) bool {
+	return len(c.Only) == 0 || key == KeyBare || slices.Contains(c.Only, key)
+}
+
+// only keeps the targets that Only names (all without it); go-judge, measured only when
+// asked for, is always kept.
+func (c *Config) only(ts []*target) []*target {
+	return slices.DeleteFunc(ts, func(t *target) bool { return t.Key != KeyGoJudge && !c.wants(t.Key) })
 }
 
 // Target returns the end-to-end target with key, or nil.

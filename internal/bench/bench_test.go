@@ -93,7 +93,7 @@ func TestRunQuick(t *testing.T) {
 	}
 
 	wantTargets := []string{bench.KeyBare, bench.KeyBwrap, bench.KeyRuntime, bench.KeyEngine, bench.KeyHTTP,
-		bench.KeyEnginePooled, bench.KeyHTTPPooled}
+		bench.KeyEnginePooled, bench.KeyHTTPPooled, bench.KeyEngineZygote, bench.KeyHTTPZygote}
 	if got := len(rep.Targets); got != len(wantTargets) {
 		t.Errorf("report has %d end-to-end rows, want %d", got, len(wantTargets))
 	}
@@ -158,8 +158,8 @@ func TestRunQuick(t *testing.T) {
 			t.Fatalf("no pool row %s", key)
 		})
 	}
-	if len(rep.Snippet) != 3 {
-		t.Errorf("report has %d snippet rows, want 3", len(rep.Snippet))
+	if len(rep.Snippet) != 4 {
+		t.Errorf("report has %d snippet rows, want 4", len(rep.Snippet))
 	}
 
 	if len(rep.Breakdown) == 0 || rep.Breakdown[0].MeanMS <= 0 || rep.Breakdown[0].P50MS <= 0 {

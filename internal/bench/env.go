@@ -54,6 +54,12 @@ type Env struct {
 	// Pooled is the engine with the warm pool, served at PooledClient's URL.
 	Pooled       *engine.Engine
 	PooledClient *airlock.Client
+	// Zygote is an engine with the Python zygote on (as `airlock serve --zygote` runs it),
+	// served at ZygoteClient's URL; ZygoteErr says why its zygote could not start (its rows
+	// are then skipped).
+	Zygote       *engine.Engine
+	ZygoteClient *airlock.Client
+	ZygoteErr    error
 
 	logger   *slog.Logger
 	stateDir string
@@ -119,6 +125,9 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (_ *Env, err error) {
 		return nil, err
 	}
 	e.PooledClient = airlock.New(pooledURL, "").WithHTTPClient(&http.Client{Transport: e.tr})
+	if err := e.startZygote(ctx, cfg); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 
@@ -155,7 +164,7 @@ func (e *Env) Close(ctx context.Context) error {
 			}
 		}
 		e.served.Wait()
-		for _, eng := range []*engine.Engine{e.Engine, e.Pooled} {
+		for _, eng := range []*engine.Engine{e.Engine, e.Pooled, e.Zygote} {
 			if eng != nil {
 				if err := eng.Close(ctx); err != nil {
 					errs = append(errs, fmt.Errorf("close engine: %w", err))

@@ -24,11 +24,13 @@ const KeyGoJudge = "gojudge"
 // loopback port with directories of its own, and stops after: the fastest self-hosted peer,
 // measured in the same run as Airlock.
 type goJudge struct {
-	cmd    *exec.Cmd
-	url    string
-	dir    string
-	client *http.Client
-	waited chan struct{} // closed when the process has been reaped
+	cmd *exec.Cmd
+	url string
+	dir string
+	// cgroupPrefix is go-judge's -cgroup-prefix, removed after it exits.
+	cgroupPrefix string
+	client       *http.Client
+	waited       chan struct{} // closed when the process has been reaped
 }
 
 // startGoJudge starts bin and waits until it answers. Its working directory is a fresh
@@ -54,8 +56,9 @@ func startGoJudge(ctx context.Context, bin string) (_ *goJudge, err error) {
 	if err := os.Mkdir(filepath.Join(dir, "files"), 0o700); err != nil {
 		return nil, fmt.Errorf("go-judge directory: %w", err)
 	}
+	prefix := "airlock-bench-gojudge-" + strconv.Itoa(os.Getpid())
 	cmd := exec.Command(bin, "-http-addr", addr, "-dir", filepath.Join(dir, "files"),
-		"-cgroup-prefix", "airlock-bench-gojudge-"+strconv.Itoa(os.Getpid()), "-silent")
+		"-cgroup-prefix", prefix, "-silent")
 	cmd.Dir = dir
 	logf, err := os.Create(filepath.Join(dir, "go-judge.log"))
 	if err != nil {
@@ -66,7 +69,7 @@ func startGoJudge(ctx context.Context, bin string) (_ *goJudge, err error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start go-judge: %w", err)
 	}
-	g := &goJudge{cmd: cmd, url: "http://" + addr, dir: dir, waited: make(chan struct{}),
+	g := &goJudge{cmd: cmd, url: "http://" + addr, dir: dir, cgroupPrefix: prefix, waited: make(chan struct{}),
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}}
 	go func() { cmd.Wait(); close(g.waited) }()
 	deadline := time.Now().Add(15 * time.Second)
@@ -150,4 +153,24 @@ func (g *goJudge) stop() {
 	t.Stop()
 	g.client.CloseIdleConnections()
 	os.RemoveAll(g.dir)
+	removeCgroupTrees(g.cgroupPrefix)
+}
+
+// removeCgroupTrees removes the (empty) cgroup directories go-judge made under name in every
+// hierarchy, deepest first: go-judge leaves them behind when it exits.
+func removeCgroupTrees(name string) {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + name)
+	roots = append(roots, "/sys/fs/cgroup/"+name)
+	for _, root := range roots {
+		var dirs []string
+		filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, path)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			os.Remove(dirs[i]) // rmdir: fails, harmlessly, on a group that still has tasks
+		}
+	}
 }

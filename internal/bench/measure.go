@@ -103,13 +103,29 @@ func measureTargets(ctx context.Context, cfg Config, all []*target) error {
 	for _, t := range ts {
 		t.Latency = Summarize(t.samples)
 	}
+	// Throughput, interleaved too: each target's runs in cfg.Rounds rounds, the targets taking
+	// turns (the starting one rotating), each target's rate its runs over its rounds' time.
 	for _, k := range cfg.Concurrency {
-		for _, t := range ts {
-			fmt.Fprintf(cfg.Progress, "bench: throughput, %d runs by %d clients: %s\n", cfg.Runs, k, t.Name)
-			tp, err := throughput(ctx, t.run, k, cfg.Runs)
-			if err != nil {
-				return fmt.Errorf("%s: throughput with %d clients: %w", t.Name, k, err)
+		fmt.Fprintf(cfg.Progress, "bench: throughput, %d runs by %d clients per target in %d rounds\n", cfg.Runs, k, cfg.Rounds)
+		sum := make([]Throughput, len(ts))
+		for round := range cfg.Rounds {
+			// This round's share of the runs: the remainder goes to the first rounds.
+			n := cfg.Runs / cfg.Rounds
+			if round < cfg.Runs%cfg.Rounds {
+				n++
 			}
+			for j := range ts {
+				i := (round + j) % len(ts)
+				tp, err := throughput(ctx, ts[i].run, k, n)
+				if err != nil {
+					return fmt.Errorf("%s: throughput with %d clients: %w", ts[i].Name, k, err)
+				}
+				sum[i].Runs += tp.Runs
+				sum[i].Seconds += tp.Seconds
+			}
+		}
+		for i, t := range ts {
+			tp := Throughput{Clients: k, Runs: sum[i].Runs, Seconds: sum[i].Seconds, RunsPerSec: float64(sum[i].Runs) / sum[i].Seconds}
 			t.Throughput = append(t.Throughput, tp)
 		}
 	}

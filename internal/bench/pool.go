@@ -160,6 +160,7 @@ func snippetTargets(ctx context.Context, cfg Config, env *Env) []*target {
 		{Target: Target{Key: KeySnippetPool, Name: "airlock one-shot, engine.Execute, warm pool"},
 			run:     func(ctx context.Context) error { return executeCode(ctx, env.Pooled, snippetCode) },
 			prepare: func(ctx context.Context) error { return awaitReady(ctx, env.Pooled, engine.KindOneShot) }},
+		snippetZygote(env),
 	}
 	if out, err := exec.CommandContext(ctx, cfg.Python, "-c", "import numpy, pandas").CombinedOutput(); err != nil {
 		why := fmt.Sprintf("%s cannot import numpy and pandas: %s", cfg.Python, strings.TrimSpace(string(out)))

@@ -91,8 +91,8 @@ func (r *Report) WriteText(w io.Writer) error {
 	fmt.Fprintf(&b, "run: %s, %.0f s; load average %s at the start; CPU outside this process tree during the run: %.2f cores (kernel threads included)\n",
 		m.Time, m.Seconds, m.LoadBefore, m.OtherCPU)
 	s := r.Settings
-	fmt.Fprintf(&b, "settings: n=%d sequential samples per row (interleaved), %d warm-up runs, throughput %d runs per client count\n\n",
-		s.N, s.Warmup, s.Runs)
+	fmt.Fprintf(&b, "settings: n=%d sequential samples per row (interleaved), %d warm-up runs, throughput %d runs per client count in %d interleaved rounds\n\n",
+		s.N, s.Warmup, s.Runs, s.Rounds)
 
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
 	head := "print(1), end to end\tp50 ms\tp90 ms\tp99 ms\t×bare p50\t"
@@ -126,15 +126,17 @@ func (r *Report) WriteText(w io.Writer) error {
 		return err
 	}
 
-	fmt.Fprintf(&b, "\nwhere the time goes: each phase alone, n=%d\n", s.N)
-	tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "phase\tp50 ms\tp90 ms\tp99 ms\tmean ms\t")
-	for _, p := range r.Phases {
-		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t\n", p.Name, p.Latency.P50, p.Latency.P90, p.Latency.P99,
-			p.Latency.Mean)
-	}
-	if err := tw.Flush(); err != nil {
-		return err
+	if len(r.Phases) > 0 { // left out with --only
+		fmt.Fprintf(&b, "\nwhere the time goes: each phase alone, n=%d\n", s.N)
+		tw = tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "phase\tp50 ms\tp90 ms\tp99 ms\tmean ms\t")
+		for _, p := range r.Phases {
+			fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t\n", p.Name, p.Latency.P50, p.Latency.P90, p.Latency.P99,
+				p.Latency.Mean)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
 	}
 
 	if len(r.Breakdown) > 0 {

@@ -32,6 +32,8 @@ func benchCmd() *cobra.Command {
 				return fmt.Errorf("-n must be at least 1, got %d", cfg.N)
 			case cfg.Runs < 1:
 				return fmt.Errorf("--runs must be at least 1, got %d", cfg.Runs)
+			case cfg.Rounds < 1:
+				return fmt.Errorf("--rounds must be at least 1, got %d", cfg.Rounds)
 			case cfg.Warmup < 1:
 				return fmt.Errorf("--warmup must be at least 1, got %d", cfg.Warmup)
 			case len(cfg.Concurrency) == 0:
@@ -58,9 +60,11 @@ func benchCmd() *cobra.Command {
 	f.IntVarP(&cfg.N, "n", "n", 50, "sequential samples per end-to-end target and per phase")
 	f.IntSliceVar(&cfg.Concurrency, "concurrency", []int{2, 8, 32}, "concurrent clients for the throughput columns")
 	f.IntVar(&cfg.Runs, "runs", 100, "runs per target and client count for throughput")
+	f.IntVar(&cfg.Rounds, "rounds", 4, "interleaved rounds each target's throughput runs are split into (at most --runs)")
 	f.IntVar(&cfg.Warmup, "warmup", 3, "unrecorded runs per target before measuring")
 	f.StringVar(&cfg.Python, "python", "/usr/bin/python3", "host interpreter for the baselines (also the sandbox's /usr/bin/python3)")
 	f.StringVar(&cfg.GoJudge, "gojudge", "", "a go-judge binary to measure as a paired baseline: started on 127.0.0.1 with its own directories, stopped after (none by default)")
+	f.StringSliceVar(&cfg.Only, "only", nil, "measure only these end-to-end target keys (bare_python always) and of the sections pool, snippet and phases only those named (default everything)")
 	f.IntVar(&cfg.SnippetN, "snippet-n", 0, "sequential samples per row of the numpy/pandas snippet (default n/5, at least 3)")
 	f.StringVar(&cfg.Bwrap, "bwrap", "/usr/bin/bwrap", "bubblewrap binary for the bubblewrap baseline (skipped if missing)")
 	flagEnv(f, &cfg.Env.StateDir, "state-dir", "AIRLOCK_BENCH_STATE_DIR", "runtime state directory (default a fresh temporary directory)")

@@ -247,6 +247,8 @@ func TestZygoteAnswersAsCold(t *testing.T) {
 		{"killed by a signal", api.ExecuteRequest{Code: "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"}},
 		{"rlimits", api.ExecuteRequest{Code: "import resource as r; print([r.getrlimit(x) for x in (r.RLIMIT_NOFILE, r.RLIMIT_CORE, r.RLIMIT_FSIZE)])"}},
 		{"timeout", api.ExecuteRequest{Code: "while True: pass", Timeout: 1}},
+		// Another memory limit, another scratch size: a child prepared for it on the spot.
+		{"scratch of another memory limit", api.ExecuteRequest{MemoryMB: 192, Code: "import os, resource as r\nst = os.statvfs('/workspace')\nprint(st.f_blocks * st.f_frsize, r.getrlimit(r.RLIMIT_FSIZE))"}},
 		{"memory limit", api.ExecuteRequest{MemoryMB: 128, Code: "chunks = []\nwhile True:\n    chunks.append(bytearray(16 << 20))\n    for i in range(0, len(chunks[-1]), 4096): chunks[-1][i] = 1"}},
 		{"pids limit", api.ExecuteRequest{Timeout: 10, Code: `import os, time
 n = 0
@@ -556,4 +558,51 @@ func TestZygoteDaemonCrash(t *testing.T) {
 	if pids := testutil.ProcsInCgroup(cg); len(pids) != 0 {
 		t.Fatalf("processes left after the daemon stopped: %v", pids)
 	}
+}
+
+// TestZygotePreparedChildIsLockedDown: a prepared child's user process, waiting for a request
+// it has not seen, is already as unprivileged as the program it will become — no capabilities,
+// no_new_privs, the seccomp filter, not uid 0 — so nothing that reaches it before its program
+// (a request it misparses, say) runs with the zygote's privileges.
+func TestZygotePreparedChildIsLockedDown(t *testing.T) {
+	e := zygoteEngine(t)
+	zrun(t, e, api.ExecuteRequest{Code: "print(1)"}) // the first run starts the filler
+	var waiting []int
+	waitFor(t, "prepared children", func() bool {
+		waiting = waiting[:0]
+		for _, pid := range testutil.ProcsInCgroup(cgRoot) {
+			st, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+			cmd, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			// U is PID 2 of its run's PID namespace (G, its parent, is PID 1 there; the zygote
+			// is PID 1 of its own).
+			if ns := nsPids(string(st)); strings.Contains(string(cmd), "zygote.py") && len(ns) > 0 && ns[len(ns)-1] == "2" {
+				waiting = append(waiting, pid)
+			}
+		}
+		return len(waiting) >= 2
+	})
+	for _, pid := range waiting {
+		st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			continue // taken and ended meanwhile
+		}
+		for _, want := range []string{"\nCapEff:\t0000000000000000\n", "\nCapPrm:\t0000000000000000\n", "\nNoNewPrivs:\t1\n", "\nSeccomp:\t2\n"} {
+			if !strings.Contains(string(st), want) {
+				t.Errorf("prepared user process %d lacks %q:\n%s", pid, strings.TrimSpace(want), st)
+			}
+		}
+		if strings.Contains(string(st), "\nUid:\t0\t") {
+			t.Errorf("prepared user process %d is root:\n%s", pid, st)
+		}
+	}
+}
+
+// nsPids is the NSpid line of a /proc/PID/status: the pid in each PID namespace, outermost first.
+func nsPids(status string) []string {
+	_, rest, ok := strings.Cut(status, "\nNSpid:\t")
+	if !ok {
+		return nil
+	}
+	line, _, _ := strings.Cut(rest, "\n")
+	return strings.Fields(line)
 }

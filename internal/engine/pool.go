@@ -339,6 +339,14 @@ func (p *pool) prepare(ctx context.Context, c poolClass) (string, Instance, erro
 			e.destroy(ctx, id, inst)
 			return "", nil, fmt.Errorf("start interpreter: %w", err)
 		}
+		// An empty cell, which the driver does not number: the first cell through the agent
+		// and the driver pays one-time costs (the agent's first encoding of a cell's messages,
+		// the driver's first run of a cell's path) that this pays ahead, so that the user's
+		// first cell is as fast as a later one and still <cell-1>.
+		if _, err := inst.Agent().ReplRun(ctx, "", defaultCellTimeout, e.cfg.OutputLimit); err != nil {
+			e.destroy(ctx, id, inst)
+			return "", nil, fmt.Errorf("warm up interpreter: %w", err)
+		}
 	}
 	return id, inst, nil
 }

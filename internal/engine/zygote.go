@@ -59,7 +59,7 @@ const (
 type ZygoteSpec struct {
 	Modules []string // imported besides numpy, pandas and matplotlib
 	// RunMemoryBytes is the usual run's memory limit (the engine's default): children are
-	// prepared with the scratch size a run of it gets, so that most runs need not resize it.
+	// prepared with the scratch size a run of it gets, so that most runs take a prepared child.
 	RunMemoryBytes int64
 }
 

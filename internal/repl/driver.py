@@ -524,10 +524,16 @@ def _exec(code, ns):
 
 def _user_phase(msg, ns, reply):
     """Compile and run the cell and collect its outputs. Only KeyboardInterrupt escapes."""
-    _S.count += 1
-    filename = "<cell-%d>" % _S.count
     src = msg.get("code") or ""
-    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    if src.strip():
+        _S.count += 1
+        filename = "<cell-%d>" % _S.count
+        linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    else:
+        # As in IPython, an empty cell takes no number: no traceback can point into it. (The
+        # warm pool runs one in each session it prepares, to pay a first cell's one-time costs
+        # ahead, and the user's first cell is still <cell-1>.)
+        filename = "<cell>"
     try:
         tree = ast.parse(src, filename, "exec")
         last = None

@@ -581,7 +581,8 @@ func (a *Agent) ReplStart(ctx context.Context, env map[string]string, cwd string
 }
 
 // ReplRun answers a cell with its code as stdout and, as its result, how many cells the
-// interpreter has run, so a test can see that cells share one interpreter.
+// interpreter has run, so a test can see that cells share one interpreter. Like the real
+// driver, it does not count an empty cell (the warm pool's warm-up).
 func (a *Agent) ReplRun(ctx context.Context, code string, timeout time.Duration, outputLimit int64) (*agentclient.Cell, error) {
 	if err := a.begin(); err != nil {
 		return nil, err
@@ -591,7 +592,9 @@ func (a *Agent) ReplRun(ctx context.Context, code string, timeout time.Duration,
 	if !a.repl {
 		return nil, api.Errorf(api.ErrInvalidArgument, "no interpreter running")
 	}
-	a.cells++
+	if strings.TrimSpace(code) != "" {
+		a.cells++
+	}
 	res := fmt.Sprint(a.cells)
 	return &agentclient.Cell{Stdout: []byte(code), Result: &res, ExecutionTime: time.Millisecond,
 		Display: []agentclient.Display{{MIME: "text/plain", Data: []byte(res)}}}, nil

@@ -8,19 +8,29 @@
 #     for "go" (the daemon has moved G into a cgroup of its own), then unshares mount, IPC, UTS,
 #     network and cgroup namespaces, mounts a fresh scratch tmpfs for /workspace, /tmp and
 #     /dev/shm, a devpts and a /proc of its own (with the sandbox's masks), sets the hostname,
-#     brings loopback up and forks U; then empties its capability bounding set, sets
-#     no_new_privs and the seccomp filter, and waits for U; when U has exited it reports U's
-#     wait status and exits, which kills whatever U left behind
+#     brings loopback up and forks U; then sets no_new_privs and the seccomp filter, and waits
+#     for U; when U has exited it reports U's wait status and exits, which kills whatever U left
+#     behind
 #   U (the user program)
-#     empties its bounding set, sets the rlimits, seeds its generators from the OS, says "ready"
-#     and waits for the request. With it: sizes the scratch and the file-size limit, keeps only
-#     fds 0-2 (the run's pipes), becomes the sandbox user (no capabilities), no_new_privs, the
-#     sandbox's Landlock rules and seccomp filter, a clean environment, the request's files,
-#     says "started", and runs the code as `python3 -c` would.
+#     seeds its generators from the OS, sets the file-size limit of its scratch size, becomes
+#     the sandbox user (no capabilities), sets no_new_privs, the sandbox's Landlock rules and
+#     seccomp filter, says "ready" and waits for the request — locked down as the program it
+#     becomes. With the request: keeps only fds 0-2 (the run's pipes), a clean environment,
+#     the request's files, says "started", and runs the code as `python3 -c` would. A child
+#     serves only a request of the scratch size it was prepared with (the daemon prepares one
+#     for another size on the spot).
+#
+# What every child inherits from the zygote instead of doing it per run (each Python step a
+# child takes copies the pages it touches, so per-run work is kept to what must be per run):
+# an empty capability bounding set and no ambient capabilities (drop_bounding_set),
+# RLIMIT_NOFILE and RLIMIT_CORE (set by the init before it executed python3), the modules the
+# run's end uses, and the collector disabled (gc.freeze, then gc.disable: G never collects; U
+# enables the collector just before the user's code).
 #
 # Wire format (JSON lines on the connection): G → {"hello":1}; daemon → "go" and the prepare
 # line {"scratch_size":…}; U → {"ready":1}; daemon → the request line with SCM_RIGHTS [stdin,
 # stdout, stderr]; U → {"started":1} or {"error":"…"}; G → {"status": <U's wait status>}.
+import atexit  # noqa: F401 (imported here, not per run: run_code's end uses it)
 import ctypes
 import fcntl
 import gc
@@ -28,10 +38,13 @@ import io
 import json
 import os
 import random
+import resource
 import signal
 import socket
 import struct
 import sys
+import threading  # noqa: F401 (as atexit)
+import traceback  # noqa: F401 (for the excepthook of user code)
 
 CFG = json.loads(os.read(3, 1 << 22).decode())
 os.close(3)
@@ -180,22 +193,26 @@ def install_seccomp():
     prctl("seccomp", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
 
 
-def lock_down():
-    """G, once U is forked: an empty bounding set, no_new_privs, the sandbox's seccomp filter."""
+def drop_bounding_set():
+    """The zygote, once: an empty capability bounding set and no ambient capabilities, which
+    every child inherits (the capabilities a child uses to unshare and mount are its effective
+    ones, which the bounding set does not take away; it bounds what an exec could gain)."""
     last = int(open("/proc/sys/kernel/cap_last_cap").read())
     for c in range(last + 1):
         prctl("drop bounding capability %d" % c, PR_CAPBSET_DROP, c)
-    install_seccomp()
+    prctl("clear ambient capabilities", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
 
 
 def close_from(first, keep=()):
-    for fd in os.listdir("/proc/self/fd"):
-        fd = int(fd)
-        if fd >= first and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    """Closes every descriptor from first up but keep's, by ranges (close_range(2): no walk of
+    /proc/self/fd, no Python loop per descriptor). None is at or above the soft RLIMIT_NOFILE,
+    which the init set before it executed python3 with only descriptors 0-6 open."""
+    end = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    lo = first
+    for k in sorted(k for k in keep if k >= first):
+        os.closerange(lo, k)
+        lo = k + 1
+    os.closerange(lo, max(lo, end))
 
 
 def reseed():
@@ -203,7 +220,10 @@ def reseed():
     random.seed()
     np = sys.modules.get("numpy")
     if np is not None:
-        np.random.seed()
+        # The global RandomState's whole MT19937 key from the OS, as np.random.seed() draws it,
+        # without the seeding's Python and Cython path (a third of its copied pages and time).
+        key = np.frombuffer(os.urandom(624 * 4), dtype=np.uint32)
+        np.random.set_state(("MT19937", key, 624))
     tf = sys.modules.get("tempfile")
     if tf is not None:
         tf._name_sequence = None
@@ -223,6 +243,9 @@ def send(conn, obj):
     conn.sendall(json.dumps(obj).encode() + b"\n")
 
 
+HELLO = b'{"hello":1}\n'
+
+
 def recv_line(conn):
     buf = b""
     while not buf.endswith(b"\n"):
@@ -235,7 +258,7 @@ def recv_line(conn):
 
 def user(conn, prep):
     """U: made ready ahead of its request, then becomes the user program."""
-    prepare_user()
+    prepare_user(prep)
     send(conn, {"ready": 1})
     try:
         req, fds = recv_request(conn)
@@ -251,29 +274,17 @@ def user(conn, prep):
     run_code(req["code"])
 
 
-def prepare_user():
-    """What needs no request, done before the request so its run does not wait for it."""
-    import atexit, resource, threading, traceback  # noqa: F401 (imported for run_code's end)
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for c in range(last + 1):
-        prctl("drop bounding capability %d" % c, PR_CAPBSET_DROP, c)
-    prctl("clear ambient capabilities", PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (CFG["nofile"], CFG["nofile"]))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def prepare_user(prep):
+    """What needs no request, done before the request so its run does not wait for it: the
+    generators reseeded, the file-size limit of the prepared scratch size, and the whole lock-
+    down — the sandbox user (no capabilities), no_new_privs, Landlock and seccomp — so that the
+    process waits for its request as unprivileged as the program it becomes. The bounding set
+    (drop_bounding_set) and RLIMIT_NOFILE and RLIMIT_CORE (the init's setRlimits, before it
+    executed the zygote) are the zygote's, inherited."""
     reseed()
-
-
-def setup_user(req, fds, conn, prep):
-    import resource
-    size = req["scratch_size"]
-    if size != prep["scratch_size"]:
-        mount("size scratch", None, "/workspace", None, MS_REMOUNT | MS_NOSUID | MS_NODEV,
-              "size=%d,nr_inodes=%d" % (size, max(size // 4096, 1024)))
+    size = prep["scratch_size"]
     # A little above the writable layers' size, as setRlimits sets it for a cold sandbox.
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + (1 << 20), size + (1 << 20)))
-    for i, fd in enumerate(fds):
-        os.dup2(fd, i)
-    close_from(3, keep=(conn.fileno(),))
     uid, gid = CFG["uid"], CFG["gid"]
     os.setgroups([])
     os.setresgid(gid, gid, gid)
@@ -282,6 +293,15 @@ def setup_user(req, fds, conn, prep):
     prctl("set no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
     landlock()
     install_seccomp()
+
+
+def setup_user(req, fds, conn, prep):
+    if req["scratch_size"] != prep["scratch_size"]:
+        # The daemon sends a run only to a child prepared with its scratch size.
+        raise StepError("scratch size %d, prepared for %d" % (req["scratch_size"], prep["scratch_size"]))
+    for i, fd in enumerate(fds):
+        os.dup2(fd, i)
+    close_from(3, keep=(conn.fileno(),))
     os.chdir("/workspace")
     os.environ.clear()
     os.environ.update(req["env"])
@@ -306,6 +326,7 @@ def run_code(source):
     if sys.path and sys.path[0] != "":
         sys.path.insert(0, "")
     code = 0
+    gc.enable()
     try:
         exec(compile(source, "<string>", "exec"), main.__dict__)
     except SystemExit as e:
@@ -347,7 +368,7 @@ def init(conn, prep):
         user(conn, prep)
     for fd in (0, 1, 2):
         os.close(fd)
-    lock_down()
+    install_seccomp()
     while True:
         pid, st = os.waitpid(-1, 0)
         if pid == upid:
@@ -381,7 +402,7 @@ def child(conn):
     conn.settimeout(None)
     try:
         close_from(3, keep=(conn.fileno(),))
-        send(conn, {"hello": 1})
+        conn.sendall(HELLO)
         if conn.recv(3) != b"go\n":
             os._exit(0)  # the daemon could not place this child: prepare nothing
         prep = recv_line(conn)
@@ -403,14 +424,42 @@ def child(conn):
     os._exit(1)
 
 
+MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
+HUGE = 1 << 21
+
+
+def huge_pages():
+    """Best effort: the zygote's private anonymous memory (the interpreter's heap, the modules'
+    data) in transparent huge pages, so that each fork copies one entry per 2 MiB instead of
+    512, and each child's exit frees as few; a child's write still copies only the 4 KiB page
+    it writes (the kernel splits the huge page in the writer's page table). Kernels without
+    MADV_COLLAPSE (before 6.1) or without transparent huge pages leave the memory as it is."""
+    LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    with open("/proc/self/maps") as f:
+        maps = f.read().splitlines()
+    for line in maps:
+        fields = line.split()
+        if (len(fields) > 5 and fields[5] != "[heap]") or not fields[1].startswith("rw"):
+            continue  # file-backed (shared with the page cache) or not writable
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        lo, hi = (lo + HUGE - 1) & ~(HUGE - 1), hi & ~(HUGE - 1)
+        if hi > lo and LIBC.madvise(lo, hi - lo, MADV_HUGEPAGE) == 0:
+            LIBC.madvise(lo, hi - lo, MADV_COLLAPSE)
+
+
 def serve():
     listener = socket.socket(fileno=5)
     # Each child is born PID 1 of a PID namespace of its own: before each fork the zygote goes
     # back to its own namespace for its children (setns) and asks for a new one (unshare).
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    drop_bounding_set()
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) the zygote's objects
+    # Nor the young objects of a child's own set-up: a child's set-up runs without the
+    # collector (G never enables it), its user program with it (run_code).
+    gc.disable()
+    huge_pages()
     os.write(4, b"ok")
     os.close(4)
     sys.excepthook = sys.__excepthook__

@@ -47,7 +47,8 @@ type ZygoteConfig struct {
 	// skipped (and logged in the sandbox's agent.log).
 	Modules []string
 	// RunMemoryBytes is the usual run's memory limit: children are prepared with the scratch
-	// size (ScratchFor) a run of it gets; a run of another limit resizes its own.
+	// size (ScratchFor) a run of it gets; a run whose scratch size differs gets a child
+	// prepared for it on the spot.
 	RunMemoryBytes int64
 }
 
@@ -56,7 +57,6 @@ type zygoteInit struct {
 	Modules  []string `json:"modules"`
 	UID      int      `json:"uid"`
 	GID      int      `json:"gid"`
-	NoFile   uint64   `json:"nofile"`
 	PTYs     int      `json:"ptys"`
 	Devices  []string `json:"devices"` // the /dev entries restrictFS lets be written
 	Masked   []string `json:"masked"`
@@ -70,7 +70,7 @@ func (c *creation) configureZygote(icfg *initConfig) {
 		return
 	}
 	icfg.Zygote = &zygoteInit{Modules: c.spec.Zygote.Modules, UID: c.r.cfg.UID, GID: c.r.cfg.GID,
-		NoFile: c.spec.NoFile, PTYs: PTYsPerSandbox, Devices: devices, Masked: maskedPaths, ReadOnly: readOnlyPaths}
+		PTYs: PTYsPerSandbox, Devices: devices, Masked: maskedPaths, ReadOnly: readOnlyPaths}
 	c.sb.zygote = newZygotePool(ScratchFor(c.spec.ScratchBytes, c.spec.Zygote.RunMemoryBytes))
 }
 
@@ -212,10 +212,12 @@ type zygoteReply struct {
 	Error   string  `json:"error"`
 }
 
-// The prepared children a zygote sandbox keeps (zygotePrepared), and what a run's cgroup holds
-// besides the program's processes (its PID 1).
+// The prepared children a zygote sandbox keeps (zygotePrepared: one per concurrent run of a
+// daemon's default admission on two cores, 4 per core, so that a burst of 8 clients finds each
+// a child; each costs ≈ 1.5 MiB of private memory), and what a run's cgroup holds besides the
+// program's processes (its PID 1).
 const (
-	zygotePrepared = 4
+	zygotePrepared = 8
 	runPidsReserve = 1
 )
 
@@ -231,7 +233,7 @@ type prepared struct {
 // zygotePool is a zygote sandbox's prepared children, refilled in the background by one filler
 // (started on the first run, stopped by Destroy, which waits for it and for the cleanups).
 type zygotePool struct {
-	scratch int64           // the scratch tmpfs's size while prepared; each run sizes its own
+	scratch int64           // the scratch size children are prepared with (the usual run's; another run gets a child of its own)
 	ready   chan *prepared  // capacity zygotePrepared
 	want    chan struct{}   // a child was taken: the filler makes another
 	quit    chan struct{}   // closed by close
@@ -292,7 +294,7 @@ func (s *Sandbox) closeZygote() {
 func (s *Sandbox) fill(p *zygotePool) {
 	for {
 		for len(p.ready) < cap(p.ready) {
-			c, err := s.prepare(p)
+			c, err := s.prepare(p, p.scratch)
 			if err != nil {
 				select {
 				case <-p.quit:
@@ -328,10 +330,10 @@ func (s *Sandbox) fill(p *zygotePool) {
 	}
 }
 
-// prepare makes one prepared child: the zygote forks it on a new connection, the daemon moves
-// it (by the host pid its hello carries) into a cgroup below the zygote's, and it makes its
-// namespaces and mounts.
-func (s *Sandbox) prepare(p *zygotePool) (_ *prepared, err error) {
+// prepare makes one prepared child with a scratch tmpfs of scratch bytes: the zygote forks it
+// on a new connection, the daemon moves it (by the host pid its hello carries) into a cgroup
+// below the zygote's, and it makes its namespaces and mounts and locks its user process down.
+func (s *Sandbox) prepare(p *zygotePool, scratch int64) (_ *prepared, err error) {
 	g, err := s.cg.CreateChild("r"+randomHex(8), cgroup.Limits{})
 	if err != nil {
 		return nil, fmt.Errorf("run cgroup: %w", err)
@@ -354,7 +356,7 @@ func (s *Sandbox) prepare(p *zygotePool) (_ *prepared, err error) {
 	if err := g.Add(pid); err != nil {
 		return nil, fmt.Errorf("place child: %w", err)
 	}
-	prep, _ := json.Marshal(map[string]int64{"scratch_size": p.scratch})
+	prep, _ := json.Marshal(map[string]int64{"scratch_size": scratch})
 	if _, err := c.conn.Write(append(append([]byte("go\n"), prep...), '\n')); err != nil {
 		return nil, fmt.Errorf("start child: %w", err)
 	}
@@ -428,18 +430,30 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, err
 			}
 		})
 	})
+	// A prepared child's user process is locked down before its request (it could no longer
+	// resize its scratch): a run of another scratch size than the usual gets a child made on
+	// the spot with its own, as does a run that finds none ready.
+	scratch := ScratchFor(run.ScratchBytes, run.MemoryBytes)
 	var c *prepared
-	select {
-	case c = <-p.ready:
-	default:
-		var err error
-		if c, err = s.prepare(p); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+	if scratch == p.scratch {
+		select {
+		case c = <-p.ready:
+			// Its replacement is made once this run has ended, not beside it: a refill is
+			// a fork of the zygote and a child's set-up, which would take CPU from the run.
+			defer func() {
+				select {
+				case p.want <- struct{}{}:
+				default:
+				}
+			}()
+		default:
 		}
 	}
-	select {
-	case p.want <- struct{}{}:
-	default:
+	if c == nil {
+		var err error
+		if c, err = s.prepare(p, scratch); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+		}
 	}
 	defer s.releaseChild(p, c)
 	lim := cgroup.Limits{MemoryBytes: run.MemoryBytes, CPU: run.CPU}
@@ -477,8 +491,7 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, err
 			env[k] = v
 		}
 	}
-	req, _ := json.Marshal(zygoteRequest{Code: run.Code, Env: env, Files: run.Files,
-		ScratchSize: ScratchFor(run.ScratchBytes, run.MemoryBytes)})
+	req, _ := json.Marshal(zygoteRequest{Code: run.Code, Env: env, Files: run.Files, ScratchSize: scratch})
 	rights := unix.UnixRights(int(theirs[0].Fd()), int(theirs[1].Fd()), int(theirs[2].Fd()))
 	start := time.Now()
 	if _, _, err := c.conn.WriteMsgUnix(append(req, '\n'), rights, nil); err != nil {
