@@ -344,7 +344,7 @@ func serveCmd() *cobra.Command {
 			defer msrv.Close()
 			// E2B's API: the control plane at /e2b, the envd data plane at /e2b/sandbox.
 			esrv, err := e2b.New(e2b.Config{Logger: logger, Engine: e, Authenticate: srv.Authenticate,
-				MaxRequestsPerKey: sc.MaxRequestsPerKey, Admit: srv.AdmitOwner, HoldCreate: srv.HoldCreate})
+				MaxRequestsPerKey: sc.MaxRequestsPerKey, Admit: srv.AdmitOwner, HoldCreate: srv.HoldCreate, Peers: srv.AskPeers})
 			if err != nil {
 				return err
 			}

@@ -510,6 +510,48 @@ func TestClusterPlacement(t *testing.T) {
 		if got := strings.TrimSpace((tenant{t, b.url, user}).mustExec(sb.SandboxID, "cat", "/workspace/e2b.txt")); got != "via A" {
 			t.Errorf("the file uploaded through A reads %q on B, want %q", got, "via A")
 		}
+		// Lists through any node are the cluster's, paged over the nodes with one cursor.
+		var sb2 struct{ SandboxID string }
+		if st := e2bCall(c, "POST", "/e2b/sandboxes", `{"templateID":"base","timeout":120}`, key, &sb2); st != 201 {
+			t.Fatalf("E2B create through C: %d", st)
+		}
+		defer e2bCall(c, "DELETE", "/e2b/sandboxes/"+sb2.SandboxID, "", key, nil)
+		var listed []struct{ SandboxID string }
+		st := e2bCall(a, "GET", "/e2b/sandboxes", "", key, &listed)
+		var ids []string
+		for _, l := range listed {
+			ids = append(ids, l.SandboxID)
+		}
+		if st != 200 || !slices.Contains(ids, sb.SandboxID) || !slices.Contains(ids, sb2.SandboxID) {
+			t.Errorf("E2B list through A: %d %v, want B's %s and C's %s among them", st, ids, sb.SandboxID, sb2.SandboxID)
+		}
+		var paged []string
+		next := ""
+		for range 20 {
+			req, _ := http.NewRequest("GET", a.url+"/e2b/v2/sandboxes?limit=1&nextToken="+next, nil)
+			req.Header.Set("X-API-KEY", user)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var page []struct{ SandboxID string }
+			json.NewDecoder(resp.Body).Decode(&page)
+			resp.Body.Close()
+			for _, p := range page {
+				paged = append(paged, p.SandboxID)
+			}
+			if next = resp.Header.Get("X-Next-Token"); next == "" {
+				break
+			}
+		}
+		// Paged one at a time: the same sandboxes as the whole list, each once, oldest first.
+		if i, j := slices.Index(paged, sb.SandboxID), slices.Index(paged, sb2.SandboxID); len(paged) != len(ids) || i < 0 || j < i {
+			t.Errorf("E2B v2 list through A, a page of 1 at a time: got %v, want the %d of the whole list with %s before %s", paged, len(ids), sb.SandboxID, sb2.SandboxID)
+		}
+		slices.Sort(paged)
+		if len(slices.Compact(paged)) != len(ids) {
+			t.Errorf("E2B v2 pages repeat a sandbox: %v", paged)
+		}
 		if st := e2bCall(a, "DELETE", "/e2b/sandboxes/"+sb.SandboxID, "", key, nil); st != 204 {
 			t.Errorf("E2B kill through A: %d, want 204", st)
 		}

@@ -770,27 +770,45 @@ func (s *Server) proxy(loc ClusterLocation, reason string) *httputil.ReverseProx
 // time: the list holds every other node's sandboxes but theirs.
 const ClusterPartialHeader = "Airlock-Cluster-Partial"
 
-// listElsewhere adds to list the caller's sandboxes on every other live node (GET
-// /v1/sandboxes with the same query and key, asked of them all at once as a hop, so that they
-// answer only their own), and sorts the whole by creation. A node that does not answer within
-// 5 s is left out and named in ClusterPartialHeader: one slow node must not fail every list.
+// listElsewhere adds to list the caller's sandboxes on every other live node (AskPeers) and
+// sorts the whole by creation.
 func (s *Server) listElsewhere(w http.ResponseWriter, r *http.Request, list *api.SandboxList) {
+	for node, body := range s.AskPeers(w, r) {
+		var l api.SandboxList
+		if err := json.Unmarshal(body, &l); err != nil {
+			s.cfg.Logger.WarnContext(r.Context(), "cluster list: a node's answer", "node", node, "err", err)
+			continue
+		}
+		list.Sandboxes = append(list.Sandboxes, l.Sandboxes...)
+	}
+	slices.SortStableFunc(list.Sandboxes, func(a, b api.SandboxInfo) int { return a.CreatedAt.Compare(b.CreatedAt) })
+}
+
+// AskPeers sends r (a GET of a list: its path, query and the caller's key) to every other
+// live node at once, as a hop, so that each answers with its own part only, and returns their
+// 200 answers by node. A node that does not answer within 5 s, or answers otherwise, is left
+// out and named in ClusterPartialHeader on w: one slow node must not fail every list. Nil in
+// single-node mode and for a request that is itself a hop.
+func (s *Server) AskPeers(w http.ResponseWriter, r *http.Request) map[string][]byte {
+	if s.cfg.Cluster == nil || r.Header.Get(ClusterHopHeader) != "" {
+		return nil
+	}
 	peers := s.cfg.Cluster.Candidates(ClusterNeed{})
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	type answer struct {
 		node string
-		list api.SandboxList
+		body []byte
 		err  error
 	}
 	answers := make(chan answer, len(peers))
 	for _, loc := range peers {
 		go func() {
-			a := answer{node: loc.Node}
-			a.err = s.askPeer(ctx, r, loc, &a.list)
-			answers <- a
+			body, err := s.askPeer(ctx, r, loc)
+			answers <- answer{loc.Node, body, err}
 		}()
 	}
+	got := map[string][]byte{}
 	var missing []string
 	for range peers {
 		a := <-answers
@@ -801,38 +819,41 @@ func (s *Server) listElsewhere(w http.ResponseWriter, r *http.Request, list *api
 			continue
 		}
 		s.cl.routed.WithLabelValues("list", "served").Inc()
-		list.Sandboxes = append(list.Sandboxes, a.list.Sandboxes...)
+		got[a.node] = a.body
 	}
-	slices.SortStableFunc(list.Sandboxes, func(a, b api.SandboxInfo) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	if len(missing) > 0 {
 		slices.Sort(missing)
 		w.Header().Set(ClusterPartialHeader, strings.Join(missing, ","))
 	}
+	return got
 }
 
 // askPeer sends r's method, path and query to the node at loc as a hop, with the caller's
-// key, and decodes its 200 answer into v.
-func (s *Server) askPeer(ctx context.Context, r *http.Request, loc ClusterLocation, v any) error {
-	u := loc.API.JoinPath(r.URL.Path)
-	u.RawQuery = r.URL.RawQuery
-	req, err := http.NewRequestWithContext(ctx, r.Method, u.String(), nil)
+// key (the REST API's bearer or E2B's X-API-KEY), and returns its 200 answer.
+func (s *Server) askPeer(ctx context.Context, r *http.Request, loc ClusterLocation) ([]byte, error) {
+	// RequestURI, not URL: a front end below a prefix (E2B's /e2b) sees its URL stripped.
+	req, err := http.NewRequestWithContext(ctx, r.Method, strings.TrimSuffix(loc.API.String(), "/")+r.RequestURI, nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	req.Header.Set("Authorization", r.Header.Get("Authorization"))
+	for _, h := range []string{"Authorization", "X-API-KEY"} {
+		if v := r.Header.Get(h); v != "" {
+			req.Header.Set(h, v)
+		}
+	}
 	req.Header.Set(ClusterHopHeader, s.cfg.Cluster.ID())
 	if id := audit.RequestID(r.Context()); id != "" {
 		req.Header.Set(api.RequestIDHeader, id)
 	}
 	resp, err := clusterProxyTransport.RoundTrip(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("node %s answered %s", loc.Node, resp.Status)
+		return nil, fmt.Errorf("node %s answered %s", loc.Node, resp.Status)
 	}
-	return json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v)
+	return io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 }
 
 // routeSeed sends a seed-route call (POST /repl/execute or /repl/install, a session by name

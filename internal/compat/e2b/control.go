@@ -384,12 +384,31 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) error {
 			q.Get("template") != "" && q.Get("template") != v.TemplateID:
 			continue
 		}
-		if limit > 0 && len(out) == limit {
-			last := out[len(out)-1]
-			w.Header().Set("X-Next-Token", cursor{last.StartedAt.UnixNano(), last.SandboxID}.String())
-			break
-		}
 		out = append(out, v)
+	}
+	// In a cluster, every other node's page for the same query (each filtered by the same
+	// cursor, so the first limit of the union, in the same order, is the cluster's page).
+	if s.cfg.Peers != nil {
+		for node, body := range s.cfg.Peers(w, r) {
+			var page []sandboxJSON
+			if err := json.Unmarshal(body, &page); err != nil {
+				s.cfg.Logger.WarnContext(r.Context(), "e2b list: a node's answer", "node", node, "err", err)
+				continue
+			}
+			out = append(out, page...)
+		}
+		slices.SortStableFunc(out, func(a, b sandboxJSON) int {
+			c := cursor{a.StartedAt.UnixNano(), a.SandboxID}.compare(cursor{b.StartedAt.UnixNano(), b.SandboxID})
+			if order == "desc" {
+				return -c
+			}
+			return c
+		})
+	}
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+		last := out[len(out)-1]
+		w.Header().Set("X-Next-Token", cursor{last.StartedAt.UnixNano(), last.SandboxID}.String())
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

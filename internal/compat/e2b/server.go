@@ -59,6 +59,10 @@ type Config struct {
 	// HoldCreate applies the owner's per-key quotas (CPU seconds, live sandboxes or sessions)
 	// to a sandbox about to be created (the REST API's Server.HoldCreate); nil holds nothing.
 	HoldCreate func(ctx context.Context, owner string, session bool) (release func(), err error)
+	// Peers, in cluster mode (the REST API's Server.AskPeers), asks every other live node the
+	// same list request and returns their answers by node, so that a list through any node
+	// is the cluster's; nil (single-node mode) lists this node's sandboxes only.
+	Peers func(w http.ResponseWriter, r *http.Request) map[string][]byte
 }
 
 // Server serves E2B's control and data planes.
