@@ -581,18 +581,37 @@ func TestZygotePreparedChildIsLockedDown(t *testing.T) {
 		}
 		return len(waiting) >= 2
 	})
-	for _, pid := range waiting {
-		st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-		if err != nil {
-			continue // taken and ended meanwhile
-		}
+	// A child may be seen just after its fork, still preparing: each must reach the locked-down
+	// state while it waits (or be taken meanwhile). One that locked itself down only on its
+	// request — the old order — never does, since no request comes.
+	lacking := func(st string) []string {
+		var miss []string
 		for _, want := range []string{"\nCapEff:\t0000000000000000\n", "\nCapPrm:\t0000000000000000\n", "\nNoNewPrivs:\t1\n", "\nSeccomp:\t2\n"} {
-			if !strings.Contains(string(st), want) {
-				t.Errorf("prepared user process %d lacks %q:\n%s", pid, strings.TrimSpace(want), st)
+			if !strings.Contains(st, want) {
+				miss = append(miss, strings.TrimSpace(want))
 			}
 		}
-		if strings.Contains(string(st), "\nUid:\t0\t") {
-			t.Errorf("prepared user process %d is root:\n%s", pid, st)
+		if strings.Contains(st, "\nUid:\t0\t") {
+			miss = append(miss, "a uid other than 0")
+		}
+		return miss
+	}
+	for _, pid := range waiting {
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+			if err != nil {
+				break // taken and ended meanwhile
+			}
+			miss := lacking(string(st))
+			if len(miss) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("prepared user process %d, waiting for its request, lacks %v:\n%s", pid, miss, st)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }
