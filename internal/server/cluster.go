@@ -989,12 +989,31 @@ var clusterGRPCTransport = func() *http.Transport {
 // (a file upload, say) is served here.
 const maxGRPCPeek = 1 << 20
 
+// grpcPeekTimeout bounds the wait for a gRPC call's first message when it is peeked.
+const grpcPeekTimeout = 10 * time.Second
+
 // routeGRPC sends a gRPC call naming a sandbox another live node holds (a Modal control call
 // with its sandbox_id, a router call with its task_id: the same id) to that node, the whole
 // HTTP/2 stream proxied; any other call is served here. The holding node checks the caller's
 // key or router token.
 func (s *Server) routeGRPC(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	// Only a call with credentials is peeked (an API key that checks, or a router token, which
+	// the holding node verifies): anyone else's is refused by the front end here, at no cost
+	// of a registry lookup. The peek has its own deadline, so a stream that declares a message
+	// and sends nothing more is not held open by it.
+	if secret := r.Header.Get("x-modal-token-secret"); secret != "" {
+		if _, ok := s.Authenticate(secret); !ok {
+			next.ServeHTTP(w, r)
+			return
+		}
+	} else if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+		next.ServeHTTP(w, r)
+		return
+	}
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(grpcPeekTimeout)) // best effort: an HTTP/1 test server may not support it
 	first, id := peekGRPC(r.Body)
+	rc.SetReadDeadline(time.Time{})
 	r.Body = struct {
 		io.Reader
 		io.Closer
@@ -1028,13 +1047,16 @@ func peekGRPC(body io.Reader) ([]byte, string) {
 	if hdr[0] != 0 || size > maxGRPCPeek {
 		return hdr, ""
 	}
-	msg := make([]byte, size)
-	n, err := io.ReadFull(body, msg)
-	first := append(hdr, msg[:n]...)
-	if err != nil {
+	// Read as the bytes arrive, never allocating what the header only declares: a caller
+	// that announces a 1 MiB message costs 1 MiB only once it has sent it.
+	var buf bytes.Buffer
+	buf.Write(hdr)
+	n, err := io.CopyN(&buf, body, int64(size))
+	first := buf.Bytes()
+	if err != nil || n != int64(size) {
 		return first, ""
 	}
-	return first, protoSandboxID(msg, 0)
+	return first, protoSandboxID(first[5:], 0)
 }
 
 // protoSandboxID is the first string field of the protobuf message b (or of a message nested

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"runtime"
 	"testing"
 	"time"
 
@@ -445,5 +446,24 @@ func TestClusterRate(t *testing.T) {
 	}
 	if got := s.KeyUsage().Rates[ks.owner]; got <= 0 {
 		t.Errorf("KeyUsage after 3 requests: rate %g, want > 0", got)
+	}
+}
+
+// TestPeekGRPCAllocatesWhatArrives is the review's amplification: a stream that declares a
+// 1 MiB first message and sends 5 bytes must not cost the node 1 MiB (250 such streams per
+// connection, before any key is checked, took 250 MiB).
+func TestPeekGRPCAllocatesWhatArrives(t *testing.T) {
+	declared := binary.BigEndian.AppendUint32([]byte{0}, maxGRPCPeek)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const calls = 100
+	for range calls {
+		if read, id := peekGRPC(bytes.NewReader(declared)); id != "" || !bytes.Equal(read, declared) {
+			t.Fatalf("peek of a bare header: %q %q", read, id)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > calls*64<<10 {
+		t.Errorf("%d peeks of a 5-byte stream declaring %d bytes allocated %d bytes, want at most 64 KiB each", calls, maxGRPCPeek, got)
 	}
 }
