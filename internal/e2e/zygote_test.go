@@ -260,6 +260,32 @@ try:
 except OSError as e:
     print("fork failed:", e.strerror, n > 100)`}},
 		{"stdout flood", api.ExecuteRequest{Code: "import sys\nfor _ in range(64): sys.stdout.write('a' * 65536)\nprint('done', file=sys.stderr)"}},
+		// How a run ends (its user process reports its end before it exits, zygote.py's
+		// report_end): exit codes past 255, an exit without the interpreter's end (the
+		// buffered output lost in both), a signal it sends itself.
+		{"exit code past 255", api.ExecuteRequest{Code: "import sys; print('x'); sys.exit(300)"}},
+		{"os._exit", api.ExecuteRequest{Code: "import os; print('lost'); os.write(1, b'kept\\n'); os._exit(7)"}},
+		{"SIGKILL itself", api.ExecuteRequest{Code: "import os; print('x', flush=True); os.kill(os.getpid(), 9)"}},
+		// A background writer: what it wrote before the program ended is in the answer, what
+		// it would write later is not (it is killed with the run), and holding the output open
+		// does not keep the answer waiting.
+		{"background writer", api.ExecuteRequest{Code: `import os, sys, time
+r, w = os.pipe()
+if os.fork() == 0:
+    print("before", flush=True); os.write(w, b"x")
+    time.sleep(2); print("after", flush=True); os._exit(0)
+os.read(r, 1); print("main")`}},
+		{"background holds the output", api.ExecuteRequest{Code: "import os, time\nif os.fork() == 0: time.sleep(60)\nprint('main')"}},
+		// A forked child that runs off the program's end, and one that forges an end report:
+		// neither ends the run; only the program's own end does.
+		{"child runs off the end", api.ExecuteRequest{Code: "import os\nif os.fork() == 0: print('child')\nelse: os.wait(); print('parent')"}},
+		{"forged end report", api.ExecuteRequest{Code: `import os, socket, sys
+if os.fork() == 0:
+    try:
+        s = socket.socket(socket.AF_UNIX); s.connect(b"\0airlock-run-end"); s.sendall(b"0\n"); s.close()
+    except OSError: pass
+    os._exit(0)
+os.wait(); print("main"); sys.exit(5)`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cold := run(t, tc.req)
