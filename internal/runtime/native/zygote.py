@@ -391,7 +391,8 @@ def report_end(code):
     zygote, most of a run's end — is then off the answer's path. Best effort: if the report
     fails, G sees U's exit instead."""
     try:
-        os.closerange(0, 1 << 30)
+        # Up to the hard limit, which the program cannot raise: every descriptor it can have.
+        os.closerange(0, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(END_ADDR)
         s.sendall(b"%d\n" % code)
@@ -435,7 +436,13 @@ def wait_end(ends, upid):
     signal or the OOM killer, os._exit in the program), its exit. After a report every other
     process of the run is killed, as the agent ends a one-shot's leftovers when its program
     exits."""
-    pidfd = os.pidfd_open(upid)
+    try:
+        pidfd = os.pidfd_open(upid)
+    except (AttributeError, OSError):  # Python before 3.9, Linux before 5.3: U's exit only
+        while True:
+            pid, st = os.waitpid(-1, 0)
+            if pid == upid:
+                return st
     p = select.poll()
     p.register(ends, select.POLLIN)
     p.register(pidfd, select.POLLIN)
@@ -449,7 +456,10 @@ def wait_end(ends, upid):
             c.setblocking(True)
             st = read_report(c, upid)
             if st is not None:
-                os.kill(-1, signal.SIGKILL)
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except OSError:
+                    pass  # nothing left (U is at least a zombie until G reaps it)
                 return st
         pid, st = os.waitpid(upid, os.WNOHANG)
         if pid == upid:
@@ -469,7 +479,12 @@ def init(conn, prep):
     for fd in (0, 1, 2):
         os.close(fd)
     install_seccomp()
-    st = wait_end(ends, upid)
+    try:
+        st = wait_end(ends, upid)
+    except BaseException:
+        # The program ran: its end must be reported as the run's, never as a set-up error
+        # (which the daemon would run again cold).
+        st = os.waitpid(upid, 0)[1]
     try:
         conn.sendall(b'{"status":%d}\n' % st)
     finally:
