@@ -260,6 +260,32 @@ try:
 except OSError as e:
     print("fork failed:", e.strerror, n > 100)`}},
 		{"stdout flood", api.ExecuteRequest{Code: "import sys\nfor _ in range(64): sys.stdout.write('a' * 65536)\nprint('done', file=sys.stderr)"}},
+		// How a run ends (its user process reports its end before it exits, zygote.py's
+		// report_end): exit codes past 255, an exit without the interpreter's end (the
+		// buffered output lost in both), a signal it sends itself.
+		{"exit code past 255", api.ExecuteRequest{Code: "import sys; print('x'); sys.exit(300)"}},
+		{"os._exit", api.ExecuteRequest{Code: "import os; print('lost'); os.write(1, b'kept\\n'); os._exit(7)"}},
+		{"SIGKILL itself", api.ExecuteRequest{Code: "import os; print('x', flush=True); os.kill(os.getpid(), 9)"}},
+		// A background writer: what it wrote before the program ended is in the answer, what
+		// it would write later is not (it is killed with the run), and holding the output open
+		// does not keep the answer waiting.
+		{"background writer", api.ExecuteRequest{Code: `import os, sys, time
+r, w = os.pipe()
+if os.fork() == 0:
+    print("before", flush=True); os.write(w, b"x")
+    time.sleep(2); print("after", flush=True); os._exit(0)
+os.read(r, 1); print("main")`}},
+		{"background holds the output", api.ExecuteRequest{Code: "import os, time\nif os.fork() == 0: time.sleep(60)\nprint('main')"}},
+		// A forked child that runs off the program's end, and one that forges an end report:
+		// neither ends the run; only the program's own end does.
+		{"child runs off the end", api.ExecuteRequest{Code: "import os\nif os.fork() == 0: print('child')\nelse: os.wait(); print('parent')"}},
+		{"forged end report", api.ExecuteRequest{Code: `import os, socket, sys
+if os.fork() == 0:
+    try:
+        s = socket.socket(socket.AF_UNIX); s.connect(b"\0airlock-run-end"); s.sendall(b"0\n"); s.close()
+    except OSError: pass
+    os._exit(0)
+os.wait(); print("main"); sys.exit(5)`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cold := run(t, tc.req)
@@ -581,38 +607,22 @@ func TestZygotePreparedChildIsLockedDown(t *testing.T) {
 		}
 		return len(waiting) >= 2
 	})
-	// A child may be seen just after its fork, still preparing: each must reach the locked-down
-	// state while it waits (or be taken meanwhile). One that locked itself down only on its
-	// request — the old order — never does, since no request comes.
-	lacking := func(st string) []string {
-		var miss []string
-		for _, want := range []string{"\nCapEff:\t0000000000000000\n", "\nCapPrm:\t0000000000000000\n", "\nNoNewPrivs:\t1\n", "\nSeccomp:\t2\n"} {
-			if !strings.Contains(st, want) {
-				miss = append(miss, strings.TrimSpace(want))
-			}
-		}
-		if strings.Contains(st, "\nUid:\t0\t") {
-			miss = append(miss, "a uid other than 0")
-		}
-		return miss
-	}
+	// A user process found just after its fork is still preparing (root, as G made it): each
+	// must become locked down while it waits, or end (taken meanwhile); one that stays as it
+	// was fails the wait.
 	for _, pid := range waiting {
-		deadline := time.Now().Add(15 * time.Second)
-		for {
+		waitFor(t, fmt.Sprintf("prepared user process %d to be locked down", pid), func() bool {
 			st, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 			if err != nil {
-				break // taken and ended meanwhile
+				return true // taken and ended meanwhile
 			}
-			miss := lacking(string(st))
-			if len(miss) == 0 {
-				break
+			for _, want := range []string{"\nCapEff:\t0000000000000000\n", "\nCapPrm:\t0000000000000000\n", "\nNoNewPrivs:\t1\n", "\nSeccomp:\t2\n"} {
+				if !strings.Contains(string(st), want) {
+					return false
+				}
 			}
-			if time.Now().After(deadline) {
-				t.Errorf("prepared user process %d, waiting for its request, lacks %v:\n%s", pid, miss, st)
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return !strings.Contains(string(st), "\nUid:\t0\t")
+		})
 	}
 }
 
@@ -624,4 +634,26 @@ func nsPids(status string) []string {
 	}
 	line, _, _ := strings.Cut(rest, "\n")
 	return strings.Fields(line)
+}
+
+// TestZygoteLimitsOfEachRun: prepared children are made with the limits of the run before
+// (zygote_linux.go, RunZygote); runs of alternating memory limits each get their own, raised or
+// lowered, through more runs than the zygote keeps prepared.
+func TestZygoteLimitsOfEachRun(t *testing.T) {
+	e := zygoteEngine(t)
+	alloc := func(mib int) string {
+		return inZygote + fmt.Sprintf("b = b'x' * (%d << 20)\nprint('ok')", mib)
+	}
+	for i := range 4 {
+		for _, tc := range []struct {
+			memMB   int64
+			allocMB int
+			oom     bool
+		}{{256, 200, false}, {512, 300, false}, {256, 300, true}} {
+			res := zrun(t, e, api.ExecuteRequest{MemoryMB: tc.memMB, Code: alloc(tc.allocMB)})
+			if res.OOMKilled != tc.oom || (!tc.oom && strings.TrimSpace(res.Stdout) != "ok") {
+				t.Fatalf("round %d, %d MiB in a run limited to %d MiB: %+v, want OOM killed %v", i, tc.allocMB, tc.memMB, res, tc.oom)
+			}
+		}
+	}
 }

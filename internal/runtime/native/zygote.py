@@ -8,17 +8,23 @@
 #     for "go" (the daemon has moved G into a cgroup of its own), then unshares mount, IPC, UTS,
 #     network and cgroup namespaces, mounts a fresh scratch tmpfs for /workspace, /tmp and
 #     /dev/shm, a devpts and a /proc of its own (with the sandbox's masks), sets the hostname,
-#     brings loopback up and forks U; then sets no_new_privs and the seccomp filter, and waits
-#     for U; when U has exited it reports U's wait status and exits, which kills whatever U left
-#     behind
+#     brings loopback up, binds its end socket (END_ADDR) and forks U; then sets no_new_privs
+#     and the seccomp filter, and waits for U's end: U's own report, or U's exit when it ended
+#     without one (wait_end); on a report it kills the run's other processes, as the agent does
+#     when a one-shot's program exits; it reports U's wait status and exits (its exit, and U's,
+#     are after the answer)
 #   U (the user program)
 #     seeds its generators from the OS, sets the file-size limit of its scratch size, becomes
 #     the sandbox user (no capabilities), sets no_new_privs, the sandbox's Landlock rules and
 #     seccomp filter, says "ready" and waits for the request — locked down as the program it
 #     becomes. With the request: keeps only fds 0-2 (the run's pipes), a clean environment,
-#     the request's files, says "started", and runs the code as `python3 -c` would. A child
-#     serves only a request of the scratch size it was prepared with (the daemon prepares one
-#     for another size on the spot).
+#     the request's files, says "started", and runs the code as `python3 -c` would; once the
+#     program has ended and its output is flushed, it closes every descriptor and reports its
+#     exit code to G before it exits (report_end), so that the answer does not wait for its
+#     exit's unmapping of the memory it inherited. Its working directory, umask, empty
+#     environment and standard stream objects are set up ahead too. A child serves only a
+#     request of the scratch size it was prepared with (the daemon prepares one for another
+#     size on the spot).
 #
 # What every child inherits from the zygote instead of doing it per run (each Python step a
 # child takes copies the pages it touches, so per-run work is kept to what must be per run):
@@ -30,6 +36,7 @@
 # Wire format (JSON lines on the connection): G → {"hello":1}; daemon → "go" and the prepare
 # line {"scratch_size":…}; U → {"ready":1}; daemon → the request line with SCM_RIGHTS [stdin,
 # stdout, stderr]; U → {"started":1} or {"error":"…"}; G → {"status": <U's wait status>}.
+# Inside the run, U → G on END_ADDR: one line, its exit code.
 import atexit  # noqa: F401 (imported here, not per run: run_code's end uses it)
 import ctypes
 import fcntl
@@ -39,6 +46,7 @@ import json
 import os
 import random
 import resource
+import select
 import signal
 import socket
 import struct
@@ -258,7 +266,7 @@ def recv_line(conn):
 
 def user(conn, prep):
     """U: made ready ahead of its request, then becomes the user program."""
-    prepare_user(prep)
+    prepare_user(prep, conn)
     send(conn, {"ready": 1})
     try:
         req, fds = recv_request(conn)
@@ -274,7 +282,7 @@ def user(conn, prep):
     run_code(req["code"])
 
 
-def prepare_user(prep):
+def prepare_user(prep, conn):
     """What needs no request, done before the request so its run does not wait for it: the
     generators reseeded, the file-size limit of the prepared scratch size, and the whole lock-
     down — the sandbox user (no capabilities), no_new_privs, Landlock and seccomp — so that the
@@ -293,6 +301,20 @@ def prepare_user(prep):
     prctl("set no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
     landlock()
     install_seccomp()
+    # The rest of the program's set-up that needs no request, also ahead: only the connection
+    # stays open (the request's descriptors come on it), the working directory, the umask, an
+    # empty environment, and the standard streams' objects (over fds 0-2, which setup_user
+    # replaces with the run's pipes before anything is written).
+    close_from(3, keep=(conn.fileno(),))
+    for fd in (0, 1, 2):  # held open, so that the request's descriptors arrive above them
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.dup2(os.open("/dev/null", os.O_RDWR), fd)
+    os.chdir("/workspace")
+    os.umask(0o022)
+    os.environ.clear()
+    new_stdio()
 
 
 def setup_user(req, fds, conn, prep):
@@ -301,12 +323,10 @@ def setup_user(req, fds, conn, prep):
         raise StepError("scratch size %d, prepared for %d" % (req["scratch_size"], prep["scratch_size"]))
     for i, fd in enumerate(fds):
         os.dup2(fd, i)
-    close_from(3, keep=(conn.fileno(),))
-    os.chdir("/workspace")
-    os.environ.clear()
+    for fd in fds:  # received above 2 (0-2 were open), the only descriptors besides conn
+        if fd > 2:
+            os.close(fd)
     os.environ.update(req["env"])
-    os.umask(0o022)
-    new_stdio()
     for name, content in req.get("files", {}).items():
         d = os.path.dirname(name)
         if d:
@@ -355,7 +375,95 @@ def run_code(source):
             s.flush()
         except BaseException:
             pass
+    report_end(code)
     os._exit(code)
+
+
+# G's socket for U's end report: abstract, so it exists only in the run's own network namespace
+# (which nothing but the run's processes can join), and bound by G before U is forked.
+END_ADDR = b"\0airlock-run-end"
+
+
+def report_end(code):
+    """U, once its program has ended and its output is flushed: closes every descriptor (the
+    run's pipes reach end of file unless a process the program left behind holds them), then
+    tells G its exit code. The exit that follows — unmapping the memory inherited from the
+    zygote, most of a run's end — is then off the answer's path. Best effort: if the report
+    fails, G sees U's exit instead."""
+    try:
+        # Up to the hard limit, which the program cannot raise: every descriptor it can have.
+        os.closerange(0, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(END_ADDR)
+        s.sendall(b"%d\n" % code)
+    except BaseException:
+        pass
+
+
+def end_listener():
+    ends = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ends.bind(END_ADDR)
+    ends.listen(4)
+    ends.setblocking(False)
+    return ends
+
+
+def read_report(c, upid):
+    """U's exit code from one connection on G's end socket as a wait status, or None: only U
+    itself (its pid, which the kernel gives with the connection) may report, and a report is one
+    line of a code 0-255. What U reports is what its exit would say; a program that reports
+    early only ends itself early (G then kills the run)."""
+    try:
+        pid = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        if pid != upid:
+            return None
+        buf = b""
+        while not buf.endswith(b"\n") and len(buf) < 8:
+            b = c.recv(8)
+            if not b:
+                return None
+            buf += b
+        code = int(buf)
+        return (code << 8) if 0 <= code <= 255 else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        c.close()
+
+
+def wait_end(ends, upid):
+    """U's wait status: its own report (report_end), or, when it ended without one (killed by a
+    signal or the OOM killer, os._exit in the program), its exit. After a report every other
+    process of the run is killed, as the agent ends a one-shot's leftovers when its program
+    exits."""
+    try:
+        pidfd = os.pidfd_open(upid)
+    except (AttributeError, OSError):  # Python before 3.9, Linux before 5.3: U's exit only
+        while True:
+            pid, st = os.waitpid(-1, 0)
+            if pid == upid:
+                return st
+    p = select.poll()
+    p.register(ends, select.POLLIN)
+    p.register(pidfd, select.POLLIN)
+    while True:
+        p.poll()
+        while True:  # a report first: U may exit right after it
+            try:
+                c, _ = ends.accept()
+            except BlockingIOError:
+                break
+            c.setblocking(True)
+            st = read_report(c, upid)
+            if st is not None:
+                try:
+                    os.kill(-1, signal.SIGKILL)
+                except OSError:
+                    pass  # nothing left (U is at least a zombie until G reaps it)
+                return st
+        pid, st = os.waitpid(upid, os.WNOHANG)
+        if pid == upid:
+            return st
 
 
 def init(conn, prep):
@@ -363,18 +471,22 @@ def init(conn, prep):
     close_from(3, keep=(conn.fileno(),))
     proc()
     prctl("set not dumpable", PR_SET_DUMPABLE, 0)
+    ends = end_listener()
     upid = os.fork()
     if upid == 0:
+        ends.close()
         user(conn, prep)
     for fd in (0, 1, 2):
         os.close(fd)
     install_seccomp()
-    while True:
-        pid, st = os.waitpid(-1, 0)
-        if pid == upid:
-            break
     try:
-        send(conn, {"status": st})
+        st = wait_end(ends, upid)
+    except BaseException:
+        # The program ran: its end must be reported as the run's, never as a set-up error
+        # (which the daemon would run again cold).
+        st = os.waitpid(upid, 0)[1]
+    try:
+        conn.sendall(b'{"status":%d}\n' % st)
     finally:
         os._exit(0)  # PID 1 leaves: the kernel kills what U left behind
 

@@ -221,11 +221,13 @@ const (
 	runPidsReserve = 1
 )
 
-// prepared is a zygote child made ready for one run: in a cgroup of its own (no limits yet), in
+// prepared is a zygote child made ready for one run: in a cgroup of its own (with the limits of
+// the run before it, which its own run keeps if they are its own too: see RunZygote), in
 // namespaces of its own with its scratch and /proc mounted, its user process waiting for the
 // request. It serves one run, or none.
 type prepared struct {
 	g    *cgroup.Group
+	lim  cgroup.Limits // written at its preparation
 	conn *net.UnixConn
 	r    *bufio.Reader
 }
@@ -240,8 +242,9 @@ type zygotePool struct {
 	ctx     context.Context // the first run's, without its cancellation: for the filler and cleanups
 	start   sync.Once
 
-	mu     sync.Mutex     // guards closed and the additions to wg
+	mu     sync.Mutex     // guards closed, last and the additions to wg
 	closed bool           // closeZygote has begun: nothing more is started
+	last   cgroup.Limits  // the limits of the last run given a prepared child: refills are prepared with them
 	wg     sync.WaitGroup // the filler and the cleanups of ended runs
 }
 
@@ -294,8 +297,16 @@ func (s *Sandbox) closeZygote() {
 func (s *Sandbox) fill(p *zygotePool) {
 	for {
 		for len(p.ready) < cap(p.ready) {
-			c, err := s.prepare(p, p.scratch)
+			p.mu.Lock()
+			lim := p.last
+			p.mu.Unlock()
+			c, err := s.prepare(p, p.scratch, lim)
 			if err != nil {
+				// Perhaps those limits do not leave room for a child's set-up: the next
+				// refills are prepared without, and their runs write their own.
+				p.mu.Lock()
+				p.last = cgroup.Limits{}
+				p.mu.Unlock()
 				select {
 				case <-p.quit:
 					return // the zygote is being destroyed: that is why
@@ -332,13 +343,14 @@ func (s *Sandbox) fill(p *zygotePool) {
 
 // prepare makes one prepared child with a scratch tmpfs of scratch bytes: the zygote forks it
 // on a new connection, the daemon moves it (by the host pid its hello carries) into a cgroup
-// below the zygote's, and it makes its namespaces and mounts and locks its user process down.
-func (s *Sandbox) prepare(p *zygotePool, scratch int64) (_ *prepared, err error) {
-	g, err := s.cg.CreateChild("r"+randomHex(8), cgroup.Limits{})
+// below the zygote's with limits lim, and it makes its namespaces and mounts and locks its user
+// process down.
+func (s *Sandbox) prepare(p *zygotePool, scratch int64, lim cgroup.Limits) (_ *prepared, err error) {
+	g, err := s.cg.CreateChild("r"+randomHex(8), lim)
 	if err != nil {
 		return nil, fmt.Errorf("run cgroup: %w", err)
 	}
-	c := &prepared{g: g}
+	c := &prepared{g: g, lim: lim}
 	defer func() {
 		if err != nil {
 			s.releaseChild(p, c)
@@ -434,8 +446,17 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, err
 	// resize its scratch): a run of another scratch size than the usual gets a child made on
 	// the spot with its own, as does a run that finds none ready.
 	scratch := ScratchFor(run.ScratchBytes, run.MemoryBytes)
+	lim := cgroup.Limits{MemoryBytes: run.MemoryBytes, CPU: run.CPU}
+	if run.Pids > 0 {
+		lim.Pids = run.Pids + runPidsReserve
+	}
 	var c *prepared
 	if scratch == p.scratch {
+		// Most runs have the usual limits: the refills are prepared with this run's, so that
+		// the next run usually finds its own already written and writes none on its path.
+		p.mu.Lock()
+		p.last = lim
+		p.mu.Unlock()
 		select {
 		case c = <-p.ready:
 			// Its replacement is made once this run has ended, not beside it: a refill is
@@ -449,19 +470,24 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, err
 		default:
 		}
 	}
+	if c != nil && !settable(c.lim, lim) {
+		// Its limits cannot be lifted to the run's (below): a child of its own instead.
+		s.releaseChild(p, c)
+		c = nil
+	}
 	if c == nil {
 		var err error
-		if c, err = s.prepare(p, scratch); err != nil {
+		if c, err = s.prepare(p, scratch, lim); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
 		}
 	}
 	defer s.releaseChild(p, c)
-	lim := cgroup.Limits{MemoryBytes: run.MemoryBytes, CPU: run.CPU}
-	if run.Pids > 0 {
-		lim.Pids = run.Pids + runPidsReserve
-	}
-	if err := c.g.SetLimits(lim); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+	// A child prepared with other limits than the run's gets the run's now, before any byte
+	// of the program (settable made sure that each limit it has is one the run sets).
+	if c.lim != lim {
+		if err := c.g.SetLimits(lim); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
+		}
 	}
 
 	var ours, theirs []*os.File // our ends; the child's ends, closed once sent
@@ -652,6 +678,13 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, 
 	}
 	end.Stats = st
 	return end, nil
+}
+
+// settable says whether SetLimits(to) makes a group limited by from limited by to: SetLimits
+// writes only the limits to sets (a zero one, unlimited, is left as it was).
+func settable(from, to cgroup.Limits) bool {
+	return (from.MemoryBytes == 0 || to.MemoryBytes != 0) && (from.CPU == 0 || to.CPU != 0) &&
+		(from.Pids == 0 || to.Pids != 0)
 }
 
 // exited reports whether the sandbox's PID 1 has exited (waiting briefly: a PID namespace's
