@@ -425,3 +425,54 @@ func TestQueueWebhookGivesUp(t *testing.T) {
 		t.Errorf("status %+v after %d attempts; want 0 delivered and retries (2 at least per event)", s, attempts.Load())
 	}
 }
+
+// longRefusal is a per-key refusal saying to wait an hour (the server's CPU-seconds quota).
+type longRefusal struct{ error }
+
+func (longRefusal) RetryAfter() time.Duration { return time.Hour }
+func (l longRefusal) Unwrap() error           { return l.error }
+
+// TestQueueRefusedKeyDoesNotStarveOthers is the review's starvation: a key whose every run is
+// refused (over its runs in flight) submits a big batch; another key's small batch submitted
+// after it still completes, since refused snippets back off instead of coming back every
+// second; and a refusal that says to wait an hour (a spent CPU quota) is the snippet's result
+// at once, not a retry.
+func TestQueueRefusedKeyDoesNotStarveOthers(t *testing.T) {
+	q, _ := testQueue(t, natstest.Start(t), "n1", true)
+	var hogRuns atomic.Int32
+	runQueue(t, q, func(ctx context.Context, owner string, req api.ExecuteRequest) (*api.ExecuteResponse, error) {
+		switch owner {
+		case "hog":
+			hogRuns.Add(1)
+			return nil, api.Errorf(api.ErrResourceExhausted, "too many runs in flight for this key")
+		case "spent":
+			return nil, longRefusal{api.Errorf(api.ErrResourceExhausted, "CPU seconds of this period spent")}
+		}
+		return echoRun(ctx, owner, req)
+	})
+	if _, err := q.Submit(t.Context(), "hog", api.SubmitBatchRequest{Snippets: snippets(api.MaxQueuedBatch)}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the hog's snippets to be refused", func() bool { return hogRuns.Load() >= api.MaxQueuedBatch })
+	for _, owner := range []string{"ok", "spent"} {
+		st, err := q.Submit(t.Context(), owner, api.SubmitBatchRequest{Snippets: snippets(5)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var items []api.BatchItem
+		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+		err = q.Results(ctx, owner, st.ID, true, func(it api.BatchItem) error { items = append(items, it); return nil })
+		cancel()
+		if err != nil || len(items) != 5 {
+			t.Fatalf("%s's batch behind the refused one: %d results, %v; want all 5", owner, len(items), err)
+		}
+		for _, it := range items {
+			switch failed := it.Result.Error != nil; {
+			case owner == "ok" && failed:
+				t.Errorf("ok's snippet %d: %+v", it.Index, it.Result.Error)
+			case owner == "spent" && (!failed || it.Result.Error.Code != api.CodeResourceExhausted):
+				t.Errorf("spent's snippet %d: %+v %+v, want its refusal as the result", it.Index, it.Result, it.Result.Error)
+			}
+		}
+	}
+}

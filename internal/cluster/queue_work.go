@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,10 +197,30 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 		return
 	}
 	if api.CodeOf(err) == api.CodeResourceExhausted {
-		// A refusal is no attempt: it must not count towards giving up.
-		q.kv.Delete(context.WithoutCancel(ctx), tryKey(m.ID, w.Index, try))
-		retry("no room", err)
-		return
+		var after time.Duration
+		var ra interface{ RetryAfter() time.Duration } // a per-key refusal of the server's limits
+		if errors.As(err, &ra) {
+			after = ra.RetryAfter()
+		}
+		if after <= maxRefusalWait {
+			// A refusal is no attempt: it must not count towards giving up. It goes back for
+			// later, backing off with each refusal, so that a key over its limits does not
+			// keep every node's slots busy with its refused snippets while other keys wait.
+			q.kv.Delete(context.WithoutCancel(ctx), tryKey(m.ID, w.Index, try))
+			if ctx.Err() != nil {
+				msg.Nak()
+				return
+			}
+			n := uint64(1)
+			if md, err := msg.Metadata(); err == nil {
+				n = md.NumDelivered
+			}
+			log.DebugContext(ctx, "batch snippet: refused, retrying later", "err", err, "refusals", n)
+			msg.NakWithDelay(max(after, refusalBackoff(n)))
+			return
+		}
+		// The key's quota is spent for longer (its CPU seconds for the period): the snippet is
+		// answered with the refusal, as a synchronous run would be, instead of waiting for hours.
 	}
 	it := api.BatchItem{Index: w.Index, Node: q.node}
 	if err != nil {
@@ -209,6 +230,17 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 		it.Result.ExecuteResponse = resp
 	}
 	q.finish(ctx, m, it, msg)
+}
+
+// maxRefusalWait is the longest per-key refusal a snippet waits out in the queue; a refusal
+// saying to wait longer is its result.
+const maxRefusalWait = time.Minute
+
+// refusalBackoff is the delay before a snippet refused n times (n ≥ 1) is tried again: 1 s,
+// doubling up to a minute, with ±25 % jitter so that a refused batch's snippets spread out.
+func refusalBackoff(n uint64) time.Duration {
+	d := min(time.Second<<min(n-1, 6), time.Minute)
+	return d - d/4 + rand.N(d/2+1)
 }
 
 // maxAttempts bounds how often one snippet is started without its result being stored.

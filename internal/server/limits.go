@@ -243,6 +243,9 @@ func retryAfter(err error) int {
 	return max(1, int(math.Ceil(r.after.Seconds())))
 }
 
+// RetryAfter is how long the refusal says to wait (the batch queue reads it to back off).
+func (r *refusal) RetryAfter() time.Duration { return r.after }
+
 func (s *Server) refuse(k *keyState, reason string, after time.Duration, format string, args ...any) error {
 	s.metrics.refusal(k.ID, reason)
 	return &refusal{err: api.Errorf(api.ErrResourceExhausted, format, args...), after: after, reason: reason}
