@@ -97,6 +97,17 @@ type Queue struct {
 
 	metaMu sync.Mutex
 	metas  map[string]*batchMeta // batches seen by the workers; their metadata never changes
+
+	refusedMu sync.Mutex
+	refused   map[string]ownerRefusal // owner → its runs are refused here until then
+}
+
+// ownerRefusal is this node's back-off for an owner whose runs its limits refused: until
+// then, the owner's snippets go back to the queue unrun, at the cost of one NAK each, so that
+// a key over its limits cannot keep the queue's slots busy while other keys wait.
+type ownerRefusal struct {
+	until time.Time
+	n     uint64 // refusals in a row
 }
 
 var _ server.BatchQueue = (*Queue)(nil)
@@ -149,7 +160,7 @@ func newQueue(ctx context.Context, nc *nats.Conn, node string, e *engine.Engine,
 	if err != nil {
 		return nil, fmt.Errorf("JetStream: %w", err)
 	}
-	q := &Queue{cfg: cfg, node: node, nc: nc, js: js, metas: map[string]*batchMeta{},
+	q := &Queue{cfg: cfg, node: node, nc: nc, js: js, metas: map[string]*batchMeta{}, refused: map[string]ownerRefusal{},
 		busy: func() bool { return e.Waiting() > 0 }, close: func() {}}
 	q.hook = newHookSender(cfg.WebhookAllowPrivate)
 	if q.kv, err = bucket(ctx, js, jetstream.KeyValueConfig{Bucket: BatchesBucket, History: 1,

@@ -136,6 +136,10 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 		msg.Term()
 		return
 	}
+	if wait := q.refusedFor(w.Owner); wait > 0 {
+		msg.NakWithDelay(wait)
+		return
+	}
 	log := q.cfg.Logger.With("batch", w.Batch, "index", w.Index)
 	retry := func(why string, err error) {
 		if ctx.Err() != nil {
@@ -211,17 +215,17 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 				msg.Nak()
 				return
 			}
-			n := uint64(1)
-			if md, err := msg.Metadata(); err == nil {
-				n = md.NumDelivered
-			}
-			log.DebugContext(ctx, "batch snippet: refused, retrying later", "err", err, "refusals", n)
-			msg.NakWithDelay(max(after, refusalBackoff(n)))
+			wait := q.refuse(w.Owner, after)
+			log.DebugContext(ctx, "batch snippet: refused, retrying later", "err", err, "wait", wait)
+			msg.NakWithDelay(wait)
 			return
 		}
 		// The key's quota is spent for longer (its CPU seconds for the period): the snippet is
 		// answered with the refusal, as a synchronous run would be, instead of waiting for hours.
 	}
+	q.refusedMu.Lock()
+	delete(q.refused, w.Owner) // admitted: the owner is within its limits again
+	q.refusedMu.Unlock()
 	it := api.BatchItem{Index: w.Index, Node: q.node}
 	if err != nil {
 		d := api.PublicDetail(err)
@@ -235,6 +239,34 @@ func (q *Queue) runSnippet(ctx context.Context, msg jetstream.Msg, run RunFunc) 
 // maxRefusalWait is the longest per-key refusal a snippet waits out in the queue; a refusal
 // saying to wait longer is its result.
 const maxRefusalWait = time.Minute
+
+// refusedFor is how long owner's snippets are still held back here (0: run them).
+func (q *Queue) refusedFor(owner string) time.Duration {
+	q.refusedMu.Lock()
+	defer q.refusedMu.Unlock()
+	r, ok := q.refused[owner]
+	if !ok {
+		return 0
+	}
+	wait := time.Until(r.until)
+	if wait <= 0 {
+		return 0 // the next run tries again; its refusal, if any, extends the back-off
+	}
+	return wait/2 + rand.N(wait) // spread the owner's snippets over the back-off and after it
+}
+
+// refuse records a refusal of owner's run, saying to wait after (0: the limits gave no time),
+// and returns how long the refused snippet waits: the back-off of the owner's refusals in a row.
+func (q *Queue) refuse(owner string, after time.Duration) time.Duration {
+	q.refusedMu.Lock()
+	defer q.refusedMu.Unlock()
+	r := q.refused[owner]
+	r.n++
+	wait := max(after, refusalBackoff(r.n))
+	r.until = time.Now().Add(wait)
+	q.refused[owner] = r
+	return wait
+}
 
 // refusalBackoff is the delay before a snippet refused n times (n ≥ 1) is tried again: 1 s,
 // doubling up to a minute, with ±25 % jitter so that a refused batch's snippets spread out.
