@@ -70,21 +70,39 @@ func zrunAs(t testing.TB, e *engine.Engine, owner string, req api.ExecuteRequest
 // numpy is imported before the program's first line.
 const inZygote = "import sys\nif 'numpy' not in sys.modules: raise SystemExit('not a zygote child')\n"
 
-// TestZygoteIsolationAttacks runs every attack of the cold sandboxes' in zygote children (each
-// program first proves it is one).
+// inLean is inZygote for the lean zygote's children (which the engine sends programs that name
+// no third-party module): the zygote's own modules (ctypes) are imported before the program's
+// first line, and not the hundreds the full zygote's imports bring (757 against 98 here).
+const inLean = "import sys\nif 'ctypes' not in sys.modules or len(sys.modules) > 300: raise SystemExit('not a lean zygote child: %d modules' % len(sys.modules))\n"
+
+// zygoteFlavors are the two zygotes of a key, each with the prefix that proves a run is its child.
+var zygoteFlavors = []struct{ name, prefix string }{{"full", inZygote}, {"lean", inLean}}
+
+// TestZygoteIsolationAttacks runs every attack of the cold sandboxes' in children of both
+// zygotes (each program first proves it is one).
 func TestZygoteIsolationAttacks(t *testing.T) {
 	e := zygoteEngine(t)
-	isolationAttacks(t, native.Name, "host", func(t *testing.T, req api.ExecuteRequest) *api.ExecuteResponse {
-		req.Code = inZygote + req.Code
-		return zrun(t, e, req)
-	})
+	for _, f := range zygoteFlavors {
+		t.Run(f.name, func(t *testing.T) {
+			isolationAttacks(t, native.Name, "host", func(t *testing.T, req api.ExecuteRequest) *api.ExecuteResponse {
+				req.Code = f.prefix + req.Code
+				return zrun(t, e, req)
+			})
+		})
+	}
 }
 
 // TestZygoteChildInheritsNothing attacks what a fork could carry over from the zygote: its
 // descriptors, its cgroup, its namespaces, its environment, its seccomp state.
 func TestZygoteChildInheritsNothing(t *testing.T) {
 	e := zygoteEngine(t)
-	res := zrun(t, e, api.ExecuteRequest{Code: inZygote + pyPrelude + `
+	for _, f := range zygoteFlavors {
+		t.Run(f.name, func(t *testing.T) { childInheritsNothing(t, e, f.prefix) })
+	}
+}
+
+func childInheritsNothing(t *testing.T, e *engine.Engine, prefix string) {
+	res := zrun(t, e, api.ExecuteRequest{Code: prefix + pyPrelude + `
 fds = sorted(int(f) for f in os.listdir("/proc/self/fd"))
 if fds[:3] != [0, 1, 2] or len(fds) > 4: print("ESCAPED: inherited fds", fds, [os.readlink("/proc/self/fd/%d" % f) for f in fds if os.path.exists("/proc/self/fd/%d" % f)]); sys.exit(0)
 for line in open("/proc/self/cgroup"):
@@ -181,18 +199,34 @@ print("BLOCKED")
 	}
 }
 
-// freshState is what a run prints of the state a fork would copy.
-const freshState = inZygote + `import random, numpy, os
+// freshState is what a run prints of the state a fork would copy; freshLean is it in a lean
+// zygote's child (which has no numpy: its second value is random's again).
+const (
+	freshState = inZygote + `import random, numpy, os
 print(random.random(), numpy.random.rand(), os.urandom(8).hex(), hash("x"))`
+	freshLean = inLean + `import random, os
+print(random.random(), random.getrandbits(52), os.urandom(8).hex(), hash("x"))`
+)
 
 // TestZygoteFreshness: two children of one zygote print different random, numpy and urandom
 // values; hash("x") is the same within one owner's zygote (CPython's hash secret is fixed at
 // the zygote's start, see docs/design.md) and differs between owners, who never share a zygote.
 func TestZygoteFreshness(t *testing.T) {
 	e := zygoteEngine(t)
+	for i, tc := range []string{freshState, freshLean} {
+		f := zygoteFlavors[i]
+		t.Run(f.name, func(t *testing.T) { freshness(t, e, tc, f.prefix) })
+	}
+	la, fa := zrun(t, e, api.ExecuteRequest{Code: freshLean}), zrun(t, e, api.ExecuteRequest{Code: freshState})
+	if l, f := strings.Fields(la.Stdout), strings.Fields(fa.Stdout); len(l) != 4 || len(f) != 4 || l[3] == f[3] {
+		t.Errorf("one key's lean and full zygotes: %q and %q, want 4 values each and hash(\"x\") of each its own", la.Stdout, fa.Stdout)
+	}
+}
+
+func freshness(t *testing.T, e *engine.Engine, code, prefix string) {
 	fields := func(owner string) []string {
 		t.Helper()
-		res := zrunAs(t, e, owner, api.ExecuteRequest{Code: freshState})
+		res := zrunAs(t, e, owner, api.ExecuteRequest{Code: code})
 		f := strings.Fields(res.Stdout)
 		if !res.Success || len(f) != 4 {
 			t.Fatalf("got %+v, want 4 values", res)
@@ -200,7 +234,7 @@ func TestZygoteFreshness(t *testing.T) {
 		return f
 	}
 	a, b := fields(""), fields("")
-	for i, name := range []string{"random.random()", "numpy.random.rand()", "os.urandom(8)"} {
+	for i, name := range []string{"random.random()", "numpy.random.rand() or random.getrandbits(52)", "os.urandom(8)"} {
 		if a[i] == b[i] {
 			t.Errorf("%s is the same in two runs: %s", name, a[i])
 		}
@@ -217,11 +251,11 @@ func TestZygoteFreshness(t *testing.T) {
 	if c[3] == a[3] {
 		t.Errorf("hash(\"x\") is the same for two owners: %s", c[3])
 	}
-	res := zrun(t, e, api.ExecuteRequest{Code: inZygote + `open("/tmp/leftover","w").write("x"); open("/workspace/leftover","w").write("x")`})
+	res := zrun(t, e, api.ExecuteRequest{Code: prefix + `open("/tmp/leftover","w").write("x"); open("/workspace/leftover","w").write("x")`})
 	if !res.Success {
 		t.Fatal(res)
 	}
-	res = zrun(t, e, api.ExecuteRequest{Code: inZygote + `import os; print(os.path.exists("/tmp/leftover"), os.path.exists("/workspace/leftover"))`})
+	res = zrun(t, e, api.ExecuteRequest{Code: prefix + `import os; print(os.path.exists("/tmp/leftover"), os.path.exists("/workspace/leftover"))`})
 	if strings.TrimSpace(res.Stdout) != "False False" {
 		t.Fatalf("files of one run are visible to the next: %+v", res)
 	}
@@ -289,15 +323,23 @@ os.wait(); print("main"); sys.exit(5)`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cold := run(t, tc.req)
-			warm := zrun(t, e, tc.req)
-			probe := zrun(t, e, api.ExecuteRequest{Code: inZygote + "print('warm')"})
-			if strings.TrimSpace(probe.Stdout) != "warm" {
-				t.Fatalf("the zygote did not survive the run: %+v", probe)
-			}
-			if cold.Stdout != warm.Stdout || cold.Stderr != warm.Stderr || cold.ReturnCode != warm.ReturnCode ||
-				cold.Success != warm.Success || cold.TimedOut != warm.TimedOut || cold.OOMKilled != warm.OOMKilled ||
-				cold.Truncated != warm.Truncated {
-				t.Errorf("zygote child answered\n%+v\ncold sandbox answered\n%+v", warm, cold)
+			// These programs name no third-party module: the lean zygote runs them. A last line
+			// that names numpy (a comment, which changes nothing of the program) sends one to
+			// the full zygote.
+			full := tc.req
+			full.Code += "\n# numpy"
+			for i, req := range []api.ExecuteRequest{full, tc.req} {
+				f := zygoteFlavors[i]
+				warm := zrun(t, e, req)
+				probe := zrun(t, e, api.ExecuteRequest{Code: f.prefix + "print('warm')"})
+				if strings.TrimSpace(probe.Stdout) != "warm" {
+					t.Fatalf("the %s zygote did not survive the run: %+v", f.name, probe)
+				}
+				if cold.Stdout != warm.Stdout || cold.Stderr != warm.Stderr || cold.ReturnCode != warm.ReturnCode ||
+					cold.Success != warm.Success || cold.TimedOut != warm.TimedOut || cold.OOMKilled != warm.OOMKilled ||
+					cold.Truncated != warm.Truncated {
+					t.Errorf("%s zygote's child answered\n%+v\ncold sandbox answered\n%+v", f.name, warm, cold)
+				}
 			}
 		})
 	}
@@ -308,11 +350,13 @@ os.wait(); print("main"); sys.exit(5)`}},
 func TestZygoteReplacedWhenKilled(t *testing.T) {
 	e := zygoteEngine(t)
 	pids := zygotePids(t)
-	if len(pids) != 1 {
-		t.Fatalf("zygote processes: %v, want one", pids)
+	if len(pids) != 2 {
+		t.Fatalf("zygote processes: %v, want two (full and lean)", pids)
 	}
-	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
-		t.Fatal(err)
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
 	}
 	waitFor(t, "the zygote to die", func() bool { return len(zygotePids(t)) == 0 })
 	if res := zrun(t, e, api.ExecuteRequest{Code: "print(6*7)"}); strings.TrimSpace(res.Stdout) != "42" {
@@ -323,8 +367,10 @@ func TestZygoteReplacedWhenKilled(t *testing.T) {
 	if err := e.WarmZygote(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if res := zrun(t, e, api.ExecuteRequest{Code: inZygote + "print(6*7)"}); strings.TrimSpace(res.Stdout) != "42" {
-		t.Fatalf("run in the new zygote: %+v", res)
+	for _, f := range zygoteFlavors {
+		if res := zrun(t, e, api.ExecuteRequest{Code: f.prefix + "print(6*7)"}); strings.TrimSpace(res.Stdout) != "42" {
+			t.Fatalf("run in the new %s zygote: %+v", f.name, res)
+		}
 	}
 }
 

@@ -18,9 +18,11 @@ import (
 // on the host image and without output files go to it when Config.Zygote is on; everything else,
 // and every run while no zygote is ready, takes the cold path unchanged.
 //
-// One zygote per API key (owner): CPython fixes its str hash secret at start, and a fork cannot
+// Two zygotes per API key (owner), the full one and a lean one that imports only the standard
+// library (zygote_route.go says which a program goes to). CPython fixes its str hash secret at start, and a fork cannot
 // change it safely (every existing object caches its hash), so the runs of one zygote share it.
-// Per key, no two tenants ever do. A zygote is recycled after zygoteMaxRuns runs, dropped after
+// Per key, no two tenants ever do (and the two zygotes of one key have secrets of their own). A
+// zygote is recycled after zygoteMaxRuns runs, dropped after
 // zygoteIdle without runs, and replaced when it dies (runs go cold meanwhile).
 //
 // What a child shares with its zygote, and why that is safe:
@@ -58,6 +60,7 @@ const (
 // ZygoteSpec makes Spec a zygote sandbox (Runtime.Create then returns a ZygoteInstance).
 type ZygoteSpec struct {
 	Modules []string // imported besides numpy, pandas and matplotlib
+	Lean    bool     // imports none of them (nor Modules): the standard library only
 	// RunMemoryBytes is the usual run's memory limit (the engine's default): children are
 	// prepared with the scratch size a run of it gets, so that most runs take a prepared child.
 	RunMemoryBytes int64
@@ -98,10 +101,16 @@ type ZygoteEnd struct {
 	Usage                            Usage // the run's own cgroup
 }
 
-// zygotes are the engine's zygote sandboxes, one per owner.
+// zygotes are the engine's zygote sandboxes, two per owner.
 type zygotes struct {
 	mu sync.Mutex // guards m
-	m  map[string]*zygote
+	m  map[zygoteKey]*zygote
+}
+
+// zygoteKey names one of an owner's two zygotes.
+type zygoteKey struct {
+	owner string
+	lean  bool
 }
 
 // zygote is one zygote sandbox; inst is nil while it starts.
@@ -130,12 +139,11 @@ func (e *Engine) zygoteEligible(p *oneShotPlan, network netpolicy.Policy) bool {
 // cold path: no zygote is ready (one is started for the next run), or the child could not be set
 // up (nothing of p ran).
 func (e *Engine) runZygote(ctx context.Context, p *oneShotPlan) (res *Result, ok bool, err error) {
-	owner := Owner(ctx)
-	z := e.takeZygote(ctx, owner)
+	z := e.takeZygote(ctx, zygoteKey{Owner(ctx), !zygoteFull(p.Code, e.cfg.ZygoteModules)}, true)
 	if z == nil {
 		return nil, false, nil
 	}
-	defer e.putZygote(ctx, owner, z)
+	defer e.putZygote(ctx, z)
 	release, err := e.acquire(ctx)
 	if err != nil {
 		return nil, true, err
@@ -172,21 +180,39 @@ func (e *Engine) runZygote(ctx context.Context, p *oneShotPlan) (res *Result, ok
 	return res, true, nil
 }
 
-// takeZygote returns owner's ready zygote with a run counted on it, or nil; without one it
-// starts one (unless zygoteMax are alive) for the runs after this.
-func (e *Engine) takeZygote(ctx context.Context, owner string) *zygote {
+// takeZygote returns k's ready zygote with a run counted on it; without one it starts one
+// (unless zygoteMax keys have theirs) for the runs after this, and, if other is set, returns the
+// owner's other zygote when that one is ready (any program runs in either), or else nil.
+func (e *Engine) takeZygote(ctx context.Context, k zygoteKey, other bool) *zygote {
 	zs := &e.zyg
 	zs.mu.Lock()
 	defer zs.mu.Unlock()
 	if zs.m == nil {
-		zs.m = map[string]*zygote{}
+		zs.m = map[zygoteKey]*zygote{}
 	}
 	now := time.Now()
 	for o, z := range zs.m {
-		if o != owner && z.inst != nil && z.inflight == 0 && now.Sub(z.last) > zygoteIdle {
+		if o.owner != k.owner && z.inst != nil && z.inflight == 0 && now.Sub(z.last) > zygoteIdle {
 			e.retireLocked(ctx, o, z)
 		}
 	}
+	z := e.readyZygoteLocked(ctx, k, now)
+	if z == nil && other {
+		z = e.readyZygoteLocked(ctx, zygoteKey{k.owner, !k.lean}, now)
+	}
+	if z == nil {
+		return nil
+	}
+	z.runs++
+	z.inflight++
+	z.last = now
+	return z
+}
+
+// readyZygoteLocked returns k's zygote if it is ready to take a run, or nil; it retires a dead
+// or spent one and starts k's zygote when there is none. zs.mu is held.
+func (e *Engine) readyZygoteLocked(ctx context.Context, owner zygoteKey, now time.Time) *zygote {
+	zs := &e.zyg
 	z := zs.m[owner]
 	if z != nil && !z.failed.IsZero() && now.Sub(z.failed) > zygoteRetry {
 		delete(zs.m, owner)
@@ -205,7 +231,7 @@ func (e *Engine) takeZygote(ctx context.Context, owner string) *zygote {
 		z = nil
 	}
 	if z == nil {
-		if len(zs.m) < zygoteMax {
+		if len(zs.m) < 2*zygoteMax { // two per key
 			e.startZygoteLocked(ctx, owner)
 		}
 		return nil
@@ -213,14 +239,11 @@ func (e *Engine) takeZygote(ctx context.Context, owner string) *zygote {
 	if z.inst == nil {
 		return nil // still starting
 	}
-	z.runs++
-	z.inflight++
-	z.last = now
 	return z
 }
 
 // putZygote ends a run taken with takeZygote.
-func (e *Engine) putZygote(ctx context.Context, owner string, z *zygote) {
+func (e *Engine) putZygote(ctx context.Context, z *zygote) {
 	zs := &e.zyg
 	zs.mu.Lock()
 	defer zs.mu.Unlock()
@@ -231,7 +254,7 @@ func (e *Engine) putZygote(ctx context.Context, owner string, z *zygote) {
 }
 
 // retireLocked takes z out of the map and destroys it once its runs are done. zs.mu is held.
-func (e *Engine) retireLocked(ctx context.Context, owner string, z *zygote) {
+func (e *Engine) retireLocked(ctx context.Context, owner zygoteKey, z *zygote) {
 	if e.zyg.m[owner] == z {
 		delete(e.zyg.m, owner)
 	}
@@ -261,7 +284,7 @@ func (e *Engine) destroyZygote(ctx context.Context, z *zygote) {
 
 // startZygoteLocked creates owner's zygote in the background; zs.mu is held. The creation is
 // counted in e.creating, which Close waits for.
-func (e *Engine) startZygoteLocked(ctx context.Context, owner string) {
+func (e *Engine) startZygoteLocked(ctx context.Context, owner zygoteKey) {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -277,7 +300,7 @@ func (e *Engine) startZygoteLocked(ctx context.Context, owner string) {
 		defer cancel()
 		id, inst, err := e.create(ctx, KindZygote, Spec{
 			// The zygote's rlimits bound its children's: scratch is the largest a run's.
-			Image: "host", NoFile: e.cfg.NoFile, ScratchBytes: e.cfg.ScratchBytes, Zygote: &ZygoteSpec{Modules: e.cfg.ZygoteModules, RunMemoryBytes: e.cfg.DefaultMemory},
+			Image: "host", NoFile: e.cfg.NoFile, ScratchBytes: e.cfg.ScratchBytes, Zygote: &ZygoteSpec{Modules: e.cfg.ZygoteModules, Lean: owner.lean, RunMemoryBytes: e.cfg.DefaultMemory},
 		}, record{}, func() {})
 		zi, isZygote := inst.(ZygoteInstance)
 		e.zyg.mu.Lock()
@@ -296,20 +319,29 @@ func (e *Engine) startZygoteLocked(ctx context.Context, owner string) {
 		if e.zyg.m[owner] != z {
 			e.destroyZygote(ctx, z)
 		}
-		e.cfg.Logger.InfoContext(ctx, "python zygote ready", "zygote", id)
+		e.cfg.Logger.InfoContext(ctx, "python zygote ready", "zygote", id, "lean", owner.lean)
 	}()
 }
 
-// WarmZygote starts ctx's owner's zygote if it is not running and waits until it is ready, so
-// that the first one-shots need not run cold. It fails if the zygote is off or cannot start.
+// WarmZygote starts ctx's owner's zygotes, full and lean, if they are not running and waits
+// until both are ready, so that the first one-shots need not run cold. It fails if the zygote
+// is off or either cannot start.
 func (e *Engine) WarmZygote(ctx context.Context) error {
 	if !e.cfg.Zygote {
 		return errors.New("the zygote is off")
 	}
-	owner := Owner(ctx)
+	for _, lean := range []bool{false, true} {
+		if err := e.warmZygote(ctx, zygoteKey{Owner(ctx), lean}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Engine) warmZygote(ctx context.Context, owner zygoteKey) error {
 	for range 2 { // a dead or recycled zygote is replaced once
-		if z := e.takeZygote(ctx, owner); z != nil {
-			e.putZygote(ctx, owner, z)
+		if z := e.takeZygote(ctx, owner, false); z != nil {
+			e.putZygote(ctx, z)
 			return nil
 		}
 		e.zyg.mu.Lock()

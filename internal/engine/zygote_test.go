@@ -24,6 +24,7 @@ type zygoteRuntime struct {
 type fakeZygote struct {
 	*fakeInstance
 	rt   *zygoteRuntime
+	lean bool
 	runs []ZygoteRun
 }
 
@@ -32,7 +33,7 @@ func (r *zygoteRuntime) Create(ctx context.Context, s Spec) (Instance, error) {
 	if err != nil || s.Zygote == nil {
 		return inst, err
 	}
-	z := &fakeZygote{fakeInstance: inst.(*fakeInstance), rt: r}
+	z := &fakeZygote{fakeInstance: inst.(*fakeInstance), rt: r, lean: s.Zygote.Lean}
 	r.mu.Lock()
 	r.zygotes = append(r.zygotes, z)
 	r.mu.Unlock()
@@ -48,6 +49,20 @@ func (z *fakeZygote) RunZygote(ctx context.Context, r ZygoteRun) (*ZygoteEnd, er
 		return end(r)
 	}
 	return &ZygoteEnd{Stdout: []byte("zygote:" + r.Code), Duration: time.Millisecond}, nil
+}
+
+// ran returns the zygote that ran code (nil: none did).
+func (r *zygoteRuntime) ran(code string) *fakeZygote {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, z := range r.zygotes {
+		for _, run := range z.runs {
+			if run.Code == code {
+				return z
+			}
+		}
+	}
+	return nil
 }
 
 func (r *zygoteRuntime) zygoteRuns() (zygotes, runs int) {
@@ -75,20 +90,23 @@ func newZygoteEngine(t *testing.T, cfg Config) (*Engine, *zygoteRuntime) {
 }
 
 // TestZygoteRouting: only Python one-shots with the network blocked, on the host image and
-// without output files go to the zygote; the rest run cold, unchanged.
+// without output files go to the zygote; the rest run cold, unchanged. Programs that import
+// only the standard library go to the lean zygote, the others to the full one.
 func TestZygoteRouting(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		o      OneShot
 		zygote bool
+		full   bool
 	}{
-		{"python", OneShot{Code: "print(1)"}, true},
-		{"python with files, stdin and env", OneShot{Code: "x", Stdin: "in", Files: map[string]string{"a.txt": "a"}, Env: map[string]string{"K": "V"}}, true},
-		{"host image named", OneShot{Code: "x", Image: "host"}, true},
-		{"bash", OneShot{Code: "echo 1", Language: api.LanguageBash}, false},
-		{"internet", OneShot{Code: "x", Network: netpolicy.Policy{Mode: netpolicy.Internet}}, false},
-		{"output files", OneShot{Code: "x", OutputFiles: []string{"out.txt"}}, false},
+		{"python", OneShot{Code: "print(1)"}, true, false},
+		{"numpy", OneShot{Code: "import numpy as np\nprint(np.arange(3).sum())"}, true, true},
+		{"python with files, stdin and env", OneShot{Code: "x", Stdin: "in", Files: map[string]string{"a.txt": "a"}, Env: map[string]string{"K": "V"}}, true, false},
+		{"host image named", OneShot{Code: "x", Image: "host"}, true, false},
+		{"bash", OneShot{Code: "echo 1", Language: api.LanguageBash}, false, false},
+		{"internet", OneShot{Code: "x", Network: netpolicy.Policy{Mode: netpolicy.Internet}}, false, false},
+		{"output files", OneShot{Code: "x", OutputFiles: []string{"out.txt"}}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -102,7 +120,11 @@ func TestZygoteRouting(t *testing.T) {
 				t.Fatalf("zygote run: got %v, want %v (result %+v)", got, tc.zygote, res)
 			}
 			if tc.zygote {
-				z := rt.zygotes[0].runs[0]
+				zy := rt.ran(tc.o.Code)
+				if zy.lean == tc.full {
+					t.Errorf("ran in the lean zygote: %v, want %v", zy.lean, !tc.full)
+				}
+				z := zy.runs[0]
 				if z.Stdin != tc.o.Stdin || z.Timeout != 30*time.Second || z.MemoryBytes != 512<<20 || z.Pids != 256 {
 					t.Errorf("zygote run got %+v, want the request with the engine's defaults", z)
 				}
@@ -165,8 +187,9 @@ func TestZygoteFallsBackCold(t *testing.T) {
 	}
 }
 
-// TestZygoteLifecycle: one zygote per owner, never listed; a dead one is replaced (its owner's
-// runs go cold meanwhile); Close destroys them all.
+// TestZygoteLifecycle: two zygotes per owner (full and lean), never listed; while one is dead
+// its programs run in the other, while both are its owner's runs go cold; a dead one is
+// replaced; Close destroys them all.
 func TestZygoteLifecycle(t *testing.T) {
 	t.Parallel()
 	e, rt := newZygoteEngine(t, Config{})
@@ -174,16 +197,25 @@ func TestZygoteLifecycle(t *testing.T) {
 	if err := e.WarmZygote(other); err != nil {
 		t.Fatal(err)
 	}
-	if n, _ := rt.zygoteRuns(); n != 2 {
-		t.Fatalf("%d zygotes for two owners, want 2", n)
+	if n, _ := rt.zygoteRuns(); n != 4 {
+		t.Fatalf("%d zygotes for two owners, want 4", n)
 	}
 	if got := len(e.ListSandboxes(t.Context())); got != 0 {
 		t.Errorf("%d sandboxes listed, want the zygotes unlisted", got)
 	}
-	rt.zygotes[0].Destroy(t.Context()) // dies
-	res, err := e.Execute(t.Context(), OneShot{Code: "after death"})
+	full, lean := rt.zygotes[0], rt.zygotes[1] // WarmZygote starts the full one first
+	if full.lean || !lean.lean {
+		t.Fatalf("the first owner's zygotes: lean %v and %v, want false and true", full.lean, lean.lean)
+	}
+	lean.Destroy(t.Context()) // dies
+	res, err := e.Execute(t.Context(), OneShot{Code: "lean dead"})
+	if err != nil || res.Stdout != "zygote:lean dead" || rt.ran("lean dead") != full {
+		t.Fatalf("run after the lean zygote died: %+v %v, want it in the full zygote", res, err)
+	}
+	full.Destroy(t.Context())
+	res, err = e.Execute(t.Context(), OneShot{Code: "after death"})
 	if err != nil || res.Stdout != "after death" {
-		t.Fatalf("run after the zygote died: %+v %v, want a cold run", res, err)
+		t.Fatalf("run after both zygotes died: %+v %v, want a cold run", res, err)
 	}
 	if err := e.WarmZygote(t.Context()); err != nil {
 		t.Fatal(err)
@@ -192,8 +224,8 @@ func TestZygoteLifecycle(t *testing.T) {
 	if err != nil || res.Stdout != "zygote:again" {
 		t.Fatalf("run after the replacement: %+v %v", res, err)
 	}
-	if n, _ := rt.zygoteRuns(); n != 3 {
-		t.Fatalf("%d zygotes made, want 3 (one replaced)", n)
+	if n, _ := rt.zygoteRuns(); n != 6 {
+		t.Fatalf("%d zygotes made, want 6 (two replaced)", n)
 	}
 	e.Close(t.Context())
 	for _, z := range rt.zygotes {
@@ -201,6 +233,36 @@ func TestZygoteLifecycle(t *testing.T) {
 		case <-z.Done():
 		default:
 			t.Errorf("zygote %s alive after Close", z.id)
+		}
+	}
+}
+
+// TestZygoteFull: which zygote a program is sent to. Any program runs in either; this is only
+// where it is fastest.
+func TestZygoteFull(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		code    string
+		modules []string
+		want    bool
+	}{
+		{"print(1)", nil, false},
+		{"import os, sys\nimport json as j\nfrom collections import Counter\nprint(Counter('aab'))", nil, false},
+		{"def f():\n    import random\n    return random.random()", nil, false},
+		{"from . import sibling", nil, false},
+		{"import numpy as np", nil, true},
+		{"import pandas", nil, true},
+		{"from matplotlib import pyplot as plt", nil, true},
+		{"x = __import__('numpy')", nil, true},
+		{"import os, scipy.stats", nil, true},
+		{"x = 1; import sklearn", nil, true},
+		{"from requests import get", nil, true},
+		{"import sympy", []string{"sympy"}, true},
+		{"import polars.io", []string{"polars"}, true},
+		{"numpyish = 1\nprint(numpyish)", nil, false},
+	} {
+		if got := zygoteFull(tc.code, tc.modules); got != tc.want {
+			t.Errorf("zygoteFull(%q, %q) = %v, want %v", tc.code, tc.modules, got, tc.want)
 		}
 	}
 }

@@ -65,12 +65,14 @@ def _fail_start(kind, e, tb):
 
 sys.excepthook = _fail_start  # until "ok", a failure is reported as the setup step that failed
 os.environ["MPLBACKEND"] = "Agg"
-for _m in ["numpy", "pandas", "matplotlib", "matplotlib.pyplot"] + (CFG.get("modules") or []):
+# A lean zygote (ZygoteConfig.Lean) imports none: its children are small, for programs that
+# need only the standard library.
+for _m in [] if CFG.get("lean") else ["numpy", "pandas", "matplotlib", "matplotlib.pyplot"] + (CFG.get("modules") or []):
     try:
         __import__(_m)
     except Exception as _e:  # a module the image lacks is not imported; the run still works
         print("zygote: import %s: %s" % (_m, _e), file=sys.stderr, flush=True)
-del _m
+globals().pop("_m", None)  # the loop may not have run
 
 LIBC = ctypes.CDLL(None, use_errno=True)
 LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
