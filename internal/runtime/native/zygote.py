@@ -5,15 +5,19 @@
 #
 #   G (the zygote's child, born PID 1 of a new PID namespace)
 #     says hello (the daemon reads G's host pid from the message's SCM_CREDENTIALS), waits
-#     for "go" (the daemon has moved G into a cgroup of its own), then unshares mount, IPC, UTS,
-#     network and cgroup namespaces, mounts a fresh scratch tmpfs for /workspace, /tmp and
-#     /dev/shm, a devpts and a /proc of its own (with the sandbox's masks), sets the hostname,
-#     brings loopback up, binds its end socket (END_ADDR) and forks U; then sets no_new_privs
-#     and the seccomp filter, and waits for U's end: U's own report, or U's exit when it ended
+#     for "go" (the daemon has moved G into a cgroup of its own), unshares the network
+#     namespace, binds its end socket (END_ADDR) there and forks U; then sets no_new_privs and
+#     the seccomp filter, and waits for U's end: U's own report, or U's exit when it ended
 #     without one (wait_end); on a report it kills the run's other processes, as the agent does
 #     when a one-shot's program exits; it reports U's wait status and exits (its exit, and U's,
-#     are after the answer)
-#   U (the user program)
+#     are after the answer). G does as little as it can: every page of the zygote's memory a
+#     process touches is copied into it, so what G did and U did again (the interpreter's own
+#     state, the modules both used) was copied twice; G's share of a run's CPU was as large as
+#     U's. G stays in the zygote's mount, IPC and UTS namespaces, which it never uses.
+#   U (the user program, PID 2, born in the run's cgroup and network namespace)
+#     reads the prepare line, unshares mount, IPC, UTS and cgroup namespaces, mounts a fresh
+#     scratch tmpfs for /workspace, /tmp and /dev/shm, a devpts and a /proc of its own (with the
+#     sandbox's masks), sets the hostname, brings loopback up; then
 #     seeds its generators from the OS, sets the file-size limit of its scratch size, becomes
 #     the sandbox user (no capabilities), sets no_new_privs, the sandbox's Landlock rules and
 #     seccomp filter, says "ready" and waits for the request — locked down as the program it
@@ -44,15 +48,19 @@ import gc
 import io
 import json
 import os
-import random
 import resource
 import select
 import signal
 import socket
 import struct
 import sys
-import threading  # noqa: F401 (as atexit)
 import traceback  # noqa: F401 (for the excepthook of user code)
+
+# Not imported here: threading and random. Each registers a handler that runs in every forked
+# child (threading's rebuilds its thread tables in Python, random reseeds), and what a handler
+# touches is copied into the child: ≈ 140 and 40 page faults per fork, two forks per run. A
+# program that imports them imports them fresh (random then seeds itself from the OS); the full
+# zygote's modules import both anyway.
 
 CFG = json.loads(os.read(3, 1 << 22).decode())
 os.close(3)
@@ -227,7 +235,9 @@ def close_from(first, keep=()):
 
 def reseed():
     # A fork copies every generator's state: reseed from the OS what the zygote may have used.
-    random.seed()
+    random = sys.modules.get("random")
+    if random is not None:
+        random.seed()
     np = sys.modules.get("numpy")
     if np is not None:
         # The global RandomState's whole MT19937 key from the OS, as np.random.seed() draws it,
@@ -266,9 +276,27 @@ def recv_line(conn):
     return json.loads(buf)
 
 
-def user(conn, prep):
-    """U: made ready ahead of its request, then becomes the user program."""
-    prepare_user(prep, conn)
+def user(conn):
+    """U: builds the run's sandbox, is made ready ahead of its request, then becomes the user
+    program."""
+    try:
+        prep = recv_line(conn)
+        # The cgroup namespace now, not at the fork: rooted at the run's own cgroup.
+        check("unshare", LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP))
+        mount("make mounts private", None, "/", None, MS_REC | MS_PRIVATE)
+        scratch(prep)
+        # Its own terminals: the zygote's devpts instance is shared, and every run has the same uid.
+        mount("mount devpts", "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620,max=%d" % CFG["ptys"])
+        socket.sethostname("sandbox")
+        loopback_up()
+        proc()
+        prepare_user(prep, conn)
+    except BaseException as e:
+        try:
+            send(conn, {"error": str(e) or type(e).__name__})
+        finally:
+            os._exit(1)
     send(conn, {"ready": 1})
     try:
         req, fds = recv_request(conn)
@@ -366,8 +394,9 @@ def run_code(source):
         sys.excepthook(type(e), e.with_traceback(tb), tb)
         code = 1
     try:
-        import threading
-        threading._shutdown()
+        threading = sys.modules.get("threading")
+        if threading is not None:  # as Py_Finalize: without it, no thread of its to join
+            threading._shutdown()
         import atexit
         atexit._run_exitfuncs()
     except BaseException:
@@ -468,16 +497,8 @@ def wait_end(ends, upid):
             return st
 
 
-def init(conn, prep):
-    """G: PID 1 of the run's PID namespace."""
-    close_from(3, keep=(conn.fileno(),))
-    proc()
-    prctl("set not dumpable", PR_SET_DUMPABLE, 0)
-    ends = end_listener()
-    upid = os.fork()
-    if upid == 0:
-        ends.close()
-        user(conn, prep)
+def init(conn, ends, upid):
+    """G, once U is forked: PID 1 of the run's PID namespace until U's end."""
     for fd in (0, 1, 2):
         os.close(fd)
     install_seccomp()
@@ -510,32 +531,33 @@ def recv_request(conn):
 
 
 def child(conn):
-    """G, from the zygote's fork: PID 1 of a new PID namespace (see serve) that prepares one
-    sandbox and runs it."""
+    """G, from the zygote's fork: PID 1 of a new PID namespace (see serve) whose child U
+    prepares one sandbox and runs it."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     conn.settimeout(None)
     try:
         close_from(3, keep=(conn.fileno(),))
+        prctl("set not dumpable", PR_SET_DUMPABLE, 0)
         conn.sendall(HELLO)
         if conn.recv(3) != b"go\n":
             os._exit(0)  # the daemon could not place this child: prepare nothing
-        prep = recv_line(conn)
-        # The cgroup namespace now, not at the fork: rooted at the run's own cgroup.
-        check("unshare", LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET | CLONE_NEWCGROUP))
-        mount("make mounts private", None, "/", None, MS_REC | MS_PRIVATE)
-        scratch(prep)
-        # Its own terminals: the zygote's devpts instance is shared, and every run has the same uid.
-        mount("mount devpts", "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=0620,max=%d" % CFG["ptys"])
-        socket.sethostname("sandbox")
-        loopback_up()
-        init(conn, prep)
+        check("unshare", LIBC.unshare(CLONE_NEWNET))
+        ends = end_listener()
+        upid = os.fork()
     except BaseException as e:
         try:
             send(conn, {"error": str(e) or type(e).__name__})
         except BaseException:
             pass
-    os._exit(1)
+        os._exit(1)
+    try:
+        if upid == 0:
+            ends.close()
+            user(conn)  # ends in os._exit
+        else:
+            init(conn, ends, upid)
+    finally:
+        os._exit(1)  # neither process ever returns to the zygote's loop
 
 
 MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
