@@ -51,9 +51,12 @@ func Serve(runtime string, init Init) int {
 	return 0
 }
 
-// BuildID identifies this build for Compatible: the ABI, the Go version, and the source
-// revision and whether the tree was modified, when the build recorded them (a go test binary
-// does not), separated by '|'.
+// BuildID identifies this build for Compatible: the ABI, the Go version, the source revision
+// and whether the tree was modified, when the build recorded them (a go test binary does not),
+// and the digest of the Python zygote's script, separated by '|'. The script is the sandbox's
+// half of the zygote's protocol; a build from a modified tree, or a test binary, records no
+// revision to tell two builds apart by, and a stale airlock-sandbox beside a newer daemon had
+// its zygote's every run fail its set-up (and go cold).
 func BuildID() string {
 	goVersion, rev, modified := "", "", ""
 	if bi, ok := debug.ReadBuildInfo(); ok {
@@ -67,15 +70,15 @@ func BuildID() string {
 			}
 		}
 	}
-	return strings.Join([]string{ABI, goVersion, rev, modified}, "|")
+	return strings.Join([]string{ABI, goVersion, rev, modified, native.ZygoteDigest()}, "|")
 }
 
 // Compatible reports whether a sandbox binary whose BuildID is other may serve the daemon
-// whose BuildID is self: the same ABI and Go version, and the same revision and tree state
-// where both recorded theirs.
+// whose BuildID is self: the same ABI, Go version and zygote script, and the same revision and
+// tree state where both recorded theirs.
 func Compatible(self, other string) bool {
 	a, b := strings.Split(self, "|"), strings.Split(other, "|")
-	if len(a) != 4 || len(b) != 4 || a[0] != b[0] || a[1] != b[1] {
+	if len(a) != 5 || len(b) != 5 || a[0] != b[0] || a[1] != b[1] || a[4] != b[4] {
 		return false
 	}
 	return a[2] == "" || b[2] == "" || (a[2] == b[2] && a[3] == b[3])

@@ -150,20 +150,27 @@ def loopback_up():
         s.close()
 
 
+def proc_entries():
+    """The masked and read-only /proc entries this kernel has, found once in the zygote's own
+    /proc (the sandbox's, masked the same way: a masked entry is a mount point there) rather than
+    by two stats per entry in every run: a fresh procfs of the same kernel has the same ones."""
+    masked = [(p, os.path.isdir(p)) for p in CFG["masked"] if os.path.lexists(p)]
+    return masked, [p for p in CFG["read_only"] if os.path.lexists(p)]
+
+
+PROC_MASKED, PROC_READ_ONLY = proc_entries()
+
+
 def proc():
     """The run's own /proc (of its new PID namespace), masked like the sandbox's (mountProc)."""
     mount("mount /proc", "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for p in CFG["masked"]:
-        if not os.path.lexists(p):
-            continue
-        if os.path.isdir(p):
+    for p, isdir in PROC_MASKED:
+        if isdir:
             mount("mask " + p, "airlock-mask", p, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                   "size=0,nr_inodes=1")
         else:
             mount("mask " + p, "/dev/null", p, None, MS_BIND)
-    for p in CFG["read_only"]:
-        if not os.path.lexists(p):
-            continue
+    for p in PROC_READ_ONLY:
         mount("bind " + p, p, p, None, MS_BIND | MS_REC)
         mount("remount " + p, None, p, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
@@ -173,31 +180,43 @@ LL_REFER, LL_TRUNCATE, LL_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
 LL_FILE = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | LL_TRUNCATE | LL_IOCTL_DEV  # rights a file rule may hold
 
 
-def landlock():
+def landlock_plan():
     """restrictFS's Landlock domain, best effort as there: everything readable and executable,
-    writable only the writable areas, /proc, the terminals and the devices."""
+    writable only the writable areas, /proc, the terminals and the devices. Planned once in the
+    zygote (the kernel's ABI, the ruleset's attribute, each rule's rights); each run only makes
+    the ruleset, opens the paths in its own mounts and adds the rules (landlock). None: this
+    kernel has no Landlock."""
     LIBC.syscall.restype = ctypes.c_long
     abi = LIBC.syscall(444, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # LANDLOCK_CREATE_RULESET_VERSION
     if abi < 1:
-        return  # no Landlock in this kernel
+        return None
     handled = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1}.get(abi, (1 << 16) - 1)
-    attr = struct.pack("Q", handled)
-    rs = LIBC.syscall(444, attr, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
-    check("landlock ruleset", 0 if rs >= 0 else -1)
     ro = LL_EXECUTE | LL_READ_FILE | LL_READ_DIR
     rw = handled & ~(LL_REFER | LL_IOCTL_DEV)
     rules = [("/", ro)] + [(d, rw | LL_REFER) for d in ("/workspace", "/tmp", "/dev/shm")] + \
             [("/proc", rw), ("/dev/pts", rw | LL_IOCTL_DEV)] + \
             [("/dev/" + d, rw & LL_FILE | LL_IOCTL_DEV) for d in CFG["devices"]]
+    return struct.pack("Q", handled), [(path, access & handled, "landlock rule " + path) for path, access in rules]
+
+
+LANDLOCK = landlock_plan()
+
+
+def landlock():
+    if LANDLOCK is None:
+        return
+    attr, rules = LANDLOCK
+    rs = LIBC.syscall(444, attr, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    check("landlock ruleset", 0 if rs >= 0 else -1)
     try:
-        for path, access in rules:
+        for path, access, step in rules:
             try:
                 fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             try:
-                beneath = struct.pack("=Qi", access & handled, fd)  # struct landlock_path_beneath_attr, packed
-                check("landlock rule " + path, LIBC.syscall(445, ctypes.c_int(rs), ctypes.c_int(1), beneath, ctypes.c_uint32(0)))
+                beneath = struct.pack("=Qi", access, fd)  # struct landlock_path_beneath_attr, packed
+                check(step, LIBC.syscall(445, ctypes.c_int(rs), ctypes.c_int(1), beneath, ctypes.c_uint32(0)))
             finally:
                 os.close(fd)
         check("landlock restrict", LIBC.syscall(446, ctypes.c_int(rs), ctypes.c_uint32(0)))
@@ -205,10 +224,12 @@ def landlock():
         os.close(rs)
 
 
+SECCOMP_PROG = SockFprog(len(SECCOMP) // 8, ctypes.addressof(SECCOMP_BUF))  # made once, like the filter
+
+
 def install_seccomp():
     prctl("set no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
-    prog = SockFprog(len(SECCOMP) // 8, ctypes.addressof(SECCOMP_BUF))
-    prctl("seccomp", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog))
+    prctl("seccomp", PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(SECCOMP_PROG))
 
 
 def drop_bounding_set():

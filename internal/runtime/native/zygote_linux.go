@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	_ "embed"
 	"encoding/binary"
 	"encoding/hex"
@@ -40,6 +41,13 @@ import (
 
 //go:embed zygote.py
 var zygoteScript []byte
+
+// ZygoteDigest is the first 12 hex digits of the zygote script's SHA-256: the daemon and a
+// separate sandbox binary must run the same script (sandboxmain.BuildID).
+func ZygoteDigest() string {
+	sum := sha256.Sum256(zygoteScript)
+	return hex.EncodeToString(sum[:6])
+}
 
 // ZygoteConfig makes Spec a zygote sandbox.
 type ZygoteConfig struct {
