@@ -438,7 +438,7 @@ func serveCmd() *cobra.Command {
 	flagEnv(f, &ec.PoolCPU, "pool-cpu", "AIRLOCK_POOL_CPU", "warm pool: the share of one core refills may use, in (0, 1]")
 	flagEnv(f, &ec.PoolIdle, "pool-idle", "AIRLOCK_POOL_IDLE", "warm pool: a class with no request for this long holds no ready sandbox")
 	flagEnv(f, &skipPreflight, "skip-preflight", "AIRLOCK_SKIP_PREFLIGHT", "start even where the host checks of airlock doctor FAIL (experts: sandboxes will fail instead)")
-	flagEnv(f, &ec.Zygote, "zygote", "AIRLOCK_ZYGOTE", "run Python one-shots (network block, host image, no output files) in children of a pre-imported Python zygote per API key; --zygote=false runs every one cold")
+	flagEnv(f, &ec.Zygote, "zygote", "AIRLOCK_ZYGOTE", "run Python one-shots (network block, host image, no output files) in children of pre-imported Python zygotes (two per API key: numpy, pandas and matplotlib imported, or the standard library only); --zygote=false runs every one cold")
 	flagEnv(f, (*stringList)(&ec.ZygoteModules), "zygote-modules", "AIRLOCK_ZYGOTE_MODULES", "modules the zygote imports besides numpy, pandas and matplotlib, comma-separated")
 	flagEnv(f, &co.maxConns, "max-connections", "AIRLOCK_MAX_CONNECTIONS", "client connections at once; more wait (default half of RLIMIT_NOFILE, at most 16384)")
 	flagEnv(f, &sd.grace, "shutdown-grace", "AIRLOCK_SHUTDOWN_GRACE", "on SIGTERM or SIGINT, how long calls in flight (runs, cells, execs) may take to finish; past it they end with 503")
