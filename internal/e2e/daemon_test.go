@@ -60,6 +60,22 @@ func startDaemon(t *testing.T, state, cgroupRoot, addr string, opts ...func(*exe
 		t.Fatal(err)
 	}
 	d := &daemon{t: t, cmd: cmd, url: "http://" + addr, addr: addr, log: logf.Name()}
+	// A test that fails before it stops its daemon must not leave it running (with its
+	// sandboxes and zygotes): stopped as stop would, killed if it does not go.
+	t.Cleanup(func() {
+		if cmd.ProcessState != nil {
+			return
+		}
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := http.Get(d.url + "/healthz")
