@@ -38,7 +38,7 @@
 # enables the collector just before the user's code).
 #
 # Wire format (JSON lines on the connection): G → {"hello":1}; daemon → "go" and the prepare
-# line {"scratch_size":…}; U → {"ready":1}; daemon → the request line with SCM_RIGHTS [stdin,
+# line, the scratch size in bytes as a decimal number; U → {"ready":1}; daemon → the request line with SCM_RIGHTS [stdin,
 # stdout, stderr]; U → {"started":1} or {"error":"…"}; G → {"status": <U's wait status>}.
 # Inside the run, U → G on END_ADDR: one line, its exit code.
 import atexit  # noqa: F401 (imported here, not per run: run_code's end uses it)
@@ -284,7 +284,7 @@ def send(conn, obj):
     conn.sendall(json.dumps(obj).encode() + b"\n")
 
 
-HELLO = b'{"hello":1}\n'
+HELLO, READY, STARTED = b'{"hello":1}\n', b'{"ready":1}\n', b'{"started":1}\n'
 
 
 def recv_line(conn):
@@ -294,14 +294,14 @@ def recv_line(conn):
         if not b:
             raise StepError("connection closed")
         buf += b
-    return json.loads(buf)
+    return buf
 
 
 def user(conn):
     """U: builds the run's sandbox, is made ready ahead of its request, then becomes the user
     program."""
     try:
-        prep = recv_line(conn)
+        prep = {"scratch_size": int(recv_line(conn))}  # a number, not JSON: the decoder's pages stay uncopied
         # The cgroup namespace now, not at the fork: rooted at the run's own cgroup.
         check("unshare", LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP))
         mount("make mounts private", None, "/", None, MS_REC | MS_PRIVATE)
@@ -318,7 +318,7 @@ def user(conn):
             send(conn, {"error": str(e) or type(e).__name__})
         finally:
             os._exit(1)
-    send(conn, {"ready": 1})
+    conn.sendall(READY)
     try:
         req, fds = recv_request(conn)
     except BaseException:
@@ -384,7 +384,7 @@ def setup_user(req, fds, conn, prep):
             os.makedirs(d, exist_ok=True)
         with open(name, "w") as f:
             f.write(content)
-    send(conn, {"started": 1})
+    conn.sendall(STARTED)
     conn.close()
 
 

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -382,8 +383,8 @@ func (s *Sandbox) prepare(p *zygotePool, scratch int64, lim cgroup.Limits) (_ *p
 	if err := g.Add(pid); err != nil {
 		return nil, fmt.Errorf("place child: %w", err)
 	}
-	prep, _ := json.Marshal(map[string]int64{"scratch_size": scratch})
-	if _, err := c.conn.Write(append(append([]byte("go\n"), prep...), '\n')); err != nil {
+	// The prepare line is the scratch size alone (zygote.py's user reads a number, not JSON).
+	if _, err := c.conn.Write(append(strconv.AppendInt([]byte("go\n"), scratch, 10), '\n')); err != nil {
 		return nil, fmt.Errorf("start child: %w", err)
 	}
 	rep, err := readReply(c.r)
