@@ -313,6 +313,14 @@ os.read(r, 1); print("main")`}},
 		// A forked child that runs off the program's end, and one that forges an end report:
 		// neither ends the run; only the program's own end does.
 		{"child runs off the end", api.ExecuteRequest{Code: "import os\nif os.fork() == 0: print('child')\nelse: os.wait(); print('parent')"}},
+		// A program that connects to G's end socket itself and never writes, while a child of
+		// its holds that connection open: G must still see the program's exit.
+		{"silent end report", api.ExecuteRequest{Timeout: 4, Code: `import os, socket, time
+try:
+    s = socket.socket(socket.AF_UNIX); s.connect(b"\0airlock-run-end")
+except OSError: pass
+if os.fork() == 0: os.close(1); os.close(2); time.sleep(60)
+print("main", flush=True); os._exit(0)`}},
 		{"forged end report", api.ExecuteRequest{Code: `import os, socket, sys
 if os.fork() == 0:
     try:

@@ -469,6 +469,10 @@ def read_report(c, upid):
         pid = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
         if pid != upid:
             return None
+        # Bounded: U's report is written right after its connect, and a program that connects
+        # and never writes (a child holding the socket open) must not stop G from seeing U's
+        # exit (it then ends its own run late, never another's).
+        c.settimeout(0.5)
         buf = b""
         while not buf.endswith(b"\n") and len(buf) < 8:
             b = c.recv(8)
@@ -631,8 +635,11 @@ def serve():
             conn.close()
             continue
         if pid == 0:
-            listener.close()
-            child(conn)
+            try:
+                listener.close()
+                child(conn)
+            finally:
+                os._exit(1)  # a child never returns to this loop, whatever fails
         conn.close()
 
 
