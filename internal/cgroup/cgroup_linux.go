@@ -21,6 +21,8 @@ type backend interface {
 	version() int
 	create(name string, l Limits) (groupOps, error)
 	load(name string) (groupOps, error)
+	createSplit(name, child string, outer, inner Limits) (groupOps, groupOps, error)
+	loadSplit(name, child string) (groupOps, groupOps, error)
 	list() ([]string, error)
 	removeRoot() error
 }
@@ -104,6 +106,56 @@ func (m *Manager) Load(name string) (*Group, error) {
 		return nil, fmt.Errorf("load cgroup %s: %w", name, err)
 	}
 	return &Group{name: name, ops: ops, b: m.b}, nil
+}
+
+// CreateSplit makes group name with limits outer and its child named child with limits inner,
+// as Create and CreateChild do, but in the layout that gives the pair one memory cgroup instead of
+// two. It exists on v1 only (elsewhere it fails with errors.ErrUnsupported):
+//
+//	memory/<root>/<name>           the child's memory group: inner.MemoryBytes; the child's processes
+//	memory/<root>                  the outer group's processes, those of every split pair (no limit)
+//	<ctl>/<root>/<name>[/<child>]  cpu, cpuacct, pids, freezer: as Create and CreateChild make them
+//
+// The kernel keeps a map of every superblock's shrinker in every memory cgroup (≈ 1 KiB per 64
+// superblocks on the host), so each memory cgroup a sandbox has costs it ∝ the number of
+// sandboxes; the pair's other controllers are unchanged. outer may set no memory limit (it has no
+// memory group of its own to hold one): ErrInvalidLimits. The outer group's Stats report the
+// child's memory. Kill, Pids and Delete of the outer group cover the child, as with CreateChild;
+// a child made with CreateChild below a split group nests below the child's memory group.
+func (m *Manager) CreateSplit(name, child string, outer, inner Limits) (*Group, *Group, error) {
+	for _, n := range []string{name, child} {
+		if err := validateName(n); err != nil {
+			return nil, nil, fmt.Errorf("create cgroup: %w", err)
+		}
+	}
+	if outer.MemoryBytes != 0 {
+		return nil, nil, fmt.Errorf("create cgroup %s: a memory limit of %d bytes on the split pair's outer group: %w",
+			name, outer.MemoryBytes, ErrInvalidLimits)
+	}
+	for _, l := range []Limits{outer, inner} {
+		if err := l.validate(); err != nil {
+			return nil, nil, fmt.Errorf("create cgroup %s: %w", name, err)
+		}
+	}
+	o, i, err := m.b.createSplit(name, child, outer, inner)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create cgroup %s: %w", name, err)
+	}
+	return &Group{name: name, ops: o, b: m.b}, &Group{name: name + "/" + child, ops: i, b: m.b}, nil
+}
+
+// LoadSplit returns the existing pair that CreateSplit made (see Load).
+func (m *Manager) LoadSplit(name, child string) (*Group, *Group, error) {
+	for _, n := range []string{name, child} {
+		if err := validateName(n); err != nil {
+			return nil, nil, fmt.Errorf("load cgroup: %w", err)
+		}
+	}
+	o, i, err := m.b.loadSplit(name, child)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load cgroup %s: %w", name, err)
+	}
+	return &Group{name: name, ops: o, b: m.b}, &Group{name: name + "/" + child, ops: i, b: m.b}, nil
 }
 
 // List returns the sorted names of the groups under root (on v1, present in any of the

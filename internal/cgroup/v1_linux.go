@@ -35,6 +35,9 @@ type v1Backend struct {
 	subs []cgroup1.Subsystem
 	// memsw is whether memory.memsw.* exists (swap accounting is on), so swap can be disabled.
 	memsw bool
+	// memoryAlone is whether the memory controller has a hierarchy of its own, which a split
+	// pair (CreateSplit) needs: its two groups are at different paths there and only there.
+	memoryAlone bool
 }
 
 func newV1(root string) (*v1Backend, error) {
@@ -81,6 +84,12 @@ func newV1(root string) (*v1Backend, error) {
 	}
 	_, err = os.Stat(filepath.Join(b.mounts[cgroup1.Memory], root, "memory.memsw.limit_in_bytes"))
 	b.memsw = err == nil
+	b.memoryAlone = true
+	for name, mp := range b.mounts {
+		if name != cgroup1.Memory && mp == b.mounts[cgroup1.Memory] {
+			b.memoryAlone = false
+		}
+	}
 	return b, nil
 }
 
@@ -203,6 +212,77 @@ func (b *v1Backend) create(name string, l Limits) (groupOps, error) {
 	return g, nil
 }
 
+// split returns the handles of split pair name/child (see CreateSplit) and their paths for the
+// library: the outer group joins the shared memory group, and the child's memory group is the
+// pair's directory in the memory hierarchy. Both keep that directory among their dirs (memory's
+// first), so that Delete, Pids and Kill of either cover the child's memory group.
+func (b *v1Backend) split(name, child string) (o, i *v1Group, op, ip cgroup1.Path) {
+	o, i = b.group(name), b.group(name+"/"+child)
+	i.memory, i.dirs[0] = o.memory, o.dirs[0]
+	// The shared memory group is the root itself: a v1 group may hold processes beside its
+	// children, and the root has no limit, no name a sandbox could take, and goes with RemoveRoot.
+	o.sharedMem = filepath.Join(b.mounts[cgroup1.Memory], b.root)
+	shared, orel := "/"+b.root, o.rel
+	op = func(n cgroup1.Name) (string, error) {
+		if n == cgroup1.Memory {
+			return shared, nil
+		}
+		return orel, nil
+	}
+	ip = func(n cgroup1.Name) (string, error) {
+		if n == cgroup1.Memory {
+			return orel, nil
+		}
+		return i.rel, nil
+	}
+	return o, i, op, ip
+}
+
+func (b *v1Backend) createSplit(name, child string, outer, inner Limits) (groupOps, groupOps, error) {
+	if !b.memoryAlone {
+		return nil, nil, fmt.Errorf("split cgroup: the memory controller shares its v1 hierarchy: %w", errors.ErrUnsupported)
+	}
+	o, i, op, ip := b.split(name, child)
+	// Claim the name as create does: the pair's memory directory is the same path.
+	if err := os.Mkdir(o.memory, dirPerm); err != nil {
+		return nil, nil, err
+	}
+	var err error
+	if o.cg, err = cgroup1.New(op, b.resources(outer), cgroup1.WithHierarchy(b.hierarchy)); err != nil {
+		return nil, nil, errors.Join(err, o.delete())
+	}
+	if i.cg, err = cgroup1.New(ip, b.resources(inner), cgroup1.WithHierarchy(b.hierarchy)); err != nil {
+		return nil, nil, errors.Join(err, o.delete())
+	}
+	return o, i, nil
+}
+
+func (b *v1Backend) loadSplit(name, child string) (groupOps, groupOps, error) {
+	o, i, op, ip := b.split(name, child)
+	// The outer group's memory path is the root, which outlives every pair: the pair exists if
+	// one of its own directories does.
+	exists := false
+	for _, d := range o.dirs {
+		if _, err := os.Stat(d); err == nil {
+			exists = true
+		}
+	}
+	if !exists {
+		return nil, nil, fs.ErrNotExist
+	}
+	var err error
+	if o.cg, err = cgroup1.Load(op, cgroup1.WithHierarchy(b.hierarchy)); err != nil {
+		return nil, nil, err
+	}
+	if i.cg, err = cgroup1.Load(ip, cgroup1.WithHierarchy(b.hierarchy)); err != nil {
+		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
+			return nil, nil, fs.ErrNotExist
+		}
+		return nil, nil, err
+	}
+	return o, i, nil
+}
+
 func (b *v1Backend) load(name string) (groupOps, error) {
 	g := b.group(name)
 	cg, err := cgroup1.Load(cgroup1.StaticPath(g.rel), cgroup1.WithHierarchy(b.hierarchy))
@@ -242,8 +322,11 @@ type v1Group struct {
 	cpuacct string
 	freezer string
 	memsw   bool // memory.memsw.* exists
-	b       *v1Backend
-	cg      cgroup1.Cgroup // only subsystems present at Load; all of them after Create
+	// sharedMem is, for the outer group of a split pair, the memory group its processes join
+	// (the root's; its own memory directory, dirs[0], is the child's memory group); "" else.
+	sharedMem string
+	b         *v1Backend
+	cg        cgroup1.Cgroup // only subsystems present at Load; all of them after Create
 }
 
 func (g *v1Group) dirFD() (int, bool, error) { return -1, false, nil }
@@ -314,6 +397,9 @@ func (g *v1Group) delete() error {
 }
 
 func (g *v1Group) update(l Limits) error {
+	if g.sharedMem != "" && l.MemoryBytes > 0 {
+		return fmt.Errorf("a memory limit on a split pair's outer group, which has no memory group of its own: %w", ErrInvalidLimits)
+	}
 	// Raising the memory limit: containerd's cgroup1 means to write memsw first then (the kernel
 	// keeps limit ≤ memsw) but swaps the wrong pair of settings, so the new limit would be
 	// refused (EINVAL). Raise memsw here first; Update then writes both in its order.
@@ -334,7 +420,11 @@ func (g *v1Group) chownProcs(uid, gid int) error { return nil }
 
 func (g *v1Group) openTasks() ([]*os.File, error) {
 	var fs []*os.File
-	for _, d := range g.dirs {
+	dirs := g.dirs
+	if g.sharedMem != "" {
+		dirs = append([]string{g.sharedMem}, dirs[1:]...)
+	}
+	for _, d := range dirs {
 		f, err := os.OpenFile(filepath.Join(d, "tasks"), os.O_WRONLY, 0)
 		if err != nil {
 			for _, f := range fs {

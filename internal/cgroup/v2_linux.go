@@ -177,6 +177,16 @@ func (b *v2Backend) create(name string, l Limits) (groupOps, error) {
 	return g, nil
 }
 
+// createSplit is v1's: a v2 group with children may hold no process, so the pair's outer group
+// has a leaf of its own there in any case.
+func (b *v2Backend) createSplit(string, string, Limits, Limits) (groupOps, groupOps, error) {
+	return nil, nil, errors.ErrUnsupported
+}
+
+func (b *v2Backend) loadSplit(string, string) (groupOps, groupOps, error) {
+	return nil, nil, errors.ErrUnsupported
+}
+
 func (b *v2Backend) load(name string) (groupOps, error) {
 	g, err := b.group(name)
 	if err != nil {

@@ -99,6 +99,8 @@ func (f *idleFleet) agentPid(tb testing.TB, id string) int {
 }
 
 // memory is sandbox id's cgroup memory charge in bytes (v1 usage_in_bytes; v2 memory.current).
+// In v1's split layout (cgroup.CreateSplit) that is the user group's alone: the agent is
+// charged to the runtime's root memory group.
 func (f *idleFleet) memory(id string) int64 {
 	name := "memory.usage_in_bytes"
 	if f.rt.CgroupVersion() == 2 {

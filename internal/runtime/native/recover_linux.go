@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/cgroup"
 )
 
 // Recovered is a sandbox found alive by Recover.
@@ -97,7 +99,13 @@ func (r *Runtime) reattach(ctx context.Context, id string) (*Sandbox, []byte, er
 	if err != nil {
 		return nil, nil, fmt.Errorf("pidfd: %w", err)
 	}
-	g, err := r.cg.Load(id)
+	// Both layouts are adopted as they are: a sandbox keeps its cgroups for life.
+	var g, user *cgroup.Group
+	if st.SplitMemory {
+		g, user, err = r.cg.LoadSplit(id, userGroup)
+	} else {
+		g, err = r.cg.Load(id) // its user group is loaded on first use (Stats)
+	}
 	if err != nil {
 		unix.Close(pidfd)
 		return nil, nil, fmt.Errorf("cgroup: %w", err)
@@ -107,7 +115,7 @@ func (r *Runtime) reattach(ctx context.Context, id string) (*Sandbox, []byte, er
 		r.keepSlot(st.Slot, id)
 	}
 	sock := filepath.Join(dir, "agent.sock")
-	sb := &Sandbox{id: id, pid: st.Pid, proc: proc, cg: g, dir: dir, sock: sock, client: agentClient(sock),
+	sb := &Sandbox{id: id, pid: st.Pid, proc: proc, cg: g, user: user, split: st.SplitMemory, dir: dir, sock: sock, client: agentClient(sock),
 		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", id),
 		release: func() {
 			if st.Slot >= 0 {
