@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
-	"github.com/containerd/cgroups/v3"
+	"golang.org/x/sys/unix"
 )
 
 // Manager creates and finds the groups under one parent group. The zero value is not usable; call
@@ -57,14 +58,14 @@ func New(root string) (*Manager, error) {
 		b   backend
 		err error
 	)
-	switch mode := cgroups.Mode(); mode {
-	case cgroups.Unified:
+	switch mode := hostMode(); mode {
+	case unified:
 		var parent string
 		if parent, err = placeV2(unifiedMount, os.Getpid()); err != nil {
 			return nil, err
 		}
 		b, err = newV2(unifiedMount, parent, root, v2Controllers)
-	case cgroups.Legacy, cgroups.Hybrid:
+	case legacy, hybrid:
 		b, err = newV1(root)
 	default:
 		return nil, fmt.Errorf("no cgroup file system at %s: %w", unifiedMount, errors.ErrUnsupported)
@@ -73,6 +74,34 @@ func New(root string) (*Manager, error) {
 		return nil, err
 	}
 	return &Manager{root: root, b: b}, nil
+}
+
+// The host's cgroup layout.
+type mode int
+
+const (
+	unavailable mode = iota
+	legacy           // v1 controllers only
+	hybrid           // v1 controllers, and a cgroup2 mount without controllers at /sys/fs/cgroup/unified
+	unified          // cgroup2 at /sys/fs/cgroup
+)
+
+// hostMode tells the layout by the file system type at /sys/fs/cgroup (and
+// /sys/fs/cgroup/unified), as containerd's cgroups.Mode does; that library is not linked here,
+// since its package initialisation (and that of what it imports: ebpf, dbus, logrus) would cost
+// every sandbox's agent memory, which links this package through the native runtime.
+func hostMode() mode {
+	var st unix.Statfs_t
+	if err := unix.Statfs(unifiedMount, &st); err != nil {
+		return unavailable
+	}
+	if st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return unified
+	}
+	if err := unix.Statfs(filepath.Join(unifiedMount, "unified"), &st); err == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return hybrid
+	}
+	return legacy
 }
 
 // Version returns the cgroup version in use: 1 or 2.

@@ -13,8 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-
-	"github.com/containerd/cgroups/v3/cgroup1"
 )
 
 // memoryGroupOf is the memory cgroup of pid, from /proc/PID/cgroup (v1).
@@ -64,7 +62,7 @@ func TestSplit(t *testing.T) {
 		t.Errorf("second CreateSplit of sb: got %v, want ErrExist", err)
 	}
 	b := m.b.(*v1Backend)
-	memDir := filepath.Join(b.mounts[cgroup1.Memory], b.root)
+	memDir := filepath.Join(b.mounts["memory"], b.root)
 	if got := readTrim(t, filepath.Join(memDir, "sb", "memory.limit_in_bytes")); got != fmt.Sprint(limit) {
 		t.Errorf("the pair's memory group has limit %s, want the child's %d", got, limit)
 	}
