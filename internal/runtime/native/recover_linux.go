@@ -95,7 +95,7 @@ func (r *Runtime) reattach(ctx context.Context, id string) (*Sandbox, []byte, er
 	if start, err := procStartTime(st.Pid); err != nil || start != st.Start {
 		return nil, nil, fmt.Errorf("sandbox init %d is gone", st.Pid)
 	}
-	pidfd, err := unix.PidfdOpen(st.Pid, 0)
+	pidfd, err := unix.PidfdOpen(st.Pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pidfd: %w", err)
 	}
@@ -130,13 +130,7 @@ func (r *Runtime) reattach(ctx context.Context, id string) (*Sandbox, []byte, er
 	}
 	// Not our child any more: learn of its exit by polling its pidfd.
 	go func() {
-		defer unix.Close(pidfd)
-		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-		for {
-			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
+		awaitExit(pidfd)
 		close(sb.done)
 	}()
 	return sb, st.Meta, nil

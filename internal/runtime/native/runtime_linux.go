@@ -795,7 +795,12 @@ func (c *creation) spawnInit(context.Context) error {
 		done: make(chan struct{}), logger: c.r.cfg.Logger.With("sandbox", c.spec.ID),
 		release: func() { c.r.freeSlot(slot) }, scratch: c.scratch, scratchReq: c.spec.ScratchBytes,
 		memory: c.spec.MemoryBytes, v2: c.v2, split: c.split}
+	// The init's pid stays its own until it is reaped below, so the pidfd is the init's.
+	pidfd, perr := unix.PidfdOpen(cmd.Process.Pid, unix.PIDFD_NONBLOCK)
 	go func() {
+		if perr == nil {
+			awaitExit(pidfd) // then Wait reaps at once, without holding a thread meanwhile
+		}
 		cmd.Wait()
 		close(sb.done)
 	}()
@@ -805,6 +810,46 @@ func (c *creation) spawnInit(context.Context) error {
 	})
 	c.sb = sb
 	return nil
+}
+
+// awaitExit returns once the process of pidfd (opened PIDFD_NONBLOCK) has exited, and closes
+// pidfd. It waits on the Go runtime's poller: a goroutine blocked in wait4, waitid or poll
+// holds an OS thread of the daemon for as long — one per live sandbox, each a task with its 16
+// KiB kernel stack and the runtime's stacks for it (BENCHMARKS.md, "Idle footprint"). Where
+// the poller refuses the descriptor it falls back to a blocking poll.
+func awaitExit(pidfd int) {
+	f := os.NewFile(uintptr(pidfd), "pidfd")
+	defer f.Close()
+	exited := func(fd uintptr, timeout int) (bool, error) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, timeout)
+		return n > 0, err
+	}
+	if rc, err := f.SyscallConn(); err == nil {
+		var perr error
+		err = rc.Read(func(fd uintptr) bool {
+			done, err := exited(fd, 0)
+			if err != nil && err != unix.EINTR {
+				perr = err
+				return true
+			}
+			return done
+		})
+		if err == nil && perr == nil {
+			return
+		}
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		for {
+			if done, err := exited(fd, -1); done || (err != nil && err != unix.EINTR) {
+				return
+			}
+		}
+	})
 }
 
 // agentRuntimeEnv tunes the Go runtime of a sandbox's init — the agent — which reads these
