@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -422,4 +423,144 @@ func BenchmarkIdleSandboxes(b *testing.B) {
 	b.ReportMetric(float64(r.AgentPSS)/1024, "agent-PSS-MiB")
 	b.ReportMetric(float64(r.CreateP50.Microseconds())/1000, "create-p50-ms")
 	b.ReportMetric(0, "ns/op")
+}
+
+// memoryCgroupOf is pid's memory cgroup on v1, from /proc/PID/cgroup ("" if none).
+func memoryCgroupOf(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.SplitN(line, ":", 3); len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "memory") {
+			return f[2]
+		}
+	}
+	return ""
+}
+
+// toTwoMemoryGroups rebuilds, by hand, the v1 layout sandboxes had before the split (a state
+// file without split_memory; the outer memory group holding the agent, the user memory group
+// below it holding the agent's spawner thread), as a daemon of the earlier release left them.
+func toTwoMemoryGroups(t *testing.T, root, state, id string, pid int) {
+	t.Helper()
+	mem := filepath.Join("/sys/fs/cgroup/memory", root, id)
+	write := func(path, v string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(v), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	limit, err := os.ReadFile(filepath.Join(mem, "memory.limit_in_bytes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(mem, "user"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(filepath.Join(mem, "user", "memory.limit_in_bytes"), strings.TrimSpace(string(limit)))
+	write(filepath.Join(mem, "cgroup.procs"), strconv.Itoa(pid)) // every thread of the agent
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	spawner := 0
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/cgroup", pid, task.Name()))
+		if strings.Contains(string(b), ":pids:/"+root+"/"+id+"/user\n") {
+			spawner, _ = strconv.Atoi(task.Name())
+		}
+	}
+	if spawner == 0 {
+		t.Fatal("no agent thread in the user group's pids cgroup")
+	}
+	write(filepath.Join(mem, "user", "tasks"), strconv.Itoa(spawner))
+	p := filepath.Join(state, "sandboxes", id, "state.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(p, strings.Replace(string(b), `,"split_memory":true`, "", 1))
+}
+
+// TestRecoverBothCgroupLayouts: a restarted daemon adopts a sandbox in the v1 layout with one
+// memory group (the agent in the root's) and one in the layout before it (two memory groups),
+// each as it is: the user's processes start in the user's memory group, whose limit and
+// counters the sandbox's stats report, and destroying either leaves no cgroup behind.
+func TestRecoverBothCgroupLayouts(t *testing.T) {
+	mustEngine(t)
+	state, err := os.MkdirTemp("", "airlock-e2e-layouts-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	if err := os.Chmod(state, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := "airlock-e2e-layouts-" + filepath.Base(state)
+	cfg := native.Config{StateDir: state, CgroupRoot: root}
+	rt1, err := native.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt1.CgroupVersion() != 1 {
+		rt1.Close()
+		t.Skip("the split layout is v1's; v2 keeps its layout")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	layouts := []struct {
+		id, userMemory string // the user processes' memory group, below the root
+	}{
+		{"lay-split", "/" + root + "/lay-split"},
+		{"lay-two", "/" + root + "/lay-two/user"},
+	}
+	for _, l := range layouts {
+		sb, err := rt1.Create(ctx, native.Spec{ID: l.id, MemoryBytes: 64 << 20, Pids: 32, ScratchBytes: 8 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sb.Destroy(context.Background()) })
+		if got, want := memoryCgroupOf(sb.Pid()), "/"+root; got != want {
+			t.Errorf("%s: agent's memory cgroup %s, want the root's %s", l.id, got, want)
+		}
+		if l.id == "lay-two" {
+			toTwoMemoryGroups(t, root, state, l.id, sb.Pid())
+		}
+	}
+	rt1.Close() // the sandboxes are alive: the runtime leaves them
+	rt2, err := native.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt2.Close() })
+	found, err := rt2.Recover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]*native.Sandbox{}
+	for _, f := range found {
+		byID[f.Sandbox.ID()] = f.Sandbox
+	}
+	for _, l := range layouts {
+		t.Run(l.id, func(t *testing.T) {
+			sb := byID[l.id]
+			if sb == nil {
+				t.Fatalf("not recovered (found %d sandboxes)", len(found))
+			}
+			out, stderr, code := sh(t, sb, "grep memory /proc/self/cgroup; head -c 1000000 /dev/zero > /dev/null")
+			if code != 0 || !strings.HasSuffix(strings.TrimSpace(out), ":memory:"+l.userMemory) {
+				t.Errorf("user process: %q %q exit %d, want it in memory group %s", out, stderr, code, l.userMemory)
+			}
+			st, err := sb.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.PeakMemory <= 0 || st.PeakMemory > 64<<20 {
+				t.Errorf("stats of the recovered sandbox: peak memory %d, want the user group's (0, 64 MiB]", st.PeakMemory)
+			}
+			if err := sb.Destroy(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, ctl := range []string{"memory", "pids", "cpu", "freezer"} {
+				if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", ctl, root, l.id)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s cgroup left after destroy: %v", ctl, err)
+				}
+			}
+		})
+	}
 }
