@@ -272,6 +272,21 @@ func (f *idleFleet) measure(tb testing.TB, n int) idleReport {
 	}
 }
 
+// tempStateDir is a fresh state directory for a runtime of the test's own, removed after it
+// (mode 0755, as the runtime expects of its state directory here).
+func tempStateDir(tb testing.TB, prefix string) string {
+	tb.Helper()
+	state, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(state) })
+	if err := os.Chmod(state, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	return state
+}
+
 // idleEngine is an engine over a runtime of its own (own state directory and cgroup root) that
 // starts sandboxes with exe — the test binary, or a real airlock binary (AIRLOCK_IDLE_EXE) for
 // numbers that stand for production.
@@ -283,14 +298,7 @@ func idleEngine(tb testing.TB, n int) *idleFleet {
 	if exe != "" {
 		args = []string{"airlock", "agent"}
 	}
-	state, err := os.MkdirTemp("", "airlock-idle-")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(state) })
-	if err := os.Chmod(state, 0o755); err != nil {
-		tb.Fatal(err)
-	}
+	state := tempStateDir(tb, "airlock-idle-")
 	root := fmt.Sprintf("airlock-idle-%d", os.Getpid())
 	// AIRLOCK_IDLE_DEBUG=1 logs each create's steps and their durations (native.Runtime.Create).
 	level := slog.LevelWarn
@@ -483,14 +491,7 @@ func toTwoMemoryGroups(t *testing.T, root, state, id string, pid int) {
 // counters the sandbox's stats report, and destroying either leaves no cgroup behind.
 func TestRecoverBothCgroupLayouts(t *testing.T) {
 	mustEngine(t)
-	state, err := os.MkdirTemp("", "airlock-e2e-layouts-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(state) })
-	if err := os.Chmod(state, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	state := tempStateDir(t, "airlock-e2e-layouts-")
 	root := "airlock-e2e-layouts-" + filepath.Base(state)
 	cfg := native.Config{StateDir: state, CgroupRoot: root}
 	rt1, err := native.New(cfg)
