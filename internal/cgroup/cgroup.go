@@ -10,6 +10,10 @@
 // which keeps creating a group to a handful of mkdir and write calls. On v2, New enables the
 // memory, cpu and pids controllers in cgroup.subtree_control of the mount root and of root.
 //
+// A sandbox's pair of groups (its own and its user processes', below it) can be made with
+// CreateSplit instead, which on v1 gives the pair one memory cgroup: the outer group's processes
+// are charged to the root's.
+//
 // The lifecycle of a group is Create (or Load after a daemon restart) → Add or clone into DirFD →
 // Stats → Kill → Delete. Kill returns only once the group is empty, so Delete right after it
 // succeeds. Limits are fixed at creation: a sandbox never changes class.

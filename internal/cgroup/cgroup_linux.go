@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
-	"github.com/containerd/cgroups/v3"
+	"golang.org/x/sys/unix"
 )
 
 // Manager creates and finds the groups under one parent group. The zero value is not usable; call
@@ -21,6 +22,8 @@ type backend interface {
 	version() int
 	create(name string, l Limits) (groupOps, error)
 	load(name string) (groupOps, error)
+	createSplit(name, child string, outer, inner Limits) (groupOps, groupOps, error)
+	loadSplit(name, child string) (groupOps, groupOps, error)
 	list() ([]string, error)
 	removeRoot() error
 }
@@ -55,14 +58,14 @@ func New(root string) (*Manager, error) {
 		b   backend
 		err error
 	)
-	switch mode := cgroups.Mode(); mode {
-	case cgroups.Unified:
+	switch mode := hostMode(); mode {
+	case unified:
 		var parent string
 		if parent, err = placeV2(unifiedMount, os.Getpid()); err != nil {
 			return nil, err
 		}
 		b, err = newV2(unifiedMount, parent, root, v2Controllers)
-	case cgroups.Legacy, cgroups.Hybrid:
+	case legacy, hybrid:
 		b, err = newV1(root)
 	default:
 		return nil, fmt.Errorf("no cgroup file system at %s: %w", unifiedMount, errors.ErrUnsupported)
@@ -71,6 +74,34 @@ func New(root string) (*Manager, error) {
 		return nil, err
 	}
 	return &Manager{root: root, b: b}, nil
+}
+
+// The host's cgroup layout.
+type mode int
+
+const (
+	unavailable mode = iota
+	legacy           // v1 controllers only
+	hybrid           // v1 controllers, and a cgroup2 mount without controllers at /sys/fs/cgroup/unified
+	unified          // cgroup2 at /sys/fs/cgroup
+)
+
+// hostMode tells the layout by the file system type at /sys/fs/cgroup (and
+// /sys/fs/cgroup/unified), as containerd's cgroups.Mode does; that library is not linked here,
+// since its package initialisation (and that of what it imports: ebpf, dbus, logrus) would cost
+// every sandbox's agent memory, which links this package through the native runtime.
+func hostMode() mode {
+	var st unix.Statfs_t
+	if err := unix.Statfs(unifiedMount, &st); err != nil {
+		return unavailable
+	}
+	if st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return unified
+	}
+	if err := unix.Statfs(filepath.Join(unifiedMount, "unified"), &st); err == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return hybrid
+	}
+	return legacy
 }
 
 // Version returns the cgroup version in use: 1 or 2.
@@ -104,6 +135,56 @@ func (m *Manager) Load(name string) (*Group, error) {
 		return nil, fmt.Errorf("load cgroup %s: %w", name, err)
 	}
 	return &Group{name: name, ops: ops, b: m.b}, nil
+}
+
+// CreateSplit makes group name with limits outer and its child named child with limits inner,
+// as Create and CreateChild do, but in the layout that gives the pair one memory cgroup instead of
+// two. It exists on v1 only (elsewhere it fails with errors.ErrUnsupported):
+//
+//	memory/<root>/<name>           the child's memory group: inner.MemoryBytes; the child's processes
+//	memory/<root>                  the outer group's processes, those of every split pair (no limit)
+//	<ctl>/<root>/<name>[/<child>]  cpu, cpuacct, pids, freezer: as Create and CreateChild make them
+//
+// The kernel keeps a map of every superblock's shrinker in every memory cgroup (≈ 1 KiB per 64
+// superblocks on the host), so each memory cgroup a sandbox has costs it ∝ the number of
+// sandboxes; the pair's other controllers are unchanged. outer may set no memory limit (it has no
+// memory group of its own to hold one): ErrInvalidLimits. The outer group's Stats report the
+// child's memory. Kill, Pids and Delete of the outer group cover the child, as with CreateChild;
+// a child made with CreateChild below a split group nests below the child's memory group.
+func (m *Manager) CreateSplit(name, child string, outer, inner Limits) (*Group, *Group, error) {
+	for _, n := range []string{name, child} {
+		if err := validateName(n); err != nil {
+			return nil, nil, fmt.Errorf("create cgroup: %w", err)
+		}
+	}
+	if outer.MemoryBytes != 0 {
+		return nil, nil, fmt.Errorf("create cgroup %s: a memory limit of %d bytes on the split pair's outer group: %w",
+			name, outer.MemoryBytes, ErrInvalidLimits)
+	}
+	for _, l := range []Limits{outer, inner} {
+		if err := l.validate(); err != nil {
+			return nil, nil, fmt.Errorf("create cgroup %s: %w", name, err)
+		}
+	}
+	o, i, err := m.b.createSplit(name, child, outer, inner)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create cgroup %s: %w", name, err)
+	}
+	return &Group{name: name, ops: o, b: m.b}, &Group{name: name + "/" + child, ops: i, b: m.b}, nil
+}
+
+// LoadSplit returns the existing pair that CreateSplit made (see Load).
+func (m *Manager) LoadSplit(name, child string) (*Group, *Group, error) {
+	for _, n := range []string{name, child} {
+		if err := validateName(n); err != nil {
+			return nil, nil, fmt.Errorf("load cgroup: %w", err)
+		}
+	}
+	o, i, err := m.b.loadSplit(name, child)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load cgroup %s: %w", name, err)
+	}
+	return &Group{name: name, ops: o, b: m.b}, &Group{name: name + "/" + child, ops: i, b: m.b}, nil
 }
 
 // List returns the sorted names of the groups under root (on v1, present in any of the

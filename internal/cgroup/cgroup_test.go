@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup1"
 	"golang.org/x/sys/unix"
 )
 
@@ -120,7 +119,7 @@ func groupDirs(g *Group) []string {
 func controlFile(m *Manager, g *Group, controller, file string) string {
 	switch b := m.b.(type) {
 	case *v1Backend:
-		return filepath.Join(b.mounts[cgroup1.Name(controller)], b.root, g.Name(), file)
+		return filepath.Join(b.mounts[controller], b.root, g.Name(), file)
 	case *v2Backend:
 		return filepath.Join(b.rootDir, g.Name(), file)
 	}
@@ -573,7 +572,7 @@ func TestLoadPartialV1(t *testing.T) {
 		t.Skip("v1 only: a v2 group is a single directory")
 	}
 	g := newGroup(t, m, "partial", Limits{Pids: 8})
-	if err := unix.Rmdir(filepath.Join(b.mounts[cgroup1.Pids], b.root, "partial")); err != nil {
+	if err := unix.Rmdir(filepath.Join(b.mounts["pids"], b.root, "partial")); err != nil {
 		t.Fatal(err)
 	}
 	names, err := m.List()

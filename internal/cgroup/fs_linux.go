@@ -50,6 +50,19 @@ func writeFile(path, s string) error {
 	return nil
 }
 
+// writeOp is one control file write.
+type writeOp struct{ path, value string }
+
+// writeAll writes ops in order, stopping at the first failure.
+func writeAll(ops []writeOp) error {
+	for _, op := range ops {
+		if err := writeFile(op.path, op.value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // ignoringEINTR calls fn until it returns something other than EINTR.
 func ignoringEINTR(fn func() error) error {
 	for {

@@ -14,27 +14,26 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/cgroups/v3/cgroup1"
-	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
 
-// v1Controllers are the controllers a v1 group joins. The freezer is there for Kill.
-var v1Controllers = []cgroup1.Name{cgroup1.Memory, cgroup1.Cpu, cgroup1.Cpuacct, cgroup1.Pids, cgroup1.Freezer}
+// v1Controllers are the controllers a v1 group joins, memory's first. The freezer is there for
+// Kill.
+var v1Controllers = []string{"memory", "cpu", "cpuacct", "pids", "freezer"}
 
 // v1Backend manages groups in the split v1 hierarchies. It is immutable after newV1.
 type v1Backend struct {
 	root string
 	// mounts maps each of v1Controllers to its hierarchy's mount point, e.g.
 	// memory → /sys/fs/cgroup/memory; cpu and cpuacct share one when co-mounted.
-	mounts map[cgroup1.Name]string
+	mounts map[string]string
 	// uniq are the distinct mount points in mounts, memory's first.
 	uniq []string
-	// subs is the hierarchy handed to cgroup1.New, built once so that creating a group neither
-	// re-reads /proc/self/mountinfo nor stats the dozen controllers cgroup1.Default probes.
-	subs []cgroup1.Subsystem
 	// memsw is whether memory.memsw.* exists (swap accounting is on), so swap can be disabled.
 	memsw bool
+	// memoryAlone is whether the memory controller has a hierarchy of its own, which a split
+	// pair (CreateSplit) needs: its two groups are at different paths there and only there.
+	memoryAlone bool
 }
 
 func newV1(root string) (*v1Backend, error) {
@@ -43,9 +42,9 @@ func newV1(root string) (*v1Backend, error) {
 		return nil, fmt.Errorf("find cgroup v1 mounts: %w", err)
 	}
 	all := parseV1Mounts(mi)
-	b := &v1Backend{root: root, mounts: make(map[cgroup1.Name]string)}
+	b := &v1Backend{root: root, mounts: make(map[string]string)}
 	for _, name := range v1Controllers {
-		mp, ok := all[string(name)]
+		mp, ok := all[name]
 		if !ok {
 			return nil, fmt.Errorf("cgroup v1 controller %s is not mounted: %w", name, errors.ErrUnsupported)
 		}
@@ -53,53 +52,21 @@ func newV1(root string) (*v1Backend, error) {
 		if !slices.Contains(b.uniq, mp) {
 			b.uniq = append(b.uniq, mp)
 		}
-		// The library addresses a controller as <root>/<name>; find a root where that resolves to
-		// the mount (/sys/fs/cgroup/cpu may itself be a symlink to cpu,cpuacct).
-		lroot, err := libraryRoot(mp, string(name))
-		if err != nil {
-			return nil, err
-		}
-		var s cgroup1.Subsystem
-		switch name {
-		case cgroup1.Memory:
-			s = cgroup1.NewMemory(lroot)
-		case cgroup1.Cpu:
-			s = cgroup1.NewCpu(lroot)
-		case cgroup1.Cpuacct:
-			s = cgroup1.NewCpuacct(lroot)
-		case cgroup1.Pids:
-			s = cgroup1.NewPids(lroot)
-		case cgroup1.Freezer:
-			s = cgroup1.NewFreezer(lroot)
-		}
-		b.subs = append(b.subs, s)
 	}
 	for _, mp := range b.uniq {
 		if err := os.Mkdir(filepath.Join(mp, root), dirPerm); err != nil && !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("prepare cgroup root: %w", err)
 		}
 	}
-	_, err = os.Stat(filepath.Join(b.mounts[cgroup1.Memory], root, "memory.memsw.limit_in_bytes"))
+	_, err = os.Stat(filepath.Join(b.mounts["memory"], root, "memory.memsw.limit_in_bytes"))
 	b.memsw = err == nil
+	b.memoryAlone = true
+	for name, mp := range b.mounts {
+		if name != "memory" && mp == b.mounts["memory"] {
+			b.memoryAlone = false
+		}
+	}
 	return b, nil
-}
-
-// libraryRoot returns the directory r such that r/name is the mount point mp.
-func libraryRoot(mp, name string) (string, error) {
-	parent := filepath.Dir(mp)
-	if filepath.Base(mp) == name {
-		return parent, nil
-	}
-	var want, got unix.Stat_t
-	if err := unix.Stat(mp, &want); err != nil {
-		return "", &fs.PathError{Op: "stat", Path: mp, Err: err}
-	}
-	alias := filepath.Join(parent, name)
-	if err := unix.Stat(alias, &got); err == nil && got.Dev == want.Dev && got.Ino == want.Ino {
-		return parent, nil
-	}
-	return "", fmt.Errorf("cgroup v1 controller %s is mounted at %s without a %s alias: %w",
-		name, mp, alias, errors.ErrUnsupported)
 }
 
 // parseV1Mounts maps each v1 controller (and name=… hierarchy) in a mountinfo file to the mount
@@ -151,69 +118,100 @@ func unescapeMountinfo(s string) string {
 
 func (b *v1Backend) version() int { return 1 }
 
-func (b *v1Backend) hierarchy() ([]cgroup1.Subsystem, error) { return b.subs, nil }
-
 // group returns the handle of name without touching the file system.
 func (b *v1Backend) group(name string) *v1Group {
-	g := &v1Group{
-		rel:     "/" + b.root + "/" + name,
-		memory:  filepath.Join(b.mounts[cgroup1.Memory], b.root, name),
-		cpuacct: filepath.Join(b.mounts[cgroup1.Cpuacct], b.root, name),
-		freezer: filepath.Join(b.mounts[cgroup1.Freezer], b.root, name),
-		memsw:   b.memsw,
-		b:       b,
-	}
+	dir := func(ctl string) string { return filepath.Join(b.mounts[ctl], b.root, name) }
+	g := &v1Group{memory: dir("memory"), cpu: dir("cpu"), cpuacct: dir("cpuacct"), pids: dir("pids"),
+		freezer: dir("freezer"), memsw: b.memsw}
 	for _, mp := range b.uniq {
 		g.dirs = append(g.dirs, filepath.Join(mp, b.root, name))
 	}
+	g.join = g.dirs
 	return g
 }
 
-// resources converts l for cgroup1.New; nil fields are left at the kernel's defaults (unlimited).
-func (b *v1Backend) resources(l Limits) *specs.LinuxResources {
-	var r specs.LinuxResources
-	if l.MemoryBytes > 0 {
-		mem := l.MemoryBytes
-		r.Memory = &specs.LinuxMemory{Limit: &mem}
-		if b.memsw {
-			r.Memory.Swap = &mem // memory+swap = memory: no swap (written after the limit)
-		}
-	}
-	if q := l.cpuQuotaUS(); q > 0 {
-		period := uint64(cpuPeriodUS)
-		r.CPU = &specs.LinuxCPU{Quota: &q, Period: &period}
-	}
-	if l.Pids > 0 {
-		r.Pids = &specs.LinuxPids{Limit: &l.Pids}
-	}
-	return &r
-}
-
+// create makes the group's directory in every hierarchy and writes l. The memory directory,
+// made first with Mkdir, claims the name: a group that exists already is not adopted.
 func (b *v1Backend) create(name string, l Limits) (groupOps, error) {
 	g := b.group(name)
-	// cgroup1.New uses MkdirAll and so would adopt an existing group; claim the name first.
 	if err := os.Mkdir(g.memory, dirPerm); err != nil {
 		return nil, err
 	}
-	cg, err := cgroup1.New(cgroup1.StaticPath(g.rel), b.resources(l), cgroup1.WithHierarchy(b.hierarchy))
-	if err != nil {
+	if err := g.make(l); err != nil {
 		return nil, errors.Join(err, g.delete())
 	}
-	g.cg = cg
 	return g, nil
+}
+
+// make makes the directories of g other than its memory one (which the caller has claimed) and
+// writes l.
+func (g *v1Group) make(l Limits) error {
+	for _, d := range g.dirs[1:] {
+		if err := os.MkdirAll(d, dirPerm); err != nil {
+			return err
+		}
+	}
+	return g.update(l)
+}
+
+// split returns the handles of split pair name/child (see CreateSplit): the outer group's
+// processes join the root's memory group, and the child's memory group is the pair's directory
+// in the memory hierarchy. Both keep that directory among their dirs (memory's first), so that
+// Delete, Pids and Kill of either cover the child's memory group.
+func (b *v1Backend) split(name, child string) (o, i *v1Group) {
+	o, i = b.group(name), b.group(name+"/"+child)
+	i.memory, i.dirs[0] = o.memory, o.dirs[0]
+	// The shared memory group is the root itself: a v1 group may hold processes beside its
+	// children, and the root has no limit, no name a sandbox could take, and goes with RemoveRoot.
+	o.sharedMem = filepath.Join(b.mounts["memory"], b.root)
+	o.join = append([]string{o.sharedMem}, o.dirs[1:]...)
+	i.join = i.dirs
+	return o, i
+}
+
+func (b *v1Backend) createSplit(name, child string, outer, inner Limits) (groupOps, groupOps, error) {
+	if !b.memoryAlone {
+		return nil, nil, fmt.Errorf("split cgroup: the memory controller shares its v1 hierarchy: %w", errors.ErrUnsupported)
+	}
+	o, i := b.split(name, child)
+	// Claim the name as create does: the pair's memory directory is the same path.
+	if err := os.Mkdir(o.memory, dirPerm); err != nil {
+		return nil, nil, err
+	}
+	if err := o.make(outer); err != nil {
+		return nil, nil, errors.Join(err, o.delete())
+	}
+	if err := i.make(inner); err != nil {
+		return nil, nil, errors.Join(err, o.delete())
+	}
+	return o, i, nil
+}
+
+func (b *v1Backend) loadSplit(name, child string) (groupOps, groupOps, error) {
+	o, i := b.split(name, child)
+	if !o.exists() {
+		return nil, nil, fs.ErrNotExist
+	}
+	return o, i, nil
 }
 
 func (b *v1Backend) load(name string) (groupOps, error) {
 	g := b.group(name)
-	cg, err := cgroup1.Load(cgroup1.StaticPath(g.rel), cgroup1.WithHierarchy(b.hierarchy))
-	if err != nil {
-		if errors.Is(err, cgroup1.ErrCgroupDeleted) {
-			return nil, fs.ErrNotExist
-		}
-		return nil, err
+	if !g.exists() {
+		return nil, fs.ErrNotExist
 	}
-	g.cg = cg
 	return g, nil
+}
+
+// exists reports whether g has a directory in any hierarchy (one left by a crash mid-create
+// counts).
+func (g *v1Group) exists() bool {
+	for _, d := range g.dirs {
+		if _, err := os.Stat(d); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *v1Backend) list() ([]string, error) {
@@ -236,20 +234,27 @@ func (b *v1Backend) removeRoot() error {
 
 // v1Group is a group present in each of the v1 hierarchies.
 type v1Group struct {
-	rel     string   // "/<root>/<name>", the path inside each hierarchy
-	dirs    []string // the group's directory in each distinct hierarchy, memory's first
-	memory  string
-	cpuacct string
-	freezer string
-	memsw   bool // memory.memsw.* exists
-	b       *v1Backend
-	cg      cgroup1.Cgroup // only subsystems present at Load; all of them after Create
+	dirs []string // the group's directory in each distinct hierarchy, memory's first
+	// join are the directories its processes are placed in: dirs, but for the outer group of a
+	// split pair, whose memory group is the root's (sharedMem).
+	join                                []string
+	memory, cpu, cpuacct, pids, freezer string // the group's directory in each controller's hierarchy
+	memsw                               bool   // memory.memsw.* exists
+	// sharedMem is, for the outer group of a split pair, the memory group its processes join
+	// (the root's; its own memory directory, dirs[0], is the child's memory group); "" else.
+	sharedMem string
 }
 
 func (g *v1Group) dirFD() (int, bool, error) { return -1, false, nil }
 
+// add writes pid to cgroup.procs in each hierarchy, which moves all of its threads.
 func (g *v1Group) add(pid int) error {
-	return g.cg.Add(cgroup1.Process{Pid: pid})
+	for _, d := range g.join {
+		if err := writeFile(filepath.Join(d, "cgroup.procs"), strconv.Itoa(pid)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // stats reads four small files directly: the library's Stat reads ≈25 files (all of memory.stat
@@ -313,19 +318,35 @@ func (g *v1Group) delete() error {
 	return errors.Join(errs...)
 }
 
+// update writes the non-zero limits of l. The kernel keeps memory.limit_in_bytes ≤
+// memory.memsw.limit_in_bytes at every step, so a rising limit is written after memsw, a falling
+// one before.
 func (g *v1Group) update(l Limits) error {
-	// Raising the memory limit: containerd's cgroup1 means to write memsw first then (the kernel
-	// keeps limit ≤ memsw) but swaps the wrong pair of settings, so the new limit would be
-	// refused (EINVAL). Raise memsw here first; Update then writes both in its order.
-	if l.MemoryBytes > 0 && g.memsw {
-		memsw := filepath.Join(g.memory, "memory.memsw.limit_in_bytes")
-		if cur, err := readUint(memsw); err == nil && cur < uint64(l.MemoryBytes) {
-			if err := writeFile(memsw, strconv.FormatInt(l.MemoryBytes, 10)); err != nil {
-				return err
+	if g.sharedMem != "" && l.MemoryBytes > 0 {
+		return fmt.Errorf("a memory limit on a split pair's outer group, which has no memory group of its own: %w", ErrInvalidLimits)
+	}
+	var w []writeOp
+	if l.MemoryBytes > 0 {
+		mem := strconv.FormatInt(l.MemoryBytes, 10)
+		limit := writeOp{filepath.Join(g.memory, "memory.limit_in_bytes"), mem}
+		w = append(w, limit)
+		if g.memsw {
+			memsw := writeOp{filepath.Join(g.memory, "memory.memsw.limit_in_bytes"), mem} // memory+swap = memory: no swap
+			if cur, err := readUint(memsw.path); err == nil && cur < uint64(l.MemoryBytes) {
+				w = []writeOp{memsw, limit}
+			} else {
+				w = append(w, memsw)
 			}
 		}
 	}
-	return g.cg.Update(g.b.resources(l))
+	if q := l.cpuQuotaUS(); q > 0 {
+		w = append(w, writeOp{filepath.Join(g.cpu, "cpu.cfs_period_us"), strconv.Itoa(cpuPeriodUS)},
+			writeOp{filepath.Join(g.cpu, "cpu.cfs_quota_us"), strconv.FormatInt(q, 10)})
+	}
+	if l.Pids > 0 {
+		w = append(w, writeOp{filepath.Join(g.pids, "pids.max"), strconv.FormatInt(l.Pids, 10)})
+	}
+	return writeAll(w)
 }
 
 func (g *v1Group) enableChildren() error { return nil }
@@ -334,7 +355,7 @@ func (g *v1Group) chownProcs(uid, gid int) error { return nil }
 
 func (g *v1Group) openTasks() ([]*os.File, error) {
 	var fs []*os.File
-	for _, d := range g.dirs {
+	for _, d := range g.join {
 		f, err := os.OpenFile(filepath.Join(d, "tasks"), os.O_WRONLY, 0)
 		if err != nil {
 			for _, f := range fs {

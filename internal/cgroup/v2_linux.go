@@ -9,10 +9,10 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/containerd/cgroups/v3/cgroup2"
 	"golang.org/x/sys/unix"
 )
 
@@ -124,42 +124,13 @@ func enableControllers(dir string, want []string) error {
 
 func (b *v2Backend) version() int { return 2 }
 
-// resources converts l for cgroup2.Manager.Update; nil fields keep the kernel's defaults (max).
-func (b *v2Backend) resources(l Limits) *cgroup2.Resources {
-	var r cgroup2.Resources
-	if l.MemoryBytes > 0 || b.swapMax {
-		r.Memory = &cgroup2.Memory{}
-		if l.MemoryBytes > 0 {
-			mem := l.MemoryBytes
-			r.Memory.Max = &mem
-		}
-		if b.swapMax {
-			zero := int64(0)
-			r.Memory.Swap = &zero // memory.swap.max is swap alone (v1 memsw is memory+swap)
-		}
-	}
-	if q := l.cpuQuotaUS(); q > 0 {
-		period := uint64(cpuPeriodUS)
-		r.CPU = &cgroup2.CPU{Max: cgroup2.NewCPUMax(&q, &period)}
-	}
-	if l.Pids > 0 {
-		r.Pids = &cgroup2.Pids{Max: l.Pids}
-	}
-	return &r
-}
-
 // group returns the handle of name without touching the file system.
 func (b *v2Backend) group(name string) (*v2Group, error) {
-	cg, err := cgroup2.Load(b.rel+"/"+name, cgroup2.WithMountpoint(b.mount))
-	if err != nil {
-		return nil, err
-	}
-	return &v2Group{b: b, dir: filepath.Join(b.rootDir, name), cg: cg}, nil
+	return &v2Group{b: b, dir: filepath.Join(b.rootDir, name)}, nil
 }
 
-// create makes the directory itself and then writes the limits with cgroup2.Manager.Update:
-// cgroup2.NewManager would instead rewrite cgroup.subtree_control of every ancestor on each
-// call (two extra writes under cgroup_mutex per group), which New has already done once.
+// create makes the directory itself and then writes the limits (New has enabled the
+// controllers in every ancestor's cgroup.subtree_control once).
 func (b *v2Backend) create(name string, l Limits) (groupOps, error) {
 	g, err := b.group(name)
 	if err != nil {
@@ -171,10 +142,20 @@ func (b *v2Backend) create(name string, l Limits) (groupOps, error) {
 	if l == (Limits{}) {
 		return g, nil // nothing to write (and, below a group yet to delegate, nothing to write to)
 	}
-	if err := g.cg.Update(b.resources(l)); err != nil {
+	if err := g.update(l); err != nil {
 		return nil, errors.Join(err, g.delete())
 	}
 	return g, nil
+}
+
+// createSplit is v1's: a v2 group with children may hold no process, so the pair's outer group
+// has a leaf of its own there in any case.
+func (b *v2Backend) createSplit(string, string, Limits, Limits) (groupOps, groupOps, error) {
+	return nil, nil, errors.ErrUnsupported
+}
+
+func (b *v2Backend) loadSplit(string, string) (groupOps, groupOps, error) {
+	return nil, nil, errors.ErrUnsupported
 }
 
 func (b *v2Backend) load(name string) (groupOps, error) {
@@ -201,7 +182,6 @@ func (b *v2Backend) removeRoot() error {
 type v2Group struct {
 	b   *v2Backend
 	dir string
-	cg  *cgroup2.Manager
 }
 
 func (g *v2Group) dirFD() (int, bool, error) {
@@ -212,7 +192,9 @@ func (g *v2Group) dirFD() (int, bool, error) {
 	return fd, true, nil
 }
 
-func (g *v2Group) add(pid int) error { return g.cg.AddProc(uint64(pid)) }
+func (g *v2Group) add(pid int) error {
+	return writeFile(filepath.Join(g.dir, "cgroup.procs"), strconv.Itoa(pid))
+}
 
 // stats reads three small files directly: the library's Stat also parses memory.stat, the PSI
 // files and io.stat, and reads missing files as 0 without telling.
@@ -287,7 +269,24 @@ func (g *v2Group) kill(ctx context.Context) error {
 
 func (g *v2Group) delete() error { return rmdirTree(g.dir) }
 
-func (g *v2Group) update(l Limits) error { return g.cg.Update(g.b.resources(l)) }
+// update writes the non-zero limits of l, and no swap where memory.swap.max exists
+// (memory.swap.max is swap alone; v1's memsw is memory+swap).
+func (g *v2Group) update(l Limits) error {
+	var w []writeOp
+	if g.b.swapMax {
+		w = append(w, writeOp{filepath.Join(g.dir, "memory.swap.max"), "0"})
+	}
+	if l.MemoryBytes > 0 {
+		w = append(w, writeOp{filepath.Join(g.dir, "memory.max"), strconv.FormatInt(l.MemoryBytes, 10)})
+	}
+	if q := l.cpuQuotaUS(); q > 0 {
+		w = append(w, writeOp{filepath.Join(g.dir, "cpu.max"), strconv.FormatInt(q, 10) + " " + strconv.Itoa(cpuPeriodUS)})
+	}
+	if l.Pids > 0 {
+		w = append(w, writeOp{filepath.Join(g.dir, "pids.max"), strconv.FormatInt(l.Pids, 10)})
+	}
+	return writeAll(w)
+}
 
 func (g *v2Group) enableChildren() error { return enableControllers(g.dir, g.b.controllers) }
 

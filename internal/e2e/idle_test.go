@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -99,6 +100,8 @@ func (f *idleFleet) agentPid(tb testing.TB, id string) int {
 }
 
 // memory is sandbox id's cgroup memory charge in bytes (v1 usage_in_bytes; v2 memory.current).
+// In v1's split layout (cgroup.CreateSplit) that is the user group's alone: the agent is
+// charged to the runtime's root memory group.
 func (f *idleFleet) memory(id string) int64 {
 	name := "memory.usage_in_bytes"
 	if f.rt.CgroupVersion() == 2 {
@@ -269,6 +272,21 @@ func (f *idleFleet) measure(tb testing.TB, n int) idleReport {
 	}
 }
 
+// tempStateDir is a fresh state directory for a runtime of the test's own, removed after it
+// (mode 0755, as the runtime expects of its state directory here).
+func tempStateDir(tb testing.TB, prefix string) string {
+	tb.Helper()
+	state, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(state) })
+	if err := os.Chmod(state, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	return state
+}
+
 // idleEngine is an engine over a runtime of its own (own state directory and cgroup root) that
 // starts sandboxes with exe — the test binary, or a real airlock binary (AIRLOCK_IDLE_EXE) for
 // numbers that stand for production.
@@ -280,14 +298,7 @@ func idleEngine(tb testing.TB, n int) *idleFleet {
 	if exe != "" {
 		args = []string{"airlock", "agent"}
 	}
-	state, err := os.MkdirTemp("", "airlock-idle-")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { os.RemoveAll(state) })
-	if err := os.Chmod(state, 0o755); err != nil {
-		tb.Fatal(err)
-	}
+	state := tempStateDir(tb, "airlock-idle-")
 	root := fmt.Sprintf("airlock-idle-%d", os.Getpid())
 	// AIRLOCK_IDLE_DEBUG=1 logs each create's steps and their durations (native.Runtime.Create).
 	level := slog.LevelWarn
@@ -420,4 +431,137 @@ func BenchmarkIdleSandboxes(b *testing.B) {
 	b.ReportMetric(float64(r.AgentPSS)/1024, "agent-PSS-MiB")
 	b.ReportMetric(float64(r.CreateP50.Microseconds())/1000, "create-p50-ms")
 	b.ReportMetric(0, "ns/op")
+}
+
+// memoryCgroupOf is pid's memory cgroup on v1, from /proc/PID/cgroup ("" if none).
+func memoryCgroupOf(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.SplitN(line, ":", 3); len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "memory") {
+			return f[2]
+		}
+	}
+	return ""
+}
+
+// toTwoMemoryGroups rebuilds, by hand, the v1 layout sandboxes had before the split (a state
+// file without split_memory; the outer memory group holding the agent, the user memory group
+// below it holding the agent's spawner thread), as a daemon of the earlier release left them.
+func toTwoMemoryGroups(t *testing.T, root, state, id string, pid int) {
+	t.Helper()
+	mem := filepath.Join("/sys/fs/cgroup/memory", root, id)
+	write := func(path, v string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(v), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	limit, err := os.ReadFile(filepath.Join(mem, "memory.limit_in_bytes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(mem, "user"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	write(filepath.Join(mem, "user", "memory.limit_in_bytes"), strings.TrimSpace(string(limit)))
+	write(filepath.Join(mem, "cgroup.procs"), strconv.Itoa(pid)) // every thread of the agent
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	spawner := 0
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/cgroup", pid, task.Name()))
+		if strings.Contains(string(b), ":pids:/"+root+"/"+id+"/user\n") {
+			spawner, _ = strconv.Atoi(task.Name())
+		}
+	}
+	if spawner == 0 {
+		t.Fatal("no agent thread in the user group's pids cgroup")
+	}
+	write(filepath.Join(mem, "user", "tasks"), strconv.Itoa(spawner))
+	p := filepath.Join(state, "sandboxes", id, "state.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(p, strings.Replace(string(b), `,"split_memory":true`, "", 1))
+}
+
+// TestRecoverBothCgroupLayouts: a restarted daemon adopts a sandbox in the v1 layout with one
+// memory group (the agent in the root's) and one in the layout before it (two memory groups),
+// each as it is: the user's processes start in the user's memory group, whose limit and
+// counters the sandbox's stats report, and destroying either leaves no cgroup behind.
+func TestRecoverBothCgroupLayouts(t *testing.T) {
+	mustEngine(t)
+	state := tempStateDir(t, "airlock-e2e-layouts-")
+	root := "airlock-e2e-layouts-" + filepath.Base(state)
+	cfg := native.Config{StateDir: state, CgroupRoot: root}
+	rt1, err := native.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt1.CgroupVersion() != 1 {
+		rt1.Close()
+		t.Skip("the split layout is v1's; v2 keeps its layout")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	layouts := []struct {
+		id, userMemory string // the user processes' memory group, below the root
+	}{
+		{"lay-split", "/" + root + "/lay-split"},
+		{"lay-two", "/" + root + "/lay-two/user"},
+	}
+	for _, l := range layouts {
+		sb, err := rt1.Create(ctx, native.Spec{ID: l.id, MemoryBytes: 64 << 20, Pids: 32, ScratchBytes: 8 << 20})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sb.Destroy(context.Background()) })
+		if got, want := memoryCgroupOf(sb.Pid()), "/"+root; got != want {
+			t.Errorf("%s: agent's memory cgroup %s, want the root's %s", l.id, got, want)
+		}
+		if l.id == "lay-two" {
+			toTwoMemoryGroups(t, root, state, l.id, sb.Pid())
+		}
+	}
+	rt1.Close() // the sandboxes are alive: the runtime leaves them
+	rt2, err := native.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt2.Close() })
+	found, err := rt2.Recover(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]*native.Sandbox{}
+	for _, f := range found {
+		byID[f.Sandbox.ID()] = f.Sandbox
+	}
+	for _, l := range layouts {
+		t.Run(l.id, func(t *testing.T) {
+			sb := byID[l.id]
+			if sb == nil {
+				t.Fatalf("not recovered (found %d sandboxes)", len(found))
+			}
+			out, stderr, code := sh(t, sb, "grep memory /proc/self/cgroup; head -c 1000000 /dev/zero > /dev/null")
+			if code != 0 || !strings.HasSuffix(strings.TrimSpace(out), ":memory:"+l.userMemory) {
+				t.Errorf("user process: %q %q exit %d, want it in memory group %s", out, stderr, code, l.userMemory)
+			}
+			st, err := sb.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.PeakMemory <= 0 || st.PeakMemory > 64<<20 {
+				t.Errorf("stats of the recovered sandbox: peak memory %d, want the user group's (0, 64 MiB]", st.PeakMemory)
+			}
+			if err := sb.Destroy(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, ctl := range []string{"memory", "pids", "cpu", "freezer"} {
+				if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", ctl, root, l.id)); !errors.Is(err, os.ErrNotExist) {
+					t.Errorf("%s cgroup left after destroy: %v", ctl, err)
+				}
+			}
+		})
+	}
 }

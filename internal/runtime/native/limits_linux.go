@@ -22,11 +22,12 @@ type Limits struct {
 var ErrScratchMismatch = errors.New("the sandbox's writable layers were sized for another memory limit")
 
 // groupLimits is the one rule for a sandbox's two cgroups (see userGroup): the outer group
-// holds the user's memory, the scratch layers and the agent's reserve, the user group the
-// user's own limits. v1 counts the agent's spawner thread in the user group (startSpawner).
-func groupLimits(l Limits, scratch int64, v2 bool) (outer, user cgroup.Limits) {
+// holds the user's memory, the scratch layers and the agent's reserve — but in the split v1
+// layout, where it has no memory group of its own — the user group the user's own limits. v1
+// counts the agent's spawner thread in the user group (startSpawner).
+func groupLimits(l Limits, scratch int64, v2, split bool) (outer, user cgroup.Limits) {
 	outer = cgroup.Limits{CPU: l.CPU}
-	if l.MemoryBytes > 0 {
+	if l.MemoryBytes > 0 && !split {
 		outer.MemoryBytes = l.MemoryBytes + scratch + agentMemoryReserve
 	}
 	if l.Pids > 0 {
@@ -54,7 +55,7 @@ func (s *Sandbox) SetLimits(l Limits) error {
 	if ScratchFor(s.scratchReq, l.MemoryBytes) != s.scratch {
 		return ErrScratchMismatch
 	}
-	outer, user := groupLimits(l, s.scratch, s.v2)
+	outer, user := groupLimits(l, s.scratch, s.v2, s.split)
 	first, second := func() error { return s.cg.SetLimits(outer) }, func() error { return s.user.SetLimits(user) }
 	if l.MemoryBytes > 0 && l.MemoryBytes < s.memory {
 		first, second = second, first

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/cgroup"
 )
 
 // Recovered is a sandbox found alive by Recover.
@@ -93,11 +95,17 @@ func (r *Runtime) reattach(ctx context.Context, id string) (*Sandbox, []byte, er
 	if start, err := procStartTime(st.Pid); err != nil || start != st.Start {
 		return nil, nil, fmt.Errorf("sandbox init %d is gone", st.Pid)
 	}
-	pidfd, err := unix.PidfdOpen(st.Pid, 0)
+	pidfd, err := unix.PidfdOpen(st.Pid, unix.PIDFD_NONBLOCK)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pidfd: %w", err)
 	}
-	g, err := r.cg.Load(id)
+	// Both layouts are adopted as they are: a sandbox keeps its cgroups for life.
+	var g, user *cgroup.Group
+	if st.SplitMemory {
+		g, user, err = r.cg.LoadSplit(id, userGroup)
+	} else {
+		g, err = r.cg.Load(id) // its user group is loaded on first use (Stats)
+	}
 	if err != nil {
 		unix.Close(pidfd)
 		return nil, nil, fmt.Errorf("cgroup: %w", err)
@@ -107,7 +115,7 @@ func (r *Runtime) reattach(ctx context.Context, id string) (*Sandbox, []byte, er
 		r.keepSlot(st.Slot, id)
 	}
 	sock := filepath.Join(dir, "agent.sock")
-	sb := &Sandbox{id: id, pid: st.Pid, proc: proc, cg: g, dir: dir, sock: sock, client: agentClient(sock),
+	sb := &Sandbox{id: id, pid: st.Pid, proc: proc, cg: g, user: user, split: st.SplitMemory, dir: dir, sock: sock, client: agentClient(sock),
 		done: make(chan struct{}), logger: r.cfg.Logger.With("sandbox", id),
 		release: func() {
 			if st.Slot >= 0 {
@@ -122,13 +130,7 @@ func (r *Runtime) reattach(ctx context.Context, id string) (*Sandbox, []byte, er
 	}
 	// Not our child any more: learn of its exit by polling its pidfd.
 	go func() {
-		defer unix.Close(pidfd)
-		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-		for {
-			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
+		awaitExit(pidfd)
 		close(sb.done)
 	}()
 	return sb, st.Meta, nil

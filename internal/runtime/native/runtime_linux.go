@@ -154,6 +154,20 @@ func checkWorkdir(w string) error {
 // leaves room for what the agent itself holds — its heap, and scratch pages written through the
 // file API, which are charged to the writer (the agent) rather than to the user group — and is
 // reached only if the agent itself misbehaves.
+//
+// On v1 (but for a zygote sandbox, whose runs' groups nest below the outer one) the memory
+// hierarchy has one group per sandbox instead of two (cgroup.Manager.CreateSplit):
+//
+//	memory/<root>/<id>        the user group's memory: Spec.MemoryBytes, every user process
+//	memory/<root>             every agent of the runtime (the runtime's root group), unlimited
+//	cpu,cpuacct,pids,freezer  as above: <root>/<id> (the agent) and <root>/<id>/user
+//
+// Each memory cgroup costs the kernel a map of every superblock's shrinker on the host, ≈ 1 KiB per
+// 64 superblocks, ≈ 125 KiB at 1,000 sandboxes (BENCHMARKS.md, "Idle footprint"), and the agent
+// needs none of its own: the user's limit stays the user's alone (the agent is in no group it
+// could fill), and what the agent charges is bounded without one — the scratch pages it writes for
+// the file API by the writable layers' tmpfs size, its heap by the limit it sets its collector
+// (agent.Serve). The outer group's pids and CPU limits still cover the agent.
 const (
 	agentPidsReserve   = 128
 	agentMemoryReserve = 128 << 20
@@ -502,6 +516,7 @@ type Sandbox struct {
 	// came from, the user memory limit now, and the cgroup version. Zero in a recovered sandbox.
 	scratch, scratchReq, memory int64
 	v2                          bool
+	split                       bool        // v1: one memory group, the user group's (CreateSplit)
 	zygote                      *zygotePool // PID 1 is the Python zygote: its prepared children (zygote_linux.go)
 	destroy                     sync.Once
 	err                         error // result of Destroy
@@ -599,7 +614,7 @@ type creation struct {
 
 	scratch          int64
 	user             cgroup.Limits // the user group's limits
-	v2               bool
+	v2, split        bool          // split: the v1 layout with one memory group (see userGroup)
 	g, agentG, userG *cgroup.Group
 	userFiles        []*os.File // the user group's descriptor (v2) or tasks files (v1), for the init
 
@@ -636,14 +651,29 @@ func (c *creation) stateDir(context.Context) error {
 }
 
 // cgroups creates the outer group, then (v2) the agent's leaf and the user group, or (v1) the
-// user group with its limits, and opens what the init inherits of the user group.
+// user group with its limits — the pair split, with the agent in the runtime's shared memory
+// group, unless the sandbox is a zygote or the host cannot — and opens what the init inherits of
+// the user group.
 func (c *creation) cgroups(ctx context.Context) error {
 	spec := c.spec
 	c.scratch = ScratchFor(spec.ScratchBytes, spec.MemoryBytes)
 	c.v2 = c.r.cg.Version() == 2
+	c.split = !c.v2 && spec.Zygote == nil
+	lim := Limits{MemoryBytes: spec.MemoryBytes, CPU: spec.CPU, Pids: spec.Pids}
 	var outer cgroup.Limits
-	outer, c.user = groupLimits(Limits{MemoryBytes: spec.MemoryBytes, CPU: spec.CPU, Pids: spec.Pids}, c.scratch, c.v2)
-	g, err := c.r.cg.Create(spec.ID, outer)
+	outer, c.user = groupLimits(lim, c.scratch, c.v2, c.split)
+	var g *cgroup.Group
+	var err error
+	if c.split {
+		g, c.userG, err = c.r.cg.CreateSplit(spec.ID, userGroup, outer, c.user)
+		if errors.Is(err, errors.ErrUnsupported) { // memory co-mounted with another controller
+			c.split = false
+			outer, c.user = groupLimits(lim, c.scratch, c.v2, false)
+		}
+	}
+	if !c.split {
+		g, err = c.r.cg.Create(spec.ID, outer)
+	}
 	if err != nil {
 		return fmt.Errorf("create cgroup: %w", err)
 	}
@@ -671,8 +701,10 @@ func (c *creation) cgroups(ctx context.Context) error {
 		c.userFiles = []*os.File{c.keep(os.NewFile(uintptr(fd), "user cgroup"))}
 		return nil
 	}
-	if c.userG, err = g.CreateChild(userGroup, c.user); err != nil {
-		return err
+	if !c.split {
+		if c.userG, err = g.CreateChild(userGroup, c.user); err != nil {
+			return err
+		}
 	}
 	files, err := c.userG.OpenTasks()
 	for _, f := range files {
@@ -762,8 +794,13 @@ func (c *creation) spawnInit(context.Context) error {
 	sb := &Sandbox{id: c.spec.ID, pid: cmd.Process.Pid, proc: cmd.Process, cg: c.g, user: c.userG, dir: c.dir, sock: c.sock,
 		done: make(chan struct{}), logger: c.r.cfg.Logger.With("sandbox", c.spec.ID),
 		release: func() { c.r.freeSlot(slot) }, scratch: c.scratch, scratchReq: c.spec.ScratchBytes,
-		memory: c.spec.MemoryBytes, v2: c.v2}
+		memory: c.spec.MemoryBytes, v2: c.v2, split: c.split}
+	// The init's pid stays its own until it is reaped below, so the pidfd is the init's.
+	pidfd, perr := unix.PidfdOpen(cmd.Process.Pid, unix.PIDFD_NONBLOCK)
 	go func() {
+		if perr == nil {
+			awaitExit(pidfd) // then Wait reaps at once, without holding a thread meanwhile
+		}
 		cmd.Wait()
 		close(sb.done)
 	}()
@@ -773,6 +810,46 @@ func (c *creation) spawnInit(context.Context) error {
 	})
 	c.sb = sb
 	return nil
+}
+
+// awaitExit returns once the process of pidfd (opened PIDFD_NONBLOCK) has exited, and closes
+// pidfd. It waits on the Go runtime's poller: a goroutine blocked in wait4, waitid or poll
+// holds an OS thread of the daemon for as long — one per live sandbox, each a task with its 16
+// KiB kernel stack and the runtime's stacks for it (BENCHMARKS.md, "Idle footprint"). Where
+// the poller refuses the descriptor it falls back to a blocking poll.
+func awaitExit(pidfd int) {
+	f := os.NewFile(uintptr(pidfd), "pidfd")
+	defer f.Close()
+	exited := func(fd uintptr, timeout int) (bool, error) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, timeout)
+		return n > 0, err
+	}
+	if rc, err := f.SyscallConn(); err == nil {
+		var perr error
+		err = rc.Read(func(fd uintptr) bool {
+			done, err := exited(fd, 0)
+			if err != nil && err != unix.EINTR {
+				perr = err
+				return true
+			}
+			return done
+		})
+		if err == nil && perr == nil {
+			return
+		}
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		for {
+			if done, err := exited(fd, -1); done || (err != nil && err != unix.EINTR) {
+				return
+			}
+		}
+	})
 }
 
 // agentRuntimeEnv tunes the Go runtime of a sandbox's init — the agent — which reads these
@@ -850,7 +927,7 @@ func (c *creation) persist(ctx context.Context) error {
 		return fmt.Errorf("sandbox init: %w", err)
 	}
 	return writeState(c.dir, state{ID: c.spec.ID, Pid: c.sb.pid, Start: start, Meta: c.spec.Meta, Slot: c.slot,
-		Network: c.spec.Network})
+		Network: c.spec.Network, SplitMemory: c.split})
 }
 
 // placeV2 moves the init from the outer group into the agent's leaf, delegates the controllers
@@ -942,6 +1019,9 @@ type state struct {
 	Slot  int    `json:"slot"` // uid-range slot
 	// Network is the sandbox's policy; the zero value (Block) in states written before networks.
 	Network netpolicy.Policy `json:"network,omitzero"`
+	// SplitMemory is the v1 layout with one memory group (see userGroup); false in states
+	// written before it, whose sandboxes have the outer and the user memory group.
+	SplitMemory bool `json:"split_memory,omitempty"`
 }
 
 func writeState(dir string, st state) error {
