@@ -118,6 +118,16 @@ pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 if pids != [1, os.getpid()]: print("ESCAPED: sees processes", pids); sys.exit(0)
 if os.getppid() != 1: print("ESCAPED: parent", os.getppid()); sys.exit(0)
 expect_fail("kill pid 1", (libc.kill(1, 9), 0))
+# The run's PID 1 (G) is not dumpable: nothing of its memory, environment or descriptors, nor
+# its root (the zygote's mount namespace), is open to the program.
+for p in ("/proc/1/environ", "/proc/1/maps", "/proc/1/mem"):
+    try:
+        open(p, "rb").read(1); print("ESCAPED: read", p); sys.exit(0)
+    except OSError: pass
+for p in ("/proc/1/fd", "/proc/1/root/"):
+    try:
+        os.listdir(p); print("ESCAPED: listed", p); sys.exit(0)
+    except OSError: pass
 print("BLOCKED")
 `})
 	if strings.Contains(res.Stdout, "ESCAPED") || !strings.Contains(res.Stdout, "BLOCKED") {

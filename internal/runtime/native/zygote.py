@@ -561,8 +561,7 @@ def child(conn):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     conn.settimeout(None)
     try:
-        close_from(3, keep=(conn.fileno(),))
-        prctl("set not dumpable", PR_SET_DUMPABLE, 0)
+        close_from(3, keep=(conn.fileno(),))  # not dumpable: the zygote's, inherited
         conn.sendall(HELLO)
         if conn.recv(3) != b"go\n":
             os._exit(0)  # the daemon could not place this child: prepare nothing
@@ -615,6 +614,9 @@ def serve():
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
     drop_bounding_set()
+    # Not dumpable (python3's exec made it dumpable again), so that every G is born so: no
+    # process of a run can trace G or read its memory or descriptors. U makes itself dumpable.
+    prctl("set not dumpable", PR_SET_DUMPABLE, 0)
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) the zygote's objects
     # Nor the young objects of a child's own set-up: a child's set-up runs without the
