@@ -37,6 +37,10 @@ type EnvConfig struct {
 	// PoolSize is the warm pool of the second engine (Env.Pooled), as `airlock serve` runs it;
 	// default 4 (serve's default).
 	PoolSize int
+	// SandboxExe is the program sandboxes start from (native.Config.Exe): `airlock bench`
+	// passes the one `airlock serve` would use (airlock-sandbox beside it when it is there);
+	// empty re-executes this binary.
+	SandboxExe string
 }
 
 // Env is the in-process world the benchmarks run against: a native runtime on a private state
@@ -95,7 +99,7 @@ func NewEnv(ctx context.Context, cfg EnvConfig) (_ *Env, err error) {
 	if cfg.CgroupRoot == "" {
 		cfg.CgroupRoot = "airlock-bench-" + strconv.Itoa(os.Getpid())
 	}
-	e.Runtime, err = native.New(native.Config{Logger: cfg.Logger, StateDir: e.stateDir, CgroupRoot: cfg.CgroupRoot})
+	e.Runtime, err = native.New(native.Config{Logger: cfg.Logger, StateDir: e.stateDir, CgroupRoot: cfg.CgroupRoot, Exe: cfg.SandboxExe})
 	if err != nil {
 		return nil, fmt.Errorf("native runtime: %w", err)
 	}

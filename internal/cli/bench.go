@@ -13,8 +13,9 @@ import (
 
 func benchCmd() *cobra.Command {
 	var (
-		cfg    bench.Config
-		asJSON bool
+		cfg        bench.Config
+		asJSON     bool
+		sandboxBin string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -42,6 +43,12 @@ func benchCmd() *cobra.Command {
 			cfg.Logger = warnLogger()
 			cfg.Progress = cmd.ErrOrStderr()
 			cfg.Env.EngineRuntime = native.EngineRuntime
+			// Sandboxes start from what `airlock serve` would start them from.
+			exe, err := sandboxBinary(cfg.Logger, sandboxBin)
+			if err != nil {
+				return err
+			}
+			cfg.Env.SandboxExe = exe
 			// `airlock version` is the cheapest way to start and end this binary.
 			cfg.SelfArgs = []string{"version"}
 			rep, err := bench.Run(cmd.Context(), cfg)
@@ -68,6 +75,7 @@ func benchCmd() *cobra.Command {
 	f.IntVar(&cfg.SnippetN, "snippet-n", 0, "sequential samples per row of the numpy/pandas snippet (default n/5, at least 3)")
 	f.StringVar(&cfg.Bwrap, "bwrap", "/usr/bin/bwrap", "bubblewrap binary for the bubblewrap baseline (skipped if missing)")
 	flagEnv(f, &cfg.Env.StateDir, "state-dir", "AIRLOCK_BENCH_STATE_DIR", "runtime state directory (default a fresh temporary directory)")
+	f.StringVar(&sandboxBin, "sandbox-binary", "", "the program run as each sandbox's init and agent, as serve's flag (default airlock-sandbox beside this binary if it is there, else this binary)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }
