@@ -153,7 +153,9 @@ type Machine struct {
 	LoadBefore string `json:"load_before"`
 	// Seconds is the run's wall time; OtherCPU is the CPU time, in cores averaged over it, that
 	// the machine spent outside this process and its reaped children: other work sharing the
-	// machine, but also kernel threads finishing this run's cgroup and namespace teardown. Paired
+	// machine, but also kernel threads finishing this run's cgroup and namespace teardown, and
+	// the processes of this run that others reap (a zygote's children, which the kernel reaps
+	// for the zygote: most of a zygote row's CPU counts here). Paired
 	// ratios are what survives such interference; absolute numbers do not.
 	Seconds  float64 `json:"seconds"`
 	OtherCPU float64 `json:"other_cpu_cores"`

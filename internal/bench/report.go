@@ -88,7 +88,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	m := r.Machine
 	fmt.Fprintf(&b, "machine: %d cores, %s; %s; cgroup v%d; %s; %s; %s\n", m.Cores, m.CPU, m.Kernel,
 		m.CgroupVersion, m.Python, m.Bwrap, m.Go)
-	fmt.Fprintf(&b, "run: %s, %.0f s; load average %s at the start; CPU outside this process tree during the run: %.2f cores (kernel threads included)\n",
+	fmt.Fprintf(&b, "run: %s, %.0f s; load average %s at the start; CPU outside this process and the children it reaped during the run: %.2f cores (other jobs, kernel threads, and processes reaped by others, such as zygote children)\n",
 		m.Time, m.Seconds, m.LoadBefore, m.OtherCPU)
 	s := r.Settings
 	fmt.Fprintf(&b, "settings: n=%d sequential samples per row (interleaved), %d warm-up runs, throughput %d runs per client count in %d interleaved rounds\n\n",
