@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -203,6 +204,17 @@ func TestGvisorThroughDaemon(t *testing.T) {
 	postJSON(t, d.url+"/v1/execute", `{"code":"import platform; print(platform.release())"}`, &native)
 	if ex.Stdout == native.Stdout {
 		t.Fatalf("gvisor and native runs report the same kernel %q: the runtime field was not honoured", ex.Stdout)
+	}
+	// Once the key's zygotes are up, a Python one-shot that names gVisor still runs in gVisor,
+	// never in a (native) zygote child, and an unknown runtime is still refused (below).
+	waitFor(t, "a run in the lean zygote", func() bool {
+		var r api.ExecuteResponse
+		postJSON(t, d.url+"/v1/execute", `{"code":`+strconv.Quote(inLean+"print('warm')")+`}`, &r)
+		return strings.TrimSpace(r.Stdout) == "warm"
+	})
+	var again api.ExecuteResponse
+	if st := postJSON(t, d.url+"/v1/execute", `{"code":"import platform; print(platform.release())","runtime":"gvisor"}`, &again); st != 200 || again.Stdout != ex.Stdout {
+		t.Fatalf("gvisor one-shot with the zygote up: %d %+v, want gVisor's kernel %q", st, again, ex.Stdout)
 	}
 	for _, tc := range []struct {
 		body string

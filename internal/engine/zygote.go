@@ -129,10 +129,13 @@ type zygote struct {
 // run the zygote does not pay a start per run.
 const zygoteRetry = 30 * time.Second
 
-// zygoteEligible says whether p may run in a zygote child instead of a cold sandbox.
+// zygoteEligible says whether p may run in a zygote child instead of a cold sandbox. Only a run
+// on the default runtime may: the zygotes are the default runtime's (a native one; another makes
+// none), and a run that names a runtime (gVisor, or one that does not exist and must be refused)
+// must get that runtime's isolation, never a native zygote's.
 func (e *Engine) zygoteEligible(p *oneShotPlan, network netpolicy.Policy) bool {
 	return e.cfg.Zygote && p.Language == api.LanguagePython && network.Mode == netpolicy.Block &&
-		len(p.outputFiles) == 0 && (p.Image == "" || p.Image == "host")
+		len(p.outputFiles) == 0 && (p.Image == "" || p.Image == "host") && p.Runtime == ""
 }
 
 // runZygote runs p in a zygote child of ctx's owner's zygote. ok is false when p must take the

@@ -107,6 +107,8 @@ func TestZygoteRouting(t *testing.T) {
 		{"bash", OneShot{Code: "echo 1", Language: api.LanguageBash}, false, false},
 		{"internet", OneShot{Code: "x", Network: netpolicy.Policy{Mode: netpolicy.Internet}}, false, false},
 		{"output files", OneShot{Code: "x", OutputFiles: []string{"out.txt"}}, false, false},
+		{"another runtime", OneShot{Code: "x", Runtime: "gvisor"}, false, false},
+		{"a runtime named", OneShot{Code: "x", Runtime: "native"}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
