@@ -721,3 +721,28 @@ func TestZygoteLimitsOfEachRun(t *testing.T) {
 		}
 	}
 }
+
+// TestZygoteReportsTheSignal: a program killed by a signal reports it as a cold one does (the
+// judge APIs tell a signal from an exit code), in both zygotes.
+func TestZygoteReportsTheSignal(t *testing.T) {
+	e := zygoteEngine(t)
+	cold, err := engine.New(engine.Config{Runtime: native.EngineRuntime(rt), ScratchBytes: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cold.Close(context.Background()) })
+	const kill = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)"
+	c, err := cold.Execute(t.Context(), engine.OneShot{Code: kill})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range zygoteFlavors {
+		res, err := e.Execute(t.Context(), engine.OneShot{Code: f.prefix + kill})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Signal != c.Signal || res.ExitCode != c.ExitCode || c.Signal != 11 {
+			t.Errorf("%s zygote: signal %d, exit code %d; cold: signal %d, exit code %d; want 11 and 139 in both", f.name, res.Signal, res.ExitCode, c.Signal, c.ExitCode)
+		}
+	}
+}

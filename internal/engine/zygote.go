@@ -95,6 +95,7 @@ type ZygoteRun struct {
 type ZygoteEnd struct {
 	Stdout, Stderr                   []byte
 	ExitCode                         int
+	Signal                           int // the signal that ended the program, 0 if it exited
 	TimedOut                         bool
 	StdoutTruncated, StderrTruncated bool
 	Duration                         time.Duration
@@ -174,7 +175,7 @@ func (e *Engine) runZygote(ctx context.Context, p *oneShotPlan) (res *Result, ok
 		return nil, true, err
 	}
 	res = &Result{Stdout: UTF8(end.Stdout), Stderr: UTF8(end.Stderr), Duration: end.Duration,
-		Truncated: end.StdoutTruncated || end.StderrTruncated, ExitCode: end.ExitCode, TimedOut: end.TimedOut,
+		Truncated: end.StdoutTruncated || end.StderrTruncated, ExitCode: end.ExitCode, Signal: end.Signal, TimedOut: end.TimedOut,
 		CPUTime: end.Usage.CPUTime, PeakMemory: end.Usage.PeakMemory}
 	// As runOnce decides it for a cold run.
 	u := end.Usage

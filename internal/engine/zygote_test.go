@@ -154,6 +154,8 @@ func TestZygoteResult(t *testing.T) {
 		{"MemoryError at the limit", ZygoteEnd{ExitCode: 1, Usage: Usage{MemoryLimitHits: 2, PeakMemory: 512 << 20}},
 			Result{ExitCode: 137, OOMKilled: true, PeakMemory: 512 << 20}},
 		{"truncated", ZygoteEnd{StderrTruncated: true}, Result{Truncated: true}},
+		// The judge APIs tell a signal from an exit code (Judge0's "Runtime Error (SIGSEGV)").
+		{"killed by a signal", ZygoteEnd{ExitCode: 139, Signal: 11}, Result{ExitCode: 139, Signal: 11}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

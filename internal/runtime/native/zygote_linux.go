@@ -203,6 +203,7 @@ type ZygoteRun struct {
 type ZygoteEnd struct {
 	Stdout, Stderr                   []byte
 	ExitCode                         int // 128+signal when killed
+	Signal                           int // the signal that ended the program, 0 if it exited
 	TimedOut                         bool
 	StdoutTruncated, StderrTruncated bool
 	Duration                         time.Duration
@@ -672,19 +673,20 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, 
 	end.Duration = stopped.Sub(start)
 	switch {
 	case end.TimedOut:
-		end.Duration, end.ExitCode = run.Timeout, 128+int(syscall.SIGKILL)
+		end.Duration, end.ExitCode, end.Signal = run.Timeout, 128+int(syscall.SIGKILL), int(syscall.SIGKILL)
 	case res.rep.Status == nil && s.exited():
 		// The zygote's death took the run with it: not the program's doing.
 		return nil, errors.New("the zygote exited during the run")
 	case res.rep.Status == nil:
-		end.ExitCode = 128 + int(syscall.SIGKILL) // killed with its cgroup (the OOM killer took PID 1)
+		// Killed with its cgroup (the OOM killer took PID 1).
+		end.ExitCode, end.Signal = 128+int(syscall.SIGKILL), int(syscall.SIGKILL)
 	default:
 		ws := syscall.WaitStatus(*res.rep.Status)
 		switch {
 		case ws.Exited():
 			end.ExitCode = ws.ExitStatus()
 		case ws.Signaled():
-			end.ExitCode = 128 + int(ws.Signal())
+			end.ExitCode, end.Signal = 128+int(ws.Signal()), int(ws.Signal())
 		}
 	}
 	st, err := c.g.Stats()
@@ -802,7 +804,7 @@ func (z engineZygote) RunZygote(ctx context.Context, r engine.ZygoteRun) (*engin
 		return nil, err
 	}
 	st := end.Stats
-	return &engine.ZygoteEnd{Stdout: end.Stdout, Stderr: end.Stderr, ExitCode: end.ExitCode, TimedOut: end.TimedOut,
+	return &engine.ZygoteEnd{Stdout: end.Stdout, Stderr: end.Stderr, ExitCode: end.ExitCode, Signal: end.Signal, TimedOut: end.TimedOut,
 		StdoutTruncated: end.StdoutTruncated, StderrTruncated: end.StderrTruncated, Duration: end.Duration,
 		Usage: engine.Usage{CPUTime: st.CPUTime, Memory: st.Memory, PeakMemory: st.PeakMemory, OOMKills: st.OOMKills,
 			MemoryLimitHits: st.MemoryFailcnt}}, nil
