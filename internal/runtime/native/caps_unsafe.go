@@ -88,6 +88,11 @@ func lastCap() (uintptr, error) {
 // On cgroup v1, tasks are the user cgroup's "tasks" files: the thread moves itself (alone) into
 // the user group, so every process it forks is born there and never runs in the agent's group;
 // the files are closed.
+//
+// The thread is never the process's main thread: on v1 a process's memory is charged to the
+// memory cgroup of its main thread (the mm's owner), so a spawner there would put every page of
+// the agent's under the user's limit. A goroutine that locks its thread may be given the main
+// one; it then holds it while the spawner starts on another, and lets it go.
 func startSpawner(tasks []*os.File) (spawn func(func()), err error) {
 	last, err := lastCap()
 	if err != nil {
@@ -95,8 +100,7 @@ func startSpawner(tasks []*os.File) (spawn func(func()), err error) {
 	}
 	work := make(chan func())
 	ready := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread's state is its reason to exist
+	serve := func() {
 		for c := uintptr(0); c <= last; c++ {
 			if err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0); err != nil {
 				ready <- step("drop bounding capability "+strconv.Itoa(int(c)), err)
@@ -115,6 +119,21 @@ func startSpawner(tasks []*os.File) (spawn func(func()), err error) {
 		for fn := range work {
 			fn()
 		}
+	}
+	go func() {
+		runtime.LockOSThread() // never unlocked on the spawner: the thread's state is its reason to exist
+		if unix.Gettid() != unix.Getpid() {
+			serve()
+			return
+		}
+		moved := make(chan struct{})
+		go func() {
+			runtime.LockOSThread() // not the main thread: this goroutine's caller holds it
+			close(moved)
+			serve()
+		}()
+		<-moved
+		runtime.UnlockOSThread()
 	}()
 	if err := <-ready; err != nil {
 		return nil, err
