@@ -89,11 +89,13 @@ func lastCap() (uintptr, error) {
 // the user group, so every process it forks is born there and never runs in the agent's group;
 // the files are closed.
 //
-// The thread is never the process's main thread: on v1 a process's memory is charged to the
-// memory cgroup of its main thread (the mm's owner), so a spawner there would put every page of
-// the agent's under the user's limit. A goroutine that locks its thread may be given the main
-// one; it then holds it while the spawner starts on another, and lets it go.
-func startSpawner(tasks []*os.File) (spawn func(func()), err error) {
+// With offMain the thread is never the process's main thread: on v1 a process's memory is
+// charged to the memory cgroup of its main thread (the mm's owner), so a spawner there would put
+// every page of the agent's under the user's limit. A goroutine that locks its thread may be
+// given the main one; it then holds it while the spawner starts on another, and lets it go. The
+// native init asks for it. gVisor's guest does not: the host charges a gVisor sandbox's memory
+// as a whole, and with it its fork-bomb test lost the agent under load (not yet understood).
+func startSpawner(tasks []*os.File, offMain bool) (spawn func(func()), err error) {
 	last, err := lastCap()
 	if err != nil {
 		return nil, step("read cap_last_cap", err)
@@ -122,7 +124,7 @@ func startSpawner(tasks []*os.File) (spawn func(func()), err error) {
 	}
 	go func() {
 		runtime.LockOSThread() // never unlocked on the spawner: the thread's state is its reason to exist
-		if unix.Gettid() != unix.Getpid() {
+		if !offMain || unix.Gettid() != unix.Getpid() {
 			serve()
 			return
 		}

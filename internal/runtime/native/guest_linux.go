@@ -48,7 +48,7 @@ func GuestLockdown(noFile, nproc uint64, scratch int64, tasks ...*os.File) (spaw
 	steps := []func() error{
 		func() error { return setRlimits(&initConfig{NoFile: noFile, NProc: nproc, ScratchSize: scratch}) },
 		func() error { return step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)) },
-		func() (err error) { spawn, err = startSpawner(tasks); return err },
+		func() (err error) { spawn, err = startSpawner(tasks, false); return err },
 		dropCapabilities,
 		func() error { return step("seccomp", seccomp.Install(seccomp.Options{})) },
 	}

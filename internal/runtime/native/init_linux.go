@@ -136,7 +136,7 @@ func setup(cfg *initConfig) (spawn func(func()), err error) {
 		func() error { return setRlimits(cfg) },
 		func() error { return step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)) },
 		func() error { return restrictFS(cfg) },
-		func() (err error) { spawn, err = startSpawner(v1TaskFiles(cfg)); return err },
+		func() (err error) { spawn, err = startSpawner(v1TaskFiles(cfg), true); return err },
 		dropCapabilities,
 		// On v2 the agent starts user processes with clone3 (CLONE_INTO_CGROUP), whose flags
 		// seccomp cannot read; buildRoot set user.max_user_namespaces to 0 in this sandbox's
