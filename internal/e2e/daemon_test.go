@@ -63,17 +63,8 @@ func startDaemon(t *testing.T, state, cgroupRoot, addr string, opts ...func(*exe
 	// A test that fails before it stops its daemon must not leave it running (with its
 	// sandboxes and zygotes): stopped as stop would, killed if it does not go.
 	t.Cleanup(func() {
-		if cmd.ProcessState != nil {
-			return
-		}
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
+		if cmd.ProcessState == nil {
+			d.exited(d.terminate())
 		}
 	})
 	deadline := time.Now().Add(10 * time.Second)
@@ -98,14 +89,21 @@ func (d *daemon) kill() {
 }
 
 func (d *daemon) stop() {
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { d.cmd.Wait(); close(done) }()
+	if !d.exited(d.terminate()) {
+		d.t.Fatal("daemon did not stop on SIGTERM")
+	}
+}
+
+// exited waits up to 30 s for a terminated daemon (done, from terminate) to exit, then kills it;
+// it says whether it exited on its own.
+func (d *daemon) exited(done <-chan struct{}) bool {
 	select {
 	case <-done:
+		return true
 	case <-time.After(30 * time.Second):
 		d.cmd.Process.Kill()
-		d.t.Fatal("daemon did not stop on SIGTERM")
+		<-done
+		return false
 	}
 }
 

@@ -82,6 +82,26 @@ func uidClaimsOf(state string) []string {
 // noPool is a startDaemon option: the daemon runs without a warm pool.
 func noPool(c *exec.Cmd) { c.Env = append(c.Env, "AIRLOCK_POOL_SIZE=0") }
 
+// pooledSession is a session the pool of a fresh pool engine handed out: the first creation
+// (cold) makes the pool fill, the second takes a prepared one.
+func pooledSession(t *testing.T) *engine.Sandbox {
+	t.Helper()
+	e := poolEngine(t, engine.Config{})
+	if _, err := e.CreateSession(t.Context(), engine.SessionSpec{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a ready session", func() bool { return e.PoolReady() > 0 })
+	before := handouts(e)
+	sb, err := e.CreateSession(t.Context(), engine.SessionSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if handouts(e) != before+1 {
+		t.Fatal("the session was not handed out by the pool")
+	}
+	return sb
+}
+
 // handouts is the engine's hand-out count over all classes.
 func handouts(e *engine.Engine) uint64 {
 	var n uint64
@@ -265,19 +285,7 @@ func TestPoolBurst(t *testing.T) {
 // TestPoolSession: a session handed out by the pool has its interpreter running and keeps
 // state between cells.
 func TestPoolSession(t *testing.T) {
-	e := poolEngine(t, engine.Config{})
-	if _, err := e.CreateSession(t.Context(), engine.SessionSpec{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "a ready session", func() bool { return e.PoolReady() > 0 })
-	before := handouts(e)
-	sb, err := e.CreateSession(t.Context(), engine.SessionSpec{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if handouts(e) != before+1 {
-		t.Fatal("the session was not handed out by the pool")
-	}
+	sb := pooledSession(t)
 	start := time.Now()
 	c, err := sb.RunCell(t.Context(), "x = 41", 0)
 	first := time.Since(start)

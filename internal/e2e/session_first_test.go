@@ -57,19 +57,7 @@ func BenchmarkPoolSessionCells(b *testing.B) {
 // cell, which the user never sees: a pooled session's first cell is <cell-1> in tracebacks and
 // sees an empty namespace, as a cold session's does.
 func TestPoolSessionFirstCellIsCellOne(t *testing.T) {
-	e := poolEngine(t, engine.Config{})
-	if _, err := e.CreateSession(t.Context(), engine.SessionSpec{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "a ready session", func() bool { return e.PoolReady() > 0 })
-	before := handouts(e)
-	sb, err := e.CreateSession(t.Context(), engine.SessionSpec{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if handouts(e) != before+1 {
-		t.Fatal("the session was not handed out by the pool")
-	}
+	sb := pooledSession(t)
 	c, err := sb.RunCell(t.Context(), "names = sorted(n for n in dir() if not n.startswith('__'))\nprint(names, flush=True)\n1/0", 0)
 	if err != nil {
 		t.Fatal(err)

@@ -726,13 +726,8 @@ func TestZygoteLimitsOfEachRun(t *testing.T) {
 // judge APIs tell a signal from an exit code), in both zygotes.
 func TestZygoteReportsTheSignal(t *testing.T) {
 	e := zygoteEngine(t)
-	cold, err := engine.New(engine.Config{Runtime: native.EngineRuntime(rt), ScratchBytes: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cold.Close(context.Background()) })
 	const kill = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)"
-	c, err := cold.Execute(t.Context(), engine.OneShot{Code: kill})
+	c, err := mustEngine(t).Execute(t.Context(), engine.OneShot{Code: kill}) // the shared engine runs cold
 	if err != nil {
 		t.Fatal(err)
 	}

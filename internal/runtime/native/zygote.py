@@ -509,8 +509,7 @@ def wait_end(ends, upid):
                 c, _ = ends.accept()
             except BlockingIOError:
                 break
-            c.setblocking(True)
-            st = read_report(c, upid)
+            st = read_report(c, upid)  # which sets the connection's time limit
             if st is not None:
                 try:
                     os.kill(-1, signal.SIGKILL)
