@@ -140,6 +140,12 @@ print("BLOCKED")
 // signal it.
 func TestZygoteSiblingsCannotSeeEachOther(t *testing.T) {
 	e := zygoteEngine(t)
+	for _, f := range zygoteFlavors {
+		t.Run(f.name, func(t *testing.T) { siblingsCannotSeeEachOther(t, e, f.prefix) })
+	}
+}
+
+func siblingsCannotSeeEachOther(t *testing.T, e *engine.Engine, prefix string) {
 	ready := make(chan struct{})
 	var once sync.Once
 	type outcome struct {
@@ -147,7 +153,7 @@ func TestZygoteSiblingsCannotSeeEachOther(t *testing.T) {
 		err error
 	}
 	first := make(chan outcome, 1)
-	o := server.OneShot(api.ExecuteRequest{Timeout: 30, Code: inZygote + `
+	o := server.OneShot(api.ExecuteRequest{Timeout: 30, Code: prefix + `
 import ctypes, os, socket, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 for p in ("/tmp/sibling-a", "/workspace/sibling-a", "/dev/shm/sibling-a"):
@@ -161,6 +167,7 @@ if os.fork() == 0:
     os.execvp("sleep", ["sleep", "sibling-marker-30"]) if False else time.sleep(30)
 print("READY", shm, msq, flush=True)
 time.sleep(4)
+if os.getpriority(os.PRIO_PROCESS, 0) != 0: print("A-RENICED")
 print("A-ALIVE")
 `})
 	o.Output = func(stream int, b []byte) {
@@ -177,7 +184,7 @@ print("A-ALIVE")
 	case out := <-first:
 		t.Fatalf("first child ended before it was ready: %+v %v", out.res, out.err)
 	}
-	res := zrun(t, e, api.ExecuteRequest{Code: inZygote + pyPrelude + `
+	res := zrun(t, e, api.ExecuteRequest{Code: prefix + pyPrelude + `
 import signal
 for p in ("/tmp/sibling-a", "/workspace/sibling-a", "/dev/shm/sibling-a", "/tmp/sibling-a.sock"):
     if os.path.exists(p): print("ESCAPED: sees", p); sys.exit(0)
@@ -198,13 +205,21 @@ for pid in range(2, 400):
 try:
     os.kill(-1, signal.SIGKILL)
 except OSError: pass
+# A process group reaches its members in every PID namespace: a child born in the zygote's group
+# could signal and renice its siblings through it. Its session and group are its own, as a cold
+# sandbox's program's are.
+if (os.getsid(0), os.getpgrp()) != (os.getpid(), os.getpid()): print("ESCAPED: session and group", os.getsid(0), os.getpgrp()); sys.exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.killpg(0, signal.SIGTERM)
+os.kill(0, signal.SIGTERM)
+os.setpriority(os.PRIO_PGRP, 0, 19)
 print("BLOCKED")
 `})
 	if strings.Contains(res.Stdout, "ESCAPED") || !strings.Contains(res.Stdout, "BLOCKED") {
 		t.Fatalf("second child: %+v", res)
 	}
 	out := <-first
-	if out.err != nil || !strings.Contains(out.res.Stdout, "A-ALIVE") || out.res.ExitCode != 0 {
+	if out.err != nil || !strings.Contains(out.res.Stdout, "A-ALIVE") || strings.Contains(out.res.Stdout, "A-RENICED") || out.res.ExitCode != 0 {
 		t.Fatalf("first child did not survive its sibling: %+v %v", out.res, out.err)
 	}
 }

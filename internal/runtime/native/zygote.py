@@ -4,6 +4,7 @@
 # request that takes it is the only one it ever runs (two processes per run, G and U):
 #
 #   G (the zygote's child, born PID 1 of a new PID namespace)
+#     leaves the zygote's session (setsid: a process group reaches across PID namespaces),
 #     says hello (the daemon reads G's host pid from the message's SCM_CREDENTIALS), waits
 #     for "go" (the daemon has moved G into a cgroup of its own), unshares the network
 #     namespace, binds its end socket (END_ADDR) there and forks U; then sets no_new_privs and
@@ -15,9 +16,10 @@
 #     state, the modules both used) was copied twice; G's share of a run's CPU was as large as
 #     U's. G stays in the zygote's mount, IPC and UTS namespaces, which it never uses.
 #   U (the user program, PID 2, born in the run's cgroup and network namespace)
-#     reads the prepare line, unshares mount, IPC, UTS and cgroup namespaces, mounts a fresh
-#     scratch tmpfs for /workspace, /tmp and /dev/shm, a devpts and a /proc of its own (with the
-#     sandbox's masks), sets the hostname, brings loopback up; then
+#     starts a session of its own (as a cold sandbox's program is started), reads the prepare
+#     line, unshares mount, IPC, UTS and cgroup namespaces, mounts a fresh scratch tmpfs for
+#     /workspace, /tmp and /dev/shm, a devpts and a /proc of its own (with the sandbox's
+#     masks), sets the hostname, brings loopback up; then
 #     seeds its generators from the OS, sets the file-size limit of its scratch size, becomes
 #     the sandbox user (no capabilities), sets no_new_privs, the sandbox's Landlock rules and
 #     seccomp filter, says "ready" and waits for the request — locked down as the program it
@@ -301,6 +303,9 @@ def user(conn):
     """U: builds the run's sandbox, is made ready ahead of its request, then becomes the user
     program."""
     try:
+        # A session and process group of its own, as a cold sandbox's program has (the agent
+        # starts it so): G's would still hold G, and the program's group is the one it signals.
+        os.setsid()
         prep = {"scratch_size": int(recv_line(conn))}  # a number, not JSON: the decoder's pages stay uncopied
         # The cgroup namespace now, not at the fork: rooted at the run's own cgroup.
         check("unshare", LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP))
@@ -560,6 +565,10 @@ def child(conn):
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     conn.settimeout(None)
     try:
+        # Out of the zygote's session and process group, which every child is born in: a
+        # signal or priority sent to a process group (kill(0), killpg, setpriority(PRIO_PGRP))
+        # reaches its members in any PID namespace.
+        os.setsid()
         close_from(3, keep=(conn.fileno(),))  # not dumpable: the zygote's, inherited
         conn.sendall(HELLO)
         if conn.recv(3) != b"go\n":
