@@ -36,10 +36,19 @@ type Client struct {
 	hc   *http.Client
 }
 
+// transport is every Client's unless WithHTTPClient gives another: net/http's default transport
+// but for the idle connections it keeps per daemon, 2 there, which a program running calls at a
+// higher concurrency would close and dial again on almost every call.
+var transport = func() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	return t
+}()
+
 // New returns a client for the daemon at url (e.g. "http://127.0.0.1:8080") using API key key
 // (empty for a daemon without keys).
 func New(url, key string) *Client {
-	return &Client{base: strings.TrimRight(url, "/"), key: key, hc: &http.Client{}}
+	return &Client{base: strings.TrimRight(url, "/"), key: key, hc: &http.Client{Transport: transport}}
 }
 
 // WithHTTPClient returns a copy of c that uses hc.

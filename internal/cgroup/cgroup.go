@@ -16,7 +16,8 @@
 //
 // The lifecycle of a group is Create (or Load after a daemon restart) → Add or clone into DirFD →
 // Stats → Kill → Delete. Kill returns only once the group is empty, so Delete right after it
-// succeeds. Limits are fixed at creation: a sandbox never changes class.
+// succeeds. Limits are fixed at creation: a sandbox never changes class. A group of one run of
+// a zygote (v1) may instead be recycled once empty (Recycle) and given to the next run.
 //
 // Manager and Group hold no mutable state of their own and are safe for concurrent use; the
 // kernel serialises the writes.
@@ -36,6 +37,10 @@ var (
 	ErrInvalidName = errors.New("invalid cgroup name")
 	// ErrInvalidLimits is returned for negative or non-finite limits.
 	ErrInvalidLimits = errors.New("invalid cgroup limits")
+	// ErrNotEmpty is returned by Recycle for a group that still holds a process.
+	ErrNotEmpty = errors.New("cgroup not empty")
+	// ErrNotRecyclable is returned by Recycle for a group it cannot ready for another use.
+	ErrNotRecyclable = errors.New("cgroup not recyclable")
 )
 
 // Limits are the resource limits of one group. A zero field means unlimited.
@@ -45,7 +50,7 @@ type Limits struct {
 	Pids        int64   // max tasks (processes+threads); 0 = unlimited
 }
 
-// Stats is the usage of a group since it was created.
+// Stats is the usage of a group since it was created (or recycled: see Recycle).
 type Stats struct {
 	CPUTime    time.Duration // user+sys of the whole group
 	Memory     int64         // bytes in use now: v1 memory.usage_in_bytes; v2 memory.current

@@ -40,6 +40,7 @@ type groupOps interface {
 	enableChildren() error
 	chownProcs(uid, gid int) error
 	openTasks() ([]*os.File, error)
+	recycle(maxResidue int64) (groupOps, error)
 }
 
 // New prepares a parent group named root (e.g. "airlock") under the hierarchy/hierarchies; on v2
@@ -351,4 +352,24 @@ func (g *Group) SetLimits(l Limits) error {
 		return fmt.Errorf("limit cgroup %s: %w", g.name, err)
 	}
 	return nil
+}
+
+// Recycle readies g, emptied, for another use instead of its removal and a new group's creation
+// (which on v1 is a directory in each of four hierarchies to make and then remove, and the
+// kernel's own work for a memory group's birth and death). The returned handle's Stats count
+// from now on: the CPU time, the peak memory and the failure counts are reset, and the OOM kill
+// count, which v1 cannot reset, is counted from its present value. The limits stay as written.
+//
+// What a use leaves in a group that the next one inherits is the page cache the group was
+// charged for (files it read first) and kernel objects still cached: memory the kernel reclaims
+// before the group's limit is reached, which counts in its usage and peak until then. g is
+// recycled only if that residue is at most maxResidue bytes. Errors: ErrNotEmpty while a
+// process of g remains (one may still be exiting), ErrNotRecyclable for a larger residue, a split
+// pair's group, or on v2 (whose memory.peak cannot be reset before Linux 6.12).
+func (g *Group) Recycle(maxResidue int64) (*Group, error) {
+	ops, err := g.ops.recycle(maxResidue)
+	if err != nil {
+		return nil, fmt.Errorf("recycle cgroup %s: %w", g.name, err)
+	}
+	return &Group{name: g.name, ops: ops, b: g.b}, nil
 }

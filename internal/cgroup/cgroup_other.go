@@ -71,5 +71,8 @@ func (g *Group) OpenTasks() ([]*os.File, error) { return nil, errors.ErrUnsuppor
 // SetLimits returns errors.ErrUnsupported.
 func (g *Group) SetLimits(l Limits) error { return errors.ErrUnsupported }
 
+// Recycle is unsupported off Linux.
+func (g *Group) Recycle(maxResidue int64) (*Group, error) { return nil, errors.ErrUnsupported }
+
 // DelegatedParent reports no delegated subtree: cgroups exist only on Linux.
 func DelegatedParent(mount string, procCgroup []byte) (parent string, ok bool) { return "", false }

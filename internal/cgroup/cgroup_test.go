@@ -758,3 +758,69 @@ func BenchmarkCreateDelete(b *testing.B) {
 		}
 	})
 }
+
+// TestRecycle: a v1 group recycled after a use that was OOM-killed reads as new — no CPU time,
+// no OOM kill, no failure, a peak of no more than what is charged at the reset — and keeps its
+// limits (the next use is killed at the same limit, and counted once). It is refused while a
+// process remains, with more than the residue allowed charged, and on v2.
+func TestRecycle(t *testing.T) {
+	t.Parallel()
+	m := newTestManager(t)
+	const limit = 32 << 20
+	g := newGroup(t, m, "recycle", Limits{MemoryBytes: limit, Pids: 16})
+	if m.Version() == 2 {
+		if _, err := g.Recycle(1 << 30); !errors.Is(err, ErrNotRecyclable) {
+			t.Fatalf("v2 Recycle: %v, want ErrNotRecyclable", err)
+		}
+		return
+	}
+	oom := func(g *Group) Stats {
+		t.Helper()
+		c := start(t, g, "head -c 200M /dev/zero | tail")
+		_ = c.cmd.Wait()
+		waitFor(t, "the group to empty", func() bool { return len(pidsOf(t, g)) == 0 })
+		s, err := g.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	c := start(t, g, "sleep 30")
+	if _, err := g.Recycle(1 << 30); !errors.Is(err, ErrNotEmpty) {
+		t.Fatalf("Recycle with a process in the group: %v, want ErrNotEmpty", err)
+	}
+	c.cmd.Process.Kill()
+	c.cmd.Wait()
+	if s := oom(g); s.OOMKills < 1 || s.CPUTime <= 0 || s.PeakMemory < limit*3/4 {
+		t.Fatalf("first use: %+v, want an OOM kill, CPU time and a peak near the limit", s)
+	}
+	var r *Group
+	waitFor(t, "a recyclable group", func() bool {
+		var err error
+		r, err = g.Recycle(4 << 20)
+		if err != nil && !errors.Is(err, ErrNotEmpty) {
+			t.Fatalf("Recycle: %v", err)
+		}
+		return err == nil
+	})
+	s, err := r.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.OOMKills != 0 || s.MemoryFailcnt != 0 || s.CPUTime > time.Millisecond || s.PeakMemory > 4<<20 {
+		t.Fatalf("recycled: %+v, want no OOM kill, no failure, no CPU time, a peak under the residue", s)
+	}
+	if s := oom(r); s.OOMKills != 1 || s.PeakMemory > limit || s.PeakMemory < limit*3/4 {
+		t.Fatalf("second use: %+v, want one OOM kill at the same limit", s)
+	}
+	// A residue: page cache (or tmpfs) the group's process wrote, still there.
+	dir := t.TempDir()
+	c = start(t, r, "head -c 8M /dev/zero > "+filepath.Join(dir, "x"))
+	if err := c.cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the group to empty", func() bool { return len(pidsOf(t, r)) == 0 })
+	if _, err := r.Recycle(1 << 20); !errors.Is(err, ErrNotRecyclable) {
+		t.Fatalf("Recycle with 8 MiB charged: %v, want ErrNotRecyclable", err)
+	}
+}

@@ -243,6 +243,8 @@ type v1Group struct {
 	// sharedMem is, for the outer group of a split pair, the memory group its processes join
 	// (the root's; its own memory directory, dirs[0], is the child's memory group); "" else.
 	sharedMem string
+	// oomBase is memory.oom_control's oom_kill when the group was recycled: stats counts from it.
+	oomBase uint64
 }
 
 func (g *v1Group) dirFD() (int, bool, error) { return -1, false, nil }
@@ -294,7 +296,47 @@ func (g *v1Group) stats() (Stats, error) {
 	if s.OOMKills, err = readFlatKeyed(filepath.Join(g.memory, "memory.oom_control"), "oom_kill"); err != nil {
 		return s, err
 	}
+	s.OOMKills -= min(s.OOMKills, g.oomBase)
 	return s, nil
+}
+
+func (g *v1Group) recycle(maxResidue int64) (groupOps, error) {
+	if g.sharedMem != "" {
+		return nil, fmt.Errorf("a split pair's outer group: %w", ErrNotRecyclable)
+	}
+	// pids.current counts a task until it is reaped, cgroup.procs only until it exits.
+	if n, err := readUint(filepath.Join(g.pids, "pids.current")); err != nil {
+		return nil, err
+	} else if n > 0 {
+		return nil, fmt.Errorf("%d tasks: %w", n, ErrNotEmpty)
+	}
+	if st, err := os.ReadFile(filepath.Join(g.freezer, "freezer.state")); err != nil {
+		return nil, err
+	} else if string(bytes.TrimSpace(st)) != "THAWED" {
+		return nil, fmt.Errorf("freezer %s: %w", bytes.TrimSpace(st), ErrNotRecyclable)
+	}
+	if used, err := readUint(filepath.Join(g.memory, "memory.usage_in_bytes")); err != nil {
+		return nil, err
+	} else if int64(used) > maxResidue {
+		return nil, fmt.Errorf("%d bytes charged: %w", used, ErrNotRecyclable)
+	}
+	// Writing 0 resets these: a peak to the present usage, a count and the CPU time to zero.
+	w := []writeOp{{filepath.Join(g.memory, "memory.max_usage_in_bytes"), "0"},
+		{filepath.Join(g.memory, "memory.failcnt"), "0"}, {filepath.Join(g.cpuacct, "cpuacct.usage"), "0"}}
+	if g.memsw {
+		w = append(w, writeOp{filepath.Join(g.memory, "memory.memsw.max_usage_in_bytes"), "0"},
+			writeOp{filepath.Join(g.memory, "memory.memsw.failcnt"), "0"})
+	}
+	if err := writeAll(w); err != nil {
+		return nil, err
+	}
+	base, err := readFlatKeyed(filepath.Join(g.memory, "memory.oom_control"), "oom_kill")
+	if err != nil {
+		return nil, err
+	}
+	n := *g
+	n.oomBase = base
+	return &n, nil
 }
 
 func (g *v1Group) procs() ([]int, error) { return procsOf(g.dirs) }

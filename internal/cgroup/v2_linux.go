@@ -296,6 +296,12 @@ func (g *v2Group) chownProcs(uid, gid int) error {
 
 func (g *v2Group) openTasks() ([]*os.File, error) { return nil, nil }
 
+// recycle is refused: memory.peak cannot be reset before Linux 6.12, and a v2 group is one
+// directory, cheap to remove and make again.
+func (g *v2Group) recycle(int64) (groupOps, error) {
+	return nil, fmt.Errorf("v2: %w", ErrNotRecyclable)
+}
+
 // v2Freezer is the directory of a v2 group, frozen through cgroup.freeze (Linux 5.2+).
 type v2Freezer string
 

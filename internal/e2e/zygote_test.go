@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -338,6 +339,17 @@ os.read(r, 1); print("main")`}},
 		// A forked child that runs off the program's end, and one that forges an end report:
 		// neither ends the run; only the program's own end does.
 		{"child runs off the end", api.ExecuteRequest{Code: "import os\nif os.fork() == 0: print('child')\nelse: os.wait(); print('parent')"}},
+		// A program that signals its run's PID 1 (the agent in a cold sandbox, G in a zygote's
+		// child) and its own process group: it ends as it does cold.
+		{"signals PID 1 and its group", api.ExecuteRequest{Code: `import os, signal
+for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+    try:
+        os.kill(1, sig)
+    except OSError as e:
+        print("kill 1:", e.errno)
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+os.killpg(0, signal.SIGUSR1)
+print("main")`}},
 		// A program that connects to G's end socket itself and never writes, while a child of
 		// its holds that connection open: G must still see the program's exit.
 		{"silent end report", api.ExecuteRequest{Timeout: 4, Code: `import os, socket, time
@@ -755,4 +767,59 @@ func TestZygoteReportsTheSignal(t *testing.T) {
 			t.Errorf("%s zygote: signal %d, exit code %d; cold: signal %d, exit code %d; want 11 and 139 in both", f.name, res.Signal, res.ExitCode, c.Signal, c.ExitCode)
 		}
 	}
+}
+
+// TestZygoteRunCgroupsRecycled: a run's cgroup is recycled for later runs (cgroup v1) and
+// carries nothing of the runs before it into their answers. After a run OOM-killed and one that
+// burnt CPU, each next run reports no OOM kill, its own CPU time and its own peak memory. On v1
+// the test first makes sure the groups are in fact reused: the runs after the first round get
+// groups that runs before them had.
+func TestZygoteRunCgroupsRecycled(t *testing.T) {
+	e := zygoteEngine(t)
+	v1 := dirExists(filepath.Join("/sys/fs/cgroup/memory", cgRoot))
+	groups := func() map[string]bool {
+		pattern := filepath.Join("/sys/fs/cgroup", cgRoot, "*", "r*")
+		if v1 {
+			pattern = filepath.Join("/sys/fs/cgroup/memory", cgRoot, "*", "r*")
+		}
+		names, _ := filepath.Glob(pattern)
+		set := map[string]bool{}
+		for _, n := range names {
+			set[n] = true
+		}
+		return set
+	}
+	var seen map[string]bool
+	fresh := 0
+	for round := range 3 {
+		if res := zrun(t, e, api.ExecuteRequest{MemoryMB: 64, Code: inLean + "b = b'x' * (200 << 20)\nprint('ok')"}); !res.OOMKilled {
+			t.Fatalf("round %d: 200 MiB under a 64 MiB limit: %+v, want OOM killed", round, res)
+		}
+		burn := inLean + "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nprint('ok')"
+		if res := zrun(t, e, api.ExecuteRequest{Code: burn}); res.CPUTime < 0.25 || strings.TrimSpace(res.Stdout) != "ok" {
+			t.Fatalf("round %d: 0.3 s of CPU: %+v", round, res)
+		}
+		for i := range 6 {
+			res := zrun(t, e, api.ExecuteRequest{Code: inLean + "print('ok')"})
+			if res.OOMKilled || res.CPUTime > 0.1 || res.PeakMemoryMB > 32 || strings.TrimSpace(res.Stdout) != "ok" {
+				t.Fatalf("round %d, run %d after an OOM kill and a CPU burner: %+v, want its own usage only", round, i, res)
+			}
+		}
+		now := groups()
+		if round == 0 {
+			seen = now
+			continue
+		}
+		for n := range now {
+			if !seen[n] {
+				fresh++
+				seen[n] = true
+			}
+		}
+	}
+	// 16 runs after the first round: without recycling each would have had a new group.
+	if v1 && fresh > 4 {
+		t.Fatalf("%d new run cgroups in 16 runs: not recycled", fresh)
+	}
+	t.Logf("cgroup v1: %v; new run cgroups after the first round: %d", v1, fresh)
 }

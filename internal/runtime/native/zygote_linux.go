@@ -258,11 +258,27 @@ type zygotePool struct {
 	ctx     context.Context // the first run's, without its cancellation: for the filler and cleanups
 	start   sync.Once
 
-	mu     sync.Mutex     // guards closed, last and the additions to wg
+	mu     sync.Mutex     // guards closed, last, free and the additions to wg
 	closed bool           // closeZygote has begun: nothing more is started
 	last   cgroup.Limits  // the limits of the last run given a prepared child: refills are prepared with them
+	free   []runGroup     // emptied run cgroups, recycled for the next children (v1; at most zygoteFreeGroups)
 	wg     sync.WaitGroup // the filler and the cleanups of ended runs
 }
+
+// runGroup is a recycled run cgroup and the limits written in it.
+type runGroup struct {
+	g   *cgroup.Group
+	lim cgroup.Limits
+}
+
+// A run cgroup is recycled (cgroup.Group.Recycle) rather than removed when the run has left at
+// most zygoteResidue bytes charged to it (page cache of files it read first: the next run's
+// usage and peak include it until the kernel reclaims it), and a zygote keeps at most
+// zygoteFreeGroups of them, enough for its prepared children and the runs beside them.
+const (
+	zygoteResidue    = 1 << 20
+	zygoteFreeGroups = 2 * zygotePrepared
+)
 
 // spawn runs fn in a goroutine closeZygote waits for; once it has begun, fn runs inline.
 func (p *zygotePool) spawn(fn func()) {
@@ -304,9 +320,75 @@ func (s *Sandbox) closeZygote() {
 		case c := <-p.ready:
 			c.conn.Close()
 		default:
+			// Closed, and the cleanups done (wg): nothing adds to free any more.
+			p.mu.Lock()
+			free := p.free
+			p.free = nil
+			p.mu.Unlock()
+			for _, f := range free {
+				if err := f.g.Delete(); err != nil {
+					s.logger.Warn("delete recycled zygote run cgroup", "err", err)
+				}
+			}
 			return
 		}
 	}
+}
+
+// runCgroup is a cgroup for a new child with limits lim: a recycled one whose limits lim can
+// replace (settable), else a new one.
+func (s *Sandbox) runCgroup(p *zygotePool, lim cgroup.Limits) (*cgroup.Group, error) {
+	p.mu.Lock()
+	var f *runGroup
+	for i := len(p.free) - 1; i >= 0; i-- {
+		if settable(p.free[i].lim, lim) {
+			f = &runGroup{p.free[i].g, p.free[i].lim}
+			p.free = append(p.free[:i], p.free[i+1:]...)
+			break
+		}
+	}
+	p.mu.Unlock()
+	if f != nil {
+		if f.lim == lim {
+			return f.g, nil
+		}
+		if err := f.g.SetLimits(lim); err == nil {
+			return f.g, nil
+		}
+		f.g.Delete() // best effort: a new one instead
+	}
+	return s.cg.CreateChild("r"+randomHex(8), lim)
+}
+
+// recycle readies the cgroup of an ended run for another (runCgroup), once its processes have
+// gone (they exit on their own after a run: within milliseconds), and reports whether it did.
+func (s *Sandbox) recycle(p *zygotePool, c *prepared) bool {
+	p.mu.Lock()
+	room := !p.closed && len(p.free) < zygoteFreeGroups
+	p.mu.Unlock()
+	if !room {
+		return false
+	}
+	var g *cgroup.Group
+	var err error
+	// The run's two processes exit right after its end: give them the time first.
+	time.Sleep(time.Millisecond)
+	for delay := time.Millisecond; ; delay *= 2 {
+		if g, err = c.g.Recycle(zygoteResidue); !errors.Is(err, cgroup.ErrNotEmpty) || delay > 32*time.Millisecond {
+			break
+		}
+		time.Sleep(delay)
+	}
+	if err != nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || len(p.free) >= zygoteFreeGroups {
+		return false // removed by the caller like any
+	}
+	p.free = append(p.free, runGroup{g, c.lim})
+	return true
 }
 
 // fill keeps the pool full until quit.
@@ -362,7 +444,7 @@ func (s *Sandbox) fill(p *zygotePool) {
 // below the zygote's with limits lim, and it makes its namespaces and mounts and locks its user
 // process down.
 func (s *Sandbox) prepare(p *zygotePool, scratch int64, lim cgroup.Limits) (_ *prepared, err error) {
-	g, err := s.cg.CreateChild("r"+randomHex(8), lim)
+	g, err := s.runCgroup(p, lim)
 	if err != nil {
 		return nil, fmt.Errorf("run cgroup: %w", err)
 	}
@@ -401,12 +483,16 @@ func (s *Sandbox) prepare(p *zygotePool, scratch int64, lim cgroup.Limits) (_ *p
 	return c, nil
 }
 
-// releaseChild ends c in the background: its connection closed, its cgroup killed and removed.
+// releaseChild ends c in the background: its connection closed, its cgroup recycled, or killed
+// and removed.
 func (s *Sandbox) releaseChild(p *zygotePool, c *prepared) {
 	if c.conn != nil {
 		c.conn.Close()
 	}
 	p.spawn(func() {
+		if s.recycle(p, c) {
+			return
+		}
 		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 		defer cancel()
 		// After a run its PID 1 is exiting on its own: Delete's retries on EBUSY wait for that,
@@ -560,11 +646,15 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, 
 	defer close(done)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Go(func() {
-		// The program may never read its stdin; EPIPE and a killed run end this write.
-		io.WriteString(stdinW, run.Stdin)
-		stdinW.Close()
-	})
+	if run.Stdin == "" {
+		stdinW.Close() // end of file at once: no writer to start
+	} else {
+		wg.Go(func() {
+			// The program may never read its stdin; EPIPE and a killed run end this write.
+			io.WriteString(stdinW, run.Stdin)
+			stdinW.Close()
+		})
+	}
 	pumps := make(chan struct{}, 2)
 	for i, r := range []*os.File{outR, errR} {
 		wg.Go(func() {
