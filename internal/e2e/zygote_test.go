@@ -300,6 +300,10 @@ func TestZygoteAnswersAsCold(t *testing.T) {
 		{"stdin and files", api.ExecuteRequest{Code: "import sys; print(sys.stdin.read().upper(), open('data.txt').read(), open('/tmp/x/y').read())",
 			Stdin: "hello", Files: map[string]string{"data.txt": "d", "/tmp/x/y": "y"}}},
 		{"env", api.ExecuteRequest{Code: "import os; print(sorted(os.environ.items()))", Env: map[string]string{"FOO": "bar"}}},
+		// What python3 reads from its environment at its start, which a fork cannot apply.
+		{"interpreter variables", api.ExecuteRequest{Code: "import sys, mymod; print(hash('x'), mymod.X, sys.flags.optimize, sys.flags.hash_randomization)",
+			Env:   map[string]string{"PYTHONHASHSEED": "0", "PYTHONPATH": "/workspace/lib", "PYTHONOPTIMIZE": "1"},
+			Files: map[string]string{"lib/mymod.py": "X = 42"}}},
 		{"cwd and argv", api.ExecuteRequest{Code: "import os, sys; print(os.getcwd(), sys.argv, sys.path[0] == '', __name__, os.getuid(), os.getgid())"}},
 		{"exit code", api.ExecuteRequest{Code: "import sys; print('x'); sys.exit(3)"}},
 		{"exit message", api.ExecuteRequest{Code: "raise SystemExit('bye')"}},

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,10 +134,26 @@ const zygoteRetry = 30 * time.Second
 // zygoteEligible says whether p may run in a zygote child instead of a cold sandbox. Only a run
 // on the default runtime may: the zygotes are the default runtime's (a native one; another makes
 // none), and a run that names a runtime (gVisor, or one that does not exist and must be refused)
-// must get that runtime's isolation, never a native zygote's.
+// must get that runtime's isolation, never a native zygote's. Nor a run that sets a variable
+// python3 reads at its start (interpreterEnv).
 func (e *Engine) zygoteEligible(p *oneShotPlan, network netpolicy.Policy) bool {
 	return e.cfg.Zygote && p.Language == api.LanguagePython && network.Mode == netpolicy.Block &&
-		len(p.outputFiles) == 0 && (p.Image == "" || p.Image == "host") && p.Runtime == ""
+		len(p.outputFiles) == 0 && (p.Image == "" || p.Image == "host") && p.Runtime == "" &&
+		!interpreterEnv(p.Env)
+}
+
+// interpreterEnv says whether env sets a PYTHON* variable. python3 reads those at its start
+// (PYTHONHASHSEED, PYTHONPATH, PYTHONOPTIMIZE, PYTHONUTF8, PYTHONWARNINGS, …), and a zygote's
+// child is a fork of an interpreter already started: it would have them in os.environ and not
+// in effect. Such a run starts an interpreter of its own, in a cold sandbox; this is also how a
+// caller asks for a str hash secret of the run's own (PYTHONHASHSEED=random).
+func interpreterEnv(env map[string]string) bool {
+	for k := range env {
+		if strings.HasPrefix(k, "PYTHON") {
+			return true
+		}
+	}
+	return false
 }
 
 // runZygote runs p in a zygote child of ctx's owner's zygote. ok is false when p must take the

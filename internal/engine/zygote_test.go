@@ -109,6 +109,8 @@ func TestZygoteRouting(t *testing.T) {
 		{"output files", OneShot{Code: "x", OutputFiles: []string{"out.txt"}}, false, false},
 		{"another runtime", OneShot{Code: "x", Runtime: "gvisor"}, false, false},
 		{"a runtime named", OneShot{Code: "x", Runtime: "native"}, false, false},
+		{"a hash seed", OneShot{Code: "x", Env: map[string]string{"PYTHONHASHSEED": "0"}}, false, false},
+		{"a module path", OneShot{Code: "x", Env: map[string]string{"K": "V", "PYTHONPATH": "/workspace/lib"}}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
