@@ -72,9 +72,36 @@ func ignoringEINTR(fn func() error) error {
 	}
 }
 
+// readControl reads a small control file whole. With plain system calls rather than os.ReadFile,
+// which registers the descriptor with the runtime's poller (cgroupfs files are pollable) and
+// stats it first: 9 µs against 1.5 µs a read here, a dozen times per zygote run.
+func readControl(path string) ([]byte, error) {
+	var fd int
+	err := ignoringEINTR(func() (err error) {
+		fd, err = unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		return err
+	})
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	var b []byte
+	buf := make([]byte, 512)
+	for {
+		var n int
+		if err := ignoringEINTR(func() (err error) { n, err = unix.Read(fd, buf); return err }); err != nil {
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return b, nil
+		}
+		b = append(b, buf[:n]...)
+	}
+}
+
 // readUint reads a file holding one unsigned decimal number.
 func readUint(path string) (uint64, error) {
-	b, err := os.ReadFile(path)
+	b, err := readControl(path)
 	if err != nil {
 		return 0, err
 	}
@@ -104,7 +131,7 @@ func flatKeyed(data []byte, key string) (v uint64, ok bool, err error) {
 
 // readFlatKeyed reads key from the flat keyed file path; a missing key reads as 0.
 func readFlatKeyed(path, key string) (uint64, error) {
-	b, err := os.ReadFile(path)
+	b, err := readControl(path)
 	if err != nil {
 		return 0, err
 	}
@@ -118,7 +145,7 @@ func readFlatKeyed(path, key string) (uint64, error) {
 // appendProcs appends the pids in dir/cgroup.procs and in those of every group below dir. A
 // missing dir adds nothing: the group, or the part of it in one v1 hierarchy, is gone.
 func appendProcs(pids []int, dir string) ([]int, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	b, err := readControl(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return pids, nil

@@ -310,7 +310,7 @@ func (g *v1Group) recycle(maxResidue int64) (groupOps, error) {
 	} else if n > 0 {
 		return nil, fmt.Errorf("%d tasks: %w", n, ErrNotEmpty)
 	}
-	if st, err := os.ReadFile(filepath.Join(g.freezer, "freezer.state")); err != nil {
+	if st, err := readControl(filepath.Join(g.freezer, "freezer.state")); err != nil {
 		return nil, err
 	} else if string(bytes.TrimSpace(st)) != "THAWED" {
 		return nil, fmt.Errorf("freezer %s: %w", bytes.TrimSpace(st), ErrNotRecyclable)
@@ -423,7 +423,7 @@ func (f v1Freezer) freeze(ctx context.Context) error {
 		if err := writeFile(state, "FROZEN"); err != nil {
 			return false, err
 		}
-		b, err := os.ReadFile(state)
+		b, err := readControl(state)
 		return string(bytes.TrimSpace(b)) == "FROZEN", err
 	})
 }

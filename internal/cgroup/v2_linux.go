@@ -223,7 +223,7 @@ func (g *v2Group) stats() (Stats, error) {
 		return s, err
 	}
 	s.PeakMemory = int64(peak)
-	ev, err := os.ReadFile(filepath.Join(g.dir, "memory.events"))
+	ev, err := readControl(filepath.Join(g.dir, "memory.events"))
 	if err != nil {
 		return s, err
 	}
