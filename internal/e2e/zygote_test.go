@@ -827,3 +827,32 @@ func TestZygoteRunCgroupsRecycled(t *testing.T) {
 	}
 	t.Logf("cgroup v1: %v; new run cgroups after the first round: %d", v1, fresh)
 }
+
+// TestZygoteRecycledGroupKeepsNoLimits attacks the limits a recycled run cgroup carries: runs
+// with a quarter of a core, the default (one) and two cores, in turn, each burning two processes
+// for 0.4 s of wall time, must each get their own limit's worth of CPU time. A group labelled
+// with the limits it was prepared with rather than the ones its run wrote gives a later run
+// another run's limit.
+func TestZygoteRecycledGroupKeepsNoLimits(t *testing.T) {
+	e := zygoteEngine(t)
+	burn := inLean + `import os, time
+def spin():
+    t = time.monotonic()
+    while time.monotonic() - t < 0.4: pass
+pid = os.fork()
+spin()
+if pid == 0: os._exit(0)
+os.waitpid(pid, 0)
+print('ok')`
+	// CPU time in 0.4 s: a quarter core's 0.1 s, one core's 0.4 s, two cores' 0.8 s.
+	want := []struct{ cpu, lo, hi float64 }{{0.25, 0, 0.19}, {0, 0.21, 0.59}, {2, 0.61, 1}, {0, 0.21, 0.59}}
+	for round := range 4 {
+		for _, w := range want {
+			res := zrun(t, e, api.ExecuteRequest{CPU: w.cpu, Code: burn})
+			if strings.TrimSpace(res.Stdout) != "ok" || res.CPUTime < w.lo || res.CPUTime > w.hi {
+				t.Fatalf("round %d, a run with %v CPUs (0: the default, 1): %.2f s of CPU in 0.4 s with two processes, want %.2f–%.2f: %+v",
+					round, w.cpu, res.CPUTime, w.lo, w.hi, res)
+			}
+		}
+	}
+}

@@ -242,10 +242,13 @@ const (
 // namespaces of its own with its scratch and /proc mounted, its user process waiting for the
 // request. It serves one run, or none.
 type prepared struct {
-	g    *cgroup.Group
-	lim  cgroup.Limits // written at its preparation
-	conn *net.UnixConn
-	r    *bufio.Reader
+	g   *cgroup.Group
+	lim cgroup.Limits // the limits written in g: at its preparation, then by its run
+	// unknown is set when writing a run's limits failed part way: g's limits are then neither
+	// lim nor the run's, and g is not recycled.
+	unknown bool
+	conn    *net.UnixConn
+	r       *bufio.Reader
 }
 
 // zygotePool is a zygote sandbox's prepared children, refilled in the background by one filler
@@ -366,7 +369,7 @@ func (s *Sandbox) recycle(p *zygotePool, c *prepared) bool {
 	p.mu.Lock()
 	room := !p.closed && len(p.free) < zygoteFreeGroups
 	p.mu.Unlock()
-	if !room {
+	if !room || c.unknown {
 		return false
 	}
 	var g *cgroup.Group
@@ -588,8 +591,10 @@ func (s *Sandbox) RunZygote(ctx context.Context, run ZygoteRun) (*ZygoteEnd, err
 	// of the program (settable made sure that each limit it has is one the run sets).
 	if c.lim != lim {
 		if err := c.g.SetLimits(lim); err != nil {
+			c.unknown = true
 			return nil, fmt.Errorf("%w: %w", ErrZygoteSetup, err)
 		}
+		c.lim = lim // what recycle labels the group with for the next run
 	}
 
 	var ours, theirs []*os.File // our ends; the child's ends, closed once sent
