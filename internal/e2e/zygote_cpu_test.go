@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"context"
+	"net/http/httptest"
 	"os"
 	"strconv"
 	"strings"
@@ -8,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
+	"github.com/airlockhq/airlock/internal/server"
 )
 
 // BenchmarkZygoteCPU: where a zygote run's CPU goes. b.N sequential print(1) one-shots through
@@ -19,24 +23,55 @@ import (
 // process's getrusage: engine, runtime and the run's supervision) and the whole machine
 // (/proc/stat, which also counts the kernel threads that finish namespaces after a run — and
 // every other job on a shared machine).
+// The http case is the same through the HTTP API with the SDK (client and server both in this
+// process): its daemon CPU less the engine case's is what the HTTP layer costs a run.
 func BenchmarkZygoteCPU(b *testing.B) {
 	e := zygoteEngine(b)
-	ctx := b.Context()
-	one := func() float64 {
-		res, err := e.Execute(ctx, engine.OneShot{Code: "print(1)", Language: api.LanguagePython})
-		if err != nil || res.Stdout != "1\n" {
-			b.Fatalf("print(1): %+v %v", res, err)
+	b.Run("engine", func(b *testing.B) {
+		zygoteCPU(b, func(ctx context.Context) (string, float64, error) {
+			res, err := e.Execute(ctx, engine.OneShot{Code: "print(1)", Language: api.LanguagePython})
+			if err != nil {
+				return "", 0, err
+			}
+			return res.Stdout, res.CPUTime.Seconds(), nil
+		})
+	})
+	b.Run("http", func(b *testing.B) {
+		s, err := server.New(server.Config{Engine: e})
+		if err != nil {
+			b.Fatal(err)
 		}
-		return res.CPUTime.Seconds()
+		ts := httptest.NewServer(s.Handler())
+		b.Cleanup(ts.Close)
+		c := airlock.New(ts.URL, "")
+		zygoteCPU(b, func(ctx context.Context) (string, float64, error) {
+			res, err := c.Execute(ctx, api.ExecuteRequest{Code: "print(1)", Language: api.LanguagePython})
+			if err != nil {
+				return "", 0, err
+			}
+			return res.Stdout, res.CPUTime, nil
+		})
+	})
+}
+
+// zygoteCPU measures b.N sequential runs of print(1) by one.
+func zygoteCPU(b *testing.B, one func(context.Context) (stdout string, cpu float64, err error)) {
+	ctx := b.Context()
+	run := func() float64 {
+		out, cpu, err := one(ctx)
+		if err != nil || out != "1\n" {
+			b.Fatalf("print(1): %q %v", out, err)
+		}
+		return cpu
 	}
 	for range 5 {
-		one()
+		run()
 	}
 	time.Sleep(200 * time.Millisecond) // let the refills of the warm-ups finish
 	sb0, self0, host0 := cgroupCPU(b), selfCPU(), hostCPU(b)
 	var runCPU float64
 	for b.Loop() {
-		runCPU += one()
+		runCPU += run()
 	}
 	n := float64(b.N)
 	b.ReportMetric(runCPU/n*1e3, "run-cgroup-cpu-ms/op")
