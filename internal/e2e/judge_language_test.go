@@ -26,6 +26,7 @@ var helloPrograms = map[string]string{
 // TestJudgeLanguages compiles (where the language is compiled) and runs a program in each
 // language the host image carries, stdin and arguments included, each stage in its own sandbox.
 func TestJudgeLanguages(t *testing.T) {
+	warmGoToolchain(t)
 	e := mustEngine(t)
 	langs := e.Languages(t.Context())
 	var names []string
@@ -62,6 +63,7 @@ func TestJudgeLanguages(t *testing.T) {
 // TestJudgeLanguagesExecute runs the new languages through the /v1 one-shot path (Execute):
 // a compiled language answers the run, or the compiler's result when the compile fails.
 func TestJudgeLanguagesExecute(t *testing.T) {
+	warmGoToolchain(t)
 	e := mustEngine(t)
 	for _, tc := range []struct {
 		name, lang, code string
@@ -91,6 +93,7 @@ func TestJudgeLanguagesExecute(t *testing.T) {
 // looks for the daemon's secrets; and the run stage looks for the source. The compile is a
 // sandbox like any run, and the run sees the artifact and the data files, not the source.
 func TestJudgeCompileStageAttack(t *testing.T) {
+	warmGoToolchain(t)
 	e := mustEngine(t)
 	_, secret, _ := strings.Cut(fakeSecret, "=")
 	res, err := e.RunProgram(t.Context(), engine.Program{Language: api.LanguageC, Code: "int main(void){return 0;}",
