@@ -621,6 +621,14 @@ func TestGvisorRecoverRemovesDeadSandbox(t *testing.T) {
 		if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(b), gv+"/sandboxes/") || strings.Contains(string(b), gv+"/layers/") {
 			left = append(left, "a mount under "+gv)
 		}
+		// Its uid range's claim (the live process that made it is this one, so only Recover
+		// can tell that the claim is stale).
+		claims, _ := filepath.Glob("/run/airlock/uids/[0-9]*")
+		for _, c := range claims {
+			if b, _ := os.ReadFile(c); strings.Contains(string(b), `"state_dir":"`+gv+`"`) {
+				left = append(left, "uid claim "+c+": "+string(b))
+			}
+		}
 		return len(left) == 0
 	})
 }

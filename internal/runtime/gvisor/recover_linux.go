@@ -120,9 +120,17 @@ func (r *Runtime) recoverOne(ctx context.Context, id, dir string) (Found, error)
 	return Found{Sandbox: sb, Meta: st.Meta}, nil
 }
 
-// removeRemains removes everything of sandbox id: its runsc container, cgroup and directory.
+// removeRemains removes everything of sandbox id: its runsc container, cgroup, uid claim and
+// directory.
 func (r *Runtime) removeRemains(ctx context.Context, id, dir string) error {
 	var errs []error
+	if r.slots != nil {
+		// A networked sandbox's claim (Drop leaves a claim that names another sandbox).
+		var st state
+		if b, err := os.ReadFile(filepath.Join(dir, "state.json")); err == nil && json.Unmarshal(b, &st) == nil {
+			r.slots.Drop(st.Slot, id)
+		}
+	}
 	if err := r.deleteContainer(id); err != nil {
 		errs = append(errs, err)
 	}

@@ -186,6 +186,10 @@ func (s *Slots) Keep(slot int, id string) { s.r.keepSlot(slot, id) }
 // Free releases a slot.
 func (s *Slots) Free(slot int) { s.r.freeSlot(slot) }
 
+// Drop removes the claim of a dead sandbox id of the state directory on slot, if the claim
+// still names it (a previous daemon's, which Free would not touch).
+func (s *Slots) Drop(slot int, id string) { s.r.dropClaim(slot, id) }
+
 // Close releases the claims' lock (the claims of live sandboxes stay).
 func (s *Slots) Close() { releaseLock(s.r.uidLock, false) }
 

@@ -167,7 +167,12 @@ func (r *Runtime) dropUIDClaim(id string) {
 	if err != nil || json.Unmarshal(b, &st) != nil || st.Slot < 0 || st.Slot >= r.cfg.UIDSlots {
 		return
 	}
-	path := r.uidClaimPath(r.cfg.hostUID(st.Slot, 0))
+	r.dropClaim(st.Slot, id)
+}
+
+// dropClaim removes the uid claim of slot n if it names sandbox id of this state directory.
+func (r *Runtime) dropClaim(n int, id string) {
+	path := r.uidClaimPath(r.cfg.hostUID(n, 0))
 	if b, err := os.ReadFile(path); err == nil {
 		if o, ok := readOwner(b); ok && o.StateDir == r.cfg.StateDir && o.Sandbox == id {
 			os.Remove(path)
