@@ -15,6 +15,7 @@ pkg_why() {
     python3-numpy | python3-matplotlib | python3-pandas | python3-scipy | python3-sympy | python3-requests)
       echo "the default image carries the seed's stack (numpy, pandas, matplotlib, scipy, sympy, requests)" ;;
     python3-pip | python3-wheel) echo "the session tests pip-install wheels from a wheel directory" ;;
+    busybox-static) echo "the image tests build their OCI images from a static busybox" ;;
     qemu-system-x86) echo "scripts/vm-cgroup2 boots a cgroup v2 guest to run the tests in" ;;
     cpio) echo "scripts/vm-cgroup2 packs the guest's initramfs" ;;
     linux-image-amd64) echo "the kernel scripts/vm-cgroup2 boots" ;;

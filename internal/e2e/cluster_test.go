@@ -229,9 +229,7 @@ func logRoutingOverhead(t *testing.T, viaA, viaB tenant, id string) {
 // (the host's static busybox as /bin/sh and a marker file) and returns its reference.
 func clusterImage(t *testing.T) string {
 	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("needs /bin/busybox (busybox-static)")
-	}
+	testutil.MustHaveFile(t, "/bin/busybox", "busybox-static")
 	var buf bytes.Buffer
 	lw := &layerWriter{tw: tar.NewWriter(&buf), seen: map[string]bool{}}
 	for _, err := range []error{lw.file("/bin/busybox", "/bin/busybox", nil), lw.symlink("/bin/sh", "busybox"),

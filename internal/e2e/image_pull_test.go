@@ -29,6 +29,7 @@ import (
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/image"
+	"github.com/airlockhq/airlock/internal/testutil"
 )
 
 // imageMarker is a file only the pulled image has, so a run can tell which root it stands on.
@@ -47,9 +48,7 @@ var pyImage struct {
 func pythonImage(t testing.TB) string {
 	t.Helper()
 	mustEngine(t)
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("needs /bin/busybox (busybox-static)")
-	}
+	testutil.MustHaveFile(t, "/bin/busybox", "busybox-static")
 	pyImage.once.Do(func() { pyImage.ref, pyImage.err = buildPythonImage() })
 	if pyImage.err != nil {
 		t.Fatalf("python image: %v", pyImage.err)

@@ -26,9 +26,7 @@ import (
 // file, makes a directory opaque and adds a tool directory for PATH.
 func imageLayers(t testing.TB) []string {
 	t.Helper()
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("needs /bin/busybox (busybox-static)")
-	}
+	testutil.MustHaveFile(t, "/bin/busybox", "busybox-static")
 	base := t.TempDir()
 	lower, upper := filepath.Join(base, "l0"), filepath.Join(base, "l1")
 	write := func(p, content string, mode os.FileMode, uid int) {

@@ -19,6 +19,7 @@ import (
 	"github.com/airlockhq/airlock/internal/image"
 	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/testutil"
 )
 
 // buildEngine is an engine on the shared runtime and image store that offers only network
@@ -55,9 +56,10 @@ func (r *countingRunner) RunStep(ctx context.Context, parent *image.Image, run i
 // it is 3.11.2, all owned by the image's root.
 func buildBase(t *testing.T, st *image.Store) *image.Image {
 	t.Helper()
+	testutil.MustHaveFile(t, "/bin/busybox", "busybox-static")
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
-		t.Skip("needs /bin/busybox (busybox-static)")
+		t.Fatal(err)
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)

@@ -21,6 +21,7 @@ import (
 	"github.com/airlockhq/airlock"
 	"github.com/airlockhq/airlock/api"
 	"github.com/airlockhq/airlock/internal/image"
+	"github.com/airlockhq/airlock/internal/testutil"
 )
 
 // The stock npm `modal` SDK, pinned in testdata/npm/modal/package-lock.json, against a real
@@ -46,9 +47,7 @@ func modalSDK(t testing.TB) string {
 func modalDaemon(t *testing.T) *daemon {
 	t.Helper()
 	mustEngine(t)
-	if _, err := os.Stat("/bin/busybox"); err != nil {
-		t.Skip("needs /bin/busybox (busybox-static)")
-	}
+	testutil.MustHaveFile(t, "/bin/busybox", "busybox-static")
 	// The operator's part: pull an image and tag it under the name the code asks for, in the
 	// store the daemon will open.
 	state, st := stateWithStore(t, "airlock-modal-")

@@ -3,6 +3,7 @@
 package testutil
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -30,6 +31,15 @@ func MustHaveRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		skip(t, "test needs root (namespaces, cgroups, mounts)")
+	}
+}
+
+// MustHaveFile skips (or fails, in strict mode) unless path exists; pkg is the Debian package
+// that provides it (scripts/test installs it).
+func MustHaveFile(t testing.TB, path, pkg string) {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		skip(t, fmt.Sprintf("needs %s (Debian package %s)", path, pkg))
 	}
 }
 

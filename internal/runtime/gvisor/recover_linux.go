@@ -124,19 +124,20 @@ func (r *Runtime) recoverOne(ctx context.Context, id, dir string) (Found, error)
 // directory.
 func (r *Runtime) removeRemains(ctx context.Context, id, dir string) error {
 	var errs []error
-	if r.slots != nil {
-		// A networked sandbox's claim (Drop leaves a claim that names another sandbox).
-		var st state
-		if b, err := os.ReadFile(filepath.Join(dir, "state.json")); err == nil && json.Unmarshal(b, &st) == nil {
-			r.slots.Drop(st.Slot, id)
-		}
-	}
 	if err := r.deleteContainer(id); err != nil {
 		errs = append(errs, err)
 	}
 	if g, err := r.cg.Load(id); err == nil {
 		if err := r.removeGroup(ctx, g); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if r.slots != nil && len(errs) == 0 {
+		// A networked sandbox's uid claim, once nothing of it runs on those uids (Drop leaves
+		// a claim that names another sandbox).
+		var st state
+		if b, err := os.ReadFile(filepath.Join(dir, "state.json")); err == nil && json.Unmarshal(b, &st) == nil {
+			r.slots.Drop(st.Slot, id)
 		}
 	}
 	if err := r.removeDir(id, dir); err != nil {
