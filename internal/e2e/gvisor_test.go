@@ -632,3 +632,59 @@ func TestGvisorRecoverRemovesDeadSandbox(t *testing.T) {
 		return len(left) == 0
 	})
 }
+
+// A Create cut short by its context once the sandbox runs (its agent not yet answering) kills
+// the sandbox and removes it. It used to wait for the sandbox process to exit before killing
+// it, so it never returned: a pool refilling when its engine closed hung the shutdown.
+func TestGvisorCreateCutShortRemovesSandbox(t *testing.T) {
+	mustGvisor(t)
+	state, err := os.MkdirTemp("", "airlock-e2e-gvcut-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	// An init that never serves the agent: Create stays in its wait for the agent until ctx ends.
+	mute := filepath.Join(state, "mute-init")
+	if err := os.WriteFile(mute, []byte("#!/bin/sh\nexec sleep 600\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cg := cgRoot + "-gvcut"
+	r, err := gvisor.New(gvisor.Config{StateDir: state, CgroupRoot: cg, Exe: mute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close(); removeCgroupRoot(cg) })
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	type result struct {
+		sb  *gvisor.Sandbox
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sb, err := r.Create(ctx, gvisor.Spec{ID: "gvcut1", ScratchBytes: 16 << 20})
+		done <- result{sb, err}
+	}()
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(90 * time.Second): // a hang, not a slow host: the undo takes well under 15 s
+		t.Fatal("Create cut short by its context did not return")
+	}
+	if res.err == nil {
+		res.sb.Destroy(context.Background())
+		t.Fatal("Create with an init that never answers succeeded")
+	}
+	if !strings.Contains(res.err.Error(), "await agent") {
+		t.Fatalf("Create failed before its wait for the agent, so this proves nothing: %v", res.err)
+	}
+	gv := filepath.Join(state, "gvisor")
+	for _, pattern := range []string{"sandboxes/*", "runsc/*gvcut1*"} {
+		if m, _ := filepath.Glob(filepath.Join(gv, pattern)); len(m) > 0 {
+			t.Errorf("left behind: %v", m)
+		}
+	}
+	if out, _ := exec.Command("pgrep", "-f", "gvcut1").Output(); len(out) > 0 {
+		t.Errorf("processes of the sandbox left: %s", out)
+	}
+}

@@ -281,7 +281,21 @@ func (c *creation) start(ctx context.Context) error {
 	sb.scratchReq, sb.meta = c.req, c.spec.Meta
 	sb.net, sb.slot, sb.policy = c.att, c.slot, c.spec.Network
 	c.sb = sb
-	c.undo = append(c.undo, func() { sb.stopWatch() })
+	// Undone first: the sandbox process is killed and its watcher waited for before runsc's
+	// state and the cgroup go. Waiting for a watcher whose process nobody killed (an await
+	// cut short by ctx) hung Create, and with it the engine's shutdown.
+	c.undo = append(c.undo, func() {
+		if err := sb.kill(); err != nil {
+			sb.logger.Warn("undo start", "err", err)
+		}
+		select {
+		case <-sb.done:
+			sb.stopWatch()
+		case <-time.After(10 * time.Second):
+			sb.logger.Warn("undo start: the sandbox process did not exit; the cgroup's kill follows")
+			go sb.stopWatch() // the pidfd is closed once the cgroup's kill has ended it
+		}
+	})
 	return nil
 }
 
@@ -623,10 +637,8 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		// sentry takes everything inside with it at once. Then the cgroup's kill takes runsc's
 		// host-side processes (the gofer, runsc's waiting parent), and what is left of runsc's
 		// state is its files. `runsc delete` would do the same in 1.5–2 s of polling.
-		var kerr error
-		s.rc.Control(func(fd uintptr) { kerr = unix.PidfdSendSignal(int(fd), unix.SIGKILL, nil, 0) })
-		if kerr != nil && !errors.Is(kerr, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("kill the sandbox process: %w", kerr))
+		if err := s.kill(); err != nil {
+			errs = append(errs, err)
 		}
 		if err := s.r.removeGroup(ctx, s.cg); err != nil {
 			errs = append(errs, err)
@@ -659,6 +671,16 @@ func (s *Sandbox) Destroy(ctx context.Context) error {
 		}
 	})
 	return s.err
+}
+
+// kill sends SIGKILL to the sandbox process through its pidfd (never a reused pid).
+func (s *Sandbox) kill() error {
+	var err error
+	s.rc.Control(func(fd uintptr) { err = unix.PidfdSendSignal(int(fd), unix.SIGKILL, nil, 0) })
+	if err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill the sandbox process: %w", err)
+	}
+	return nil
 }
 
 // removeDir unmounts a sandbox directory's image root and scratch layer, removes the image's
