@@ -16,13 +16,7 @@ import (
 // key as URL userinfo.
 func TestPistonClient(t *testing.T) {
 	ts := judgeServer(t)
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		if testutil.Strict() {
-			t.Fatal("npm is not installed (scripts/test installs it)")
-		}
-		t.Skip("npm is not installed")
-	}
+	npm := testutil.MustHaveTool(t, "npm", "npm")
 	dir := t.TempDir()
 	for _, f := range []string{"package.json", "package-lock.json", "client.mjs"} {
 		b, err := os.ReadFile(filepath.Join("testdata/npm/piston", f))

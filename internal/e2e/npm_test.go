@@ -31,14 +31,8 @@ type npmProject struct {
 // the registry), and returns the directory; once per test binary and project.
 func npmInstall(t testing.TB, name string, scripts ...string) string {
 	t.Helper()
-	for _, tool := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if testutil.Strict() {
-				t.Fatalf("%s is not installed (apt-get install -y nodejs npm)", tool)
-			}
-			t.Skipf("needs %s", tool)
-		}
-	}
+	testutil.MustHaveTool(t, "node", "nodejs")
+	testutil.MustHaveTool(t, "npm", "npm")
 	npmProjects.mu.Lock()
 	if npmProjects.done == nil {
 		npmProjects.done = map[string]*npmProject{}

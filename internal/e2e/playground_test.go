@@ -27,14 +27,9 @@ const playgroundKey = "playground-key-000000000001"
 
 func TestPlayground(t *testing.T) {
 	chromium := "/usr/bin/chromium"
-	for _, tool := range []string{chromium, "node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if testutil.Strict() {
-				t.Fatalf("%s is not installed (apt-get install -y chromium nodejs npm)", tool)
-			}
-			t.Skipf("needs %s", tool)
-		}
-	}
+	testutil.MustHaveTool(t, chromium, "chromium")
+	testutil.MustHaveTool(t, "node", "nodejs")
+	testutil.MustHaveTool(t, "npm", "npm")
 	d, _ := startLimitsDaemon(t, "playground", "AIRLOCK_API_KEYS", playgroundKey)
 
 	t.Run("page headers", func(t *testing.T) {

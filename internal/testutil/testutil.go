@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -41,6 +42,17 @@ func MustHaveFile(t testing.TB, path, pkg string) {
 	if _, err := os.Stat(path); err != nil {
 		skip(t, fmt.Sprintf("needs %s (Debian package %s)", path, pkg))
 	}
+}
+
+// MustHaveTool returns the path of the program tool (a name looked up on PATH, or a path), or
+// skips (fails, in strict mode) without it; pkg is the Debian package that provides it.
+func MustHaveTool(t testing.TB, tool, pkg string) string {
+	t.Helper()
+	path, err := exec.LookPath(tool)
+	if err != nil {
+		skip(t, fmt.Sprintf("needs %s (Debian package %s)", tool, pkg))
+	}
+	return path
 }
 
 // MustHaveCgroupV2 skips (or fails, in strict mode) unless /sys/fs/cgroup is a cgroup2 mount.
