@@ -9,13 +9,13 @@ import (
 	"os"
 
 	"github.com/airlockhq/airlock/internal/runtime/gvisor/guest"
-	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 	"github.com/airlockhq/airlock/internal/sandboxmain"
 )
 
 func main() {
-	if native.IsInit() {
-		os.Exit(sandboxmain.Serve(native.Name, sandboxmain.NativeInit))
+	if sandboxinit.IsInit() {
+		os.Exit(sandboxmain.Serve(sandboxinit.Runtime, sandboxmain.NativeInit))
 	}
 	if guest.IsInit() {
 		os.Exit(sandboxmain.Serve(guest.Runtime, guest.Init))

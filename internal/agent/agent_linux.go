@@ -21,16 +21,16 @@ import (
 type Config struct {
 	Logger   *slog.Logger
 	UID, GID int // the sandbox user
-	// Spawn runs fn on the thread every user process must be forked from (see native.Child);
+	// Spawn runs fn on the thread every user process must be forked from (see sandboxinit.Child);
 	// nil runs fn directly.
 	Spawn func(fn func())
 	// CgroupFD, if > 0, is the cgroup v2 directory every user process is started in (clone3
-	// CLONE_INTO_CGROUP), apart from the agent's own group; see native.Child.
+	// CLONE_INTO_CGROUP), apart from the agent's own group; see sandboxinit.Child.
 	CgroupFD int
 	// MaxProcesses bounds the processes the agent runs at once (each holds up to three of the
 	// agent's descriptors, which user code's limits share); default 256.
 	MaxProcesses int
-	// Env is the image's environment (KEY=value; see native.Child): the base of every
+	// Env is the image's environment (KEY=value; see sandboxinit.Child): the base of every
 	// process's environment, its PATH replacing the default; HOME and LANG stay the contract's.
 	Env []string
 }

@@ -48,7 +48,7 @@ type EnvConfig struct {
 // `airlock run` uses), and the HTTP API served on a loopback port of this process with an SDK
 // client for it; and beside it a second engine over the same runtime with a warm pool (as
 // `airlock serve` runs it), with its own HTTP API and client (Pooled). Every sandbox is started by re-executing this binary, which must therefore
-// dispatch native.IsInit to the agent first thing (cli.Main does; test binaries do it in
+// dispatch sandboxinit.IsInit to the agent first thing (cli.Main does; test binaries do it in
 // TestMain).
 type Env struct {
 	Runtime *native.Runtime

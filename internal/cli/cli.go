@@ -8,9 +8,8 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 	"github.com/spf13/cobra"
-
-	"github.com/airlockhq/airlock/internal/runtime/native"
 )
 
 // Version is set at build time with -ldflags "-X github.com/airlockhq/airlock/internal/cli.Version=…".
@@ -30,7 +29,7 @@ func Main(ctx context.Context, args []string) int {
 	// Descriptors inherited from whoever started us (a shell's `exec 3>`, a CI runner's pipes) would
 	// pass into every sandbox init, agent and user process: exec keeps all that are not
 	// close-on-exec (review finding C1). Only 0–2 and what the runtime passes on purpose may.
-	if err := native.CloseOnExecFrom(3); err != nil {
+	if err := sandboxinit.CloseOnExecFrom(3); err != nil {
 		fmt.Fprintln(os.Stderr, "airlock: mark inherited descriptors close-on-exec:", err)
 		return 1
 	}

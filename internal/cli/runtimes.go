@@ -15,6 +15,7 @@ import (
 	"github.com/airlockhq/airlock/internal/netpolicy"
 	"github.com/airlockhq/airlock/internal/runtime/gvisor"
 	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 	"github.com/airlockhq/airlock/internal/sandboxmain"
 )
 
@@ -87,7 +88,7 @@ var runtimeDefs = []runtimeDef{{
 		return openedRuntime{rt: native.EngineRuntime(rt), close: rt.Close, cgroupVersion: rt.CgroupVersion(),
 			noNetwork: native.Networks(rt)}, nil
 	},
-	isInit: native.IsInit,
+	isInit: sandboxinit.IsInit,
 	init:   sandboxmain.NativeInit,
 }, {
 	name: gvisor.Name,

@@ -14,7 +14,7 @@ import (
 	"strings"
 
 	"github.com/airlockhq/airlock/internal/agent"
-	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 )
 
 // ABI names what passes between the daemon and a sandbox's init and agent (the init's
@@ -28,7 +28,7 @@ type Init func() (net.Listener, agent.Config, error)
 
 // NativeInit is the native runtime's Init.
 func NativeInit() (net.Listener, agent.Config, error) {
-	child, err := native.Init() // does its own descriptor sweep
+	child, err := sandboxinit.Init() // does its own descriptor sweep
 	if err != nil {
 		return nil, agent.Config{}, err
 	}
@@ -70,7 +70,7 @@ func BuildID() string {
 			}
 		}
 	}
-	return strings.Join([]string{ABI, goVersion, rev, modified, native.ZygoteDigest()}, "|")
+	return strings.Join([]string{ABI, goVersion, rev, modified, sandboxinit.ZygoteDigest()}, "|")
 }
 
 // Compatible reports whether a sandbox binary whose BuildID is other may serve the daemon

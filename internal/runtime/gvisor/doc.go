@@ -9,6 +9,6 @@
 // directory bound from the sandbox's host directory, which runsc's --host-uds=create turns into
 // a host socket the daemon dials, so the daemon speaks the same protocol to it as to a native
 // sandbox's agent. The agent is locked down with the native runtime's own steps
-// (native.GuestLockdown): the spawner thread with an empty bounding set, the agent's
+// (sandboxinit.GuestLockdown): the spawner thread with an empty bounding set, the agent's
 // capabilities, the seccomp filter and the resource limits.
 package gvisor

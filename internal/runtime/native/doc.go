@@ -3,7 +3,7 @@
 //
 // # Start-up sequence
 //
-//	daemon (Runtime.Create)                     child (`airlock init`, then the agent)
+//	daemon (Runtime.Create)                     child (package sandboxinit, then the agent)
 //	───────────────────────                     ───────────────────────────────────────
 //	create cgroup with limits
 //	listen on <state>/sb/<id>.sock

@@ -10,10 +10,11 @@ import (
 	"github.com/airlockhq/airlock/internal/agentclient"
 	"github.com/airlockhq/airlock/internal/engine"
 	"github.com/airlockhq/airlock/internal/netpolicy"
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 )
 
 // Name is the runtime's name in engine.Spec.Runtime and in /v1/info.
-const Name = "native"
+const Name = sandboxinit.Runtime
 
 // EngineRuntime adapts r to engine.Runtime (and engine.Recoverer). It lives beside the runtime,
 // not in the CLI, so that the runtime alone decides which fields of a spec it can honour.

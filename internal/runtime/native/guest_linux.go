@@ -9,9 +9,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 	"golang.org/x/sys/unix"
-
-	"github.com/airlockhq/airlock/internal/seccomp"
 )
 
 // This file lends the native runtime's building blocks to runtimes that build a sandbox's root
@@ -34,30 +33,6 @@ func HostImage(etcDir string, uid, gid int) ([]Bind, [][2]string, error) {
 		out[i] = Bind{Source: b.Source, Target: b.Target, File: b.File}
 	}
 	return out, links, err
-}
-
-// GuestLockdown locks down an agent running as root of a root file system another runtime
-// built: the resource limits (0 leaves one as it is), not dumpable, the spawner thread with an
-// empty capability bounding set that every user process is forked from, the agent's own
-// capabilities cut to what it needs, and the seccomp filter. It returns the spawner for
-// agent.Config.Spawn. The order is setup's, which it must stay.
-//
-// tasks are cgroup "tasks" files, open for writing, that the spawner thread joins (closing
-// them) before the first user process is forked from it: the user processes' cgroup.
-func GuestLockdown(noFile, nproc uint64, scratch int64, tasks ...*os.File) (spawn func(func()), err error) {
-	steps := []func() error{
-		func() error { return setRlimits(&initConfig{NoFile: noFile, NProc: nproc, ScratchSize: scratch}) },
-		func() error { return step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)) },
-		func() (err error) { spawn, err = startSpawner(tasks, false); return err },
-		dropCapabilities,
-		func() error { return step("seccomp", seccomp.Install(seccomp.Options{})) },
-	}
-	for _, s := range steps {
-		if err := s(); err != nil {
-			return nil, err
-		}
-	}
-	return spawn, nil
 }
 
 // The image roots (an overlay of an image's layers below a capped writable layer) are lent the
@@ -83,12 +58,12 @@ func ContractEtc() []string { return append([]string(nil), contractEtc...) }
 // a symlink on the way: the caller binds host paths there, and an image's symlink must never
 // lead it out of the tree.
 func ImageMountPoint(root string, b Bind) error {
-	return imageBindTarget(root, bindSpec{Source: b.Source, Target: b.Target, File: b.File})
+	return sandboxinit.ImageBindTarget(root, bindSpec{Source: b.Source, Target: b.Target, File: b.File})
 }
 
 // ImageDir makes the directory dir in the image tree at root as ImageMountPoint does, and
 // returns its path on the host.
-func ImageDir(root, dir string) (string, error) { return imageDir(root, dir) }
+func ImageDir(root, dir string) (string, error) { return sandboxinit.ImageDir(root, dir) }
 
 // Layers are the writable layers of another runtime's image sandboxes, in its own state
 // directory: the native runtime's (an ext4 file system of exactly the cap in a sparse file,

@@ -284,34 +284,3 @@ func (r *Runtime) releaseHost(rootGone bool) {
 	releaseLock(r.uidLock, false)
 	r.rootClaim, r.stateLock, r.uidLock = nil, nil, nil
 }
-
-// CloseOnExecFrom marks every open descriptor from first up close-on-exec, so that none of them
-// reaches a program this process executes unless it is passed on purpose. Go opens its own
-// descriptors close-on-exec already; this is for the ones a process inherits.
-func CloseOnExecFrom(first int) error {
-	err := unix.CloseRange(uint(first), ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
-	if err == nil || !(errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL)) {
-		return err
-	}
-	// Before Linux 5.11 (no CLOSE_RANGE_CLOEXEC): flag each descriptor /proc lists.
-	d, err := os.Open("/proc/self/fd")
-	if err != nil {
-		return fmt.Errorf("list descriptors: %w", err)
-	}
-	names, err := d.Readdirnames(-1)
-	d.Close()
-	if err != nil {
-		return fmt.Errorf("list descriptors: %w", err)
-	}
-	for _, name := range names {
-		fd, err := strconv.Atoi(name)
-		if err != nil || fd < first {
-			continue
-		}
-		// EBADF: the listing's own descriptor, closed by now.
-		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && !errors.Is(err, unix.EBADF) {
-			return fmt.Errorf("fd %d close-on-exec: %w", fd, err)
-		}
-	}
-	return nil
-}

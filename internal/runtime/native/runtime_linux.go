@@ -27,6 +27,7 @@ import (
 	"github.com/airlockhq/airlock/internal/cgroup"
 	"github.com/airlockhq/airlock/internal/layout"
 	"github.com/airlockhq/airlock/internal/netpolicy"
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 )
 
 // Config configures the native runtime. Zero values mean defaults.
@@ -270,7 +271,7 @@ func New(cfg Config) (_ *Runtime, err error) {
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
-	}{{cfg.StateDir, 0o711}, {r.staging, 0o755}, {emptyDir(r.staging), 0o555}, {filepath.Join(cfg.StateDir, "sandboxes"), 0o700}} {
+	}{{cfg.StateDir, 0o711}, {r.staging, 0o755}, {sandboxinit.EmptyDir(r.staging), 0o555}, {filepath.Join(cfg.StateDir, "sandboxes"), 0o700}} {
 		if err := os.MkdirAll(d.path, d.mode); err != nil {
 			return nil, fmt.Errorf("state directory: %w", err)
 		}
@@ -293,8 +294,8 @@ func New(cfg Config) (_ *Runtime, err error) {
 			return nil, err
 		}
 	}
-	if ents, err := os.ReadDir(emptyDir(r.staging)); err != nil || len(ents) > 0 {
-		return nil, fmt.Errorf("state directory: %s must be an empty directory (sandboxes see it where the host's tree is hidden)", emptyDir(r.staging))
+	if ents, err := os.ReadDir(sandboxinit.EmptyDir(r.staging)); err != nil || len(ents) > 0 {
+		return nil, fmt.Errorf("state directory: %s must be an empty directory (sandboxes see it where the host's tree is hidden)", sandboxinit.EmptyDir(r.staging))
 	}
 	if err := checkUIDRange(cfg.UIDBase, cfg.UIDSlots); err != nil {
 		return nil, err
@@ -324,10 +325,6 @@ func New(cfg Config) (_ *Runtime, err error) {
 	}
 	return r, nil
 }
-
-// emptyDir is the state directory's empty directory, beside the staging directory: the
-// sandbox's init binds it read-only over what it hides (hide).
-func emptyDir(staging string) string { return filepath.Join(filepath.Dir(staging), "empty") }
 
 // checkUIDRange refuses a sandbox uid range that overlaps host users or the subordinate ranges
 // handed to rootless containers (/etc/subuid, /etc/subgid): a host process running as one of

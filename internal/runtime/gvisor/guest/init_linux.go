@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/airlockhq/airlock/internal/agent"
-	"github.com/airlockhq/airlock/internal/runtime/native"
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 )
 
 // IsInit reports whether this process is PID 1 of a gvisor sandbox: the binary bound at Exe (a native sandbox's PID 1 runs as /proc/self/exe, and with AIRLOCK_SANDBOX_INIT).
@@ -27,7 +27,7 @@ func Init() (net.Listener, agent.Config, error) {
 		return nil, agent.Config{}, errors.New("gvisor init must run as PID 1 of its sandbox")
 	}
 	// Nothing the sandbox's runsc handed PID 1 beyond stdio may reach user processes.
-	if err := native.CloseOnExecFrom(3); err != nil {
+	if err := sandboxinit.CloseOnExecFrom(3); err != nil {
 		return nil, agent.Config{}, fmt.Errorf("close-on-exec inherited fds: %w", err)
 	}
 	raw, err := os.ReadFile(ConfigPath)
@@ -49,7 +49,7 @@ func Init() (net.Listener, agent.Config, error) {
 		ln.Close()
 		return nil, agent.Config{}, err
 	}
-	spawn, err := native.GuestLockdown(cfg.NoFile, cfg.NProc, cfg.Scratch, tasks)
+	spawn, err := sandboxinit.GuestLockdown(cfg.NoFile, cfg.NProc, cfg.Scratch, tasks)
 	if err != nil {
 		ln.Close()
 		return nil, agent.Config{}, fmt.Errorf("lock down the agent: %w", err)

@@ -1,11 +1,11 @@
-package native
+package sandboxinit
 
-// initConfig is what the daemon sends the sandbox's init over fd 3, as JSON.
-type initConfig struct {
+// Config is what the daemon sends the sandbox's init over fd 3, as JSON.
+type Config struct {
 	ID          string      `json:"id"`
 	Hostname    string      `json:"hostname"`
 	Staging     string      `json:"staging"`      // empty directory in the daemon's mount tree to build the root on
-	Binds       []bindSpec  `json:"binds"`        // read-only binds of the image into the new root
+	Binds       []Bind      `json:"binds"`        // read-only binds of the image into the new root
 	Symlinks    [][2]string `json:"symlinks"`     // [path, target] recreated in the new root (merged-/usr links)
 	ScratchSize int64       `json:"scratch_size"` // bytes shared by /workspace, /tmp and /dev/shm
 	UID         int         `json:"uid"`          // the sandbox user inside the user namespace
@@ -29,11 +29,11 @@ type initConfig struct {
 	WritableRoot bool `json:"writable_root,omitempty"`
 	// Zygote, if set, makes the init execute the Python zygote instead of serving as the agent
 	// (zygote_linux.go).
-	Zygote *zygoteInit `json:"zygote,omitempty"`
+	Zygote *ZygoteInit `json:"zygote,omitempty"`
 }
 
-// bindSpec is one read-only bind mount of a host path into the new root.
-type bindSpec struct {
+// Bind is one read-only bind mount of a host path into the new root.
+type Bind struct {
 	Source string `json:"source"`
 	Target string `json:"target"` // absolute path inside the sandbox
 	File   bool   `json:"file"`   // a file rather than a directory
@@ -44,6 +44,6 @@ const (
 	fdConfig   = 3
 	fdStatus   = 4
 	fdListener = 5
-	// fdUserCgroup is the first of initConfig.UserCgroup descriptors of the user cgroup.
+	// fdUserCgroup is the first of Config.UserCgroup descriptors of the user cgroup.
 	fdUserCgroup = 6
 )

@@ -1,4 +1,4 @@
-package native
+package sandboxinit
 
 import (
 	"github.com/landlock-lsm/go-landlock/landlock"
@@ -8,7 +8,7 @@ import (
 // read and executed, but only the writable areas, a few devices and /proc may be written,
 // whatever a mount, a permission bit or a later bug says. It applies to the agent and every
 // process it starts (Landlock domains are inherited and cannot be left).
-func restrictFS(cfg *initConfig) error {
+func restrictFS(cfg *Config) error {
 	rw := []string{"/workspace", "/tmp", "/dev/shm"}
 	if cfg.Workdir != "" {
 		rw = append(rw, cfg.Workdir)

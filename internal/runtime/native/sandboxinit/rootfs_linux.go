@@ -1,4 +1,4 @@
-package native
+package sandboxinit
 
 import (
 	"fmt"
@@ -29,7 +29,7 @@ var (
 const PTYsPerSandbox = 8
 
 // buildRoot assembles the sandbox's root on a tmpfs at cfg.Staging and pivots into it.
-func buildRoot(cfg *initConfig) error {
+func buildRoot(cfg *Config) error {
 	root := cfg.Staging
 	if err := step("make mounts private", unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, "")); err != nil {
 		return err
@@ -148,7 +148,7 @@ func mountDev(root string) error {
 
 // mountScratch mounts one size-capped tmpfs and binds its subdirectories to /workspace, /tmp and
 // /dev/shm, so the cap covers the writable layers together.
-func mountScratch(root string, cfg *initConfig) error {
+func mountScratch(root string, cfg *Config) error {
 	s := filepath.Join(root, ".scratch")
 	inodes := max(cfg.ScratchSize/4096, 1024)
 	opts := fmt.Sprintf("mode=0755,size=%d,nr_inodes=%d", cfg.ScratchSize, inodes)
@@ -208,13 +208,13 @@ func mountScratch(root string, cfg *initConfig) error {
 }
 
 // hide covers the directory dir of the sandbox's tree at root with the state directory's empty
-// directory (emptyDir), read-only. A bind rather than an empty tmpfs of its own: every
+// directory (EmptyDir), read-only. A bind rather than an empty tmpfs of its own: every
 // superblock is a memory-cgroup-aware shrinker, and each memory cgroup on the host keeps a map
 // sized by the highest shrinker id ever used (≈ 1 KiB per 64), so each tmpfs a sandbox mounts
 // costs every sandbox made after it memory (BENCHMARKS.md, "Idle footprint").
 func hide(root, dir string) error {
 	dst := filepath.Join(root, dir)
-	if err := step("hide "+dir, unix.Mount(emptyDir(root), dst, "", unix.MS_BIND, "")); err != nil {
+	if err := step("hide "+dir, unix.Mount(EmptyDir(root), dst, "", unix.MS_BIND, "")); err != nil {
 		return err
 	}
 	return remountReadOnly(dst, unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC)
@@ -295,3 +295,7 @@ func pivotWritable(root string) error {
 	}
 	return step("chdir /", unix.Chdir("/"))
 }
+
+// EmptyDir is the state directory's empty directory, beside the staging directory: the
+// sandbox's init binds it read-only over what it hides (hide).
+func EmptyDir(staging string) string { return filepath.Join(filepath.Dir(staging), "empty") }

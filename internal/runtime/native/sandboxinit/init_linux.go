@@ -1,4 +1,4 @@
-package native
+package sandboxinit
 
 import (
 	"encoding/json"
@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -84,14 +85,14 @@ func Init() (*Child, error) {
 	return &Child{ID: cfg.ID, Listener: ln, UID: cfg.UID, GID: cfg.GID, Spawn: spawn, CgroupFD: cgroupFD, Env: cfg.Env}, nil
 }
 
-func readConfig() (*initConfig, error) {
+func readConfig() (*Config, error) {
 	f := os.NewFile(fdConfig, "config")
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, 1<<20))
 	if err != nil {
 		return nil, &SetupError{Step: "read config", Msg: err.Error()}
 	}
-	var cfg initConfig
+	var cfg Config
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return nil, &SetupError{Step: "decode config", Msg: err.Error()}
 	}
@@ -120,7 +121,7 @@ func step(name string, err error) error {
 	return &SetupError{Step: name, Msg: err.Error()}
 }
 
-func setup(cfg *initConfig) (spawn func(func()), err error) {
+func setup(cfg *Config) (spawn func(func()), err error) {
 	// The mount namespace was created by clone, before the Go runtime started its threads, so
 	// every thread shares it; mount, pivot_root and chdir below act on the whole process.
 	// Every step that changes a thread's state does it on all threads (capabilities,
@@ -153,7 +154,7 @@ func setup(cfg *initConfig) (spawn func(func()), err error) {
 }
 
 // v1TaskFiles returns the user cgroup's tasks files the daemon passed on cgroup v1.
-func v1TaskFiles(cfg *initConfig) []*os.File {
+func v1TaskFiles(cfg *Config) []*os.File {
 	if cfg.CgroupV2 {
 		return nil
 	}
@@ -164,7 +165,7 @@ func v1TaskFiles(cfg *initConfig) []*os.File {
 	return fs
 }
 
-func setRlimits(cfg *initConfig) error {
+func setRlimits(cfg *Config) error {
 	limits := []struct {
 		res int
 		val uint64
@@ -209,3 +210,61 @@ func loopbackUp() error {
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
 }
+
+// CloseOnExecFrom marks every open descriptor from first up close-on-exec, so that none of them
+// reaches a program this process executes unless it is passed on purpose. Go opens its own
+// descriptors close-on-exec already; this is for the ones a process inherits.
+func CloseOnExecFrom(first int) error {
+	err := unix.CloseRange(uint(first), ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil || !(errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL)) {
+		return err
+	}
+	// Before Linux 5.11 (no CLOSE_RANGE_CLOEXEC): flag each descriptor /proc lists.
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("list descriptors: %w", err)
+	}
+	names, err := d.Readdirnames(-1)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("list descriptors: %w", err)
+	}
+	for _, name := range names {
+		fd, err := strconv.Atoi(name)
+		if err != nil || fd < first {
+			continue
+		}
+		// EBADF: the listing's own descriptor, closed by now.
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC); err != nil && !errors.Is(err, unix.EBADF) {
+			return fmt.Errorf("fd %d close-on-exec: %w", fd, err)
+		}
+	}
+	return nil
+}
+
+// GuestLockdown locks down an agent running as root of a root file system another runtime
+// built: the resource limits (0 leaves one as it is), not dumpable, the spawner thread with an
+// empty capability bounding set that every user process is forked from, the agent's own
+// capabilities cut to what it needs, and the seccomp filter. It returns the spawner for
+// agent.Config.Spawn. The order is setup's, which it must stay.
+//
+// tasks are cgroup "tasks" files, open for writing, that the spawner thread joins (closing
+// them) before the first user process is forked from it: the user processes' cgroup.
+func GuestLockdown(noFile, nproc uint64, scratch int64, tasks ...*os.File) (spawn func(func()), err error) {
+	steps := []func() error{
+		func() error { return setRlimits(&Config{NoFile: noFile, NProc: nproc, ScratchSize: scratch}) },
+		func() error { return step("set not dumpable", unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)) },
+		func() (err error) { spawn, err = startSpawner(tasks, false); return err },
+		dropCapabilities,
+		func() error { return step("seccomp", seccomp.Install(seccomp.Options{})) },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return nil, err
+		}
+	}
+	return spawn, nil
+}
+
+// Runtime names the native runtime (native.Name), for the sandbox binary's log.
+const Runtime = "native"
