@@ -8,8 +8,9 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 	"github.com/spf13/cobra"
+
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 )
 
 // Version is set at build time with -ldflags "-X github.com/airlockhq/airlock/internal/cli.Version=…".

@@ -9,30 +9,24 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 	"golang.org/x/sys/unix"
+
+	"github.com/airlockhq/airlock/internal/runtime/native/sandboxinit"
 )
 
 // This file lends the native runtime's building blocks to runtimes that build a sandbox's root
 // and namespaces another way (the gVisor runtime's OCI bundle), so that both give a sandbox
 // the same /etc, the same binds and the same lockdown of the agent, from one implementation.
 
-// Bind is one read-only bind of a host path into a sandbox's root.
-type Bind struct {
-	Source, Target string
-	File           bool // a file rather than a directory
-}
+// Bind is one read-only bind of a host path into a sandbox's root: the init's own
+// (sandboxinit.Bind), which the native runtime's binds are.
+type Bind = sandboxinit.Bind
 
 // HostImage describes the host image (see hostImage): the read-only binds of the host's /usr
 // and friends and of the /etc assembled in etcDir for the sandbox user uid:gid, and the
 // [path, target] symlinks of a merged /usr.
 func HostImage(etcDir string, uid, gid int) ([]Bind, [][2]string, error) {
-	binds, links, err := hostImage(etcDir, uid, gid)
-	out := make([]Bind, len(binds))
-	for i, b := range binds {
-		out[i] = Bind{Source: b.Source, Target: b.Target, File: b.File}
-	}
-	return out, links, err
+	return hostImage(etcDir, uid, gid)
 }
 
 // The image roots (an overlay of an image's layers below a capped writable layer) are lent the
@@ -58,7 +52,7 @@ func ContractEtc() []string { return append([]string(nil), contractEtc...) }
 // a symlink on the way: the caller binds host paths there, and an image's symlink must never
 // lead it out of the tree.
 func ImageMountPoint(root string, b Bind) error {
-	return sandboxinit.ImageBindTarget(root, bindSpec{Source: b.Source, Target: b.Target, File: b.File})
+	return sandboxinit.ImageBindTarget(root, b)
 }
 
 // ImageDir makes the directory dir in the image tree at root as ImageMountPoint does, and
