@@ -117,10 +117,26 @@ if socket.gethostname() != "sandbox": print("ESCAPED: hostname", socket.gethostn
 if [n for _, n in socket.if_nameindex()] != ["lo"]: print("ESCAPED: interfaces", socket.if_nameindex()); sys.exit(0)
 pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 if pids != [1, os.getpid()]: print("ESCAPED: sees processes", pids); sys.exit(0)
-if os.getppid() != 1: print("ESCAPED: parent", os.getppid()); sys.exit(0)
+if os.getppid() not in (0, 1): print("ESCAPED: parent", os.getppid()); sys.exit(0)
 expect_fail("kill pid 1", (libc.kill(1, 9), 0))
-# The run's PID 1 (G) is not dumpable: nothing of its memory, environment or descriptors, nor
-# its root (the zygote's mount namespace), is open to the program.
+# The run's PID 1 (G) shares the zygote's memory and descriptors (a clone that only pauses):
+# the program can neither signal, trace nor read it. Every signal it could catch is blocked, so
+# no handler of the zygote's can ever run in it.
+for sig in (2, 10, 15, 19):  # SIGINT, SIGUSR1, SIGTERM, SIGSTOP
+    expect_fail("signal %d to pid 1" % sig, (libc.kill(1, sig), 0))
+expect_fail("ptrace attach pid 1", sc(101, 16, 1, 0, 0))   # ptrace(PTRACE_ATTACH)
+expect_fail("ptrace seize pid 1", sc(101, 0x4206, 1, 0, 0))  # ptrace(PTRACE_SEIZE)
+buf = ctypes.create_string_buffer(4096)
+iov = (ctypes.c_void_p * 2)(ctypes.addressof(buf), 4096)
+riov = (ctypes.c_void_p * 2)(0x400000, 4096)
+expect_fail("process_vm_readv pid 1", sc(310, 1, ctypes.addressof(iov), 1, ctypes.addressof(riov), 1, 0))
+expect_fail("pidfd_getfd from pid 1", (lambda fd: sc(438, fd, 0, 0) if fd >= 0 else (-1, 0))(sc(434, 1, 0)[0]))
+g = dict(l.split(":\t", 1) for l in open("/proc/1/status").read().splitlines() if ":\t" in l)
+if int(g["SigCgt"], 16) & ~int(g["SigBlk"], 16): print("ESCAPED: pid 1 would run a handler", g["SigCgt"], g["SigBlk"]); sys.exit(0)
+if int(g["SigBlk"], 16) | (1 << 8) | (1 << 18) != (1 << 64) - 1: print("ESCAPED: pid 1 takes signals", g["SigBlk"]); sys.exit(0)
+if g["State"][0] not in "S": print("ESCAPED: pid 1 is not sleeping", g["State"]); sys.exit(0)
+# Nothing of its memory, environment or descriptors, nor its root (the zygote's mount
+# namespace), is open to the program.
 for p in ("/proc/1/environ", "/proc/1/maps", "/proc/1/mem"):
     try:
         open(p, "rb").read(1); print("ESCAPED: read", p); sys.exit(0)
@@ -327,9 +343,9 @@ try:
 except OSError as e:
     print("spawn failed:", e.strerror, n > 100)`}},
 		{"stdout flood", api.ExecuteRequest{Code: "import sys\nfor _ in range(64): sys.stdout.write('a' * 65536)\nprint('done', file=sys.stderr)"}},
-		// How a run ends (its user process reports its end before it exits, zygote.py's
-		// report_end): exit codes past 255, an exit without the interpreter's end (the
-		// buffered output lost in both), a signal it sends itself.
+		// How a run ends (the zygote reports the user process's wait status): exit codes past
+		// 255, an exit without the interpreter's end (the buffered output lost in both), a
+		// signal it sends itself.
 		{"exit code past 255", api.ExecuteRequest{Code: "import sys; print('x'); sys.exit(300)"}},
 		{"os._exit", api.ExecuteRequest{Code: "import os; print('lost'); os.write(1, b'kept\\n'); os._exit(7)"}},
 		{"SIGKILL itself", api.ExecuteRequest{Code: "import os; print('x', flush=True); os.kill(os.getpid(), 9)"}},
@@ -346,8 +362,8 @@ os.read(r, 1); print("main")`}},
 		// A forked child that runs off the program's end, and one that forges an end report:
 		// neither ends the run; only the program's own end does.
 		{"child runs off the end", api.ExecuteRequest{Code: "import os\nif os.fork() == 0: print('child')\nelse: os.wait(); print('parent')"}},
-		// A program that signals its run's PID 1 (the agent in a cold sandbox, G in a zygote's
-		// child) and its own process group: it ends as it does cold.
+		// A program that signals its run's PID 1 (the agent in a cold sandbox, G, the zygote's
+		// pausing clone, in a zygote's child) and its own process group: it ends as it does cold.
 		{"signals PID 1 and its group", api.ExecuteRequest{Code: `import os, signal
 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
     try:
@@ -357,8 +373,10 @@ for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 os.killpg(0, signal.SIGUSR1)
 print("main")`}},
-		// A program that connects to G's end socket itself and never writes, while a child of
-		// its holds that connection open: G must still see the program's exit.
+		// The end socket G once bound in the run's network namespace (U reported its exit code
+		// there): a program that connects to it and never writes while a child holds the
+		// connection, or one whose child forges a report, ends as it does cold. Only the
+		// program's own exit ends a run.
 		{"silent end report", api.ExecuteRequest{Timeout: 4, Code: `import os, socket, time
 try:
     s = socket.socket(socket.AF_UNIX); s.connect(b"\0airlock-run-end")

@@ -115,10 +115,11 @@ type zygoteReply struct {
 // The prepared children a zygote sandbox keeps (zygotePrepared: one per concurrent run of a
 // daemon's default admission on two cores, 4 per core, so that a burst of 8 clients finds each
 // a child; each costs ≈ 1.5 MiB of private memory), and what a run's cgroup holds besides the
-// program's processes (its PID 1).
+// program's processes: nothing (the run's PID 1, a clone sharing the zygote's memory, stays in
+// the zygote's cgroup; see zygote.py).
 const (
 	zygotePrepared = 8
-	runPidsReserve = 1
+	runPidsReserve = 0
 )
 
 // prepared is a zygote child made ready for one run: in a cgroup of its own (with the limits of
@@ -382,8 +383,9 @@ func (s *Sandbox) releaseChild(p *zygotePool, c *prepared) {
 		}
 		ctx, cancel := context.WithTimeout(p.ctx, 10*time.Second)
 		defer cancel()
-		// After a run its PID 1 is exiting on its own: Delete's retries on EBUSY wait for that,
-		// and the freezer's kill (costlier) is for what does not go.
+		// After a run what the program left is exiting (the zygote killed the run's PID 1, which
+		// takes its PID namespace along): Delete's retries on EBUSY wait for that, and the
+		// freezer's kill (costlier) is for what does not go.
 		if c.g.Delete() == nil {
 			return
 		}
@@ -564,8 +566,9 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, 
 			}
 		})
 	}
-	// started: the program runs (or its setup failed: Error); status: U's end, nil if the run
-	// was killed with its cgroup (time limit, OOM of PID 1) before the report.
+	// started: the program runs (or its setup failed: Error); status: U's wait status, which the
+	// zygote reports when it has reaped U (killed or not), nil if the connection ended without
+	// it (the zygote died, or the run was killed before it).
 	type outcome struct {
 		started bool
 		rep     zygoteReply
@@ -657,7 +660,7 @@ func (s *Sandbox) superviseRun(ctx context.Context, run ZygoteRun, c *prepared, 
 		// The zygote's death took the run with it: not the program's doing.
 		return nil, errors.New("the zygote exited during the run")
 	case res.rep.Status == nil:
-		// Killed with its cgroup (the OOM killer took PID 1).
+		// Killed before the zygote could report (with its cgroup).
 		end.ExitCode, end.Signal = 128+int(syscall.SIGKILL), int(syscall.SIGKILL)
 	default:
 		ws := syscall.WaitStatus(*res.rep.Status)

@@ -1,48 +1,47 @@
 # The Python zygote: PID 1 of a zygote sandbox (see zygote_linux.go). It imports the common
-# modules once, then forks one child per connection on the listening socket (fd 5). It never
-# runs user code itself. Each connection prepares one fresh sandbox ahead of a request, and the
-# request that takes it is the only one it ever runs (two processes per run, G and U):
+# modules once, then serves connections on the listening socket (fd 5). It never runs user code
+# itself. Each connection prepares one fresh sandbox ahead of a request, and the request that
+# takes it is the only one it ever runs. Per connection the zygote makes a new PID namespace
+# and two processes in it:
 #
-#   G (the zygote's child, born PID 1 of a new PID namespace)
-#     leaves the zygote's session (setsid: a process group reaches across PID namespaces),
-#     says hello (the daemon reads G's host pid from the message's SCM_CREDENTIALS), waits
-#     for "go" (the daemon has moved G into a cgroup of its own), unshares the network
-#     namespace, binds its end socket (END_ADDR) there and forks U; then sets no_new_privs and
-#     the seccomp filter, and waits for U's end: U's own report, or U's exit when it ended
-#     without one (wait_end); on a report it kills the run's other processes, as the agent does
-#     when a one-shot's program exits; it reports U's wait status and exits (its exit, and U's,
-#     are after the answer). G does as little as it can: every page of the zygote's memory a
-#     process touches is copied into it, so what G did and U did again (the interpreter's own
-#     state, the modules both used) was copied twice; G's share of a run's CPU was as large as
-#     U's. G stays in the zygote's mount, IPC and UTS namespaces, which it never uses.
-#   U (the user program, PID 2, born in the run's cgroup and network namespace)
-#     starts a session of its own (as a cold sandbox's program is started), reads the prepare
-#     line, unshares mount, IPC, UTS and cgroup namespaces, mounts a fresh scratch tmpfs for
-#     /workspace, /tmp and /dev/shm, a devpts and a /proc of its own (with the sandbox's
-#     masks), sets the hostname, brings loopback up; then
+#   G (the run's PID 1: a clone of the zygote sharing its memory, descriptors and filesystem
+#     context; see G_FLAGS) does nothing but pause(2). It runs no Python, so it copies no page
+#     and has none to unmap at its exit; as PID 1 it takes in what the program orphans, and when
+#     the zygote kills it at the run's end the kernel kills whatever the program left behind.
+#     It stays in the zygote's cgroup and namespaces (but the PID one), is not dumpable and runs
+#     as the zygote's root of the user namespace, so U (uid 1000, no capabilities) can neither
+#     signal nor trace it, nor read its memory or descriptors through /proc.
+#   U (the user program, PID 2, forked by the zygote) leaves the zygote's session, closes every
+#     descriptor but its connection, and says hello (the daemon reads U's host pid from the
+#     message's SCM_CREDENTIALS); once the daemon has moved it into a cgroup of its own it reads
+#     "go" and the prepare line, unshares the network, mount, IPC, UTS and cgroup namespaces,
+#     mounts a fresh scratch tmpfs for /workspace, /tmp and /dev/shm, a devpts and a /proc of
+#     its own (with the sandbox's masks), sets the hostname, brings loopback up; then
 #     seeds its generators from the OS, sets the file-size limit of its scratch size, becomes
 #     the sandbox user (no capabilities), sets no_new_privs, the sandbox's Landlock rules and
 #     seccomp filter, says "ready" and waits for the request — locked down as the program it
 #     becomes. With the request: keeps only fds 0-2 (the run's pipes), a clean environment,
-#     the request's files, says "started", and runs the code as `python3 -c` would; once the
-#     program has ended and its output is flushed, it closes every descriptor and reports its
-#     exit code to G before it exits (report_end), so that the answer does not wait for its
-#     exit's unmapping of the memory it inherited. Its working directory, umask, empty
-#     environment and standard stream objects are set up ahead too. A child serves only a
-#     request of the scratch size it was prepared with (the daemon prepares one for another
-#     size on the spot).
+#     the request's files, says "started", and runs the code as `python3 -c` would, then exits
+#     with the program's exit code. Its working directory, umask, empty environment and
+#     standard stream objects are set up ahead too. A child serves only a request of the
+#     scratch size it was prepared with (the daemon prepares one for another size on the spot).
+#
+# The zygote waits for both (poll on pidfds): at U's exit it sends the daemon U's wait status,
+# kills G, and reaps G when the namespace is gone. Before, G was a fork of the zygote that forked
+# U and waited for it: its fork, the pages its Python touched and its exit were a third of a
+# run's CPU (BENCHMARKS.md, "The run's PID 1 as a clone").
 #
 # What every child inherits from the zygote instead of doing it per run (each Python step a
 # child takes copies the pages it touches, so per-run work is kept to what must be per run):
 # an empty capability bounding set and no ambient capabilities (drop_bounding_set),
 # RLIMIT_NOFILE and RLIMIT_CORE (set by the init before it executed python3), the modules the
-# run's end uses, and the collector disabled (gc.freeze, then gc.disable: G never collects; U
-# enables the collector just before the user's code).
+# run's end uses, and the collector disabled (gc.freeze, then gc.disable: U enables the
+# collector just before the user's code).
 #
-# Wire format (JSON lines on the connection): G → {"hello":1}; daemon → "go" and the prepare
-# line, the scratch size in bytes as a decimal number; U → {"ready":1}; daemon → the request line with SCM_RIGHTS [stdin,
-# stdout, stderr]; U → {"started":1} or {"error":"…"}; G → {"status": <U's wait status>}.
-# Inside the run, U → G on END_ADDR: one line, its exit code.
+# Wire format (JSON lines on the connection): U → {"hello":1}; daemon → "go" and the prepare
+# line, the scratch size in bytes as a decimal number; U → {"ready":1}; daemon → the request
+# line with SCM_RIGHTS [stdin, stdout, stderr]; U → {"started":1} or {"error":"…"}; the
+# zygote → {"status": <U's wait status>}.
 import atexit  # noqa: F401 (imported here, not per run: run_code's end uses it)
 import ctypes
 import fcntl
@@ -60,7 +59,7 @@ import traceback  # noqa: F401 (for the excepthook of user code)
 
 # Not imported here: threading and random. Each registers a handler that runs in every forked
 # child (threading's rebuilds its thread tables in Python, random reseeds), and what a handler
-# touches is copied into the child: ≈ 140 and 40 page faults per fork, two forks per run. A
+# touches is copied into the child: ≈ 140 and 40 page faults per fork. A
 # program that imports them imports them fresh (random then seeds itself from the OS); the full
 # zygote's modules import both anyway.
 
@@ -290,25 +289,42 @@ HELLO, READY, STARTED = b'{"hello":1}\n', b'{"ready":1}\n', b'{"started":1}\n'
 
 
 def recv_line(conn):
+    """Bytes up to a newline (and whatever came with them in the same read: the daemon writes
+    "go" and the prepare line at once)."""
     buf = b""
     while not buf.endswith(b"\n"):
         b = conn.recv(1 << 16)
         if not b:
+            if not buf:
+                os._exit(0)  # the daemon let the child go before it was placed
             raise StepError("connection closed")
         buf += b
     return buf
 
 
 def user(conn):
-    """U: builds the run's sandbox, is made ready ahead of its request, then becomes the user
-    program."""
+    """U, from the zygote's fork: PID 2 of the run's new PID namespace (see serve); it builds the
+    run's sandbox, is made ready ahead of its request, then becomes the user program."""
     try:
-        # A session and process group of its own, as a cold sandbox's program has (the agent
-        # starts it so): G's would still hold G, and the program's group is the one it signals.
+        # Out of the zygote's session and process group, which every child is born in: a
+        # signal or priority sent to a process group (kill(0), killpg, setpriority(PRIO_PGRP))
+        # reaches its members in any PID namespace. A session of its own is also what a cold
+        # sandbox's program has (the agent starts it so).
         os.setsid()
-        prep = {"scratch_size": int(recv_line(conn))}  # a number, not JSON: the decoder's pages stay uncopied
-        # The cgroup namespace now, not at the fork: rooted at the run's own cgroup.
-        check("unshare", LIBC.unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP))
+        # Only the connection stays open: the zygote's listener and namespace descriptor, and
+        # the other runs' connections and process descriptors, are closed before anything else.
+        close_from(3, keep=(conn.fileno(),))  # not dumpable: the zygote's, inherited until prepare_user
+        conn.sendall(HELLO)
+        line = recv_line(conn)
+        if not line.startswith(b"go\n"):
+            os._exit(0)  # the daemon could not place this child: prepare nothing
+        line = line[3:]
+        if not line.endswith(b"\n"):
+            line += recv_line(conn)
+        prep = {"scratch_size": int(line)}  # a number, not JSON: the decoder's pages stay uncopied
+        # Every namespace now that the daemon has moved U into the run's cgroup (the network
+        # namespace is charged to it); the cgroup namespace is rooted at that cgroup.
+        check("unshare", LIBC.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWCGROUP))
         mount("make mounts private", None, "/", None, MS_REC | MS_PRIVATE)
         scratch(prep)
         # Its own terminals: the zygote's devpts instance is shared, and every run has the same uid.
@@ -346,6 +362,10 @@ def prepare_user(prep, conn):
     (drop_bounding_set) and RLIMIT_NOFILE and RLIMIT_CORE (the init's setRlimits, before it
     executed the zygote) are the zygote's, inherited."""
     reseed()
+    # The zygote blocks every signal and ignores SIGINT (see serve); a program starts with no
+    # signal blocked and Python's KeyboardInterrupt handler, as python3 does.
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     size = prep["scratch_size"]
     # A little above the writable layers' size, as setRlimits sets it for a cold sandbox.
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + (1 << 20), size + (1 << 20)))
@@ -432,115 +452,7 @@ def run_code(source):
             s.flush()
         except BaseException:
             pass
-    report_end(code)
     os._exit(code)
-
-
-# G's socket for U's end report: abstract, so it exists only in the run's own network namespace
-# (which nothing but the run's processes can join), and bound by G before U is forked.
-END_ADDR = b"\0airlock-run-end"
-
-
-def report_end(code):
-    """U, once its program has ended and its output is flushed: closes every descriptor (the
-    run's pipes reach end of file unless a process the program left behind holds them), then
-    tells G its exit code. The exit that follows — unmapping the memory inherited from the
-    zygote, most of a run's end — is then off the answer's path. Best effort: if the report
-    fails, G sees U's exit instead."""
-    try:
-        # Up to the hard limit, which the program cannot raise: every descriptor it can have.
-        os.closerange(0, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(END_ADDR)
-        s.sendall(b"%d\n" % code)
-    except BaseException:
-        pass
-
-
-def end_listener():
-    ends = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    ends.bind(END_ADDR)
-    ends.listen(4)
-    ends.setblocking(False)
-    return ends
-
-
-def read_report(c, upid):
-    """U's exit code from one connection on G's end socket as a wait status, or None: only U
-    itself (its pid, which the kernel gives with the connection) may report, and a report is one
-    line of a code 0-255. What U reports is what its exit would say; a program that reports
-    early only ends itself early (G then kills the run)."""
-    try:
-        pid = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-        if pid != upid:
-            return None
-        # Bounded: U's report is written right after its connect, and a program that connects
-        # and never writes (a child holding the socket open) must not stop G from seeing U's
-        # exit (it then ends its own run late, never another's).
-        c.settimeout(0.5)
-        buf = b""
-        while not buf.endswith(b"\n") and len(buf) < 8:
-            b = c.recv(8)
-            if not b:
-                return None
-            buf += b
-        code = int(buf)
-        return (code << 8) if 0 <= code <= 255 else None
-    except (OSError, ValueError):
-        return None
-    finally:
-        c.close()
-
-
-def wait_end(ends, upid):
-    """U's wait status: its own report (report_end), or, when it ended without one (killed by a
-    signal or the OOM killer, os._exit in the program), its exit. After a report every other
-    process of the run is killed, as the agent ends a one-shot's leftovers when its program
-    exits."""
-    try:
-        pidfd = os.pidfd_open(upid)
-    except (AttributeError, OSError):  # Python before 3.9, Linux before 5.3: U's exit only
-        while True:
-            pid, st = os.waitpid(-1, 0)
-            if pid == upid:
-                return st
-    p = select.poll()
-    p.register(ends, select.POLLIN)
-    p.register(pidfd, select.POLLIN)
-    while True:
-        p.poll()
-        while True:  # a report first: U may exit right after it
-            try:
-                c, _ = ends.accept()
-            except BlockingIOError:
-                break
-            st = read_report(c, upid)  # which sets the connection's time limit
-            if st is not None:
-                try:
-                    os.kill(-1, signal.SIGKILL)
-                except OSError:
-                    pass  # nothing left (U is at least a zombie until G reaps it)
-                return st
-        pid, st = os.waitpid(upid, os.WNOHANG)
-        if pid == upid:
-            return st
-
-
-def init(conn, ends, upid):
-    """G, once U is forked: PID 1 of the run's PID namespace until U's end."""
-    for fd in (0, 1, 2):
-        os.close(fd)
-    install_seccomp()
-    try:
-        st = wait_end(ends, upid)
-    except BaseException:
-        # The program ran: its end must be reported as the run's, never as a set-up error
-        # (which the daemon would run again cold).
-        st = os.waitpid(upid, 0)[1]
-    try:
-        conn.sendall(b'{"status":%d}\n' % st)
-    finally:
-        os._exit(0)  # PID 1 leaves: the kernel kills what U left behind
 
 
 def recv_request(conn):
@@ -557,39 +469,6 @@ def recv_request(conn):
     if len(fds) != 3:
         raise StepError("request: want 3 descriptors, got %d" % len(fds))
     return json.loads(buf), fds
-
-
-def child(conn):
-    """G, from the zygote's fork: PID 1 of a new PID namespace (see serve) whose child U
-    prepares one sandbox and runs it."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    conn.settimeout(None)
-    try:
-        # Out of the zygote's session and process group, which every child is born in: a
-        # signal or priority sent to a process group (kill(0), killpg, setpriority(PRIO_PGRP))
-        # reaches its members in any PID namespace.
-        os.setsid()
-        close_from(3, keep=(conn.fileno(),))  # not dumpable: the zygote's, inherited
-        conn.sendall(HELLO)
-        if conn.recv(3) != b"go\n":
-            os._exit(0)  # the daemon could not place this child: prepare nothing
-        check("unshare", LIBC.unshare(CLONE_NEWNET))
-        ends = end_listener()
-        upid = os.fork()
-    except BaseException as e:
-        try:
-            send(conn, {"error": str(e) or type(e).__name__})
-        except BaseException:
-            pass
-        os._exit(1)
-    try:
-        if upid == 0:
-            ends.close()
-            user(conn)  # ends in os._exit
-        else:
-            init(conn, ends, upid)
-    finally:
-        os._exit(1)  # neither process ever returns to the zygote's loop
 
 
 MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25
@@ -615,42 +494,167 @@ def huge_pages():
             LIBC.madvise(lo, hi - lo, MADV_COLLAPSE)
 
 
+# The run's PID 1 (G) is a clone of the zygote that shares its memory, descriptors and
+# filesystem context (CLONE_VM, CLONE_FILES, CLONE_FS) and does nothing but pause(2) until the
+# zygote kills it at the run's end: a fork would copy the zygote's page tables into it, its
+# first steps would copy every page they touch, and its exit would unmap them all again. It
+# runs no Python and no handler (it is born with every signal blocked: see serve), on a stack of its own that
+# the clone wrapper's call writes a return address to; being PID 1 it takes in what the
+# program orphans, and when the zygote kills it the kernel kills the rest of the run.
+G_FLAGS = 0x100 | 0x200 | 0x400 | 0x1000 | signal.SIGCHLD  # CLONE_VM, _FS, _FILES, _PIDFD; exit signal
+G_SLOT, G_SLOTS = 512, 32  # bytes of stack per G (three words used on x86-64), slots per chunk
+
+
+class Stacks:
+    """G's stacks: one slot for each live G, taken at its clone and given back when it is
+    reaped. They cannot be shared: the clone wrapper writes the function and its argument on
+    the new stack in the zygote, and the child pops them and pushes a return address in the
+    same words, so a G still starting would read another's."""
+
+    def __init__(self):
+        self.free, self.chunks = [], []
+
+    def take(self):
+        if not self.free:
+            chunk = ctypes.create_string_buffer(G_SLOT * (G_SLOTS + 1))
+            self.chunks.append(chunk)
+            base = (ctypes.addressof(chunk) + G_SLOT - 1) & ~(G_SLOT - 1)
+            self.free.extend(base + G_SLOT * (i + 1) for i in range(G_SLOTS))  # tops of the slots
+        return self.free.pop()
+
+    def give(self, top):
+        self.free.append(top)
+
+
+G_STACKS = Stacks()
+LIBC.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+# On x86-64 G calls syscall(SYS_pause): glibc's pause() is a cancellation point, and in a
+# process that ever ran a thread (numpy's BLAS) it marks the calling thread's cancellation
+# state, which G shares with the zygote's main thread. Elsewhere (arm64 has no pause system
+# call, and glibc's syscall() would pass G the clone's registers as arguments) it is pause(),
+# which leaves the zygote's main thread marked for asynchronous cancellation; nothing cancels it.
+if os.uname().machine == "x86_64":
+    G_FN, G_ARG = ctypes.cast(LIBC.syscall, ctypes.c_void_p).value, 34
+    SYS_RT_SIGPROCMASK = 14
+else:
+    G_FN, G_ARG = ctypes.cast(LIBC.pause, ctypes.c_void_p).value, None
+    SYS_RT_SIGPROCMASK = 135  # the generic table's (arm64)
+G_PIDFD = ctypes.c_int(-1)
+G_PIDFD_PTR = ctypes.addressof(G_PIDFD)
+
+
+def spawn(listener, own_pid_ns, runs, poller):
+    """One connection: a new PID namespace with G as its PID 1 and U, forked, as PID 2."""
+    try:
+        conn, _ = listener.accept()
+    except OSError as e:  # a connection that went away, or no descriptor left
+        print("zygote: accept: %s" % e, file=sys.stderr, flush=True)
+        return
+    gpid = -1
+    try:
+        # Each run is born in a PID namespace of its own: the zygote goes back to its own
+        # namespace for its children (setns) and asks for a new one (unshare) before the clone.
+        check("setns", LIBC.setns(own_pid_ns, CLONE_NEWPID))
+        check("unshare", LIBC.unshare(CLONE_NEWPID))
+        stack = G_STACKS.take()
+        gpid = LIBC.clone(G_FN, stack, G_FLAGS, G_ARG, G_PIDFD_PTR)
+        if gpid <= 0:
+            G_STACKS.give(stack)
+        check("clone the run's PID 1", 0 if gpid > 0 else -1)
+        gfd = G_PIDFD.value
+        upid = os.fork()
+    except (OSError, StepError) as e:
+        print("zygote: fork: %s" % e, file=sys.stderr, flush=True)
+        if gpid > 0:
+            os.kill(gpid, signal.SIGKILL)
+            os.close(G_PIDFD.value)
+            os.waitpid(gpid, 0)
+            G_STACKS.give(stack)
+        conn.close()
+        return
+    if upid == 0:
+        try:
+            user(conn)  # ends in os._exit
+        finally:
+            os._exit(1)  # a child never returns to this loop, whatever fails
+    try:
+        ufd = os.pidfd_open(upid)
+    except OSError as e:  # no descriptor left: U cannot be waited for, so the run is ended
+        print("zygote: pidfd: %s" % e, file=sys.stderr, flush=True)
+        os.kill(upid, signal.SIGKILL)
+        os.waitpid(upid, 0)
+        os.kill(gpid, signal.SIGKILL)
+        os.waitpid(gpid, 0)
+        os.close(gfd)
+        G_STACKS.give(stack)
+        conn.close()
+        return
+    runs[ufd] = (upid, gpid, gfd, conn, stack)
+    poller.register(ufd, select.POLLIN)
+
+
+def end(fd, runs, poller):
+    """A run's U or its G has exited. U: its wait status to the daemon, and its G killed (which
+    ends whatever the program left behind: the kernel kills a PID namespace with its PID 1)
+    and waited for in turn. G: reaped."""
+    upid, gpid, gfd, conn, stack = runs.pop(fd)
+    poller.unregister(fd)
+    os.close(fd)
+    if conn is None:
+        os.waitpid(upid, 0)  # a G, dead with its namespace
+        G_STACKS.give(stack)
+        return
+    st = os.waitpid(upid, 0)[1]
+    os.kill(gpid, signal.SIGKILL)
+    try:
+        # Never blocking the zygote: a daemon that stopped reading loses only its own answer.
+        conn.send(b'{"status":%d}\n' % st, socket.MSG_DONTWAIT)
+    except OSError:
+        pass
+    conn.close()
+    runs[gfd] = (gpid, 0, 0, None, stack)
+    poller.register(gfd, select.POLLIN)
+
+
 def serve():
     listener = socket.socket(fileno=5)
-    # Each child is born PID 1 of a PID namespace of its own: before each fork the zygote goes
-    # back to its own namespace for its children (setns) and asks for a new one (unshare).
     own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    # The zygote waits for its children itself (each U's status is its run's answer) and
+    # needs no signal. A clone that shares its memory (G) gets a copy of its handlers and its
+    # signal mask, and must never run a handler in the zygote's memory: so SIGINT (Python's
+    # KeyboardInterrupt) is ignored here, and every signal is blocked (glibc's own handlers
+    # too, which a process that ran threads has), which G keeps for good; only SIGKILL, which
+    # nothing blocks, reaches it. U puts the mask and Python's handler back.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # By the system call: glibc's sigprocmask leaves its own two signals (32, 33) unblocked.
+    every = ctypes.c_uint64(~0 & ((1 << 64) - 1))
+    check("block signals", LIBC.syscall(SYS_RT_SIGPROCMASK, ctypes.c_long(0), ctypes.byref(every), None, ctypes.c_size_t(8)))
+    if not hasattr(os, "pidfd_open"):
+        raise StepError("Python 3.9 or newer is needed (os.pidfd_open)")
+    os.close(os.pidfd_open(os.getpid()))  # and Linux 5.3 or newer
     drop_bounding_set()
-    # Not dumpable (python3's exec made it dumpable again), so that every G is born so: no
+    # Not dumpable (python3's exec made it dumpable again), so that every child is born so: no
     # process of a run can trace G or read its memory or descriptors. U makes itself dumpable.
     prctl("set not dumpable", PR_SET_DUMPABLE, 0)
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) the zygote's objects
     # Nor the young objects of a child's own set-up: a child's set-up runs without the
-    # collector (G never enables it), its user program with it (run_code).
+    # collector, its user program with it (run_code).
     gc.disable()
     huge_pages()
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    lfd = listener.fileno()
+    runs = {}
     os.write(4, b"ok")
     os.close(4)
     sys.excepthook = sys.__excepthook__
     while True:
-        conn, _ = listener.accept()
-        try:
-            check("setns", LIBC.setns(own_pid_ns, CLONE_NEWPID))
-            check("unshare", LIBC.unshare(CLONE_NEWPID))
-            pid = os.fork()
-        except (OSError, StepError) as e:
-            print("zygote: fork: %s" % e, file=sys.stderr, flush=True)
-            conn.close()
-            continue
-        if pid == 0:
-            try:
-                listener.close()
-                child(conn)
-            finally:
-                os._exit(1)  # a child never returns to this loop, whatever fails
-        conn.close()
+        for fd, _ in poller.poll():
+            if fd == lfd:
+                spawn(listener, own_pid_ns, runs, poller)
+            else:
+                end(fd, runs, poller)
 
 
 serve()
