@@ -26,7 +26,7 @@
 #     standard stream objects are set up ahead too. A child serves only a request of the
 #     scratch size it was prepared with (the daemon prepares one for another size on the spot).
 #
-# The zygote waits for both (poll on pidfds): at U's exit it sends the daemon U's wait status,
+# The zygote waits for both (a pidfd wakes it at U's exit): then it sends the daemon U's wait status,
 # kills G, and reaps G when the namespace is gone. Before, G was a fork of the zygote that forked
 # U and waited for it: its fork, the pages its Python touched and its exit were a third of a
 # run's CPU (BENCHMARKS.md, "The run's PID 1 as a clone").
@@ -44,6 +44,7 @@
 # zygote → {"status": <U's wait status>}.
 import atexit  # noqa: F401 (imported here, not per run: run_code's end uses it)
 import ctypes
+import errno
 import fcntl
 import gc
 import io
@@ -498,10 +499,10 @@ def huge_pages():
 # filesystem context (CLONE_VM, CLONE_FILES, CLONE_FS) and does nothing but pause(2) until the
 # zygote kills it at the run's end: a fork would copy the zygote's page tables into it, its
 # first steps would copy every page they touch, and its exit would unmap them all again. It
-# runs no Python and no handler (it is born with every signal blocked: see serve), on a stack of its own that
-# the clone wrapper's call writes a return address to; being PID 1 it takes in what the
-# program orphans, and when the zygote kills it the kernel kills the rest of the run.
-G_FLAGS = 0x100 | 0x200 | 0x400 | 0x1000 | signal.SIGCHLD  # CLONE_VM, _FS, _FILES, _PIDFD; exit signal
+# runs no Python and no handler (it is born with every signal blocked: see serve), on a stack
+# of its own that the clone wrapper's call writes a return address to; being PID 1 it takes in
+# what the program orphans, and when the zygote kills it the kernel kills the rest of the run.
+G_FLAGS = 0x100 | 0x200 | 0x400 | signal.SIGCHLD  # CLONE_VM, CLONE_FS, CLONE_FILES; exit signal
 G_SLOT, G_SLOTS = 512, 32  # bytes of stack per G (three words used on x86-64), slots per chunk
 
 
@@ -527,134 +528,203 @@ class Stacks:
 
 
 G_STACKS = Stacks()
-LIBC.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-# On x86-64 G calls syscall(SYS_pause): glibc's pause() is a cancellation point, and in a
-# process that ever ran a thread (numpy's BLAS) it marks the calling thread's cancellation
-# state, which G shares with the zygote's main thread. Elsewhere (arm64 has no pause system
-# call, and glibc's syscall() would pass G the clone's registers as arguments) it is pause(),
-# which leaves the zygote's main thread marked for asynchronous cancellation; nothing cancels it.
-if os.uname().machine == "x86_64":
+LIBC.clone.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+# Per architecture, G's entry and the system calls made by number. On x86-64 G calls
+# syscall(SYS_pause): glibc's pause() is a cancellation point, and in a process that ever ran a
+# thread (numpy's BLAS) it marks the calling thread's cancellation state, which G shares with
+# the zygote's main thread. arm64 has no pause system call (and glibc's syscall() would pass G
+# the clone's registers as arguments): G calls pause() there, which leaves the zygote's main
+# thread marked for asynchronous cancellation (an atomic write; nothing cancels it).
+MACHINE = os.uname().machine
+if MACHINE == "x86_64":
     G_FN, G_ARG = ctypes.cast(LIBC.syscall, ctypes.c_void_p).value, 34
     SYS_RT_SIGPROCMASK = 14
-else:
+elif MACHINE == "aarch64":
     G_FN, G_ARG = ctypes.cast(LIBC.pause, ctypes.c_void_p).value, None
-    SYS_RT_SIGPROCMASK = 135  # the generic table's (arm64)
-G_PIDFD = ctypes.c_int(-1)
-G_PIDFD_PTR = ctypes.addressof(G_PIDFD)
+    SYS_RT_SIGPROCMASK = 135
+else:
+    raise StepError("no zygote on %s (x86-64 and arm64 only)" % MACHINE)
+WALL = 0x40000000  # __WALL: a child of any exit signal
 
 
-def spawn(listener, own_pid_ns, runs, poller):
-    """One connection: a new PID namespace with G as its PID 1 and U, forked, as PID 2."""
+def log(msg):
+    """A line in the zygote's log (the sandbox's agent log), never failing: the log is under the
+    sandbox's file-size limit, and the zygote must not die of a full one."""
     try:
-        conn, _ = listener.accept()
-    except OSError as e:  # a connection that went away, or no descriptor left
-        print("zygote: accept: %s" % e, file=sys.stderr, flush=True)
-        return
-    gpid = -1
-    try:
-        # Each run is born in a PID namespace of its own: the zygote goes back to its own
-        # namespace for its children (setns) and asks for a new one (unshare) before the clone.
-        check("setns", LIBC.setns(own_pid_ns, CLONE_NEWPID))
-        check("unshare", LIBC.unshare(CLONE_NEWPID))
-        stack = G_STACKS.take()
-        gpid = LIBC.clone(G_FN, stack, G_FLAGS, G_ARG, G_PIDFD_PTR)
-        if gpid <= 0:
-            G_STACKS.give(stack)
-        check("clone the run's PID 1", 0 if gpid > 0 else -1)
-        gfd = G_PIDFD.value
-        upid = os.fork()
-    except (OSError, StepError) as e:
-        print("zygote: fork: %s" % e, file=sys.stderr, flush=True)
-        if gpid > 0:
-            os.kill(gpid, signal.SIGKILL)
-            os.close(G_PIDFD.value)
-            os.waitpid(gpid, 0)
-            G_STACKS.give(stack)
-        conn.close()
-        return
-    if upid == 0:
-        try:
-            user(conn)  # ends in os._exit
-        finally:
-            os._exit(1)  # a child never returns to this loop, whatever fails
-    try:
-        ufd = os.pidfd_open(upid)
-    except OSError as e:  # no descriptor left: U cannot be waited for, so the run is ended
-        print("zygote: pidfd: %s" % e, file=sys.stderr, flush=True)
-        os.kill(upid, signal.SIGKILL)
-        os.waitpid(upid, 0)
-        os.kill(gpid, signal.SIGKILL)
-        os.waitpid(gpid, 0)
-        os.close(gfd)
-        G_STACKS.give(stack)
-        conn.close()
-        return
-    runs[ufd] = (upid, gpid, gfd, conn, stack)
-    poller.register(ufd, select.POLLIN)
-
-
-def end(fd, runs, poller):
-    """A run's U or its G has exited. U: its wait status to the daemon, and its G killed (which
-    ends whatever the program left behind: the kernel kills a PID namespace with its PID 1)
-    and waited for in turn. G: reaped."""
-    upid, gpid, gfd, conn, stack = runs.pop(fd)
-    poller.unregister(fd)
-    os.close(fd)
-    if conn is None:
-        os.waitpid(upid, 0)  # a G, dead with its namespace
-        G_STACKS.give(stack)
-        return
-    st = os.waitpid(upid, 0)[1]
-    os.kill(gpid, signal.SIGKILL)
-    try:
-        # Never blocking the zygote: a daemon that stopped reading loses only its own answer.
-        conn.send(b'{"status":%d}\n' % st, socket.MSG_DONTWAIT)
+        os.write(2, b"zygote: %s\n" % msg.encode(errors="replace"))
     except OSError:
         pass
-    conn.close()
-    runs[gfd] = (gpid, 0, 0, None, stack)
-    poller.register(gfd, select.POLLIN)
+
+
+class Zygote:
+    """The zygote's loop: connections on the listener, and its children's ends. Each child is
+    known by its pid: a run's U (with its G, connection and pidfd), or a G (with its stack). A
+    U's pidfd wakes the loop at its exit; every wake-up then reaps whatever child has ended
+    (waitpid of any pid), so that no end waits for its own event. Any other child is a process
+    of a run that made the zygote its parent (clone's CLONE_PARENT, which seccomp allows): it
+    is reaped and forgotten, since a PID namespace ends only when every process of it is
+    reaped, and a G whose namespace held an unreaped process would never end. (SIGCHLD cannot
+    be the wake-up: the full zygote's BLAS threads, which do not block it, would take it.)"""
+
+    def __init__(self, listener):
+        self.listener = listener
+        self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.kids = {}
+        self.dying = 0  # Gs killed and not yet reaped: the loop wakes on its own until they are
+        self.poller = select.poll()
+        self.poller.register(listener, select.POLLIN)
+        self.accepting = True
+
+    def serve(self):
+        lfd = self.listener.fileno()
+        while True:
+            for fd, _ in self.poller.poll(50 if self.dying else None):
+                try:
+                    if fd == lfd:
+                        self.spawn()
+                    else:
+                        self.poller.unregister(fd)  # a U's pidfd: it has ended (reap closes it)
+                except Exception as e:  # never the zygote's end: it would take every run along
+                    log("%s: %s" % (type(e).__name__, e))
+            try:
+                self.reap()
+            except Exception as e:
+                log("%s: %s" % (type(e).__name__, e))
+
+    def spawn(self):
+        """One connection: a new PID namespace with G as its PID 1 and U, forked, as PID 2."""
+        try:
+            conn, _ = self.listener.accept()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                # The connection stays queued: listen again once a run's end frees descriptors,
+                # not in a loop that fails at once.
+                self.poller.unregister(self.listener)
+                self.accepting = False
+            log("accept: %s" % e)
+            return
+        stack = G_STACKS.take()
+        gpid = -1
+        try:
+            # Each run is born in a PID namespace of its own: the zygote goes back to its own
+            # namespace for its children (setns) and asks for a new one (unshare) before the clone.
+            check("setns", LIBC.setns(self.own_pid_ns, CLONE_NEWPID))
+            check("unshare", LIBC.unshare(CLONE_NEWPID))
+            gpid = LIBC.clone(G_FN, stack, G_FLAGS, G_ARG)
+            check("clone the run's PID 1", 0 if gpid > 0 else -1)
+            self.kids[gpid] = (None, stack, None)  # reaped whenever it ends, its stack given back then
+            upid = os.fork()
+        except (OSError, StepError) as e:
+            log("fork: %s" % e)
+            if gpid > 0:
+                os.kill(gpid, signal.SIGKILL)
+                self.dying += 1
+            else:
+                G_STACKS.give(stack)
+            conn.close()
+            return
+        if upid == 0:
+            try:
+                user(conn)  # ends in os._exit
+            finally:
+                os._exit(1)  # a child never returns to this loop, whatever fails
+        try:
+            ufd = os.pidfd_open(upid)
+        except OSError as e:  # no descriptor left: the next wake-up reaps U all the same
+            log("pidfd: %s" % e)
+            ufd = -1
+        else:
+            self.poller.register(ufd, select.POLLIN)
+        self.kids[upid] = (gpid, conn, ufd)
+
+    def reap(self):
+        """Every child that has ended. A U: its wait status to the daemon, and its G killed
+        (the kernel then kills what the program left behind, with the namespace). A G: its
+        stack back."""
+        freed = False
+        while True:
+            try:
+                pid, st = os.waitpid(-1, os.WNOHANG | WALL)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            kid = self.kids.pop(pid, None)
+            if kid is None:
+                continue  # a run's process with the zygote for a parent: reaped, and no more
+            gpid, x, ufd = kid
+            if gpid is None:
+                G_STACKS.give(x)
+                self.dying -= 1
+                continue
+            # U first, then its G: a namespace's end waits for U to be reaped.
+            os.kill(gpid, signal.SIGKILL)
+            self.dying += 1
+            try:
+                # Never blocking the zygote: a daemon that stopped reading loses only its own answer.
+                x.send(b'{"status":%d}\n' % st, socket.MSG_DONTWAIT)
+            except OSError:
+                pass
+            x.close()
+            if ufd >= 0:
+                try:
+                    self.poller.unregister(ufd)
+                except KeyError:
+                    pass  # its event came first
+                os.close(ufd)
+            freed = True
+        if freed and not self.accepting:
+            self.poller.register(self.listener, select.POLLIN)
+            self.accepting = True
+
+
+def signals():
+    """The zygote needs no signal. A clone that shares its memory (G) gets a copy of its
+    handlers and its signal mask, and must never run a handler in the zygote's memory: so
+    SIGINT (Python's KeyboardInterrupt) is ignored, and every signal is blocked (glibc's own
+    two too, by the system call: its sigprocmask leaves them), which G keeps for good; only
+    SIGKILL, which nothing blocks, reaches it. U puts the mask and Python's handler back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    every = ctypes.c_uint64((1 << 64) - 1)
+    check("block signals", LIBC.syscall(SYS_RT_SIGPROCMASK, ctypes.c_long(0), ctypes.byref(every), None,
+                                        ctypes.c_size_t(8)))
+    if not hasattr(os, "pidfd_open"):
+        raise StepError("Python 3.9 or newer is needed (os.pidfd_open)")
+    os.close(os.pidfd_open(os.getpid()))  # and Linux 5.3 or newer
+
+
+def check_libc():
+    """glibc before 2.25 cached the pid in the thread's own data, and its clone() wrote the
+    child's there: in G, that is the zygote's main thread's. musl's clone touches no thread
+    data."""
+    try:
+        v = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        v = ""
+    if v.startswith("glibc "):
+        if tuple(int(x) for x in v.split()[1].split(".")[:2]) < (2, 25):
+            raise StepError("%s: the zygote needs glibc 2.25 or newer" % v)
 
 
 def serve():
     listener = socket.socket(fileno=5)
-    own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    # The zygote waits for its children itself (each U's status is its run's answer) and
-    # needs no signal. A clone that shares its memory (G) gets a copy of its handlers and its
-    # signal mask, and must never run a handler in the zygote's memory: so SIGINT (Python's
-    # KeyboardInterrupt) is ignored here, and every signal is blocked (glibc's own handlers
-    # too, which a process that ran threads has), which G keeps for good; only SIGKILL, which
-    # nothing blocks, reaches it. U puts the mask and Python's handler back.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # By the system call: glibc's sigprocmask leaves its own two signals (32, 33) unblocked.
-    every = ctypes.c_uint64(~0 & ((1 << 64) - 1))
-    check("block signals", LIBC.syscall(SYS_RT_SIGPROCMASK, ctypes.c_long(0), ctypes.byref(every), None, ctypes.c_size_t(8)))
-    if not hasattr(os, "pidfd_open"):
-        raise StepError("Python 3.9 or newer is needed (os.pidfd_open)")
-    os.close(os.pidfd_open(os.getpid()))  # and Linux 5.3 or newer
+    check_libc()
+    signals()
     drop_bounding_set()
     # Not dumpable (python3's exec made it dumpable again), so that every child is born so: no
     # process of a run can trace G or read its memory or descriptors. U makes itself dumpable.
     prctl("set not dumpable", PR_SET_DUMPABLE, 0)
+    z = Zygote(listener)
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) the zygote's objects
     # Nor the young objects of a child's own set-up: a child's set-up runs without the
     # collector, its user program with it (run_code).
     gc.disable()
     huge_pages()
-    poller = select.poll()
-    poller.register(listener, select.POLLIN)
-    lfd = listener.fileno()
-    runs = {}
     os.write(4, b"ok")
     os.close(4)
     sys.excepthook = sys.__excepthook__
-    while True:
-        for fd, _ in poller.poll():
-            if fd == lfd:
-                spawn(listener, own_pid_ns, runs, poller)
-            else:
-                end(fd, runs, poller)
+    z.serve()
 
 
 serve()
