@@ -570,7 +570,7 @@ class Zygote:
         self.listener = listener
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.kids = {}
-        self.dying = 0  # Gs killed and not yet reaped: the loop wakes on its own until they are
+        self.dying = set()  # Gs killed and not yet reaped: the loop wakes on its own until they are
         self.poller = select.poll()
         self.poller.register(listener, select.POLLIN)
         self.accepting = True
@@ -618,7 +618,7 @@ class Zygote:
             log("fork: %s" % e)
             if gpid > 0:
                 os.kill(gpid, signal.SIGKILL)
-                self.dying += 1
+                self.dying.add(gpid)
             else:
                 G_STACKS.give(stack)
             conn.close()
@@ -655,11 +655,12 @@ class Zygote:
             gpid, x, ufd = kid
             if gpid is None:
                 G_STACKS.give(x)
-                self.dying -= 1
+                self.dying.discard(pid)
                 continue
-            # U first, then its G: a namespace's end waits for U to be reaped.
+            # U first, then its G: a namespace's end waits for U to be reaped. (So G, which only
+            # SIGKILL can end, is never reaped before its U: gpid is still G's here.)
             os.kill(gpid, signal.SIGKILL)
-            self.dying += 1
+            self.dying.add(gpid)
             try:
                 # Never blocking the zygote: a daemon that stopped reading loses only its own answer.
                 x.send(b'{"status":%d}\n' % st, socket.MSG_DONTWAIT)
