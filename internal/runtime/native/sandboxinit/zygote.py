@@ -28,7 +28,7 @@
 #
 # The zygote waits for both (a pidfd wakes it at U's exit): then it sends the daemon U's wait status,
 # kills G, and reaps G when the namespace is gone. Before, G was a fork of the zygote that forked
-# U and waited for it: its fork, the pages its Python touched and its exit were a third of a
+# U and waited for it: its fork, the pages its Python touched and its exit were a quarter of a
 # run's CPU (BENCHMARKS.md, "The run's PID 1 as a clone").
 #
 # What every child inherits from the zygote instead of doing it per run (each Python step a
