@@ -314,7 +314,7 @@ def user(conn):
         os.setsid()
         # Only the connection stays open: the zygote's listener and namespace descriptor, and
         # the other runs' connections and process descriptors, are closed before anything else.
-        close_from(3, keep=(conn.fileno(),))  # not dumpable: the zygote's, inherited until prepare_user
+        close_from(3, keep=(conn.fileno(),))
         conn.sendall(HELLO)
         line = recv_line(conn)
         if not line.startswith(b"go\n"):
@@ -378,11 +378,11 @@ def prepare_user(prep, conn):
     prctl("set no_new_privs", PR_SET_NO_NEW_PRIVS, 1)
     landlock()
     install_seccomp()
-    # The rest of the program's set-up that needs no request, also ahead: only the connection
-    # stays open (the request's descriptors come on it), the working directory, the umask, an
-    # empty environment, and the standard streams' objects (over fds 0-2, which setup_user
-    # replaces with the run's pipes before anything is written).
-    close_from(3, keep=(conn.fileno(),))
+    # The rest of the program's set-up that needs no request, also ahead: fds 0-2 (besides the
+    # connection, on which the request's descriptors come, the only ones open: user closed the
+    # rest at its start, and every step since closes what it opens), the working directory, the
+    # umask, an empty environment, and the standard streams' objects (over fds 0-2, which
+    # setup_user replaces with the run's pipes before anything is written).
     for fd in (0, 1, 2):  # held open, so that the request's descriptors arrive above them
         try:
             os.fstat(fd)
@@ -558,8 +558,8 @@ def log(msg):
 
 class Zygote:
     """The zygote's loop: connections on the listener, and its children's ends. Each child is
-    known by its pid: a run's U (with its G, connection and pidfd), or a G (with its stack). A
-    U's pidfd wakes the loop at its exit; every wake-up then reaps whatever child has ended
+    known by its pid: a run's U (users: its G, connection and pidfd), or a G (inits: its
+    stack). A U's pidfd wakes the loop at its exit; every wake-up then reaps whatever child has ended
     (waitpid of any pid), so that no end waits for its own event. Any other child is a process
     of a run that made the zygote its parent (clone's CLONE_PARENT, which seccomp allows): it
     is reaped and forgotten, since a PID namespace ends only when every process of it is
@@ -569,7 +569,7 @@ class Zygote:
     def __init__(self, listener):
         self.listener = listener
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        self.kids = {}
+        self.users, self.inits = {}, {}
         self.dying = set()  # Gs killed and not yet reaped: the loop wakes on its own until they are
         self.poller = select.poll()
         self.poller.register(listener, select.POLLIN)
@@ -581,9 +581,7 @@ class Zygote:
             for fd, _ in self.poller.poll(50 if self.dying else None):
                 try:
                     if fd == lfd:
-                        self.spawn()
-                    else:
-                        self.poller.unregister(fd)  # a U's pidfd: it has ended (reap closes it)
+                        self.spawn()  # any other fd is a U's pidfd: reap below unregisters it
                 except Exception as e:  # never the zygote's end: it would take every run along
                     log("%s: %s" % (type(e).__name__, e))
             try:
@@ -612,7 +610,7 @@ class Zygote:
             check("unshare", LIBC.unshare(CLONE_NEWPID))
             gpid = LIBC.clone(G_FN, stack, G_FLAGS, G_ARG)
             check("clone the run's PID 1", 0 if gpid > 0 else -1)
-            self.kids[gpid] = (None, stack, None)  # reaped whenever it ends, its stack given back then
+            self.inits[gpid] = stack  # reaped whenever it ends, its stack given back then
             upid = os.fork()
         except (OSError, StepError) as e:
             log("fork: %s" % e)
@@ -635,7 +633,7 @@ class Zygote:
             ufd = -1
         else:
             self.poller.register(ufd, select.POLLIN)
-        self.kids[upid] = (gpid, conn, ufd)
+        self.users[upid] = (gpid, conn, ufd)
 
     def reap(self):
         """Every child that has ended. A U: its wait status to the daemon, and its G killed
@@ -649,29 +647,25 @@ class Zygote:
                 break
             if pid == 0:
                 break
-            kid = self.kids.pop(pid, None)
-            if kid is None:
-                continue  # a run's process with the zygote for a parent: reaped, and no more
-            gpid, x, ufd = kid
-            if gpid is None:
-                G_STACKS.give(x)
+            if pid in self.inits:
+                G_STACKS.give(self.inits.pop(pid))
                 self.dying.discard(pid)
                 continue
+            if pid not in self.users:
+                continue  # a run's process with the zygote for a parent: reaped, and no more
+            gpid, conn, ufd = self.users.pop(pid)
             # U first, then its G: a namespace's end waits for U to be reaped. (So G, which only
             # SIGKILL can end, is never reaped before its U: gpid is still G's here.)
             os.kill(gpid, signal.SIGKILL)
             self.dying.add(gpid)
             try:
                 # Never blocking the zygote: a daemon that stopped reading loses only its own answer.
-                x.send(b'{"status":%d}\n' % st, socket.MSG_DONTWAIT)
+                conn.send(b'{"status":%d}\n' % st, socket.MSG_DONTWAIT)
             except OSError:
                 pass
-            x.close()
+            conn.close()
             if ufd >= 0:
-                try:
-                    self.poller.unregister(ufd)
-                except KeyError:
-                    pass  # its event came first
+                self.poller.unregister(ufd)
                 os.close(ufd)
             freed = True
         if freed and not self.accepting:
