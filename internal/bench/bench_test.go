@@ -214,25 +214,15 @@ func TestRunQuick(t *testing.T) {
 
 // children returns the pids whose parent is ppid.
 func children(ppid int) []int {
-	var out []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
+	return testutil.HostPids(func(dir string) bool {
+		b, err := os.ReadFile(dir + "/stat")
 		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
+			return false
 		}
 		// pid (comm) state ppid …; comm may contain spaces and parentheses.
-		rest := string(b[bytes.LastIndexByte(b, ')')+1:])
-		f := strings.Fields(rest)
-		if len(f) > 1 && f[1] == strconv.Itoa(ppid) {
-			out = append(out, pid)
-		}
-	}
-	return out
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		return len(f) > 1 && f[1] == strconv.Itoa(ppid)
+	})
 }
 
 func checkStats(t *testing.T, s bench.Stats, n int) {

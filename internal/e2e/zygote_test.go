@@ -650,16 +650,10 @@ func zygoteZombies(t *testing.T) []int {
 	for _, z := range zygotePids(t) {
 		zs[strconv.Itoa(z)] = true
 	}
-	var out []int
-	ents, _ := os.ReadDir("/proc")
-	for _, d := range ents {
-		pid, err := strconv.Atoi(d.Name())
+	return testutil.HostPids(func(dir string) bool {
+		st, err := os.ReadFile(dir + "/status")
 		if err != nil {
-			continue
-		}
-		st, err := os.ReadFile("/proc/" + d.Name() + "/status")
-		if err != nil {
-			continue
+			return false
 		}
 		var state, ppid string
 		for _, l := range strings.Split(string(st), "\n") {
@@ -669,11 +663,8 @@ func zygoteZombies(t *testing.T) []int {
 				ppid = v
 			}
 		}
-		if strings.HasPrefix(state, "Z") && zs[ppid] {
-			out = append(out, pid)
-		}
-	}
-	return out
+		return strings.HasPrefix(state, "Z") && zs[ppid]
+	})
 }
 
 // TestZygoteBurst: more runs at once than the zygote keeps prepared all succeed in zygote
@@ -701,18 +692,10 @@ func TestZygoteBurst(t *testing.T) {
 
 // procsWithArgs are the host pids whose command line contains args.
 func procsWithArgs(args string) []int {
-	var out []int
-	ents, _ := os.ReadDir("/proc")
-	for _, d := range ents {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		if b, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline"); strings.Contains(string(b), args) {
-			out = append(out, pid)
-		}
-	}
-	return out
+	return testutil.HostPids(func(dir string) bool {
+		b, _ := os.ReadFile(dir + "/cmdline")
+		return strings.Contains(string(b), args)
+	})
 }
 
 // zygoteOff runs a test daemon with --zygote=false: for tests that count its sandboxes.

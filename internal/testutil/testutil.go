@@ -65,22 +65,26 @@ func MustHaveCgroupV2(t testing.TB) {
 	}
 }
 
-// ProcsInCgroup returns host pids that sit in a cgroup below root (a top-level cgroup name such
-// as a runtime's CgroupRoot), on cgroup v1 or v2.
-func ProcsInCgroup(root string) []int {
+// HostPids returns the pids of /proc for which keep, given the pid's /proc directory, says yes.
+func HostPids(keep func(dir string) bool) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
-		if err == nil && strings.Contains(string(b), "/"+root+"/") {
+		if err == nil && keep(filepath.Join("/proc", e.Name())) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// ProcsInCgroup returns host pids that sit in a cgroup below root (a top-level cgroup name such
+// as a runtime's CgroupRoot), on cgroup v1 or v2.
+func ProcsInCgroup(root string) []int {
+	return HostPids(func(dir string) bool {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup"))
+		return err == nil && strings.Contains(string(b), "/"+root+"/")
+	})
 }
 
 // MountsUnder returns host mount points under dir (from /proc/self/mountinfo).
