@@ -329,6 +329,9 @@ func TestZygoteAnswersAsCold(t *testing.T) {
 		{"exit message", api.ExecuteRequest{Code: "raise SystemExit('bye')"}},
 		{"exception", api.ExecuteRequest{Code: "x = 1\n1/0"}},
 		{"killed by a signal", api.ExecuteRequest{Code: "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"}},
+		// The zygote blocks every signal and ignores SIGINT (its clone, the run's PID 1, must
+		// never run a handler): the program starts with none blocked and Python's SIGINT handler.
+		{"signal mask and SIGINT", api.ExecuteRequest{Code: "import os, signal\nprint(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)\nos.kill(os.getpid(), signal.SIGINT)"}},
 		{"rlimits", api.ExecuteRequest{Code: "import resource as r; print([r.getrlimit(x) for x in (r.RLIMIT_NOFILE, r.RLIMIT_CORE, r.RLIMIT_FSIZE)])"}},
 		{"timeout", api.ExecuteRequest{Code: "while True: pass", Timeout: 1}},
 		// Another memory limit, another scratch size: a child prepared for it on the spot.

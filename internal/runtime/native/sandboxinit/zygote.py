@@ -422,7 +422,7 @@ def run_code(source):
     sys.argv = ["-c"]
     if sys.path and sys.path[0] != "":
         sys.path.insert(0, "")
-    code = 0
+    code, interrupted = 0, False
     gc.enable()
     try:
         exec(compile(source, "<string>", "exec"), main.__dict__)
@@ -439,7 +439,7 @@ def run_code(source):
         # Without this function's frame, as `python3 -c` prints it.
         tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
         sys.excepthook(type(e), e.with_traceback(tb), tb)
-        code = 1
+        code, interrupted = 1, isinstance(e, KeyboardInterrupt)
     try:
         threading = sys.modules.get("threading")
         if threading is not None:  # as Py_Finalize: without it, no thread of its to join
@@ -453,6 +453,12 @@ def run_code(source):
             s.flush()
         except BaseException:
             pass
+    if interrupted:
+        # As python3 ends on an unhandled KeyboardInterrupt (exit_sigint): by SIGINT's default
+        # action, so that its parent sees it killed by the signal; 130 if that fails.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 128 + signal.SIGINT
     os._exit(code)
 
 
