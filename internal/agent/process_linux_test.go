@@ -86,12 +86,29 @@ func readLine(t *testing.T, s *sub) string {
 
 func readPid(t *testing.T, s *sub) int {
 	t.Helper()
-	line := readLine(t, s)
-	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil {
-		t.Fatalf("want a pid, got %q", line)
+	return readPids(t, s, 1)[0]
+}
+
+// readPids reads n lines of one pid each, which may arrive in one chunk of output.
+func readPids(t *testing.T, s *sub, n int) []int {
+	t.Helper()
+	text := ""
+	for strings.Count(text, "\n") < n {
+		text += readLine(t, s)
 	}
-	return pid
+	lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
+	if len(lines) != n {
+		t.Fatalf("want %d pids, got %q", n, text)
+	}
+	pids := make([]int, n)
+	for i, l := range lines {
+		pid, err := strconv.Atoi(l)
+		if err != nil {
+			t.Fatalf("want a pid, got %q", text)
+		}
+		pids[i] = pid
+	}
+	return pids
 }
 
 // awaitGone polls until pid no longer exists (orphans are reaped by the test's reaper).
@@ -232,7 +249,8 @@ func TestProcSignalGroupAndStragglers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	member, escapee := readPid(t, s), readPid(t, s)
+	pids := readPids(t, s, 2)
+	member, escapee := pids[0], pids[1]
 	t.Cleanup(func() { unix.Kill(escapee, unix.SIGKILL) })
 	if err := p.signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
